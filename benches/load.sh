@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# Load benchmark: Portcullis vs nginx vs HAProxy as plain reverse proxies in front of the same
+# trivial backend, all on 127.0.0.1.
+#
+#   benches/load.sh                                   # builds target/release/portcullis first
+#   PORTCULLIS=target/release/portcullis benches/load.sh   # use an existing binary, no build
+#   OUT=load.md benches/load.sh                       # also write the report to load.md
+#
+# Layout (2 cores assumed): the backend nginx and wrk share CPU 1; the proxy under test
+# (nginx / haproxy / Portcullis) gets CPU 0 to itself. Each proxy is measured alone.
+#
+# Environment knobs (defaults in brackets):
+#   PORTCULLIS      binary to run; when unset the script runs `cargo build --release` and uses
+#                   target/release/portcullis
+#   OUT             file to write the Markdown report to as well as stdout
+#   DURATION [10s]  wrk measurement length        WARMUP [3s] wrk warm-up length
+#   CONNECTIONS [50] wrk -c                       THREADS [1] wrk -t
+#   SKIP_PORTCULLIS=1  measure only the backend, nginx and haproxy (no build, no Portcullis)
+#   KEEP_TMP=1      keep the temp dir (logs, wrk outputs) and the audit file
+#
+# Needs: nginx-light, wrk, haproxy, curl, taskset (util-linux); installed with apt-get if missing.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CONF_DIR="$ROOT/benches/load"
+
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-3s}"
+CONNECTIONS="${CONNECTIONS:-50}"
+THREADS="${THREADS:-1}"
+SKIP_PORTCULLIS="${SKIP_PORTCULLIS:-0}"
+KEEP_TMP="${KEEP_TMP:-0}"
+
+BACKEND_PORT=18000
+NGINX_PORT=18001
+HAPROXY_PORT=18002
+PORTCULLIS_PORT=18080
+PORTCULLIS_ADMIN_PORT=19090
+PORTCULLIS_CONF="benches/load/portcullis.toml"
+AUDIT_FILE="/tmp/portcullis-bench-audit.jsonl" # must match [audit] path in portcullis.toml
+
+CLK_TCK=$(getconf CLK_TCK)
+CLIENT_CPU=1 # wrk and the backend
+PROXY_CPU=0  # the proxy under test
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- tools
+ensure_tools() {
+    local missing=()
+    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+    if ((${#missing[@]})); then
+        log "installing missing packages: ${missing[*]}"
+        local sudo=()
+        [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+        # Try without refreshing the index first; run `apt-get update` only if that fails.
+        if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "${missing[@]}" >&2; then
+            log "apt-get install failed; running apt-get update once and retrying"
+            "${sudo[@]}" apt-get update >&2
+            DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "${missing[@]}" >&2
+        fi
+    fi
+    export PATH="$PATH:/usr/sbin:/sbin"
+    command -v nginx >/dev/null || die "nginx not found after install"
+    command -v haproxy >/dev/null || die "haproxy not found after install"
+    command -v wrk >/dev/null || die "wrk not found after install"
+}
+
+# ---------------------------------------------------------------- process management
+TMP=""
+PIDS=()
+
+stop_pid() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    local pid
+    for pid in "${PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    if [[ -n "$TMP" && -d "$TMP" ]]; then
+        if [[ "$KEEP_TMP" == 1 ]]; then
+            log "kept temp dir $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    [[ "$KEEP_TMP" == 1 ]] || rm -f "$AUDIT_FILE"
+    exit "$rc"
+}
+
+# stop_last: stop the most recently started server and forget it.
+stop_last() {
+    local pid=${PIDS[-1]}
+    unset 'PIDS[-1]'
+    stop_pid "$pid"
+}
+
+# port_free PORT: true when nothing accepts connections on 127.0.0.1:PORT.
+port_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# wait_ready NAME PORT PID LOGFILE: poll with curl until the body is "ok" (bounded), or fail.
+wait_ready() {
+    local name=$1 port=$2 pid=$3 logfile=$4 tries=100 i body
+    for ((i = 1; i <= tries; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$name exited during start-up; last lines of $logfile:"
+            tail -n 30 "$logfile" >&2 || true
+            die "$name did not come up on 127.0.0.1:$port"
+        fi
+        if body=$(curl -fsS --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null); then
+            if [[ "$body" == "ok" ]]; then
+                log "$name ready on 127.0.0.1:$port (after $i tries)"
+                return 0
+            fi
+            log "$name on 127.0.0.1:$port answered unexpected body: ${body:0:200}"
+        fi
+        sleep 0.1
+    done
+    log "$name not ready after $tries tries; last lines of $logfile:"
+    tail -n 30 "$logfile" >&2 || true
+    curl -sS -i --max-time 1 "http://127.0.0.1:$port/" >&2 || true
+    die "$name did not answer 200 \"ok\" on 127.0.0.1:$port"
+}
+
+# start_nginx NAME CONF CPU PORT: private nginx instance (own prefix, pid and logs under $TMP).
+start_nginx() {
+    local name=$1 conf=$2 cpu=$3 port=$4
+    local prefix="$TMP/$name"
+    mkdir -p "$prefix"
+    port_free "$port" || die "127.0.0.1:$port is already in use; stop whatever listens there"
+    nginx -t -q -c "$conf" -p "$prefix/" -e "$prefix/error.log" >"$prefix/stdout.log" 2>&1 \
+        || { cat "$prefix/stdout.log" >&2; die "nginx config $conf is invalid"; }
+    taskset -c "$cpu" nginx -c "$conf" -p "$prefix/" -e "$prefix/error.log" -g 'daemon off;' \
+        >>"$prefix/stdout.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    wait_ready "$name" "$port" "$pid" "$prefix/error.log"
+}
+
+start_haproxy() {
+    local name=haproxy
+    local dir="$TMP/$name"
+    mkdir -p "$dir"
+    port_free "$HAPROXY_PORT" || die "127.0.0.1:$HAPROXY_PORT is already in use"
+    haproxy -c -q -f "$CONF_DIR/haproxy.cfg" >"$dir/haproxy.log" 2>&1 \
+        || { cat "$dir/haproxy.log" >&2; die "haproxy config is invalid"; }
+    taskset -c "$PROXY_CPU" haproxy -f "$CONF_DIR/haproxy.cfg" -db >>"$dir/haproxy.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    wait_ready haproxy "$HAPROXY_PORT" "$pid" "$dir/haproxy.log"
+}
+
+PORTCULLIS_PID=""
+start_portcullis() {
+    local dir="$TMP/portcullis"
+    mkdir -p "$dir"
+    port_free "$PORTCULLIS_PORT" || die "127.0.0.1:$PORTCULLIS_PORT is already in use"
+    port_free "$PORTCULLIS_ADMIN_PORT" || die "127.0.0.1:$PORTCULLIS_ADMIN_PORT is already in use"
+    rm -f "$AUDIT_FILE"
+    taskset -c "$PROXY_CPU" "$PORTCULLIS" serve --config "$PORTCULLIS_CONF" >"$dir/portcullis.log" 2>&1 &
+    PORTCULLIS_PID=$!
+    PIDS+=("$PORTCULLIS_PID")
+    wait_ready portcullis "$PORTCULLIS_PORT" "$PORTCULLIS_PID" "$dir/portcullis.log"
+}
+
+# proc_kb PID FIELD: a VmXXX value from /proc/PID/status, in kB.
+proc_kb() {
+    awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"
+}
+
+# cpu_ticks PID: user+system CPU ticks of PID and its direct children (nginx workers).
+# /proc/PID/stat already sums all threads of a process (Portcullis's Tokio workers).
+cpu_ticks() {
+    local root=$1 f rest total=0 pid ppid ut st
+    for f in /proc/[0-9]*/stat; do
+        { read -r rest <"$f"; } 2>/dev/null || continue
+        pid=${rest%% *}
+        rest=${rest##*) } # fields after "(comm) ": state ppid ... (utime is field 14 overall)
+        read -r _ ppid _ _ _ _ _ _ _ _ _ ut st _ <<<"$rest"
+        if [[ "$pid" == "$root" || "$ppid" == "$root" ]]; then
+            total=$((total + ut + st))
+        fi
+    done
+    echo "$total"
+}
+
+# ---------------------------------------------------------------- wrk
+WRK_CMD=()
+wrk_cmd() { # wrk_cmd DURATION URL
+    WRK_CMD=(taskset -c "$CLIENT_CPU" wrk "-t$THREADS" "-c$CONNECTIONS" "-d$1" --latency "$2")
+}
+
+# Results, keyed by target label.
+declare -A RPS P50 P99 ERRS CPU
+LABELS=()
+
+# measure LABEL PORT SERVER_PID: warm up, then measure; parse the --latency output and record the
+# server's CPU use (percent of one core) during the measured run.
+measure() {
+    local label=$1 port=$2 server_pid=$3 out t0 t1 c0 c1
+    out="$TMP/wrk-${label//[^A-Za-z0-9]/_}.txt"
+    log "warm-up $label ($WARMUP)"
+    wrk_cmd "$WARMUP" "http://127.0.0.1:$port/"
+    "${WRK_CMD[@]}" >/dev/null
+    wrk_cmd "$DURATION" "http://127.0.0.1:$port/"
+    log "measure $label: ${WRK_CMD[*]}"
+    c0=$(cpu_ticks "$server_pid")
+    t0=$(date +%s.%N)
+    "${WRK_CMD[@]}" >"$out"
+    t1=$(date +%s.%N)
+    c1=$(cpu_ticks "$server_pid")
+    cat "$out" >&2
+    parse_wrk "$label" "$out"
+    CPU[$label]=$(awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
+        'BEGIN { printf "%.0f", 100 * c / hz / (t1 - t0) }')
+}
+
+# to_ms VALUE: wrk duration ("412.00us", "1.23ms", "2.00s", "1.50m") -> milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") m = n / 1000; else if (u == "ms") m = n; else if (u == "s") m = n * 1000;
+        else if (u == "m") m = n * 60000; else if (u == "h") m = n * 3600000; else m = -1
+        printf "%.3f", m }'
+}
+
+parse_wrk() {
+    local label=$1 out=$2 rps p50 p99 non2xx sock
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p50=$(awk '$1 == "50%" {print $2; exit}' "$out")
+    p99=$(awk '$1 == "99%" {print $2; exit}' "$out")
+    [[ -n "$rps" && -n "$p50" && -n "$p99" ]] || die "could not parse wrk output for $label ($out)"
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+    # "Socket errors: connect 0, read 0, write 0, timeout 0"
+    sock=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
+    LABELS+=("$label")
+    RPS[$label]=$rps
+    P50[$label]=$(to_ms "$p50")
+    P99[$label]=$(to_ms "$p99")
+    ERRS[$label]=$((${non2xx:-0} + ${sock:-0}))
+    if ((ERRS[$label] > 0)); then
+        log "WARNING: $label had ${non2xx:-0} non-2xx responses and ${sock:-0} socket errors"
+    fi
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# ---------------------------------------------------------------- main
+main() {
+    ensure_tools
+    ulimit -n 65536 2>/dev/null || true
+
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+        if [[ -z "${PORTCULLIS:-}" ]]; then
+            log "cargo build --release"
+            cargo build --release --bin portcullis >&2
+            PORTCULLIS="$ROOT/target/release/portcullis"
+        fi
+        [[ -x "$PORTCULLIS" ]] || die "Portcullis binary $PORTCULLIS not found or not executable"
+    fi
+
+    TMP=$(mktemp -d /tmp/portcullis-load.XXXXXX)
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+
+    start_nginx backend "$CONF_DIR/backend.nginx.conf" "$CLIENT_CPU" "$BACKEND_PORT"
+    measure "backend (direct)" "$BACKEND_PORT" "${PIDS[-1]}"
+
+    start_nginx nginx "$CONF_DIR/proxy.nginx.conf" "$PROXY_CPU" "$NGINX_PORT"
+    measure "nginx" "$NGINX_PORT" "${PIDS[-1]}"
+    stop_last
+
+    start_haproxy
+    measure "haproxy" "$HAPROXY_PORT" "${PIDS[-1]}"
+    stop_last
+
+    local rss_idle="" hwm_idle="" rss_loaded="" hwm_loaded=""
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+        start_portcullis
+        sleep 1
+        rss_idle=$(proc_kb "$PORTCULLIS_PID" VmRSS)
+        hwm_idle=$(proc_kb "$PORTCULLIS_PID" VmHWM)
+        measure "portcullis" "$PORTCULLIS_PORT" "$PORTCULLIS_PID"
+        rss_loaded=$(proc_kb "$PORTCULLIS_PID" VmRSS)
+        hwm_loaded=$(proc_kb "$PORTCULLIS_PID" VmHWM)
+        if [[ -f "$AUDIT_FILE" ]]; then
+            log "audit file $AUDIT_FILE: $(wc -l <"$AUDIT_FILE") lines, $(du -h "$AUDIT_FILE" | cut -f1)"
+        fi
+    fi
+
+    wrk_cmd "$DURATION" "http://127.0.0.1:<port>/"
+    local report label ref="nginx"
+    report=$(
+        echo "## Portcullis load benchmark"
+        echo
+        echo "| target | req/s | p50 (ms) | p99 (ms) | req/s vs nginx | p99 vs nginx | errors | server CPU |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+        for label in "${LABELS[@]}"; do
+            printf '| %s | %.0f | %s | %s | %s | %s | %s | %s%% |\n' "$label" "${RPS[$label]}" \
+                "${P50[$label]}" "${P99[$label]}" \
+                "$(ratio "${RPS[$label]}" "${RPS[$ref]}")" "$(ratio "${P99[$label]}" "${P99[$ref]}")" \
+                "${ERRS[$label]}" "${CPU[$label]}"
+        done
+        echo
+        echo "errors = non-2xx responses + socket errors reported by wrk. server CPU = CPU time of the"
+        echo "server being measured (the proxy; for the direct row, the backend) during the run, in % of"
+        echo "one core: well under 100% means that server was not the bottleneck (the client core was)."
+        if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+            echo
+            echo "Portcullis memory (/proc/PID/status): idle before load VmRSS ${rss_idle} kB" \
+                "(VmHWM ${hwm_idle} kB); right after load VmRSS ${rss_loaded} kB (VmHWM ${hwm_loaded} kB)."
+        fi
+        echo
+        echo "- wrk command: \`${WRK_CMD[*]}\` (after a ${WARMUP} warm-up with the same settings)"
+        echo "- pinning: backend nginx and wrk on CPU $CLIENT_CPU; proxy under test on CPU $PROXY_CPU (one worker / thread each)"
+        echo "- date: $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
+        echo "- nproc: $(nproc)"
+        echo "- kernel: $(uname -srm)"
+        echo "- versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'); $(haproxy -v 2>&1 | head -n1);" \
+            "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
+        if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+            echo "- portcullis: \`$PORTCULLIS serve --config $PORTCULLIS_CONF\`"
+        fi
+    )
+    printf '\n%s\n' "$report"
+    if [[ -n "${OUT:-}" ]]; then
+        printf '%s\n' "$report" >"$OUT"
+        log "report written to $OUT"
+    fi
+}
+
+main "$@"

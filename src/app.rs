@@ -1,0 +1,174 @@
+//! Builds everything from a validated config and runs it until shutdown.
+//!
+//! Listeners are bound by the caller ([`bind`]) and handed in, so tests can use port 0 and learn
+//! the addresses before traffic starts. This is where the I/O that validation avoided happens:
+//! certificates, keys and CA files are read here, and a failure names the config key.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::admin::{self, Metrics, Ready};
+use crate::audit::{AuditSink, JsonlSink};
+use crate::config::{self, Config};
+use crate::listener::{self, ReloadingTls, Shared};
+use crate::proxy::Proxy;
+use crate::proxy::forward::Upstream;
+use crate::proxy::routes::{Route, RouteTable};
+
+/// Start-up failures, each naming where in the config the problem lies.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{key}: {source}")]
+    Build {
+        key: String,
+        source: crate::proxy::forward::BuildError,
+    },
+    #[error("audit.path: cannot open {path}: {source}")]
+    Audit { path: String, source: std::io::Error },
+    #[error("server.tls: cannot watch the certificate files: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// The listening sockets, bound before anything else starts.
+pub struct Bound {
+    pub http: Option<TcpListener>,
+    pub https: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Bound {
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|l| l.local_addr().ok())
+    }
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+pub async fn bind(config: &Config) -> Result<Bound, StartError> {
+    async fn one(key: &'static str, addr: &str) -> Result<Option<TcpListener>, StartError> {
+        if addr.is_empty() {
+            return Ok(None);
+        }
+        TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| StartError::Bind {
+                key,
+                addr: addr.to_string(),
+                source,
+            })
+    }
+    Ok(Bound {
+        http: one("server.http", &config.server.http).await?,
+        https: one("server.https", config.server.https.as_deref().unwrap_or("")).await?,
+        admin: one("admin.listen", &config.admin.listen).await?,
+    })
+}
+
+/// Runs the proxy until `shutdown` resolves, then stops accepting, lets in-flight requests
+/// finish within `server.shutdown_grace`, and flushes the audit sink.
+pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // Crates that build their own TLS config look for a process default; ours is the only one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let metrics = Arc::new(Metrics::new());
+    let audit: Arc<dyn AuditSink> =
+        JsonlSink::open(&config.audit.path).map_err(|source| StartError::Audit {
+            path: config.audit.path.clone(),
+            source,
+        })?;
+
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for (i, route) in config.routes.iter().enumerate() {
+        let upstream = Upstream::build(&route.upstream, &provider).map_err(|source| StartError::Build {
+            key: format!("routes[{i}].upstream"),
+            source,
+        })?;
+        routes.push(Arc::new(Route {
+            config: route.clone(),
+            upstream,
+        }));
+    }
+    let proxy = Arc::new(Proxy::new(
+        RouteTable::new(routes),
+        config.server.trusted_proxies.clone(),
+        audit.clone(),
+        metrics.clone(),
+    ));
+
+    let tls = match (&config.server.tls, bound.https.is_some()) {
+        (Some(tls), true) => {
+            Some(
+                ReloadingTls::load(tls, provider.clone()).map_err(|source| StartError::Build {
+                    key: "server.tls".into(),
+                    source,
+                })?,
+            )
+        }
+        _ => None,
+    };
+    let _watcher = match &tls {
+        Some(tls) => Some(tls.watch(metrics.clone())?),
+        None => None,
+    };
+
+    let (stop, stopped) = watch::channel(false);
+    let max = config.server.limits.max_connections;
+    let shared = Shared {
+        proxy,
+        metrics: metrics.clone(),
+        limits: config.server.limits.clone(),
+        connections: Arc::new(Semaphore::new(max)),
+        shutdown: stopped.clone(),
+    };
+    let ready = Arc::new(Ready::default());
+    let mut tasks = Vec::new();
+    if let Some(l) = bound.http {
+        tasks.push(tokio::spawn(listener::serve(l, None, shared.clone())));
+    }
+    if let (Some(l), Some(tls)) = (bound.https, tls) {
+        tasks.push(tokio::spawn(listener::serve(l, Some(tls), shared.clone())));
+    }
+    if let Some(l) = bound.admin {
+        tokio::spawn(admin::serve(l, metrics.clone(), ready.clone(), stopped.clone()));
+    }
+    ready.set(true);
+    tracing::info!(routes = config.routes.len(), "portcullis is ready");
+
+    shutdown.await;
+    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: refusing new connections, draining in-flight requests");
+    ready.set(false);
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(config.server.shutdown_grace, shared.connections.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period ended with requests still in flight");
+    }
+    audit.flush();
+    Ok(())
+}
+
+/// Loads and validates a config file for `serve`, returning each problem as a line.
+pub fn load_config(path: &std::path::Path) -> Result<Config, Vec<config::Problem>> {
+    config::load(path)
+}

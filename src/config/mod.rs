@@ -1,0 +1,338 @@
+//! The configuration: one typed tree read from TOML.
+//!
+//! Loading is two steps. [`load`] parses the text (collecting *every* unknown key with its path
+//! instead of stopping at the first) and [`validate`] checks the meaning of the tree without doing
+//! any I/O. Both report [`Problem`]s that name the key path and a fix, so `check-config` can print
+//! all of them at once. Files named by the config (certificates, keys) are read later, by `app`.
+
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use validate::validate;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    /// Tokio runtime settings.
+    pub runtime: Runtime,
+    /// Downstream listeners, their limits and whom to trust.
+    pub server: Server,
+    /// The separate admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: Admin,
+    /// Where audit events go until an OTLP exporter is configured.
+    pub audit: Audit,
+    /// Routes, matched by host and path prefix. A request no route matches gets 404.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Runtime {
+    /// Number of Tokio worker threads; 0 means one per CPU core. Default 0.
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Server {
+    /// Plain HTTP listener address (`host:port`). Default `127.0.0.1:8080`; `""` disables it.
+    pub http: String,
+    /// HTTPS listener address; needs `server.tls`. Default: none.
+    pub https: Option<String>,
+    /// Certificate and key for the HTTPS listener, reloaded when the files change.
+    pub tls: Option<Tls>,
+    /// Connection and header limits.
+    pub limits: Limits,
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Request-Id` headers are believed, as CIDRs.
+    /// Default: none (every forwarding header from the client is replaced).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            http: "127.0.0.1:8080".into(),
+            https: None,
+            tls: None,
+            limits: Limits::default(),
+            trusted_proxies: Vec::new(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the kernel backlog. Default 10000.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), bytes. Default 65536; at least 8192.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request. Default 100.
+    pub max_headers: usize,
+    /// A client must send its whole request head within this time. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving is closed after this. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Admin {
+    /// Admin listener address. Default `127.0.0.1:9090`; `""` disables it.
+    pub listen: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Audit {
+    /// JSON-lines sink for audit events: a file path, or `-` for standard output. Default `-`.
+    pub path: String,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit { path: "-".into() }
+    }
+}
+
+/// Whether a route needs a caller identity.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Anyone may pass; still audited.
+    Public,
+    /// Callers must authenticate and be allowed by policy; until an authenticator is configured
+    /// every request is denied with 401.
+    Protected,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Route {
+    /// Unique name; appears in metrics and audit events.
+    pub name: String,
+    /// Hosts this route serves: exact names or `*.example.com` (any name below example.com).
+    pub hosts: Vec<String>,
+    /// Path prefix, matched on whole segments against the canonical path. Default `/`.
+    pub path_prefix: String,
+    /// `public` or `protected`. Default `protected`: a route is closed unless opened on purpose.
+    pub access: Access,
+    /// Where allowed requests go.
+    pub upstream: Upstream,
+    /// Time from sending the request to receiving the upstream's response head. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Largest request body, bytes; larger requests get 413. Default 10485760 (10 MiB); 0 = no limit.
+    pub max_body_bytes: u64,
+    /// Send the client's `Host` to the upstream instead of the upstream's own authority. Default false.
+    pub preserve_host: bool,
+}
+
+impl Default for Route {
+    fn default() -> Self {
+        Route {
+            name: String::new(),
+            hosts: Vec::new(),
+            path_prefix: "/".into(),
+            access: Access::Protected,
+            upstream: Upstream::default(),
+            timeout: Duration::from_secs(30),
+            max_body_bytes: 10 * 1024 * 1024,
+            preserve_host: false,
+        }
+    }
+}
+
+/// HTTP version spoken to the upstream.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over `http://`; ALPN (h2, then http/1.1) over `https://`.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: h2c with prior knowledge over `http://` (gRPC), h2 over `https://`.
+    Http2,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Upstream {
+    /// `http://host:port` or `https://host:port`, without a path.
+    pub url: String,
+    /// `auto`, `http1` or `http2`. Default `auto`.
+    pub protocol: UpstreamProtocol,
+    /// TCP connect timeout. Default `5s`.
+    #[serde(with = "humantime_serde::option")]
+    pub connect_timeout: Option<Duration>,
+    /// PEM CA bundle that signs the upstream's certificate; default: the system roots.
+    pub ca: Option<PathBuf>,
+    /// Name sent as SNI and checked against the certificate; default: the URL's host.
+    pub server_name: Option<String>,
+    /// PEM client certificate for mTLS to the upstream (needs `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key for `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl Upstream {
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout.unwrap_or(Duration::from_secs(5))
+    }
+}
+
+/// One thing wrong with a configuration, with where and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path, e.g. `routes[1].upstream.url`.
+    pub path: String,
+    pub message: String,
+    pub hint: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} (fix: {})", self.path, self.message, self.hint)
+    }
+}
+
+/// Parses TOML text into the typed tree. All unknown keys are reported, not only the first;
+/// a value of the wrong type stops parsing and is reported with its key path.
+pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    let mut unknown = Vec::new();
+    let de = match toml::Deserializer::parse(text) {
+        Ok(de) => de,
+        Err(e) => {
+            return Err(vec![Problem::new(
+                "(file)",
+                e.message().trim(),
+                toml_location(text, &e),
+            )]);
+        }
+    };
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(de, &mut track);
+    let result: Result<Config, _> = serde_ignored::deserialize(de, |path| {
+        unknown.push(Problem::new(
+            normalize_path(&path.to_string()),
+            "unknown key",
+            "remove it or check its spelling against docs/configuration.md",
+        ))
+    });
+    match result {
+        Ok(config) if unknown.is_empty() => Ok(config),
+        Ok(_) => Err(unknown),
+        Err(e) => {
+            let path = normalize_path(&track.path().to_string());
+            unknown.push(Problem::new(
+                path,
+                e.message().trim(),
+                "see docs/configuration.md for the expected type and format",
+            ));
+            Err(unknown)
+        }
+    }
+}
+
+fn toml_location(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text.get(..span.start).map_or(0, |t| t.lines().count().max(1));
+            format!("correct the TOML syntax near line {line}")
+        }
+        None => "correct the TOML syntax".into(),
+    }
+}
+
+/// serde_path_to_error and serde_ignored print `routes.0.name`; people write `routes[0].name`.
+fn normalize_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, part) in path.split('.').enumerate() {
+        if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
+            out.push('[');
+            out.push_str(part);
+            out.push(']');
+        } else {
+            if i > 0 {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    if out.is_empty() { "(root)".into() } else { out }
+}
+
+/// Reads, parses and validates a config file, returning every problem found.
+pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Problem::new(
+            "(file)",
+            format!("cannot read {}: {e}", path.display()),
+            "pass an existing, readable file to --config",
+        )]
+    })?;
+    let config = parse(&text)?;
+    let problems = validate(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Parses an address written in the config.
+pub fn socket_addr(s: &str) -> Option<SocketAddr> {
+    s.parse().ok()
+}

@@ -1,0 +1,325 @@
+//! Pure validation of the typed tree: no I/O, every problem reported at once.
+
+use std::collections::HashSet;
+
+use super::{Config, Problem, Route, socket_addr};
+
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let s = &config.server;
+
+    if s.http.is_empty() && s.https.is_none() {
+        p.push(Problem::new(
+            "server",
+            "no listener is configured",
+            "set server.http (e.g. \"127.0.0.1:8080\") or server.https",
+        ));
+    }
+    if !s.http.is_empty() && socket_addr(&s.http).is_none() {
+        p.push(addr_problem("server.http", &s.http));
+    }
+    if let Some(https) = &s.https {
+        if socket_addr(https).is_none() {
+            p.push(addr_problem("server.https", https));
+        }
+        if s.tls.is_none() {
+            p.push(Problem::new(
+                "server.tls",
+                "server.https is set but no certificate is configured",
+                "add [server.tls] with cert and key file paths",
+            ));
+        }
+    }
+    if !config.admin.listen.is_empty() && socket_addr(&config.admin.listen).is_none() {
+        p.push(addr_problem("admin.listen", &config.admin.listen));
+    }
+    let l = &s.limits;
+    if l.max_connections == 0 {
+        p.push(Problem::new(
+            "server.limits.max_connections",
+            "must be at least 1",
+            "use e.g. 10000",
+        ));
+    }
+    if l.max_header_bytes < 8192 {
+        p.push(Problem::new(
+            "server.limits.max_header_bytes",
+            format!("{} is below the minimum of 8192", l.max_header_bytes),
+            "use at least 8192 (default 65536)",
+        ));
+    }
+    if l.max_headers == 0 {
+        p.push(Problem::new(
+            "server.limits.max_headers",
+            "must be at least 1",
+            "use e.g. 100",
+        ));
+    }
+    if l.header_read_timeout.is_zero() {
+        p.push(Problem::new(
+            "server.limits.header_read_timeout",
+            "must be positive",
+            "use e.g. \"10s\"",
+        ));
+    }
+    if l.idle_timeout.is_zero() {
+        p.push(Problem::new(
+            "server.limits.idle_timeout",
+            "must be positive",
+            "use e.g. \"60s\"",
+        ));
+    }
+    if config.audit.path.is_empty() {
+        p.push(Problem::new(
+            "audit.path",
+            "must not be empty",
+            "use \"-\" for standard output or a file path",
+        ));
+    }
+
+    if config.routes.is_empty() {
+        p.push(Problem::new(
+            "routes",
+            "no routes are configured, so every request would get 404",
+            "add at least one [[routes]] table",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut matchers = HashSet::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        validate_route(route, &at, &mut p);
+        if !route.name.is_empty() && !names.insert(route.name.as_str()) {
+            p.push(Problem::new(
+                format!("{at}.name"),
+                format!("route name {:?} is used twice", route.name),
+                "give every route a unique name",
+            ));
+        }
+        for host in &route.hosts {
+            if !matchers.insert((host.to_ascii_lowercase(), route.path_prefix.clone())) {
+                p.push(Problem::new(
+                    format!("{at}.hosts"),
+                    format!(
+                        "host {host:?} with path_prefix {:?} is already served by an earlier route",
+                        route.path_prefix
+                    ),
+                    "remove the duplicate or use a different path_prefix",
+                ));
+            }
+        }
+    }
+    p
+}
+
+fn addr_problem(path: &str, value: &str) -> Problem {
+    Problem::new(
+        path,
+        format!("{value:?} is not an address"),
+        "write ip:port, e.g. \"127.0.0.1:8080\" or \"[::]:8443\"",
+    )
+}
+
+fn validate_route(route: &Route, at: &str, p: &mut Vec<Problem>) {
+    if route.name.is_empty() {
+        p.push(Problem::new(
+            format!("{at}.name"),
+            "is missing",
+            "name the route, e.g. name = \"airflow\"",
+        ));
+    } else if !route
+        .name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        p.push(Problem::new(
+            format!("{at}.name"),
+            format!(
+                "{:?} has characters other than letters, digits, '-', '_' and '.'",
+                route.name
+            ),
+            "use a simple identifier; it appears in metrics and audit events",
+        ));
+    }
+    if route.hosts.is_empty() {
+        p.push(Problem::new(
+            format!("{at}.hosts"),
+            "is empty, so the route can never match",
+            "list the host names it serves, e.g. hosts = [\"airflow.example.com\"]",
+        ));
+    }
+    for (j, host) in route.hosts.iter().enumerate() {
+        if !valid_host_pattern(host) {
+            p.push(Problem::new(
+                format!("{at}.hosts[{j}]"),
+                format!("{host:?} is not a host name or *.wildcard"),
+                "write a name like \"api.example.com\" or \"*.example.com\", without scheme, port or path",
+            ));
+        }
+    }
+    if !route.path_prefix.starts_with('/')
+        || route.path_prefix.contains("//")
+        || route.path_prefix.split('/').any(|s| s == "." || s == "..")
+        || route
+            .path_prefix
+            .chars()
+            .any(|c| c == '%' || c == '?' || c == '#' || c.is_control())
+    {
+        p.push(Problem::new(
+            format!("{at}.path_prefix"),
+            format!("{:?} is not a canonical path prefix", route.path_prefix),
+            "start with '/', no '//', dot segments, '%', '?' or '#', e.g. \"/api/v1\"",
+        ));
+    }
+    if route.timeout.is_zero() {
+        p.push(Problem::new(
+            format!("{at}.timeout"),
+            "must be positive",
+            "use e.g. \"30s\"",
+        ));
+    }
+    let up = &route.upstream;
+    let upath = format!("{at}.upstream");
+    match up.url.parse::<http::Uri>() {
+        Ok(uri) => {
+            let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+            let path_ok = matches!(uri.path(), "" | "/") && uri.query().is_none();
+            if !scheme_ok || uri.host().is_none() || !path_ok || up.url.contains('@') {
+                p.push(Problem::new(
+                    format!("{upath}.url"),
+                    format!("{:?} is not an http(s)://host[:port] URL", up.url),
+                    "write e.g. \"http://127.0.0.1:8081\" (no path, query or credentials)",
+                ));
+            }
+            let https = uri.scheme_str() == Some("https");
+            if !https {
+                for (key, set) in [
+                    ("ca", up.ca.is_some()),
+                    ("server_name", up.server_name.is_some()),
+                    ("client_cert", up.client_cert.is_some()),
+                    ("client_key", up.client_key.is_some()),
+                ] {
+                    if set {
+                        p.push(Problem::new(
+                            format!("{upath}.{key}"),
+                            "is a TLS setting but the upstream URL is plain http",
+                            "use an https:// URL or remove the key",
+                        ));
+                    }
+                }
+            }
+        }
+        Err(_) => p.push(Problem::new(
+            format!("{upath}.url"),
+            if up.url.is_empty() {
+                "is missing".to_string()
+            } else {
+                format!("{:?} is not a URL", up.url)
+            },
+            "write e.g. \"http://127.0.0.1:8081\"",
+        )),
+    }
+    if up.client_cert.is_some() != up.client_key.is_some() {
+        p.push(Problem::new(
+            format!("{upath}.client_cert"),
+            "client_cert and client_key must be set together",
+            "set both for mTLS to the upstream, or neither",
+        ));
+    }
+    if let Some(name) = &up.server_name
+        && !valid_host_pattern(name)
+    {
+        p.push(Problem::new(
+            format!("{upath}.server_name"),
+            format!("{name:?} is not a DNS name"),
+            "write the name on the upstream's certificate, e.g. \"airflow.internal\"",
+        ));
+    }
+    if matches!(up.connect_timeout, Some(d) if d.is_zero()) {
+        p.push(Problem::new(
+            format!("{upath}.connect_timeout"),
+            "must be positive",
+            "use e.g. \"5s\"",
+        ));
+    }
+}
+
+/// A host name (lower or upper case letters, digits, '-', '.') or `*.` followed by one.
+pub fn valid_host_pattern(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    #[test]
+    fn a_config_with_several_mistakes_reports_each_with_its_key_path() {
+        let config = parse(
+            r#"
+            [server]
+            http = "nonsense"
+            [[routes]]
+            name = "a"
+            hosts = ["bad host"]
+            path_prefix = "api"
+            [routes.upstream]
+            url = "ftp://x"
+            "#,
+        )
+        .unwrap();
+        let paths: Vec<String> = validate(&config).into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "server.http",
+                "routes[0].hosts[0]",
+                "routes[0].path_prefix",
+                "routes[0].upstream.url"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_its_path() {
+        let problems = parse(
+            r#"
+            colour = 1
+            [server]
+            htp = "x"
+            [[routes]]
+            name = "a"
+            [routes.upstream]
+            uri = "x"
+            "#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["colour", "server.htp", "routes[0].upstream.uri"]);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_path() {
+        let problems = parse("[server.limits]\nmax_headers = \"many\"\n").unwrap_err();
+        assert_eq!(problems[0].path, "server.limits.max_headers");
+    }
+
+    #[test]
+    fn wildcard_and_exact_hosts_are_valid_patterns() {
+        assert!(valid_host_pattern("*.example.com"));
+        assert!(valid_host_pattern("localhost"));
+        assert!(!valid_host_pattern("*example.com"));
+        assert!(!valid_host_pattern("a..b"));
+        assert!(!valid_host_pattern("http://x"));
+    }
+}

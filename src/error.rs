@@ -1,0 +1,162 @@
+//! Small typed errors and the one rescue that turns any of them into a response.
+//!
+//! Every refusal the proxy makes, whether a decision (400, 401, 404) or an upstream failure
+//! (502, 504), is a [`ProxyError`]; [`rescue`] is the only function that builds an error
+//! response. Bodies name a stable error code and the request id, never internal detail.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::decision::Reason;
+use crate::proxy::body::ProxyBody;
+
+/// A request that did not get an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The decision point refused the request; `detail` is a fixed, client-safe explanation.
+    #[error("denied ({reason}): {detail}")]
+    Denied { reason: Reason, detail: &'static str },
+    /// The upstream could not be reached or broke the exchange.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream did not answer within the route's timeout.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    pub fn denied(reason: Reason, detail: &'static str) -> Self {
+        ProxyError::Denied { reason, detail }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Denied { reason, .. } => reason.status(),
+            ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable, machine-readable code for the response body, metrics and the audit event's `error.type`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Denied { reason, .. } => reason.as_str(),
+            ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// What the client is told. Fixed strings only: nothing from the upstream or the OS leaks.
+    fn public_message(&self) -> &'static str {
+        match self {
+            ProxyError::Denied { detail, .. } => detail,
+            ProxyError::UpstreamUnavailable(_) => "the upstream service could not be reached",
+            ProxyError::UpstreamTimeout => "the upstream service did not answer in time",
+        }
+    }
+}
+
+/// The one place an error becomes a response: JSON for API clients, a small HTML page for
+/// browsers (`Accept: text/html`), both carrying the request id.
+pub fn rescue(error: &ProxyError, request_id: &str, wants_html: bool) -> Response<ProxyBody> {
+    let status = error.status();
+    let (content_type, body) = if wants_html {
+        (
+            "text/html; charset=utf-8",
+            html_page(status, error.public_message(), request_id),
+        )
+    } else {
+        let json = serde_json::json!({
+            "error": error.code(),
+            "message": error.public_message(),
+            "request_id": request_id,
+        });
+        ("application/json", json.to_string())
+    };
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    if let ProxyError::Denied {
+        reason: Reason::NoCredentials,
+        ..
+    } = error
+    {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portcullis\""),
+        );
+    }
+    response
+}
+
+fn html_page(status: StatusCode, message: &str, request_id: &str) -> String {
+    // request_id is either generated or validated as a visible-ASCII token; escape anyway.
+    let id = html_escape(request_id);
+    let code = status.as_u16();
+    let title = status.canonical_reason().unwrap_or("Error");
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+         <h1>{code} {title}</h1><p>{message}.</p><p><small>Request id: <code>{id}</code></small></p>\
+         </body></html>\n"
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// True when the client prefers an HTML page (a browser navigation) over JSON.
+pub fn wants_html(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn api_clients_get_json_with_the_request_id_and_no_internal_detail() {
+        let error = ProxyError::UpstreamUnavailable("connect to 10.1.2.3:8080 refused".into());
+        let response = rescue(&error, "req-1", false);
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"], "upstream_unavailable");
+        assert_eq!(json["request_id"], "req-1");
+        assert!(!String::from_utf8_lossy(&body).contains("10.1.2.3"));
+    }
+
+    #[tokio::test]
+    async fn browsers_get_a_small_html_page() {
+        let error = ProxyError::denied(Reason::RouteNotFound, "no route serves this host and path");
+        let response = rescue(&error, "<id>", true);
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(html.contains("404 Not Found"));
+        assert!(html.contains("&lt;id&gt;"));
+    }
+}

@@ -1,0 +1,18 @@
+//! Portcullis: an identity-aware access proxy.
+//!
+//! Follow one request in this order: `listener` (accept, TLS, HTTP/1.1 and HTTP/2) →
+//! `proxy::stack` (the whole request path, composed in one place) → `proxy::canonical` (the one
+//! view of what the request is for) → `proxy::routes` → `decision` (allow with a `Permit`, or deny
+//! with a reason) → `proxy::forward` (strip, inject, stream) → `error::rescue` and `audit`
+//! (exactly one event per request). `app` builds all of it from `config`; `admin` serves probes
+//! and metrics on a separate listener.
+
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod config;
+pub mod decision;
+pub mod demo;
+pub mod error;
+pub mod listener;
+pub mod proxy;

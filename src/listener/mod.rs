@@ -1,0 +1,195 @@
+//! Accepting connections: the connection limit, TLS, HTTP/1.1 and HTTP/2 (ALPN or prior
+//! knowledge), the header-read and idle timeouts, and draining on shutdown.
+//!
+//! Untrusted input: every byte a client sends. hyper enforces the header limits; this module
+//! enforces the time limits.
+
+mod io;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::Metrics;
+use crate::config::Limits;
+use crate::proxy::Proxy;
+use crate::proxy::context::ConnInfo;
+use io::{Activity, Tracked};
+pub use tls::ReloadingTls;
+
+/// What every connection of every listener shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub proxy: Arc<Proxy>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// One permit per open connection; shutdown waits until it can take them all back.
+    pub connections: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Accepts until shutdown, then stops accepting (new connections are refused once the socket
+/// closes) and returns; open connections drain in their own tasks.
+pub async fn serve(listener: TcpListener, tls: Option<Arc<ReloadingTls>>, shared: Shared) {
+    let builder = Arc::new(http_builder(&shared.limits));
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            permit = shared.connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = crate::listener::stopped(&mut shutdown) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = crate::listener::stopped(&mut shutdown) => return,
+        };
+        let shared = shared.clone();
+        let tls = tls.as_ref().map(|t| t.config());
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            shared.metrics.connection_opened();
+            connection(stream, peer, tls, &builder, &shared).await;
+            shared.metrics.connection_closed();
+            drop(permit);
+        });
+    }
+}
+
+/// Resolves once shutdown has been signalled (or the sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    builder: &auto::Builder<TokioExecutor>,
+    shared: &Shared,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let conn = Arc::new(ConnInfo {
+        peer,
+        local,
+        tls: tls.is_some(),
+        trusted: shared.proxy.trusts(peer.ip()),
+    });
+    let activity = Activity::new();
+    match tls {
+        None => {
+            drive(
+                Tracked::new(stream, activity.clone()),
+                conn,
+                activity,
+                builder,
+                shared,
+            )
+            .await
+        }
+        Some(config) => {
+            // A client that never finishes its handshake is a slow client too.
+            let handshake = TlsAcceptor::from(config).accept(stream);
+            match tokio::time::timeout(shared.limits.header_read_timeout, handshake).await {
+                Ok(Ok(tls_stream)) => {
+                    drive(
+                        Tracked::new(tls_stream, activity.clone()),
+                        conn,
+                        activity,
+                        builder,
+                        shared,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn drive<S>(
+    io: S,
+    conn: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+    builder: &auto::Builder<TokioExecutor>,
+    shared: &Shared,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let proxy = shared.proxy.clone();
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let idle_limit = shared.limits.idle_timeout;
+    let mut tick = tokio::time::interval(idle_limit / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = shared.shutdown.clone();
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            // Finish what is in flight, take nothing new (h1: no keep-alive; h2: GOAWAY).
+            () = crate::listener::stopped(&mut shutdown), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !closing => {
+                if activity.idle_for() >= idle_limit {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

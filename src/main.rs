@@ -1,0 +1,150 @@
+//! The `portcullis` command: parse the CLI, load the config, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "An identity-aware access proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// TOML configuration file (see docs/configuration.md).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print every problem with its key path and a fix.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a small echo service to put behind the proxy in the quickstart.
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match portcullis::app::load_config(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} routes)", config.display(), c.routes.len());
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                report(&config, &problems);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config: path } => {
+            let config = match portcullis::app::load_config(&path) {
+                Ok(c) => c,
+                Err(problems) => {
+                    report(&path, &problems);
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if config.runtime.worker_threads > 0 {
+                runtime.worker_threads(config.runtime.worker_threads);
+            }
+            let runtime = match runtime.enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let bound = portcullis::app::bind(&config).await?;
+                for (name, addr) in [
+                    ("http", bound.http_addr()),
+                    ("https", bound.https_addr()),
+                    ("admin", bound.admin_addr()),
+                ] {
+                    if let Some(addr) = addr {
+                        tracing::info!(listener = name, %addr, "listening");
+                    }
+                }
+                portcullis::app::run(config, bound, shutdown_signal()).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DemoUpstream { listen } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async {
+                match tokio::net::TcpListener::bind(&listen).await {
+                    Ok(l) => {
+                        tracing::info!(%listen, "demo upstream listening");
+                        portcullis::demo::serve(l).await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("demo-upstream: cannot listen on {listen}: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn report(path: &std::path::Path, problems: &[portcullis::config::Problem]) {
+    eprintln!("{}: {} problem(s)", path.display(), problems.len());
+    for p in problems {
+        eprintln!("  {}: {}\n      fix: {}", p.path, p.message, p.hint);
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,52 @@
+//! The per-request context: everything the phases learn about one request, in one place.
+//!
+//! It is passed explicitly through the phases in `stack.rs` (not hidden in extensions), and the
+//! audit event is made from it once, at the end, whatever the outcome.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::decision::Decision;
+use crate::proxy::canonical::Canonical;
+use crate::proxy::routes::Route;
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    /// The peer is in `server.trusted_proxies`: its forwarding headers and request id are believed.
+    pub trusted: bool,
+}
+
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub conn: Arc<ConnInfo>,
+    pub started: Instant,
+    pub canonical: Option<Canonical>,
+    pub route: Option<Arc<Route>>,
+    pub decision: Option<Decision>,
+    /// Time from sending upstream to the upstream's response head.
+    pub upstream_duration: Option<Duration>,
+}
+
+impl RequestCtx {
+    pub fn new(request_id: String, conn: Arc<ConnInfo>) -> Self {
+        RequestCtx {
+            request_id,
+            conn,
+            started: Instant::now(),
+            canonical: None,
+            route: None,
+            decision: None,
+            upstream_duration: None,
+        }
+    }
+
+    pub fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("", |r| r.config.name.as_str())
+    }
+}

@@ -1,0 +1,511 @@
+//! Forwarding an allowed request: strip, then inject headers; stream bodies both ways through a
+//! pooled hyper client; pass upgrades (WebSocket) through once the response says 101.
+//!
+//! Untrusted input: every inbound header. The forwarder only runs with a [`Permit`].
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::config::{self, UpstreamProtocol};
+use crate::decision::{Permit, Reason};
+use crate::error::ProxyError;
+use crate::proxy::body::{ProxyBody, UpstreamBody};
+use crate::proxy::context::RequestCtx;
+use crate::proxy::routes::Route;
+
+/// A route's upstream: where it is and the pooled client that reaches it.
+#[derive(Debug)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    scheme: Scheme,
+    authority: Authority,
+    version: Version,
+}
+
+/// Why an upstream client could not be built (files named by the config).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{path}: cannot read {what} ({source})")]
+    Read {
+        path: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what} is not valid PEM ({detail})")]
+    Pem {
+        path: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Upstream {
+    pub fn build(
+        cfg: &config::Upstream,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, BuildError> {
+        let uri: Uri = cfg
+            .url
+            .parse()
+            .map_err(|_| BuildError::Invalid(format!("bad upstream url {:?}", cfg.url)))?;
+        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| BuildError::Invalid("upstream url has no host".into()))?;
+
+        let mut roots = rustls::RootCertStore::empty();
+        match &cfg.ca {
+            Some(ca) => {
+                for cert in read_certs(ca, "upstream CA")? {
+                    roots.add(cert)?;
+                }
+            }
+            None if scheme == Scheme::HTTPS => {
+                // A route to a public HTTPS service trusts the system's roots.
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+            None => {}
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let tls = match (&cfg.client_cert, &cfg.client_key) {
+            (Some(cert), Some(key)) => {
+                builder.with_client_auth_cert(read_certs(cert, "client certificate")?, read_key(key)?)?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout()));
+        let builder = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let builder = match &cfg.server_name {
+            Some(name) => {
+                let name =
+                    ServerName::try_from(name.clone()).map_err(|e| BuildError::Invalid(e.to_string()))?;
+                builder.with_server_name_resolver(FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let connector = match cfg.protocol {
+            UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+            UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+            UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
+        };
+        let mut client = Client::builder(TokioExecutor::new());
+        client
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90));
+        if cfg.protocol == UpstreamProtocol::Http2 {
+            client.http2_only(true);
+        }
+        let version = if cfg.protocol == UpstreamProtocol::Http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        Ok(Upstream {
+            client: client.build(connector),
+            scheme,
+            authority,
+            version,
+        })
+    }
+}
+
+fn read_pem(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, BuildError> {
+    std::fs::read(path).map_err(|source| BuildError::Read {
+        path: path.display().to_string(),
+        what,
+        source,
+    })
+}
+
+pub fn read_certs(
+    path: &std::path::Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, BuildError> {
+    let pem = read_pem(path, what)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BuildError::Pem {
+            path: path.display().to_string(),
+            what,
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(BuildError::Pem {
+            path: path.display().to_string(),
+            what,
+            detail: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+pub fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, BuildError> {
+    let pem = read_pem(path, "private key")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| BuildError::Pem {
+        path: path.display().to_string(),
+        what: "private key",
+        detail: e.to_string(),
+    })
+}
+
+/// Sends an allowed request upstream and returns the upstream's response head with its body
+/// still streaming. The `Permit` is the decision point's proof; there is no other way in.
+pub async fn forward(
+    _permit: Permit,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let canonical = ctx
+        .canonical
+        .as_ref()
+        .ok_or_else(|| ProxyError::UpstreamUnavailable("no canonical view".into()))?;
+    let upstream = &route.upstream;
+    let limit = route.config.max_body_bytes;
+    if limit > 0 && content_length(req.headers()).is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let upgrade = requested_upgrade(&req);
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let mut headers = outbound_headers(parts.headers, ctx);
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    let host = if route.config.preserve_host {
+        HeaderValue::from_str(&canonical.authority()).ok()
+    } else {
+        HeaderValue::from_str(upstream.authority.as_str()).ok()
+    };
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
+    }
+    let uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(canonical.wire_path_and_query())
+        .build()
+        .map_err(|_| ProxyError::UpstreamUnavailable("could not build the upstream URI".into()))?;
+
+    let mut outbound = Request::new(http_body_util::Limited::new(
+        body,
+        if limit == 0 {
+            usize::MAX
+        } else {
+            usize::try_from(limit).unwrap_or(usize::MAX)
+        },
+    ));
+    *outbound.method_mut() = parts.method;
+    *outbound.uri_mut() = uri;
+    *outbound.version_mut() = upstream.version;
+    *outbound.headers_mut() = headers;
+
+    let sent = Instant::now();
+    let result = tokio::time::timeout(route.config.timeout, upstream.client.request(outbound)).await;
+    ctx.upstream_duration = Some(sent.elapsed());
+    let mut response = match result {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) if exceeded_body_limit(&e) => return Err(too_large()),
+        Ok(Err(e)) => return Err(ProxyError::UpstreamUnavailable(describe(&e))),
+        Ok(Ok(response)) => response,
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(downstream), Some(protocol)) = (downstream_upgrade, upgrade) else {
+            return Err(ProxyError::UpstreamUnavailable(
+                "upstream switched protocols unasked".into(),
+            ));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(down), Ok(up)) = (downstream.await, upstream_upgrade.await) {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+            }
+        });
+        let (mut parts, _) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+        return Ok(Response::from_parts(
+            parts,
+            crate::proxy::body::full(bytes::Bytes::new()),
+        ));
+    }
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(parts, http_body_util::BodyExt::boxed(body)))
+}
+
+fn too_large() -> ProxyError {
+    ProxyError::denied(
+        Reason::PayloadTooLarge,
+        "the request body is larger than this route accepts",
+    )
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// The protocol a client asks to switch to, for HTTP/1.1 `Connection: upgrade` requests only.
+fn requested_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11
+        || !connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).cloned()
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn exceeded_body_limit(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = error.source();
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The error chain, for the operator's log only; never sent to the client.
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Identity headers that the proxy manages (all of `x-portcullis-*`) and the aliases other
+/// access proxies use, which upstreams may have been configured to trust.
+const IDENTITY_ALIASES: [&str; 12] = [
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-access-token",
+    "x-pomerium-jwt-assertion",
+    "x-remote-user",
+    "remote-user",
+];
+
+/// Headers that name the client's address or the original request; believed only from trusted peers.
+fn is_forwarding(name: &str) -> bool {
+    name.starts_with("x-forwarded-")
+        || name.starts_with("x-original-")
+        || matches!(
+            name,
+            "forwarded"
+                | "x-real-ip"
+                | "x-rewrite-url"
+                | "x-client-ip"
+                | "true-client-ip"
+                | "x-cluster-client-ip"
+                | "client-ip"
+        )
+}
+
+/// Headers that ask a server to treat the request as another method than the one decided on.
+fn is_method_override(name: &str) -> bool {
+    matches!(
+        name,
+        "x-http-method-override" | "x-http-method" | "x-method-override"
+    )
+}
+
+/// Header names as CGI-style servers see them: `X_Forwarded_User` and `x.forwarded.user` are
+/// `x-forwarded-user` to many frameworks, so every spelling is judged by this form.
+fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
+    let s = name.as_str();
+    if s.bytes().any(|b| b == b'_' || b == b'.') {
+        std::borrow::Cow::Owned(s.replace(['_', '.'], "-"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// Strip, then inject: every header the client may not set is dropped, then the proxy adds
+/// its own forwarding headers and request id.
+pub fn outbound_headers(inbound: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
+    let nominated: Vec<String> = connection_tokens(&inbound)
+        .map(|t| t.to_ascii_lowercase().replace(['_', '.'], "-"))
+        .collect();
+    let keep_te_trailers = inbound.get_all(header::TE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    });
+    let trusted = ctx.conn.trusted;
+    let prior_xff = if trusted {
+        joined(&inbound, "x-forwarded-for")
+    } else {
+        None
+    };
+    let prior_forwarded = if trusted {
+        joined(&inbound, "forwarded")
+    } else {
+        None
+    };
+    let prior_proto = if trusted {
+        inbound.get("x-forwarded-proto").cloned()
+    } else {
+        None
+    };
+    let prior_host = if trusted {
+        inbound.get("x-forwarded-host").cloned()
+    } else {
+        None
+    };
+
+    let mut out = HeaderMap::with_capacity(inbound.len() + 6);
+    let mut current: Option<HeaderName> = None;
+    let mut keep = false;
+    for (name, value) in inbound {
+        if let Some(name) = name {
+            let norm = normalized(&name);
+            let n = norm.as_ref();
+            keep = !(HOP_BY_HOP.contains(&n)
+                || n == "upgrade"
+                || n == "host"
+                || n == "x-request-id"
+                || n.starts_with("x-portcullis-")
+                || IDENTITY_ALIASES.contains(&n)
+                || is_method_override(n)
+                || is_forwarding(n)
+                || nominated.iter().any(|t| t == n));
+            current = Some(name);
+        }
+        if keep && let Some(name) = &current {
+            out.append(name.clone(), value);
+        }
+    }
+
+    let ctx_canonical = ctx.canonical.as_ref();
+    let peer = ctx.conn.peer.ip();
+    let scheme = ctx_canonical.map_or("http", |c| c.scheme);
+    let authority = ctx_canonical.map(|c| c.authority()).unwrap_or_default();
+    let xff = match prior_xff {
+        Some(prior) => format!("{prior}, {peer}"),
+        None => peer.to_string(),
+    };
+    let node = if peer.is_ipv6() {
+        format!("\"[{peer}]\"")
+    } else {
+        peer.to_string()
+    };
+    let element = format!("for={node};proto={scheme};host=\"{authority}\"");
+    let forwarded = match prior_forwarded {
+        Some(prior) => format!("{prior}, {element}"),
+        None => element,
+    };
+    let insert = |out: &mut HeaderMap, name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            out.insert(name, v);
+        }
+    };
+    insert(&mut out, "x-forwarded-for", xff);
+    insert(&mut out, "forwarded", forwarded);
+    match prior_proto {
+        Some(v) => out.insert("x-forwarded-proto", v),
+        None => out.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+        ),
+    };
+    match prior_host {
+        Some(v) => {
+            out.insert("x-forwarded-host", v);
+        }
+        None => insert(&mut out, "x-forwarded-host", authority),
+    }
+    insert(&mut out, "x-request-id", ctx.request_id.clone());
+    if keep_te_trailers {
+        out.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    out
+}
+
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        None
+    } else {
+        Some(values.join(", "))
+    }
+}
+
+/// Response headers that describe the upstream connection, not the message.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let nominated: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in nominated {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}

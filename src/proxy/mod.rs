@@ -1,0 +1,10 @@
+//! The request path. `stack.rs` composes it; the other modules are its phases.
+
+pub mod body;
+pub mod canonical;
+pub mod context;
+pub mod forward;
+pub mod routes;
+mod stack;
+
+pub use stack::Proxy;

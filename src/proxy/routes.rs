@@ -1,0 +1,93 @@
+//! The route table: host (exact, then longest `*.` wildcard) and then the longest path prefix
+//! on whole segments, both matched against the canonical view.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config;
+use crate::proxy::forward::Upstream;
+
+/// A route ready to serve: its config and its upstream client.
+#[derive(Debug)]
+pub struct Route {
+    pub config: config::Route,
+    pub upstream: Upstream,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, Vec<Arc<Route>>>,
+    /// (suffix including the leading dot, routes), longest suffix first.
+    wildcard: Vec<(String, Vec<Arc<Route>>)>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Arc<Route>>) -> Self {
+        let mut table = RouteTable::default();
+        for route in routes {
+            for host in &route.config.hosts {
+                let host = host.to_ascii_lowercase();
+                match host.strip_prefix('*') {
+                    Some(suffix) => match table.wildcard.iter_mut().find(|(s, _)| s == suffix) {
+                        Some((_, list)) => list.push(route.clone()),
+                        None => table.wildcard.push((suffix.to_string(), vec![route.clone()])),
+                    },
+                    None => table.exact.entry(host).or_default().push(route.clone()),
+                }
+            }
+        }
+        let by_prefix_len = |list: &mut Vec<Arc<Route>>| {
+            list.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
+        };
+        table.exact.values_mut().for_each(by_prefix_len);
+        table
+            .wildcard
+            .iter_mut()
+            .for_each(|(_, list)| by_prefix_len(list));
+        table
+            .wildcard
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        table
+    }
+
+    /// The route for a canonical host and path. A host that has routes but none for this path
+    /// does not fall through to a wildcard: the most specific host owns its whole namespace.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        let candidates = match self.exact.get(host) {
+            Some(list) => list,
+            None => {
+                &self
+                    .wildcard
+                    .iter()
+                    .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))?
+                    .1
+            }
+        };
+        candidates
+            .iter()
+            .find(|r| prefix_matches(&r.config.path_prefix, path))
+    }
+}
+
+/// `/api` matches `/api`, `/api/` and `/api/x`, never `/apix`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments_only() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/v1"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/api/", "/api/x"));
+        assert!(!prefix_matches("/api/", "/api"));
+    }
+}

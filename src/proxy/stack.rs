@@ -1,0 +1,192 @@
+//! The one place the request path is composed, read top to bottom:
+//!
+//! 1. request id: taken from a trusted hop or generated;
+//! 2. canonical view: one method, authority and path, or 400;
+//! 3. route: host then path prefix, or 404 (nothing is forwarded);
+//! 4. decision: allow with a `Permit`, or deny with a reason (401 for protected routes until
+//!    authentication arrives; authentication and policy slot in here);
+//! 5. forward: strip, then inject headers; stream to the upstream;
+//!
+//! and, whatever happened, `error::rescue` makes the error response and exactly one audit event
+//! is emitted. Phases are plain async calls on one `RequestCtx` rather than tower layers, because
+//! each needs what the previous ones learned and the audit event must see every exit.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use crate::admin::Metrics;
+use crate::audit::{AccessEvent, AuditSink, SCHEMA_VERSION, bounded};
+use crate::decision::{Decision, Reason, decide};
+use crate::error::{ProxyError, rescue, wants_html};
+use crate::proxy::body::ProxyBody;
+use crate::proxy::canonical::Canonical;
+use crate::proxy::context::{ConnInfo, RequestCtx};
+use crate::proxy::forward::forward;
+use crate::proxy::routes::RouteTable;
+
+pub struct Proxy {
+    routes: RouteTable,
+    trusted_proxies: Vec<IpNet>,
+    audit: Arc<dyn AuditSink>,
+    metrics: Arc<Metrics>,
+}
+
+/// What the audit event needs from the request after the request itself has moved on.
+struct Seen {
+    method: String,
+    version: Version,
+    user_agent: Option<String>,
+    wants_html: bool,
+    time: SystemTime,
+}
+
+impl Proxy {
+    pub fn new(
+        routes: RouteTable,
+        trusted_proxies: Vec<IpNet>,
+        audit: Arc<dyn AuditSink>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Proxy {
+            routes,
+            trusted_proxies,
+            audit,
+            metrics,
+        }
+    }
+
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Serves one request. Never fails: every error becomes a response here.
+    pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ProxyBody> {
+        let request_id = request_id(req.headers(), conn.trusted);
+        let mut ctx = RequestCtx::new(request_id, conn);
+        let seen = Seen {
+            method: req.method().as_str().to_string(),
+            version: req.version(),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .map(|v| bounded(&String::from_utf8_lossy(v.as_bytes()), 256)),
+            wants_html: wants_html(req.headers()),
+            time: SystemTime::now(),
+        };
+
+        let outcome = self.phases(&mut ctx, req).await;
+
+        let (mut response, error) = match outcome {
+            Ok(response) => (response, None),
+            Err(error) => {
+                if let ProxyError::Denied { reason, .. } = &error {
+                    ctx.decision = Some(Decision::Deny(*reason));
+                }
+                (rescue(&error, &ctx.request_id, seen.wants_html), Some(error))
+            }
+        };
+        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+            response.headers_mut().insert("x-request-id", id);
+        }
+        self.record(&ctx, &seen, response.status().as_u16(), error.as_ref());
+        response
+    }
+
+    async fn phases(
+        &self,
+        ctx: &mut RequestCtx,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let canonical = Canonical::build(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            ctx.conn.tls,
+        )?;
+        let route = self.routes.find(&canonical.host, &canonical.path).cloned();
+        ctx.canonical = Some(canonical);
+        let route = route
+            .ok_or_else(|| ProxyError::denied(Reason::RouteNotFound, "no route serves this host and path"))?;
+        ctx.route = Some(route.clone());
+
+        let (decision, permit) = decide(route.config.access);
+        ctx.decision = Some(decision);
+        let permit = permit
+            .ok_or_else(|| ProxyError::denied(decision.reason(), "this route requires you to sign in"))?;
+
+        forward(permit, ctx, &route, req).await
+    }
+
+    /// The decision point's single exit: one audit event and the request metrics.
+    fn record(&self, ctx: &RequestCtx, seen: &Seen, status: u16, error: Option<&ProxyError>) {
+        let decision = ctx.decision.unwrap_or(Decision::Deny(Reason::MalformedRequest));
+        let elapsed = ctx.started.elapsed();
+        if let Some(e @ (ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout)) = error {
+            self.metrics.upstream_error(ctx.route_name(), e.code());
+            tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), error = %e, "upstream failure");
+        }
+        self.metrics
+            .request(ctx.route_name(), decision.as_str(), status, elapsed.as_secs_f64());
+        let canonical = ctx.canonical.as_ref();
+        self.audit.emit(AccessEvent {
+            time: humantime::format_rfc3339_micros(seen.time).to_string(),
+            schema: SCHEMA_VERSION,
+            request_id: ctx.request_id.clone(),
+            decision: decision.as_str(),
+            reason: decision.reason().as_str(),
+            principal_kind: "anonymous",
+            auth_method: "none",
+            route: ctx.route_name().to_string(),
+            method: seen.method.clone(),
+            scheme: if ctx.conn.tls { "https" } else { "http" },
+            path: canonical.map(|c| c.path.clone()),
+            server_address: canonical.map(|c| c.host.clone()),
+            server_port: canonical.and_then(|c| c.port).unwrap_or(ctx.conn.local.port()),
+            client_address: ctx.conn.peer.ip().to_string(),
+            protocol_version: version_str(seen.version),
+            user_agent: seen.user_agent.clone(),
+            status,
+            error_type: error
+                .filter(|e| !matches!(e, ProxyError::Denied { .. }))
+                .map(ProxyError::code),
+            upstream_ms: ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
+            total_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        });
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// A trusted hop's id is kept if it is a short visible token; anything else gets a fresh id so
+/// that a client cannot inject text into logs through it.
+fn request_id(headers: &http::HeaderMap, trusted: bool) -> String {
+    if trusted
+        && let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return id.to_string();
+    }
+    uuid::Uuid::new_v4().to_string()
+}
