@@ -34,10 +34,15 @@ impl Canonical {
         headers: &HeaderMap,
         tls: bool,
     ) -> Result<Self, ProxyError> {
-        if *method == Method::CONNECT || *method == Method::TRACE {
+        // CONNECT would turn the proxy into a tunnel to anywhere; its target is not a path.
+        if *method == Method::CONNECT {
+            return Err(malformed("CONNECT is not accepted by this proxy"));
+        }
+        // TRACE echoes request headers (cookies included) back to the caller.
+        if *method == Method::TRACE {
             return Err(ProxyError::denied(
                 Reason::MethodNotAllowed,
-                "this method is not accepted by the proxy",
+                "TRACE is not accepted by this proxy",
             ));
         }
         let scheme = if tls { "https" } else { "http" };

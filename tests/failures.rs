@@ -1,0 +1,333 @@
+//! When things go wrong: the upstream is down or slow, the client is slow, the route is closed,
+//! the process is told to stop. Each answer is the documented status, audited once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Gateway, Recorder, get, public_route, raw, raw_get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An HTTP/1.1 upstream that answers every request after `delay`.
+async fn slow_upstream(delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback port with nothing listening on it.
+async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_answers_502_and_is_audited_as_an_allowed_request_that_failed() {
+    let down = closed_port().await;
+    let gw = Gateway::start(&public_route(&format!("http://{down}"))).await;
+    let (status, body) = get(gw.http, "/x", &[]).await;
+    assert_eq!(status, 502);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"], "upstream_unavailable");
+    assert!(
+        !body.contains(&down.port().to_string()),
+        "internal detail leaked: {body}"
+    );
+    let events = gw.audit_events(1).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["portcullis.decision"], "allow");
+    assert_eq!(events[0]["http.response.status_code"], 502);
+    assert_eq!(events[0]["error.type"], "upstream_unavailable");
+    assert!(
+        gw.metrics()
+            .await
+            .contains("portcullis_upstream_errors_total{route=\"app\",kind=\"upstream_unavailable\"} 1")
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_answers_504_after_the_route_timeout() {
+    let slow = slow_upstream(Duration::from_secs(5)).await;
+    let route = public_route(&format!("http://{slow}"))
+        .replace("access = \"public\"", "access = \"public\"\ntimeout = \"300ms\"");
+    let gw = Gateway::start(&route).await;
+    let started = Instant::now();
+    let (status, body) = get(gw.http, "/x", &[]).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(body.contains("upstream_timeout"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off_and_nothing_is_forwarded() {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start_with(
+        "[server.limits]\nheader_read_timeout = \"300ms\"",
+        &public_route(&upstream.url()),
+    )
+    .await;
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after 5 s");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(upstream.requests().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start_with(
+        "[server.limits]\nidle_timeout = \"400ms\"\nheader_read_timeout = \"30s\"",
+        &public_route(&upstream.url()),
+    )
+    .await;
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "expected the proxy to close the idle connection"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_or_too_many_headers_are_refused_before_routing() {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start_with(
+        "[server.limits]\nmax_headers = 20\nmax_header_bytes = 8192",
+        &public_route(&upstream.url()),
+    )
+    .await;
+    let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (status, _) = raw(
+        gw.http,
+        &format!("GET / HTTP/1.1\r\nHost: app.test\r\n{many}Connection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 431);
+    let big = "a".repeat(16 * 1024);
+    let (status, _) = raw(
+        gw.http,
+        &format!("GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 431);
+    assert!(upstream.requests().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_route_fails_closed_with_401_and_forwards_nothing() {
+    let upstream = Recorder::start().await;
+    let route = public_route(&upstream.url()).replace("access = \"public\"", "access = \"protected\"");
+    let gw = Gateway::start(&route).await;
+    let response = support::send(
+        gw.http,
+        http::Method::POST,
+        "/api/v1/dags/etl/dagRuns",
+        &[],
+        "{}".into(),
+    )
+    .await;
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().get("www-authenticate").is_some());
+    let (status, html) = get(gw.http, "/ui", &[("accept", "text/html,application/xhtml+xml")]).await;
+    assert_eq!(status, 401);
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("Request id"),
+        "{html}"
+    );
+    assert!(upstream.requests().is_empty());
+    let events = gw.audit_events(2).await;
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        assert_eq!(e["portcullis.decision"], "deny");
+        assert_eq!(e["portcullis.reason"], "no_credentials");
+        assert_eq!(e["portcullis.route"], "app");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_yields_exactly_one_audit_event_with_its_request_id() {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let mut ids = Vec::new();
+    for target in ["/a", "/b%2fc", "/d", "/e;x"] {
+        let (_, text) = raw_get(gw.http, "app.test", target).await;
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        ids.push(id);
+    }
+    let (_, text) = raw_get(gw.http, "nowhere.test", "/").await;
+    ids.push(
+        text.lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap()
+            .trim()
+            .to_string(),
+    );
+    let events = gw.audit_events(5).await;
+    let logged: Vec<&str> = events
+        .iter()
+        .map(|e| e["portcullis.request.id"].as_str().unwrap())
+        .collect();
+    assert_eq!(logged, ids);
+    let reasons: Vec<&str> = events
+        .iter()
+        .map(|e| e["portcullis.reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "public_route",
+            "ambiguous_path",
+            "public_route",
+            "ambiguous_path",
+            "route_not_found"
+        ]
+    );
+    gw.stop().await;
+}
+
+/// The real binary with a config; killed on drop.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_healthy(admin: SocketAddr) {
+    for _ in 0..200 {
+        if let Ok(mut s) = TcpStream::connect(admin).await {
+            let _ = s
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out).await;
+            if out.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the proxy never became ready");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() {
+    let slow = slow_upstream(Duration::from_millis(1500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin) = (free_port(), free_port());
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhttp = \"127.0.0.1:{http}\"\nshutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [audit]\npath = {:?}\n{}",
+            dir.path().join("audit.jsonl").display().to_string(),
+            public_route(&format!("http://{slow}"))
+        ),
+    )
+    .unwrap();
+    let child = Child(
+        Command::new(support::binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    wait_healthy(format!("127.0.0.1:{admin}").parse().unwrap()).await;
+
+    let in_flight = tokio::spawn(async move { raw_get(http, "app.test", "/slow").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        TcpStream::connect(http).await.is_err(),
+        "a new connection was accepted during shutdown"
+    );
+
+    let (status, text) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("slow"));
+    let mut child = child;
+    let exit = tokio::task::spawn_blocking(move || child.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert_eq!(
+        audit.lines().count(),
+        1,
+        "the in-flight request's audit event was written before exit"
+    );
+}

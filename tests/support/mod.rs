@@ -1,0 +1,279 @@
+//! Story-test scaffolding: a recording upstream, the proxy on port 0, raw and hyper clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// What one request looked like when it reached the upstream.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query exactly as received on the wire.
+    pub target: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    }
+    /// Every header name that, spelled any way, normalizes to `name`.
+    pub fn has_any_spelling_of(&self, name: &str) -> bool {
+        self.headers
+            .keys()
+            .any(|k| k.as_str().replace(['_', '.'], "-").eq_ignore_ascii_case(name))
+    }
+}
+
+pub type Handler = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// An upstream that records every request it receives and answers through `handler`.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        Self::with(Arc::new(|_| {
+            Response::new(Full::new(Bytes::from_static(b"upstream ok")))
+        }))
+        .await
+    }
+
+    pub async fn with(handler: Handler) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let log = log.clone();
+                        let handler = handler.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                            let seen = Seen {
+                                method: parts.method.to_string(),
+                                target: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                version: parts.version,
+                                headers: parts.headers,
+                                body_len,
+                            };
+                            let response = handler(&seen);
+                            log.lock().unwrap().push(seen);
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Recorder { addr, seen }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests().pop().expect("the upstream received no request")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The proxy, started in-process from a TOML config on port 0, with its audit log in a temp dir.
+pub struct Gateway {
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    audit_path: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// `routes_toml` holds `[[routes]]` tables (and any other sections but server/admin/audit).
+    pub async fn start(routes_toml: &str) -> Gateway {
+        Self::start_with("", routes_toml).await
+    }
+
+    /// `server_toml` is extra keys for the `[server]` table.
+    pub async fn start_with(server_toml: &str, routes_toml: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let audit_path = dir.path().join("audit.jsonl");
+        let text = format!(
+            "[server]\nhttp = \"127.0.0.1:0\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\npath = {:?}\n{routes_toml}",
+            audit_path.display().to_string()
+        );
+        let config = match portcullis::config::parse(&text) {
+            Ok(c) => c,
+            Err(p) => panic!("config did not parse: {p:?}\n{text}"),
+        };
+        let problems = portcullis::config::validate(&config);
+        assert!(problems.is_empty(), "config problems: {problems:?}");
+        Self::start_config(config, dir, audit_path).await
+    }
+
+    pub async fn start_config(
+        config: portcullis::config::Config,
+        dir: tempfile::TempDir,
+        audit_path: PathBuf,
+    ) -> Gateway {
+        let bound = portcullis::app::bind(&config).await.unwrap();
+        let http = bound.http_addr().unwrap();
+        let https = bound.https_addr();
+        let admin = bound.admin_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            portcullis::app::run(config, bound, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Gateway {
+            http,
+            https,
+            admin,
+            dir,
+            audit_path,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Audit events written so far, waiting briefly for `at_least` of them.
+    pub async fn audit_events(&self, at_least: usize) -> Vec<serde_json::Value> {
+        for _ in 0..100 {
+            let events = self.read_audit();
+            if events.len() >= at_least {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.read_audit()
+    }
+
+    fn read_audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, body) = get(self.admin, "/metrics", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        body
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// Sends raw bytes and returns the status and the whole response text (the proxy is asked to
+/// close the connection afterwards). Lets tests send targets no HTTP library would build.
+pub async fn raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// `GET target` for `host` over a fresh HTTP/1.1 connection, as raw bytes.
+pub async fn raw_get(addr: SocketAddr, host: &str, target: &str) -> (u16, String) {
+    raw(
+        addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// A GET through hyper's client with extra headers; returns status and body.
+pub async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+    let response = send(addr, http::Method::GET, target, headers, Bytes::new()).await;
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn send(
+    addr: SocketAddr,
+    method: http::Method,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Response<Incoming> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(target);
+    let has_host = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host"));
+    if !has_host {
+        req = req.header("host", "app.test");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    sender
+        .send_request(req.body(Full::new(body)).unwrap())
+        .await
+        .unwrap()
+}
+
+/// One public route named `app` for host `app.test` in front of `upstream`.
+pub fn public_route(upstream: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"app\"\nhosts = [\"app.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"{upstream}\"\n"
+    )
+}
+
+/// Path of the built `portcullis` binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+}
