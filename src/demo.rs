@@ -1,5 +1,6 @@
 //! `portcullis demo-upstream`: a tiny echo service for the quickstart. It answers every request
 //! with JSON describing what reached it, so a newcomer can see exactly what the proxy forwarded.
+//! Also `portcullis probe`, the container health check.
 
 use std::convert::Infallible;
 
@@ -53,4 +54,17 @@ async fn echo(req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible>
         response.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     Ok(response)
+}
+
+/// GETs a plain-HTTP URL and reports whether it answered 2xx within 3 seconds.
+pub async fn probe(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri)).await,
+        Ok(Ok(response)) if response.status().is_success()
+    )
 }

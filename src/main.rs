@@ -25,6 +25,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Exit 0 if an HTTP GET of URL answers 2xx within 3 s (a container health check that needs
+    /// no curl in the image).
+    Probe { url: String },
     /// Run a small echo service to put behind the proxy in the quickstart.
     DemoUpstream {
         #[arg(long, default_value = "127.0.0.1:8081")]
@@ -90,6 +93,13 @@ fn main() -> ExitCode {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Probe { url } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match runtime.map(|r| r.block_on(portcullis::demo::probe(&url))) {
+                Ok(true) => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
             }
         }
         Command::DemoUpstream { listen } => {

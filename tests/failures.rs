@@ -1,6 +1,11 @@
 //! When things go wrong: the upstream is down or slow, the client is slow, the route is closed,
 //! the process is told to stop. Each answer is the documented status, audited once.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

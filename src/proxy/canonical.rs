@@ -286,16 +286,14 @@ fn hex_pair(pair: &[u8]) -> Option<u8> {
 /// Percent-encodes every byte of the canonical path that is not a `pchar` or `/`, and the few
 /// pchars (`;`, `%`) that some servers treat specially.
 fn encode_path(path: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(path.len());
     for &b in path.as_bytes() {
         let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@/".contains(&b);
         if keep {
             out.push(b as char);
         } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0xf)] as char);
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

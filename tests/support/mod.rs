@@ -1,5 +1,11 @@
 //! Story-test scaffolding: a recording upstream, the proxy on port 0, raw and hyper clients.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
