@@ -1,0 +1,845 @@
+//! Protocols through the proxy: HTTP/1.1 and HTTP/2 on both sides, gRPC with trailers,
+//! WebSocket upgrades, very large streamed bodies and the request body limit.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// A public route for `host` in front of `url`; `route_extra` goes in the route table and
+/// `upstream_extra` in its `[routes.upstream]` table.
+fn route(name: &str, host: &str, url: &str, route_extra: &str, upstream_extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nhosts = [\"{host}\"]\naccess = \"public\"\n{route_extra}\n\
+         [routes.upstream]\nurl = \"{url}\"\n{upstream_extra}\n"
+    )
+}
+
+/// An HTTP/2 connection with prior knowledge (h2c) to `addr`.
+async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 and HTTP/2
+// ---------------------------------------------------------------------------------------------
+
+/// Dot segments and repeated slashes resolved, `%64` decoded, the space re-encoded.
+const RAW_TARGET: &str = "/a//b/./c/../%64%20e?x=1&y=%2F";
+const CANONICAL_TARGET: &str = "/a/b/d%20e?x=1&y=%2F";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_reaches_an_http1_upstream_at_the_canonical_path() {
+    let upstream = support::Recorder::start().await;
+    let gw = support::Gateway::start(&support::public_route(&upstream.url())).await;
+
+    let (status, body) = support::get(gw.http, RAW_TARGET, &[]).await;
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "upstream ok");
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 1, "exactly one request reaches the upstream");
+    assert_eq!(requests[0].target, CANONICAL_TARGET);
+    assert_eq!(requests[0].version, Version::HTTP_11);
+    assert_eq!(requests[0].header("host"), Some(upstream.addr.to_string()));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_prior_knowledge_client_reaches_an_http1_upstream_at_the_canonical_path() {
+    let upstream = support::Recorder::start().await;
+    let gw = support::Gateway::start(&support::public_route(&upstream.url())).await;
+    let mut sender = h2c(gw.http).await;
+
+    // Several streams on the one connection, each answered and each forwarded once.
+    for i in 0..3 {
+        let req = Request::builder()
+            .uri(format!("http://app.test{RAW_TARGET}"))
+            .header("x-attempt", i.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), Version::HTTP_2);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"upstream ok");
+    }
+
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 3);
+    for (i, seen) in requests.iter().enumerate() {
+        assert_eq!(seen.target, CANONICAL_TARGET);
+        assert_eq!(seen.version, Version::HTTP_11, "the upstream speaks HTTP/1.1");
+        assert_eq!(seen.header("x-attempt"), Some(i.to_string()));
+        assert_eq!(seen.header("host"), Some(upstream.addr.to_string()));
+    }
+    gw.stop().await;
+}
+
+/// An upstream that only speaks HTTP/2 (prior knowledge) and records the version and target.
+async fn h2_only_upstream() -> (SocketAddr, Arc<Mutex<Vec<(Version, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let target = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default();
+                        log.lock().unwrap().push((req.version(), target));
+                        let body = format!("{:?}", req.version());
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upstream_is_spoken_to_in_http2_from_http1_and_http2_clients() {
+    let (addr, seen) = h2_only_upstream().await;
+    let gw = support::Gateway::start(&route(
+        "h2",
+        "app.test",
+        &format!("http://{addr}"),
+        "",
+        "protocol = \"http2\"",
+    ))
+    .await;
+
+    let (status, body) = support::get(gw.http, "/from/h1", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "HTTP/2.0");
+
+    let mut sender = h2c(gw.http).await;
+    let req = Request::builder()
+        .uri("http://app.test/from/h2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"HTTP/2.0");
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            (Version::HTTP_2, "/from/h1".to_string()),
+            (Version::HTTP_2, "/from/h2".to_string())
+        ]
+    );
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC over h2c, with a hand-written server: 5-byte length prefixes and status trailers
+// ---------------------------------------------------------------------------------------------
+
+type GrpcBody = BoxBody<Bytes, Infallible>;
+
+/// One gRPC message on the wire: uncompressed flag, big-endian length, payload.
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(message);
+    Bytes::from(out)
+}
+
+/// Takes one complete message off the front of `buf`, if there is one.
+fn take_grpc_message(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let (&compressed, rest) = buf.split_first()?;
+    let len: [u8; 4] = rest.get(..4)?.try_into().unwrap();
+    let len = u32::from_be_bytes(len) as usize;
+    let message = rest.get(4..4 + len)?.to_vec();
+    assert_eq!(compressed, 0, "messages are not compressed");
+    buf.drain(..5 + len);
+    Some(message)
+}
+
+fn grpc_trailers(message: &'static str, count: usize) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    trailers.insert("grpc-message", HeaderValue::from_static(message));
+    trailers.insert("x-echo-count", HeaderValue::from_str(&count.to_string()).unwrap());
+    trailers
+}
+
+/// What one call looked like at the gRPC server.
+#[derive(Debug, Clone)]
+struct GrpcSeen {
+    version: Version,
+    path: String,
+    content_type: Option<String>,
+    te: Option<String>,
+    messages: Vec<Vec<u8>>,
+}
+
+struct GrpcServer {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<GrpcSeen>>>,
+    /// The streaming method sends its next message only after a `()` arrives here, so a proxy
+    /// that buffered the response would stall the call.
+    next: mpsc::UnboundedSender<()>,
+}
+
+/// `/echo.Echo/Unary` answers `hello, <name>`; `/echo.Echo/Stream` answers `<name> #0..#4`,
+/// one at a time; both end with `grpc-status: 0` trailers.
+async fn grpc_server() -> GrpcServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (next, next_rx) = mpsc::unbounded_channel::<()>();
+    let next_rx = Arc::new(tokio::sync::Mutex::new(next_rx));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            let next_rx = next_rx.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    let next_rx = next_rx.clone();
+                    async move { Ok::<_, Infallible>(grpc_call(req, log, next_rx).await) }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    GrpcServer { addr, seen, next }
+}
+
+async fn grpc_call(
+    req: Request<Incoming>,
+    log: Arc<Mutex<Vec<GrpcSeen>>>,
+    next_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>>,
+) -> Response<GrpcBody> {
+    let (parts, body) = req.into_parts();
+    let mut buf = body.collect().await.unwrap().to_bytes().to_vec();
+    let mut messages = Vec::new();
+    while let Some(m) = take_grpc_message(&mut buf) {
+        messages.push(m);
+    }
+    let header = |name: &str| parts.headers.get(name).map(|v| v.to_str().unwrap().to_string());
+    let seen = GrpcSeen {
+        version: parts.version,
+        path: parts.uri.path().to_string(),
+        content_type: header("content-type"),
+        te: header("te"),
+        messages: messages.clone(),
+    };
+    log.lock().unwrap().push(seen);
+    let name = String::from_utf8(messages.first().cloned().unwrap_or_default()).unwrap();
+
+    let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    match parts.uri.path() {
+        "/echo.Echo/Unary" => {
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(Frame::data(grpc_frame(format!("hello, {name}").as_bytes()))))
+                    .await;
+                let _ = tx.send(Ok(Frame::trailers(grpc_trailers("ok", 1)))).await;
+            });
+        }
+        "/echo.Echo/Stream" => {
+            tokio::spawn(async move {
+                let mut next = next_rx.lock().await;
+                for i in 0..5 {
+                    if i > 0 && next.recv().await.is_none() {
+                        return;
+                    }
+                    let message = format!("{name} #{i}");
+                    if tx
+                        .send(Ok(Frame::data(grpc_frame(message.as_bytes()))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                let _ = tx
+                    .send(Ok(Frame::trailers(grpc_trailers("stream done", 5))))
+                    .await;
+            });
+        }
+        _ => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("12"));
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+            });
+        }
+    }
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap()
+}
+
+fn grpc_request(path: &str, message: &[u8]) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("POST")
+        .uri(format!("http://grpc.test{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(grpc_frame(message)))
+        .unwrap()
+}
+
+fn grpc_route(server: &GrpcServer) -> String {
+    route(
+        "grpc",
+        "grpc.test",
+        &format!("http://{}", server.addr),
+        "",
+        "protocol = \"http2\"",
+    )
+}
+
+/// Reads a gRPC response body to its end, calling `on_message` as each message completes.
+async fn read_grpc(body: Incoming, mut on_message: impl FnMut(&[u8])) -> (Vec<Vec<u8>>, Option<HeaderMap>) {
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut messages = Vec::new();
+    let mut trailers = None;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the response stalled: was it buffered by the proxy?");
+        let Some(frame) = frame else { break };
+        match frame.unwrap().into_data() {
+            Ok(data) => {
+                buf.extend_from_slice(&data);
+                while let Some(m) = take_grpc_message(&mut buf) {
+                    on_message(&m);
+                    messages.push(m);
+                }
+            }
+            Err(frame) => {
+                assert!(trailers.is_none(), "only one trailers frame");
+                trailers = Some(frame.into_trailers().expect("a frame is data or trailers"));
+            }
+        }
+    }
+    assert!(buf.is_empty(), "a partial message was left over: {buf:?}");
+    (messages, trailers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_call_returns_one_message_and_the_status_trailers() {
+    let server = grpc_server().await;
+    let gw = support::Gateway::start(&grpc_route(&server)).await;
+    let mut sender = h2c(gw.http).await;
+
+    let response = sender
+        .send_request(grpc_request("/echo.Echo/Unary", b"portcullis"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "application/grpc"
+    );
+    let (messages, trailers) = read_grpc(response.into_body(), |_| {}).await;
+
+    assert_eq!(messages, vec![b"hello, portcullis".to_vec()]);
+    let trailers = trailers.expect("the call ends with trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(trailers.get("grpc-message").unwrap(), "ok");
+    assert_eq!(trailers.get("x-echo-count").unwrap(), "1");
+
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, Version::HTTP_2);
+    assert_eq!(seen[0].path, "/echo.Echo/Unary");
+    assert_eq!(seen[0].content_type.as_deref(), Some("application/grpc"));
+    assert_eq!(
+        seen[0].te.as_deref(),
+        Some("trailers"),
+        "te: trailers reaches the upstream"
+    );
+    assert_eq!(seen[0].messages, vec![b"portcullis".to_vec()]);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_server_streaming_keeps_every_message_and_the_trailers() {
+    let server = grpc_server().await;
+    let gw = support::Gateway::start(&grpc_route(&server)).await;
+    let mut sender = h2c(gw.http).await;
+
+    let response = sender
+        .send_request(grpc_request("/echo.Echo/Stream", b"tick"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Each message must arrive on its own before the server is allowed to send the next one.
+    let next = server.next.clone();
+    let (messages, trailers) = read_grpc(response.into_body(), |_| {
+        let _ = next.send(());
+    })
+    .await;
+
+    let expected: Vec<Vec<u8>> = (0..5).map(|i| format!("tick #{i}").into_bytes()).collect();
+    assert_eq!(messages, expected, "every message, in order");
+    let trailers = trailers.expect("the stream ends with trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(trailers.get("grpc-message").unwrap(), "stream done");
+    assert_eq!(trailers.get("x-echo-count").unwrap(), "5");
+
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/echo.Echo/Stream");
+    assert_eq!(seen[0].te.as_deref(), Some("trailers"));
+    assert_eq!(seen[0].messages, vec![b"tick".to_vec()]);
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket
+// ---------------------------------------------------------------------------------------------
+
+/// A WebSocket echo server that counts TCP connections and records each handshake's target.
+#[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
+async fn ws_echo_server() -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let targets = Arc::new(Mutex::new(Vec::new()));
+    let (count, log) = (connections.clone(), targets.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let log = log.clone();
+            tokio::spawn(async move {
+                let callback =
+                    move |req: &tungstenite::handshake::server::Request,
+                          resp: tungstenite::handshake::server::Response| {
+                        let target = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default();
+                        log.lock().unwrap().push(target);
+                        Ok(resp)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() || message.is_binary() {
+                        if ws.send(message).await.is_err() {
+                            return;
+                        }
+                    } else if message.is_close() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, targets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_text_and_binary_messages_echo_through_the_proxy() {
+    let (addr, connections, targets) = ws_echo_server().await;
+    let gw = support::Gateway::start(&support::public_route(&format!("http://{addr}"))).await;
+
+    let stream = TcpStream::connect(gw.http).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://app.test/chat?room=1", stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let messages = vec![
+        Message::text("hello"),
+        Message::binary(vec![0u8, 1, 2, 254, 255]),
+        Message::text("grüße, 世界"),
+        Message::binary(big),
+        Message::text(""),
+    ];
+    for message in messages {
+        ws.send(message.clone()).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("no echo within 5s")
+            .expect("the connection closed")
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
+    ws.close(None).await.unwrap();
+
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(*targets.lock().unwrap(), vec!["/chat?room=1".to_string()]);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_a_protected_route_gets_401_and_never_reaches_the_upstream() {
+    let (addr, connections, targets) = ws_echo_server().await;
+    let routes = format!(
+        "[[routes]]\nname = \"closed\"\nhosts = [\"app.test\"]\naccess = \"protected\"\n\
+         [routes.upstream]\nurl = \"http://{addr}\"\n"
+    );
+    let gw = support::Gateway::start(&routes).await;
+
+    let stream = TcpStream::connect(gw.http).await.unwrap();
+    let result = tokio_tungstenite::client_async("ws://app.test/chat", stream).await;
+    match result {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            assert!(response.headers().get("upgrade").is_none());
+        }
+        Err(e) => panic!("expected a 401 response, got error {e}"),
+        Ok((_, response)) => panic!("the upgrade was accepted with {}", response.status()),
+    }
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "the upstream saw a connection"
+    );
+    assert!(targets.lock().unwrap().is_empty());
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 100 MiB each way through the real binary, with bounded memory
+// ---------------------------------------------------------------------------------------------
+
+const CHUNK: usize = 64 * 1024;
+const HUNDRED_MIB: u64 = 100 * 1024 * 1024;
+static CHUNK_BYTES: [u8; CHUNK] = [b'x'; CHUNK];
+
+type StreamedBody = BoxBody<Bytes, Infallible>;
+
+/// `total` bytes produced chunk by chunk as they are polled; never held in memory at once.
+fn generated_body(total: u64) -> StreamedBody {
+    let stream = futures_util::stream::unfold(0u64, move |sent| async move {
+        if sent >= total {
+            return None;
+        }
+        let n = (total - sent).min(CHUNK as u64) as usize;
+        let chunk = Bytes::from_static(&CHUNK_BYTES).slice(..n);
+        Some((Ok::<_, Infallible>(Frame::data(chunk)), sent + n as u64))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// Counts a body's bytes frame by frame.
+async fn count_bytes(body: Incoming) -> u64 {
+    let mut body = body;
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            n += data.len() as u64;
+        }
+    }
+    n
+}
+
+/// `POST /upload` answers with the number of bytes it received; `GET /download` streams 100 MiB.
+async fn bulk_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let response = match req.uri().path() {
+                        "/upload" => {
+                            let n = count_bytes(req.into_body()).await;
+                            Response::new(BodyExt::boxed(Full::new(Bytes::from(n.to_string()))))
+                        }
+                        "/download" => Response::new(generated_body(HUNDRED_MIB)),
+                        _ => Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(BodyExt::boxed(Full::new(Bytes::new())))
+                            .unwrap(),
+                    };
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The proxy binary as a child process, killed when dropped (also when the test fails).
+struct ProxyProcess {
+    child: Child,
+    stderr: std::path::PathBuf,
+}
+
+impl ProxyProcess {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Peak resident set size, from /proc.
+    fn vm_hwm_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM in /proc/<pid>/status");
+        let kib: u64 = line
+            .trim_start_matches("VmHWM:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kib * 1024
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn wait_healthy(proxy: &mut ProxyProcess, admin: SocketAddr) {
+    for _ in 0..200 {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            panic!("the proxy exited with {status}:\n{}", proxy.log());
+        }
+        if TcpStream::connect(admin).await.is_ok() {
+            let (status, _) = support::get(admin, "/healthz", &[]).await;
+            if status == StatusCode::OK {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the proxy did not become healthy:\n{}", proxy.log());
+}
+
+async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<StreamedBody> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_body_streams_each_way_through_the_binary_with_bounded_memory() {
+    let upstream = bulk_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "[server]\nhttp = \"{http}\"\n[admin]\nlisten = \"{admin}\"\n[audit]\npath = {:?}\n{}",
+        dir.path().join("audit.jsonl").display().to_string(),
+        route(
+            "bulk",
+            "app.test",
+            &format!("http://{upstream}"),
+            "max_body_bytes = 0\ntimeout = \"60s\"",
+            ""
+        )
+    );
+    let config_path = dir.path().join("portcullis.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let stderr = dir.path().join("stderr.log");
+    let child = Command::new(support::binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut proxy = ProxyProcess { child, stderr };
+    wait_healthy(&mut proxy, admin).await;
+
+    // Upload: chunked, generated as it is sent; the upstream counts what arrives.
+    let mut sender = http1(http).await;
+    let req = Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header("host", "app.test")
+        .body(generated_body(HUNDRED_MIB))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(120), async {
+        let response = sender.send_request(req).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    })
+    .await
+    .expect("the upload took more than 120s");
+    assert_eq!(response.0, StatusCode::OK, "{}", proxy.log());
+    assert_eq!(response.1, HUNDRED_MIB.to_string(), "bytes the upstream received");
+
+    // Download: streamed by the upstream, counted at the client.
+    let req = Request::builder()
+        .uri("/download")
+        .header("host", "app.test")
+        .body(BodyExt::boxed(Full::new(Bytes::new())))
+        .unwrap();
+    let (status, received) = tokio::time::timeout(Duration::from_secs(120), async {
+        // The same keep-alive connection, once it has finished with the upload.
+        sender.ready().await.unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        (response.status(), count_bytes(response.into_body()).await)
+    })
+    .await
+    .expect("the download took more than 120s");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(received, HUNDRED_MIB, "bytes the client received");
+
+    let peak = proxy.vm_hwm_bytes();
+    assert!(
+        peak < 80 * 1024 * 1024,
+        "the proxy's peak RSS was {} MiB while moving 200 MiB",
+        peak / (1024 * 1024)
+    );
+    drop(proxy);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The request body limit
+// ---------------------------------------------------------------------------------------------
+
+fn limited_route(upstream: &support::Recorder) -> String {
+    route("small", "app.test", &upstream.url(), "max_body_bytes = 1024", "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_with_content_length_gets_413_and_never_reaches_the_upstream() {
+    let upstream = support::Recorder::start().await;
+    let gw = support::Gateway::start(&limited_route(&upstream)).await;
+
+    let response = support::send(
+        gw.http,
+        http::Method::POST,
+        "/upload",
+        &[],
+        Bytes::from(vec![b'a'; 1025]),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        upstream.requests().is_empty(),
+        "the upstream saw {:?}",
+        upstream.requests()
+    );
+
+    // Exactly at the limit passes whole.
+    let response = support::send(
+        gw.http,
+        http::Method::POST,
+        "/upload",
+        &[],
+        Bytes::from(vec![b'a'; 1024]),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].body_len, 1024);
+    gw.stop().await;
+}
+
+/// A POST whose body is sent chunked, in `chunks` pieces of `size` bytes.
+async fn post_chunked(addr: SocketAddr, chunks: usize, size: usize) -> StatusCode {
+    let mut sender = http1(addr).await;
+    let stream = futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'c'; size])))),
+    );
+    let req = Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header("host", "app.test")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap();
+    sender.send_request(req).await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_the_limit_gets_413() {
+    let upstream = support::Recorder::start().await;
+    let gw = support::Gateway::start(&limited_route(&upstream)).await;
+
+    assert_eq!(
+        post_chunked(gw.http, 4, 1000).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    // Under the limit, chunked passes whole.
+    assert_eq!(post_chunked(gw.http, 2, 500).await, StatusCode::OK);
+    let last = upstream.last();
+    assert_eq!(last.body_len, 1000);
+    assert_eq!(last.header("transfer-encoding").as_deref(), Some("chunked"));
+    gw.stop().await;
+}
