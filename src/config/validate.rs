@@ -304,8 +304,9 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["colour", "server.htp", "routes[0].upstream.uri"]);
+        let mut paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(paths, ["colour", "routes[0].upstream.uri", "server.htp"]);
     }
 
     #[test]
