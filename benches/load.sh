@@ -35,6 +35,7 @@ KEEP_TMP="${KEEP_TMP:-0}"
 BACKEND_PORT=18000
 NGINX_PORT=18001
 HAPROXY_PORT=18002
+NGINX_LOG_PORT=18003
 PORTCULLIS_PORT=18080
 PORTCULLIS_ADMIN_PORT=19090
 PORTCULLIS_CONF="benches/load/portcullis.toml"
@@ -289,6 +290,10 @@ main() {
 
     start_nginx nginx "$CONF_DIR/proxy.nginx.conf" "$PROXY_CPU" "$NGINX_PORT"
     measure "nginx" "$NGINX_PORT" "${PIDS[-1]}"
+    stop_last
+
+    start_nginx nginx-log "$CONF_DIR/proxy-log.nginx.conf" "$PROXY_CPU" "$NGINX_LOG_PORT"
+    measure "nginx + JSON access log" "$NGINX_LOG_PORT" "${PIDS[-1]}"
     stop_last
 
     start_haproxy

@@ -99,10 +99,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             key: format!("routes[{i}].upstream"),
             source,
         })?;
-        routes.push(Arc::new(Route {
-            config: route.clone(),
-            upstream,
-        }));
+        routes.push(Arc::new(Route::new(route.clone(), upstream)));
     }
     let proxy = Arc::new(Proxy::new(
         RouteTable::new(routes),

@@ -1,5 +1,7 @@
 //! Prometheus metrics. Label values are route names and closed sets, never request data.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -7,27 +9,30 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// A route's name as a metric label; shared, so labelling a request allocates nothing.
+pub type RouteLabel = Arc<String>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    decision: String,
-    status: String,
+    route: RouteLabel,
+    decision: &'static str,
+    status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: RouteLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamErrorLabels {
-    route: String,
-    kind: String,
+    route: RouteLabel,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
-    result: String,
+    result: &'static str,
 }
 
 pub struct Metrics {
@@ -37,6 +42,7 @@ pub struct Metrics {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     open_connections: Gauge,
     tls_reloads: Family<ResultLabels, Counter>,
+    no_route: RouteLabel,
 }
 
 impl Metrics {
@@ -83,31 +89,33 @@ impl Metrics {
             upstream_errors,
             open_connections,
             tls_reloads,
+            no_route: Arc::new(String::new()),
         }
     }
 
-    pub fn request(&self, route: &str, decision: &str, status: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                decision: decision.to_string(),
-                status: status.to_string(),
-            })
-            .inc();
+    /// The label of requests that matched no route.
+    pub fn no_route(&self) -> RouteLabel {
+        self.no_route.clone()
+    }
+
+    pub fn request(&self, route: &RouteLabel, decision: &'static str, status: u16, seconds: f64) {
+        let labels = RequestLabels {
+            route: route.clone(),
+            decision,
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
         self.duration
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-            })
+            .get_or_create(&RouteLabels { route: route.clone() })
             .observe(seconds);
     }
 
-    pub fn upstream_error(&self, route: &str, kind: &str) {
-        self.upstream_errors
-            .get_or_create(&UpstreamErrorLabels {
-                route: route.to_string(),
-                kind: kind.to_string(),
-            })
-            .inc();
+    pub fn upstream_error(&self, route: &RouteLabel, kind: &'static str) {
+        let labels = UpstreamErrorLabels {
+            route: route.clone(),
+            kind,
+        };
+        self.upstream_errors.get_or_create(&labels).inc();
     }
 
     pub fn connection_opened(&self) {
@@ -118,12 +126,8 @@ impl Metrics {
         self.open_connections.dec();
     }
 
-    pub fn tls_reload(&self, result: &str) {
-        self.tls_reloads
-            .get_or_create(&ResultLabels {
-                result: result.to_string(),
-            })
-            .inc();
+    pub fn tls_reload(&self, result: &'static str) {
+        self.tls_reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn encode(&self) -> String {

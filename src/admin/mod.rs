@@ -2,7 +2,7 @@
 //! for traffic) and `/metrics` (Prometheus text). Separate from the proxy listeners so probes
 //! are never routed, audited or exposed to clients.
 
-mod metrics;
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::sync::Arc;

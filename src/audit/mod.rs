@@ -7,7 +7,12 @@
 
 mod sink;
 
-use serde::Serialize;
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
 
 pub use sink::{AuditSink, JsonlSink};
 
@@ -17,8 +22,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// The record of one access decision.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessEvent {
-    /// RFC 3339 UTC time the request arrived.
-    pub time: String,
+    /// When the request arrived; written as RFC 3339 UTC (formatted by the writer, off the request path).
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
     #[serde(rename = "portcullis.audit.schema")]
     pub schema: u32,
     #[serde(rename = "portcullis.request.id")]
@@ -31,10 +37,10 @@ pub struct AccessEvent {
     pub principal_kind: &'static str,
     #[serde(rename = "portcullis.auth.method")]
     pub auth_method: &'static str,
-    #[serde(rename = "portcullis.route", skip_serializing_if = "str::is_empty")]
-    pub route: String,
+    #[serde(rename = "portcullis.route", skip_serializing_if = "Option::is_none")]
+    pub route: Option<Arc<String>>,
     #[serde(rename = "http.request.method")]
-    pub method: String,
+    pub method: Cow<'static, str>,
     #[serde(rename = "url.scheme")]
     pub scheme: &'static str,
     /// The canonical path; absent when the request was refused before one could be built.
@@ -45,7 +51,7 @@ pub struct AccessEvent {
     #[serde(rename = "server.port")]
     pub server_port: u16,
     #[serde(rename = "client.address")]
-    pub client_address: String,
+    pub client_address: IpAddr,
     #[serde(rename = "network.protocol.version")]
     pub protocol_version: &'static str,
     #[serde(rename = "user_agent.original", skip_serializing_if = "Option::is_none")]
@@ -62,6 +68,10 @@ pub struct AccessEvent {
     pub upstream_ms: Option<f64>,
     #[serde(rename = "portcullis.duration.total_us")]
     pub total_us: u64,
+}
+
+fn rfc3339<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_micros(*time))
 }
 
 /// User agents are client-controlled: cap the length so one request cannot bloat the trail.

@@ -1,30 +1,57 @@
-//! Where events go: the JSON-lines sink (stdout or a file), written by one thread so that a
-//! request never waits on disk, and drained completely on shutdown.
+//! Where events go: the JSON-lines sink (stdout or a file).
+//!
+//! A request only appends its event to a shared batch; one writer thread takes the whole batch
+//! every few milliseconds, serializes it and writes it with one system call. So a request never
+//! waits on disk and never wakes another thread, and a burst costs one write. Nothing is dropped:
+//! when the writer falls far behind, requests wait for it. On shutdown `flush` drains everything.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::AccessEvent;
 
 /// Anything that takes audit events. The OTLP exporter will be another implementation.
 pub trait AuditSink: Send + Sync + 'static {
     fn emit(&self, event: AccessEvent);
-    /// Writes out everything accepted so far; called on shutdown.
+    /// Returns once everything emitted before the call has been written out.
     fn flush(&self);
 }
 
-/// Events queued beyond this make `emit` wait for the writer instead of growing without bound.
-const QUEUE: usize = 64 * 1024;
+/// How often the writer wakes on its own to write what has gathered.
+const WRITE_INTERVAL: Duration = Duration::from_millis(20);
+/// A batch this large wakes the writer early.
+const WAKE_AT: usize = 4096;
+/// Beyond this many unwritten events, `emit` waits for the writer rather than grow without bound.
+const MAX_PENDING: usize = 256 * 1024;
 
-enum Msg {
-    Event(Box<AccessEvent>),
-    Flush(SyncSender<()>),
+#[derive(Default)]
+struct State {
+    pending: Vec<AccessEvent>,
+    /// Batches handed to the writer so far, and batches it has finished writing.
+    taken: u64,
+    written: u64,
+    flush_wanted: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer (a large batch, or a flush).
+    work: Condvar,
+    /// Wakes those waiting for the writer (space, or a finished flush).
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a writer panicked mid-batch; the queue itself is intact.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 pub struct JsonlSink {
-    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
 }
 
 impl JsonlSink {
@@ -35,62 +62,78 @@ impl JsonlSink {
         } else {
             Box::new(OpenOptions::new().create(true).append(true).open(path)?)
         };
-        let (tx, rx) = sync_channel(QUEUE);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let writer = shared.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_loop(rx, BufWriter::with_capacity(64 * 1024, out)))?;
-        Ok(Arc::new(JsonlSink { tx }))
+            .spawn(move || write_loop(&writer, BufWriter::with_capacity(256 * 1024, out)))?;
+        Ok(Arc::new(JsonlSink { shared }))
     }
 }
 
-fn write_loop(rx: Receiver<Msg>, mut out: BufWriter<Box<dyn Write + Send>>) {
-    let write = |out: &mut BufWriter<Box<dyn Write + Send>>, event: &AccessEvent| {
-        if let Err(e) = serde_json::to_writer(&mut *out, event)
-            .map_err(io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
+fn write_loop(shared: &Shared, mut out: BufWriter<Box<dyn Write + Send>>) {
+    let mut batch = Vec::new();
+    loop {
         {
-            tracing::error!(error = %e, "audit sink write failed");
+            let mut state = shared.lock();
+            if state.pending.is_empty() && !state.flush_wanted {
+                state = match shared.work.wait_timeout(state, WRITE_INTERVAL) {
+                    Ok((s, _)) => s,
+                    Err(poisoned) => poisoned.into_inner().0,
+                };
+            }
+            std::mem::swap(&mut batch, &mut state.pending);
+            state.flush_wanted = false;
+            state.taken += 1;
         }
-    };
-    while let Ok(msg) = rx.recv() {
-        let mut acks = Vec::new();
-        match msg {
-            Msg::Event(event) => write(&mut out, &event),
-            Msg::Flush(ack) => acks.push(ack),
-        }
-        // Drain whatever queued meanwhile, then flush once: one write(2) per burst, not per event.
-        while let Ok(msg) = rx.try_recv() {
-            match msg {
-                Msg::Event(event) => write(&mut out, &event),
-                Msg::Flush(ack) => acks.push(ack),
+        for event in batch.drain(..) {
+            let line = serde_json::to_writer(&mut out, &event)
+                .map_err(io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            if let Err(e) = line {
+                tracing::error!(error = %e, "audit sink write failed");
             }
         }
         if let Err(e) = out.flush() {
             tracing::error!(error = %e, "audit sink flush failed");
         }
-        for ack in acks {
-            let _ = ack.send(());
-        }
+        let mut state = shared.lock();
+        state.written = state.taken;
+        drop(state);
+        shared.done.notify_all();
     }
-    let _ = out.flush();
 }
 
 impl AuditSink for JsonlSink {
     fn emit(&self, event: AccessEvent) {
-        match self.tx.try_send(Msg::Event(Box::new(event))) {
-            Ok(()) => {}
-            // Full: wait rather than lose the record.
-            Err(TrySendError::Full(msg)) => {
-                let _ = self.tx.send(msg);
-            }
-            Err(TrySendError::Disconnected(_)) => tracing::error!("audit writer is gone; event lost"),
+        let mut state = self.shared.lock();
+        while state.pending.len() >= MAX_PENDING {
+            state = match self.shared.done.wait(state) {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+        }
+        state.pending.push(event);
+        if state.pending.len() == WAKE_AT {
+            self.shared.work.notify_one();
         }
     }
 
     fn flush(&self) {
-        let (ack_tx, ack_rx) = sync_channel(1);
-        if self.tx.send(Msg::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv();
+        let mut state = self.shared.lock();
+        // The batch taken after this point holds everything emitted so far.
+        let target = state.taken + 1;
+        state.flush_wanted = true;
+        self.shared.work.notify_one();
+        while state.written < target {
+            state = match self.shared.done.wait(state) {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
+            };
         }
     }
 }

@@ -45,8 +45,4 @@ impl RequestCtx {
             upstream_duration: None,
         }
     }
-
-    pub fn route_name(&self) -> &str {
-        self.route.as_ref().map_or("", |r| r.config.name.as_str())
-    }
 }

@@ -383,65 +383,53 @@ fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Whether an inbound header must not reach the upstream (judged by its normalized name).
+fn must_strip(name: &str, trusted: bool, nominated: &[String]) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || name == "upgrade"
+        || name == "x-request-id"
+        || name.starts_with("x-portcullis-")
+        || IDENTITY_ALIASES.contains(&name)
+        || is_method_override(name)
+        || (!trusted && is_forwarding(name))
+        || nominated.iter().any(|t| t == name)
+}
+
 /// Strip, then inject: every header the client may not set is dropped, then the proxy adds
-/// its own forwarding headers and request id.
-pub fn outbound_headers(inbound: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
-    let nominated: Vec<String> = connection_tokens(&inbound)
+/// its own forwarding headers and request id. Works in place: most requests drop nothing.
+pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
+    let nominated: Vec<String> = connection_tokens(&headers)
         .map(|t| t.to_ascii_lowercase().replace(['_', '.'], "-"))
         .collect();
-    let keep_te_trailers = inbound.get_all(header::TE).iter().any(|v| {
+    let keep_te_trailers = headers.get_all(header::TE).iter().any(|v| {
         v.to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
     });
     let trusted = ctx.conn.trusted;
     let prior_xff = if trusted {
-        joined(&inbound, "x-forwarded-for")
+        joined(&headers, "x-forwarded-for")
     } else {
         None
     };
     let prior_forwarded = if trusted {
-        joined(&inbound, "forwarded")
-    } else {
-        None
-    };
-    let prior_proto = if trusted {
-        inbound.get("x-forwarded-proto").cloned()
-    } else {
-        None
-    };
-    let prior_host = if trusted {
-        inbound.get("x-forwarded-host").cloned()
+        joined(&headers, "forwarded")
     } else {
         None
     };
 
-    let mut out = HeaderMap::with_capacity(inbound.len() + 6);
-    let mut current: Option<HeaderName> = None;
-    let mut keep = false;
-    for (name, value) in inbound {
-        if let Some(name) = name {
-            let norm = normalized(&name);
-            let n = norm.as_ref();
-            keep = !(HOP_BY_HOP.contains(&n)
-                || n == "upgrade"
-                || n == "host"
-                || n == "x-request-id"
-                || n.starts_with("x-portcullis-")
-                || IDENTITY_ALIASES.contains(&n)
-                || is_method_override(n)
-                || is_forwarding(n)
-                || nominated.iter().any(|t| t == n));
-            current = Some(name);
-        }
-        if keep && let Some(name) = &current {
-            out.append(name.clone(), value);
-        }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| must_strip(&normalized(name), trusted, &nominated))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
     }
 
-    let ctx_canonical = ctx.canonical.as_ref();
+    let canonical = ctx.canonical.as_ref();
     let peer = ctx.conn.peer.ip();
-    let scheme = ctx_canonical.map_or("http", |c| c.scheme);
-    let authority = ctx_canonical.map(|c| c.authority()).unwrap_or_default();
+    let scheme = canonical.map_or("http", |c| c.scheme);
+    let authority = canonical.map(|c| c.authority()).unwrap_or_default();
     let xff = match prior_xff {
         Some(prior) => format!("{prior}, {peer}"),
         None => peer.to_string(),
@@ -456,31 +444,28 @@ pub fn outbound_headers(inbound: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
         Some(prior) => format!("{prior}, {element}"),
         None => element,
     };
-    let insert = |out: &mut HeaderMap, name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            out.insert(name, v);
-        }
-    };
-    insert(&mut out, "x-forwarded-for", xff);
-    insert(&mut out, "forwarded", forwarded);
-    match prior_proto {
-        Some(v) => out.insert("x-forwarded-proto", v),
-        None => out.insert(
+    insert_value(&mut headers, "x-forwarded-for", &xff);
+    insert_value(&mut headers, "forwarded", &forwarded);
+    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+        headers.insert(
             "x-forwarded-proto",
             HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
-        ),
-    };
-    match prior_host {
-        Some(v) => {
-            out.insert("x-forwarded-host", v);
-        }
-        None => insert(&mut out, "x-forwarded-host", authority),
+        );
     }
-    insert(&mut out, "x-request-id", ctx.request_id.clone());
+    if !(trusted && headers.contains_key("x-forwarded-host")) {
+        insert_value(&mut headers, "x-forwarded-host", &authority);
+    }
+    insert_value(&mut headers, "x-request-id", &ctx.request_id);
     if keep_te_trailers {
-        out.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    out
+    headers
+}
+
+fn insert_value(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
 }
 
 fn joined(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::admin::metrics::RouteLabel;
 use crate::config;
 use crate::proxy::forward::Upstream;
 
@@ -12,6 +13,19 @@ use crate::proxy::forward::Upstream;
 pub struct Route {
     pub config: config::Route,
     pub upstream: Upstream,
+    /// The name as metrics and audit events carry it.
+    pub label: RouteLabel,
+}
+
+impl Route {
+    pub fn new(config: config::Route, upstream: Upstream) -> Self {
+        let label = Arc::new(config.name.clone());
+        Route {
+            config,
+            upstream,
+            label,
+        }
+    }
 }
 
 #[derive(Debug, Default)]

@@ -11,11 +11,12 @@
 //! is emitted. Phases are plain async calls on one `RequestCtx` rather than tower layers, because
 //! each needs what the previous ones learned and the audit event must see every exit.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{HeaderValue, Request, Response, Version, header};
+use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
@@ -38,7 +39,7 @@ pub struct Proxy {
 
 /// What the audit event needs from the request after the request itself has moved on.
 struct Seen {
-    method: String,
+    method: Cow<'static, str>,
     version: Version,
     user_agent: Option<String>,
     wants_html: bool,
@@ -73,7 +74,7 @@ impl Proxy {
         let request_id = request_id(req.headers(), conn.trusted);
         let mut ctx = RequestCtx::new(request_id, conn);
         let seen = Seen {
-            method: req.method().as_str().to_string(),
+            method: method_name(req.method()),
             version: req.version(),
             user_agent: req
                 .headers()
@@ -97,7 +98,7 @@ impl Proxy {
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
             response.headers_mut().insert("x-request-id", id);
         }
-        self.record(&ctx, &seen, response.status().as_u16(), error.as_ref());
+        self.record(ctx, seen, response.status().as_u16(), error.as_ref());
         response
     }
 
@@ -128,33 +129,40 @@ impl Proxy {
     }
 
     /// The decision point's single exit: one audit event and the request metrics.
-    fn record(&self, ctx: &RequestCtx, seen: &Seen, status: u16, error: Option<&ProxyError>) {
+    fn record(&self, ctx: RequestCtx, seen: Seen, status: u16, error: Option<&ProxyError>) {
         let decision = ctx.decision.unwrap_or(Decision::Deny(Reason::MalformedRequest));
         let elapsed = ctx.started.elapsed();
+        let label = ctx
+            .route
+            .as_ref()
+            .map_or_else(|| self.metrics.no_route(), |r| r.label.clone());
         if let Some(e @ (ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout)) = error {
-            self.metrics.upstream_error(ctx.route_name(), e.code());
-            tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), error = %e, "upstream failure");
+            self.metrics.upstream_error(&label, e.code());
+            tracing::warn!(request_id = %ctx.request_id, route = %label, error = %e, "upstream failure");
         }
         self.metrics
-            .request(ctx.route_name(), decision.as_str(), status, elapsed.as_secs_f64());
-        let canonical = ctx.canonical.as_ref();
+            .request(&label, decision.as_str(), status, elapsed.as_secs_f64());
+        let (path, host, port) = match ctx.canonical {
+            Some(c) => (Some(c.path), Some(c.host), c.port),
+            None => (None, None, None),
+        };
         self.audit.emit(AccessEvent {
-            time: humantime::format_rfc3339_micros(seen.time).to_string(),
+            time: seen.time,
             schema: SCHEMA_VERSION,
-            request_id: ctx.request_id.clone(),
+            request_id: ctx.request_id,
             decision: decision.as_str(),
             reason: decision.reason().as_str(),
             principal_kind: "anonymous",
             auth_method: "none",
-            route: ctx.route_name().to_string(),
-            method: seen.method.clone(),
+            route: ctx.route.map(|r| r.label.clone()),
+            method: seen.method,
             scheme: if ctx.conn.tls { "https" } else { "http" },
-            path: canonical.map(|c| c.path.clone()),
-            server_address: canonical.map(|c| c.host.clone()),
-            server_port: canonical.and_then(|c| c.port).unwrap_or(ctx.conn.local.port()),
-            client_address: ctx.conn.peer.ip().to_string(),
+            path,
+            server_address: host,
+            server_port: port.unwrap_or(ctx.conn.local.port()),
+            client_address: ctx.conn.peer.ip(),
             protocol_version: version_str(seen.version),
-            user_agent: seen.user_agent.clone(),
+            user_agent: seen.user_agent,
             status,
             error_type: error
                 .filter(|e| !matches!(e, ProxyError::Denied { .. }))
@@ -162,6 +170,20 @@ impl Proxy {
             upstream_ms: ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
             total_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         });
+    }
+}
+
+/// Standard methods as static strings, so recording one allocates nothing.
+fn method_name(method: &Method) -> Cow<'static, str> {
+    match *method {
+        Method::GET => Cow::Borrowed("GET"),
+        Method::POST => Cow::Borrowed("POST"),
+        Method::PUT => Cow::Borrowed("PUT"),
+        Method::DELETE => Cow::Borrowed("DELETE"),
+        Method::PATCH => Cow::Borrowed("PATCH"),
+        Method::HEAD => Cow::Borrowed("HEAD"),
+        Method::OPTIONS => Cow::Borrowed("OPTIONS"),
+        _ => Cow::Owned(method.as_str().to_string()),
     }
 }
 
