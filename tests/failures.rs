@@ -336,3 +336,38 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
         "the in-flight request's audit event was written before exit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start_with(
+        "[server.limits]\nmax_connections = 1",
+        &public_route(&upstream.url()),
+    )
+    .await;
+    let mut first = TcpStream::connect(gw.http).await.unwrap();
+    first
+        .write_all(b"GET /first HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // The first connection stays open (keep-alive), so the second is not served yet.
+    let second = tokio::spawn(async move { raw_get(gw.http, "app.test", "/second").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!second.is_finished(), "a connection over the limit was served");
+    assert_eq!(upstream.requests().len(), 1);
+
+    drop(first);
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(upstream.last().target, "/second");
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("portcullis_open_connections"), "{metrics}");
+    gw.stop().await;
+}
