@@ -13,6 +13,8 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::admin::{self, Metrics, Ready};
 use crate::audit::{AuditSink, JsonlSink};
+use crate::authn::http::IdpClient;
+use crate::authn::{Authn, Provider};
 use crate::config::{self, Config};
 use crate::listener::{self, ReloadingTls, Shared};
 use crate::proxy::Proxy;
@@ -93,16 +95,34 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             source,
         })?;
 
+    let mut providers = Vec::with_capacity(config.identity_providers.len());
+    for (i, idp) in config.identity_providers.iter().enumerate() {
+        let key = || format!("identity_providers[{i}]");
+        let client = IdpClient::new(idp.ca.as_deref(), &provider)
+            .map_err(|source| StartError::Build { key: key(), source })?;
+        let idp = Arc::new(Provider::new(idp.resolved(), client));
+        // Keys are fetched before /readyz turns green, then refreshed in the background.
+        idp.keys.spawn_refresher();
+        providers.push(idp);
+    }
+    let authn = Arc::new(Authn::new(providers));
+
     let mut routes = Vec::with_capacity(config.routes.len());
     for (i, route) in config.routes.iter().enumerate() {
         let upstream = Upstream::build(&route.upstream, &provider).map_err(|source| StartError::Build {
             key: format!("routes[{i}].upstream"),
             source,
         })?;
-        routes.push(Arc::new(Route::new(route.clone(), upstream)));
+        let accepted = route
+            .identity_providers
+            .iter()
+            .filter_map(|name| authn.provider(name).cloned())
+            .collect();
+        routes.push(Arc::new(Route::new(route.clone(), upstream, accepted)));
     }
     let proxy = Arc::new(Proxy::new(
         RouteTable::new(routes),
+        authn.clone(),
         config.server.trusted_proxies.clone(),
         audit.clone(),
         metrics.clone(),
@@ -133,7 +153,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
         connections: Arc::new(Semaphore::new(max)),
         shutdown: stopped.clone(),
     };
-    let ready = Arc::new(Ready::default());
+    let ready = Arc::new(Ready::new(authn.clone()));
     let mut tasks = Vec::new();
     if let Some(l) = bound.http {
         tasks.push(tokio::spawn(listener::serve(l, None, shared.clone())));

@@ -8,6 +8,7 @@ use std::fmt;
 
 use http::StatusCode;
 
+use crate::authn::Principal;
 use crate::config::Access;
 
 /// Why a request was allowed or denied. A closed set: it chooses the status code and is the
@@ -16,6 +17,8 @@ use crate::config::Access;
 pub enum Reason {
     /// Allowed: the route is public.
     PublicRoute,
+    /// Allowed: the caller authenticated with a provider the route accepts.
+    Authenticated,
     /// Denied: a protected route and no accepted credentials.
     NoCredentials,
     /// Denied: no route serves this host and path.
@@ -28,6 +31,26 @@ pub enum Reason {
     MethodNotAllowed,
     /// Denied: the request body is larger than the route accepts.
     PayloadTooLarge,
+    /// Denied: the credentials are not a well-formed token, or a claim is missing or mistyped.
+    Malformed,
+    /// Denied: the token's signature does not verify.
+    BadSignature,
+    /// Denied: the token has expired (beyond the leeway).
+    Expired,
+    /// Denied: the token is not valid yet (`nbf` beyond the leeway).
+    NotYetValid,
+    /// Denied: an issuer this route does not accept.
+    WrongIssuer,
+    /// Denied: the token was minted for another audience.
+    WrongAudience,
+    /// Denied: no key of the issuer matches the token's `kid`.
+    UnknownKey,
+    /// Denied: the token's algorithm is not one the provider is configured for.
+    AlgNotAllowed,
+    /// Denied: an ID token where an access token is required, or the reverse.
+    WrongTokenType,
+    /// Denied: the issuer's keys could not be fetched (and none are cached).
+    IdpUnavailable,
 }
 
 impl Reason {
@@ -40,14 +63,71 @@ impl Reason {
             Reason::MalformedRequest => "malformed_request",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::PayloadTooLarge => "payload_too_large",
+            Reason::Authenticated => "authenticated",
+            Reason::Malformed => "malformed",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::UnknownKey => "unknown_key",
+            Reason::AlgNotAllowed => "alg_not_allowed",
+            Reason::WrongTokenType => "wrong_token_type",
+            Reason::IdpUnavailable => "idp_unavailable",
         }
+    }
+
+    /// What the client is told when a request is refused for this reason.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Reason::NoCredentials => "this route requires you to sign in",
+            Reason::Malformed => "the credentials are malformed",
+            Reason::BadSignature | Reason::UnknownKey | Reason::AlgNotAllowed => {
+                "the token's signature is not accepted"
+            }
+            Reason::Expired => "the token has expired",
+            Reason::NotYetValid => "the token is not valid yet",
+            Reason::WrongIssuer => "tokens from this issuer are not accepted here",
+            Reason::WrongAudience => "the token was issued for another audience",
+            Reason::WrongTokenType => "this kind of token is not accepted here",
+            Reason::IdpUnavailable => "the identity provider cannot be reached; try again shortly",
+            Reason::RouteNotFound => "no route serves this host and path",
+            Reason::PayloadTooLarge => "the request body is larger than this route accepts",
+            _ => "the request was refused",
+        }
+    }
+
+    /// A credential was presented and refused: the answer names `invalid_token` (RFC 6750).
+    pub const fn is_invalid_token(self) -> bool {
+        matches!(
+            self,
+            Reason::Malformed
+                | Reason::BadSignature
+                | Reason::Expired
+                | Reason::NotYetValid
+                | Reason::WrongIssuer
+                | Reason::WrongAudience
+                | Reason::UnknownKey
+                | Reason::AlgNotAllowed
+                | Reason::WrongTokenType
+        )
     }
 
     /// The status a denial with this reason answers with.
     pub const fn status(self) -> StatusCode {
         match self {
-            Reason::PublicRoute => StatusCode::OK,
-            Reason::NoCredentials => StatusCode::UNAUTHORIZED,
+            Reason::PublicRoute | Reason::Authenticated => StatusCode::OK,
+            Reason::NoCredentials
+            | Reason::Malformed
+            | Reason::BadSignature
+            | Reason::Expired
+            | Reason::NotYetValid
+            | Reason::WrongIssuer
+            | Reason::WrongAudience
+            | Reason::UnknownKey
+            | Reason::AlgNotAllowed
+            | Reason::WrongTokenType => StatusCode::UNAUTHORIZED,
+            Reason::IdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
             Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -91,16 +171,19 @@ pub struct Permit {
     _private: (),
 }
 
-/// The decision for a request that has a route. Pure: the later authentication and policy
-/// layers extend its input, not its shape.
-pub fn decide(access: Access) -> (Decision, Option<Permit>) {
-    match access {
-        Access::Public => (
+/// The decision for a request that has a route. Pure: the policy layer extends its input, not
+/// its shape. Until policies exist, any caller a protected route's providers vouch for is allowed.
+pub fn decide(access: Access, principal: Option<&Principal>) -> (Decision, Option<Permit>) {
+    match (access, principal) {
+        (Access::Public, _) => (
             Decision::Allow(Reason::PublicRoute),
             Some(Permit { _private: () }),
         ),
-        // No authenticator exists yet, so nobody can prove who they are: fail closed.
-        Access::Protected => (Decision::Deny(Reason::NoCredentials), None),
+        (Access::Protected, Some(_)) => (
+            Decision::Allow(Reason::Authenticated),
+            Some(Permit { _private: () }),
+        ),
+        (Access::Protected, None) => (Decision::Deny(Reason::NoCredentials), None),
     }
 }
 
@@ -110,7 +193,7 @@ mod tests {
 
     #[test]
     fn a_protected_route_is_denied_without_a_permit() {
-        let (decision, permit) = decide(Access::Protected);
+        let (decision, permit) = decide(Access::Protected, None);
         assert_eq!(decision, Decision::Deny(Reason::NoCredentials));
         assert!(permit.is_none());
         assert_eq!(decision.reason().status(), StatusCode::UNAUTHORIZED);
@@ -118,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_public_route_is_allowed_with_a_permit() {
-        let (decision, permit) = decide(Access::Public);
+        let (decision, permit) = decide(Access::Public, None);
         assert_eq!(decision.as_str(), "allow");
         assert!(permit.is_some());
     }

@@ -84,15 +84,27 @@ pub fn rescue(error: &ProxyError, request_id: &str, wants_html: bool) -> Respons
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    if let ProxyError::Denied {
-        reason: Reason::NoCredentials,
-        ..
-    } = error
-    {
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"portcullis\""),
-        );
+    match error {
+        ProxyError::Denied {
+            reason: Reason::NoCredentials,
+            ..
+        } => {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"portcullis\""),
+            );
+        }
+        // RFC 6750: a presented token that was refused names `invalid_token`; the description is
+        // the closed-set reason, never detail from the token.
+        ProxyError::Denied { reason, .. } if reason.is_invalid_token() => {
+            let challenge = format!(
+                "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{reason}\""
+            );
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        _ => {}
     }
     response
 }

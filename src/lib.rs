@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod authn;
 pub mod config;
 pub mod decision;
 pub mod demo;

@@ -17,18 +17,28 @@ use tokio::sync::watch;
 
 pub use metrics::Metrics;
 
+use crate::authn::Authn;
 use crate::proxy::body::{ProxyBody, full};
 
-/// Readiness: false until every listener is bound, false again once shutdown starts.
-#[derive(Debug, Default)]
-pub struct Ready(AtomicBool);
+/// Readiness: every listener is bound, every identity provider's keys are in hand, and
+/// shutdown has not begun.
+pub struct Ready {
+    listening: AtomicBool,
+    authn: Arc<Authn>,
+}
 
 impl Ready {
+    pub fn new(authn: Arc<Authn>) -> Self {
+        Ready {
+            listening: AtomicBool::new(false),
+            authn,
+        }
+    }
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.listening.store(ready, Ordering::Release);
     }
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.listening.load(Ordering::Acquire) && self.authn.ready()
     }
 }
 

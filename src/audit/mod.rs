@@ -37,6 +37,14 @@ pub struct AccessEvent {
     pub principal_kind: &'static str,
     #[serde(rename = "portcullis.auth.method")]
     pub auth_method: &'static str,
+    /// Who, when a protected route authenticated the caller.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<PrincipalFields>,
+    #[serde(
+        rename = "portcullis.duration.authn_us",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub authn_us: Option<u64>,
     #[serde(rename = "portcullis.route", skip_serializing_if = "Option::is_none")]
     pub route: Option<Arc<String>>,
     #[serde(rename = "http.request.method")]
@@ -68,6 +76,45 @@ pub struct AccessEvent {
     pub upstream_ms: Option<f64>,
     #[serde(rename = "portcullis.duration.total_us")]
     pub total_us: u64,
+}
+
+/// The principal's attributes. Built from `authn::Principal`; never a token or session id.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrincipalFields {
+    #[serde(rename = "enduser.id")]
+    pub subject: String,
+    #[serde(rename = "portcullis.principal.issuer")]
+    pub issuer: String,
+    #[serde(rename = "portcullis.principal.provider")]
+    pub provider: String,
+    #[serde(rename = "user.email", skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(rename = "portcullis.principal.groups")]
+    pub groups: Vec<String>,
+    #[serde(rename = "portcullis.client.id", skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(rename = "portcullis.token.id", skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    #[serde(
+        rename = "portcullis.session.id_hash",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub session_id_hash: Option<String>,
+}
+
+impl From<&crate::authn::Principal> for PrincipalFields {
+    fn from(p: &crate::authn::Principal) -> Self {
+        PrincipalFields {
+            subject: p.subject.clone(),
+            issuer: p.issuer.clone(),
+            provider: p.provider.clone(),
+            email: p.email.clone(),
+            groups: p.groups.clone(),
+            client_id: p.client_id.clone(),
+            token_id: p.token_id.clone(),
+            session_id_hash: p.session_id_hash.clone(),
+        }
+    }
 }
 
 fn rfc3339<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

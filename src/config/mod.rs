@@ -5,6 +5,7 @@
 //! any I/O. Both report [`Problem`]s that name the key path and a fix, so `check-config` can print
 //! all of them at once. Files named by the config (certificates, keys) are read later, by `app`.
 
+mod presets;
 mod validate;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use presets::ResolvedProvider;
 pub use validate::validate;
 
 /// The whole configuration file.
@@ -28,6 +30,8 @@ pub struct Config {
     pub admin: Admin,
     /// Where audit events go until an OTLP exporter is configured.
     pub audit: Audit,
+    /// OpenID issuers whose tokens are accepted on the routes that name them.
+    pub identity_providers: Vec<IdentityProvider>,
     /// Routes, matched by host and path prefix. A request no route matches gets 404.
     pub routes: Vec<Route>,
 }
@@ -167,6 +171,9 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Send the client's `Host` to the upstream instead of the upstream's own authority. Default false.
     pub preserve_host: bool,
+    /// Names of the identity providers whose bearer tokens this route accepts (protected routes).
+    /// Empty on a protected route: every request is refused with 401.
+    pub identity_providers: Vec<String>,
 }
 
 impl Default for Route {
@@ -180,8 +187,97 @@ impl Default for Route {
             timeout: Duration::from_secs(30),
             max_body_bytes: 10 * 1024 * 1024,
             preserve_host: false,
+            identity_providers: Vec::new(),
         }
     }
+}
+
+/// What kind of caller a provider's tokens identify.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    User,
+    Service,
+    CiJob,
+}
+
+/// Which JWTs the bearer path accepts from a provider.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenType {
+    /// Access tokens only; an ID token is refused (`wrong_token_type`).
+    Access,
+    /// ID tokens only (CI job tokens such as GitLab's `id_tokens:` and GitHub Actions').
+    Id,
+    /// Either.
+    Any,
+}
+
+/// Defaults for well-known issuers; every field set explicitly overrides the preset.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    Okta,
+    Cognito,
+    AwsIdentityCenter,
+    EntraId,
+    Google,
+    Keycloak,
+    GitlabCi,
+    GithubActions,
+    Kubernetes,
+}
+
+/// Where claims are read from; dotted paths reach into nested objects (`realm_access.roles`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct ClaimMapping {
+    /// Claim that names the caller. Default `sub`.
+    pub subject: Option<String>,
+    /// Default `email`.
+    pub email: Option<String>,
+    /// Default `name`.
+    pub name: Option<String>,
+    /// Claim holding the caller's groups (array of strings, or one string). Default `groups`.
+    pub groups: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct IdentityProvider {
+    /// Unique name that routes refer to.
+    pub name: String,
+    /// The issuer URL exactly as tokens carry it in `iss`; discovery is fetched from
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// Defaults for a well-known issuer (see docs/authentication.md).
+    pub preset: Option<Preset>,
+    /// Accepted `aud` values; a token must carry at least one. Required.
+    pub audiences: Vec<String>,
+    /// Accepted signing algorithms (RS256/384/512, PS256/384/512, ES256/384, EdDSA). Default `["RS256", "ES256"]`.
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew allowed on `exp` and `nbf`. Default `30s`, at most `60s`.
+    #[serde(with = "humantime_serde::option")]
+    pub leeway: Option<Duration>,
+    /// `access`, `id` or `any`. Default `access` (presets for CI tokens: `id`).
+    pub token_type: Option<TokenType>,
+    /// `user`, `service` or `ci_job`. Default: `service` when the subject is the token's own client, else `user`.
+    pub principal_kind: Option<PrincipalKind>,
+    /// Claims beyond iss, aud, exp and sub that every token must carry.
+    pub required_claims: Vec<String>,
+    pub claims: ClaimMapping,
+    /// JWKS URL, instead of the one discovery names.
+    pub jwks_uri: Option<String>,
+    /// PEM CA bundle for the IdP's HTTPS endpoints; default: the system roots.
+    pub ca: Option<PathBuf>,
+    /// Claim checked against `audiences`. Default `aud` (Cognito access tokens: `client_id`).
+    pub audience_claim: Option<String>,
+    /// How often the signing keys are refreshed in the background. Default `5m`.
+    #[serde(with = "humantime_serde::option")]
+    pub jwks_refresh: Option<Duration>,
+    /// At most one fetch per this interval for tokens whose `kid` is unknown. Default `30s`.
+    #[serde(with = "humantime_serde::option")]
+    pub jwks_min_refetch: Option<Duration>,
 }
 
 /// HTTP version spoken to the upstream.

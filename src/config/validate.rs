@@ -84,11 +84,39 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "add at least one [[routes]] table",
         ));
     }
+    let mut idp_names = HashSet::new();
+    for (i, idp) in config.identity_providers.iter().enumerate() {
+        let at = format!("identity_providers[{i}]");
+        validate_provider(idp, &at, &mut p);
+        if !idp.name.is_empty() && !idp_names.insert(idp.name.as_str()) {
+            p.push(Problem::new(
+                format!("{at}.name"),
+                format!("identity provider name {:?} is used twice", idp.name),
+                "give every identity provider a unique name",
+            ));
+        }
+    }
     let mut names = HashSet::new();
     let mut matchers = HashSet::new();
     for (i, route) in config.routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         validate_route(route, &at, &mut p);
+        for (j, idp) in route.identity_providers.iter().enumerate() {
+            if !idp_names.contains(idp.as_str()) {
+                p.push(Problem::new(
+                    format!("{at}.identity_providers[{j}]"),
+                    format!("no identity provider is named {idp:?}"),
+                    "use the name of an [[identity_providers]] entry",
+                ));
+            }
+        }
+        if route.access == crate::config::Access::Public && !route.identity_providers.is_empty() {
+            p.push(Problem::new(
+                format!("{at}.identity_providers"),
+                "a public route does not authenticate, so listing providers has no effect",
+                "set access = \"protected\" or remove identity_providers",
+            ));
+        }
         if !route.name.is_empty() && !names.insert(route.name.as_str()) {
             p.push(Problem::new(
                 format!("{at}.name"),
@@ -110,6 +138,70 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
     }
     p
+}
+
+fn validate_provider(idp: &crate::config::IdentityProvider, at: &str, p: &mut Vec<Problem>) {
+    use super::presets::ASYMMETRIC_ALGORITHMS;
+    if idp.name.is_empty() {
+        p.push(Problem::new(
+            format!("{at}.name"),
+            "is missing",
+            "name the provider, e.g. name = \"okta\"",
+        ));
+    }
+    match idp.issuer.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+        // Plain HTTP lets anyone on the path swap the signing keys: loopback only (tests, sidecars).
+        Ok(uri) if uri.scheme_str() == Some("http") && matches!(uri.host(), Some("127.0.0.1" | "localhost" | "[::1]")) => {}
+        _ => p.push(Problem::new(
+            format!("{at}.issuer"),
+            format!("{:?} is not an https:// issuer URL", idp.issuer),
+            "write the issuer exactly as tokens carry it in `iss`, e.g. \"https://example.okta.com/oauth2/default\"",
+        )),
+    }
+    if idp.audiences.is_empty() {
+        p.push(Problem::new(
+            format!("{at}.audiences"),
+            "is empty: tokens minted for any other service would be accepted",
+            "list the audience(s) your tokens are issued for, e.g. audiences = [\"api://portcullis\"]",
+        ));
+    }
+    for (j, alg) in idp.algorithms.iter().flatten().enumerate() {
+        if !ASYMMETRIC_ALGORITHMS.contains(&alg.as_str()) {
+            p.push(Problem::new(
+                format!("{at}.algorithms[{j}]"),
+                format!("{alg:?} is not accepted"),
+                "use RS256/384/512, PS256/384/512, ES256/384 or EdDSA (never none; HMAC needs a shared secret, which this version does not take)",
+            ));
+        }
+    }
+    if matches!(idp.algorithms.as_deref(), Some([])) {
+        p.push(Problem::new(
+            format!("{at}.algorithms"),
+            "is empty",
+            "list at least one algorithm, e.g. [\"RS256\"]",
+        ));
+    }
+    if let Some(leeway) = idp.leeway
+        && leeway > std::time::Duration::from_secs(60)
+    {
+        p.push(Problem::new(
+            format!("{at}.leeway"),
+            format!("{leeway:?} is more than 60s"),
+            "use at most \"60s\" (default \"30s\")",
+        ));
+    }
+    if let Some(uri) = &idp.jwks_uri
+        && !(uri.starts_with("https://")
+            || uri.starts_with("http://127.0.0.1")
+            || uri.starts_with("http://localhost"))
+    {
+        p.push(Problem::new(
+            format!("{at}.jwks_uri"),
+            format!("{uri:?} is not an https:// URL"),
+            "use the https:// JWKS URL of the issuer",
+        ));
+    }
 }
 
 fn addr_problem(path: &str, value: &str) -> Problem {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::authn::Principal;
 use crate::decision::Decision;
 use crate::proxy::canonical::Canonical;
 use crate::proxy::routes::Route;
@@ -29,6 +30,9 @@ pub struct RequestCtx {
     pub canonical: Option<Canonical>,
     pub route: Option<Arc<Route>>,
     pub decision: Option<Decision>,
+    /// Who is calling, once a protected route's authenticators vouched for them.
+    pub principal: Option<Arc<Principal>>,
+    pub authn_duration: Option<Duration>,
     /// Time from sending upstream to the upstream's response head.
     pub upstream_duration: Option<Duration>,
 }
@@ -42,6 +46,8 @@ impl RequestCtx {
             canonical: None,
             route: None,
             decision: None,
+            principal: None,
+            authn_duration: None,
             upstream_duration: None,
         }
     }

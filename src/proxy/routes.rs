@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::admin::metrics::RouteLabel;
+use crate::authn::Provider;
 use crate::config;
 use crate::proxy::forward::Upstream;
 
@@ -15,15 +16,18 @@ pub struct Route {
     pub upstream: Upstream,
     /// The name as metrics and audit events carry it.
     pub label: RouteLabel,
+    /// The identity providers whose tokens this route accepts.
+    pub providers: Vec<Arc<Provider>>,
 }
 
 impl Route {
-    pub fn new(config: config::Route, upstream: Upstream) -> Self {
+    pub fn new(config: config::Route, upstream: Upstream, providers: Vec<Arc<Provider>>) -> Self {
         let label = Arc::new(config.name.clone());
         Route {
             config,
             upstream,
             label,
+            providers,
         }
     }
 }

@@ -14,14 +14,16 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::admin::Metrics;
-use crate::audit::{AccessEvent, AuditSink, SCHEMA_VERSION, bounded};
+use crate::audit::{AccessEvent, AuditSink, PrincipalFields, SCHEMA_VERSION, bounded};
+use crate::authn::{Authn, Outcome};
+use crate::config::Access;
 use crate::decision::{Decision, Reason, decide};
 use crate::error::{ProxyError, rescue, wants_html};
 use crate::proxy::body::ProxyBody;
@@ -32,6 +34,7 @@ use crate::proxy::routes::RouteTable;
 
 pub struct Proxy {
     routes: RouteTable,
+    authn: Arc<Authn>,
     trusted_proxies: Vec<IpNet>,
     audit: Arc<dyn AuditSink>,
     metrics: Arc<Metrics>,
@@ -49,12 +52,14 @@ struct Seen {
 impl Proxy {
     pub fn new(
         routes: RouteTable,
+        authn: Arc<Authn>,
         trusted_proxies: Vec<IpNet>,
         audit: Arc<dyn AuditSink>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Proxy {
             routes,
+            authn,
             trusted_proxies,
             audit,
             metrics,
@@ -117,13 +122,24 @@ impl Proxy {
         let route = self.routes.find(&canonical.host, &canonical.path).cloned();
         ctx.canonical = Some(canonical);
         let route = route
-            .ok_or_else(|| ProxyError::denied(Reason::RouteNotFound, "no route serves this host and path"))?;
+            .ok_or_else(|| ProxyError::denied(Reason::RouteNotFound, Reason::RouteNotFound.message()))?;
         ctx.route = Some(route.clone());
 
-        let (decision, permit) = decide(route.config.access);
+        if route.config.access == Access::Protected {
+            let started = Instant::now();
+            let outcome = self.authn.authenticate(req.headers(), &route.providers).await;
+            ctx.authn_duration = Some(started.elapsed());
+            match outcome {
+                Outcome::Authenticated(principal) => ctx.principal = Some(principal),
+                Outcome::NotMine => {}
+                Outcome::Rejected(reason) => return Err(ProxyError::denied(reason, reason.message())),
+            }
+        }
+
+        let (decision, permit) = decide(route.config.access, ctx.principal.as_deref());
         ctx.decision = Some(decision);
-        let permit = permit
-            .ok_or_else(|| ProxyError::denied(decision.reason(), "this route requires you to sign in"))?;
+        let permit =
+            permit.ok_or_else(|| ProxyError::denied(decision.reason(), decision.reason().message()))?;
 
         forward(permit, ctx, &route, req).await
     }
@@ -152,8 +168,12 @@ impl Proxy {
             request_id: ctx.request_id,
             decision: decision.as_str(),
             reason: decision.reason().as_str(),
-            principal_kind: "anonymous",
-            auth_method: "none",
+            principal_kind: ctx.principal.as_ref().map_or("anonymous", |p| p.kind.as_str()),
+            auth_method: ctx.principal.as_ref().map_or("none", |p| p.auth_method.as_str()),
+            principal: ctx.principal.as_deref().map(PrincipalFields::from),
+            authn_us: ctx
+                .authn_duration
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             route: ctx.route.map(|r| r.label.clone()),
             method: seen.method,
             scheme: if ctx.conn.tls { "https" } else { "http" },

@@ -7,6 +7,9 @@
     clippy::indexing_slicing
 )]
 
+pub mod idp;
+pub mod issuer;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;

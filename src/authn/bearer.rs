@@ -1,0 +1,181 @@
+//! The bearer path: `Authorization: Bearer <JWT>` from services, CI jobs and API clients.
+//!
+//! Verified tokens are cached by a SHA-256 of the token, each entry dropped no later than its
+//! `exp`; a hit is still checked against the route's accepted providers, so the cache never
+//! widens access.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderMap, header};
+
+use super::provider::{Header, Provider, Verified};
+use super::{Outcome, Principal};
+use crate::decision::Reason;
+
+/// Longest a verified token stays cached, whatever its `exp`.
+const MAX_CACHE_TTL: Duration = Duration::from_secs(300);
+const CACHE_ENTRIES: u64 = 100_000;
+/// Tokens longer than this are refused unread.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+#[derive(Clone)]
+struct Cached {
+    provider: String,
+    principal: Arc<Principal>,
+    exp: u64,
+}
+
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], Cached> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Cached,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(value.exp.saturating_sub(now_secs())).min(MAX_CACHE_TTL))
+    }
+}
+
+pub struct BearerAuthenticator {
+    verified: moka::sync::Cache<[u8; 32], Cached>,
+}
+
+impl Default for BearerAuthenticator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BearerAuthenticator {
+    pub fn new() -> Self {
+        BearerAuthenticator {
+            verified: moka::sync::Cache::builder()
+                .max_capacity(CACHE_ENTRIES)
+                .expire_after(UntilExp)
+                .build(),
+        }
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap, accepted: &[Arc<Provider>]) -> Outcome {
+        let token = match extract(headers) {
+            None => return Outcome::NotMine,
+            Some(Err(reason)) => return Outcome::Rejected(reason),
+            Some(Ok(token)) => token,
+        };
+        let digest = sha256(token);
+        if let Some(hit) = self.verified.get(&digest)
+            && hit.exp > now_secs()
+        {
+            return if accepted.iter().any(|p| p.config.name == hit.provider) {
+                Outcome::Authenticated(hit.principal)
+            } else {
+                Outcome::Rejected(Reason::WrongIssuer)
+            };
+        }
+        let (header, issuer) = match peek(token) {
+            Ok(parts) => parts,
+            Err(reason) => return Outcome::Rejected(reason),
+        };
+        let header = Header {
+            alg: &header.alg,
+            kid: header.kid.as_deref(),
+            typ: header.typ.as_deref(),
+        };
+        let Some(provider) = accepted.iter().find(|p| p.config.issuer == issuer) else {
+            return Outcome::Rejected(Reason::WrongIssuer);
+        };
+        match provider.verify(token, &header).await {
+            Ok(Verified { principal, exp }) => {
+                self.verified.insert(
+                    digest,
+                    Cached {
+                        provider: provider.config.name.clone(),
+                        principal: principal.clone(),
+                        exp,
+                    },
+                );
+                Outcome::Authenticated(principal)
+            }
+            Err(reason) => Outcome::Rejected(reason),
+        }
+    }
+}
+
+/// `None`: no Authorization header or another scheme (not ours). `Some(Err)`: a Bearer
+/// credential that is not a well-formed compact JWS.
+fn extract(headers: &HeaderMap) -> Option<Result<&str, Reason>> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return Some(Err(Reason::Malformed));
+    }
+    let value = match value.to_str() {
+        Ok(v) => v,
+        Err(_) => return Some(Err(Reason::Malformed)),
+    };
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    let well_formed = !token.is_empty()
+        && token.len() <= MAX_TOKEN_BYTES
+        && token.split('.').count() == 3
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    Some(if well_formed {
+        Ok(token)
+    } else {
+        Err(Reason::Malformed)
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    alg: String,
+    kid: Option<String>,
+    typ: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawIssuer {
+    iss: String,
+}
+
+/// Reads the header and the (still unverified) issuer, to choose the provider and key.
+fn peek(token: &str) -> Result<(RawHeader, String), Reason> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p)) = (parts.next(), parts.next()) else {
+        return Err(Reason::Malformed);
+    };
+    let header: RawHeader = URL_SAFE_NO_PAD
+        .decode(h)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(Reason::Malformed)?;
+    let payload: RawIssuer = URL_SAFE_NO_PAD
+        .decode(p)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(Reason::Malformed)?;
+    Ok((header, payload.iss))
+}
+
+fn sha256(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

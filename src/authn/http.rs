@@ -1,0 +1,84 @@
+//! A small HTTPS client for talking to identity providers (discovery, JWKS): bounded in time
+//! and size, no redirects, rustls with the system roots or a configured CA.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::proxy::forward::{BuildError, read_certs};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: {detail}")]
+    Failed { url: String, detail: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct IdpClient {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+}
+
+impl IdpClient {
+    pub fn new(
+        ca: Option<&std::path::Path>,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, BuildError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(ca) => {
+                for cert in read_certs(ca, "identity provider CA")? {
+                    roots.add(cert)?;
+                }
+            }
+            None => {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(TIMEOUT));
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        Ok(IdpClient {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    /// GETs a JSON document; redirects are not followed (an IdP's endpoints are named exactly).
+    pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, FetchError> {
+        let fail = |detail: String| FetchError::Failed {
+            url: url.to_string(),
+            detail,
+        };
+        let uri: http::Uri = url.parse().map_err(|_| fail("not a URL".into()))?;
+        let response = tokio::time::timeout(TIMEOUT, self.client.get(uri))
+            .await
+            .map_err(|_| fail("timed out".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(fail(format!("status {}", response.status())));
+        }
+        let body = tokio::time::timeout(TIMEOUT, Limited::new(response.into_body(), MAX_BODY).collect())
+            .await
+            .map_err(|_| fail("timed out reading the body".into()))?
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| fail(format!("not JSON: {e}")))
+    }
+}

@@ -1,0 +1,109 @@
+//! Who is calling: the principal and the authenticator chain.
+//!
+//! Authenticators run in order and each answers Authenticated, NotMine (no credentials of its
+//! kind: the next one tries) or Rejected (credentials of its kind that do not hold: the chain
+//! stops, so a bad token never falls through to a weaker method). Today the chain is the bearer
+//! JWT authenticator; the browser session joins it ahead of the bearer path.
+//!
+//! Untrusted input: the Authorization header and every byte of the token.
+
+pub mod bearer;
+mod claims;
+pub mod http;
+pub mod jwks;
+pub mod provider;
+
+use std::sync::Arc;
+
+use ::http::HeaderMap;
+
+pub use crate::config::PrincipalKind;
+use crate::decision::Reason;
+pub use provider::Provider;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Bearer,
+    Session,
+}
+
+impl AuthMethod {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Bearer => "bearer",
+            AuthMethod::Session => "session",
+        }
+    }
+}
+
+impl PrincipalKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Service => "service",
+            PrincipalKind::CiJob => "ci_job",
+        }
+    }
+}
+
+/// The authenticated caller, as authorization and audit see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub kind: PrincipalKind,
+    pub subject: String,
+    /// The issuer URL, exactly as in the token.
+    pub issuer: String,
+    /// The configured provider's name.
+    pub provider: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+    pub auth_method: AuthMethod,
+    pub client_id: Option<String>,
+    /// The token's `jti`, when it has one.
+    pub token_id: Option<String>,
+    /// A hash of the browser session id (sessions arrive with the browser path).
+    pub session_id_hash: Option<String>,
+}
+
+/// One authenticator's answer.
+#[derive(Debug)]
+pub enum Outcome {
+    Authenticated(Arc<Principal>),
+    NotMine,
+    Rejected(Reason),
+}
+
+/// The ordered chain of authenticators.
+pub struct Authn {
+    bearer: bearer::BearerAuthenticator,
+    providers: Vec<Arc<Provider>>,
+}
+
+impl Authn {
+    pub fn new(providers: Vec<Arc<Provider>>) -> Self {
+        Authn {
+            bearer: bearer::BearerAuthenticator::new(),
+            providers,
+        }
+    }
+
+    /// The first Authenticated wins; a Rejected stops the chain.
+    pub async fn authenticate(&self, headers: &HeaderMap, accepted: &[Arc<Provider>]) -> Outcome {
+        self.bearer.authenticate(headers, accepted).await
+    }
+
+    /// Every provider has signing keys: protected routes can be served.
+    pub fn ready(&self) -> bool {
+        self.providers.iter().all(|p| p.keys.ready())
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.config.name == name)
+    }
+
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
+    }
+}

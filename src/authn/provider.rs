@@ -1,0 +1,183 @@
+//! One identity provider: its resolved settings, its keys, and the verification of a token
+//! against them. Only this module decodes tokens.
+
+use std::sync::Arc;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::claims;
+use super::http::IdpClient;
+use super::jwks::{Jwks, find};
+use super::{AuthMethod, Principal, PrincipalKind};
+use crate::config::{ResolvedProvider, TokenType};
+use crate::decision::Reason;
+
+pub struct Provider {
+    pub config: ResolvedProvider,
+    algorithms: Vec<Algorithm>,
+    pub keys: Arc<Jwks>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.config.name)
+            .field("issuer", &self.config.issuer)
+            .finish()
+    }
+}
+
+/// What the token's header says, read before any key is chosen.
+pub struct Header<'a> {
+    pub alg: &'a str,
+    pub kid: Option<&'a str>,
+    pub typ: Option<&'a str>,
+}
+
+/// A verified token: who, and until when (`exp`, seconds since the epoch).
+pub struct Verified {
+    pub principal: Arc<Principal>,
+    pub exp: u64,
+}
+
+impl Provider {
+    pub fn new(config: ResolvedProvider, client: IdpClient) -> Self {
+        let algorithms = config.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
+        let keys = Arc::new(Jwks::new(
+            &config.issuer,
+            config.jwks_uri.clone(),
+            client,
+            config.jwks_refresh,
+            config.jwks_min_refetch,
+        ));
+        Provider {
+            config,
+            algorithms,
+            keys,
+        }
+    }
+
+    pub async fn verify(&self, token: &str, header: &Header<'_>) -> Result<Verified, Reason> {
+        // The algorithm comes from config; the token only says which of those it used.
+        let alg = header
+            .alg
+            .parse::<Algorithm>()
+            .ok()
+            .filter(|a| self.algorithms.contains(a))
+            .ok_or(Reason::AlgNotAllowed)?;
+        let keys = self.keys.key(header.kid, alg).await?;
+        let key = find(&keys, header.kid, alg).ok_or(Reason::UnknownKey)?;
+
+        let c = &self.config;
+        let mut validation = Validation::new(alg);
+        validation.leeway = c.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[c.issuer.as_str()]);
+        if c.audience_claim == "aud" {
+            validation.set_audience(&c.audiences);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        } else {
+            validation.validate_aud = false;
+            validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        }
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::InvalidSignature => Reason::BadSignature,
+                ErrorKind::ExpiredSignature => Reason::Expired,
+                ErrorKind::ImmatureSignature => Reason::NotYetValid,
+                ErrorKind::InvalidIssuer => Reason::WrongIssuer,
+                ErrorKind::InvalidAudience => Reason::WrongAudience,
+                ErrorKind::InvalidAlgorithm => Reason::AlgNotAllowed,
+                _ => Reason::Malformed,
+            },
+        )?;
+        let claims = data.claims;
+
+        if c.audience_claim != "aud" {
+            let aud = claims::string(&claims, &c.audience_claim).map_err(|()| Reason::Malformed)?;
+            if !aud.is_some_and(|a| c.audiences.contains(&a)) {
+                return Err(Reason::WrongAudience);
+            }
+        }
+        if c.required_claims
+            .iter()
+            .any(|name| claims::lookup(&claims, name).is_none())
+        {
+            return Err(Reason::Malformed);
+        }
+        let id_token = looks_like_id_token(header.typ, &claims);
+        match c.token_type {
+            TokenType::Access if id_token => return Err(Reason::WrongTokenType),
+            TokenType::Id if is_access_token(header.typ, &claims) => return Err(Reason::WrongTokenType),
+            _ => {}
+        }
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(Reason::Malformed)?;
+        let principal = self.principal(&claims)?;
+        Ok(Verified {
+            principal: Arc::new(principal),
+            exp,
+        })
+    }
+
+    fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, Reason> {
+        let c = &self.config;
+        let text = |path: &str| claims::string(claims, path).map_err(|()| Reason::Malformed);
+        let subject = text(&c.subject_claim)?
+            .filter(|s| !s.is_empty())
+            .ok_or(Reason::Malformed)?;
+        let client_id = match text("client_id")? {
+            Some(id) => Some(id),
+            None => text("azp")?,
+        };
+        let kind = c
+            .principal_kind
+            .unwrap_or(if client_id.as_deref() == Some(subject.as_str()) {
+                PrincipalKind::Service
+            } else {
+                PrincipalKind::User
+            });
+        let groups = match &c.groups_claim {
+            Some(path) => claims::groups(claims, path).map_err(|()| Reason::Malformed)?,
+            None => Vec::new(),
+        };
+        Ok(Principal {
+            kind,
+            subject,
+            issuer: c.issuer.clone(),
+            provider: c.name.clone(),
+            email: text(&c.email_claim)?,
+            name: text(&c.name_claim)?,
+            groups,
+            auth_method: AuthMethod::Bearer,
+            client_id,
+            token_id: text("jti")?,
+            session_id_hash: None,
+        })
+    }
+}
+
+/// ID tokens announce themselves by claims access tokens do not carry (`nonce`, `at_hash`,
+/// `c_hash`, Cognito's `token_use: id`); an RFC 9068 `typ: at+jwt` is always an access token.
+fn looks_like_id_token(typ: Option<&str>, claims: &Map<String, Value>) -> bool {
+    if typ.is_some_and(is_at_jwt) {
+        return false;
+    }
+    ["nonce", "at_hash", "c_hash"]
+        .iter()
+        .any(|k| claims.contains_key(*k))
+        || claims.get("token_use").and_then(Value::as_str) == Some("id")
+}
+
+fn is_access_token(typ: Option<&str>, claims: &Map<String, Value>) -> bool {
+    typ.is_some_and(is_at_jwt) || claims.get("token_use").and_then(Value::as_str) == Some("access")
+}
+
+fn is_at_jwt(typ: &str) -> bool {
+    typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
+}

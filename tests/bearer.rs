@@ -1,0 +1,412 @@
+//! The bearer path, told as stories: services and CI jobs present JWTs, and each kind of bad
+//! token gets 401 with `invalid_token`, nothing forwarded, and one audit event naming the reason.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use support::idp::{API_AUDIENCE, Idp, OTHER_AUDIENCE};
+use support::issuer::{AUDIENCE, TestIssuer, now};
+use support::{Gateway, Recorder, get};
+
+fn protected_route(upstream: &str, providers: &[&str]) -> String {
+    let list: Vec<String> = providers.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "[[routes]]\nname = \"api\"\nhosts = [\"app.test\"]\naccess = \"protected\"\nidentity_providers = [{}]\n\
+         [routes.upstream]\nurl = \"{upstream}\"\n",
+        list.join(", ")
+    )
+}
+
+async fn wait_ready(gw: &Gateway) {
+    for _ in 0..200 {
+        if get(gw.admin, "/readyz", &[]).await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the proxy never became ready");
+}
+
+/// Sends a request with `token` and returns the status and the WWW-Authenticate header.
+async fn call(gw: &Gateway, token: &str) -> (u16, String) {
+    let auth = format!("Bearer {token}");
+    let response = support::send(
+        gw.http,
+        http::Method::GET,
+        "/api/v1/dags",
+        &[("authorization", &auth)],
+        bytes::Bytes::new(),
+    )
+    .await;
+    let status = response.status();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status.as_u16(), challenge)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ci_bots_client_credentials_token_from_a_real_idp_is_accepted_and_audited() {
+    let idp = Idp::start().await;
+    let upstream = Recorder::start().await;
+    let providers = format!(
+        "[[identity_providers]]\nname = \"oidc\"\nissuer = \"{}\"\naudiences = [\"{API_AUDIENCE}\"]\n",
+        idp.issuer
+    );
+    let gw = Gateway::start(&format!(
+        "{providers}{}",
+        protected_route(&upstream.url(), &["oidc"])
+    ))
+    .await;
+    wait_ready(&gw).await;
+
+    let rs256 = idp
+        .client_credentials_token("ci-bot", "ci-bot-secret", None)
+        .await;
+    assert_eq!(call(&gw, &rs256).await.0, 200);
+    let es256 = idp
+        .client_credentials_token("svc-es", "svc-es-secret", None)
+        .await;
+    assert_eq!(call(&gw, &es256).await.0, 200);
+    // The same token again is served from the verified-token cache, with the same answer.
+    assert_eq!(call(&gw, &rs256).await.0, 200);
+    assert_eq!(upstream.requests().len(), 3);
+
+    let other = idp
+        .client_credentials_token("ci-bot", "ci-bot-secret", Some(OTHER_AUDIENCE))
+        .await;
+    let (status, challenge) = call(&gw, &other).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    assert_eq!(
+        upstream.requests().len(),
+        3,
+        "a wrong-audience token reached the upstream"
+    );
+
+    let events = gw.audit_events(5).await;
+    let first = &events[0];
+    assert_eq!(first["portcullis.decision"], "allow");
+    assert_eq!(first["portcullis.reason"], "authenticated");
+    assert_eq!(first["enduser.id"], "ci-bot");
+    assert_eq!(first["portcullis.principal.kind"], "service");
+    assert_eq!(first["portcullis.principal.issuer"], idp.issuer.as_str());
+    assert_eq!(first["portcullis.principal.groups"], json!(["ci"]));
+    assert_eq!(first["portcullis.auth.method"], "bearer");
+    assert_eq!(first["portcullis.client.id"], "ci-bot");
+    assert!(first["portcullis.token.id"].is_string());
+    assert_eq!(events[1]["enduser.id"], "svc-es");
+    assert_eq!(events[3]["portcullis.reason"], "wrong_audience");
+    // No token in the trail.
+    let trail = serde_json::to_string(&events).unwrap();
+    assert!(!trail.contains(&rs256[..40]) && !trail.contains(&other[..40]));
+    gw.stop().await;
+}
+
+/// One gateway in front of a test-controlled issuer, for the bad-token table.
+async fn gateway_for(issuer: &TestIssuer, upstream: &Recorder, extra: &str) -> Gateway {
+    let config = format!(
+        "{}{}",
+        issuer.provider_toml("test", extra),
+        protected_route(&upstream.url(), &["test"])
+    );
+    let gw = Gateway::start(&config).await;
+    wait_ready(&gw).await;
+    gw
+}
+
+fn forged(header: serde_json::Value, claims: &serde_json::Value, signature: &str) -> String {
+    let h = URL_SAFE_NO_PAD.encode(header.to_string());
+    let p = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{h}.{p}.{signature}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_bad_token_gets_401_with_its_reason_and_nothing_is_forwarded() {
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let gw = gateway_for(&issuer, &upstream, "").await;
+    let good = issuer.claims("deploy-bot");
+    let valid = issuer.token("deploy-bot");
+    let sig = valid.rsplit('.').next().unwrap().to_string();
+    let attacker = rcgen::KeyPair::generate().unwrap();
+    let attacker_key = EncodingKey::from_ec_pem(attacker.serialize_pem().as_bytes()).unwrap();
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = good.clone();
+        f(&mut c);
+        c
+    };
+    let hs256 = jsonwebtoken::encode(
+        &Header {
+            kid: Some("k1".into()),
+            ..Header::new(Algorithm::HS256)
+        },
+        &good,
+        &EncodingKey::from_secret(issuer.issuer.as_bytes()),
+    )
+    .unwrap();
+    let mut attacker_header = Header::new(Algorithm::ES256);
+    attacker_header.kid = Some("k1".into());
+    attacker_header.jku = Some("http://127.0.0.1:1/attacker-jwks".into());
+    attacker_header.x5u = Some("http://127.0.0.1:1/attacker.pem".into());
+    let jku_token = jsonwebtoken::encode(&attacker_header, &good, &attacker_key).unwrap();
+    let leeway = 30;
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "alg none",
+            forged(json!({"alg": "none", "typ": "JWT"}), &good, ""),
+            "alg_not_allowed",
+        ),
+        (
+            "HS256 with a public value as the secret",
+            hs256,
+            "alg_not_allowed",
+        ),
+        (
+            "a kid that matches nothing",
+            issuer.sign_with("k1", &good, |h| h.kid = Some("nope".into())),
+            "unknown_key",
+        ),
+        (
+            "jku and x5u pointing at an attacker's key",
+            jku_token,
+            "bad_signature",
+        ),
+        (
+            "a payload swapped under a valid signature",
+            forged(
+                json!({"alg": "ES256", "kid": "k1"}),
+                &with(&|c| c["sub"] = json!("admin")),
+                &sig,
+            ),
+            "bad_signature",
+        ),
+        (
+            "expired beyond the leeway",
+            issuer.sign(&with(&|c| c["exp"] = json!(now() - leeway - 5))),
+            "expired",
+        ),
+        (
+            "not yet valid beyond the leeway",
+            issuer.sign(&with(&|c| c["nbf"] = json!(now() + leeway + 60))),
+            "not_yet_valid",
+        ),
+        (
+            "a wrong issuer claimed by a known key",
+            issuer.sign(&with(&|c| c["iss"] = json!("https://evil.example"))),
+            "wrong_issuer",
+        ),
+        (
+            "a wrong audience",
+            issuer.sign(&with(&|c| c["aud"] = json!("someone-else"))),
+            "wrong_audience",
+        ),
+        (
+            "no sub",
+            issuer.sign(&with(&|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            })),
+            "malformed",
+        ),
+        (
+            "sub of the wrong JSON type",
+            issuer.sign(&with(&|c| c["sub"] = json!(42))),
+            "malformed",
+        ),
+        (
+            "groups of the wrong JSON type",
+            issuer.sign(&with(&|c| c["groups"] = json!({"a": 1}))),
+            "malformed",
+        ),
+        (
+            "exp of the wrong JSON type",
+            issuer.sign(&with(&|c| c["exp"] = json!("tomorrow"))),
+            "malformed",
+        ),
+        (
+            "an ID token used as a bearer token",
+            issuer.sign(&with(&|c| c["nonce"] = json!("n-1"))),
+            "wrong_token_type",
+        ),
+        ("garbage", "not.a.jwt".into(), "malformed"),
+        ("two dots only", "..".into(), "malformed"),
+    ];
+    let mut failures = Vec::new();
+    for (name, token, reason) in &cases {
+        let (status, challenge) = call(&gw, token).await;
+        if status != 401 || !challenge.contains("invalid_token") || !challenge.contains(reason) {
+            failures.push(format!(
+                "{name}: expected 401 {reason}, got {status} {challenge:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(upstream.requests().is_empty(), "a bad token reached the upstream");
+    let events = gw.audit_events(cases.len()).await;
+    let reasons: Vec<&str> = events
+        .iter()
+        .map(|e| e["portcullis.reason"].as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = cases.iter().map(|(_, _, r)| *r).collect();
+    assert_eq!(reasons, expected);
+
+    // Inside the leeway both ways is still fine.
+    let edge = issuer.sign(&with(&|c| {
+        c["exp"] = json!(now() - 10);
+        c["nbf"] = json!(now() + 10);
+    }));
+    assert_eq!(call(&gw, &edge).await.0, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_gets_a_plain_challenge_and_another_scheme_is_not_a_token() {
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let gw = gateway_for(&issuer, &upstream, "").await;
+    let (status, body) = get(gw.http, "/x", &[]).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("no_credentials"));
+    let response = support::send(
+        gw.http,
+        http::Method::GET,
+        "/x",
+        &[("authorization", "Basic YTpi")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"portcullis\""
+    );
+    assert!(upstream.requests().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_an_issuer_the_route_does_not_accept_is_refused() {
+    let accepted = TestIssuer::start().await;
+    let other = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let config = format!(
+        "{}{}{}",
+        accepted.provider_toml("accepted", ""),
+        other.provider_toml("other", ""),
+        protected_route(&upstream.url(), &["accepted"])
+    );
+    let gw = Gateway::start(&config).await;
+    wait_ready(&gw).await;
+    assert_eq!(call(&gw, &accepted.token("a")).await.0, 200);
+    let (status, challenge) = call(&gw, &other.token("b")).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("wrong_issuer"), "{challenge}");
+    assert_eq!(upstream.requests().len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_fetched_once_and_a_flood_of_unknown_kids_costs_at_most_one_fetch() {
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let gw = gateway_for(&issuer, &upstream, "jwks_min_refetch = \"1s\"").await;
+    // Past the refetch interval since the start-up fetch, a new kid may trigger one fetch.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let initial = issuer.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst);
+
+    issuer.add_key("k2");
+    let rotated = issuer.sign_with("k2", &issuer.claims("after-rotation"), |_| {});
+    assert_eq!(
+        call(&gw, &rotated).await.0,
+        200,
+        "a token signed with the new key is accepted"
+    );
+    let after_rotation = issuer.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(after_rotation, initial + 1);
+
+    let claims = issuer.claims("flood");
+    let mut calls = Vec::new();
+    for i in 0..200 {
+        let token = issuer.sign_with("k1", &claims, |h| h.kid = Some(format!("unknown-{i}")));
+        let http = gw.http;
+        calls.push(tokio::spawn(async move {
+            let auth = format!("Bearer {token}");
+            support::send(
+                http,
+                http::Method::GET,
+                "/",
+                &[("authorization", &auth)],
+                bytes::Bytes::new(),
+            )
+            .await
+            .status()
+            .as_u16()
+        }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 401);
+    }
+    let after_flood = issuer.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        after_flood <= after_rotation + 1,
+        "{} JWKS fetches for a flood of unknown kids",
+        after_flood - after_rotation
+    );
+    assert_eq!(upstream.requests().len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_keys_keep_serving_while_the_issuer_is_down() {
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let gw = gateway_for(&issuer, &upstream, "").await;
+    let token = issuer.token("while-down");
+    issuer.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(call(&gw, &token).await.0, 200);
+    assert_eq!(get(gw.admin, "/readyz", &[]).await.0, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_down_at_cold_start_keeps_readyz_red_and_protected_requests_get_503() {
+    let down = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let upstream = Recorder::start().await;
+    let config = format!(
+        "[[identity_providers]]\nname = \"down\"\nissuer = \"http://{down}\"\naudiences = [\"{AUDIENCE}\"]\n{}",
+        protected_route(&upstream.url(), &["down"])
+    );
+    let gw = Gateway::start(&config).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(gw.admin, "/readyz", &[]).await.0, 503);
+    let token = forged(
+        json!({"alg": "RS256", "kid": "x"}),
+        &json!({"iss": format!("http://{down}"), "sub": "s"}),
+        "c2ln",
+    );
+    let (status, _) = call(&gw, &token).await;
+    assert_eq!(status, 503);
+    assert!(upstream.requests().is_empty());
+    let events = gw.audit_events(1).await;
+    assert_eq!(events[0]["portcullis.reason"], "idp_unavailable");
+    gw.stop().await;
+}

@@ -1,0 +1,230 @@
+// A real OpenID Provider (panva's oidc-provider) for Portcullis's integration tests.
+//
+//   node provider.mjs --port 0 [--redirect URI]... [--post-logout-redirect URI]... [--exit-with-stdin]
+//
+// Listens on 127.0.0.1 only. The issuer is http://127.0.0.1:PORT (PORT 0 picks a free port).
+// Prints exactly one line `READY <issuer>` on stdout once it accepts connections; everything
+// else (oidc-provider's development warnings, errors) goes to stderr. Signing keys (one RS256, one
+// ES256) are generated fresh at every start. Exits on SIGTERM/SIGINT, and with --exit-with-stdin
+// also when its stdin closes (so it never outlives a test process that died without cleaning up).
+//
+// Clients:
+//   ci-bot   secret ci-bot-secret   client_credentials, client_secret_post, scope "read write",
+//            access tokens RS256 JWTs, extra claim groups: ["ci"]
+//   svc-es   secret svc-es-secret   same, but access tokens signed ES256, groups: ["svc"]
+//   web      secret web-secret      authorization_code + refresh_token, client_secret_basic,
+//            redirect http://127.0.0.1/.portcullis/callback plus every --redirect (exact match)
+//   web-loopback  secret web-loopback-secret  same as web but application_type "native", so its
+//            http://127.0.0.1 redirect URIs match on any port (RFC 8252 7.3)
+//
+// Resources (RFC 8707): https://api.portcullis.test (the default when none is requested) and
+// https://other.portcullis.test (to mint wrong-audience tokens). Anything else: invalid_target.
+
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+
+import Provider, { errors } from 'oidc-provider';
+
+const API = 'https://api.portcullis.test';
+const OTHER = 'https://other.portcullis.test';
+const DEFAULT_CALLBACK = 'http://127.0.0.1/.portcullis/callback';
+
+function usage(message) {
+  process.stderr.write(`provider.mjs: ${message}\n`);
+  process.stderr.write('usage: node provider.mjs --port PORT [--redirect URI]... '
+    + '[--post-logout-redirect URI]... [--exit-with-stdin]\n');
+  process.exit(2);
+}
+
+function parseArgs(argv) {
+  const opts = {
+    port: undefined, redirects: [], postLogout: [], exitWithStdin: false,
+  };
+  for (let i = 0; i < argv.length; i += 1) {
+    const arg = argv[i];
+    const value = () => {
+      i += 1;
+      if (i >= argv.length) usage(`${arg} needs a value`);
+      return argv[i];
+    };
+    switch (arg) {
+      case '--port': {
+        const raw = value();
+        const port = Number(raw);
+        if (!/^\d+$/.test(raw) || port > 65535) usage(`bad port ${raw}`);
+        opts.port = port;
+        break;
+      }
+      case '--redirect': opts.redirects.push(value()); break;
+      case '--post-logout-redirect': opts.postLogout.push(value()); break;
+      case '--exit-with-stdin': opts.exitWithStdin = true; break;
+      default: usage(`unknown argument ${arg}`);
+    }
+  }
+  if (opts.port === undefined) usage('--port is required');
+  return opts;
+}
+
+function signingKey(type, options, alg) {
+  const { privateKey } = crypto.generateKeyPairSync(type, options);
+  const jwk = privateKey.export({ format: 'jwk' });
+  const kid = `${alg.toLowerCase()}-${crypto.randomBytes(6).toString('hex')}`;
+  return {
+    ...jwk, kid, alg, use: 'sig',
+  };
+}
+
+const opts = parseArgs(process.argv.slice(2));
+
+const keys = [
+  signingKey('rsa', { modulusLength: 2048 }, 'RS256'),
+  signingKey('ec', { namedCurve: 'P-256' }, 'ES256'),
+];
+
+// Per-client access-token signing algorithm and extra claims.
+const ACCESS_TOKEN_ALG = { 'svc-es': 'ES256' };
+const GROUPS = { 'ci-bot': ['ci'], 'svc-es': ['svc'] };
+
+const unique = (list) => [...new Set(list)];
+
+const server = http.createServer();
+server.on('clientError', (err, socket) => socket.destroy(err));
+
+// Bind first: with --port 0 the issuer (which contains the port) is only known afterwards.
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(opts.port, '127.0.0.1', () => {
+    server.off('error', reject);
+    resolve();
+  });
+});
+const { port } = server.address();
+const issuer = `http://127.0.0.1:${port}`;
+
+const provider = new Provider(issuer, {
+  jwks: { keys },
+  clients: [
+    {
+      client_id: 'ci-bot',
+      client_secret: 'ci-bot-secret',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_post',
+      scope: 'read write',
+    },
+    {
+      client_id: 'svc-es',
+      client_secret: 'svc-es-secret',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_post',
+      scope: 'read write',
+    },
+    {
+      client_id: 'web',
+      client_secret: 'web-secret',
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: unique([DEFAULT_CALLBACK, ...opts.redirects]),
+      post_logout_redirect_uris: unique(['http://127.0.0.1/', ...opts.postLogout]),
+      scope: 'openid email profile groups offline_access read write',
+    },
+    {
+      client_id: 'web-loopback',
+      client_secret: 'web-loopback-secret',
+      application_type: 'native',
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: unique([DEFAULT_CALLBACK, ...opts.redirects]),
+      post_logout_redirect_uris: unique(['http://127.0.0.1/', ...opts.postLogout]),
+      scope: 'openid email profile groups offline_access read write',
+    },
+  ],
+  scopes: ['openid', 'offline_access', 'read', 'write'],
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name', 'preferred_username'],
+    groups: ['groups'],
+  },
+  // Any login name typed into the development login form is an account.
+  async findAccount(_ctx, sub) {
+    return {
+      accountId: sub,
+      async claims() {
+        return {
+          sub,
+          email: `${sub}@portcullis.test`,
+          email_verified: true,
+          name: sub,
+          preferred_username: sub,
+          groups: ['users'],
+        };
+      },
+    };
+  },
+  pkce: { required: () => true },
+  features: {
+    devInteractions: { enabled: true },
+    clientCredentials: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async (_ctx, _client, oneOf) => oneOf ?? API,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (_ctx, resource, client) => {
+        if (resource !== API && resource !== OTHER) {
+          throw new errors.InvalidTarget(`unknown resource ${resource}`);
+        }
+        return {
+          scope: 'read write',
+          audience: resource,
+          accessTokenFormat: 'jwt',
+          accessTokenTTL: 300,
+          jwt: { sign: { alg: ACCESS_TOKEN_ALG[client?.clientId] ?? 'RS256' } },
+        };
+      },
+    },
+  },
+  async extraTokenClaims(_ctx, token) {
+    if (token.kind !== 'ClientCredentials') return undefined;
+    const groups = GROUPS[token.clientId];
+    return groups ? { groups } : undefined;
+  },
+  ttl: {
+    AccessToken: 300,
+    ClientCredentials: 300,
+    IdToken: 300,
+    Grant: 3600,
+    Session: 3600,
+    Interaction: 600,
+    AuthorizationCode: 60,
+    RefreshToken: 3600,
+  },
+});
+
+// Errors the provider reports to a client are normal in negative tests; log them to stderr.
+provider.on('server_error', (_ctx, err) => process.stderr.write(`server_error: ${err?.stack ?? err}\n`));
+
+server.on('request', provider.callback());
+
+let stopping = false;
+function stop(why) {
+  if (stopping) return;
+  stopping = true;
+  process.stderr.write(`provider.mjs: stopping (${why})\n`);
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', () => stop('SIGTERM'));
+process.on('SIGINT', () => stop('SIGINT'));
+if (opts.exitWithStdin) {
+  process.stdin.on('end', () => stop('stdin closed'));
+  process.stdin.on('error', () => stop('stdin error'));
+  process.stdin.resume();
+}
+
+process.stdout.write(`READY ${issuer}\n`);

@@ -1,0 +1,153 @@
+//! A small OpenID issuer the tests control: real discovery and JWKS over HTTP on loopback,
+//! with ES256 keys the test holds, so it can mint tokens the real IdP never would (expired,
+//! not yet valid, mistyped claims) and rotate or withdraw keys at will.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const AUDIENCE: &str = "portcullis-tests";
+
+struct SigningKey {
+    kid: String,
+    encoding: EncodingKey,
+    jwk: Value,
+}
+
+pub struct TestIssuer {
+    pub issuer: String,
+    keys: Arc<Mutex<Vec<SigningKey>>>,
+    /// How many times the JWKS document was fetched.
+    pub jwks_fetches: Arc<AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn new_key(kid: &str) -> SigningKey {
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let encoding = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap()).unwrap();
+    jwk["kid"] = json!(kid);
+    jwk["use"] = json!("sig");
+    SigningKey {
+        kid: kid.to_string(),
+        encoding,
+        jwk,
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+impl TestIssuer {
+    pub async fn start() -> TestIssuer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let keys = Arc::new(Mutex::new(vec![new_key("k1")]));
+        let jwks_fetches = Arc::new(AtomicUsize::new(0));
+        let (k, f, iss) = (keys.clone(), jwks_fetches.clone(), issuer.clone());
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (k, f, iss) = (k.clone(), f.clone(), iss.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let body = match req.uri().path() {
+                            "/.well-known/openid-configuration" => {
+                                json!({"issuer": iss, "jwks_uri": format!("{iss}/jwks")}).to_string()
+                            }
+                            "/jwks" => {
+                                f.fetch_add(1, Ordering::SeqCst);
+                                let keys: Vec<Value> =
+                                    k.lock().unwrap().iter().map(|k| k.jwk.clone()).collect();
+                                json!({ "keys": keys }).to_string()
+                            }
+                            _ => String::new(),
+                        };
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TestIssuer {
+            issuer,
+            keys,
+            jwks_fetches,
+            server,
+        }
+    }
+
+    /// Publishes another signing key (rotation).
+    pub fn add_key(&self, kid: &str) {
+        self.keys.lock().unwrap().push(new_key(kid));
+    }
+
+    /// Stops answering: the issuer is down.
+    pub fn stop(&self) {
+        self.server.abort();
+    }
+
+    /// Claims that pass every check, for `sub`.
+    pub fn claims(&self, sub: &str) -> Value {
+        let now = now();
+        json!({"iss": self.issuer, "aud": AUDIENCE, "sub": sub, "iat": now, "nbf": now, "exp": now + 300,
+               "jti": format!("jti-{sub}-{now}"), "groups": ["deployers"], "email": format!("{sub}@example.test")})
+    }
+
+    /// Signs `claims` with key `kid` (ES256); `tweak` may change the header first.
+    pub fn sign_with(&self, kid: &str, claims: &Value, tweak: impl FnOnce(&mut Header)) -> String {
+        let keys = self.keys.lock().unwrap();
+        let key = keys.iter().find(|k| k.kid == kid).expect("no such key");
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_string());
+        tweak(&mut header);
+        jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_with("k1", claims, |_| {})
+    }
+
+    /// A token for `sub` that passes every check.
+    pub fn token(&self, sub: &str) -> String {
+        self.sign(&self.claims(sub))
+    }
+
+    /// The TOML for an `[[identity_providers]]` entry named `name` for this issuer.
+    pub fn provider_toml(&self, name: &str, extra: &str) -> String {
+        format!(
+            "[[identity_providers]]\nname = \"{name}\"\nissuer = \"{}\"\naudiences = [\"{AUDIENCE}\"]\nalgorithms = [\"ES256\"]\n{extra}\n",
+            self.issuer
+        )
+    }
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
