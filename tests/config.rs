@@ -14,7 +14,9 @@ use std::process::Command;
 #[test]
 fn every_example_config_loads_and_validates() {
     let mut checked = 0;
-    for entry in std::fs::read_dir("examples").unwrap() {
+    let top = std::fs::read_dir("examples").unwrap();
+    let providers = std::fs::read_dir("examples/identity-providers").unwrap();
+    for entry in top.chain(providers) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             if let Err(problems) = portcullis::config::load(&path) {
@@ -23,7 +25,10 @@ fn every_example_config_loads_and_validates() {
             checked += 1;
         }
     }
-    assert!(checked >= 2, "expected the quickstart and the reference examples");
+    assert!(
+        checked >= 7,
+        "expected the quickstart, reference and identity-provider examples"
+    );
 }
 
 #[test]

@@ -130,3 +130,42 @@ impl IdentityProvider {
 pub const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(toml: &str) -> ResolvedProvider {
+        let config = crate::config::parse(toml).unwrap();
+        config.identity_providers[0].resolved()
+    }
+
+    #[test]
+    fn a_preset_fills_defaults_and_an_explicit_field_overrides_it() {
+        let cognito = provider(
+            "[[identity_providers]]\nname='c'\npreset='cognito'\nissuer='https://x'\naudiences=['a']",
+        );
+        assert_eq!(cognito.audience_claim, "client_id");
+        assert_eq!(cognito.groups_claim.as_deref(), Some("cognito:groups"));
+        assert_eq!(cognito.algorithms, ["RS256"]);
+
+        let gitlab = provider(
+            "[[identity_providers]]\nname='g'\npreset='gitlab_ci'\nissuer='https://gitlab.com'\naudiences=['a']\n\
+             token_type='any'\nclaims={groups='project_path'}",
+        );
+        assert_eq!(gitlab.token_type, TokenType::Any);
+        assert_eq!(gitlab.principal_kind, Some(PrincipalKind::CiJob));
+        assert_eq!(gitlab.groups_claim.as_deref(), Some("project_path"));
+        assert_eq!(gitlab.leeway, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn without_a_preset_access_tokens_and_the_standard_claims_are_expected() {
+        let plain = provider("[[identity_providers]]\nname='p'\nissuer='https://x'\naudiences=['a']");
+        assert_eq!(plain.token_type, TokenType::Access);
+        assert_eq!(plain.audience_claim, "aud");
+        assert_eq!(plain.subject_claim, "sub");
+        assert_eq!(plain.groups_claim.as_deref(), Some("groups"));
+        assert_eq!(plain.principal_kind, None);
+    }
+}
