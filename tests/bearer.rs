@@ -410,3 +410,78 @@ async fn an_issuer_down_at_cold_start_keeps_readyz_red_and_protected_requests_ge
     assert_eq!(events[0]["portcullis.reason"], "idp_unavailable");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotated_at_the_idp_during_load_fail_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let issuer = Arc::new(TestIssuer::start().await);
+    let upstream = Recorder::start().await;
+    let gw = gateway_for(
+        &issuer,
+        &upstream,
+        "jwks_refresh = \"1s\"\njwks_min_refetch = \"1s\"",
+    )
+    .await;
+    let use_new_key = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let deadline = std::time::Instant::now() + Duration::from_millis(3500);
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (issuer, use_new_key, ok, failed, http) = (
+            issuer.clone(),
+            use_new_key.clone(),
+            ok.clone(),
+            failed.clone(),
+            gw.http,
+        );
+        workers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while std::time::Instant::now() < deadline {
+                i += 1;
+                // A fresh token each time, so every request is verified, none served from the cache.
+                let claims = issuer.claims(&format!("worker-{w}-{i}"));
+                let kid = if use_new_key.load(Ordering::SeqCst) {
+                    "k2"
+                } else {
+                    "k1"
+                };
+                let token = issuer.sign_with(kid, &claims, |_| {});
+                let auth = format!("Bearer {token}");
+                let status = support::send(
+                    http,
+                    http::Method::GET,
+                    "/",
+                    &[("authorization", &auth)],
+                    bytes::Bytes::new(),
+                )
+                .await
+                .status();
+                if status == 200 {
+                    ok.fetch_add(1, Ordering::SeqCst)
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst)
+                };
+            }
+        }));
+    }
+    // The IdP publishes the new key first and signs with it a little later, as IdPs do.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    issuer.add_key("k2");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    use_new_key.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "{} of {} requests failed across the rotation",
+        failed.load(Ordering::SeqCst),
+        ok.load(Ordering::SeqCst)
+    );
+    assert!(ok.load(Ordering::SeqCst) > 50);
+    let events = gw.audit_events(1).await;
+    assert!(events.iter().all(|e| e["portcullis.reason"] == "authenticated"));
+    gw.stop().await;
+}
