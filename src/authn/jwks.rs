@@ -90,8 +90,9 @@ impl Jwks {
         {
             return Ok(keys);
         }
-        let allowed = last.is_none_or(|at| at.elapsed() >= self.min_refetch) || !self.ready();
-        if allowed {
+        // Even with no keys at all the rate limit holds: the background refresher retries, and a
+        // request must not queue behind one slow fetch after another.
+        if last.is_none_or(|at| at.elapsed() >= self.min_refetch) {
             *last = Some(Instant::now());
             if let Err(e) = self.fetch().await {
                 tracing::warn!(issuer = %self.issuer, error = %e, "JWKS fetch failed; keeping the keys we have");

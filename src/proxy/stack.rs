@@ -3,9 +3,10 @@
 //! 1. request id: taken from a trusted hop or generated;
 //! 2. canonical view: one method, authority and path, or 400;
 //! 3. route: host then path prefix, or 404 (nothing is forwarded);
-//! 4. decision: allow with a `Permit`, or deny with a reason (401 for protected routes until
-//!    authentication arrives; authentication and policy slot in here);
-//! 5. forward: strip, then inject headers; stream to the upstream;
+//! 4. authenticate (protected routes): the authenticator chain against the route's providers,
+//!    or 401/503 with the reason;
+//! 5. decision: allow with a `Permit`, or deny with a reason (the policy layer slots in here);
+//! 6. forward: strip, then inject headers; stream to the upstream;
 //!
 //! and, whatever happened, `error::rescue` makes the error response and exactly one audit event
 //! is emitted. Phases are plain async calls on one `RequestCtx` rather than tower layers, because
