@@ -17,3 +17,4 @@ pub mod demo;
 pub mod error;
 pub mod listener;
 pub mod proxy;
+pub mod session;

@@ -32,8 +32,9 @@ fn every_example_config_loads_and_validates() {
 }
 
 #[test]
-fn the_benchmark_config_loads_and_validates() {
+fn the_benchmark_configs_load_and_validate() {
     portcullis::config::load(std::path::Path::new("benches/load/portcullis.toml")).unwrap();
+    portcullis::config::load(std::path::Path::new("benches/load/bearer/portcullis.toml")).unwrap();
 }
 
 #[test]

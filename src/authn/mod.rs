@@ -12,6 +12,7 @@ mod claims;
 pub mod http;
 pub mod jwks;
 pub mod provider;
+pub mod redirect;
 
 use std::sync::Arc;
 

@@ -1,0 +1,95 @@
+//! The default session store: in memory (moka), bounded, with idle and absolute lifetimes.
+//! Sessions do not survive a restart and are not shared between replicas.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{Session, SessionId, SessionStore, StoreFuture};
+
+struct Lifetimes {
+    idle: Duration,
+    absolute: Duration,
+}
+
+impl Lifetimes {
+    /// Time to live from now: the idle lifetime, cut short by what is left of the absolute one.
+    fn ttl(&self, created: SystemTime) -> Option<Duration> {
+        let age = SystemTime::now().duration_since(created).unwrap_or_default();
+        Some(self.idle.min(self.absolute.saturating_sub(age)))
+    }
+}
+
+impl moka::Expiry<SessionId, Arc<Session>> for Lifetimes {
+    fn expire_after_create(&self, _: &SessionId, session: &Arc<Session>, _: Instant) -> Option<Duration> {
+        self.ttl(session.created)
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &SessionId,
+        session: &Arc<Session>,
+        _: Instant,
+        _: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        self.ttl(session.created)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &SessionId,
+        session: &Arc<Session>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.ttl(session.created)
+    }
+}
+
+pub struct MemoryStore {
+    sessions: moka::sync::Cache<SessionId, Arc<Session>>,
+}
+
+impl MemoryStore {
+    pub fn new(max_sessions: u64, idle: Duration, absolute: Duration) -> Self {
+        MemoryStore {
+            sessions: moka::sync::Cache::builder()
+                .max_capacity(max_sessions)
+                .expire_after(Lifetimes { idle, absolute })
+                .build(),
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn get<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, Option<Arc<Session>>> {
+        Box::pin(async move { Ok(self.sessions.get(id)) })
+    }
+
+    fn put<'a>(&'a self, id: SessionId, session: Session) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.sessions.insert(id, Arc::new(session));
+            Ok(())
+        })
+    }
+
+    fn remove<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.sessions.invalidate(id);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::conformance;
+
+    #[tokio::test]
+    async fn the_memory_store_passes_the_session_store_conformance_suite() {
+        let (idle, absolute) = (Duration::from_millis(300), Duration::from_millis(900));
+        let store = MemoryStore::new(1000, idle, absolute);
+        conformance::run(&store, idle, absolute).await;
+    }
+}

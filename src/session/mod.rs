@@ -1,0 +1,221 @@
+//! Browser sessions: an opaque random id in the cookie, everything else on the server.
+//!
+//! `SessionStore` is the one interface; `MemoryStore` (moka) is the default, and a shared store
+//! (Redis) joins behind the same trait. Every store passes the same conformance suite
+//! (`conformance` below). Tokens kept in a session are wrapped in `Secret`, which never prints.
+
+mod memory;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::authn::Principal;
+pub use memory::MemoryStore;
+
+/// A session id: 256 random bits. The cookie carries it base64url-encoded; logs and audit
+/// events carry only [`SessionId::hash`].
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionId([u8; 32]);
+
+impl SessionId {
+    pub fn random() -> Result<Self, StoreError> {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| StoreError::Unavailable("no randomness".into()))?;
+        Ok(SessionId(bytes))
+    }
+
+    /// Parses a cookie value; anything but 43 base64url characters of 32 bytes is not an id.
+    pub fn parse(cookie: &str) -> Option<Self> {
+        if cookie.len() != 43 {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(cookie).ok()?;
+        Some(SessionId(bytes.try_into().ok()?))
+    }
+
+    pub fn cookie_value(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// First 16 hex digits of SHA-256 of the id: enough to correlate, useless to hijack.
+    pub fn hash(&self) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.0);
+        digest
+            .as_ref()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", self.hash())
+    }
+}
+
+/// A value that must never reach a log, a span or an error body.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// What the server keeps for a signed-in browser.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub principal: Arc<Principal>,
+    /// The identity provider's configured name.
+    pub provider: String,
+    /// When the user signed in: the absolute lifetime counts from here.
+    pub created: SystemTime,
+    pub access_token: Option<Secret>,
+    pub access_token_expires: Option<SystemTime>,
+    pub refresh_token: Option<Secret>,
+    /// Kept for RP-initiated logout (`id_token_hint`).
+    pub id_token: Option<Secret>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot answer; callers fail closed (the request is not authenticated).
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Where sessions live. Lifetimes are the store's to enforce: `get` never returns a session
+/// past its idle or absolute lifetime.
+pub trait SessionStore: Send + Sync + 'static {
+    fn get<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, Option<Arc<Session>>>;
+    fn put<'a>(&'a self, id: SessionId, session: Session) -> StoreFuture<'a, ()>;
+    fn remove<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, ()>;
+}
+
+/// The behaviour every store must show; run by each store's tests.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::authn::{AuthMethod, PrincipalKind};
+
+    pub fn session(created: SystemTime) -> Session {
+        Session {
+            principal: Arc::new(Principal {
+                kind: PrincipalKind::User,
+                subject: "alice".into(),
+                issuer: "https://idp.example".into(),
+                provider: "idp".into(),
+                email: Some("alice@example.com".into()),
+                name: None,
+                groups: vec!["deployers".into()],
+                auth_method: AuthMethod::Session,
+                client_id: Some("web".into()),
+                token_id: None,
+                session_id_hash: None,
+            }),
+            provider: "idp".into(),
+            created,
+            access_token: Some(Secret::new("at-secret")),
+            access_token_expires: None,
+            refresh_token: Some(Secret::new("rt-secret")),
+            id_token: None,
+        }
+    }
+
+    /// `store` must have been built with an idle lifetime of `idle` and an absolute one of `absolute`.
+    pub async fn run(store: &dyn SessionStore, idle: Duration, absolute: Duration) {
+        // A stored session comes back; an unknown id does not.
+        let id = SessionId::random().unwrap();
+        store.put(id.clone(), session(SystemTime::now())).await.unwrap();
+        let got = store.get(&id).await.unwrap().expect("the session is there");
+        assert_eq!(got.principal.subject, "alice");
+        assert!(store.get(&SessionId::random().unwrap()).await.unwrap().is_none());
+
+        // Removed means gone (logout).
+        store.remove(&id).await.unwrap();
+        assert!(store.get(&id).await.unwrap().is_none());
+
+        // Idle: untouched longer than `idle`, it is gone.
+        let idle_id = SessionId::random().unwrap();
+        store
+            .put(idle_id.clone(), session(SystemTime::now()))
+            .await
+            .unwrap();
+        tokio::time::sleep(idle + Duration::from_millis(150)).await;
+        assert!(
+            store.get(&idle_id).await.unwrap().is_none(),
+            "an idle session outlived its idle lifetime"
+        );
+
+        // Absolute: even when used all the time, it ends `absolute` after sign-in.
+        let busy = SessionId::random().unwrap();
+        store.put(busy.clone(), session(SystemTime::now())).await.unwrap();
+        let started = std::time::Instant::now();
+        while started.elapsed() < absolute + Duration::from_millis(150) {
+            tokio::time::sleep(idle / 3).await;
+            let _ = store.get(&busy).await.unwrap();
+        }
+        assert!(
+            store.get(&busy).await.unwrap().is_none(),
+            "a busy session outlived its absolute lifetime"
+        );
+
+        // A session created long ago is refused at once.
+        let old = SessionId::random().unwrap();
+        store
+            .put(old.clone(), session(SystemTime::now() - absolute * 2))
+            .await
+            .unwrap();
+        assert!(store.get(&old).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn session_ids_round_trip_through_the_cookie_and_reject_anything_else() {
+        let id = SessionId::random().unwrap();
+        assert_eq!(SessionId::parse(&id.cookie_value()), Some(id.clone()));
+        assert_ne!(SessionId::random().unwrap(), id);
+        for bad in [
+            "",
+            "abc",
+            &"A".repeat(44),
+            &format!("{}=", &id.cookie_value()[..42]),
+            "../../etc/passwd",
+        ] {
+            assert!(SessionId::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(id.hash().len(), 16);
+        assert!(!format!("{id:?}").contains(&id.cookie_value()));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = session(SystemTime::now());
+        let text = format!("{s:?}");
+        assert!(
+            !text.contains("at-secret") && !text.contains("rt-secret"),
+            "{text}"
+        );
+    }
+}
