@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,7 +24,7 @@ pub enum FetchError {
 
 #[derive(Clone, Debug)]
 pub struct IdpClient {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl IdpClient {
@@ -60,25 +60,43 @@ impl IdpClient {
         })
     }
 
-    /// GETs a JSON document; redirects are not followed (an IdP's endpoints are named exactly).
+    /// Sends one request; redirects are not followed (an IdP's endpoints are named exactly).
+    /// This is also the HTTP client handed to openidconnect, so the whole process keeps one
+    /// HTTP stack and one TLS provider.
+    pub async fn send(&self, request: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, FetchError> {
+        let url = request.uri().to_string();
+        let fail = |detail: String| FetchError::Failed {
+            url: url.clone(),
+            detail,
+        };
+        let (parts, body) = request.into_parts();
+        let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
+        let response = tokio::time::timeout(TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| fail("timed out".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(TIMEOUT, Limited::new(body, MAX_BODY).collect())
+            .await
+            .map_err(|_| fail("timed out reading the body".into()))?
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        Ok(http::Response::from_parts(parts, body.to_vec()))
+    }
+
+    /// GETs a JSON document.
     pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, FetchError> {
         let fail = |detail: String| FetchError::Failed {
             url: url.to_string(),
             detail,
         };
-        let uri: http::Uri = url.parse().map_err(|_| fail("not a URL".into()))?;
-        let response = tokio::time::timeout(TIMEOUT, self.client.get(uri))
-            .await
-            .map_err(|_| fail("timed out".into()))?
-            .map_err(|e| fail(e.to_string()))?;
+        let request = http::Request::get(url)
+            .body(Vec::new())
+            .map_err(|_| fail("not a URL".into()))?;
+        let response = self.send(request).await?;
         if !response.status().is_success() {
             return Err(fail(format!("status {}", response.status())));
         }
-        let body = tokio::time::timeout(TIMEOUT, Limited::new(response.into_body(), MAX_BODY).collect())
-            .await
-            .map_err(|_| fail("timed out reading the body".into()))?
-            .map_err(|e| fail(e.to_string()))?
-            .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| fail(format!("not JSON: {e}")))
+        serde_json::from_slice(response.body()).map_err(|e| fail(format!("not JSON: {e}")))
     }
 }

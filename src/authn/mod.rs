@@ -11,6 +11,7 @@ pub mod bearer;
 mod claims;
 pub mod http;
 pub mod jwks;
+pub mod oidc;
 pub mod provider;
 pub mod redirect;
 
