@@ -51,6 +51,9 @@ pub enum Reason {
     WrongTokenType,
     /// Denied: the issuer's keys could not be fetched (and none are cached).
     IdpUnavailable,
+    /// Denied: a browser sign-in did not complete (unknown or replayed state, a refused code,
+    /// an ID token that does not verify).
+    LoginFailed,
 }
 
 impl Reason {
@@ -74,6 +77,7 @@ impl Reason {
             Reason::AlgNotAllowed => "alg_not_allowed",
             Reason::WrongTokenType => "wrong_token_type",
             Reason::IdpUnavailable => "idp_unavailable",
+            Reason::LoginFailed => "login_failed",
         }
     }
 
@@ -91,6 +95,7 @@ impl Reason {
             Reason::WrongAudience => "the token was issued for another audience",
             Reason::WrongTokenType => "this kind of token is not accepted here",
             Reason::IdpUnavailable => "the identity provider cannot be reached; try again shortly",
+            Reason::LoginFailed => "the sign-in did not complete; start it again",
             Reason::RouteNotFound => "no route serves this host and path",
             Reason::PayloadTooLarge => "the request body is larger than this route accepts",
             _ => "the request was refused",
@@ -126,7 +131,8 @@ impl Reason {
             | Reason::WrongAudience
             | Reason::UnknownKey
             | Reason::AlgNotAllowed
-            | Reason::WrongTokenType => StatusCode::UNAUTHORIZED,
+            | Reason::WrongTokenType
+            | Reason::LoginFailed => StatusCode::UNAUTHORIZED,
             Reason::IdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
             Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,

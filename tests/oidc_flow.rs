@@ -11,8 +11,9 @@ mod support;
 
 use std::sync::Arc;
 
+use openidconnect::core::CoreProviderMetadata;
 use portcullis::authn::http::IdpClient;
-use portcullis::authn::oidc::{discover, start_login};
+use portcullis::authn::oidc::{RelyingParty, discover, start_login};
 use portcullis::session::Secret;
 use support::idp::Idp;
 
@@ -26,16 +27,31 @@ fn query_param(url: &str, name: &str) -> Option<String> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sign_in_starts_with_pkce_state_and_nonce_and_the_provider_accepts_it() {
+/// The real provider (with our callback registered for the `web` client) and its discovered metadata.
+async fn provider_and_metadata() -> (Idp, IdpClient, CoreProviderMetadata) {
     let idp = Idp::start_with(&["--redirect", CALLBACK]).await;
     let http = IdpClient::new(None, &Arc::new(rustls::crypto::aws_lc_rs::default_provider())).unwrap();
     let metadata = discover(&idp.issuer, &http).await.unwrap();
+    (idp, http, metadata)
+}
+
+fn web_client<'a>(metadata: &'a CoreProviderMetadata, secret: &'a Secret) -> RelyingParty<'a> {
+    RelyingParty {
+        metadata,
+        client_id: "web",
+        client_secret: Some(secret),
+        redirect_url: CALLBACK,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_starts_with_pkce_state_and_nonce_and_the_provider_accepts_it() {
+    let (idp, http, metadata) = provider_and_metadata().await;
     let scopes = vec!["email".to_string(), "profile".to_string()];
     let secret = Secret::new("web-secret");
-
-    let first = start_login(&metadata, "web", Some(&secret), CALLBACK, &scopes).unwrap();
-    let second = start_login(&metadata, "web", Some(&secret), CALLBACK, &scopes).unwrap();
+    let rp = web_client(&metadata, &secret);
+    let first = start_login(&rp, &scopes).unwrap();
+    let second = start_login(&rp, &scopes).unwrap();
     let endpoint = idp.endpoint("authorization_endpoint").await;
     assert!(
         first.authorize_url.starts_with(&endpoint),
@@ -91,4 +107,69 @@ async fn a_sign_in_starts_with_pkce_state_and_nonce_and_the_provider_accepts_it(
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
     assert!(location.contains("error="), "{} {location}", response.status());
+}
+
+/// One sign-in through the provider's own login pages, up to the callback's `code`.
+async fn code_for(
+    idp: &Idp,
+    rp: &RelyingParty<'_>,
+    login: &str,
+) -> (String, portcullis::authn::oidc::LoginStart) {
+    let start = start_login(rp, &["email".to_string(), "profile".to_string()]).unwrap();
+    let callback = idp.sign_in_without_browser(&start.authorize_url, login).await;
+    assert!(callback.starts_with(CALLBACK), "{callback}");
+    assert_eq!(
+        query_param(&callback, "state").as_deref(),
+        Some(start.state.as_str())
+    );
+    (query_param(&callback, "code").unwrap(), start)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_completes_once_with_its_own_verifier_and_nonce_and_never_twice() {
+    use portcullis::authn::oidc::finish_login;
+    use portcullis::decision::Reason;
+
+    let (idp, http, metadata) = provider_and_metadata().await;
+    let secret = Secret::new("web-secret");
+    let rp = web_client(&metadata, &secret);
+    let config = portcullis::config::parse(&format!(
+        "[[identity_providers]]\nname = \"oidc\"\nissuer = \"{}\"\naudiences = [\"web\"]\n",
+        idp.issuer
+    ))
+    .unwrap();
+    let provider = config.identity_providers[0].resolved();
+
+    let (code, start) = code_for(&idp, &rp, "alice").await;
+    let done = finish_login(&rp, &provider, &http, &code, &start.pkce_verifier, &start.nonce)
+        .await
+        .unwrap();
+    assert_eq!(done.principal.subject, "alice");
+    assert_eq!(done.principal.email.as_deref(), Some("alice@portcullis.test"));
+    assert_eq!(done.principal.auth_method.as_str(), "session");
+    assert!(!done.access_token.expose().is_empty());
+
+    // The same code again (replay) is refused by the provider.
+    let replay = finish_login(&rp, &provider, &http, &code, &start.pkce_verifier, &start.nonce).await;
+    assert_eq!(replay.unwrap_err(), Reason::LoginFailed);
+
+    // Another sign-in's verifier (a PKCE downgrade or code injection) is refused.
+    let (code, start) = code_for(&idp, &rp, "bob").await;
+    let other = Secret::new("x".repeat(43));
+    assert_eq!(
+        finish_login(&rp, &provider, &http, &code, &other, &start.nonce)
+            .await
+            .unwrap_err(),
+        Reason::LoginFailed
+    );
+
+    // A nonce that is not this sign-in's (an injected ID token) is refused.
+    let (code, start) = code_for(&idp, &rp, "carol").await;
+    let wrong_nonce = Secret::new("not-the-nonce");
+    assert_eq!(
+        finish_login(&rp, &provider, &http, &code, &start.pkce_verifier, &wrong_nonce)
+            .await
+            .unwrap_err(),
+        Reason::LoginFailed
+    );
 }

@@ -118,48 +118,52 @@ impl Provider {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(Reason::Malformed)?;
-        let principal = self.principal(&claims)?;
+        let principal = principal_from_claims(&self.config, &claims, AuthMethod::Bearer)?;
         Ok(Verified {
             principal: Arc::new(principal),
             exp,
         })
     }
+}
 
-    fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, Reason> {
-        let c = &self.config;
-        let text = |path: &str| claims::string(claims, path).map_err(|()| Reason::Malformed);
-        let subject = text(&c.subject_claim)?
-            .filter(|s| !s.is_empty())
-            .ok_or(Reason::Malformed)?;
-        let client_id = match text("client_id")? {
-            Some(id) => Some(id),
-            None => text("azp")?,
-        };
-        let kind = c
-            .principal_kind
-            .unwrap_or(if client_id.as_deref() == Some(subject.as_str()) {
-                PrincipalKind::Service
-            } else {
-                PrincipalKind::User
-            });
-        let groups = match &c.groups_claim {
-            Some(path) => claims::groups(claims, path).map_err(|()| Reason::Malformed)?,
-            None => Vec::new(),
-        };
-        Ok(Principal {
-            kind,
-            subject,
-            issuer: c.issuer.clone(),
-            provider: c.name.clone(),
-            email: text(&c.email_claim)?,
-            name: text(&c.name_claim)?,
-            groups,
-            auth_method: AuthMethod::Bearer,
-            client_id,
-            token_id: text("jti")?,
-            session_id_hash: None,
-        })
-    }
+/// The principal a provider's verified claims describe (bearer token or ID token alike).
+pub fn principal_from_claims(
+    c: &ResolvedProvider,
+    claims: &Map<String, Value>,
+    auth_method: AuthMethod,
+) -> Result<Principal, Reason> {
+    let text = |path: &str| claims::string(claims, path).map_err(|()| Reason::Malformed);
+    let subject = text(&c.subject_claim)?
+        .filter(|s| !s.is_empty())
+        .ok_or(Reason::Malformed)?;
+    let client_id = match text("client_id")? {
+        Some(id) => Some(id),
+        None => text("azp")?,
+    };
+    let kind = c
+        .principal_kind
+        .unwrap_or(if client_id.as_deref() == Some(subject.as_str()) {
+            PrincipalKind::Service
+        } else {
+            PrincipalKind::User
+        });
+    let groups = match &c.groups_claim {
+        Some(path) => claims::groups(claims, path).map_err(|()| Reason::Malformed)?,
+        None => Vec::new(),
+    };
+    Ok(Principal {
+        kind,
+        subject,
+        issuer: c.issuer.clone(),
+        provider: c.name.clone(),
+        email: text(&c.email_claim)?,
+        name: text(&c.name_claim)?,
+        groups,
+        auth_method,
+        client_id,
+        token_id: text("jti")?,
+        session_id_hash: None,
+    })
 }
 
 /// ID tokens announce themselves by claims access tokens do not carry (`nonce`, `at_hash`,

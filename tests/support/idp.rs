@@ -189,6 +189,138 @@ impl Idp {
             .unwrap_or_else(|| panic!("no access_token in {body}"))
             .to_string()
     }
+
+    /// Drives the provider's development sign-in (login form, then consent) over plain HTTP with a
+    /// cookie jar, the way a browser would, starting from an authorization URL. Returns the final
+    /// redirect to the client's redirect_uri (e.g.
+    /// `"http://127.0.0.1:8080/.portcullis/callback?code=...&state=...&iss=..."`), which is NOT
+    /// followed. Any password is accepted; `login` becomes the `sub` of the ID token.
+    ///
+    /// Redirects (301/302/303) within the provider's origin are followed with GET; the first
+    /// `Location` outside it is the answer (an error redirect to the client is returned too). The
+    /// jar keeps one value per cookie name (the provider scopes `_interaction` and
+    /// `_interaction_resume` to per-interaction paths, and all of them are sent back every time).
+    /// Panics, with the status and body, on anything else.
+    pub async fn sign_in_without_browser(&self, authorize_url: &str, login: &str) -> String {
+        const MAX_STEPS: usize = 20;
+        let origin = self.issuer.trim_end_matches('/').to_string();
+        assert!(
+            within_origin(&origin, authorize_url),
+            "the authorization URL {authorize_url} is not on the provider {origin}"
+        );
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let mut jar: Vec<(String, String)> = Vec::new();
+        let mut next: (http::Method, String, Option<String>) =
+            (http::Method::GET, authorize_url.to_string(), None);
+        let mut trail: Vec<String> = Vec::new();
+        for _ in 0..MAX_STEPS {
+            let (method, url, form) = next;
+            trail.push(format!("{method} {url}"));
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(url.as_str())
+                .header("accept", "text/html");
+            if !jar.is_empty() {
+                let cookie = jar
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                req = req.header("cookie", cookie);
+            }
+            let body = match form {
+                Some(form) => {
+                    req = req.header("content-type", "application/x-www-form-urlencoded");
+                    Bytes::from(form)
+                }
+                None => Bytes::new(),
+            };
+            let req = req
+                .body(Full::new(body))
+                .unwrap_or_else(|e| panic!("{method} {url}: cannot build the request: {e}"));
+            let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                .await
+                .unwrap_or_else(|_| panic!("{method} {url}: no answer within 10 s"))
+                .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            let status = response.status();
+            for set_cookie in response.headers().get_all("set-cookie") {
+                store_cookie(&mut jar, set_cookie.to_str().unwrap_or_default());
+            }
+            let location = response
+                .headers()
+                .get("location")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let fail = |why: &str| -> ! {
+                panic!(
+                    "sign-in: {why}\n{method} {url} answered {status}\nsteps so far:\n  {}\n--- body ---\n{text}",
+                    trail.join("\n  ")
+                )
+            };
+
+            if matches!(
+                status,
+                StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::SEE_OTHER
+            ) {
+                let Some(location) = location else {
+                    fail("a redirect without Location")
+                };
+                let target = if location.starts_with('/') {
+                    format!("{origin}{location}")
+                } else if location.starts_with("http://") || location.starts_with("https://") {
+                    location
+                } else {
+                    fail(&format!(
+                        "a relative Location the helper cannot resolve: {location}"
+                    ))
+                };
+                if !within_origin(&origin, &target) {
+                    return target;
+                }
+                next = (http::Method::GET, target, None);
+                continue;
+            }
+            if status != StatusCode::OK {
+                fail("an unexpected status");
+            }
+            let Some(page) = parse_form(&text) else {
+                fail("a page without a POST form")
+            };
+            let prompt = page
+                .fields
+                .iter()
+                .find(|(k, _)| k == "prompt")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let mut fields: Vec<(String, String)> = page.fields.clone();
+            match prompt.as_str() {
+                "login" => {
+                    fields.retain(|(k, _)| k != "login" && k != "password");
+                    fields.push(("login".to_string(), login.to_string()));
+                    fields.push(("password".to_string(), "any-password".to_string()));
+                }
+                "consent" => {}
+                other => fail(&format!("an unknown prompt {other:?}")),
+            }
+            let action = if page.action.starts_with('/') {
+                format!("{origin}{}", page.action)
+            } else if page.action.is_empty() {
+                url.clone()
+            } else {
+                page.action.clone()
+            };
+            if !within_origin(&origin, &action) {
+                fail(&format!("a form posting outside the provider: {action}"));
+            }
+            let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            next = (http::Method::POST, action, Some(form_encode(&pairs)));
+        }
+        panic!(
+            "sign-in: no redirect out of the provider after {MAX_STEPS} steps:\n  {}",
+            trail.join("\n  ")
+        );
+    }
 }
 
 impl Drop for Idp {
@@ -250,6 +382,107 @@ pub fn form_encode(form: &[(&str, &str)]) -> String {
         .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// Whether `url` is on `origin` (`http://host:port`, no trailing slash).
+fn within_origin(origin: &str, url: &str) -> bool {
+    url.strip_prefix(origin)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
+}
+
+/// Records one `Set-Cookie` in a jar keyed by name only (paths and expiry dates are ignored, but
+/// a cookie cleared with an empty value or a past expiry is dropped).
+fn store_cookie(jar: &mut Vec<(String, String)>, set_cookie: &str) {
+    let mut parts = set_cookie.split(';');
+    let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
+        return;
+    };
+    let (name, value) = (name.trim().to_string(), value.trim().to_string());
+    let cleared = value.is_empty()
+        || parts.any(|attr| {
+            let attr = attr.trim().to_ascii_lowercase();
+            attr == "max-age=0" || (attr.starts_with("expires=") && attr.contains("1970"))
+        });
+    jar.retain(|(k, _)| *k != name);
+    if !cleared {
+        jar.push((name, value));
+    }
+}
+
+/// The first `<form method="post">` of a page: its action and its `<input>` fields with a name
+/// (values as written, HTML entities decoded).
+struct HtmlForm {
+    action: String,
+    fields: Vec<(String, String)>,
+}
+
+fn parse_form(html: &str) -> Option<HtmlForm> {
+    let lower = html.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = lower[from..].find("<form") {
+        let start = from + at;
+        let tag_end = start + lower[start..].find('>')?;
+        let tag = &html[start..=tag_end];
+        let end = lower[tag_end..]
+            .find("</form")
+            .map_or(html.len(), |e| tag_end + e);
+        from = tag_end;
+        if !html_attr(tag, "method").is_some_and(|m| m.eq_ignore_ascii_case("post")) {
+            continue;
+        }
+        let inner = &html[tag_end..end];
+        let inner_lower = &lower[tag_end..end];
+        let mut fields = Vec::new();
+        let mut pos = 0;
+        while let Some(i) = inner_lower[pos..].find("<input") {
+            let s = pos + i;
+            let e = s + inner_lower[s..].find('>').unwrap_or(inner.len() - s - 1);
+            let input = &inner[s..=e];
+            if let Some(name) = html_attr(input, "name") {
+                fields.push((name, html_attr(input, "value").unwrap_or_default()));
+            }
+            pos = e;
+        }
+        return Some(HtmlForm {
+            action: html_attr(tag, "action").unwrap_or_default(),
+            fields,
+        });
+    }
+    None
+}
+
+/// The value of `name="..."` (or single-quoted) in one tag, entity-decoded.
+fn html_attr(tag: &str, name: &str) -> Option<String> {
+    let lower = tag.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(name) {
+        let at = from + i;
+        from = at + name.len();
+        let before_ok = at > 0 && lower.as_bytes()[at - 1].is_ascii_whitespace();
+        let rest = lower[from..].trim_start();
+        if !before_ok || !rest.starts_with('=') {
+            continue;
+        }
+        let value_start = tag.len() - rest.len() + 1;
+        let value = tag[value_start..].trim_start();
+        let quote = value.chars().next()?;
+        let raw = if quote == '"' || quote == '\'' {
+            let body = &value[1..];
+            &body[..body.find(quote)?]
+        } else {
+            value
+                .split(|c: char| c.is_ascii_whitespace() || c == '>' || c == '/')
+                .next()?
+        };
+        return Some(
+            raw.replace("&quot;", "\"")
+                .replace("&#39;", "'")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&"),
+        );
+    }
+    None
 }
 
 async fn request_json(req: Request<Full<Bytes>>) -> (StatusCode, serde_json::Value) {
