@@ -15,7 +15,7 @@ use crate::admin::{self, Metrics, Ready};
 use crate::audit::{AuditSink, JsonlSink};
 use crate::authn::http::IdpClient;
 use crate::authn::{Authn, Provider};
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::listener::{self, ReloadingTls, Shared};
 use crate::proxy::Proxy;
 use crate::proxy::forward::Upstream;
@@ -183,9 +183,4 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
     }
     audit.flush();
     Ok(())
-}
-
-/// Loads and validates a config file for `serve`, returning each problem as a line.
-pub fn load_config(path: &std::path::Path) -> Result<Config, Vec<config::Problem>> {
-    config::load(path)
 }

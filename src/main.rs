@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match portcullis::app::load_config(&config) {
+        Command::CheckConfig { config } => match portcullis::config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} routes)", config.display(), c.routes.len());
                 ExitCode::SUCCESS
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config: path } => {
-            let config = match portcullis::app::load_config(&path) {
+            let config = match portcullis::config::load(&path) {
                 Ok(c) => c,
                 Err(problems) => {
                     report(&path, &problems);

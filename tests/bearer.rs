@@ -374,12 +374,29 @@ async fn a_rotated_key_is_fetched_once_and_a_flood_of_unknown_kids_costs_at_most
 async fn cached_keys_keep_serving_while_the_issuer_is_down() {
     let issuer = TestIssuer::start().await;
     let upstream = Recorder::start().await;
-    let gw = gateway_for(&issuer, &upstream, "").await;
+    let gw = gateway_for(&issuer, &upstream, "jwks_min_refetch = \"100ms\"").await;
     let token = issuer.token("while-down");
     issuer.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(call(&gw, &token).await.0, 200);
     assert_eq!(get(gw.admin, "/readyz", &[]).await.0, 200);
+    // The issuer really is unreachable: a refetch for a new key is attempted and fails.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let fetched = issuer.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst);
+    issuer.add_key("k2");
+    let unknown = issuer.sign_with("k2", &issuer.claims("new-key"), |_| {});
+    let (status, challenge) = call(&gw, &unknown).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("unknown_key"), "{challenge}");
+    assert_eq!(
+        issuer.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst),
+        fetched
+    );
+    assert_eq!(
+        call(&gw, &token).await.0,
+        200,
+        "the cached key still serves after the failed fetch"
+    );
     gw.stop().await;
 }
 

@@ -81,11 +81,6 @@ impl BearerAuthenticator {
             Ok(parts) => parts,
             Err(reason) => return Outcome::Rejected(reason),
         };
-        let header = Header {
-            alg: &header.alg,
-            kid: header.kid.as_deref(),
-            typ: header.typ.as_deref(),
-        };
         let Some(provider) = accepted.iter().find(|p| p.config.issuer == issuer) else {
             return Outcome::Rejected(Reason::WrongIssuer);
         };
@@ -137,24 +132,17 @@ fn extract(headers: &HeaderMap) -> Option<Result<&str, Reason>> {
 }
 
 #[derive(serde::Deserialize)]
-struct RawHeader {
-    alg: String,
-    kid: Option<String>,
-    typ: Option<String>,
-}
-
-#[derive(serde::Deserialize)]
 struct RawIssuer {
     iss: String,
 }
 
 /// Reads the header and the (still unverified) issuer, to choose the provider and key.
-fn peek(token: &str) -> Result<(RawHeader, String), Reason> {
+fn peek(token: &str) -> Result<(Header, String), Reason> {
     let mut parts = token.split('.');
     let (Some(h), Some(p)) = (parts.next(), parts.next()) else {
         return Err(Reason::Malformed);
     };
-    let header: RawHeader = URL_SAFE_NO_PAD
+    let header: Header = URL_SAFE_NO_PAD
         .decode(h)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

@@ -4,7 +4,6 @@
 //! issuer is unreachable.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -32,14 +31,12 @@ pub struct Jwks {
     issuer: String,
     jwks_uri: Option<String>,
     client: IdpClient,
-    keys: ArcSwapOption<Vec<Key>>,
+    keys: ArcSwapOption<Vec<Arc<Key>>>,
     /// Held while fetching; holds when the last fetch started.
     fetching: tokio::sync::Mutex<Option<Instant>>,
     unknown_kids: moka::sync::Cache<String, ()>,
     min_refetch: Duration,
     refresh: Duration,
-    /// JWKS documents fetched (successfully or not), for metrics and tests.
-    pub fetches: AtomicU64,
 }
 
 impl Jwks {
@@ -62,7 +59,6 @@ impl Jwks {
                 .build(),
             min_refetch,
             refresh,
-            fetches: AtomicU64::new(0),
         }
     }
 
@@ -72,11 +68,9 @@ impl Jwks {
 
     /// The key for a token's `kid` and `alg`. A token without `kid` is accepted only when exactly
     /// one key fits its algorithm.
-    pub async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<Vec<Key>>, Reason> {
-        if let Some(keys) = self.keys.load_full()
-            && find(&keys, kid, alg).is_some()
-        {
-            return Ok(keys);
+    pub async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<Key>, Reason> {
+        if let Some(key) = self.cached(kid, alg) {
+            return Ok(key);
         }
         if let Some(kid) = kid
             && self.unknown_kids.contains_key(kid)
@@ -85,10 +79,8 @@ impl Jwks {
         }
         // Single flight: whoever holds the lock fetches; the rest find its result afterwards.
         let mut last = self.fetching.lock().await;
-        if let Some(keys) = self.keys.load_full()
-            && find(&keys, kid, alg).is_some()
-        {
-            return Ok(keys);
+        if let Some(key) = self.cached(kid, alg) {
+            return Ok(key);
         }
         // Even with no keys at all the rate limit holds: the background refresher retries, and a
         // request must not queue behind one slow fetch after another.
@@ -99,10 +91,12 @@ impl Jwks {
             }
         }
         drop(last);
-        match self.keys.load_full() {
-            None => Err(Reason::IdpUnavailable),
-            Some(keys) if find(&keys, kid, alg).is_some() => Ok(keys),
-            Some(_) => {
+        if !self.ready() {
+            return Err(Reason::IdpUnavailable);
+        }
+        match self.cached(kid, alg) {
+            Some(key) => Ok(key),
+            None => {
                 if let Some(kid) = kid {
                     self.unknown_kids.insert(kid.to_string(), ());
                 }
@@ -111,9 +105,12 @@ impl Jwks {
         }
     }
 
+    fn cached(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<Key>> {
+        find(self.keys.load().as_deref()?, kid, alg).cloned()
+    }
+
     /// Fetches discovery (unless the JWKS URL is configured) and the key set, and swaps it in.
     pub async fn fetch(&self) -> Result<(), FetchError> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         let jwks_uri = match &self.jwks_uri {
             Some(uri) => uri.clone(),
             None => {
@@ -178,7 +175,7 @@ impl Jwks {
     }
 }
 
-pub fn find<'a>(keys: &'a [Key], kid: Option<&str>, alg: Algorithm) -> Option<&'a Key> {
+fn find<'a>(keys: &'a [Arc<Key>], kid: Option<&str>, alg: Algorithm) -> Option<&'a Arc<Key>> {
     match kid {
         Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid) && k.fits(alg)),
         None => {
@@ -193,7 +190,7 @@ pub fn find<'a>(keys: &'a [Key], kid: Option<&str>, alg: Algorithm) -> Option<&'
 
 /// Signing keys only; symmetric (`oct`) keys are never taken from a JWKS, and keys this crate
 /// cannot read are skipped rather than failing the whole set.
-fn parse_keys(doc: &serde_json::Value) -> Vec<Key> {
+fn parse_keys(doc: &serde_json::Value) -> Vec<Arc<Key>> {
     let Some(items) = doc.get("keys").and_then(|k| k.as_array()) else {
         return Vec::new();
     };
@@ -208,11 +205,11 @@ fn parse_keys(doc: &serde_json::Value) -> Vec<Key> {
                 .common
                 .key_algorithm
                 .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-            Some(Key {
+            Some(Arc::new(Key {
                 kid: jwk.common.key_id.clone(),
                 alg,
                 decoding,
-            })
+            }))
         })
         .collect()
 }

@@ -104,8 +104,4 @@ impl Authn {
     pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.config.name == name)
     }
-
-    pub fn providers(&self) -> &[Arc<Provider>] {
-        &self.providers
-    }
 }

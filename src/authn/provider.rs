@@ -9,14 +9,16 @@ use serde_json::{Map, Value};
 
 use super::claims;
 use super::http::IdpClient;
-use super::jwks::{Jwks, find};
+use super::jwks::Jwks;
 use super::{AuthMethod, Principal, PrincipalKind};
 use crate::config::{ResolvedProvider, TokenType};
 use crate::decision::Reason;
 
 pub struct Provider {
     pub config: ResolvedProvider,
-    algorithms: Vec<Algorithm>,
+    /// One validation per configured algorithm (jsonwebtoken wants a single key family per
+    /// validation), built once here rather than on every token.
+    validations: Vec<(Algorithm, Validation)>,
     pub keys: Arc<Jwks>,
 }
 
@@ -30,10 +32,11 @@ impl std::fmt::Debug for Provider {
 }
 
 /// What the token's header says, read before any key is chosen.
-pub struct Header<'a> {
-    pub alg: &'a str,
-    pub kid: Option<&'a str>,
-    pub typ: Option<&'a str>,
+#[derive(serde::Deserialize)]
+pub struct Header {
+    pub alg: String,
+    pub kid: Option<String>,
+    pub typ: Option<String>,
 }
 
 /// A verified token: who, and until when (`exp`, seconds since the epoch).
@@ -44,7 +47,12 @@ pub struct Verified {
 
 impl Provider {
     pub fn new(config: ResolvedProvider, client: IdpClient) -> Self {
-        let algorithms = config.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
+        let validations = config
+            .algorithms
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .map(|alg| (alg, validation(&config, alg)))
+            .collect();
         let keys = Arc::new(Jwks::new(
             &config.issuer,
             config.jwks_uri.clone(),
@@ -54,36 +62,22 @@ impl Provider {
         ));
         Provider {
             config,
-            algorithms,
+            validations,
             keys,
         }
     }
 
-    pub async fn verify(&self, token: &str, header: &Header<'_>) -> Result<Verified, Reason> {
+    pub async fn verify(&self, token: &str, header: &Header) -> Result<Verified, Reason> {
         // The algorithm comes from config; the token only says which of those it used.
-        let alg = header
+        let (alg, validation) = header
             .alg
             .parse::<Algorithm>()
             .ok()
-            .filter(|a| self.algorithms.contains(a))
+            .and_then(|alg| self.validations.iter().find(|(a, _)| *a == alg))
             .ok_or(Reason::AlgNotAllowed)?;
-        let keys = self.keys.key(header.kid, alg).await?;
-        let key = find(&keys, header.kid, alg).ok_or(Reason::UnknownKey)?;
-
+        let key = self.keys.key(header.kid.as_deref(), *alg).await?;
         let c = &self.config;
-        let mut validation = Validation::new(alg);
-        validation.leeway = c.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[c.issuer.as_str()]);
-        if c.audience_claim == "aud" {
-            validation.set_audience(&c.audiences);
-            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        } else {
-            validation.validate_aud = false;
-            validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation).map_err(
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation).map_err(
             |e| match e.kind() {
                 ErrorKind::InvalidSignature => Reason::BadSignature,
                 ErrorKind::ExpiredSignature => Reason::Expired,
@@ -108,10 +102,12 @@ impl Provider {
         {
             return Err(Reason::Malformed);
         }
-        let id_token = looks_like_id_token(header.typ, &claims);
+        let id_token = looks_like_id_token(header.typ.as_deref(), &claims);
         match c.token_type {
             TokenType::Access if id_token => return Err(Reason::WrongTokenType),
-            TokenType::Id if is_access_token(header.typ, &claims) => return Err(Reason::WrongTokenType),
+            TokenType::Id if is_access_token(header.typ.as_deref(), &claims) => {
+                return Err(Reason::WrongTokenType);
+            }
             _ => {}
         }
         let exp = claims
@@ -124,6 +120,24 @@ impl Provider {
             exp,
         })
     }
+}
+
+/// What a token signed with `alg` must satisfy: issuer, audience (unless another claim carries
+/// it), expiry and not-before with the leeway, and the claims every token must have.
+fn validation(c: &ResolvedProvider, alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = c.leeway.as_secs();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_issuer(&[c.issuer.as_str()]);
+    if c.audience_claim == "aud" {
+        validation.set_audience(&c.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    } else {
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+    }
+    validation
 }
 
 /// The principal a provider's verified claims describe (bearer token or ID token alike).

@@ -10,7 +10,7 @@
 )]
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,8 +36,10 @@ struct SigningKey {
 pub struct TestIssuer {
     pub issuer: String,
     keys: Arc<Mutex<Vec<SigningKey>>>,
-    /// How many times the JWKS document was fetched.
+    /// How many times the JWKS document was served.
     pub jwks_fetches: Arc<AtomicUsize>,
+    /// Once set, every request (also on connections already open) gets 503.
+    down: Arc<AtomicBool>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -64,16 +66,19 @@ impl TestIssuer {
         let issuer = format!("http://{}", listener.local_addr().unwrap());
         let keys = Arc::new(Mutex::new(vec![new_key("k1")]));
         let jwks_fetches = Arc::new(AtomicUsize::new(0));
-        let (k, f, iss) = (keys.clone(), jwks_fetches.clone(), issuer.clone());
+        let down = Arc::new(AtomicBool::new(false));
+        let (k, f, iss, d) = (keys.clone(), jwks_fetches.clone(), issuer.clone(), down.clone());
         let server = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (k, f, iss) = (k.clone(), f.clone(), iss.clone());
+                let (k, f, iss, d) = (k.clone(), f.clone(), iss.clone(), d.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
+                        let down = d.load(Ordering::SeqCst);
                         let body = match req.uri().path() {
+                            _ if down => String::new(),
                             "/.well-known/openid-configuration" => {
                                 json!({"issuer": iss, "jwks_uri": format!("{iss}/jwks")}).to_string()
                             }
@@ -85,7 +90,11 @@ impl TestIssuer {
                             }
                             _ => String::new(),
                         };
-                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                        let mut response = Response::new(Full::new(Bytes::from(body)));
+                        if down {
+                            *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        async move { Ok::<_, Infallible>(response) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -97,6 +106,7 @@ impl TestIssuer {
             issuer,
             keys,
             jwks_fetches,
+            down,
             server,
         }
     }
@@ -106,8 +116,9 @@ impl TestIssuer {
         self.keys.lock().unwrap().push(new_key(kid));
     }
 
-    /// Stops answering: the issuer is down.
+    /// The issuer is down: no new connections, and 503 on the ones already open.
     pub fn stop(&self) {
+        self.down.store(true, Ordering::SeqCst);
         self.server.abort();
     }
 
