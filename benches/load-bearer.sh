@@ -44,6 +44,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CONF_DIR="$ROOT/benches/load"
+# shellcheck source=load/common.sh
+source "$CONF_DIR/common.sh"
 BEARER_DIR="$ROOT/benches/load/bearer"
 
 DURATION="${DURATION:-10s}"
@@ -66,9 +68,6 @@ AUDIT_FILE="/tmp/portcullis-bench-bearer-audit.jsonl" # must match [audit] path 
 CLK_TCK=$(getconf CLK_TCK)
 CLIENT_CPU=1 # wrk and the backend
 PROXY_CPU=0  # the proxy under test
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- tools
 ensure_tools() {
@@ -98,47 +97,6 @@ ensure_tools() {
 # ---------------------------------------------------------------- process management
 TMP=""
 PIDS=()
-
-stop_pid() {
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    local pid
-    for pid in "${PIDS[@]}"; do
-        stop_pid "$pid"
-    done
-    if [[ -n "$TMP" && -d "$TMP" ]]; then
-        if [[ "$KEEP_TMP" == 1 ]]; then
-            log "kept temp dir $TMP"
-        else
-            rm -rf "$TMP"
-        fi
-    fi
-    [[ "$KEEP_TMP" == 1 ]] || rm -f "$AUDIT_FILE"
-    exit "$rc"
-}
-
-stop_last() {
-    local pid=${PIDS[-1]}
-    unset 'PIDS[-1]'
-    stop_pid "$pid"
-}
-
-port_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 
 # http_code URL [TOKEN]: the status code of a GET (000 when nothing answers).
 http_code() {
@@ -242,25 +200,6 @@ start_portcullis() {
     check_auth portcullis "$PORTCULLIS_PORT"
 }
 
-proc_kb() {
-    awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"
-}
-
-# cpu_ticks PID: user+system CPU ticks of PID and its direct children (nginx workers).
-cpu_ticks() {
-    local root=$1 f rest total=0 pid ppid ut st
-    for f in /proc/[0-9]*/stat; do
-        { read -r rest <"$f"; } 2>/dev/null || continue
-        pid=${rest%% *}
-        rest=${rest##*) }
-        read -r _ ppid _ _ _ _ _ _ _ _ _ ut st _ <<<"$rest"
-        if [[ "$pid" == "$root" || "$ppid" == "$root" ]]; then
-            total=$((total + ut + st))
-        fi
-    done
-    echo "$total"
-}
-
 # ---------------------------------------------------------------- wrk
 # wrk_cmd DURATION URL MODE: MODE is "plain", "one" (one fixed bearer token) or "warm"/"rotate"
 # (rotate.lua over the warm-up or the measured slice of the token file).
@@ -300,14 +239,6 @@ measure() {
     parse_wrk "$label" "$out" "$mode"
     CPU[$label]=$(awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
         'BEGIN { printf "%.0f", 100 * c / hz / (t1 - t0) }')
-}
-
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") m = n / 1000; else if (u == "ms") m = n; else if (u == "s") m = n * 1000;
-        else if (u == "m") m = n * 60000; else if (u == "h") m = n * 3600000; else m = -1
-        printf "%.3f", m }'
 }
 
 parse_wrk() {
@@ -350,8 +281,6 @@ shell_join() {
     done
     echo "${out[*]}"
 }
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 # quiet_check LABEL: note the load average and any compiler running (they distort the numbers).
 QUIET_NOTES=()

@@ -24,6 +24,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CONF_DIR="$ROOT/benches/load"
+# shellcheck source=load/common.sh
+source "$CONF_DIR/common.sh"
 
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-3s}"
@@ -44,9 +46,6 @@ AUDIT_FILE="/tmp/portcullis-bench-audit.jsonl" # must match [audit] path in port
 CLK_TCK=$(getconf CLK_TCK)
 CLIENT_CPU=1 # wrk and the backend
 PROXY_CPU=0  # the proxy under test
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- tools
 ensure_tools() {
@@ -76,49 +75,6 @@ ensure_tools() {
 # ---------------------------------------------------------------- process management
 TMP=""
 PIDS=()
-
-stop_pid() {
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    local pid
-    for pid in "${PIDS[@]}"; do
-        stop_pid "$pid"
-    done
-    if [[ -n "$TMP" && -d "$TMP" ]]; then
-        if [[ "$KEEP_TMP" == 1 ]]; then
-            log "kept temp dir $TMP"
-        else
-            rm -rf "$TMP"
-        fi
-    fi
-    [[ "$KEEP_TMP" == 1 ]] || rm -f "$AUDIT_FILE"
-    exit "$rc"
-}
-
-# stop_last: stop the most recently started server and forget it.
-stop_last() {
-    local pid=${PIDS[-1]}
-    unset 'PIDS[-1]'
-    stop_pid "$pid"
-}
-
-# port_free PORT: true when nothing accepts connections on 127.0.0.1:PORT.
-port_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 
 # wait_ready NAME PORT PID LOGFILE: poll with curl until the body is "ok" (bounded), or fail.
 wait_ready() {
@@ -185,27 +141,6 @@ start_portcullis() {
     wait_ready portcullis "$PORTCULLIS_PORT" "$PORTCULLIS_PID" "$dir/portcullis.log"
 }
 
-# proc_kb PID FIELD: a VmXXX value from /proc/PID/status, in kB.
-proc_kb() {
-    awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"
-}
-
-# cpu_ticks PID: user+system CPU ticks of PID and its direct children (nginx workers).
-# /proc/PID/stat already sums all threads of a process (Portcullis's Tokio workers).
-cpu_ticks() {
-    local root=$1 f rest total=0 pid ppid ut st
-    for f in /proc/[0-9]*/stat; do
-        { read -r rest <"$f"; } 2>/dev/null || continue
-        pid=${rest%% *}
-        rest=${rest##*) } # fields after "(comm) ": state ppid ... (utime is field 14 overall)
-        read -r _ ppid _ _ _ _ _ _ _ _ _ ut st _ <<<"$rest"
-        if [[ "$pid" == "$root" || "$ppid" == "$root" ]]; then
-            total=$((total + ut + st))
-        fi
-    done
-    echo "$total"
-}
-
 # ---------------------------------------------------------------- wrk
 WRK_CMD=()
 wrk_cmd() { # wrk_cmd DURATION URL
@@ -237,15 +172,6 @@ measure() {
         'BEGIN { printf "%.0f", 100 * c / hz / (t1 - t0) }')
 }
 
-# to_ms VALUE: wrk duration ("412.00us", "1.23ms", "2.00s", "1.50m") -> milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") m = n / 1000; else if (u == "ms") m = n; else if (u == "s") m = n * 1000;
-        else if (u == "m") m = n * 60000; else if (u == "h") m = n * 3600000; else m = -1
-        printf "%.3f", m }'
-}
-
 parse_wrk() {
     local label=$1 out=$2 rps p50 p99 non2xx sock
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
@@ -264,8 +190,6 @@ parse_wrk() {
         log "WARNING: $label had ${non2xx:-0} non-2xx responses and ${sock:-0} socket errors"
     fi
 }
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 # ---------------------------------------------------------------- main
 main() {

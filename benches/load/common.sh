@@ -1,0 +1,82 @@
+# Shared by benches/load.sh and benches/load-bearer.sh (sourced, not run): logging, stopping the
+# servers a run started, port checks, /proc readings and wrk number parsing. The sourcing script
+# sets TMP, PIDS, KEEP_TMP and AUDIT_FILE.
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+stop_pid() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    local pid
+    for pid in "${PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    if [[ -n "$TMP" && -d "$TMP" ]]; then
+        if [[ "$KEEP_TMP" == 1 ]]; then
+            log "kept temp dir $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    [[ "$KEEP_TMP" == 1 ]] || rm -f "$AUDIT_FILE"
+    exit "$rc"
+}
+
+# stop_last: stop the most recently started server and forget it.
+stop_last() {
+    local pid=${PIDS[-1]}
+    unset 'PIDS[-1]'
+    stop_pid "$pid"
+}
+
+# port_free PORT: true when nothing accepts connections on 127.0.0.1:PORT.
+port_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# proc_kb PID FIELD: a VmXXX value from /proc/PID/status, in kB.
+proc_kb() {
+    awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"
+}
+
+# cpu_ticks PID: user+system CPU ticks of PID and its direct children (nginx workers).
+# /proc/PID/stat already sums all threads of a process (Portcullis's Tokio workers).
+cpu_ticks() {
+    local root=$1 f rest total=0 pid ppid ut st
+    for f in /proc/[0-9]*/stat; do
+        { read -r rest <"$f"; } 2>/dev/null || continue
+        pid=${rest%% *}
+        rest=${rest##*) } # fields after "(comm) ": state ppid ... (utime is field 14 overall)
+        read -r _ ppid _ _ _ _ _ _ _ _ _ ut st _ <<<"$rest"
+        if [[ "$pid" == "$root" || "$ppid" == "$root" ]]; then
+            total=$((total + ut + st))
+        fi
+    done
+    echo "$total"
+}
+
+# to_ms VALUE: wrk duration ("412.00us", "1.23ms", "2.00s", "1.50m") -> milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") m = n / 1000; else if (u == "ms") m = n; else if (u == "s") m = n * 1000;
+        else if (u == "m") m = n * 60000; else if (u == "h") m = n * 3600000; else m = -1
+        printf "%.3f", m }'
+}
