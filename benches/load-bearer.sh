@@ -70,29 +70,6 @@ CLIENT_CPU=1 # wrk and the backend
 PROXY_CPU=0  # the proxy under test
 
 # ---------------------------------------------------------------- tools
-ensure_tools() {
-    local missing=()
-    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
-    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-    command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
-    command -v curl >/dev/null 2>&1 || missing+=(curl)
-    command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
-    command -v "$PYTHON" >/dev/null 2>&1 || missing+=(python3 python3-pip)
-    if ((${#missing[@]})); then
-        log "installing missing packages: ${missing[*]}"
-        local sudo=()
-        [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-        if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "${missing[@]}" >&2; then
-            log "apt-get install failed; running apt-get update once and retrying"
-            "${sudo[@]}" apt-get update >&2
-            DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "${missing[@]}" >&2
-        fi
-    fi
-    export PATH="$PATH:/usr/sbin:/sbin"
-    command -v nginx >/dev/null || die "nginx not found after install"
-    command -v haproxy >/dev/null || die "haproxy not found after install"
-    command -v wrk >/dev/null || die "wrk not found after install"
-}
 
 # ---------------------------------------------------------------- process management
 TMP=""
@@ -300,7 +277,9 @@ ONE_TOKEN=""
 ONE_TOKEN_SHOWN=""
 
 main() {
-    ensure_tools
+    local python_pkgs=()
+    command -v "$PYTHON" >/dev/null 2>&1 || python_pkgs=(python3 python3-pip)
+    ensure_tools "${python_pkgs[@]}"
     ulimit -n 65536 2>/dev/null || true
 
     if [[ -z "${PORTCULLIS:-}" ]]; then

@@ -80,3 +80,29 @@ to_ms() {
         else if (u == "m") m = n * 60000; else if (u == "h") m = n * 3600000; else m = -1
         printf "%.3f", m }'
 }
+
+# ensure_tools [PACKAGE...]: installs nginx-light, wrk, haproxy, curl and taskset when missing,
+# plus any extra Debian packages the caller names.
+ensure_tools() {
+    local missing=("$@")
+    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+    if ((${#missing[@]})); then
+        log "installing missing packages: ${missing[*]}"
+        local sudo=()
+        [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+        # Try without refreshing the index first; run `apt-get update` only if that fails.
+        if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "${missing[@]}" >&2; then
+            log "apt-get install failed; running apt-get update once and retrying"
+            "${sudo[@]}" apt-get update >&2
+            DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "${missing[@]}" >&2
+        fi
+    fi
+    export PATH="$PATH:/usr/sbin:/sbin"
+    command -v nginx >/dev/null || die "nginx not found after install"
+    command -v haproxy >/dev/null || die "haproxy not found after install"
+    command -v wrk >/dev/null || die "wrk not found after install"
+}
