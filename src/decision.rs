@@ -120,24 +120,19 @@ impl Reason {
 
     /// The status a denial with this reason answers with.
     pub const fn status(self) -> StatusCode {
+        if self.is_invalid_token() {
+            return StatusCode::UNAUTHORIZED;
+        }
         match self {
             Reason::PublicRoute | Reason::Authenticated => StatusCode::OK,
-            Reason::NoCredentials
-            | Reason::Malformed
-            | Reason::BadSignature
-            | Reason::Expired
-            | Reason::NotYetValid
-            | Reason::WrongIssuer
-            | Reason::WrongAudience
-            | Reason::UnknownKey
-            | Reason::AlgNotAllowed
-            | Reason::WrongTokenType
-            | Reason::LoginFailed => StatusCode::UNAUTHORIZED,
+            Reason::NoCredentials | Reason::LoginFailed => StatusCode::UNAUTHORIZED,
             Reason::IdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
             Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            // Refused credentials, answered above.
+            _ => StatusCode::UNAUTHORIZED,
         }
     }
 }

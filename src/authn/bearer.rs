@@ -23,7 +23,8 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 #[derive(Clone)]
 struct Cached {
-    provider: String,
+    /// The provider that vouched for the token; a hit counts only on routes that accept it.
+    provider: Arc<Provider>,
     principal: Arc<Principal>,
     exp: u64,
 }
@@ -71,7 +72,7 @@ impl BearerAuthenticator {
         if let Some(hit) = self.verified.get(&digest)
             && hit.exp > now_secs()
         {
-            return if accepted.iter().any(|p| p.config.name == hit.provider) {
+            return if accepted.iter().any(|p| Arc::ptr_eq(p, &hit.provider)) {
                 Outcome::Authenticated(hit.principal)
             } else {
                 Outcome::Rejected(Reason::WrongIssuer)
@@ -89,7 +90,7 @@ impl BearerAuthenticator {
                 self.verified.insert(
                     digest,
                     Cached {
-                        provider: provider.config.name.clone(),
+                        provider: provider.clone(),
                         principal: principal.clone(),
                         exp,
                     },
