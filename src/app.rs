@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::admin::{self, Metrics, Ready};
 use crate::audit::{AuditSink, JsonlSink};
+use crate::authn::browser::{Browser, BrowserClient};
 use crate::authn::http::IdpClient;
 use crate::authn::{Authn, Provider};
 use crate::config::Config;
@@ -20,6 +21,7 @@ use crate::listener::{self, ReloadingTls, Shared};
 use crate::proxy::Proxy;
 use crate::proxy::forward::Upstream;
 use crate::proxy::routes::{Route, RouteTable};
+use crate::session::{MemoryStore, Secret};
 
 /// Start-up failures, each naming where in the config the problem lies.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,36 @@ pub enum StartError {
     Audit { path: String, source: std::io::Error },
     #[error("server.tls: cannot watch the certificate files: {0}")]
     Watch(#[from] notify::Error),
+    #[error("{key}: {message}")]
+    Secret { key: String, message: String },
+}
+
+/// A secret from the environment or a file; never from the config text itself. `what` names
+/// the keys in messages (`client_secret` → `client_secret_env` / `client_secret_file`).
+fn read_secret(
+    what: &str,
+    env: Option<&String>,
+    file: Option<&std::path::PathBuf>,
+) -> Result<Option<Secret>, String> {
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim()))),
+            _ => Err(format!(
+                "{what}_env names {var:?}, which is unset or empty (fix: export it before starting)"
+            )),
+        };
+    }
+    if let Some(path) = file {
+        return match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim()))),
+            Ok(_) => Err(format!("{what}_file {} is empty", path.display())),
+            Err(e) => Err(format!(
+                "{what}_file: cannot read {}: {e} (fix: point it at a readable file)",
+                path.display()
+            )),
+        };
+    }
+    Ok(None)
 }
 
 /// The listening sockets, bound before anything else starts.
@@ -96,16 +128,50 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
         })?;
 
     let mut providers = Vec::with_capacity(config.identity_providers.len());
-    for (i, idp) in config.identity_providers.iter().enumerate() {
+    let mut browser_clients = Vec::new();
+    for (i, idp_config) in config.identity_providers.iter().enumerate() {
         let key = || format!("identity_providers[{i}]");
-        let client = IdpClient::new(idp.ca.as_deref(), &provider)
+        let client = IdpClient::new(idp_config.ca.as_deref(), &provider)
             .map_err(|source| StartError::Build { key: key(), source })?;
-        let idp = Arc::new(Provider::new(idp.resolved(), client));
+        let secret_error = |at: String| move |message| StartError::Secret { key: at, message };
+        let hmac = read_secret(
+            "hmac_secret",
+            idp_config.hmac_secret_env.as_ref(),
+            idp_config.hmac_secret_file.as_ref(),
+        )
+        .map_err(secret_error(key()))?;
+        if hmac.as_ref().is_some_and(|s| s.expose().len() < 32) {
+            return Err(StartError::Secret {
+                key: key(),
+                message: "the HMAC secret is shorter than 32 bytes (fix: use at least 32 random bytes)"
+                    .into(),
+            });
+        }
+        let idp = Arc::new(Provider::new(idp_config.resolved(), client.clone(), hmac));
         // Keys are fetched before /readyz turns green, then refreshed in the background.
-        idp.keys.spawn_refresher();
+        if idp.needs_jwks() {
+            idp.keys.spawn_refresher();
+        }
+        if let Some(browser) = &idp_config.browser {
+            let secret = read_secret(
+                "client_secret",
+                browser.client_secret_env.as_ref(),
+                browser.client_secret_file.as_ref(),
+            )
+            .map_err(secret_error(format!("{}.browser", key())))?;
+            browser_clients.push(Arc::new(BrowserClient::new(idp.clone(), browser, secret, client)));
+        }
         providers.push(idp);
     }
-    let authn = Arc::new(Authn::new(providers));
+    let s = &config.sessions;
+    let store = Arc::new(MemoryStore::with_login_timeout(
+        s.max_sessions,
+        s.idle_timeout,
+        s.lifetime,
+        s.login_timeout,
+    ));
+    let browser = Browser::new(store, browser_clients, s.clone(), metrics.clone());
+    let authn = Arc::new(Authn::new(providers, browser));
 
     let mut routes = Vec::with_capacity(config.routes.len());
     for (i, route) in config.routes.iter().enumerate() {

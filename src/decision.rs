@@ -54,6 +54,24 @@ pub enum Reason {
     /// Denied: a browser sign-in did not complete (unknown or replayed state, a refused code,
     /// an ID token that does not verify).
     LoginFailed,
+    /// Denied: the callback's `state` names no sign-in this browser started (unknown, expired,
+    /// replayed, or begun in another browser).
+    StateMismatch,
+    /// Denied: the session cookie names no live session (expired, signed out, tampered), or
+    /// the provider refused to refresh it.
+    SessionExpired,
+    /// Denied: the session store cannot answer (fail closed).
+    SessionStoreUnavailable,
+    /// Denied: a CORS preflight from an origin, or for a method or header, the route does not allow.
+    CorsRefused,
+    /// Allowed: the proxy answered a CORS preflight itself.
+    CorsPreflight,
+    /// Allowed: the browser was sent to the identity provider (or shown the sign-in page).
+    SignInStarted,
+    /// Allowed: a sign-in completed and a session was created.
+    SignedIn,
+    /// Allowed: the session was ended.
+    SignedOut,
 }
 
 impl Reason {
@@ -78,6 +96,14 @@ impl Reason {
             Reason::WrongTokenType => "wrong_token_type",
             Reason::IdpUnavailable => "idp_unavailable",
             Reason::LoginFailed => "login_failed",
+            Reason::StateMismatch => "state_mismatch",
+            Reason::SessionExpired => "session_expired",
+            Reason::SessionStoreUnavailable => "session_store_unavailable",
+            Reason::CorsRefused => "cors_refused",
+            Reason::CorsPreflight => "cors_preflight",
+            Reason::SignInStarted => "sign_in_started",
+            Reason::SignedIn => "signed_in",
+            Reason::SignedOut => "signed_out",
         }
     }
 
@@ -96,6 +122,12 @@ impl Reason {
             Reason::WrongTokenType => "this kind of token is not accepted here",
             Reason::IdpUnavailable => "the identity provider cannot be reached; try again shortly",
             Reason::LoginFailed => "the sign-in did not complete; start it again",
+            Reason::StateMismatch => {
+                "this sign-in was not started by this browser or has already been used; start it again"
+            }
+            Reason::SessionExpired => "your session has ended; sign in again",
+            Reason::SessionStoreUnavailable => "sessions cannot be checked right now; try again shortly",
+            Reason::CorsRefused => "this cross-origin request is not allowed",
             Reason::RouteNotFound => "no route serves this host and path",
             Reason::PayloadTooLarge => "the request body is larger than this route accepts",
             _ => "the request was refused",
@@ -124,9 +156,15 @@ impl Reason {
             return StatusCode::UNAUTHORIZED;
         }
         match self {
-            Reason::PublicRoute | Reason::Authenticated => StatusCode::OK,
-            Reason::NoCredentials | Reason::LoginFailed => StatusCode::UNAUTHORIZED,
-            Reason::IdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::PublicRoute
+            | Reason::Authenticated
+            | Reason::CorsPreflight
+            | Reason::SignInStarted
+            | Reason::SignedIn
+            | Reason::SignedOut => StatusCode::OK,
+            Reason::NoCredentials | Reason::LoginFailed | Reason::SessionExpired => StatusCode::UNAUTHORIZED,
+            Reason::StateMismatch | Reason::CorsRefused => StatusCode::FORBIDDEN,
+            Reason::IdpUnavailable | Reason::SessionStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
             Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

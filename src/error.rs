@@ -86,7 +86,7 @@ pub fn rescue(error: &ProxyError, request_id: &str, wants_html: bool) -> Respons
     headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     match error {
         ProxyError::Denied {
-            reason: Reason::NoCredentials,
+            reason: Reason::NoCredentials | Reason::SessionExpired,
             ..
         } => {
             headers.insert(
@@ -122,7 +122,7 @@ fn html_page(status: StatusCode, message: &str, request_id: &str) -> String {
     )
 }
 
-fn html_escape(s: &str) -> String {
+pub(crate) fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

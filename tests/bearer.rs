@@ -15,7 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::idp::{API_AUDIENCE, Idp, OTHER_AUDIENCE};
+use support::idp::{API_AUDIENCE, Idp, OTHER_AUDIENCE, decode_jwt_unverified};
 use support::issuer::{AUDIENCE, TestIssuer, now};
 use support::{Gateway, Recorder, get};
 
@@ -59,11 +59,12 @@ async fn call(gw: &Gateway, token: &str) -> (u16, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ci_bots_client_credentials_token_from_a_real_idp_is_accepted_and_audited() {
+async fn tokens_from_a_real_idp_in_rs256_es256_and_eddsa_are_accepted_and_audited() {
     let idp = Idp::start().await;
     let upstream = Recorder::start().await;
     let providers = format!(
-        "[[identity_providers]]\nname = \"oidc\"\nissuer = \"{}\"\naudiences = [\"{API_AUDIENCE}\"]\n",
+        "[[identity_providers]]\nname = \"oidc\"\nissuer = \"{}\"\naudiences = [\"{API_AUDIENCE}\"]\n\
+         algorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n",
         idp.issuer
     );
     let gw = Gateway::start(&format!(
@@ -81,9 +82,14 @@ async fn a_ci_bots_client_credentials_token_from_a_real_idp_is_accepted_and_audi
         .client_credentials_token("svc-es", "svc-es-secret", None)
         .await;
     assert_eq!(call(&gw, &es256).await.0, 200);
+    let eddsa = idp
+        .client_credentials_token("svc-ed", "svc-ed-secret", None)
+        .await;
+    assert_eq!(decode_jwt_unverified(&eddsa).0["alg"], "EdDSA");
+    assert_eq!(call(&gw, &eddsa).await.0, 200);
     // The same token again is served from the verified-token cache, with the same answer.
     assert_eq!(call(&gw, &rs256).await.0, 200);
-    assert_eq!(upstream.requests().len(), 3);
+    assert_eq!(upstream.requests().len(), 4);
 
     let other = idp
         .client_credentials_token("ci-bot", "ci-bot-secret", Some(OTHER_AUDIENCE))
@@ -93,7 +99,7 @@ async fn a_ci_bots_client_credentials_token_from_a_real_idp_is_accepted_and_audi
     assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
     assert_eq!(
         upstream.requests().len(),
-        3,
+        4,
         "a wrong-audience token reached the upstream"
     );
 
@@ -109,7 +115,8 @@ async fn a_ci_bots_client_credentials_token_from_a_real_idp_is_accepted_and_audi
     assert_eq!(first["portcullis.client.id"], "ci-bot");
     assert!(first["portcullis.token.id"].is_string());
     assert_eq!(events[1]["enduser.id"], "svc-es");
-    assert_eq!(events[3]["portcullis.reason"], "wrong_audience");
+    assert_eq!(events[2]["enduser.id"], "svc-ed");
+    assert_eq!(events[4]["portcullis.reason"], "wrong_audience");
     // No token in the trail.
     let trail = serde_json::to_string(&events).unwrap();
     assert!(!trail.contains(&rs256[..40]) && !trail.contains(&other[..40]));
@@ -501,4 +508,61 @@ async fn keys_rotated_at_the_idp_during_load_fail_no_request() {
     let events = gw.audit_events(1).await;
     assert!(events.iter().all(|e| e["portcullis.reason"] == "authenticated"));
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hmac_tokens_pass_only_with_the_operators_shared_secret_never_a_jwks_key() {
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "0123456789abcdef0123456789abcdef-shared";
+    let secret_file = dir.path().join("hmac");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let gw = Gateway::start(&format!(
+        "[[identity_providers]]\nname = \"test\"\nissuer = \"{}\"\naudiences = [\"{AUDIENCE}\"]\n\
+         algorithms = [\"ES256\", \"HS256\"]\nhmac_secret_file = \"{}\"\n{}",
+        issuer.issuer,
+        secret_file.display(),
+        protected_route(&upstream.url(), &["test"])
+    ))
+    .await;
+    wait_ready(&gw).await;
+
+    let claims = issuer.claims("svc-hmac");
+    let hs256 = |key: &[u8]| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    assert_eq!(call(&gw, &hs256(secret.as_bytes())).await.0, 200);
+    assert_eq!(
+        call(&gw, &issuer.token("svc-es")).await.0,
+        200,
+        "ES256 still works beside it"
+    );
+
+    let (status, challenge) = call(&gw, &hs256(b"another-secret-of-thirty-two-bytes!!")).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("bad_signature"), "{challenge}");
+    // The issuer's public JWKS, used as an HMAC secret, is just another wrong secret.
+    let jwks = issuer.jwks_json().to_string();
+    assert_eq!(call(&gw, &hs256(jwks.as_bytes())).await.0, 401);
+    assert_eq!(upstream.requests().len(), 2);
+
+    // Without a secret, HS256 is a configuration error that names the fix.
+    let config = portcullis::config::parse(
+        "[[identity_providers]]\nname = \"x\"\nissuer = \"https://x.example\"\naudiences = [\"a\"]\n\
+         algorithms = [\"HS256\"]\n[[routes]]\nname = \"r\"\nhosts = [\"a.test\"]\n[routes.upstream]\nurl = \"http://127.0.0.1:1\"\n"
+    )
+    .unwrap();
+    let problems = portcullis::config::validate(&config);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.path == "identity_providers[0].algorithms[0]" && p.hint.contains("hmac_secret")),
+        "{problems:?}"
+    );
 }

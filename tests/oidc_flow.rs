@@ -11,7 +11,6 @@ mod support;
 
 use std::sync::Arc;
 
-use openidconnect::core::CoreProviderMetadata;
 use portcullis::authn::http::IdpClient;
 use portcullis::authn::oidc::{RelyingParty, discover, start_login};
 use portcullis::session::Secret;
@@ -28,14 +27,14 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 }
 
 /// The real provider (with our callback registered for the `web` client) and its discovered metadata.
-async fn provider_and_metadata() -> (Idp, IdpClient, CoreProviderMetadata) {
+async fn provider_and_metadata() -> (Idp, IdpClient, portcullis::authn::oidc::Metadata) {
     let idp = Idp::start_with(&["--redirect", CALLBACK]).await;
     let http = IdpClient::new(None, &Arc::new(rustls::crypto::aws_lc_rs::default_provider())).unwrap();
     let metadata = discover(&idp.issuer, &http).await.unwrap();
     (idp, http, metadata)
 }
 
-fn web_client<'a>(metadata: &'a CoreProviderMetadata, secret: &'a Secret) -> RelyingParty<'a> {
+fn web_client<'a>(metadata: &'a portcullis::authn::oidc::Metadata, secret: &'a Secret) -> RelyingParty<'a> {
     RelyingParty {
         metadata,
         client_id: "web",
@@ -127,7 +126,7 @@ async fn code_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_completes_once_with_its_own_verifier_and_nonce_and_never_twice() {
-    use portcullis::authn::oidc::finish_login;
+    use portcullis::authn::oidc::{IdTokenError, redeem_code, verify_login};
     use portcullis::decision::Reason;
 
     let (idp, http, metadata) = provider_and_metadata().await;
@@ -141,35 +140,83 @@ async fn a_sign_in_completes_once_with_its_own_verifier_and_nonce_and_never_twic
     let provider = config.identity_providers[0].resolved();
 
     let (code, start) = code_for(&idp, &rp, "alice").await;
-    let done = finish_login(&rp, &provider, &http, &code, &start.pkce_verifier, &start.nonce)
+    let response = redeem_code(&rp, &http, &code, &start.pkce_verifier)
         .await
         .unwrap();
+    let done = verify_login(&rp, &provider, &response, &start.nonce).unwrap();
     assert_eq!(done.principal.subject, "alice");
     assert_eq!(done.principal.email.as_deref(), Some("alice@portcullis.test"));
     assert_eq!(done.principal.auth_method.as_str(), "session");
     assert!(!done.access_token.expose().is_empty());
 
     // The same code again (replay) is refused by the provider.
-    let replay = finish_login(&rp, &provider, &http, &code, &start.pkce_verifier, &start.nonce).await;
+    let replay = redeem_code(&rp, &http, &code, &start.pkce_verifier).await;
     assert_eq!(replay.unwrap_err(), Reason::LoginFailed);
 
     // Another sign-in's verifier (a PKCE downgrade or code injection) is refused.
-    let (code, start) = code_for(&idp, &rp, "bob").await;
+    let (code, _) = code_for(&idp, &rp, "bob").await;
     let other = Secret::new("x".repeat(43));
     assert_eq!(
-        finish_login(&rp, &provider, &http, &code, &other, &start.nonce)
-            .await
-            .unwrap_err(),
+        redeem_code(&rp, &http, &code, &other).await.unwrap_err(),
         Reason::LoginFailed
     );
 
     // A nonce that is not this sign-in's (an injected ID token) is refused.
     let (code, start) = code_for(&idp, &rp, "carol").await;
     let wrong_nonce = Secret::new("not-the-nonce");
+    let response = redeem_code(&rp, &http, &code, &start.pkce_verifier)
+        .await
+        .unwrap();
     assert_eq!(
-        finish_login(&rp, &provider, &http, &code, &start.pkce_verifier, &wrong_nonce)
-            .await
-            .unwrap_err(),
-        Reason::LoginFailed
+        verify_login(&rp, &provider, &response, &wrong_nonce).unwrap_err(),
+        IdTokenError::Refused(Reason::LoginFailed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_token_is_not_a_bearer_token_unless_the_operator_says_so() {
+    use openidconnect::TokenResponse as _;
+    use portcullis::authn::oidc::redeem_code;
+
+    let (idp, http, metadata) = provider_and_metadata().await;
+    let secret = Secret::new("web-secret");
+    let rp = web_client(&metadata, &secret);
+    let (code, start) = code_for(&idp, &rp, "alice").await;
+    let response = redeem_code(&rp, &http, &code, &start.pkce_verifier)
+        .await
+        .unwrap();
+    let id_token = response.id_token().unwrap().to_string();
+
+    let upstream = support::Recorder::start().await;
+    for (token_type, expected) in [("access", 401), ("id", 200)] {
+        let gw = support::Gateway::start(&format!(
+            "[[identity_providers]]\nname = \"oidc\"\nissuer = \"{}\"\naudiences = [\"web\"]\n\
+             token_type = \"{token_type}\"\n\
+             [[routes]]\nname = \"app\"\nhosts = [\"app.test\"]\nidentity_providers = [\"oidc\"]\n\
+             [routes.upstream]\nurl = \"{}\"\n",
+            idp.issuer,
+            upstream.url()
+        ))
+        .await;
+        let mut status = http::StatusCode::SERVICE_UNAVAILABLE;
+        for _ in 0..100 {
+            let bearer = format!("Bearer {id_token}");
+            (status, _) = support::get(gw.http, "/", &[("authorization", &bearer)]).await;
+            if status != http::StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(status.as_u16(), expected, "token_type = {token_type}");
+        if expected == 401 {
+            let events = gw.audit_events(1).await;
+            assert_eq!(events.last().unwrap()["portcullis.reason"], "wrong_token_type");
+        }
+        gw.stop().await;
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the operator-allowed ID token passed"
     );
 }

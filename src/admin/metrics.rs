@@ -42,6 +42,7 @@ pub struct Metrics {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     open_connections: Gauge,
     tls_reloads: Family<ResultLabels, Counter>,
+    session_refreshes: Family<ResultLabels, Counter>,
     no_route: RouteLabel,
 }
 
@@ -82,8 +83,15 @@ impl Metrics {
             "Certificate reloads by result",
             tls_reloads.clone(),
         );
+        let session_refreshes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "session_refreshes",
+            "Browser-session token refreshes by result (ok, refused, unreachable)",
+            session_refreshes.clone(),
+        );
         Metrics {
             registry,
+            session_refreshes,
             requests,
             duration,
             upstream_errors,
@@ -128,6 +136,12 @@ impl Metrics {
 
     pub fn tls_reload(&self, result: &'static str) {
         self.tls_reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn session_refresh(&self, result: &'static str) {
+        self.session_refreshes
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

@@ -100,3 +100,16 @@ impl IdpClient {
         serde_json::from_slice(response.body()).map_err(|e| fail(format!("not JSON: {e}")))
     }
 }
+
+/// openidconnect's flows call the provider through this: one HTTP stack, one TLS provider, and a
+/// boxed `Send` future (a closure over `&IdpClient` would not be `Send` for every lifetime).
+impl<'c> openidconnect::AsyncHttpClient<'c> for IdpClient {
+    type Error = FetchError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<http::Response<Vec<u8>>, FetchError>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: http::Request<Vec<u8>>) -> Self::Future {
+        Box::pin(self.send(request))
+    }
+}

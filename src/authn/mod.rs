@@ -2,12 +2,14 @@
 //!
 //! Authenticators run in order and each answers Authenticated, NotMine (no credentials of its
 //! kind: the next one tries) or Rejected (credentials of its kind that do not hold: the chain
-//! stops, so a bad token never falls through to a weaker method). Today the chain is the bearer
-//! JWT authenticator; the browser session joins it ahead of the bearer path.
+//! stops, so a bad token never falls through to a weaker method). The chain is the bearer JWT
+//! authenticator, then the browser session: a caller that presents a token means that token,
+//! whatever cookies its HTTP client also carries.
 //!
-//! Untrusted input: the Authorization header and every byte of the token.
+//! Untrusted input: the Authorization header, cookies, and every byte of the token.
 
 pub mod bearer;
+pub mod browser;
 mod claims;
 pub mod http;
 pub mod jwks;
@@ -80,25 +82,30 @@ pub enum Outcome {
 /// The ordered chain of authenticators.
 pub struct Authn {
     bearer: bearer::BearerAuthenticator,
+    pub browser: browser::Browser,
     providers: Vec<Arc<Provider>>,
 }
 
 impl Authn {
-    pub fn new(providers: Vec<Arc<Provider>>) -> Self {
+    pub fn new(providers: Vec<Arc<Provider>>, browser: browser::Browser) -> Self {
         Authn {
             bearer: bearer::BearerAuthenticator::new(),
+            browser,
             providers,
         }
     }
 
     /// The first Authenticated wins; a Rejected stops the chain.
     pub async fn authenticate(&self, headers: &HeaderMap, accepted: &[Arc<Provider>]) -> Outcome {
-        self.bearer.authenticate(headers, accepted).await
+        match self.bearer.authenticate(headers, accepted).await {
+            Outcome::NotMine => self.browser.authenticate(headers, accepted).await,
+            decided => decided,
+        }
     }
 
     /// Every provider has signing keys: protected routes can be served.
     pub fn ready(&self) -> bool {
-        self.providers.iter().all(|p| p.keys.ready())
+        self.providers.iter().all(|p| !p.needs_jwks() || p.keys.ready())
     }
 
     pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {

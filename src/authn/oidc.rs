@@ -1,14 +1,15 @@
 //! The browser path's OpenID Connect client: discovery and the start of an authorization-code
 //! flow with PKCE (S256), `state` and `nonce`, through the openidconnect crate driven by our own
-//! HTTP client (no reqwest, no second TLS stack). The callback, sessions and sign-out build on
-//! this (issue #3, next increment).
+//! HTTP client (no reqwest, no second TLS stack); the code exchange, ID token verification,
+//! refresh and the logout URL. The browser endpoints that use these live in `authn::browser`.
 
 use std::time::SystemTime;
 
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreTokenResponse};
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+    AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl, LogoutRequest,
+    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl,
+    ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse,
 };
 
 use super::http::IdpClient;
@@ -17,6 +18,9 @@ use super::{AuthMethod, Principal};
 use crate::config::ResolvedProvider;
 use crate::decision::Reason;
 use crate::session::Secret;
+
+/// A provider's discovery document, with the RP-initiated logout endpoint when it has one.
+pub type Metadata = ProviderMetadataWithLogout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
@@ -30,11 +34,10 @@ pub enum OidcError {
 
 /// Reads `<issuer>/.well-known/openid-configuration`; the crate checks that the document's
 /// `issuer` is exactly the configured one.
-pub async fn discover(issuer: &str, http: &IdpClient) -> Result<CoreProviderMetadata, OidcError> {
+pub async fn discover(issuer: &str, http: &IdpClient) -> Result<Metadata, OidcError> {
     let issuer_url =
         IssuerUrl::new(issuer.to_string()).map_err(|_| OidcError::BadIssuer(issuer.to_string()))?;
-    let client = |request| http.send(request);
-    CoreProviderMetadata::discover_async(issuer_url, &client)
+    Metadata::discover_async(issuer_url, http)
         .await
         .map_err(|e| OidcError::Discovery(e.to_string()))
 }
@@ -51,9 +54,10 @@ pub struct LoginStart {
 
 /// The relying party: one provider's metadata and this proxy's client registration there.
 pub struct RelyingParty<'a> {
-    pub metadata: &'a CoreProviderMetadata,
+    pub metadata: &'a Metadata,
     pub client_id: &'a str,
     pub client_secret: Option<&'a Secret>,
+    /// Empty for requests that need none (refresh).
     pub redirect_url: &'a str,
 }
 
@@ -71,15 +75,19 @@ impl RelyingParty<'_> {
         >,
         OidcError,
     > {
-        let redirect = RedirectUrl::new(self.redirect_url.to_string())
-            .map_err(|_| OidcError::BadRedirect(self.redirect_url.to_string()))?;
-        Ok(CoreClient::from_provider_metadata(
+        let client = CoreClient::from_provider_metadata(
             self.metadata.clone(),
             ClientId::new(self.client_id.to_string()),
             self.client_secret
                 .map(|s| ClientSecret::new(s.expose().to_string())),
-        )
-        .set_redirect_uri(redirect))
+        );
+        // A refresh names no redirect URI; every other flow does.
+        if self.redirect_url.is_empty() {
+            return Ok(client);
+        }
+        let redirect = RedirectUrl::new(self.redirect_url.to_string())
+            .map_err(|_| OidcError::BadRedirect(self.redirect_url.to_string()))?;
+        Ok(client.set_redirect_uri(redirect))
     }
 }
 
@@ -93,60 +101,179 @@ pub struct LoginFinished {
     pub refresh_token: Option<Secret>,
 }
 
-/// Redeems the authorization code (with the PKCE verifier) and verifies the ID token: signature
-/// with the provider's keys, issuer, audience, expiry and the nonce of this sign-in; `azp` when
-/// the audience has several values, and `iat` not in the future (the crate checks neither).
-pub async fn finish_login(
+/// Why an ID token was refused: `Keys` may pass once the provider's keys are fetched again.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IdTokenError {
+    Keys,
+    Refused(Reason),
+}
+
+/// Redeems the authorization code with the PKCE verifier.
+pub async fn redeem_code(
     rp: &RelyingParty<'_>,
-    provider: &ResolvedProvider,
     http: &IdpClient,
     code: &str,
     pkce_verifier: &Secret,
-    nonce: &Secret,
-) -> Result<LoginFinished, Reason> {
+) -> Result<CoreTokenResponse, Reason> {
     let client = rp.client().map_err(|_| Reason::LoginFailed)?;
-    let send = |request| http.send(request);
-    let response = client
+    client
         .exchange_code(AuthorizationCode::new(code.to_string()))
         .map_err(|_| Reason::LoginFailed)?
         .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_string()))
-        .request_async(&send)
+        .request_async(http)
         .await
         .map_err(|e| {
-            tracing::info!(error = %e, provider = %provider.name, "authorization code refused");
+            tracing::info!(error = %e, "authorization code refused");
             Reason::LoginFailed
-        })?;
-    let id_token = response.id_token().ok_or(Reason::LoginFailed)?;
+        })
+}
+
+/// Verifies the ID token of a code exchange: signature with the provider's keys, issuer,
+/// audience, expiry and the nonce of this sign-in; `azp` when the audience has several values,
+/// and `iat` not in the future (the crate checks neither).
+pub fn verify_login(
+    rp: &RelyingParty<'_>,
+    provider: &ResolvedProvider,
+    response: &CoreTokenResponse,
+    nonce: &Secret,
+) -> Result<LoginFinished, IdTokenError> {
+    let expected = Nonce::new(nonce.expose().to_string());
+    let principal = verify_id_token(rp, provider, response, &expected)?
+        .ok_or(IdTokenError::Refused(Reason::LoginFailed))?;
+    let id_token = response
+        .id_token()
+        .map(|t| Secret::new(t.to_string()))
+        .ok_or(IdTokenError::Refused(Reason::LoginFailed))?;
+    Ok(LoginFinished {
+        principal,
+        id_token,
+        access_token: Secret::new(response.access_token().secret().clone()),
+        access_token_expires: response.expires_in().map(|d| SystemTime::now() + d),
+        refresh_token: response.refresh_token().map(|t| Secret::new(t.secret().clone())),
+    })
+}
+
+/// The principal an ID token in `response` names, if it carries one.
+fn verify_id_token(
+    rp: &RelyingParty<'_>,
+    provider: &ResolvedProvider,
+    response: &CoreTokenResponse,
+    nonce: impl openidconnect::NonceVerifier,
+) -> Result<Option<Principal>, IdTokenError> {
+    let refused = IdTokenError::Refused;
+    let Some(id_token) = response.id_token() else {
+        return Ok(None);
+    };
+    let client = rp.client().map_err(|_| refused(Reason::LoginFailed))?;
     let verifier = client
         .id_token_verifier()
         .set_other_audience_verifier_fn(|_| false);
-    let claims = id_token
-        .claims(&verifier, &Nonce::new(nonce.expose().to_string()))
-        .map_err(|e| {
-            tracing::info!(error = %e, provider = %provider.name, "ID token refused");
-            Reason::LoginFailed
-        })?;
+    let claims = id_token.claims(&verifier, nonce).map_err(|e| {
+        tracing::info!(error = %e, provider = %provider.name, "ID token refused");
+        match e {
+            ClaimsVerificationError::SignatureVerification(_) => IdTokenError::Keys,
+            ClaimsVerificationError::Expired(_) => refused(Reason::Expired),
+            ClaimsVerificationError::InvalidIssuer(_) => refused(Reason::WrongIssuer),
+            ClaimsVerificationError::InvalidAudience(_) => refused(Reason::WrongAudience),
+            _ => refused(Reason::LoginFailed),
+        }
+    })?;
     let audiences = claims.audiences();
     if audiences.len() > 1 && claims.authorized_party().map(|p| p.as_str()) != Some(rp.client_id) {
-        return Err(Reason::WrongAudience);
+        return Err(refused(Reason::WrongAudience));
     }
     let latest = SystemTime::now() + provider.leeway;
     let latest = latest
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     if u64::try_from(claims.issue_time().timestamp()).unwrap_or(u64::MAX) > latest {
-        return Err(Reason::NotYetValid);
+        return Err(refused(Reason::NotYetValid));
     }
-    let json = serde_json::to_value(claims).map_err(|_| Reason::Malformed)?;
-    let map = json.as_object().ok_or(Reason::Malformed)?;
-    let principal = principal_from_claims(provider, map, AuthMethod::Session)?;
-    Ok(LoginFinished {
-        principal,
-        id_token: Secret::new(id_token.to_string()),
+    let json = serde_json::to_value(claims).map_err(|_| refused(Reason::Malformed))?;
+    let map = json.as_object().ok_or(refused(Reason::Malformed))?;
+    principal_from_claims(provider, map, AuthMethod::Session)
+        .map(Some)
+        .map_err(refused)
+}
+
+/// The tokens a refresh brought. The refresh token is the new one when the provider rotated
+/// it, else the one that was used.
+#[derive(Debug)]
+pub struct Refreshed {
+    pub access_token: Secret,
+    pub access_token_expires: Option<SystemTime>,
+    pub refresh_token: Secret,
+    pub id_token: Option<Secret>,
+    /// From the new ID token, when the provider sent one (groups may have changed).
+    pub principal: Option<Principal>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RefreshError {
+    /// The provider said no (revoked, expired, reused refresh token): the session ends.
+    Refused,
+    /// The provider could not be asked; the session lives on while its token is valid.
+    Unreachable,
+}
+
+/// Exchanges the refresh token for new tokens. A new ID token must name the same subject.
+pub async fn refresh(
+    rp: &RelyingParty<'_>,
+    provider: &ResolvedProvider,
+    http: &IdpClient,
+    refresh_token: &Secret,
+    subject: &str,
+) -> Result<Refreshed, RefreshError> {
+    let client = rp.client().map_err(|_| RefreshError::Refused)?;
+    let token = RefreshToken::new(refresh_token.expose().to_string());
+    let response = client
+        .exchange_refresh_token(&token)
+        .map_err(|_| RefreshError::Refused)?
+        .request_async(http)
+        .await
+        .map_err(|e| {
+            tracing::info!(error = %e, provider = %provider.name, "refresh failed");
+            match e {
+                RequestTokenError::ServerResponse(_) => RefreshError::Refused,
+                _ => RefreshError::Unreachable,
+            }
+        })?;
+    // Refreshed ID tokens carry no new nonce (OIDC Core 12.2); the subject must not change.
+    let no_nonce = |_: Option<&Nonce>| Ok(());
+    let principal = match verify_id_token(rp, provider, &response, no_nonce) {
+        Ok(principal) => principal,
+        Err(_) => return Err(RefreshError::Refused),
+    };
+    if principal.as_ref().is_some_and(|p| p.subject != subject) {
+        return Err(RefreshError::Refused);
+    }
+    Ok(Refreshed {
         access_token: Secret::new(response.access_token().secret().clone()),
         access_token_expires: response.expires_in().map(|d| SystemTime::now() + d),
-        refresh_token: response.refresh_token().map(|t| Secret::new(t.secret().clone())),
+        refresh_token: response
+            .refresh_token()
+            .map_or_else(|| refresh_token.clone(), |t| Secret::new(t.secret().clone())),
+        id_token: response.id_token().map(|t| Secret::new(t.to_string())),
+        principal,
     })
+}
+
+/// The provider's logout URL for RP-initiated logout, if it advertises an `end_session_endpoint`.
+pub fn end_session_url(
+    metadata: &Metadata,
+    client_id: &str,
+    id_token: Option<&Secret>,
+    post_logout_redirect: &str,
+) -> Option<String> {
+    let endpoint = metadata.additional_metadata().end_session_endpoint.clone()?;
+    let mut request = LogoutRequest::from(endpoint).set_client_id(ClientId::new(client_id.to_string()));
+    if let Some(token) = id_token.and_then(|t| t.expose().parse::<CoreIdToken>().ok()) {
+        request = request.set_id_token_hint(&token);
+    }
+    if let Ok(url) = PostLogoutRedirectUrl::new(post_logout_redirect.to_string()) {
+        request = request.set_post_logout_redirect_uri(url);
+    }
+    Some(request.http_get_url().into())
 }
 
 /// Builds the authorization request for one sign-in attempt: fresh state, nonce and PKCE pair.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::claims;
@@ -13,6 +13,7 @@ use super::jwks::Jwks;
 use super::{AuthMethod, Principal, PrincipalKind};
 use crate::config::{ResolvedProvider, TokenType};
 use crate::decision::Reason;
+use crate::session::Secret;
 
 pub struct Provider {
     pub config: ResolvedProvider,
@@ -20,6 +21,8 @@ pub struct Provider {
     /// validation), built once here rather than on every token.
     validations: Vec<(Algorithm, Validation)>,
     pub keys: Arc<Jwks>,
+    /// The operator's shared secret for HS256/384/512; never a key from the JWKS.
+    hmac: Option<DecodingKey>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -46,7 +49,7 @@ pub struct Verified {
 }
 
 impl Provider {
-    pub fn new(config: ResolvedProvider, client: IdpClient) -> Self {
+    pub fn new(config: ResolvedProvider, client: IdpClient, hmac_secret: Option<Secret>) -> Self {
         let validations = config
             .algorithms
             .iter()
@@ -64,7 +67,15 @@ impl Provider {
             config,
             validations,
             keys,
+            hmac: hmac_secret.map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
         }
+    }
+
+    /// Whether any configured algorithm takes its keys from the issuer's JWKS.
+    pub fn needs_jwks(&self) -> bool {
+        self.validations
+            .iter()
+            .any(|(alg, _)| alg.family() != AlgorithmFamily::Hmac)
     }
 
     pub async fn verify(&self, token: &str, header: &Header) -> Result<Verified, Reason> {
@@ -75,19 +86,25 @@ impl Provider {
             .ok()
             .and_then(|alg| self.validations.iter().find(|(a, _)| *a == alg))
             .ok_or(Reason::AlgNotAllowed)?;
-        let key = self.keys.key(header.kid.as_deref(), *alg).await?;
+        let jwks_key;
+        let key = if alg.family() == AlgorithmFamily::Hmac {
+            self.hmac.as_ref().ok_or(Reason::AlgNotAllowed)?
+        } else {
+            jwks_key = self.keys.key(header.kid.as_deref(), *alg).await?;
+            &jwks_key.decoding
+        };
         let c = &self.config;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::InvalidSignature => Reason::BadSignature,
-                ErrorKind::ExpiredSignature => Reason::Expired,
-                ErrorKind::ImmatureSignature => Reason::NotYetValid,
-                ErrorKind::InvalidIssuer => Reason::WrongIssuer,
-                ErrorKind::InvalidAudience => Reason::WrongAudience,
-                ErrorKind::InvalidAlgorithm => Reason::AlgNotAllowed,
-                _ => Reason::Malformed,
-            },
-        )?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::InvalidSignature => Reason::BadSignature,
+            ErrorKind::ExpiredSignature => Reason::Expired,
+            ErrorKind::ImmatureSignature => Reason::NotYetValid,
+            ErrorKind::InvalidIssuer => Reason::WrongIssuer,
+            ErrorKind::InvalidAudience => Reason::WrongAudience,
+            ErrorKind::InvalidAlgorithm => Reason::AlgNotAllowed,
+            _ => Reason::Malformed,
+        })?;
         let claims = data.claims;
 
         if c.audience_claim != "aud" {

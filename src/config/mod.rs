@@ -32,6 +32,8 @@ pub struct Config {
     pub audit: Audit,
     /// OpenID issuers whose tokens are accepted on the routes that name them.
     pub identity_providers: Vec<IdentityProvider>,
+    /// Browser sessions: lifetimes and refresh.
+    pub sessions: Sessions,
     /// Routes, matched by host and path prefix. A request no route matches gets 404.
     pub routes: Vec<Route>,
 }
@@ -174,6 +176,8 @@ pub struct Route {
     /// Names of the identity providers whose bearer tokens this route accepts (protected routes).
     /// Empty on a protected route: every request is refused with 401.
     pub identity_providers: Vec<String>,
+    /// Cross-origin requests from browsers; absent: preflights are treated like any request.
+    pub cors: Option<Cors>,
 }
 
 impl Default for Route {
@@ -188,6 +192,7 @@ impl Default for Route {
             max_body_bytes: 10 * 1024 * 1024,
             preserve_host: false,
             identity_providers: Vec::new(),
+            cors: None,
         }
     }
 }
@@ -278,6 +283,97 @@ pub struct IdentityProvider {
     /// At most one fetch per this interval for tokens whose `kid` is unknown. Default `30s`.
     #[serde(with = "humantime_serde::option")]
     pub jwks_min_refetch: Option<Duration>,
+    /// This proxy's client registration for browser sign-in; absent: bearer tokens only.
+    pub browser: Option<BrowserClient>,
+    /// Environment variable holding a shared secret for HS256/384/512 tokens (at least 32 bytes).
+    pub hmac_secret_env: Option<String>,
+    /// File holding that shared secret. HMAC keys are never taken from a JWKS.
+    pub hmac_secret_file: Option<PathBuf>,
+}
+
+/// A confidential (or public, without a secret) OIDC client for the authorization-code flow.
+/// Register `https://<each host>/.portcullis/callback` as a redirect URI at the provider, and
+/// `https://<each host>/.portcullis/signed_out` as a post-logout redirect URI.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct BrowserClient {
+    /// The client id registered at the provider. Required.
+    pub client_id: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret (surrounding whitespace ignored).
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes requested at sign-in. Default `["openid", "email", "profile", "offline_access"]`
+    /// (`offline_access` asks for a refresh token; drop it for Google, which refuses it).
+    pub scopes: Option<Vec<String>>,
+    /// Shown on the sign-in page when a route accepts several providers. Default: the name.
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Sessions {
+    /// A session unused for this long ends. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after sign-in however much it is used. Default `12h`.
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// Most sessions held in memory; the least recently used go first. Default 100000.
+    pub max_sessions: u64,
+    /// The access token is refreshed this long before it expires. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub refresh_before: Duration,
+    /// A sign-in must complete within this time. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            idle_timeout: Duration::from_secs(3600),
+            lifetime: Duration::from_secs(12 * 3600),
+            max_sessions: 100_000,
+            refresh_before: Duration::from_secs(60),
+            login_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// CORS for one route. Preflights from an allowed origin are answered by the proxy before
+/// authentication (browsers send them without credentials); other preflights get 403.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Cors {
+    /// Origins allowed to call this route, exactly (`https://ui.example.com`). Required.
+    pub allowed_origins: Vec<String>,
+    /// Default `["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]`.
+    pub allowed_methods: Vec<String>,
+    /// Request headers a cross-origin request may send. Default `["authorization", "content-type"]`.
+    pub allowed_headers: Vec<String>,
+    /// Response headers the calling page may read. Default: none.
+    pub expose_headers: Vec<String>,
+    /// Let cross-origin requests carry cookies (the session). Default false.
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Cors {
+            allowed_origins: Vec::new(),
+            allowed_methods: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+                .map(String::from)
+                .to_vec(),
+            allowed_headers: vec!["authorization".into(), "content-type".into()],
+            expose_headers: Vec::new(),
+            allow_credentials: false,
+            max_age: Duration::from_secs(600),
+        }
+    }
 }
 
 /// HTTP version spoken to the upstream.

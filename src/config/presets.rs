@@ -126,10 +126,13 @@ impl IdentityProvider {
     }
 }
 
-/// Algorithms a provider may be configured with: asymmetric only, since keys come from a JWKS.
+/// Algorithms whose keys come from the issuer's JWKS.
 pub const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
+
+/// Algorithms that need the operator's shared secret (`hmac_secret_env` / `hmac_secret_file`).
+pub const HMAC_ALGORITHMS: [&str; 3] = ["HS256", "HS384", "HS512"];
 
 #[cfg(test)]
 mod tests {

@@ -84,6 +84,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "add at least one [[routes]] table",
         ));
     }
+    validate_sessions(&config.sessions, &mut p);
     let mut idp_names = HashSet::new();
     for (i, idp) in config.identity_providers.iter().enumerate() {
         let at = format!("identity_providers[{i}]");
@@ -109,6 +110,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
                     "use the name of an [[identity_providers]] entry",
                 ));
             }
+        }
+        if let Some(cors) = &route.cors {
+            validate_cors(cors, &format!("{at}.cors"), &mut p);
         }
         if route.access == crate::config::Access::Public && !route.identity_providers.is_empty() {
             p.push(Problem::new(
@@ -141,7 +145,8 @@ pub fn validate(config: &Config) -> Vec<Problem> {
 }
 
 fn validate_provider(idp: &crate::config::IdentityProvider, at: &str, p: &mut Vec<Problem>) {
-    use super::presets::ASYMMETRIC_ALGORITHMS;
+    use super::presets::{ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS};
+    let has_secret = idp.hmac_secret_env.is_some() || idp.hmac_secret_file.is_some();
     if idp.name.is_empty() {
         p.push(Problem::new(
             format!("{at}.name"),
@@ -167,13 +172,41 @@ fn validate_provider(idp: &crate::config::IdentityProvider, at: &str, p: &mut Ve
         ));
     }
     for (j, alg) in idp.algorithms.iter().flatten().enumerate() {
-        if !ASYMMETRIC_ALGORITHMS.contains(&alg.as_str()) {
+        if HMAC_ALGORITHMS.contains(&alg.as_str()) {
+            if !has_secret {
+                p.push(Problem::new(
+                    format!("{at}.algorithms[{j}]"),
+                    format!("{alg} needs a shared secret, and none is configured"),
+                    "set hmac_secret_env or hmac_secret_file (HMAC keys are never taken from a JWKS)",
+                ));
+            }
+        } else if !ASYMMETRIC_ALGORITHMS.contains(&alg.as_str()) {
             p.push(Problem::new(
                 format!("{at}.algorithms[{j}]"),
                 format!("{alg:?} is not accepted"),
-                "use RS256/384/512, PS256/384/512, ES256/384 or EdDSA (never none; HMAC needs a shared secret, which this version does not take)",
+                "use RS256/384/512, PS256/384/512, ES256/384, EdDSA, or HS256/384/512 with a shared secret (never none)",
             ));
         }
+    }
+    if idp.hmac_secret_env.is_some() && idp.hmac_secret_file.is_some() {
+        p.push(Problem::new(
+            format!("{at}.hmac_secret_env"),
+            "hmac_secret_env and hmac_secret_file are both set",
+            "keep one of them",
+        ));
+    }
+    if has_secret
+        && !idp
+            .algorithms
+            .iter()
+            .flatten()
+            .any(|a| HMAC_ALGORITHMS.contains(&a.as_str()))
+    {
+        p.push(Problem::new(
+            format!("{at}.algorithms"),
+            "a shared secret is configured but no HMAC algorithm is listed, so it is never used",
+            "list HS256 (or HS384/HS512) in algorithms, or remove the secret",
+        ));
     }
     if matches!(idp.algorithms.as_deref(), Some([])) {
         p.push(Problem::new(
@@ -191,6 +224,9 @@ fn validate_provider(idp: &crate::config::IdentityProvider, at: &str, p: &mut Ve
             "use at most \"60s\" (default \"30s\")",
         ));
     }
+    if let Some(browser) = &idp.browser {
+        validate_browser(browser, &format!("{at}.browser"), p);
+    }
     if let Some(uri) = &idp.jwks_uri
         && !(uri.starts_with("https://")
             || uri.starts_with("http://127.0.0.1")
@@ -201,6 +237,121 @@ fn validate_provider(idp: &crate::config::IdentityProvider, at: &str, p: &mut Ve
             format!("{uri:?} is not an https:// URL"),
             "use the https:// JWKS URL of the issuer",
         ));
+    }
+}
+
+fn validate_browser(b: &crate::config::BrowserClient, at: &str, p: &mut Vec<Problem>) {
+    if b.client_id.is_empty() {
+        p.push(Problem::new(
+            format!("{at}.client_id"),
+            "is missing",
+            "use the client id registered at the provider for this proxy",
+        ));
+    }
+    if b.client_secret_env.is_some() && b.client_secret_file.is_some() {
+        p.push(Problem::new(
+            format!("{at}.client_secret_env"),
+            "client_secret_env and client_secret_file are both set",
+            "keep one of them",
+        ));
+    }
+    if let Some(scopes) = &b.scopes
+        && !scopes.iter().any(|s| s == "openid")
+    {
+        p.push(Problem::new(
+            format!("{at}.scopes"),
+            "does not include \"openid\", so no ID token would be issued",
+            "add \"openid\" to the scopes",
+        ));
+    }
+}
+
+fn validate_sessions(s: &crate::config::Sessions, p: &mut Vec<Problem>) {
+    for (key, value) in [
+        ("idle_timeout", s.idle_timeout),
+        ("lifetime", s.lifetime),
+        ("login_timeout", s.login_timeout),
+    ] {
+        if value.is_zero() {
+            p.push(Problem::new(
+                format!("sessions.{key}"),
+                "must be positive",
+                "use e.g. \"1h\"",
+            ));
+        }
+    }
+    if s.idle_timeout > s.lifetime {
+        p.push(Problem::new(
+            "sessions.idle_timeout",
+            "is longer than sessions.lifetime, so it never applies",
+            "make it shorter than the lifetime",
+        ));
+    }
+    if s.max_sessions == 0 {
+        p.push(Problem::new(
+            "sessions.max_sessions",
+            "must be positive",
+            "use e.g. 100000",
+        ));
+    }
+}
+
+fn validate_cors(cors: &crate::config::Cors, at: &str, p: &mut Vec<Problem>) {
+    if cors.allowed_origins.is_empty() {
+        p.push(Problem::new(
+            format!("{at}.allowed_origins"),
+            "is empty, so no cross-origin request is allowed",
+            "list the origins, e.g. [\"https://ui.example.com\"], or remove the cors table",
+        ));
+    }
+    for (j, origin) in cors.allowed_origins.iter().enumerate() {
+        if origin == "*" {
+            if cors.allow_credentials {
+                p.push(Problem::new(
+                    format!("{at}.allowed_origins[{j}]"),
+                    "\"*\" with allow_credentials would let any site act with the user's session",
+                    "list the origins exactly, or set allow_credentials = false",
+                ));
+            }
+            continue;
+        }
+        let ok = origin.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some()
+                && u.path_and_query()
+                    .is_none_or(|pq| pq.as_str().is_empty() || pq.as_str() == "/")
+                && !origin.ends_with('/')
+        });
+        if !ok {
+            p.push(Problem::new(
+                format!("{at}.allowed_origins[{j}]"),
+                format!("{origin:?} is not an origin"),
+                "write scheme://host[:port] without a path, e.g. \"https://ui.example.com\"",
+            ));
+        }
+    }
+    for (j, method) in cors.allowed_methods.iter().enumerate() {
+        if method.parse::<http::Method>().is_err() || method.chars().any(|c| c.is_ascii_lowercase()) {
+            p.push(Problem::new(
+                format!("{at}.allowed_methods[{j}]"),
+                format!("{method:?} is not an upper-case HTTP method"),
+                "write e.g. \"GET\"",
+            ));
+        }
+    }
+    for (key, names) in [
+        ("allowed_headers", &cors.allowed_headers),
+        ("expose_headers", &cors.expose_headers),
+    ] {
+        for (j, name) in names.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                p.push(Problem::new(
+                    format!("{at}.{key}[{j}]"),
+                    format!("{name:?} is not a header name"),
+                    "write e.g. \"content-type\"",
+                ));
+            }
+        }
     }
 }
 

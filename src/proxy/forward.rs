@@ -425,6 +425,7 @@ pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
     for name in doomed {
         headers.remove(name);
     }
+    crate::authn::browser::strip_own_cookies(&mut headers);
 
     let canonical = ctx.canonical.as_ref();
     let peer = ctx.conn.peer.ip();

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod canonical;
 pub mod context;
+pub mod cors;
 pub mod forward;
 pub mod routes;
 mod stack;

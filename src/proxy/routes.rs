@@ -68,6 +68,15 @@ impl RouteTable {
         table
     }
 
+    /// Whether any route serves this host (on any path).
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+            || self
+                .wildcard
+                .iter()
+                .any(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+    }
+
     /// The route for a canonical host and path. A host that has routes but none for this path
     /// does not fall through to a wildcard: the most specific host owns its whole namespace.
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {

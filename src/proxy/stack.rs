@@ -2,10 +2,13 @@
 //!
 //! 1. request id: taken from a trusted hop or generated;
 //! 2. canonical view: one method, authority and path, or 400;
+//!    (`/.portcullis/…` is the proxy's own: sign-in, callback, sign-out; never forwarded);
 //! 3. route: host then path prefix, or 404 (nothing is forwarded);
+//!    a CORS preflight on a route with a CORS policy is answered here, before authentication;
 //! 4. authenticate (protected routes): the authenticator chain against the route's providers,
 //!    or 401/503 with the reason;
 //! 5. decision: allow with a `Permit`, or deny with a reason (the policy layer slots in here);
+//!    a denied page navigation that could sign in is sent to sign in instead of getting 401;
 //! 6. forward: strip, then inject headers; stream to the upstream;
 //!
 //! and, whatever happened, `error::rescue` makes the error response and exactly one audit event
@@ -23,6 +26,7 @@ use ipnet::IpNet;
 
 use crate::admin::Metrics;
 use crate::audit::{AccessEvent, AuditSink, PrincipalFields, SCHEMA_VERSION, bounded};
+use crate::authn::browser::{RESERVED, is_navigation};
 use crate::authn::{Authn, Outcome};
 use crate::config::Access;
 use crate::decision::{Decision, Reason, decide};
@@ -30,8 +34,9 @@ use crate::error::{ProxyError, rescue, wants_html};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::canonical::Canonical;
 use crate::proxy::context::{ConnInfo, RequestCtx};
+use crate::proxy::cors;
 use crate::proxy::forward::forward;
-use crate::proxy::routes::RouteTable;
+use crate::proxy::routes::{Route, RouteTable};
 
 pub struct Proxy {
     routes: RouteTable,
@@ -47,6 +52,8 @@ struct Seen {
     version: Version,
     user_agent: Option<String>,
     wants_html: bool,
+    /// For the CORS headers of the response, on routes with a CORS policy.
+    origin: Option<HeaderValue>,
     time: SystemTime,
 }
 
@@ -87,6 +94,7 @@ impl Proxy {
                 .get(header::USER_AGENT)
                 .map(|v| bounded(&String::from_utf8_lossy(v.as_bytes()), 256)),
             wants_html: wants_html(req.headers()),
+            origin: req.headers().get(header::ORIGIN).cloned(),
             time: SystemTime::now(),
         };
 
@@ -104,6 +112,11 @@ impl Proxy {
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
             response.headers_mut().insert("x-request-id", id);
         }
+        if let Some(cors) = ctx.route.as_ref().and_then(|r| r.config.cors.as_ref())
+            && ctx.decision != Some(Decision::Allow(Reason::CorsPreflight))
+        {
+            cors::decorate(cors, seen.origin.as_ref(), response.headers_mut());
+        }
         self.record(ctx, seen, response.status().as_u16(), error.as_ref());
         response
     }
@@ -120,12 +133,25 @@ impl Proxy {
             req.headers(),
             ctx.conn.tls,
         )?;
+        if canonical.path.starts_with(RESERVED) {
+            return self.reserved(ctx, canonical, req.headers()).await;
+        }
         let route = self.routes.find(&canonical.host, &canonical.path).cloned();
+        let route =
+            route.ok_or_else(|| ProxyError::denied(Reason::RouteNotFound, Reason::RouteNotFound.message()));
         ctx.canonical = Some(canonical);
-        let route = route
-            .ok_or_else(|| ProxyError::denied(Reason::RouteNotFound, Reason::RouteNotFound.message()))?;
+        let route = route?;
         ctx.route = Some(route.clone());
 
+        if let Some(policy) = &route.config.cors
+            && cors::is_preflight(req.method(), req.headers())
+        {
+            let response = cors::preflight(policy, req.headers())?;
+            ctx.decision = Some(Decision::Allow(Reason::CorsPreflight));
+            return Ok(response);
+        }
+
+        let mut refused = None;
         if route.config.access == Access::Protected {
             let started = Instant::now();
             let outcome = self.authn.authenticate(req.headers(), &route.providers).await;
@@ -133,16 +159,72 @@ impl Proxy {
             match outcome {
                 Outcome::Authenticated(principal) => ctx.principal = Some(principal),
                 Outcome::NotMine => {}
-                Outcome::Rejected(reason) => return Err(ProxyError::denied(reason, reason.message())),
+                Outcome::Rejected(reason) => refused = Some(reason),
             }
         }
 
-        let (decision, permit) = decide(route.config.access, ctx.principal.as_deref());
+        let (decision, permit) = match refused {
+            Some(reason) => (Decision::Deny(reason), None),
+            None => decide(route.config.access, ctx.principal.as_deref()),
+        };
         ctx.decision = Some(decision);
-        let permit =
-            permit.ok_or_else(|| ProxyError::denied(decision.reason(), decision.reason().message()))?;
+        let Some(permit) = permit else {
+            return self.refuse(ctx, &route, decision.reason(), req.headers()).await;
+        };
 
         forward(permit, ctx, &route, req).await
+    }
+
+    /// A denial. A person's browser without a usable session is sent to sign in rather than
+    /// shown 401; an API call (a token, XHR, no HTML wanted) always gets the status.
+    async fn refuse(
+        &self,
+        ctx: &RequestCtx,
+        route: &Route,
+        reason: Reason,
+        headers: &http::HeaderMap,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let denied = ProxyError::denied(reason, reason.message());
+        let (Reason::NoCredentials | Reason::SessionExpired, Some(canonical)) = (reason, &ctx.canonical)
+        else {
+            return Err(denied);
+        };
+        let browser = &self.authn.browser;
+        let options = browser.sign_in_options(&route.providers);
+        if options.is_empty() || !is_navigation(&canonical.method, headers) {
+            return Err(denied);
+        }
+        browser
+            .sign_in_redirect(canonical, headers, ctx.conn.trusted, &options)
+            .await
+    }
+
+    /// `/.portcullis/…` on a host this proxy serves.
+    async fn reserved(
+        &self,
+        ctx: &mut RequestCtx,
+        canonical: Canonical,
+        headers: &http::HeaderMap,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let not_found = || ProxyError::denied(Reason::RouteNotFound, Reason::RouteNotFound.message());
+        let canonical = ctx.canonical.insert(canonical);
+        if !self.routes.serves_host(&canonical.host) {
+            return Err(not_found());
+        }
+        let browser = &self.authn.browser;
+        let host = canonical.host.clone();
+        let options = |path: &str| {
+            self.routes
+                .find(&host, path)
+                .map(|r| browser.sign_in_options(&r.providers))
+                .unwrap_or_default()
+        };
+        let served = browser
+            .endpoint(canonical, headers, ctx.conn.trusted, options)
+            .await?;
+        ctx.decision = Some(Decision::Allow(served.reason));
+        ctx.principal = served.principal;
+        Ok(served.response)
     }
 
     /// The decision point's single exit: one audit event and the request metrics.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Session, SessionId, SessionStore, StoreFuture};
+use super::{PendingLogin, Session, SessionId, SessionStore, StoreFuture};
 
 struct Lifetimes {
     idle: Duration,
@@ -48,14 +48,29 @@ impl moka::Expiry<SessionId, Arc<Session>> for Lifetimes {
 
 pub struct MemoryStore {
     sessions: moka::sync::Cache<SessionId, Arc<Session>>,
+    logins: moka::sync::Cache<String, PendingLogin>,
 }
 
 impl MemoryStore {
     pub fn new(max_sessions: u64, idle: Duration, absolute: Duration) -> Self {
+        Self::with_login_timeout(max_sessions, idle, absolute, Duration::from_secs(600))
+    }
+
+    pub fn with_login_timeout(
+        max_sessions: u64,
+        idle: Duration,
+        absolute: Duration,
+        login: Duration,
+    ) -> Self {
         MemoryStore {
             sessions: moka::sync::Cache::builder()
                 .max_capacity(max_sessions)
                 .expire_after(Lifetimes { idle, absolute })
+                .build(),
+            // Abandoned sign-ins are bounded too, so a flood of sign-in starts cannot grow memory.
+            logins: moka::sync::Cache::builder()
+                .max_capacity(max_sessions)
+                .time_to_live(login)
                 .build(),
         }
     }
@@ -78,6 +93,17 @@ impl SessionStore for MemoryStore {
             self.sessions.invalidate(id);
             Ok(())
         })
+    }
+
+    fn put_login<'a>(&'a self, state: &'a str, login: PendingLogin) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.logins.insert(state.to_string(), login);
+            Ok(())
+        })
+    }
+
+    fn take_login<'a>(&'a self, state: &'a str) -> StoreFuture<'a, Option<PendingLogin>> {
+        Box::pin(async move { Ok(self.logins.remove(state)) })
     }
 }
 

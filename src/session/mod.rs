@@ -95,6 +95,23 @@ pub struct Session {
     pub id_token: Option<Secret>,
 }
 
+/// A sign-in in progress, kept under its `state` until the callback takes it (once).
+#[derive(Debug, Clone)]
+pub struct PendingLogin {
+    /// The identity provider's configured name.
+    pub provider: String,
+    pub pkce_verifier: Secret,
+    pub nonce: Secret,
+    /// Where the browser goes afterwards: a same-origin path, already checked.
+    pub return_to: String,
+    /// The redirect URI sent to the provider; the code is only redeemed with the same one.
+    pub redirect_url: String,
+    /// SHA-256 (hex) of the login cookie set in the browser that started this sign-in: a
+    /// callback from any other browser is refused (login CSRF, stolen `state`).
+    pub binding: String,
+    pub created: SystemTime,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot answer; callers fail closed (the request is not authenticated).
@@ -110,6 +127,10 @@ pub trait SessionStore: Send + Sync + 'static {
     fn get<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, Option<Arc<Session>>>;
     fn put<'a>(&'a self, id: SessionId, session: Session) -> StoreFuture<'a, ()>;
     fn remove<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, ()>;
+    /// Keeps a sign-in in progress under `state` until the store's login timeout.
+    fn put_login<'a>(&'a self, state: &'a str, login: PendingLogin) -> StoreFuture<'a, ()>;
+    /// Takes a sign-in in progress out of the store: a second take of the same state finds nothing.
+    fn take_login<'a>(&'a self, state: &'a str) -> StoreFuture<'a, Option<PendingLogin>>;
 }
 
 /// The behaviour every store must show; run by each store's tests.
@@ -189,6 +210,29 @@ pub(crate) mod conformance {
             .await
             .unwrap();
         assert!(store.get(&old).await.unwrap().is_none());
+
+        // A sign-in in progress is taken once.
+        let login = PendingLogin {
+            provider: "idp".into(),
+            pkce_verifier: Secret::new("verifier"),
+            nonce: Secret::new("nonce"),
+            return_to: "/".into(),
+            redirect_url: "https://app.example/.portcullis/callback".into(),
+            binding: "b".into(),
+            created: SystemTime::now(),
+        };
+        store.put_login("state-1", login).await.unwrap();
+        assert!(store.take_login("state-2").await.unwrap().is_none());
+        let taken = store
+            .take_login("state-1")
+            .await
+            .unwrap()
+            .expect("the login is there");
+        assert_eq!(taken.provider, "idp");
+        assert!(
+            store.take_login("state-1").await.unwrap().is_none(),
+            "a state was used twice"
+        );
     }
 
     #[test]

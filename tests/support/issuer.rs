@@ -56,6 +56,11 @@ fn new_key(kid: &str) -> SigningKey {
     }
 }
 
+fn jwks_of(keys: &Mutex<Vec<SigningKey>>) -> Value {
+    let keys: Vec<Value> = keys.lock().unwrap().iter().map(|k| k.jwk.clone()).collect();
+    json!({ "keys": keys })
+}
+
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
@@ -84,9 +89,7 @@ impl TestIssuer {
                             }
                             "/jwks" => {
                                 f.fetch_add(1, Ordering::SeqCst);
-                                let keys: Vec<Value> =
-                                    k.lock().unwrap().iter().map(|k| k.jwk.clone()).collect();
-                                json!({ "keys": keys }).to_string()
+                                jwks_of(&k).to_string()
                             }
                             _ => String::new(),
                         };
@@ -109,6 +112,11 @@ impl TestIssuer {
             down,
             server,
         }
+    }
+
+    /// The key set as published at `/jwks`.
+    pub fn jwks_json(&self) -> Value {
+        jwks_of(&self.keys)
     }
 
     /// Publishes another signing key (rotation).

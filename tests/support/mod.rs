@@ -141,19 +141,31 @@ impl Gateway {
 
     /// `server_toml` is extra keys for the `[server]` table.
     pub async fn start_with(server_toml: &str, routes_toml: &str) -> Gateway {
+        Self::prebind(server_toml).await.start(routes_toml).await
+    }
+
+    /// Binds the listeners (port 0) before the rest of the config is written, for configs
+    /// that must name the proxy's own address (an IdP's redirect URI).
+    pub async fn prebind(server_toml: &str) -> Prebound {
         let dir = tempfile::tempdir().unwrap();
         let audit_path = dir.path().join("audit.jsonl");
-        let text = format!(
-            "[server]\nhttp = \"127.0.0.1:0\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\npath = {:?}\n{routes_toml}",
+        let head = format!(
+            "[server]\nhttp = \"127.0.0.1:0\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\npath = {:?}\n",
             audit_path.display().to_string()
         );
-        let config = match portcullis::config::parse(&text) {
+        let config = match portcullis::config::parse(&head) {
             Ok(c) => c,
-            Err(p) => panic!("config did not parse: {p:?}\n{text}"),
+            Err(p) => panic!("config did not parse: {p:?}\n{head}"),
         };
-        let problems = portcullis::config::validate(&config);
-        assert!(problems.is_empty(), "config problems: {problems:?}");
-        Self::start_config(config, dir, audit_path).await
+        let bound = portcullis::app::bind(&config).await.unwrap();
+        Prebound {
+            http: bound.http_addr().unwrap(),
+            https: bound.https_addr(),
+            bound,
+            head,
+            dir,
+            audit_path,
+        }
     }
 
     pub async fn start_config(
@@ -162,6 +174,15 @@ impl Gateway {
         audit_path: PathBuf,
     ) -> Gateway {
         let bound = portcullis::app::bind(&config).await.unwrap();
+        Self::run(config, bound, dir, audit_path)
+    }
+
+    fn run(
+        config: portcullis::config::Config,
+        bound: portcullis::app::Bound,
+        dir: tempfile::TempDir,
+        audit_path: PathBuf,
+    ) -> Gateway {
         let http = bound.http_addr().unwrap();
         let https = bound.https_addr();
         let admin = bound.admin_addr().unwrap();
@@ -217,6 +238,30 @@ impl Gateway {
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+    }
+}
+
+/// Listeners bound, config not yet complete: see [`Gateway::prebind`].
+pub struct Prebound {
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    bound: portcullis::app::Bound,
+    head: String,
+    pub dir: tempfile::TempDir,
+    audit_path: PathBuf,
+}
+
+impl Prebound {
+    /// Starts the proxy with the rest of the config (routes, providers, …).
+    pub async fn start(self, rest_toml: &str) -> Gateway {
+        let text = format!("{}{rest_toml}", self.head);
+        let config = match portcullis::config::parse(&text) {
+            Ok(c) => c,
+            Err(p) => panic!("config did not parse: {p:?}\n{text}"),
+        };
+        let problems = portcullis::config::validate(&config);
+        assert!(problems.is_empty(), "config problems: {problems:?}");
+        Gateway::run(config, self.bound, self.dir, self.audit_path)
     }
 }
 

@@ -1,19 +1,25 @@
 // A real OpenID Provider (panva's oidc-provider) for Portcullis's integration tests.
 //
-//   node provider.mjs --port 0 [--redirect URI]... [--post-logout-redirect URI]... [--exit-with-stdin]
+//   node provider.mjs --port 0 [--redirect URI]... [--post-logout-redirect URI]...
+//                     [--access-token-ttl SECONDS] [--exit-with-stdin]
 //
 // Listens on 127.0.0.1 only. The issuer is http://127.0.0.1:PORT (PORT 0 picks a free port).
 // Prints exactly one line `READY <issuer>` on stdout once it accepts connections; everything
 // else (oidc-provider's development warnings, errors) goes to stderr. Signing keys (one RS256, one
-// ES256) are generated fresh at every start. Exits on SIGTERM/SIGINT, and with --exit-with-stdin
-// also when its stdin closes (so it never outlives a test process that died without cleaning up).
+// ES256, one EdDSA on Ed25519) are generated fresh at every start. Access tokens (JWT or not) live
+// --access-token-ttl seconds (default 300; lower it to exercise refresh before expiry). Exits on
+// SIGTERM/SIGINT, and with --exit-with-stdin also when its stdin closes (so it never outlives a test
+// process that died without cleaning up).
 //
 // Clients:
 //   ci-bot   secret ci-bot-secret   client_credentials, client_secret_post, scope "read write",
 //            access tokens RS256 JWTs, extra claim groups: ["ci"]
 //   svc-es   secret svc-es-secret   same, but access tokens signed ES256, groups: ["svc"]
+//   svc-ed   secret svc-ed-secret   same, but access tokens signed EdDSA (Ed25519), groups: ["svc"]
 //   web      secret web-secret      authorization_code + refresh_token, client_secret_basic,
-//            redirect http://127.0.0.1/.portcullis/callback plus every --redirect (exact match)
+//            redirect http://127.0.0.1/.portcullis/callback plus every --redirect (exact match);
+//            a refresh token (issued with every code grant, like Okta's) is rotated on every use, and
+//            the refresh_token grant returns a new refresh token and a new ID token
 //   web-loopback  secret web-loopback-secret  same as web but application_type "native", so its
 //            http://127.0.0.1 redirect URIs match on any port (RFC 8252 7.3)
 //
@@ -32,13 +38,13 @@ const DEFAULT_CALLBACK = 'http://127.0.0.1/.portcullis/callback';
 function usage(message) {
   process.stderr.write(`provider.mjs: ${message}\n`);
   process.stderr.write('usage: node provider.mjs --port PORT [--redirect URI]... '
-    + '[--post-logout-redirect URI]... [--exit-with-stdin]\n');
+    + '[--post-logout-redirect URI]... [--access-token-ttl SECONDS] [--exit-with-stdin]\n');
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const opts = {
-    port: undefined, redirects: [], postLogout: [], exitWithStdin: false,
+    port: undefined, redirects: [], postLogout: [], accessTokenTtl: 300, exitWithStdin: false,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
@@ -57,6 +63,12 @@ function parseArgs(argv) {
       }
       case '--redirect': opts.redirects.push(value()); break;
       case '--post-logout-redirect': opts.postLogout.push(value()); break;
+      case '--access-token-ttl': {
+        const raw = value();
+        if (!/^\d+$/.test(raw) || Number(raw) < 1) usage(`bad access token TTL ${raw}`);
+        opts.accessTokenTtl = Number(raw);
+        break;
+      }
       case '--exit-with-stdin': opts.exitWithStdin = true; break;
       default: usage(`unknown argument ${arg}`);
     }
@@ -79,11 +91,12 @@ const opts = parseArgs(process.argv.slice(2));
 const keys = [
   signingKey('rsa', { modulusLength: 2048 }, 'RS256'),
   signingKey('ec', { namedCurve: 'P-256' }, 'ES256'),
+  signingKey('ed25519', {}, 'EdDSA'),
 ];
 
 // Per-client access-token signing algorithm and extra claims.
-const ACCESS_TOKEN_ALG = { 'svc-es': 'ES256' };
-const GROUPS = { 'ci-bot': ['ci'], 'svc-es': ['svc'] };
+const ACCESS_TOKEN_ALG = { 'svc-es': 'ES256', 'svc-ed': 'EdDSA' };
+const GROUPS = { 'ci-bot': ['ci'], 'svc-es': ['svc'], 'svc-ed': ['svc'] };
 
 const unique = (list) => [...new Set(list)];
 
@@ -116,6 +129,15 @@ const provider = new Provider(issuer, {
     {
       client_id: 'svc-es',
       client_secret: 'svc-es-secret',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_post',
+      scope: 'read write',
+    },
+    {
+      client_id: 'svc-ed',
+      client_secret: 'svc-ed-secret',
       grant_types: ['client_credentials'],
       response_types: [],
       redirect_uris: [],
@@ -182,7 +204,7 @@ const provider = new Provider(issuer, {
           scope: 'read write',
           audience: resource,
           accessTokenFormat: 'jwt',
-          accessTokenTTL: 300,
+          accessTokenTTL: opts.accessTokenTtl,
           jwt: { sign: { alg: ACCESS_TOKEN_ALG[client?.clientId] ?? 'RS256' } },
         };
       },
@@ -193,9 +215,16 @@ const provider = new Provider(issuer, {
     const groups = GROUPS[token.clientId];
     return groups ? { groups } : undefined;
   },
+  // web and web-loopback (the only clients with refresh tokens) get a new one at every use.
+  rotateRefreshToken: true,
+  // Like Okta and Keycloak, a refresh token comes with every code grant of a client allowed the
+  // refresh_token grant (oidc-provider's default wants offline_access AND prompt=consent).
+  async issueRefreshToken(_ctx, client) {
+    return client.grantTypeAllowed('refresh_token');
+  },
   ttl: {
-    AccessToken: 300,
-    ClientCredentials: 300,
+    AccessToken: opts.accessTokenTtl,
+    ClientCredentials: opts.accessTokenTtl,
     IdToken: 300,
     Grant: 3600,
     Session: 3600,

@@ -1,0 +1,455 @@
+//! Stories of people signing in through the proxy with a real OpenID Provider, driven over
+//! HTTP (the provider's login pages are filled in by `sign_in_without_browser`); the same
+//! journey in a real browser is in `browser_chromium.rs`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
+use support::idp::{API_AUDIENCE, Idp};
+use support::{Gateway, Recorder};
+
+const CALLBACK: &str = "http://app.test/.portcullis/callback";
+const SIGNED_OUT: &str = "http://app.test/.portcullis/signed_out";
+const HTML: &str = "text/html,application/xhtml+xml";
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn location(&self) -> String {
+        self.headers["location"].to_str().unwrap().to_string()
+    }
+
+    /// The `Set-Cookie` header for `name`, whole.
+    fn set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .find(|c| c.starts_with(&format!("{name}=")))
+    }
+
+    /// The value `Set-Cookie` gives `name`.
+    fn cookie(&self, name: &str) -> Option<String> {
+        let header = self.set_cookie(name)?;
+        let pair = header.split(';').next()?;
+        Some(pair.split_once('=')?.1.to_string())
+    }
+}
+
+async fn fetch(gw: &Gateway, method: Method, target: &str, headers: &[(&str, &str)]) -> Reply {
+    let response = support::send(gw.http, method, target, headers, Bytes::new()).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn page(gw: &Gateway, target: &str, cookie: &str) -> Reply {
+    let mut headers = vec![("accept", HTML)];
+    if !cookie.is_empty() {
+        headers.push(("cookie", cookie));
+    }
+    fetch(gw, Method::GET, target, &headers).await
+}
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    openidconnect::url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn target_of(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    rest[rest.find('/').unwrap()..].to_string()
+}
+
+struct World {
+    idp: Idp,
+    upstream: Recorder,
+    gw: Gateway,
+}
+
+/// The provider with the `web` client registered for this host, and the proxy in front of an
+/// upstream on `app.test`, accepting both the browser session and bearer tokens.
+async fn world(idp_args: &[&str], sessions_toml: &str) -> World {
+    let mut args = vec!["--redirect", CALLBACK, "--post-logout-redirect", SIGNED_OUT];
+    args.extend_from_slice(idp_args);
+    let idp = Idp::start_with(&args).await;
+    let upstream = Recorder::start().await;
+    let prebound = Gateway::prebind("").await;
+    let secret = prebound.dir.path().join("web-secret");
+    std::fs::write(&secret, "web-secret\n").unwrap();
+    let gw = prebound
+        .start(&format!(
+            r#"
+[sessions]
+{sessions_toml}
+
+[[identity_providers]]
+name = "oidc"
+issuer = "{issuer}"
+audiences = ["{API_AUDIENCE}"]
+[identity_providers.browser]
+client_id = "web"
+client_secret_file = "{secret}"
+
+[[routes]]
+name = "app"
+hosts = ["app.test"]
+identity_providers = ["oidc"]
+[routes.upstream]
+url = "{upstream}"
+"#,
+            issuer = idp.issuer,
+            secret = secret.display(),
+            upstream = upstream.url(),
+        ))
+        .await;
+    wait_ready(&gw).await;
+    World { idp, upstream, gw }
+}
+
+async fn wait_ready(gw: &Gateway) {
+    for _ in 0..100 {
+        let (status, _) = support::get(gw.admin, "/readyz", &[]).await;
+        if status == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the proxy never became ready");
+}
+
+/// Signs `login` in from a browser that opened `target`: returns the session cookie pair.
+async fn sign_in(w: &World, target: &str, login: &str) -> String {
+    let first = page(&w.gw, target, "").await;
+    assert_eq!(first.status, StatusCode::FOUND, "{}", first.body);
+    let binding = first.cookie("__Host-portcullis_login").unwrap();
+    let callback = w.idp.sign_in_without_browser(&first.location(), login).await;
+    assert!(callback.starts_with(CALLBACK), "{callback}");
+    let back = page(
+        &w.gw,
+        &target_of(&callback),
+        &format!("__Host-portcullis_login={binding}"),
+    )
+    .await;
+    assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
+    assert_eq!(back.location(), target, "the browser returns where it started");
+    format!(
+        "__Host-portcullis_session={}",
+        back.cookie("__Host-portcullis_session").unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_reaches_the_app_with_a_session_and_signs_out() {
+    let w = world(&[], "").await;
+
+    // A page navigation without a session is sent to the provider, with PKCE, state and nonce,
+    // and a login cookie that binds the sign-in to this browser.
+    let first = page(&w.gw, "/dags/etl?tab=runs", "").await;
+    assert_eq!(first.status, StatusCode::FOUND);
+    let authorize = first.location();
+    assert!(
+        authorize.starts_with(&w.idp.endpoint("authorization_endpoint").await),
+        "{authorize}"
+    );
+    assert_eq!(query_param(&authorize, "redirect_uri").as_deref(), Some(CALLBACK));
+    assert_eq!(
+        query_param(&authorize, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert!(query_param(&authorize, "state").is_some() && query_param(&authorize, "nonce").is_some());
+    let login_cookie = first.set_cookie("__Host-portcullis_login").unwrap();
+    for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+        assert!(login_cookie.contains(attribute), "{login_cookie}");
+    }
+    assert!(
+        w.upstream.requests().is_empty(),
+        "nothing was forwarded before sign-in"
+    );
+
+    // The provider's pages, then the callback: a session cookie and back to the same page.
+    let binding = first.cookie("__Host-portcullis_login").unwrap();
+    let callback = w.idp.sign_in_without_browser(&authorize, "alice").await;
+    let back = page(
+        &w.gw,
+        &target_of(&callback),
+        &format!("__Host-portcullis_login={binding}"),
+    )
+    .await;
+    assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
+    assert_eq!(back.location(), "/dags/etl?tab=runs");
+    let session_cookie = back.set_cookie("__Host-portcullis_session").unwrap();
+    for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=43200"] {
+        assert!(session_cookie.contains(attribute), "{session_cookie}");
+    }
+    assert!(
+        back.set_cookie("__Host-portcullis_login")
+            .unwrap()
+            .contains("Max-Age=0"),
+        "the login cookie is cleared"
+    );
+    let session = format!(
+        "__Host-portcullis_session={}",
+        back.cookie("__Host-portcullis_session").unwrap()
+    );
+
+    // With the session the request reaches the upstream; the proxy's cookies do not.
+    let app = page(&w.gw, "/dags/etl?tab=runs", &format!("{session}; theme=dark")).await;
+    assert_eq!(app.status, StatusCode::OK, "{}", app.body);
+    assert_eq!(app.body, "upstream ok");
+    let seen = w.upstream.last();
+    assert_eq!(seen.target, "/dags/etl?tab=runs");
+    assert_eq!(seen.header("cookie").as_deref(), Some("theme=dark"));
+
+    // The audit trail names the person, the method and a hash of the session, never the id.
+    let events = w.gw.audit_events(4).await;
+    let signed_in = events
+        .iter()
+        .find(|e| e["portcullis.reason"] == "signed_in")
+        .expect("the sign-in is audited");
+    assert_eq!(signed_in["enduser.id"], "alice");
+    let allowed = events.last().unwrap();
+    assert_eq!(allowed["portcullis.decision"], "allow");
+    assert_eq!(allowed["portcullis.auth.method"], "session");
+    assert_eq!(allowed["enduser.id"], "alice");
+    let session_id = session.split_once('=').unwrap().1;
+    let audit_text = std::fs::read_to_string(w.gw.dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        !audit_text.contains(session_id),
+        "a session id reached the audit log"
+    );
+    assert!(
+        allowed["portcullis.session.id_hash"]
+            .as_str()
+            .is_some_and(|h| h.len() == 16),
+        "{allowed}"
+    );
+
+    // Sign-out ends the session here and at the provider (RP-initiated logout).
+    let out = page(&w.gw, "/.portcullis/sign_out", &session).await;
+    assert_eq!(out.status, StatusCode::FOUND);
+    let logout = out.location();
+    assert!(
+        logout.starts_with(&w.idp.endpoint("end_session_endpoint").await),
+        "{logout}"
+    );
+    assert_eq!(
+        query_param(&logout, "post_logout_redirect_uri").as_deref(),
+        Some(SIGNED_OUT)
+    );
+    assert!(query_param(&logout, "id_token_hint").is_some());
+    assert!(
+        out.set_cookie("__Host-portcullis_session")
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+
+    // The old cookie is worth nothing now: a page is sent to sign in, an API call gets 401.
+    let forwarded = w.upstream.requests().len();
+    let again = page(&w.gw, "/dags", &session).await;
+    assert_eq!(again.status, StatusCode::FOUND);
+    assert!(again.location().starts_with(&w.idp.issuer));
+    let api = fetch(
+        &w.gw,
+        Method::GET,
+        "/api/v1/dags",
+        &[("accept", "application/json"), ("cookie", &session)],
+    )
+    .await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+    assert!(api.body.contains("session_expired"), "{}", api.body);
+    assert_eq!(
+        w.upstream.requests().len(),
+        forwarded,
+        "nothing more was forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_calls_get_401_and_never_a_redirect_to_a_login_page() {
+    let w = world(&[], "").await;
+    let cases: [&[(&str, &str)]; 5] = [
+        &[("accept", "application/json")],
+        &[],
+        &[("accept", HTML), ("x-requested-with", "XMLHttpRequest")],
+        &[("accept", HTML), ("sec-fetch-mode", "cors")],
+        &[("accept", HTML), ("authorization", "Bearer not-a-jwt")],
+    ];
+    for headers in cases {
+        let reply = fetch(&w.gw, Method::GET, "/api/v1/dags", headers).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert!(!reply.headers.contains_key("location"), "{headers:?}");
+        assert!(reply.headers.contains_key("www-authenticate"), "{headers:?}");
+    }
+    let post = fetch(&w.gw, Method::POST, "/api/v1/dags", &[("accept", HTML)]).await;
+    assert_eq!(post.status, StatusCode::UNAUTHORIZED);
+
+    // A bearer token from the same provider still works beside the browser path.
+    let token = w
+        .idp
+        .client_credentials_token("ci-bot", "ci-bot-secret", None)
+        .await;
+    let bearer = format!("Bearer {token}");
+    let reply = fetch(&w.gw, Method::GET, "/api/v1/dags", &[("authorization", &bearer)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(w.upstream.last().header("authorization").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_is_refused_when_replayed_from_another_browser_or_with_a_forged_state() {
+    let w = world(&[], "").await;
+
+    // A complete sign-in, then the very same callback again: the state was used up.
+    let first = page(&w.gw, "/", "").await;
+    let binding = first.cookie("__Host-portcullis_login").unwrap();
+    let login_cookie = format!("__Host-portcullis_login={binding}");
+    let callback = target_of(&w.idp.sign_in_without_browser(&first.location(), "alice").await);
+    assert_eq!(
+        page(&w.gw, &callback, &login_cookie).await.status,
+        StatusCode::FOUND
+    );
+    let replay = page(&w.gw, &callback, &login_cookie).await;
+    assert_eq!(replay.status, StatusCode::FORBIDDEN);
+    assert!(replay.set_cookie("__Host-portcullis_session").is_none());
+
+    // A callback carried to another browser (no or another login cookie) is refused, and the
+    // state is gone afterwards even for the right browser.
+    let started = page(&w.gw, "/", "").await;
+    let binding = started.cookie("__Host-portcullis_login").unwrap();
+    let callback = target_of(
+        &w.idp
+            .sign_in_without_browser(&started.location(), "mallory")
+            .await,
+    );
+    let stranger = page(
+        &w.gw,
+        &callback,
+        &format!("__Host-portcullis_login={}", "A".repeat(43)),
+    )
+    .await;
+    assert_eq!(stranger.status, StatusCode::FORBIDDEN);
+    assert!(
+        stranger.body.contains("not started by this browser"),
+        "{}",
+        stranger.body
+    );
+    let owner = page(&w.gw, &callback, &format!("__Host-portcullis_login={binding}")).await;
+    assert_eq!(owner.status, StatusCode::FORBIDDEN);
+
+    // A made-up state, and a missing one.
+    for target in [
+        "/.portcullis/callback?code=abc&state=forged",
+        "/.portcullis/callback?code=abc",
+    ] {
+        let reply = page(&w.gw, target, &login_cookie).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{target}");
+    }
+    let events = w.gw.audit_events(6).await;
+    let mismatches = events
+        .iter()
+        .filter(|e| e["portcullis.reason"] == "state_mismatch")
+        .count();
+    assert_eq!(mismatches, 5, "{events:#?}");
+    assert!(w.upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_or_unknown_session_cookie_is_never_a_session() {
+    let w = world(&[], "").await;
+    let session = sign_in(&w, "/", "alice").await;
+    let (name, value) = session.split_once('=').unwrap();
+    let mut flipped = value.as_bytes().to_vec();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    let tampered = [
+        format!("{name}={}", String::from_utf8(flipped).unwrap()),
+        format!("{name}={}", &value[..42]),
+        format!("{name}={value}x"),
+        format!("{name}="),
+        format!("{name}=../../etc/passwd"),
+    ];
+    for cookie in &tampered {
+        let api = fetch(
+            &w.gw,
+            Method::GET,
+            "/",
+            &[("accept", "application/json"), ("cookie", cookie)],
+        )
+        .await;
+        assert_eq!(api.status, StatusCode::UNAUTHORIZED, "{cookie}");
+        assert!(api.body.contains("session_expired"), "{cookie}: {}", api.body);
+        let nav = page(&w.gw, "/", cookie).await;
+        assert_eq!(nav.status, StatusCode::FOUND, "{cookie}");
+    }
+    assert!(w.upstream.requests().is_empty());
+    // The real one still works.
+    assert_eq!(page(&w.gw, "/", &session).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_refreshes_its_tokens_before_they_expire_and_ends_when_refresh_fails() {
+    // Access tokens live 4 s; the proxy refreshes 3 s before expiry.
+    let w = world(&["--access-token-ttl", "4"], "refresh_before = \"3s\"").await;
+    let session = sign_in(&w, "/", "alice").await;
+
+    // Across three token lifetimes the same session keeps working, refreshed with rotating
+    // refresh tokens, three requests at a time: a refresh token spent twice would make the
+    // provider revoke the whole grant, and the session would end.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(12) {
+        let replies = futures_util::future::join_all((0..3).map(|_| page(&w.gw, "/", &session))).await;
+        for reply in replies {
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let metrics = w.gw.metrics().await;
+    let refreshed: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("portcullis_session_refreshes_total{result=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(refreshed >= 3, "{metrics}");
+
+    // The provider goes away; once the token has expired the session ends cleanly.
+    drop(w.idp);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let api = fetch(
+        &w.gw,
+        Method::GET,
+        "/",
+        &[("accept", "application/json"), ("cookie", &session)],
+    )
+    .await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED, "{}", api.body);
+    assert!(api.body.contains("session_expired"));
+    let ended = fetch(
+        &w.gw,
+        Method::GET,
+        "/",
+        &[("accept", "application/json"), ("cookie", &session)],
+    )
+    .await;
+    assert_eq!(ended.status, StatusCode::UNAUTHORIZED, "the session stays ended");
+}
