@@ -453,3 +453,159 @@ async fn a_session_refreshes_its_tokens_before_they_expire_and_ends_when_refresh
     .await;
     assert_eq!(ended.status, StatusCode::UNAUTHORIZED, "the session stays ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_two_providers_shows_a_choice_and_never_returns_off_site() {
+    let args = ["--redirect", CALLBACK];
+    let (okta, keycloak) = (Idp::start_with(&args).await, Idp::start_with(&args).await);
+    let upstream = Recorder::start().await;
+    let prebound = Gateway::prebind("").await;
+    let secret = prebound.dir.path().join("web-secret");
+    std::fs::write(&secret, "web-secret").unwrap();
+    let provider = |name: &str, display: &str, issuer: &str| {
+        format!(
+            "[[identity_providers]]\nname = \"{name}\"\nissuer = \"{issuer}\"\naudiences = [\"{API_AUDIENCE}\"]\n\
+             [identity_providers.browser]\nclient_id = \"web\"\nclient_secret_file = \"{}\"\ndisplay_name = \"{display}\"\n",
+            secret.display()
+        )
+    };
+    let gw = prebound
+        .start(&format!(
+            "{}{}[[routes]]\nname = \"app\"\nhosts = [\"app.test\"]\nidentity_providers = [\"okta\", \"keycloak\"]\n\
+             [routes.upstream]\nurl = \"{}\"\n",
+            provider("okta", "Okta <staff>", &okta.issuer),
+            provider("keycloak", "Keycloak", &keycloak.issuer),
+            upstream.url()
+        ))
+        .await;
+    wait_ready(&gw).await;
+
+    let first = page(&gw, "/reports?q=1", "").await;
+    assert_eq!(first.status, StatusCode::FOUND);
+    assert_eq!(first.location(), "/.portcullis/sign_in?rd=%2Freports%3Fq%3D1");
+    let chooser = page(&gw, &first.location(), "").await;
+    assert_eq!(chooser.status, StatusCode::OK);
+    assert!(
+        chooser.body.contains("Okta &lt;staff&gt;"),
+        "names are escaped: {}",
+        chooser.body
+    );
+    assert!(
+        chooser
+            .body
+            .contains("provider=keycloak&amp;rd=%2Freports%3Fq%3D1"),
+        "{}",
+        chooser.body
+    );
+    assert!(
+        chooser.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+
+    // Choosing Keycloak goes to Keycloak; an unknown provider name is not a choice.
+    let chosen = page(&gw, "/.portcullis/sign_in?provider=keycloak&rd=%2Freports", "").await;
+    assert!(
+        chosen.location().starts_with(&keycloak.issuer),
+        "{}",
+        chosen.location()
+    );
+    let unknown = page(&gw, "/.portcullis/sign_in?provider=evil&rd=%2F", "").await;
+    assert_eq!(unknown.status, StatusCode::OK, "the choice is shown again");
+
+    // A return path that leaves the site is replaced by `/`, all the way through the callback.
+    for rd in [
+        "%2F%2Fevil.example",
+        "https%3A%2F%2Fevil.example",
+        "%2F%5Cevil.example",
+    ] {
+        let start = page(&gw, &format!("/.portcullis/sign_in?provider=okta&rd={rd}"), "").await;
+        let binding = start.cookie("__Host-portcullis_login").unwrap();
+        let callback = okta.sign_in_without_browser(&start.location(), "alice").await;
+        let back = page(
+            &gw,
+            &target_of(&callback),
+            &format!("__Host-portcullis_login={binding}"),
+        )
+        .await;
+        assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
+        assert_eq!(back.location(), "/", "rd={rd}");
+    }
+
+    // Reserved paths on a host no route serves are not found; unknown reserved paths too.
+    let elsewhere = fetch(
+        &gw,
+        Method::GET,
+        "/.portcullis/sign_in?rd=%2F",
+        &[("host", "other.test"), ("accept", HTML)],
+    )
+    .await;
+    assert_eq!(elsewhere.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        page(&gw, "/.portcullis/admin", "").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(upstream.requests().is_empty(), "no reserved path was forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_before_authentication_and_only_allowed_origins_may_read() {
+    let upstream = Recorder::with(std::sync::Arc::new(|_| {
+        let mut r = http::Response::new(http_body_util::Full::new(Bytes::from_static(b"{}")));
+        r.headers_mut()
+            .insert("access-control-allow-origin", http::HeaderValue::from_static("*"));
+        r
+    }))
+    .await;
+    let gw = Gateway::start(&format!(
+        "[[routes]]\nname = \"api\"\nhosts = [\"app.test\"]\naccess = \"public\"\n\
+         [routes.upstream]\nurl = \"{}\"\n\
+         [routes.cors]\nallowed_origins = [\"https://ui.example\"]\nallow_credentials = true\nexpose_headers = [\"x-request-id\"]\n\
+         [[routes]]\nname = \"locked\"\nhosts = [\"locked.test\"]\n[routes.upstream]\nurl = \"{}\"\n\
+         [routes.cors]\nallowed_origins = [\"https://ui.example\"]\n",
+        upstream.url(),
+        upstream.url()
+    ))
+    .await;
+    let preflight = |host: &'static str, origin: &'static str| {
+        let gw = &gw;
+        async move {
+            fetch(
+                gw,
+                Method::OPTIONS,
+                "/api/v1/dags",
+                &[
+                    ("host", host),
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                    ("access-control-request-headers", "content-type"),
+                ],
+            )
+            .await
+        }
+    };
+    // Even on a protected route without credentials, an allowed preflight gets 204.
+    let ok = preflight("locked.test", "https://ui.example").await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT);
+    assert_eq!(ok.headers["access-control-allow-origin"], "https://ui.example");
+    let refused = preflight("locked.test", "https://evil.example").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(!refused.headers.contains_key("access-control-allow-origin"));
+    assert!(upstream.requests().is_empty(), "preflights are never forwarded");
+
+    // Actual requests: the proxy's policy replaces the upstream's `*`.
+    let allowed = fetch(&gw, Method::GET, "/x", &[("origin", "https://ui.example")]).await;
+    assert_eq!(
+        allowed.headers["access-control-allow-origin"],
+        "https://ui.example"
+    );
+    assert_eq!(allowed.headers["access-control-allow-credentials"], "true");
+    assert_eq!(allowed.headers["access-control-expose-headers"], "x-request-id");
+    let other = fetch(&gw, Method::GET, "/x", &[("origin", "https://evil.example")]).await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert!(!other.headers.contains_key("access-control-allow-origin"));
+    let events = gw.audit_events(4).await;
+    assert_eq!(events[0]["portcullis.reason"], "cors_preflight");
+    assert_eq!(events[1]["portcullis.reason"], "cors_refused");
+}

@@ -1,0 +1,208 @@
+//! A person in a real browser (Debian's chromium, driven by playwright-core through
+//! `tests/peers/browser/signin.mjs`) opens a protected page over HTTPS, is sent to the real
+//! OpenID Provider, signs in, lands back on the page and sees the upstream's answer; then signs
+//! out and is refused: the next visit goes to the provider's login page, not the app.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+use support::idp::Idp;
+use support::{Gateway, Recorder};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/browser/signin.mjs");
+const MODULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/peers/browser/node_modules/playwright-core"
+);
+const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.crt");
+const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.key");
+
+/// Runs the browser script and returns its JSON lines, or panics with its error and stderr.
+async fn browse(args: Vec<String>) -> Vec<Value> {
+    assert!(
+        std::path::Path::new(MODULES).is_dir() && std::path::Path::new("/usr/bin/chromium").exists(),
+        "chromium or playwright-core is missing: run .ci/install-peers"
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("node")
+            .arg(SCRIPT)
+            .args(&args)
+            .arg("--exit-with-stdin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let mut stdout = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        let status = child.wait().unwrap();
+        let lines: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert!(
+            status.success(),
+            "the browser run failed ({status}):\n{stdout}\n--- stderr ---\n{stderr}"
+        );
+        lines
+    })
+    .await
+    .unwrap()
+}
+
+fn step<'a>(lines: &'a [Value], name: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["step"] == name)
+        .unwrap_or_else(|| panic!("no {name} step in {lines:#?}"))
+}
+
+fn cookie<'a>(page: &'a Value, name: &str) -> Option<&'a Value> {
+    page["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_with_a_real_browser_sees_the_app_then_signs_out_and_is_refused() {
+    let prebound = Gateway::prebind(&format!(
+        "https = \"127.0.0.1:0\"\ntls = {{ cert = {CERT:?}, key = {KEY:?} }}"
+    ))
+    .await;
+    let origin = format!("https://localhost:{}", prebound.https.unwrap().port());
+    let idp = Idp::start_with(&[
+        "--redirect",
+        &format!("{origin}/.portcullis/callback"),
+        "--post-logout-redirect",
+        &format!("{origin}/.portcullis/signed_out"),
+    ])
+    .await;
+    let upstream = Recorder::with(Arc::new(|_| {
+        Response::new(Full::new(Bytes::from_static(b"Airflow: 3 DAGs running")))
+    }))
+    .await;
+    let secret = prebound.dir.path().join("web-secret");
+    std::fs::write(&secret, "web-secret").unwrap();
+    let gw = prebound
+        .start(&format!(
+            r#"
+[[identity_providers]]
+name = "oidc"
+issuer = "{issuer}"
+audiences = ["https://api.portcullis.test"]
+[identity_providers.browser]
+client_id = "web"
+client_secret_file = "{secret}"
+
+[[routes]]
+name = "airflow"
+hosts = ["localhost"]
+identity_providers = ["oidc"]
+[routes.upstream]
+url = "{upstream}"
+"#,
+            issuer = idp.issuer,
+            secret = secret.display(),
+            upstream = upstream.url(),
+        ))
+        .await;
+    for _ in 0..100 {
+        if support::get(gw.admin, "/readyz", &[]).await.0 == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let app = format!("{origin}/home?tab=dags");
+    let lines = browse(vec![
+        "--url".into(),
+        app.clone(),
+        "--login".into(),
+        "alice".into(),
+        "--sign-out".into(),
+        format!("{origin}/.portcullis/sign_out"),
+        "--after".into(),
+        app.clone(),
+    ])
+    .await;
+
+    // Signed in: back on the very page, showing the upstream's answer.
+    let landed = step(&lines, "landed");
+    assert_eq!(landed["url"], app.as_str());
+    assert_eq!(landed["status"], 200);
+    assert!(
+        landed["body"]
+            .as_str()
+            .unwrap()
+            .contains("Airflow: 3 DAGs running")
+    );
+    let session = cookie(landed, "__Host-portcullis_session").expect("a session cookie");
+    assert_eq!(session["secure"], true);
+    assert_eq!(session["httpOnly"], true);
+    assert_eq!(session["sameSite"], "Lax");
+    assert_eq!(session["path"], "/");
+    assert!(
+        cookie(landed, "__Host-portcullis_login").is_none(),
+        "the login cookie is gone after sign-in"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+    assert_eq!(upstream.last().target, "/home?tab=dags");
+    assert!(
+        upstream
+            .last()
+            .header("cookie")
+            .is_none_or(|c| !c.contains("portcullis"))
+    );
+
+    // Signed out, here and at the provider.
+    let out = step(&lines, "signed_out");
+    assert_eq!(out["url"], format!("{origin}/.portcullis/signed_out").as_str());
+    assert!(out["body"].as_str().unwrap().contains("You have signed out"));
+    assert!(cookie(out, "__Host-portcullis_session").is_none());
+
+    // Refused afterwards: the browser is at the provider's login page, the app unseen.
+    let after = step(&lines, "after");
+    let url = after["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&idp.issuer) && url.contains("/interaction/"),
+        "{url}"
+    );
+    assert!(!after["body"].as_str().unwrap().contains("Airflow"));
+    assert_eq!(upstream.requests().len(), 1, "nothing more reached the upstream");
+
+    let events = gw.audit_events(5).await;
+    let reasons: Vec<&str> = events
+        .iter()
+        .map(|e| e["portcullis.reason"].as_str().unwrap())
+        .collect();
+    for expected in ["no_credentials", "signed_in", "authenticated", "signed_out"] {
+        assert!(reasons.contains(&expected), "{reasons:?}");
+    }
+    let allowed = events
+        .iter()
+        .find(|e| e["portcullis.reason"] == "authenticated")
+        .unwrap();
+    assert_eq!(allowed["enduser.id"], "alice");
+    assert_eq!(allowed["user.email"], "alice@portcullis.test");
+    assert_eq!(allowed["portcullis.auth.method"], "session");
+    assert_eq!(allowed["url.scheme"], "https");
+    gw.stop().await;
+}
