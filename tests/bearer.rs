@@ -28,16 +28,6 @@ fn protected_route(upstream: &str, providers: &[&str]) -> String {
     )
 }
 
-async fn wait_ready(gw: &Gateway) {
-    for _ in 0..200 {
-        if get(gw.admin, "/readyz", &[]).await.0 == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the proxy never became ready");
-}
-
 /// Sends a request with `token` and returns the status and the WWW-Authenticate header.
 async fn call(gw: &Gateway, token: &str) -> (u16, String) {
     let auth = format!("Bearer {token}");
@@ -72,7 +62,7 @@ async fn tokens_from_a_real_idp_in_rs256_es256_and_eddsa_are_accepted_and_audite
         protected_route(&upstream.url(), &["oidc"])
     ))
     .await;
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
 
     let rs256 = idp
         .client_credentials_token("ci-bot", "ci-bot-secret", None)
@@ -131,7 +121,7 @@ async fn gateway_for(issuer: &TestIssuer, upstream: &Recorder, extra: &str) -> G
         protected_route(&upstream.url(), &["test"])
     );
     let gw = Gateway::start(&config).await;
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     gw
 }
 
@@ -317,7 +307,7 @@ async fn a_token_from_an_issuer_the_route_does_not_accept_is_refused() {
         protected_route(&upstream.url(), &["accepted"])
     );
     let gw = Gateway::start(&config).await;
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     assert_eq!(call(&gw, &accepted.token("a")).await.0, 200);
     let (status, challenge) = call(&gw, &other.token("b")).await;
     assert_eq!(status, 401);
@@ -526,7 +516,7 @@ async fn hmac_tokens_pass_only_with_the_operators_shared_secret_never_a_jwks_key
         protected_route(&upstream.url(), &["test"])
     ))
     .await;
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
 
     let claims = issuer.claims("svc-hmac");
     let hs256 = |key: &[u8]| {

@@ -14,10 +14,9 @@ mod support;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 use http_body_util::Full;
 use serde_json::Value;
 use support::idp::Idp;
@@ -100,36 +99,9 @@ async fn a_person_signs_in_with_a_real_browser_sees_the_app_then_signs_out_and_i
     }))
     .await;
     let secret = prebound.dir.path().join("web-secret");
-    std::fs::write(&secret, "web-secret").unwrap();
-    let gw = prebound
-        .start(&format!(
-            r#"
-[[identity_providers]]
-name = "oidc"
-issuer = "{issuer}"
-audiences = ["https://api.portcullis.test"]
-[identity_providers.browser]
-client_id = "web"
-client_secret_file = "{secret}"
-
-[[routes]]
-name = "airflow"
-hosts = ["localhost"]
-identity_providers = ["oidc"]
-[routes.upstream]
-url = "{upstream}"
-"#,
-            issuer = idp.issuer,
-            secret = secret.display(),
-            upstream = upstream.url(),
-        ))
-        .await;
-    for _ in 0..100 {
-        if support::get(gw.admin, "/readyz", &[]).await.0 == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let config = idp.browser_config(&secret, "airflow", "localhost", &upstream.url());
+    let gw = prebound.start(&config).await;
+    gw.wait_ready().await;
 
     let app = format!("{origin}/home?tab=dags");
     let lines = browse(vec![

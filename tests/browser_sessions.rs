@@ -97,62 +97,35 @@ async fn world(idp_args: &[&str], sessions_toml: &str) -> World {
     let upstream = Recorder::start().await;
     let prebound = Gateway::prebind("").await;
     let secret = prebound.dir.path().join("web-secret");
-    std::fs::write(&secret, "web-secret\n").unwrap();
+    let config = idp.browser_config(&secret, "app", "app.test", &upstream.url());
     let gw = prebound
-        .start(&format!(
-            r#"
-[sessions]
-{sessions_toml}
-
-[[identity_providers]]
-name = "oidc"
-issuer = "{issuer}"
-audiences = ["{API_AUDIENCE}"]
-[identity_providers.browser]
-client_id = "web"
-client_secret_file = "{secret}"
-
-[[routes]]
-name = "app"
-hosts = ["app.test"]
-identity_providers = ["oidc"]
-[routes.upstream]
-url = "{upstream}"
-"#,
-            issuer = idp.issuer,
-            secret = secret.display(),
-            upstream = upstream.url(),
-        ))
+        .start(&format!("[sessions]\n{sessions_toml}\n{config}"))
         .await;
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     World { idp, upstream, gw }
 }
 
-async fn wait_ready(gw: &Gateway) {
-    for _ in 0..100 {
-        let (status, _) = support::get(gw.admin, "/readyz", &[]).await;
-        if status == StatusCode::OK {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the proxy never became ready");
-}
-
-/// Signs `login` in from a browser that opened `target`: returns the session cookie pair.
-async fn sign_in(w: &World, target: &str, login: &str) -> String {
-    let first = page(&w.gw, target, "").await;
-    assert_eq!(first.status, StatusCode::FOUND, "{}", first.body);
-    let binding = first.cookie("__Host-portcullis_login").unwrap();
-    let callback = w.idp.sign_in_without_browser(&first.location(), login).await;
+/// The rest of a sign-in that `started` (the proxy's redirect to `idp`): the provider's pages,
+/// then the callback, carrying the login cookie `started` set. Returns the callback's answer.
+async fn finish_sign_in(gw: &Gateway, idp: &Idp, started: &Reply, login: &str) -> Reply {
+    assert_eq!(started.status, StatusCode::FOUND, "{}", started.body);
+    let binding = started.cookie("__Host-portcullis_login").unwrap();
+    let callback = idp.sign_in_without_browser(&started.location(), login).await;
     assert!(callback.starts_with(CALLBACK), "{callback}");
     let back = page(
-        &w.gw,
+        gw,
         &target_of(&callback),
         &format!("__Host-portcullis_login={binding}"),
     )
     .await;
     assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
+    back
+}
+
+/// Signs `login` in from a browser that opened `target`: returns the session cookie pair.
+async fn sign_in(w: &World, target: &str, login: &str) -> String {
+    let first = page(&w.gw, target, "").await;
+    let back = finish_sign_in(&w.gw, &w.idp, &first, login).await;
     assert_eq!(back.location(), target, "the browser returns where it started");
     format!(
         "__Host-portcullis_session={}",
@@ -189,15 +162,7 @@ async fn a_person_signs_in_reaches_the_app_with_a_session_and_signs_out() {
     );
 
     // The provider's pages, then the callback: a session cookie and back to the same page.
-    let binding = first.cookie("__Host-portcullis_login").unwrap();
-    let callback = w.idp.sign_in_without_browser(&authorize, "alice").await;
-    let back = page(
-        &w.gw,
-        &target_of(&callback),
-        &format!("__Host-portcullis_login={binding}"),
-    )
-    .await;
-    assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
+    let back = finish_sign_in(&w.gw, &w.idp, &first, "alice").await;
     assert_eq!(back.location(), "/dags/etl?tab=runs");
     let session_cookie = back.set_cookie("__Host-portcullis_session").unwrap();
     for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=43200"] {
@@ -478,7 +443,7 @@ async fn a_route_with_two_providers_shows_a_choice_and_never_returns_off_site() 
             upstream.url()
         ))
         .await;
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
 
     let first = page(&gw, "/reports?q=1", "").await;
     assert_eq!(first.status, StatusCode::FOUND);
@@ -521,15 +486,7 @@ async fn a_route_with_two_providers_shows_a_choice_and_never_returns_off_site() 
         "%2F%5Cevil.example",
     ] {
         let start = page(&gw, &format!("/.portcullis/sign_in?provider=okta&rd={rd}"), "").await;
-        let binding = start.cookie("__Host-portcullis_login").unwrap();
-        let callback = okta.sign_in_without_browser(&start.location(), "alice").await;
-        let back = page(
-            &gw,
-            &target_of(&callback),
-            &format!("__Host-portcullis_login={binding}"),
-        )
-        .await;
-        assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
+        let back = finish_sign_in(&gw, &okta, &start, "alice").await;
         assert_eq!(back.location(), "/", "rd={rd}");
     }
 

@@ -116,6 +116,38 @@ impl Idp {
         }
     }
 
+    /// Config for this provider as `oidc` with browser sign-in through the `web` client (its
+    /// secret written to `secret_file`), and a protected route `name` for `host` accepting it.
+    pub fn browser_config(
+        &self,
+        secret_file: &std::path::Path,
+        name: &str,
+        host: &str,
+        upstream: &str,
+    ) -> String {
+        std::fs::write(secret_file, "web-secret\n").unwrap();
+        format!(
+            r#"
+[[identity_providers]]
+name = "oidc"
+issuer = "{issuer}"
+audiences = ["{API_AUDIENCE}"]
+[identity_providers.browser]
+client_id = "web"
+client_secret_file = "{secret}"
+
+[[routes]]
+name = "{name}"
+hosts = ["{host}"]
+identity_providers = ["oidc"]
+[routes.upstream]
+url = "{upstream}"
+"#,
+            issuer = self.issuer,
+            secret = secret_file.display(),
+        )
+    }
+
     /// What the provider wrote to stderr so far (warnings, server errors).
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

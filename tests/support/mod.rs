@@ -205,6 +205,17 @@ impl Gateway {
         }
     }
 
+    /// Waits until `/readyz` is green (identity providers' keys fetched), or panics.
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if get(self.admin, "/readyz", &[]).await.0 == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the proxy never became ready");
+    }
+
     /// Audit events written so far, waiting briefly for `at_least` of them.
     pub async fn audit_events(&self, at_least: usize) -> Vec<serde_json::Value> {
         for _ in 0..100 {
