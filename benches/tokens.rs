@@ -32,7 +32,9 @@ fn tokens(c: &mut Criterion) {
     validation.set_audience(&["api"]);
 
     c.bench_function("ES256 token: jsonwebtoken decode (verify + claims)", |b| {
-        b.iter(|| jsonwebtoken::decode::<Map<String, Value>>(black_box(&token), &decoding, &validation).unwrap())
+        b.iter(|| {
+            jsonwebtoken::decode::<Map<String, Value>>(black_box(&token), &decoding, &validation).unwrap()
+        })
     });
     let (message, signature) = token.rsplit_once('.').unwrap();
     use base64::Engine as _;
