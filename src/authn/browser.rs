@@ -409,7 +409,8 @@ impl Browser {
                     principal: None,
                 })
             }
-            "callback" if read_only => {
+            // GET only: a HEAD (a link prefetcher) must not use up the sign-in's state.
+            "callback" if *method == Method::GET => {
                 let state = param("state").unwrap_or_default();
                 self.callback(&origin, headers, &state, param("code"), param("error"))
                     .await
