@@ -82,32 +82,6 @@ http_code() {
     curl "${args[@]}" "$1" 2>/dev/null || true
 }
 
-# wait_ok NAME PORT PID LOGFILE [TOKEN]: poll until GET / (with the bearer token if given) answers
-# 200 "ok" (bounded), or fail.
-wait_ok() {
-    local name=$1 port=$2 pid=$3 logfile=$4 token=${5:-} tries=100 i body args
-    args=(-fsS --max-time 1)
-    [[ -n "$token" ]] && args+=(-H "Authorization: Bearer $token")
-    for ((i = 1; i <= tries; i++)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "$name exited during start-up; last lines of $logfile:"
-            tail -n 30 "$logfile" >&2 || true
-            die "$name did not come up on 127.0.0.1:$port"
-        fi
-        if body=$(curl "${args[@]}" "http://127.0.0.1:$port/" 2>/dev/null); then
-            if [[ "$body" == "ok" ]]; then
-                log "$name ready on 127.0.0.1:$port (after $i tries)"
-                return 0
-            fi
-            log "$name on 127.0.0.1:$port answered unexpected body: ${body:0:200}"
-        fi
-        sleep 0.1
-    done
-    log "$name not ready after $tries tries; last lines of $logfile:"
-    tail -n 30 "$logfile" >&2 || true
-    curl -sS -i --max-time 1 "${args[@]:3}" "http://127.0.0.1:$port/" >&2 || true
-    die "$name did not answer 200 \"ok\" on 127.0.0.1:$port"
-}
 
 # check_auth NAME PORT: the proxy must refuse (401) a request without a token and every bad token
 # mint.py wrote, and accept (200) a good one: proof that it really checks what we think it checks.
@@ -125,20 +99,6 @@ check_auth() {
         "($(cut -d' ' -f1 "$IDP_DIR/bad-tokens.txt" | paste -sd, -)); 200 for a valid one"
 }
 
-start_nginx() {
-    local name=$1 conf=$2 cpu=$3 port=$4
-    local prefix="$TMP/$name"
-    mkdir -p "$prefix"
-    port_free "$port" || die "127.0.0.1:$port is already in use; stop whatever listens there"
-    nginx -t -q -c "$conf" -p "$prefix/" -e "$prefix/error.log" >"$prefix/stdout.log" 2>&1 \
-        || { cat "$prefix/stdout.log" >&2; die "nginx config $conf is invalid"; }
-    taskset -c "$cpu" nginx -c "$conf" -p "$prefix/" -e "$prefix/error.log" -g 'daemon off;' \
-        >>"$prefix/stdout.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    wait_ok "$name" "$port" "$pid" "$prefix/error.log"
-}
-
 start_haproxy() {
     local dir="$TMP/haproxy"
     mkdir -p "$dir"
@@ -149,7 +109,7 @@ start_haproxy() {
     taskset -c "$PROXY_CPU" haproxy -f "$BEARER_DIR/haproxy.cfg" -db >>"$dir/haproxy.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
-    wait_ok haproxy "$HAPROXY_PORT" "$pid" "$dir/haproxy.log" "$ONE_TOKEN"
+    wait_ready haproxy "$HAPROXY_PORT" "$pid" "$dir/haproxy.log" "$ONE_TOKEN"
     check_auth haproxy "$HAPROXY_PORT"
 }
 
@@ -173,7 +133,7 @@ start_portcullis() {
     done
     [[ "$code" == 200 ]] || { tail -n 30 "$dir/portcullis.log" >&2; die "portcullis /readyz: $code after 10 s"; }
     log "portcullis /readyz 200 (after $i tries)"
-    wait_ok portcullis "$PORTCULLIS_PORT" "$PORTCULLIS_PID" "$dir/portcullis.log" "$ONE_TOKEN"
+    wait_ready portcullis "$PORTCULLIS_PORT" "$PORTCULLIS_PID" "$dir/portcullis.log" "$ONE_TOKEN"
     check_auth portcullis "$PORTCULLIS_PORT"
 }
 

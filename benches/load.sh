@@ -53,45 +53,6 @@ PROXY_CPU=0  # the proxy under test
 TMP=""
 PIDS=()
 
-# wait_ready NAME PORT PID LOGFILE: poll with curl until the body is "ok" (bounded), or fail.
-wait_ready() {
-    local name=$1 port=$2 pid=$3 logfile=$4 tries=100 i body
-    for ((i = 1; i <= tries; i++)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "$name exited during start-up; last lines of $logfile:"
-            tail -n 30 "$logfile" >&2 || true
-            die "$name did not come up on 127.0.0.1:$port"
-        fi
-        if body=$(curl -fsS --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null); then
-            if [[ "$body" == "ok" ]]; then
-                log "$name ready on 127.0.0.1:$port (after $i tries)"
-                return 0
-            fi
-            log "$name on 127.0.0.1:$port answered unexpected body: ${body:0:200}"
-        fi
-        sleep 0.1
-    done
-    log "$name not ready after $tries tries; last lines of $logfile:"
-    tail -n 30 "$logfile" >&2 || true
-    curl -sS -i --max-time 1 "http://127.0.0.1:$port/" >&2 || true
-    die "$name did not answer 200 \"ok\" on 127.0.0.1:$port"
-}
-
-# start_nginx NAME CONF CPU PORT: private nginx instance (own prefix, pid and logs under $TMP).
-start_nginx() {
-    local name=$1 conf=$2 cpu=$3 port=$4
-    local prefix="$TMP/$name"
-    mkdir -p "$prefix"
-    port_free "$port" || die "127.0.0.1:$port is already in use; stop whatever listens there"
-    nginx -t -q -c "$conf" -p "$prefix/" -e "$prefix/error.log" >"$prefix/stdout.log" 2>&1 \
-        || { cat "$prefix/stdout.log" >&2; die "nginx config $conf is invalid"; }
-    taskset -c "$cpu" nginx -c "$conf" -p "$prefix/" -e "$prefix/error.log" -g 'daemon off;' \
-        >>"$prefix/stdout.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    wait_ready "$name" "$port" "$pid" "$prefix/error.log"
-}
-
 start_haproxy() {
     local name=haproxy
     local dir="$TMP/$name"
