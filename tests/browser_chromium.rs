@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -46,11 +45,15 @@ async fn browse(args: Vec<String>) -> Vec<Value> {
             .stderr(Stdio::piped())
             .spawn()
             .expect("node runs");
-        let mut stdout = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-        let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        let status = child.wait().unwrap();
+        // Held open for the run: the script stops when its stdin closes (so it never outlives
+        // this test), and wait_with_output would close it. Both output pipes are drained
+        // together, so a chatty stderr cannot block the browser.
+        let stdin = child.stdin.take();
+        let output = child.wait_with_output().unwrap();
+        drop(stdin);
+        let status = output.status;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<Value> = stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

@@ -581,13 +581,15 @@ pub fn strip_own_cookies(headers: &mut HeaderMap) {
         let name = pair.trim().split('=').next().unwrap_or("");
         name == SESSION_COOKIE || name == LOGIN_COOKIE
     };
-    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    if !values
+    // Most requests carry none of ours: look before copying anything.
+    if !headers
+        .get_all(header::COOKIE)
         .iter()
         .any(|v| v.to_str().map_or(true, |v| v.split(';').any(own)))
     {
         return;
     }
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
     headers.remove(header::COOKIE);
     for value in values {
         let Ok(text) = value.to_str() else { continue };
