@@ -476,6 +476,16 @@ fn tls_route(name: &str, host: &str, addr: SocketAddr, upstream_tls: &str) -> St
     )
 }
 
+/// The upstream table's TLS keys: trust `ca`, present the proxy's client certificate.
+fn mtls_keys(ca: &Path, pki: &UpstreamPki) -> String {
+    format!(
+        "ca = {}\nclient_cert = {}\nclient_key = {}",
+        toml_path(ca),
+        toml_path(&pki.client_cert),
+        toml_path(&pki.client_key)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_is_reached_with_a_custom_ca_a_server_name_override_and_a_client_certificate() {
     let pki = upstream_pki();
@@ -484,12 +494,7 @@ async fn an_https_upstream_is_reached_with_a_custom_ca_a_server_name_override_an
         "secure",
         "secure.test",
         upstream.addr,
-        &format!(
-            "ca = {}\nclient_cert = {}\nclient_key = {}",
-            toml_path(&pki.ca_path),
-            toml_path(&pki.client_cert),
-            toml_path(&pki.client_key)
-        ),
+        &mtls_keys(&pki.ca_path, &pki),
     ))
     .await;
 
@@ -525,12 +530,7 @@ async fn an_https_upstream_the_configured_ca_did_not_sign_gets_502_and_no_reques
         "wrong-ca",
         "secure.test",
         upstream.addr,
-        &format!(
-            "ca = {}\nclient_cert = {}\nclient_key = {}",
-            toml_path(&pki.other_ca_path),
-            toml_path(&pki.client_cert),
-            toml_path(&pki.client_key)
-        ),
+        &mtls_keys(&pki.other_ca_path, &pki),
     ))
     .await;
 
