@@ -210,7 +210,10 @@ impl Browser {
             Err(e) => return store_down(&e),
         };
         // A session with another provider does not count here; the browser may sign in again.
-        if !accepted.iter().any(|p| p.config.name == session.provider) {
+        if !accepted
+            .iter()
+            .any(|p| p.config.name == session.principal.provider)
+        {
             return Outcome::NotMine;
         }
         match self.refresh_if_due(&id, session).await {
@@ -243,7 +246,8 @@ impl Browser {
         if !self.refresh_due(&session) {
             return Ok(session);
         }
-        let (Some(client), Some(refresh_token)) = (self.client(&session.provider), &session.refresh_token)
+        let (Some(client), Some(refresh_token)) =
+            (self.client(&session.principal.provider), &session.refresh_token)
         else {
             return Ok(session);
         };
@@ -280,7 +284,6 @@ impl Browser {
                 };
                 let updated = Session {
                     principal,
-                    provider: session.provider.clone(),
                     created: session.created,
                     access_token: Some(r.access_token),
                     access_token_expires: r.access_token_expires,
@@ -495,7 +498,6 @@ impl Browser {
         let principal = Arc::new(principal);
         let session = Session {
             principal: principal.clone(),
-            provider: pending.provider.clone(),
             created: SystemTime::now(),
             access_token: Some(finished.access_token),
             access_token_expires: finished.access_token_expires,
@@ -532,7 +534,7 @@ impl Browser {
         // RP-initiated logout, when the provider offers it, so the next sign-in asks again.
         let mut location = None;
         if let Some(session) = &session
-            && let Some(client) = self.client(&session.provider)
+            && let Some(client) = self.client(&session.principal.provider)
             && let Ok(d) = client.metadata(client.provider.config.jwks_refresh).await
         {
             location = oidc::end_session_url(

@@ -83,9 +83,8 @@ impl fmt::Debug for Secret {
 /// What the server keeps for a signed-in browser.
 #[derive(Debug, Clone)]
 pub struct Session {
+    /// Who signed in, and with which provider (`principal.provider`).
     pub principal: Arc<Principal>,
-    /// The identity provider's configured name.
-    pub provider: String,
     /// When the user signed in: the absolute lifetime counts from here.
     pub created: SystemTime,
     pub access_token: Option<Secret>,
@@ -156,7 +155,6 @@ pub(crate) mod conformance {
                 token_id: None,
                 session_id_hash: None,
             }),
-            provider: "idp".into(),
             created,
             access_token: Some(Secret::new("at-secret")),
             access_token_expires: None,
