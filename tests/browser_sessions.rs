@@ -422,7 +422,7 @@ async fn a_session_refreshes_its_tokens_before_they_expire_and_ends_when_refresh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_with_two_providers_shows_a_choice_and_never_returns_off_site() {
     let args = ["--redirect", CALLBACK];
-    let (okta, keycloak) = (Idp::start_with(&args).await, Idp::start_with(&args).await);
+    let (okta, keycloak) = tokio::join!(Idp::start_with(&args), Idp::start_with(&args));
     let upstream = Recorder::start().await;
     let prebound = Gateway::prebind("").await;
     let secret = prebound.dir.path().join("web-secret");

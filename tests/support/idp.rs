@@ -30,7 +30,8 @@ const MODULES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/peers/oidc/node_modules/oidc-provider"
 );
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+// Generous: several providers start at once when story tests run in parallel on two cores.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running provider. Dropping it kills the process. The process also exits by itself when
 /// this test process dies (its stdin, held open here, closes).
