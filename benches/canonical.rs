@@ -57,7 +57,7 @@ fn routing(c: &mut Criterion) {
         let Ok(upstream) = Upstream::build(&config.upstream, &provider) else {
             return;
         };
-        routes.push(Arc::new(Route::new(config, upstream, Vec::new())));
+        routes.push(Arc::new(Route::new(config, upstream, Vec::new(), None)));
     }
     let table = RouteTable::new(routes);
     c.bench_function("route lookup, exact host of 50", |b| {

@@ -12,11 +12,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::admin::{self, Metrics, Ready};
+use crate::audit::PolicyEvent;
 use crate::audit::{AuditSink, JsonlSink};
 use crate::authn::browser::{Browser, BrowserClient};
 use crate::authn::http::IdpClient;
 use crate::authn::{Authn, Provider};
-use crate::config::Config;
+use crate::authz::resources::Templates;
+use crate::authz::{Authz, Reloaded, Settings, Target, Which};
+use crate::config::{Access, Config};
 use crate::listener::{self, ReloadingTls, Shared};
 use crate::proxy::Proxy;
 use crate::proxy::forward::Upstream;
@@ -43,6 +46,48 @@ pub enum StartError {
     Watch(#[from] notify::Error),
     #[error("{key}: {message}")]
     Secret { key: String, message: String },
+    #[error("policy.dir: the policy did not load: {0}")]
+    Policy(crate::authz::LoadError),
+    #[error("resource_templates: {0}")]
+    Templates(String),
+}
+
+fn policy_event(
+    which: Which,
+    result: &'static str,
+    version: Option<Arc<str>>,
+    in_force: Option<Arc<str>>,
+    problems: Vec<String>,
+) -> crate::audit::Event {
+    PolicyEvent {
+        time: std::time::SystemTime::now(),
+        schema: crate::audit::SCHEMA_VERSION,
+        act: "policy_reload",
+        kind: which.as_str(),
+        result,
+        version,
+        in_force,
+        problems,
+    }
+    .into()
+}
+
+/// A reload's outcome in the log, the metrics and the audit trail.
+fn report_reload(reloaded: Reloaded, metrics: &Metrics, audit: &dyn AuditSink) {
+    let which = reloaded.which;
+    metrics.policy_reload(which.as_str(), reloaded.outcome.is_ok());
+    let event = match reloaded.outcome {
+        Ok(version) => {
+            tracing::info!(policy = which.as_str(), %version, "policy reloaded");
+            policy_event(which, "loaded", Some(version), reloaded.in_force, Vec::new())
+        }
+        Err(e) => {
+            tracing::error!(policy = which.as_str(), error = %e, in_force = ?reloaded.in_force, "policy reload rejected; the previous version stays in force");
+            let problems = e.0.iter().map(ToString::to_string).collect();
+            policy_event(which, "rejected", None, reloaded.in_force, problems)
+        }
+    };
+    audit.emit(event);
 }
 
 /// A secret from the environment or a file; never from the config text itself. `what` names
@@ -173,6 +218,42 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
     let browser = Browser::new(store, browser_clients, s.clone(), metrics.clone());
     let authn = Arc::new(Authn::new(providers, browser));
 
+    let templates =
+        Templates::load(&config.resource_templates).map_err(|e| StartError::Templates(e.join("; ")))?;
+    let needs_policy = config.routes.iter().any(|r| r.access == Access::Protected);
+    let authz = if needs_policy {
+        let p = &config.policy;
+        let settings = Settings {
+            dir: p.dir.clone(),
+            shadow_dir: p.shadow_dir.clone(),
+            run_tests: p.run_tests,
+            cache_capacity: p.cache_capacity,
+        };
+        let authz = Arc::new(
+            Authz::load(settings, templates.clone())
+                .await
+                .map_err(StartError::Policy)?,
+        );
+        metrics.policy_reload(Which::Enforced.as_str(), true);
+        audit.emit(policy_event(
+            Which::Enforced,
+            "loaded",
+            Some(authz.version()),
+            Some(authz.version()),
+            Vec::new(),
+        ));
+        Some(authz)
+    } else {
+        None
+    };
+    let _policy_watchers = match &authz {
+        Some(authz) if config.policy.watch => {
+            let (metrics, audit) = (metrics.clone(), audit.clone());
+            Some(authz.watch(move |reloaded| report_reload(reloaded, &metrics, &*audit))?)
+        }
+        _ => None,
+    };
+
     let mut routes = Vec::with_capacity(config.routes.len());
     for (i, route) in config.routes.iter().enumerate() {
         let upstream = Upstream::build(&route.upstream, &provider).map_err(|source| StartError::Build {
@@ -184,11 +265,16 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             .iter()
             .filter_map(|name| authn.provider(name).cloned())
             .collect();
-        routes.push(Arc::new(Route::new(route.clone(), upstream, accepted)));
+        let target = (route.access == Access::Protected).then(|| Target {
+            domain: route.domain().to_string(),
+            template: route.resources.as_deref().and_then(|n| templates.get(n)).cloned(),
+        });
+        routes.push(Arc::new(Route::new(route.clone(), upstream, accepted, target)));
     }
     let proxy = Arc::new(Proxy::new(
         RouteTable::new(routes),
         authn.clone(),
+        authz.map(|a| (a, config.policy.show_missing_permission)),
         config.server.trusted_proxies.clone(),
         audit.clone(),
         metrics.clone(),

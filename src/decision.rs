@@ -17,8 +17,14 @@ use crate::config::Access;
 pub enum Reason {
     /// Allowed: the route is public.
     PublicRoute,
-    /// Allowed: the caller authenticated with a provider the route accepts.
+    /// Allowed: the caller authenticated with a provider the route accepts (`authenticated` routes).
     Authenticated,
+    /// Allowed: the policy in the route's domain grants the caller this action on this object.
+    Authorized,
+    /// Denied: the caller is known but the policy does not grant the action (403).
+    Forbidden,
+    /// Denied: the policy could not be evaluated (fail closed, 500).
+    PolicyError,
     /// Denied: a protected route and no accepted credentials.
     NoCredentials,
     /// Denied: no route serves this host and path.
@@ -85,6 +91,9 @@ impl Reason {
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::Authenticated => "authenticated",
+            Reason::Authorized => "authorized",
+            Reason::Forbidden => "forbidden",
+            Reason::PolicyError => "policy_error",
             Reason::Malformed => "malformed",
             Reason::BadSignature => "bad_signature",
             Reason::Expired => "expired",
@@ -129,6 +138,8 @@ impl Reason {
             Reason::SessionStoreUnavailable => "sessions cannot be checked right now; try again shortly",
             Reason::CorsRefused => "this cross-origin request is not allowed",
             Reason::RouteNotFound => "no route serves this host and path",
+            Reason::Forbidden => "you are signed in, but the policy does not allow this request",
+            Reason::PolicyError => "the access policy could not be evaluated; the request was refused",
             Reason::PayloadTooLarge => "the request body is larger than this route accepts",
             _ => "the request was refused",
         }
@@ -158,12 +169,14 @@ impl Reason {
         match self {
             Reason::PublicRoute
             | Reason::Authenticated
+            | Reason::Authorized
             | Reason::CorsPreflight
             | Reason::SignInStarted
             | Reason::SignedIn
             | Reason::SignedOut => StatusCode::OK,
             Reason::NoCredentials | Reason::LoginFailed | Reason::SessionExpired => StatusCode::UNAUTHORIZED,
-            Reason::StateMismatch | Reason::CorsRefused => StatusCode::FORBIDDEN,
+            Reason::StateMismatch | Reason::CorsRefused | Reason::Forbidden => StatusCode::FORBIDDEN,
+            Reason::PolicyError => StatusCode::INTERNAL_SERVER_ERROR,
             Reason::IdpUnavailable | Reason::SessionStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
             Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,
@@ -210,19 +223,37 @@ pub struct Permit {
     _private: (),
 }
 
-/// The decision for a request that has a route. Pure: the policy layer extends its input, not
-/// its shape. Until policies exist, any caller a protected route's providers vouch for is allowed.
-pub fn decide(access: Access, principal: Option<&Principal>) -> (Decision, Option<Permit>) {
-    match (access, principal) {
-        (Access::Public, _) => (
-            Decision::Allow(Reason::PublicRoute),
-            Some(Permit { _private: () }),
-        ),
-        (Access::Protected, Some(_)) => (
-            Decision::Allow(Reason::Authenticated),
-            Some(Permit { _private: () }),
-        ),
-        (Access::Protected, None) => (Decision::Deny(Reason::NoCredentials), None),
+/// What the policy answered for a protected route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyAnswer {
+    Allow,
+    Deny,
+    /// The policy could not be evaluated.
+    Failed,
+}
+
+/// The decision for a request that has a route. Pure: every input is plain data.
+///
+/// `public` allows anyone; `authenticated` allows any caller a route's provider vouched for;
+/// `protected` also needs the policy's allow. A protected request the policy was not asked
+/// about is a wiring mistake and fails closed.
+pub fn decide(
+    access: Access,
+    principal: Option<&Principal>,
+    policy: Option<PolicyAnswer>,
+) -> (Decision, Option<Permit>) {
+    let permit = || Some(Permit { _private: () });
+    match (access, principal, policy) {
+        (Access::Public, _, _) => (Decision::Allow(Reason::PublicRoute), permit()),
+        (_, None, _) => (Decision::Deny(Reason::NoCredentials), None),
+        (Access::Authenticated, Some(_), _) => (Decision::Allow(Reason::Authenticated), permit()),
+        (Access::Protected, Some(_), Some(PolicyAnswer::Allow)) => {
+            (Decision::Allow(Reason::Authorized), permit())
+        }
+        (Access::Protected, Some(_), Some(PolicyAnswer::Deny)) => (Decision::Deny(Reason::Forbidden), None),
+        (Access::Protected, Some(_), Some(PolicyAnswer::Failed) | None) => {
+            (Decision::Deny(Reason::PolicyError), None)
+        }
     }
 }
 
@@ -232,15 +263,46 @@ mod tests {
 
     #[test]
     fn a_protected_route_is_denied_without_a_permit() {
-        let (decision, permit) = decide(Access::Protected, None);
+        let (decision, permit) = decide(Access::Protected, None, None);
         assert_eq!(decision, Decision::Deny(Reason::NoCredentials));
         assert!(permit.is_none());
         assert_eq!(decision.reason().status(), StatusCode::UNAUTHORIZED);
     }
 
     #[test]
+    fn a_protected_route_needs_the_policy_s_allow_and_fails_closed_without_an_answer() {
+        let principal = Principal {
+            kind: crate::config::PrincipalKind::User,
+            subject: "alice".into(),
+            issuer: "https://idp".into(),
+            provider: "idp".into(),
+            email: None,
+            name: None,
+            groups: vec![],
+            auth_method: crate::authn::AuthMethod::Bearer,
+            client_id: None,
+            token_id: None,
+            session_id_hash: None,
+        };
+        let cases = [
+            (Some(PolicyAnswer::Allow), Decision::Allow(Reason::Authorized)),
+            (Some(PolicyAnswer::Deny), Decision::Deny(Reason::Forbidden)),
+            (Some(PolicyAnswer::Failed), Decision::Deny(Reason::PolicyError)),
+            (None, Decision::Deny(Reason::PolicyError)),
+        ];
+        for (answer, expected) in cases {
+            let (decision, permit) = decide(Access::Protected, Some(&principal), answer);
+            assert_eq!(decision, expected);
+            assert_eq!(permit.is_some(), matches!(expected, Decision::Allow(_)));
+        }
+        assert_eq!(Reason::Forbidden.status(), StatusCode::FORBIDDEN);
+        let (decision, _) = decide(Access::Authenticated, Some(&principal), None);
+        assert_eq!(decision, Decision::Allow(Reason::Authenticated));
+    }
+
+    #[test]
     fn a_public_route_is_allowed_with_a_permit() {
-        let (decision, permit) = decide(Access::Public, None);
+        let (decision, permit) = decide(Access::Public, None, None);
         assert_eq!(decision.as_str(), "allow");
         assert!(permit.is_some());
     }

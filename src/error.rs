@@ -17,6 +17,10 @@ pub enum ProxyError {
     /// The decision point refused the request; `detail` is a fixed, client-safe explanation.
     #[error("denied ({reason}): {detail}")]
     Denied { reason: Reason, detail: &'static str },
+    /// The policy refused a known caller. `missing` names the permission (`trigger on
+    /// dag:etl_daily in airflow`) when the operator allows telling the caller.
+    #[error("denied (forbidden)")]
+    Forbidden { missing: Option<String> },
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
@@ -33,15 +37,22 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Denied { reason, .. } => reason.status(),
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
+    }
+
+    /// Whether this is the decision point's refusal rather than a failure to forward.
+    pub fn is_denial(&self) -> bool {
+        matches!(self, ProxyError::Denied { .. } | ProxyError::Forbidden { .. })
     }
 
     /// Stable, machine-readable code for the response body, metrics and the audit event's `error.type`.
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::Denied { reason, .. } => reason.as_str(),
+            ProxyError::Forbidden { .. } => Reason::Forbidden.as_str(),
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
         }
@@ -51,6 +62,7 @@ impl ProxyError {
     fn public_message(&self) -> &'static str {
         match self {
             ProxyError::Denied { detail, .. } => detail,
+            ProxyError::Forbidden { .. } => Reason::Forbidden.message(),
             ProxyError::UpstreamUnavailable(_) => "the upstream service could not be reached",
             ProxyError::UpstreamTimeout => "the upstream service did not answer in time",
         }
@@ -61,17 +73,31 @@ impl ProxyError {
 /// browsers (`Accept: text/html`), both carrying the request id.
 pub fn rescue(error: &ProxyError, request_id: &str, wants_html: bool) -> Response<ProxyBody> {
     let status = error.status();
+    let missing = match error {
+        ProxyError::Forbidden { missing } => missing.as_deref(),
+        _ => None,
+    };
     let (content_type, body) = if wants_html {
+        let mut message = error.public_message().to_string();
+        if let Some(missing) = missing {
+            message.push_str(&format!(
+                ": missing permission <code>{}</code>",
+                html_escape(missing)
+            ));
+        }
         (
             "text/html; charset=utf-8",
-            html_page(status, error.public_message(), request_id),
+            html_page(status, &message, request_id),
         )
     } else {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "error": error.code(),
             "message": error.public_message(),
             "request_id": request_id,
         });
+        if let (Some(missing), Some(map)) = (missing, json.as_object_mut()) {
+            map.insert("missing_permission".into(), missing.into());
+        }
         ("application/json", json.to_string())
     };
     let mut response = Response::new(

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod authn;
+pub mod authz;
 pub mod config;
 pub mod decision;
 pub mod demo;

@@ -30,6 +30,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Test, explain and diff the Casbin policy (see docs/policy.md).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Exit 0 if an HTTP GET of URL answers 2xx within 3 s (a container health check that needs
     /// no curl in the image).
     Probe { url: String },
@@ -38,6 +43,107 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the decision tables in DIR/tests/*.toml; exit 1 if one fails, 2 if the policy does not load.
+    Test {
+        #[arg(long, default_value = "policies")]
+        dir: PathBuf,
+        /// Read custom resource templates from this configuration.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the decision for one request, the rule that made it (file:line) or why none did;
+    /// exit 0 on allow, 1 on deny.
+    Explain {
+        /// The caller: user:<sub or email>, svc:<client>, ci:<job subject>.
+        #[arg(long = "as")]
+        subject: String,
+        /// The caller's group claims, comma-separated, without `group:`.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "policies")]
+        dir: PathBuf,
+        /// Map the URL to a route's domain and template through this configuration; without it,
+        /// through the `[hosts]` of DIR/tests/*.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The policy domain, overriding the URL's route.
+        #[arg(long)]
+        domain: Option<String>,
+        /// The resource template, overriding the URL's route.
+        #[arg(long)]
+        resources: Option<String>,
+    },
+    /// List the decisions that change from OLD to NEW; exit 1 if any does.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn policy_command(command: PolicyCommand) -> ExitCode {
+    use portcullis::authz::cli;
+    let load = |path: Option<PathBuf>| match path {
+        None => Ok(None),
+        Some(path) => portcullis::config::load(&path).map(Some).map_err(|problems| {
+            report(&path, &problems);
+        }),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match command {
+        PolicyCommand::Test { dir, config } => {
+            load(config).map(|c| runtime.block_on(cli::test(&dir, c.as_ref())))
+        }
+        PolicyCommand::Explain {
+            subject,
+            groups,
+            method,
+            url,
+            dir,
+            config,
+            domain,
+            resources,
+        } => load(config).map(|c| {
+            let ask = cli::Ask {
+                subject,
+                groups,
+                method,
+                url,
+                domain,
+                resources,
+            };
+            runtime.block_on(cli::explain(&ask, &dir, c.as_ref()))
+        }),
+        PolicyCommand::Diff { old, new, config } => {
+            load(config).map(|c| runtime.block_on(cli::diff(&old, &new, c.as_ref())))
+        }
+    };
+    match result {
+        Ok(report) => {
+            if report.code == 2 {
+                eprint!("{}", report.text);
+            } else {
+                print!("{}", report.text);
+            }
+            ExitCode::from(report.code)
+        }
+        Err(()) => ExitCode::from(2),
+    }
 }
 
 fn main() -> ExitCode {
@@ -50,6 +156,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Policy { command } => policy_command(command),
         Command::CheckConfig { config } => match portcullis::config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} routes)", config.display(), c.routes.len());

@@ -22,7 +22,7 @@ use support::{Gateway, Recorder, get};
 fn protected_route(upstream: &str, providers: &[&str]) -> String {
     let list: Vec<String> = providers.iter().map(|p| format!("\"{p}\"")).collect();
     format!(
-        "[[routes]]\nname = \"api\"\nhosts = [\"app.test\"]\naccess = \"protected\"\nidentity_providers = [{}]\n\
+        "[[routes]]\nname = \"api\"\nhosts = [\"app.test\"]\naccess = \"authenticated\"\nidentity_providers = [{}]\n\
          [routes.upstream]\nurl = \"{upstream}\"\n",
         list.join(", ")
     )

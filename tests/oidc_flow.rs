@@ -192,7 +192,7 @@ async fn an_id_token_is_not_a_bearer_token_unless_the_operator_says_so() {
         let gw = support::Gateway::start(&format!(
             "[[identity_providers]]\nname = \"oidc\"\nissuer = \"{}\"\naudiences = [\"web\"]\n\
              token_type = \"{token_type}\"\n\
-             [[routes]]\nname = \"app\"\nhosts = [\"app.test\"]\nidentity_providers = [\"oidc\"]\n\
+             [[routes]]\nname = \"app\"\nhosts = [\"app.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"oidc\"]\n\
              [routes.upstream]\nurl = \"{}\"\n",
             idp.issuer,
             upstream.url()

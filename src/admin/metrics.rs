@@ -43,7 +43,22 @@ pub struct Metrics {
     open_connections: Gauge,
     tls_reloads: Family<ResultLabels, Counter>,
     session_refreshes: Family<ResultLabels, Counter>,
+    policy_reloads: Family<PolicyReloadLabels, Counter>,
+    policy_in_force: Family<PolicyLabels, Gauge>,
+    policy_decisions: Family<ResultLabels, Counter>,
+    policy_shadow_disagreements: Family<RouteLabels, Counter>,
     no_route: RouteLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyReloadLabels {
+    policy: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: &'static str,
 }
 
 impl Metrics {
@@ -89,8 +104,36 @@ impl Metrics {
             "Browser-session token refreshes by result (ok, refused, unreachable)",
             session_refreshes.clone(),
         );
+        let policy_reloads = Family::<PolicyReloadLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy loads and reloads by policy (enforced, shadow) and result (ok, rejected)",
+            policy_reloads.clone(),
+        );
+        let policy_in_force = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "policy_last_reload_ok",
+            "1 when the last reload of the policy went into force, 0 when it was rejected and the previous version stays",
+            policy_in_force.clone(),
+        );
+        let policy_decisions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_decisions",
+            "Policy decisions by where they came from (cache, evaluated)",
+            policy_decisions.clone(),
+        );
+        let policy_shadow_disagreements = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "policy_shadow_disagreements",
+            "Requests the shadow policy decided differently from the enforced one, by route",
+            policy_shadow_disagreements.clone(),
+        );
         Metrics {
             registry,
+            policy_reloads,
+            policy_in_force,
+            policy_decisions,
+            policy_shadow_disagreements,
             session_refreshes,
             requests,
             duration,
@@ -141,6 +184,29 @@ impl Metrics {
     pub fn session_refresh(&self, result: &'static str) {
         self.session_refreshes
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn policy_reload(&self, policy: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.policy_reloads
+            .get_or_create(&PolicyReloadLabels { policy, result })
+            .inc();
+        self.policy_in_force
+            .get_or_create(&PolicyLabels { policy })
+            .set(i64::from(ok));
+    }
+
+    pub fn policy_decision(&self, cached: bool) {
+        let result = if cached { "cache" } else { "evaluated" };
+        self.policy_decisions
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn policy_shadow_disagreement(&self, route: &RouteLabel) {
+        self.policy_shadow_disagreements
+            .get_or_create(&RouteLabels { route: route.clone() })
             .inc();
     }
 

@@ -16,6 +16,57 @@ use serde::{Serialize, Serializer};
 
 pub use sink::{AuditSink, JsonlSink};
 
+/// Every kind of audit event, one JSON object per line.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Event {
+    Access(Box<AccessEvent>),
+    Policy(PolicyEvent),
+}
+
+impl From<AccessEvent> for Event {
+    fn from(e: AccessEvent) -> Self {
+        Event::Access(Box::new(e))
+    }
+}
+
+impl From<PolicyEvent> for Event {
+    fn from(e: PolicyEvent) -> Self {
+        Event::Policy(e)
+    }
+}
+
+/// The proxy's own act of loading a policy: a new version went into force, or was rejected
+/// and the previous one stays.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyEvent {
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    #[serde(rename = "portcullis.audit.schema")]
+    pub schema: u32,
+    /// `policy_reload`
+    #[serde(rename = "portcullis.act")]
+    pub act: &'static str,
+    /// `enforced` or `shadow`.
+    #[serde(rename = "portcullis.policy.kind")]
+    pub kind: &'static str,
+    /// `loaded` or `rejected`.
+    #[serde(rename = "portcullis.policy.result")]
+    pub result: &'static str,
+    /// The version that went into force (loaded) or was refused (absent: it did not parse).
+    #[serde(rename = "portcullis.policy.version", skip_serializing_if = "Option::is_none")]
+    pub version: Option<Arc<str>>,
+    /// The version in force after the act.
+    #[serde(
+        rename = "portcullis.policy.in_force",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub in_force: Option<Arc<str>>,
+    /// Why a policy was rejected: `file:line: problem`, one entry each.
+    #[serde(rename = "portcullis.policy.problems", skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
 /// Version of the attribute set; bumped when a field changes meaning.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -76,6 +127,40 @@ pub struct AccessEvent {
     pub upstream_ms: Option<f64>,
     #[serde(rename = "portcullis.duration.total_us")]
     pub total_us: u64,
+    /// What the policy was asked and answered, on protected routes.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyFields>,
+}
+
+/// The policy question and answer, and the workflow the resource template recognised.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyFields {
+    #[serde(rename = "portcullis.policy.domain")]
+    pub domain: String,
+    #[serde(rename = "portcullis.policy.object")]
+    pub object: String,
+    #[serde(rename = "portcullis.policy.action")]
+    pub action: String,
+    /// `file:line` of the rule that decided; absent when no rule matched.
+    #[serde(rename = "portcullis.policy.rule", skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(rename = "portcullis.policy.version")]
+    pub version: Arc<str>,
+    #[serde(
+        rename = "portcullis.policy.shadow_decision",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub shadow: Option<&'static str>,
+    #[serde(rename = "portcullis.duration.authz_us")]
+    pub authz_us: u64,
+    #[serde(rename = "cicd.pipeline.name", skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    #[serde(rename = "cicd.pipeline.run.id", skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    #[serde(rename = "cicd.pipeline.task.name", skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(rename = "cicd.pipeline.task.run.id", skip_serializing_if = "Option::is_none")]
+    pub task_run: Option<String>,
 }
 
 /// The principal's attributes. Built from `authn::Principal`; never a token or session id.

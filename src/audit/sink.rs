@@ -10,11 +10,11 @@ use std::io::{self, BufWriter, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::AccessEvent;
+use super::Event;
 
 /// Anything that takes audit events. The OTLP exporter will be another implementation.
 pub trait AuditSink: Send + Sync + 'static {
-    fn emit(&self, event: AccessEvent);
+    fn emit(&self, event: Event);
     /// Returns once everything emitted before the call has been written out.
     fn flush(&self);
 }
@@ -28,7 +28,7 @@ const MAX_PENDING: usize = 256 * 1024;
 
 #[derive(Default)]
 struct State {
-    pending: Vec<AccessEvent>,
+    pending: Vec<Event>,
     /// Batches handed to the writer so far, and batches it has finished writing.
     taken: u64,
     written: u64,
@@ -109,7 +109,7 @@ fn write_loop(shared: &Shared, mut out: BufWriter<Box<dyn Write + Send>>) {
 }
 
 impl AuditSink for JsonlSink {
-    fn emit(&self, event: AccessEvent) {
+    fn emit(&self, event: Event) {
         let mut state = self.shared.lock();
         while state.pending.len() >= MAX_PENDING {
             state = match self.shared.done.wait(state) {

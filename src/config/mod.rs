@@ -36,6 +36,45 @@ pub struct Config {
     pub sessions: Sessions,
     /// Routes, matched by host and path prefix. A request no route matches gets 404.
     pub routes: Vec<Route>,
+    /// The Casbin policy `protected` routes are checked against.
+    pub policy: Policy,
+    /// Resource templates added to (or replacing) the built-in ones, by name.
+    pub resource_templates: std::collections::BTreeMap<String, crate::authz::resources::TemplateDef>,
+}
+
+/// Where the policy lives and how it is enforced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Policy {
+    /// Directory with `model.conf`, `*.csv` rule files and `tests/*.toml` decision tables.
+    /// Default `policies` (relative to the working directory). Read only when a route is `protected`.
+    pub dir: PathBuf,
+    /// Reload when a file in `dir` (or `shadow_dir`) changes. Default true.
+    pub watch: bool,
+    /// Run the decision tables before a policy goes into force, at start and on every reload; a
+    /// failing table keeps the old policy. Default true.
+    pub run_tests: bool,
+    /// A second policy evaluated beside the enforced one; disagreements are recorded in the audit
+    /// event and a metric, never enforced. Default none.
+    pub shadow_dir: Option<PathBuf>,
+    /// Decisions cached per policy version, entries. Default 100000.
+    pub cache_capacity: u64,
+    /// Tell a refused caller which permission was missing (domain, action, object). Default false:
+    /// the 403 names only the request id.
+    pub show_missing_permission: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            dir: PathBuf::from("policies"),
+            watch: true,
+            run_tests: true,
+            shadow_dir: None,
+            cache_capacity: 100_000,
+            show_missing_permission: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -148,8 +187,10 @@ impl Default for Audit {
 pub enum Access {
     /// Anyone may pass; still audited.
     Public,
-    /// Callers must authenticate and be allowed by policy; until an authenticator is configured
-    /// every request is denied with 401.
+    /// Any caller the route's identity providers vouch for may pass, without a policy check
+    /// (what oauth2-proxy does). Choose it on purpose: `protected` is the default.
+    Authenticated,
+    /// Callers must authenticate and be allowed by the policy in the route's domain.
     Protected,
 }
 
@@ -162,7 +203,8 @@ pub struct Route {
     pub hosts: Vec<String>,
     /// Path prefix, matched on whole segments against the canonical path. Default `/`.
     pub path_prefix: String,
-    /// `public` or `protected`. Default `protected`: a route is closed unless opened on purpose.
+    /// `public`, `authenticated` or `protected`. Default `protected`: a route is closed unless
+    /// opened on purpose.
     pub access: Access,
     /// Where allowed requests go.
     pub upstream: Upstream,
@@ -178,6 +220,19 @@ pub struct Route {
     pub identity_providers: Vec<String>,
     /// Cross-origin requests from browsers; absent: preflights are treated like any request.
     pub cors: Option<Cors>,
+    /// The Casbin domain of this route's requests (`protected` routes). Default: the route's name.
+    pub policy_domain: Option<String>,
+    /// A resource template (`airflow`, `tekton`, `gitlab`, `conductor`, `luigi` or one of
+    /// `[resource_templates]`) that names objects and verbs. Default none: the object is the
+    /// canonical path and the action the HTTP method.
+    pub resources: Option<String>,
+}
+
+impl Route {
+    /// The policy domain: `policy_domain`, else the name.
+    pub fn domain(&self) -> &str {
+        self.policy_domain.as_deref().unwrap_or(&self.name)
+    }
 }
 
 impl Default for Route {
@@ -193,6 +248,8 @@ impl Default for Route {
             preserve_host: false,
             identity_providers: Vec::new(),
             cors: None,
+            policy_domain: None,
+            resources: None,
         }
     }
 }

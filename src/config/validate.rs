@@ -97,6 +97,23 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
+    let templates = crate::authz::resources::Templates::load(&config.resource_templates);
+    if let Err(errors) = &templates {
+        for e in errors {
+            p.push(Problem::new(
+                format!("resource_templates.{e}"),
+                "this template rule is not valid",
+                "see docs/policy.md#resource-templates",
+            ));
+        }
+    }
+    if config.policy.cache_capacity == 0 {
+        p.push(Problem::new(
+            "policy.cache_capacity",
+            "must be positive",
+            "use e.g. 100000",
+        ));
+    }
     let mut names = HashSet::new();
     let mut matchers = HashSet::new();
     for (i, route) in config.routes.iter().enumerate() {
@@ -114,11 +131,46 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         if let Some(cors) = &route.cors {
             validate_cors(cors, &format!("{at}.cors"), &mut p);
         }
+        if let (Some(name), Ok(templates)) = (&route.resources, &templates)
+            && templates.get(name).is_none()
+        {
+            let known: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
+            p.push(Problem::new(
+                format!("{at}.resources"),
+                format!("no resource template is named {name:?}"),
+                format!(
+                    "use one of {}, or define it under [resource_templates.{name}]",
+                    known.join(", ")
+                ),
+            ));
+        }
+        if let Some(domain) = &route.policy_domain
+            && (domain.is_empty()
+                || domain == "*"
+                || !domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)))
+        {
+            p.push(Problem::new(
+                format!("{at}.policy_domain"),
+                format!("{domain:?} is not a domain name"),
+                "use letters, digits, '_', '-' or '.', e.g. policy_domain = \"airflow\"",
+            ));
+        }
+        if route.access != crate::config::Access::Protected
+            && (route.policy_domain.is_some() || route.resources.is_some())
+        {
+            p.push(Problem::new(
+                format!("{at}.access"),
+                "policy_domain and resources apply only to protected routes",
+                "set access = \"protected\" or remove policy_domain and resources",
+            ));
+        }
         if route.access == crate::config::Access::Public && !route.identity_providers.is_empty() {
             p.push(Problem::new(
                 format!("{at}.identity_providers"),
                 "a public route does not authenticate, so listing providers has no effect",
-                "set access = \"protected\" or remove identity_providers",
+                "set access = \"protected\" (or \"authenticated\") or remove identity_providers",
             ));
         }
         if !route.name.is_empty() && !names.insert(route.name.as_str()) {

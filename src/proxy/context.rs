@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::audit::PolicyFields;
 use crate::authn::Principal;
 use crate::decision::Decision;
 use crate::proxy::canonical::Canonical;
@@ -35,6 +36,8 @@ pub struct RequestCtx {
     pub authn_duration: Option<Duration>,
     /// Time from sending upstream to the upstream's response head.
     pub upstream_duration: Option<Duration>,
+    /// What the policy was asked and answered (protected routes).
+    pub policy: Option<PolicyFields>,
 }
 
 impl RequestCtx {
@@ -49,6 +52,7 @@ impl RequestCtx {
             principal: None,
             authn_duration: None,
             upstream_duration: None,
+            policy: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::admin::metrics::RouteLabel;
 use crate::authn::Provider;
+use crate::authz::Target;
 use crate::config;
 use crate::proxy::forward::Upstream;
 
@@ -18,16 +19,24 @@ pub struct Route {
     pub label: RouteLabel,
     /// The identity providers whose tokens this route accepts.
     pub providers: Vec<Arc<Provider>>,
+    /// Protected routes: the policy domain and resource template requests are checked in.
+    pub policy: Option<Target>,
 }
 
 impl Route {
-    pub fn new(config: config::Route, upstream: Upstream, providers: Vec<Arc<Provider>>) -> Self {
+    pub fn new(
+        config: config::Route,
+        upstream: Upstream,
+        providers: Vec<Arc<Provider>>,
+        policy: Option<Target>,
+    ) -> Self {
         let label = Arc::new(config.name.clone());
         Route {
             config,
             upstream,
             label,
             providers,
+            policy,
         }
     }
 }

@@ -7,9 +7,11 @@
 //!    a CORS preflight on a route with a CORS policy is answered here, before authentication;
 //! 4. authenticate (protected routes): the authenticator chain against the route's providers,
 //!    or 401/503 with the reason;
-//! 5. decision: allow with a `Permit`, or deny with a reason (the policy layer slots in here);
-//!    a denied page navigation that could sign in is sent to sign in instead of getting 401;
-//! 6. forward: strip, then inject headers; stream to the upstream;
+//! 5. authorize (protected routes): the route's resource template names the object and verb, and
+//!    the policy in force answers in the route's domain (cached per policy version);
+//! 6. decision: allow with a `Permit`, or deny with a reason: 401, 403 `forbidden`, 500 when the
+//!    policy cannot be evaluated; a denied page navigation that could sign in is sent to sign in;
+//! 7. forward: strip, then inject headers; stream to the upstream;
 //!
 //! and, whatever happened, `error::rescue` makes the error response and exactly one audit event
 //! is emitted. Phases are plain async calls on one `RequestCtx` rather than tower layers, because
@@ -25,11 +27,12 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::admin::Metrics;
-use crate::audit::{AccessEvent, AuditSink, PrincipalFields, SCHEMA_VERSION, bounded};
+use crate::audit::{AccessEvent, AuditSink, PolicyFields, PrincipalFields, SCHEMA_VERSION, bounded};
 use crate::authn::browser::{RESERVED, is_navigation};
-use crate::authn::{Authn, Outcome};
+use crate::authn::{Authn, Outcome, Principal};
+use crate::authz::{self, Authz, Query};
 use crate::config::Access;
-use crate::decision::{Decision, Reason, decide};
+use crate::decision::{Decision, PolicyAnswer, Reason, decide};
 use crate::error::{ProxyError, rescue, wants_html};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::canonical::Canonical;
@@ -41,6 +44,10 @@ use crate::proxy::routes::{Route, RouteTable};
 pub struct Proxy {
     routes: RouteTable,
     authn: Arc<Authn>,
+    /// Present when some route is `protected`.
+    authz: Option<Arc<Authz>>,
+    /// Tell a refused caller which permission was missing (`policy.show_missing_permission`).
+    show_missing: bool,
     trusted_proxies: Vec<IpNet>,
     audit: Arc<dyn AuditSink>,
     metrics: Arc<Metrics>,
@@ -61,13 +68,20 @@ impl Proxy {
     pub fn new(
         routes: RouteTable,
         authn: Arc<Authn>,
+        authz: Option<(Arc<Authz>, bool)>,
         trusted_proxies: Vec<IpNet>,
         audit: Arc<dyn AuditSink>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (authz, show_missing) = match authz {
+            Some((authz, show)) => (Some(authz), show),
+            None => (None, false),
+        };
         Proxy {
             routes,
             authn,
+            authz,
+            show_missing,
             trusted_proxies,
             audit,
             metrics,
@@ -152,7 +166,7 @@ impl Proxy {
         }
 
         let mut refused = None;
-        if route.config.access == Access::Protected {
+        if route.config.access != Access::Public {
             let started = Instant::now();
             let outcome = self.authn.authenticate(req.headers(), &route.providers).await;
             ctx.authn_duration = Some(started.elapsed());
@@ -163,16 +177,81 @@ impl Proxy {
             }
         }
 
+        let answer = match (&ctx.principal, refused) {
+            (Some(principal), None) if route.config.access == Access::Protected => {
+                let principal = principal.clone();
+                Some(self.authorize(ctx, &route, &principal).await)
+            }
+            _ => None,
+        };
+
         let (decision, permit) = match refused {
             Some(reason) => (Decision::Deny(reason), None),
-            None => decide(route.config.access, ctx.principal.as_deref()),
+            None => decide(route.config.access, ctx.principal.as_deref(), answer),
         };
         ctx.decision = Some(decision);
         let Some(permit) = permit else {
+            if decision.reason() == Reason::Forbidden {
+                let missing = ctx
+                    .policy
+                    .as_ref()
+                    .filter(|_| self.show_missing)
+                    .map(|p| format!("{} on {} in {}", p.action, p.object, p.domain));
+                return Err(ProxyError::Forbidden { missing });
+            }
             return self.refuse(ctx, &route, decision.reason(), req.headers()).await;
         };
 
         forward(permit, ctx, &route, req).await
+    }
+
+    /// Asks the policy in force about this request; records question and answer for the audit.
+    async fn authorize(&self, ctx: &mut RequestCtx, route: &Route, principal: &Principal) -> PolicyAnswer {
+        let (Some(authz), Some(target), Some(canonical)) = (&self.authz, &route.policy, &ctx.canonical)
+        else {
+            return PolicyAnswer::Failed;
+        };
+        let resource = target.resource(canonical.method.as_str(), &canonical.path);
+        let query = Query {
+            subjects: authz::subjects(principal),
+            domain: target.domain.clone(),
+            object: resource.object.clone(),
+            action: resource.action.clone(),
+        };
+        let checked = authz.check(query).await;
+        self.metrics.policy_decision(checked.cached);
+        let shadow = checked.shadow.map(|s| if s { "allow" } else { "deny" });
+        if checked.disagrees() {
+            self.metrics.policy_shadow_disagreement(&route.label);
+        }
+        let answer = match &checked.verdict {
+            Ok(v) if v.allowed => PolicyAnswer::Allow,
+            Ok(_) => PolicyAnswer::Deny,
+            Err(e) => {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "policy evaluation failed; denied");
+                PolicyAnswer::Failed
+            }
+        };
+        let workflow = resource.workflow;
+        ctx.policy = Some(PolicyFields {
+            domain: target.domain.clone(),
+            object: bounded(&resource.object, 256),
+            action: bounded(&resource.action, 64),
+            rule: checked
+                .verdict
+                .as_ref()
+                .ok()
+                .and_then(|v| v.rule.as_ref())
+                .map(|r| r.origin.to_string()),
+            version: checked.version,
+            shadow,
+            authz_us: u64::try_from(checked.duration.as_micros()).unwrap_or(u64::MAX),
+            pipeline: workflow.pipeline.map(|v| bounded(&v, 256)),
+            run: workflow.run.map(|v| bounded(&v, 256)),
+            task: workflow.task.map(|v| bounded(&v, 256)),
+            task_run: workflow.task_run.map(|v| bounded(&v, 256)),
+        });
+        answer
     }
 
     /// A denial. A person's browser without a usable session is sent to sign in rather than
@@ -245,34 +324,36 @@ impl Proxy {
             Some(c) => (Some(c.path), Some(c.host), c.port),
             None => (None, None, None),
         };
-        self.audit.emit(AccessEvent {
-            time: seen.time,
-            schema: SCHEMA_VERSION,
-            request_id: ctx.request_id,
-            decision: decision.as_str(),
-            reason: decision.reason().as_str(),
-            principal_kind: ctx.principal.as_ref().map_or("anonymous", |p| p.kind.as_str()),
-            auth_method: ctx.principal.as_ref().map_or("none", |p| p.auth_method.as_str()),
-            principal: ctx.principal.as_deref().map(PrincipalFields::from),
-            authn_us: ctx
-                .authn_duration
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            route: ctx.route.map(|r| r.label.clone()),
-            method: seen.method,
-            scheme: if ctx.conn.tls { "https" } else { "http" },
-            path,
-            server_address: host,
-            server_port: port.unwrap_or(ctx.conn.local.port()),
-            client_address: ctx.conn.peer.ip(),
-            protocol_version: version_str(seen.version),
-            user_agent: seen.user_agent,
-            status,
-            error_type: error
-                .filter(|e| !matches!(e, ProxyError::Denied { .. }))
-                .map(ProxyError::code),
-            upstream_ms: ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
-            total_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        });
+        self.audit.emit(
+            AccessEvent {
+                time: seen.time,
+                schema: SCHEMA_VERSION,
+                request_id: ctx.request_id,
+                decision: decision.as_str(),
+                reason: decision.reason().as_str(),
+                principal_kind: ctx.principal.as_ref().map_or("anonymous", |p| p.kind.as_str()),
+                auth_method: ctx.principal.as_ref().map_or("none", |p| p.auth_method.as_str()),
+                principal: ctx.principal.as_deref().map(PrincipalFields::from),
+                authn_us: ctx
+                    .authn_duration
+                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                route: ctx.route.map(|r| r.label.clone()),
+                method: seen.method,
+                scheme: if ctx.conn.tls { "https" } else { "http" },
+                path,
+                server_address: host,
+                server_port: port.unwrap_or(ctx.conn.local.port()),
+                client_address: ctx.conn.peer.ip(),
+                protocol_version: version_str(seen.version),
+                user_agent: seen.user_agent,
+                status,
+                error_type: error.filter(|e| !e.is_denial()).map(ProxyError::code),
+                policy: ctx.policy,
+                upstream_ms: ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
+                total_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            }
+            .into(),
+        );
     }
 }
 

@@ -118,7 +118,8 @@ impl Idp {
     }
 
     /// Config for this provider as `oidc` with browser sign-in through the `web` client (its
-    /// secret written to `secret_file`), and a protected route `name` for `host` accepting it.
+    /// secret written to `secret_file`), and an `authenticated` route `name`
+    /// for `host` accepting it (any signed-in caller; policy has its own tests).
     pub fn browser_config(
         &self,
         secret_file: &std::path::Path,
@@ -140,6 +141,7 @@ client_secret_file = "{secret}"
 [[routes]]
 name = "{name}"
 hosts = ["{host}"]
+access = "authenticated"
 identity_providers = ["oidc"]
 [routes.upstream]
 url = "{upstream}"

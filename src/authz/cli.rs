@@ -1,0 +1,396 @@
+//! `portcullis policy test | explain | diff`: the policy as code, from a terminal or CI.
+//!
+//! Each command returns its report as text and an exit code, so the binary only prints, and the
+//! integration tests run the real binary against `policies/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::authz::engine::{Engine, Query, Verdict};
+use crate::authz::pattern;
+use crate::authz::resources::Templates;
+use crate::authz::tables::{self, Target, host_and_path};
+use crate::authz::{load_engine, policy};
+use crate::config::{Access, Config};
+
+/// What a command prints and how it exits.
+pub struct Report {
+    pub text: String,
+    pub code: u8,
+}
+
+fn failed(text: String) -> Report {
+    Report { text, code: 2 }
+}
+
+fn problems(what: &str, e: &policy::LoadError) -> String {
+    let mut out = format!("{what} did not load:\n");
+    for p in &e.0 {
+        let _ = writeln!(out, "  {p}");
+    }
+    out
+}
+
+fn templates(config: Option<&Config>) -> Result<Templates, String> {
+    let empty = BTreeMap::new();
+    Templates::load(config.map_or(&empty, |c| &c.resource_templates)).map_err(|e| e.join("\n"))
+}
+
+/// `policy test`: runs `dir/tests/*.toml` against `dir`.
+pub async fn test(dir: &Path, config: Option<&Config>) -> Report {
+    let templates = match templates(config) {
+        Ok(t) => t,
+        Err(e) => return failed(e),
+    };
+    let engine = match load_engine(dir, &templates, false).await {
+        Ok(e) => e,
+        Err(e) => return failed(problems(&dir.display().to_string(), &e)),
+    };
+    let tables = match tables::load(dir) {
+        Ok(t) => t,
+        Err(e) => return failed(problems("the decision tables", &e)),
+    };
+    let report = tables.run(&engine, &templates);
+    let mut text = String::new();
+    for f in &report.failures {
+        let _ = writeln!(text, "FAIL {f}");
+    }
+    let _ = writeln!(
+        text,
+        "{} passed, {} failed ({} rules, version {})",
+        report.passed,
+        report.failures.len(),
+        engine.rules().len(),
+        engine.version()
+    );
+    if tables.case_count() == 0 {
+        let _ = writeln!(
+            text,
+            "warning: {} has no decision tables in tests/*.toml",
+            dir.display()
+        );
+    }
+    Report {
+        text,
+        code: u8::from(!report.failures.is_empty()),
+    }
+}
+
+/// Who and what `policy explain` asks about.
+pub struct Ask {
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub method: String,
+    pub url: String,
+    /// Overrides the domain the URL's host maps to.
+    pub domain: Option<String>,
+    /// Overrides the resource template the URL's host maps to.
+    pub resources: Option<String>,
+}
+
+/// Finds where a URL goes: the configuration's routes when given, else the tables' `[hosts]`.
+fn target(
+    ask: &Ask,
+    dir: &Path,
+    config: Option<&Config>,
+    templates: &Templates,
+) -> Result<(Target, String), String> {
+    let (host, path) = host_and_path(&ask.url)?;
+    let mut found = match config {
+        Some(config) => config
+            .routes
+            .iter()
+            .filter(|r| r.access == Access::Protected && r.hosts.iter().any(|h| host_matches(h, &host)))
+            .filter(|r| prefix_matches(&r.path_prefix, &path))
+            .max_by_key(|r| r.path_prefix.len())
+            .map(|r| Target {
+                domain: r.domain().to_string(),
+                template: r.resources.as_deref().and_then(|n| templates.get(n)).cloned(),
+            }),
+        None => tables::load(dir)
+            .map_err(|e| problems("the decision tables", &e))?
+            .targets(templates)
+            .remove(&host),
+    };
+    if let Some(domain) = &ask.domain {
+        let t = found.get_or_insert(Target {
+            domain: domain.clone(),
+            template: None,
+        });
+        t.domain = domain.clone();
+    }
+    if let Some(name) = &ask.resources {
+        let template = templates
+            .get(name)
+            .ok_or_else(|| format!("no resource template is named `{name}`"))?;
+        if let Some(t) = found.as_mut() {
+            t.template = Some(template.clone());
+        }
+    }
+    let target = found.ok_or_else(|| {
+        format!("no protected route serves `{host}`: pass --config, add it to a tests/*.toml [hosts], or give --domain")
+    })?;
+    Ok((target, path))
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.to_ascii_lowercase();
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
+        None => pattern == host,
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path == prefix || path.starts_with(&format!("{prefix}/")) || prefix.is_empty()
+}
+
+/// `policy explain`: the decision for one request and the rule behind it, or why none matched.
+pub async fn explain(ask: &Ask, dir: &Path, config: Option<&Config>) -> Report {
+    let templates = match templates(config) {
+        Ok(t) => t,
+        Err(e) => return failed(e),
+    };
+    let engine = match load_engine(dir, &templates, false).await {
+        Ok(e) => e,
+        Err(e) => return failed(problems(&dir.display().to_string(), &e)),
+    };
+    if !policy::NAMESPACES.iter().any(|ns| ask.subject.starts_with(ns)) || ask.subject.starts_with("role:") {
+        return failed(format!(
+            "--as `{}` needs a namespace: user:, svc:, ci: (or group:)",
+            ask.subject
+        ));
+    }
+    let (target, path) = match target(ask, dir, config, &templates) {
+        Ok(t) => t,
+        Err(e) => return failed(e),
+    };
+    let method = ask.method.to_ascii_uppercase();
+    let resource = target.resource(&method, &path);
+    let query = Query {
+        subjects: tables::subjects(&ask.subject, &ask.groups),
+        domain: target.domain.clone(),
+        object: resource.object,
+        action: resource.action,
+    };
+    let verdict = match engine.evaluate(&query) {
+        Ok(v) => v,
+        Err(e) => return failed(e.to_string()),
+    };
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "decision: {}",
+        if verdict.allowed { "allow" } else { "deny" }
+    );
+    match &verdict.rule {
+        Some(rule) => {
+            let _ = writeln!(text, "rule:     {}  {rule}", rule.origin);
+        }
+        None => {
+            let _ = writeln!(
+                text,
+                "rule:     none: no rule grants `{}` on `{}` in `{}` to these subjects and roles",
+                query.action, query.object, query.domain
+            );
+        }
+    }
+    let template = target.template.as_ref().map_or("none", |t| t.name.as_str());
+    let _ = writeln!(
+        text,
+        "request:  domain {}, object {}, action {} (template {template})",
+        query.domain, query.object, query.action
+    );
+    let _ = writeln!(text, "subjects: {}", query.subjects.join(" "));
+    let roles = if verdict.roles.is_empty() {
+        "none".to_string()
+    } else {
+        verdict.roles.join(" ")
+    };
+    let _ = writeln!(text, "roles:    {roles}");
+    if !verdict.allowed && verdict.rule.is_none() {
+        let near = near_misses(&engine, &query);
+        if !near.is_empty() {
+            let _ = writeln!(
+                text,
+                "rules that would allow it, for a subject or role the caller does not hold:"
+            );
+            for line in near {
+                let _ = writeln!(text, "  {line}");
+            }
+        }
+    }
+    let _ = writeln!(text, "version:  {}", engine.version());
+    Report {
+        text,
+        code: u8::from(!verdict.allowed),
+    }
+}
+
+/// Allow rules that match everything but the subject: what to grant, or which role to ask for.
+fn near_misses(engine: &Engine, query: &Query) -> Vec<String> {
+    engine
+        .rules()
+        .iter()
+        .filter(|r| r.effect == policy::Effect::Allow)
+        .filter(|r| r.domain == "*" || r.domain == query.domain)
+        .filter(|r| r.action == "*" || r.action == query.action)
+        .filter(|r| pattern::matches(&query.object, &r.object))
+        .take(5)
+        .map(|r| format!("{}  {r}", r.origin))
+        .collect()
+}
+
+/// `policy diff`: the decisions that change between two policy directories.
+pub async fn diff(old_dir: &Path, new_dir: &Path, config: Option<&Config>) -> Report {
+    let templates = match templates(config) {
+        Ok(t) => t,
+        Err(e) => return failed(e),
+    };
+    let old = match load_engine(old_dir, &templates, false).await {
+        Ok(e) => e,
+        Err(e) => return failed(problems(&old_dir.display().to_string(), &e)),
+    };
+    let new = match load_engine(new_dir, &templates, false).await {
+        Ok(e) => e,
+        Err(e) => return failed(problems(&new_dir.display().to_string(), &e)),
+    };
+    let mut queries = request_space(&old);
+    queries.extend(request_space(&new));
+    for dir in [old_dir, new_dir] {
+        queries.extend(table_queries(dir, &templates));
+    }
+    let mut text = String::new();
+    let mut changed = 0usize;
+    for q in &queries {
+        let (Ok(a), Ok(b)) = (old.evaluate(q), new.evaluate(q)) else {
+            continue;
+        };
+        if a.allowed != b.allowed {
+            changed += 1;
+            let _ = writeln!(
+                text,
+                "{} -> {}  {}  in {}: {} {}  (was {}, now {})",
+                word(&a),
+                word(&b),
+                q.subjects.join("+"),
+                q.domain,
+                q.action,
+                q.object,
+                origin(&a),
+                origin(&b)
+            );
+        }
+    }
+    let _ = writeln!(
+        text,
+        "{changed} of {} decisions change ({} -> {})",
+        queries.len(),
+        old.version(),
+        new.version()
+    );
+    Report {
+        text,
+        code: u8::from(changed > 0),
+    }
+}
+
+fn word(v: &Verdict) -> &'static str {
+    if v.allowed { "allow" } else { "deny" }
+}
+
+fn origin(v: &Verdict) -> String {
+    v.rule
+        .as_ref()
+        .map_or_else(|| "no rule".into(), |r| r.origin.to_string())
+}
+
+/// Every subject a policy names (one at a time), against every domain, action and object it
+/// names; patterns are sampled by filling each wildcard.
+fn request_space(engine: &Engine) -> BTreeSet<Query> {
+    let mut subjects = BTreeSet::new();
+    for r in engine.rules() {
+        subjects.insert(r.subject.clone());
+    }
+    for g in &engine.set.groupings {
+        subjects.insert(g.member.clone());
+    }
+    subjects.retain(|s| !s.starts_with("role:"));
+    let mut per_domain: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    let domains: BTreeSet<String> = engine
+        .rules()
+        .iter()
+        .map(|r| r.domain.clone())
+        .chain(engine.set.groupings.iter().map(|g| g.domain.clone()))
+        .filter(|d| d != "*")
+        .collect();
+    for r in engine.rules() {
+        let sample = sample(&r.object);
+        let targets: Vec<&String> = if r.domain == "*" {
+            domains.iter().collect()
+        } else {
+            domains.iter().filter(|d| **d == r.domain).collect()
+        };
+        for d in targets {
+            let entry = per_domain.entry(d.clone()).or_default();
+            if let Some(s) = &sample {
+                entry.0.insert(s.clone());
+            }
+            if r.action != "*" {
+                entry.1.insert(r.action.clone());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    for (domain, (objects, actions)) in &per_domain {
+        for s in &subjects {
+            for o in objects {
+                for a in actions {
+                    out.insert(Query {
+                        subjects: vec![s.clone()],
+                        domain: domain.clone(),
+                        object: o.clone(),
+                        action: a.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A concrete object a pattern matches (`dag:etl_*` → `dag:etl_x`); none for a regex.
+fn sample(object: &str) -> Option<String> {
+    if object.starts_with("regex:") {
+        return None;
+    }
+    Some(object.replace("**", "x/x").replace('*', "x"))
+}
+
+fn table_queries(dir: &Path, templates: &Templates) -> Vec<Query> {
+    let Ok(tables) = tables::load(dir) else {
+        return Vec::new();
+    };
+    let targets = tables.targets(templates);
+    let mut out = Vec::new();
+    for (_, file) in &tables.files {
+        for case in &file.cases {
+            let Ok((host, path)) = host_and_path(&case.url) else {
+                continue;
+            };
+            let Some(target) = targets.get(&host) else {
+                continue;
+            };
+            let resource = target.resource(&case.method.to_ascii_uppercase(), &path);
+            out.push(Query {
+                subjects: tables::subjects(&case.principal, &case.groups),
+                domain: target.domain.clone(),
+                object: resource.object,
+                action: resource.action,
+            });
+        }
+    }
+    out
+}

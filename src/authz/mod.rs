@@ -1,0 +1,314 @@
+//! Authorization: Casbin RBAC with domains over the caller's subjects, groups and roles.
+//!
+//! - `policy`: reads and checks `model.conf` and `*.csv` with file:line errors;
+//! - `engine`: one policy version as per-(domain, action) Casbin enforcers, roles resolved per request;
+//! - `resources`: templates that turn API requests into objects and verbs;
+//! - `tables`: decision tables in `policies/tests/*.toml`;
+//! - this module: the policy in force (and an optional shadow), its decision cache, reloads.
+//!
+//! No hyper here: the proxy hands in plain data and gets a [`Checked`] back.
+
+pub mod cli;
+pub mod engine;
+pub mod pattern;
+pub mod policy;
+pub mod resources;
+pub mod tables;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::authn::Principal;
+use crate::config::PrincipalKind;
+pub use engine::{Engine, Query, Verdict};
+pub use policy::LoadError;
+use resources::Templates;
+pub use tables::Target;
+
+/// Partitions up to this many rules are evaluated on the request's own thread (tens of
+/// microseconds); larger ones move to the blocking pool so a slow evaluation never stalls the runtime.
+const INLINE_RULES: usize = 64;
+
+/// The subjects a principal is known by, namespaced so no name can pose as another kind:
+/// `user:<sub>` and `user:<email>`, `svc:<sub>` and `svc:<client id>`, `ci:<sub>`, and
+/// `group:<g>` for each group claim.
+pub fn subjects(principal: &Principal) -> Vec<String> {
+    let mut subjects = Vec::with_capacity(2 + principal.groups.len());
+    match principal.kind {
+        PrincipalKind::User => {
+            subjects.push(format!("user:{}", principal.subject));
+            if let Some(email) = &principal.email {
+                subjects.push(format!("user:{email}"));
+            }
+        }
+        PrincipalKind::Service => {
+            subjects.push(format!("svc:{}", principal.subject));
+            if let Some(client) = principal.client_id.as_ref().filter(|c| **c != principal.subject) {
+                subjects.push(format!("svc:{client}"));
+            }
+        }
+        PrincipalKind::CiJob => subjects.push(format!("ci:{}", principal.subject)),
+    }
+    subjects.extend(principal.groups.iter().map(|g| format!("group:{g}")));
+    subjects
+}
+
+/// A loaded policy version and the decisions made with it. A reload replaces the whole
+/// snapshot, so the cache can never serve a decision of another version.
+pub struct Snapshot {
+    pub engine: Arc<Engine>,
+    cache: moka::sync::Cache<Query, Arc<Verdict>>,
+}
+
+impl Snapshot {
+    fn new(engine: Engine, capacity: u64) -> Self {
+        Snapshot {
+            engine: Arc::new(engine),
+            cache: moka::sync::Cache::new(capacity),
+        }
+    }
+
+    async fn decide(&self, query: Query) -> (Result<Arc<Verdict>, engine::EvalError>, bool) {
+        if let Some(hit) = self.cache.get(&query) {
+            return (Ok(hit), true);
+        }
+        let engine = self.engine.clone();
+        let verdict = if engine.partition_size(&query.domain, &query.action) <= INLINE_RULES {
+            engine.evaluate(&query)
+        } else {
+            let key = query.clone();
+            match tokio::task::spawn_blocking(move || engine.evaluate(&key)).await {
+                Ok(v) => v,
+                Err(e) => Err(engine::EvalError::new(e.to_string())),
+            }
+        };
+        let verdict = verdict.map(Arc::new);
+        if let Ok(v) = &verdict {
+            self.cache.insert(query, v.clone());
+        }
+        (verdict, false)
+    }
+}
+
+/// Where policies come from and how they are checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub shadow_dir: Option<PathBuf>,
+    /// Run `tests/*.toml` before a version goes into force.
+    pub run_tests: bool,
+    pub cache_capacity: u64,
+}
+
+/// The result of checking one request.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// Allowed or denied by the policy in force; an error fails closed.
+    pub verdict: Result<Arc<Verdict>, String>,
+    pub version: Arc<str>,
+    /// The shadow policy's decision, when one is loaded and it evaluated.
+    pub shadow: Option<bool>,
+    pub cached: bool,
+    pub duration: Duration,
+}
+
+impl Checked {
+    pub fn allowed(&self) -> bool {
+        self.verdict.as_ref().is_ok_and(|v| v.allowed)
+    }
+
+    /// The shadow policy decided otherwise than the policy in force.
+    pub fn disagrees(&self) -> bool {
+        self.shadow
+            .is_some_and(|s| self.verdict.as_ref().map(|v| v.allowed).ok() != Some(s))
+    }
+}
+
+/// What a reload did, for logs, metrics and the audit event.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub which: Which,
+    pub outcome: Result<Arc<str>, LoadError>,
+    /// The version still in force after a rejected reload.
+    pub in_force: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Enforced,
+    Shadow,
+}
+
+impl Which {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Which::Enforced => "enforced",
+            Which::Shadow => "shadow",
+        }
+    }
+}
+
+/// The policy in force, the optional shadow policy, and the templates routes use.
+pub struct Authz {
+    enforced: ArcSwap<Snapshot>,
+    shadow: ArcSwapOption<Snapshot>,
+    pub settings: Settings,
+    pub templates: Templates,
+}
+
+/// Reads, checks, builds and tests one policy directory.
+pub async fn load_engine(dir: &Path, templates: &Templates, run_tests: bool) -> Result<Engine, LoadError> {
+    let set = policy::load(dir)?;
+    let engine = Engine::build(set).await?;
+    if run_tests {
+        let tables = tables::load(dir)?;
+        let report = tables.run(&engine, templates);
+        if !report.failures.is_empty() {
+            return Err(LoadError(
+                report
+                    .failures
+                    .iter()
+                    .map(|f| policy::Problem {
+                        origin: None,
+                        message: format!("decision table failed: {f}"),
+                    })
+                    .collect(),
+            ));
+        }
+    }
+    Ok(engine)
+}
+
+impl Authz {
+    /// Loads the enforced policy (an error stops start-up) and the shadow policy (an error is
+    /// logged: the shadow never affects enforcement).
+    pub async fn load(settings: Settings, templates: Templates) -> Result<Authz, LoadError> {
+        let engine = load_engine(&settings.dir, &templates, settings.run_tests).await?;
+        tracing::info!(dir = %settings.dir.display(), version = %engine.version(), rules = engine.rules().len(), "policy loaded");
+        let authz = Authz {
+            enforced: ArcSwap::from_pointee(Snapshot::new(engine, settings.cache_capacity)),
+            shadow: ArcSwapOption::empty(),
+            settings,
+            templates,
+        };
+        if authz.settings.shadow_dir.is_some() {
+            let shadow = authz.reload(Which::Shadow).await;
+            if let Err(e) = &shadow.outcome {
+                tracing::error!(error = %e, "the shadow policy did not load; requests are not shadowed until it does");
+            }
+        }
+        Ok(authz)
+    }
+
+    pub fn version(&self) -> Arc<str> {
+        self.enforced.load().engine.version().clone()
+    }
+
+    pub fn enforced(&self) -> Arc<Snapshot> {
+        self.enforced.load_full()
+    }
+
+    /// Decides one request with the policy in force and, beside it, the shadow policy.
+    pub async fn check(&self, query: Query) -> Checked {
+        let started = Instant::now();
+        let snapshot = self.enforced.load_full();
+        let shadow = self.shadow.load_full();
+        let shadow_query = shadow.as_ref().map(|_| query.clone());
+        let (verdict, cached) = snapshot.decide(query).await;
+        let shadow = match (shadow, shadow_query) {
+            (Some(s), Some(q)) => s.decide(q).await.0.ok().map(|v| v.allowed),
+            _ => None,
+        };
+        Checked {
+            verdict: verdict.map_err(|e| e.to_string()),
+            version: snapshot.engine.version().clone(),
+            shadow,
+            cached,
+            duration: started.elapsed(),
+        }
+    }
+
+    /// Loads a directory again; on success swaps it in with an empty cache, on failure keeps
+    /// the version in force.
+    pub async fn reload(&self, which: Which) -> Reloaded {
+        let dir = match which {
+            Which::Enforced => Some(&self.settings.dir),
+            Which::Shadow => self.settings.shadow_dir.as_ref(),
+        };
+        let Some(dir) = dir else {
+            return Reloaded {
+                which,
+                outcome: Err(LoadError::one(None, "no shadow policy is configured")),
+                in_force: None,
+            };
+        };
+        let capacity = self.settings.cache_capacity;
+        match load_engine(dir, &self.templates, self.settings.run_tests).await {
+            Ok(engine) => {
+                let version = engine.version().clone();
+                let snapshot = Arc::new(Snapshot::new(engine, capacity));
+                match which {
+                    Which::Enforced => self.enforced.store(snapshot),
+                    Which::Shadow => self.shadow.store(Some(snapshot)),
+                }
+                Reloaded {
+                    which,
+                    outcome: Ok(version.clone()),
+                    in_force: Some(version),
+                }
+            }
+            Err(e) => Reloaded {
+                which,
+                outcome: Err(e),
+                in_force: match which {
+                    Which::Enforced => Some(self.version()),
+                    Which::Shadow => self.shadow.load().as_ref().map(|s| s.engine.version().clone()),
+                },
+            },
+        }
+    }
+}
+
+impl Authz {
+    /// Watches the policy directories (recursively, so `tests/` counts) and reloads the one that
+    /// changed; `on_reload` hears every outcome. The watchers live as long as the returned value.
+    pub fn watch(
+        self: &Arc<Self>,
+        on_reload: impl Fn(Reloaded) + Send + Sync + 'static,
+    ) -> notify::Result<Vec<notify::RecommendedWatcher>> {
+        use notify::{RecursiveMode, Watcher};
+        let on_reload = Arc::new(on_reload);
+        let mut watchers = Vec::new();
+        let dirs = [
+            (Which::Enforced, Some(&self.settings.dir)),
+            (Which::Shadow, self.settings.shadow_dir.as_ref()),
+        ];
+        for (which, dir) in dirs {
+            let Some(dir) = dir else { continue };
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+            let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.try_send(());
+                }
+            })?;
+            watcher.watch(dir, RecursiveMode::Recursive)?;
+            watchers.push(watcher);
+            let this = self.clone();
+            let on_reload = on_reload.clone();
+            tokio::spawn(async move {
+                while rx.recv().await.is_some() {
+                    // Editors and `git checkout` write several files: let them all land first.
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    while rx.try_recv().is_ok() {}
+                    let reloaded = this.reload(which).await;
+                    // A save that changed nothing (or only touched a file) is not a new version.
+                    on_reload(reloaded);
+                }
+            });
+        }
+        Ok(watchers)
+    }
+}
