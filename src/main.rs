@@ -159,6 +159,23 @@ fn main() -> ExitCode {
         Command::Policy { command } => policy_command(command),
         Command::CheckConfig { config } => match portcullis::config::load(&config) {
             Ok(c) => {
+                let protected = c
+                    .routes
+                    .iter()
+                    .any(|r| r.access == portcullis::config::Access::Protected);
+                if protected {
+                    // The policy is part of what `serve` would refuse to start with.
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    let Ok(runtime) = runtime else {
+                        return ExitCode::FAILURE;
+                    };
+                    let report = runtime.block_on(portcullis::authz::cli::test(&c.policy.dir, Some(&c)));
+                    if report.code != 0 {
+                        eprintln!("{}: policy.dir {}:", config.display(), c.policy.dir.display());
+                        eprint!("{}", report.text);
+                        return ExitCode::FAILURE;
+                    }
+                }
                 println!("{}: ok ({} routes)", config.display(), c.routes.len());
                 ExitCode::SUCCESS
             }

@@ -166,10 +166,14 @@ impl Engine {
         &self.set.version
     }
 
-    /// Runs the matcher in full once against every rule's own shape, so a matcher that names an
-    /// unknown function fails the load instead of every request.
+    /// Runs the matcher in full once per partition, against its first rule's own shape, so a
+    /// matcher that names an unknown function fails the load instead of every request.
     fn probe(&self) -> Result<(), LoadError> {
+        let mut seen = HashSet::new();
         for rule in &self.rules {
+            if !seen.insert((rule.domain.as_str(), rule.action.as_str())) {
+                continue;
+            }
             let object = if pattern::is_pattern(&rule.object) {
                 String::new()
             } else {

@@ -216,16 +216,33 @@ impl Gateway {
         panic!("the proxy never became ready");
     }
 
-    /// Audit events written so far, waiting briefly for `at_least` of them.
+    /// Access events (one per request) written so far, waiting briefly for `at_least` of them.
     pub async fn audit_events(&self, at_least: usize) -> Vec<serde_json::Value> {
+        self.wait_for(at_least, |e| e.get("portcullis.act").is_none())
+            .await
+    }
+
+    /// The proxy's own acts (`portcullis.act`: policy loads, …), waiting briefly for `at_least`.
+    pub async fn acts(&self, at_least: usize) -> Vec<serde_json::Value> {
+        self.wait_for(at_least, |e| e.get("portcullis.act").is_some())
+            .await
+    }
+
+    async fn wait_for(
+        &self,
+        at_least: usize,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let read =
+            || -> Vec<serde_json::Value> { self.read_audit().into_iter().filter(|e| keep(e)).collect() };
         for _ in 0..100 {
-            let events = self.read_audit();
+            let events = read();
             if events.len() >= at_least {
                 return events;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.read_audit()
+        read()
     }
 
     fn read_audit(&self) -> Vec<serde_json::Value> {

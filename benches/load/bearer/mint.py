@@ -12,7 +12,7 @@ Writes into DIR:
                               wrong-aud, wrong-iss, bad-sig, other-key, alg-hs256
 
 Every token: header {"alg":"ES256","kid":"bench-es256","typ":"JWT"}, claims iss, aud, sub
-"bench-<i>", iat now, exp now+3600 (all tokens distinct: sub differs).
+"bench-<i>", groups ["bench"], iat now, exp now+3600 (all tokens distinct: sub differs).
 
 Uses PyPI pyjwt + cryptography (installed with pip into this Python only if the imports fail).
 Minting is parallel (one process per core): the claims of token i are built by hand and signed
@@ -136,7 +136,8 @@ def main():
     head = b64url(json.dumps({"alg": "ES256", "kid": KID, "typ": "JWT"}, separators=(",", ":")).encode())
     # Claims JSON with the subject index spliced in: {"iss":..,"aud":..,"sub":"bench-<i>",..}
     prefix = "{" + f'"iss":{json.dumps(args.issuer)},"aud":{json.dumps(args.audience)},"sub":"bench-'
-    suffix = f'","iat":{now},"exp":{now + args.ttl}' + "}"
+    # Every token is in group "bench", which the bench policy (benches/load/bearer/policy) grants.
+    suffix = f'","groups":["bench"],"iat":{now},"exp":{now + args.ttl}' + "}"
 
     n = args.count
     jobs = max(1, min(args.jobs, n // 2000 or 1))

@@ -1,0 +1,151 @@
+//! Policy decisions for a 5,000-line policy: warm (the decision cache answers) and cold (Casbin
+//! evaluates the request's partition). Besides criterion's estimates, prints p50/p99 over
+//! individually timed calls, which is what BENCHMARKS.md reports.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis::authz::resources::Templates;
+use portcullis::authz::{Authz, Engine, Query, Settings, load_engine};
+
+const DOMAINS: [&str; 4] = ["airflow", "tekton", "gitlab", "conductor"];
+const ACTIONS: [&str; 6] = ["read", "trigger", "clear", "pause", "delete", "create"];
+
+/// 5,000 `p` lines over 4 domains, 6 actions and 209 team roles (each granted every domain and
+/// action on its own team's objects), 201 `g` lines mapping groups to roles and one role to a
+/// parent: a multi-team gateway. A (domain, action) partition so holds about 209 rules.
+fn policy_text() -> String {
+    let mut csv = String::new();
+    for i in 0..5000 {
+        let domain = DOMAINS.get(i % DOMAINS.len()).copied().unwrap_or_default();
+        let action = ACTIONS
+            .get((i / DOMAINS.len()) % ACTIONS.len())
+            .copied()
+            .unwrap_or_default();
+        let team = i / 24;
+        csv.push_str(&format!(
+            "p, role:r{team}, {domain}, obj:team{team}_*, {action}\n"
+        ));
+    }
+    for g in 0..200 {
+        csv.push_str(&format!("g, group:g{g}, role:r{}, *\n", g % 250));
+    }
+    csv.push_str("g, role:r1, role:r2, *\n");
+    csv
+}
+
+fn write_policy(dir: &Path) {
+    std::fs::write(
+        dir.join("model.conf"),
+        std::fs::read_to_string("policies/model.conf").unwrap_or_default(),
+    )
+    .ok();
+    std::fs::write(dir.join("policy.csv"), policy_text()).ok();
+}
+
+fn query(subjects: &[&str], domain: &str, object: &str, action: &str) -> Query {
+    Query {
+        subjects: subjects.iter().map(|s| (*s).to_string()).collect(),
+        domain: domain.into(),
+        object: object.into(),
+        action: action.into(),
+    }
+}
+
+fn percentiles(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let at = |q: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "{name}: p50 {:.1} µs, p99 {:.1} µs ({} calls)",
+        at(0.50).as_secs_f64() * 1e6,
+        at(0.99).as_secs_f64() * 1e6,
+        samples.len()
+    );
+}
+
+fn bench(c: &mut Criterion) {
+    let Ok(dir) = tempfile::tempdir() else { return };
+    write_policy(dir.path());
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return;
+    };
+    let Ok(templates) = Templates::load(&Default::default()) else {
+        return;
+    };
+    let started = Instant::now();
+    let Ok(engine): Result<Engine, _> = runtime.block_on(load_engine(dir.path(), &templates, false)) else {
+        eprintln!("the benchmark policy did not load");
+        return;
+    };
+    eprintln!(
+        "5,000-line policy built in {:?}; partition (airflow, read) holds {} rules",
+        started.elapsed(),
+        engine.partition_size("airflow", "read")
+    );
+    let settings = Settings {
+        dir: dir.path().to_path_buf(),
+        shadow_dir: None,
+        run_tests: false,
+        cache_capacity: 100_000,
+    };
+    let Ok(authz) = runtime.block_on(Authz::load(settings, templates)) else {
+        return;
+    };
+
+    // group:gN holds role:rN, whose rules are team N's: team 0 is first in every partition,
+    // team 199 near the end.
+    let early = query(&["user:u", "group:g0"], "airflow", "obj:team0_x", "read");
+    let late = query(&["user:u", "group:g199"], "airflow", "obj:team199_x", "pause");
+    let none = query(&["user:u", "group:g199"], "airflow", "obj:nobody", "pause");
+    for (name, q) in [
+        ("early match", &early),
+        ("late match", &late),
+        ("no match", &none),
+    ] {
+        let allowed = engine.evaluate(q).map(|v| v.allowed);
+        eprintln!("{name}: {allowed:?}");
+    }
+
+    let mut group = c.benchmark_group("policy decision, 5,000 lines");
+    group.bench_function("warm (cache hit)", |b| {
+        runtime.block_on(authz.check(late.clone()));
+        b.iter(|| runtime.block_on(authz.check(late.clone())))
+    });
+    group.bench_function("cold, late match", |b| b.iter(|| engine.evaluate(&late)));
+    group.bench_function("cold, no match", |b| b.iter(|| engine.evaluate(&none)));
+    group.bench_function("cold, early match", |b| b.iter(|| engine.evaluate(&early)));
+    group.finish();
+
+    let timed = |f: &dyn Fn()| -> Vec<Duration> {
+        (0..5000)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect()
+    };
+    percentiles(
+        "warm (cache hit, through Authz::check)",
+        timed(&|| {
+            runtime.block_on(authz.check(late.clone()));
+        }),
+    );
+    percentiles(
+        "cold late match (Casbin, one partition)",
+        timed(&|| drop(engine.evaluate(&late))),
+    );
+    percentiles(
+        "cold no match (Casbin, one partition)",
+        timed(&|| drop(engine.evaluate(&none))),
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,542 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+//! Authorization stories: a real gateway, tokens from a test issuer, the Casbin policy from a
+//! directory the test owns (a copy of `policies/`, or a small one written here), and what the
+//! upstream, the client, the metrics and the audit trail saw.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::issuer::TestIssuer;
+use support::{Gateway, Recorder};
+
+const MODEL: &str = include_str!("../policies/model.conf");
+
+/// Copies `policies/` (model, rules, decision tables) into `dir`.
+fn copy_shipped_policy(dir: &Path) {
+    std::fs::create_dir_all(dir.join("tests")).unwrap();
+    for entry in std::fs::read_dir("policies")
+        .unwrap()
+        .chain(std::fs::read_dir("policies/tests").unwrap())
+    {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let relative = path.strip_prefix("policies").unwrap();
+            std::fs::copy(&path, dir.join(relative)).unwrap();
+        }
+    }
+}
+
+/// A policy directory with the shipped model, `csv` as its only rules, and no tables.
+fn write_policy(dir: &Path, csv: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("model.conf"), MODEL).unwrap();
+    std::fs::write(dir.join("policy.csv"), csv).unwrap();
+}
+
+/// A gateway with one protected Airflow route (`airflow.test`) checked against `policy_dir`.
+async fn airflow_gateway(issuer: &TestIssuer, upstream: &Recorder, policy: &str) -> Gateway {
+    let config = format!(
+        "{}[policy]\n{policy}\n\
+         [[routes]]\nname = \"airflow\"\nhosts = [\"airflow.test\"]\nidentity_providers = [\"test\"]\n\
+         resources = \"airflow\"\n[routes.upstream]\nurl = \"{}\"\n",
+        issuer.provider_toml("test", ""),
+        upstream.url()
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_ready().await;
+    gw
+}
+
+fn token(issuer: &TestIssuer, sub: &str, groups: &[&str]) -> String {
+    let mut claims = issuer.claims(sub);
+    claims["groups"] = json!(groups);
+    issuer.sign(&claims)
+}
+
+async fn call(gw: &Gateway, method: http::Method, path: &str, token: &str) -> (u16, Value) {
+    let bearer = format!("Bearer {token}");
+    let response = support::send(
+        gw.http,
+        method,
+        path,
+        &[("host", "airflow.test"), ("authorization", &bearer)],
+        "{}".into(),
+    )
+    .await;
+    let status = response.status().as_u16();
+    use http_body_util::BodyExt;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn policy_dir_toml(dir: &Path) -> String {
+    format!("dir = {:?}", dir.display().to_string())
+}
+
+/// An issuer, an upstream, a copy of the shipped policy and a gateway using it.
+struct World {
+    issuer: TestIssuer,
+    upstream: Recorder,
+    policy: tempfile::TempDir,
+    gw: Gateway,
+}
+
+/// `extra`: more keys for the `[policy]` table.
+async fn shipped_policy_world(extra: &str) -> World {
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let policy = tempfile::tempdir().unwrap();
+    copy_shipped_policy(policy.path());
+    let toml = format!("{}\n{extra}", policy_dir_toml(policy.path()));
+    let gw = airflow_gateway(&issuer, &upstream, &toml).await;
+    World {
+        issuer,
+        upstream,
+        policy,
+        gw,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_claim_grants_its_role_at_request_time_and_both_answers_are_audited() {
+    let World {
+        issuer,
+        upstream,
+        policy: _policy,
+        gw,
+    } = shipped_policy_world("").await;
+
+    let deployer = token(&issuer, "alice", &["data-eng"]);
+    let (status, _) = call(
+        &gw,
+        http::Method::POST,
+        "/api/v1/dags/etl_daily/dagRuns",
+        &deployer,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.last().target, "/api/v1/dags/etl_daily/dagRuns");
+
+    // The same person without the group: 403 with the request id, nothing forwarded.
+    let plain = token(&issuer, "alice", &[]);
+    let (status, body) = call(&gw, http::Method::POST, "/api/v1/dags/etl_daily/dagRuns", &plain).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"], "forbidden");
+    assert!(body["request_id"].is_string());
+    assert!(
+        body.get("missing_permission").is_none(),
+        "not shown unless the operator allows it"
+    );
+    // A deployer may not delete.
+    let (status, _) = call(&gw, http::Method::DELETE, "/api/v1/dags/etl_daily", &deployer).await;
+    assert_eq!(status, 403);
+    assert_eq!(upstream.requests().len(), 1);
+
+    let events = gw.audit_events(3).await;
+    let allowed = &events[0];
+    assert_eq!(allowed["portcullis.decision"], "allow");
+    assert_eq!(allowed["portcullis.reason"], "authorized");
+    assert_eq!(allowed["portcullis.policy.domain"], "airflow");
+    assert_eq!(allowed["portcullis.policy.object"], "dag:etl_daily");
+    assert_eq!(allowed["portcullis.policy.action"], "trigger");
+    assert_eq!(allowed["portcullis.policy.rule"], "policy.csv:18");
+    assert_eq!(allowed["cicd.pipeline.name"], "etl_daily");
+    let version = allowed["portcullis.policy.version"].as_str().unwrap();
+    assert!(version.starts_with("sha256:"), "{version}");
+    let denied = &events[1];
+    assert_eq!(denied["portcullis.decision"], "deny");
+    assert_eq!(denied["portcullis.reason"], "forbidden");
+    assert_eq!(denied["http.response.status_code"], 403);
+    assert_eq!(denied["enduser.id"], "alice");
+    assert_eq!(denied["portcullis.policy.object"], "dag:etl_daily");
+    assert_eq!(denied["portcullis.policy.action"], "trigger");
+    assert_eq!(denied["portcullis.policy.version"], version);
+    assert!(denied.get("portcullis.policy.rule").is_none(), "no rule matched");
+    assert_eq!(events[2]["portcullis.policy.action"], "delete");
+    let acts = gw.acts(1).await;
+    assert_eq!(acts[0]["portcullis.act"], "policy_reload");
+    assert_eq!(acts[0]["portcullis.policy.result"], "loaded");
+    assert_eq!(acts[0]["portcullis.policy.version"], version);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_look_like_roles_or_other_namespaces_grant_nothing() {
+    let World {
+        issuer,
+        upstream,
+        policy: _policy,
+        gw,
+    } = shipped_policy_world("").await;
+    for (sub, groups) in [
+        ("role:admin", vec![]),
+        ("group:platform-admins", vec![]),
+        ("mallory", vec!["role:admin"]),
+        ("mallory", vec!["group:platform-admins"]),
+    ] {
+        let t = token(&issuer, sub, &groups);
+        let (status, _) = call(&gw, http::Method::DELETE, "/api/v1/dags/etl_daily", &t).await;
+        assert_eq!(status, 403, "{sub} {groups:?}");
+    }
+    // A DAG pattern does not reach into a path that only starts like one.
+    let deployer = token(&issuer, "alice", &["data-eng"]);
+    let (status, _) = call(
+        &gw,
+        http::Method::POST,
+        "/api/v1/dags/etl_x/dagRuns/extra",
+        &deployer,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(upstream.requests().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_may_show_the_missing_permission_in_the_403() {
+    let World { issuer, gw, .. } = shipped_policy_world("show_missing_permission = true").await;
+    let t = token(&issuer, "alice", &["data-eng"]);
+    let (status, body) = call(&gw, http::Method::POST, "/api/v1/dags/reporting/dagRuns", &t).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["missing_permission"], "trigger on dag:reporting in airflow");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_policy_on_reload_keeps_the_old_one_and_says_where() {
+    let World {
+        issuer,
+        upstream: _upstream,
+        policy: tmp,
+        gw,
+    } = shipped_policy_world("").await;
+    let deployer = token(&issuer, "alice", &["data-eng"]);
+    assert_eq!(
+        call(&gw, http::Method::POST, "/api/v1/dags/etl_a/dagRuns", &deployer)
+            .await
+            .0,
+        200
+    );
+
+    let csv = tmp.path().join("policy.csv");
+    let mut text = std::fs::read_to_string(&csv).unwrap();
+    let bad_line = text.lines().count() + 1;
+    text.push_str("p, role:viewer, airflow, regex:dag:(etl, read\n");
+    std::fs::write(&csv, text).unwrap();
+
+    let acts = gw.acts(2).await;
+    assert_eq!(acts.len(), 2, "one load at start, one rejected reload: {acts:?}");
+    let rejected = &acts[1];
+    assert_eq!(rejected["portcullis.policy.result"], "rejected");
+    let problems = rejected["portcullis.policy.problems"].to_string();
+    assert!(
+        problems.contains(&format!("policy.csv:{bad_line}: invalid regex")),
+        "{problems}"
+    );
+    assert_eq!(
+        rejected["portcullis.policy.in_force"],
+        acts[0]["portcullis.policy.version"]
+    );
+    assert!(
+        gw.metrics()
+            .await
+            .contains("portcullis_policy_last_reload_ok{policy=\"enforced\"} 0")
+    );
+
+    // The old policy still decides, and nothing panicked.
+    assert_eq!(
+        call(&gw, http::Method::POST, "/api/v1/dags/etl_b/dagRuns", &deployer)
+            .await
+            .0,
+        200
+    );
+    let events = gw.audit_events(2).await;
+    assert_eq!(
+        events[1]["portcullis.policy.version"],
+        acts[0]["portcullis.policy.version"]
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_whose_decision_tables_fail_is_not_put_in_force() {
+    let World {
+        issuer,
+        upstream: _upstream,
+        policy: tmp,
+        gw,
+    } = shipped_policy_world("").await;
+    // Valid Casbin, but it takes trigger away from data-eng, which airflow.toml expects.
+    let csv = tmp.path().join("policy.csv");
+    let text = std::fs::read_to_string(&csv).unwrap().replace(
+        "g, group:data-eng, role:deployer, airflow",
+        "g, group:data-eng, role:viewer, airflow",
+    );
+    std::fs::write(&csv, text).unwrap();
+    let acts = gw.acts(2).await;
+    assert_eq!(acts[1]["portcullis.policy.result"], "rejected");
+    let problems = acts[1]["portcullis.policy.problems"].to_string();
+    assert!(
+        problems.contains("tests/airflow.toml") && problems.contains("data-eng group triggers"),
+        "{problems}"
+    );
+    let deployer = token(&issuer, "alice", &["data-eng"]);
+    assert_eq!(
+        call(&gw, http::Method::POST, "/api/v1/dags/etl_a/dagRuns", &deployer)
+            .await
+            .0,
+        200
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_under_load_causes_no_5xx_and_no_allow_once_it_has_loaded() {
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let granted =
+        "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:data-eng, role:deployer, airflow\n";
+    write_policy(tmp.path(), granted);
+    let gw = Arc::new(airflow_gateway(&issuer, &upstream, &policy_dir_toml(tmp.path())).await);
+    let deployer = token(&issuer, "alice", &["data-eng"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (gw, stop, t) = (gw.clone(), stop.clone(), deployer.clone());
+        clients.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                // The same request again and again: a cached allow must not outlive the revoke.
+                statuses.push(
+                    call(&gw, http::Method::POST, "/api/v1/dags/etl_daily/dagRuns", &t)
+                        .await
+                        .0,
+                );
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The revoke: the group no longer maps to the role.
+    std::fs::write(
+        tmp.path().join("policy.csv"),
+        "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:someone-else, role:deployer, airflow\n",
+    )
+    .unwrap();
+    let acts = gw.acts(2).await;
+    assert_eq!(acts[1]["portcullis.policy.result"], "loaded", "{acts:?}");
+    let revoked = acts[1]["portcullis.policy.version"].clone();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for c in clients {
+        statuses.extend(c.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 403),
+        "no 5xx: {statuses:?}"
+    );
+    assert!(statuses.contains(&200) && statuses.contains(&403));
+    // Once a client saw 403, it never saw 200 again.
+    let events = gw.audit_events(statuses.len()).await;
+    assert_eq!(events.len(), statuses.len());
+    for e in &events {
+        if e["portcullis.policy.version"] == revoked {
+            assert_eq!(e["portcullis.decision"], "deny", "{e}");
+        } else {
+            assert_eq!(e["portcullis.decision"], "allow", "{e}");
+        }
+    }
+    let first_deny = events
+        .iter()
+        .position(|e| e["portcullis.decision"] == "deny")
+        .unwrap();
+    assert!(
+        events[first_deny..]
+            .iter()
+            .all(|e| e["portcullis.decision"] == "deny")
+    );
+    Arc::try_unwrap(gw).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_disagreements_are_recorded_and_never_enforced() {
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let enforced = tempfile::tempdir().unwrap();
+    let shadow = tempfile::tempdir().unwrap();
+    write_policy(
+        enforced.path(),
+        "p, role:deployer, airflow, dag:*, trigger\ng, group:data-eng, role:deployer, airflow\n",
+    );
+    // The candidate narrows trigger to etl_* DAGs.
+    write_policy(
+        shadow.path(),
+        "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:data-eng, role:deployer, airflow\n",
+    );
+    let policy = format!(
+        "{}\nshadow_dir = {:?}",
+        policy_dir_toml(enforced.path()),
+        shadow.path().display().to_string()
+    );
+    let gw = airflow_gateway(&issuer, &upstream, &policy).await;
+    let t = token(&issuer, "alice", &["data-eng"]);
+    assert_eq!(
+        call(&gw, http::Method::POST, "/api/v1/dags/etl_a/dagRuns", &t)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&gw, http::Method::POST, "/api/v1/dags/reporting/dagRuns", &t)
+            .await
+            .0,
+        200
+    );
+    let events = gw.audit_events(2).await;
+    assert_eq!(events[0]["portcullis.policy.shadow_decision"], "allow");
+    assert_eq!(events[1]["portcullis.decision"], "allow");
+    assert_eq!(events[1]["portcullis.policy.shadow_decision"], "deny");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("portcullis_policy_shadow_disagreements_total{route=\"airflow\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(upstream.requests().len(), 2);
+    gw.stop().await;
+}
+
+#[test]
+fn the_shipped_policy_passes_its_decision_tables() {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let report = runtime.block_on(portcullis::authz::cli::test(Path::new("policies"), None));
+    assert_eq!(report.code, 0, "{}", report.text);
+    assert!(report.text.contains(" 0 failed"), "{}", report.text);
+}
+
+#[test]
+fn the_policy_commands_test_explain_and_diff_a_change() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(support::binary())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = run(&["policy", "test"]);
+    assert_eq!(code, 0, "{stdout}");
+
+    let url = "https://airflow.example.com/api/v1/dags/etl_daily/dagRuns";
+    let (code, stdout, _) = run(&[
+        "policy",
+        "explain",
+        "--as",
+        "user:alice",
+        "--groups",
+        "data-eng",
+        "--method",
+        "POST",
+        "--url",
+        url,
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("decision: allow"), "{stdout}");
+    assert!(
+        stdout.contains("policy.csv:18  p, role:deployer, airflow, dag:etl_*, trigger"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("roles:    role:deployer role:operator role:viewer"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&[
+        "policy",
+        "explain",
+        "--as",
+        "user:alice",
+        "--groups",
+        "sre",
+        "--method",
+        "POST",
+        "--url",
+        url,
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("rule:     none") && stdout.contains("policy.csv:18"),
+        "{stdout}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    copy_shipped_policy(tmp.path());
+    let csv = tmp.path().join("policy.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(
+        &csv,
+        format!("{text}p, role:deployer, airflow, dag:etl_*, delete\n"),
+    )
+    .unwrap();
+    let new = tmp.path().display().to_string();
+    let (code, stdout, _) = run(&["policy", "diff", "policies", &new]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("deny -> allow  group:data-eng  in airflow: delete dag:etl_x"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&["policy", "diff", "policies", "policies"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("0 of "), "{stdout}");
+
+    std::fs::write(&csv, format!("{text}p, role:x, airflow, regex:dag:(etl, read\n")).unwrap();
+    let line = text.lines().count() + 1;
+    let (code, _, stderr) = run(&["policy", "test", "--dir", &new]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains(&format!("policy.csv:{line}: invalid regex")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_refuses_an_invalid_regex_in_the_policy_with_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy");
+    write_policy(
+        &policy,
+        "p, role:viewer, airflow, dag:*, read\np, role:viewer, airflow, regex:dag:[etl, read\n",
+    );
+    let config = tmp.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\ndir = {:?}\n[[routes]]\nname = \"airflow\"\nhosts = [\"airflow.test\"]\nresources = \"airflow\"\n\
+             [routes.upstream]\nurl = \"http://127.0.0.1:9\"\n",
+            policy.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("policy.csv:2: invalid regex"), "{stderr}");
+}
