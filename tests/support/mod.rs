@@ -235,7 +235,8 @@ impl Gateway {
     ) -> Vec<serde_json::Value> {
         let read =
             || -> Vec<serde_json::Value> { self.read_audit().into_iter().filter(|e| keep(e)).collect() };
-        for _ in 0..100 {
+        // Up to 5 s: a policy reload waits for writes to settle, and CI runs tests side by side.
+        for _ in 0..250 {
             let events = read();
             if events.len() >= at_least {
                 return events;
