@@ -13,6 +13,8 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
 COPY examples/quickstart.toml /etc/portcullis/portcullis.toml
 COPY policies /etc/portcullis/policies
+# Relative paths in the config (policy.dir = "policies") resolve against the working directory.
+WORKDIR /etc/portcullis
 USER nonroot:nonroot
 # 8080 HTTP, 8443 HTTPS, 9090 admin (/healthz, /readyz, /metrics). In a container, set the
 # listeners to 0.0.0.0 in the config you mount at /etc/portcullis/portcullis.toml.

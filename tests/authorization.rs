@@ -209,6 +209,50 @@ async fn the_operator_may_show_the_missing_permission_in_the_403() {
     let (status, body) = call(&gw, http::Method::POST, "/api/v1/dags/reporting/dagRuns", &t).await;
     assert_eq!(status, 403);
     assert_eq!(body["missing_permission"], "trigger on dag:reporting in airflow");
+
+    // A browser gets a page; the permission comes from the path, so it is escaped there.
+    let bearer = format!("Bearer {t}");
+    let (status, html) = support::get(
+        gw.http,
+        "/api/v1/dags/%3Cscript%3Ex%3C%2Fscript%3E/dagRuns/extra",
+        &[
+            ("host", "airflow.test"),
+            ("authorization", &bearer),
+            ("accept", "text/html"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "an encoded slash is refused before the policy: {html}"
+    );
+    let (status, html) = support::get(
+        gw.http,
+        "/api/v1/dags/%3Cscript%3Ex/details",
+        &[
+            ("host", "airflow.test"),
+            ("authorization", &bearer),
+            ("accept", "text/html"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "data-eng reads every DAG: {html}");
+    let outsider = token(&issuer, "mallory", &[]);
+    let bearer = format!("Bearer {outsider}");
+    let (status, html) = support::get(
+        gw.http,
+        "/api/v1/dags/%3Cscript%3Ex/details",
+        &[
+            ("host", "airflow.test"),
+            ("authorization", &bearer),
+            ("accept", "text/html"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(html.starts_with("<!doctype html>"), "{html}");
+    assert!(html.contains("read on dag:&lt;script&gt;x in airflow"), "{html}");
+    assert!(!html.contains("<script>"), "{html}");
     gw.stop().await;
 }
 
