@@ -385,7 +385,7 @@ fn tekton_requests_use_kubernetes_verbs_on_namespaced_objects() {
                 "taskruns:ci/build-7-compile",
                 "patch",
             )
-            .run("build-7-compile"),
+            .task_run("build-7-compile"),
             case(
                 "POST",
                 "/apis/tekton.dev/v1/namespaces/ci/pipelines",
@@ -397,15 +397,13 @@ fn tekton_requests_use_kubernetes_verbs_on_namespaced_objects() {
                 "/apis/tekton.dev/v1/namespaces/ci/tasks/git-clone",
                 "tasks:ci/git-clone",
                 "update",
-            )
-            .run("git-clone"),
+            ),
             case(
                 "GET",
                 "/apis/tekton.dev/v1beta1/namespaces/ci/customruns/wait-1",
                 "customruns:ci/wait-1",
                 "get",
-            )
-            .run("wait-1"),
+            ),
         ],
     );
 }
@@ -427,7 +425,7 @@ fn a_tekton_status_subresource_names_its_object_not_an_object_called_status() {
                 "taskruns:ci/build-7-compile",
                 "patch",
             )
-            .run("build-7-compile"),
+            .task_run("build-7-compile"),
             // One segment shorter, `status` is the name of a PipelineRun.
             case(
                 "GET",
