@@ -62,7 +62,7 @@ NGINX_PORT=18001
 HAPROXY_PORT=18002
 PORTCULLIS_PORT=18080
 PORTCULLIS_ADMIN_PORT=19090
-PORTCULLIS_CONF="benches/load/bearer/portcullis.toml"
+PORTCULLIS_CONF="${PORTCULLIS_CONF:-benches/load/bearer/portcullis.toml}" # override to compare configs
 AUDIT_FILE="/tmp/portcullis-bench-bearer-audit.jsonl" # must match [audit] path in that config
 
 CLK_TCK=$(getconf CLK_TCK)
