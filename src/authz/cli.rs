@@ -37,15 +37,21 @@ fn templates(config: Option<&Config>) -> Result<Templates, String> {
     Templates::load(config.map_or(&empty, |c| &c.resource_templates)).map_err(|e| e.join("\n"))
 }
 
+/// The templates (built-in plus the configuration's) and the policy in `dir`, or the report of
+/// why they did not load.
+async fn load(dir: &Path, config: Option<&Config>) -> Result<(Templates, Engine), Report> {
+    let templates = templates(config).map_err(failed)?;
+    let engine = load_engine(dir, &templates, false)
+        .await
+        .map_err(|e| failed(problems(&dir.display().to_string(), &e)))?;
+    Ok((templates, engine))
+}
+
 /// `policy test`: runs `dir/tests/*.toml` against `dir`.
 pub async fn test(dir: &Path, config: Option<&Config>) -> Report {
-    let templates = match templates(config) {
-        Ok(t) => t,
-        Err(e) => return failed(e),
-    };
-    let engine = match load_engine(dir, &templates, false).await {
-        Ok(e) => e,
-        Err(e) => return failed(problems(&dir.display().to_string(), &e)),
+    let (templates, engine) = match load(dir, config).await {
+        Ok(loaded) => loaded,
+        Err(report) => return report,
     };
     let tables = match tables::load(dir) {
         Ok(t) => t,
@@ -149,13 +155,9 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// `policy explain`: the decision for one request and the rule behind it, or why none matched.
 pub async fn explain(ask: &Ask, dir: &Path, config: Option<&Config>) -> Report {
-    let templates = match templates(config) {
-        Ok(t) => t,
-        Err(e) => return failed(e),
-    };
-    let engine = match load_engine(dir, &templates, false).await {
-        Ok(e) => e,
-        Err(e) => return failed(problems(&dir.display().to_string(), &e)),
+    let (templates, engine) = match load(dir, config).await {
+        Ok(loaded) => loaded,
+        Err(report) => return report,
     };
     if !policy::NAMESPACES.iter().any(|ns| ask.subject.starts_with(ns)) || ask.subject.starts_with("role:") {
         return failed(format!(
@@ -245,17 +247,13 @@ fn near_misses(engine: &Engine, query: &Query) -> Vec<String> {
 
 /// `policy diff`: the decisions that change between two policy directories.
 pub async fn diff(old_dir: &Path, new_dir: &Path, config: Option<&Config>) -> Report {
-    let templates = match templates(config) {
-        Ok(t) => t,
-        Err(e) => return failed(e),
+    let (templates, old) = match load(old_dir, config).await {
+        Ok(loaded) => loaded,
+        Err(report) => return report,
     };
-    let old = match load_engine(old_dir, &templates, false).await {
-        Ok(e) => e,
-        Err(e) => return failed(problems(&old_dir.display().to_string(), &e)),
-    };
-    let new = match load_engine(new_dir, &templates, false).await {
-        Ok(e) => e,
-        Err(e) => return failed(problems(&new_dir.display().to_string(), &e)),
+    let new = match load(new_dir, config).await {
+        Ok((_, engine)) => engine,
+        Err(report) => return report,
     };
     let mut queries = request_space(&old);
     queries.extend(request_space(&new));
