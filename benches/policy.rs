@@ -149,6 +149,42 @@ fn bench(c: &mut Criterion) {
         "cold no match (Casbin, one partition)",
         timed(&|| drop(engine.evaluate(&none))),
     );
+    // The load benchmark's policy (one rule): what a new caller costs when Casbin has little to do.
+    let small = Settings {
+        dir: "benches/load/bearer/policy".into(),
+        shadow_dir: None,
+        run_tests: false,
+        cache_capacity: 100_000,
+    };
+    if let (Ok(small), Ok(templates)) = (
+        runtime.block_on(Authz::load(
+            small,
+            Templates::load(&Default::default()).unwrap_or_default(),
+        )),
+        Templates::load(&Default::default()),
+    ) {
+        let one = runtime.block_on(load_engine(
+            Path::new("benches/load/bearer/policy"),
+            &templates,
+            false,
+        ));
+        let m = std::cell::Cell::new(0u64);
+        let fresh = || {
+            m.set(m.get() + 1);
+            let who = format!("user:bench-{}", m.get());
+            query(&[&who, "group:bench"], "bench", "/", "GET")
+        };
+        if let Ok(one) = one {
+            percentiles(
+                "1-rule partition, Casbin evaluation",
+                timed(&|| drop(one.evaluate(&fresh()))),
+            );
+        }
+        percentiles(
+            "1-rule partition, new caller through Authz::check (miss, evaluation, insert)",
+            timed(&|| drop(runtime.block_on(small.check(fresh())))),
+        );
+    }
     // A new caller every call through Authz::check: a miss, an early match and the cache insert
     // (what the load benchmark's many-token case does for each new token).
     let n = std::cell::Cell::new(0u64);
