@@ -44,15 +44,6 @@ fn write_policy(dir: &Path) {
     std::fs::write(dir.join("policy.csv"), policy_text()).ok();
 }
 
-fn query(subjects: &[&str], domain: &str, object: &str, action: &str) -> Query {
-    Query {
-        subjects: subjects.iter().map(|s| (*s).to_string()).collect(),
-        domain: domain.into(),
-        object: object.into(),
-        action: action.into(),
-    }
-}
-
 fn percentiles(name: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let at = |q: f64| {
@@ -93,6 +84,7 @@ fn bench(c: &mut Criterion) {
         shadow_dir: None,
         run_tests: false,
         cache_capacity: 100_000,
+        show_missing_permission: false,
     };
     let Ok(authz) = runtime.block_on(Authz::load(settings, templates)) else {
         return;
@@ -100,9 +92,9 @@ fn bench(c: &mut Criterion) {
 
     // group:gN holds role:rN, whose rules are team N's: team 0 is first in every partition,
     // team 199 near the end.
-    let early = query(&["user:u", "group:g0"], "airflow", "obj:team0_x", "read");
-    let late = query(&["user:u", "group:g199"], "airflow", "obj:team199_x", "pause");
-    let none = query(&["user:u", "group:g199"], "airflow", "obj:nobody", "pause");
+    let early = Query::new(&["user:u", "group:g0"], "airflow", "obj:team0_x", "read");
+    let late = Query::new(&["user:u", "group:g199"], "airflow", "obj:team199_x", "pause");
+    let none = Query::new(&["user:u", "group:g199"], "airflow", "obj:nobody", "pause");
     for (name, q) in [
         ("early match", &early),
         ("late match", &late),
@@ -114,8 +106,8 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("policy decision, 5,000 lines");
     group.bench_function("warm (cache hit)", |b| {
-        runtime.block_on(authz.check(late.clone()));
-        b.iter(|| runtime.block_on(authz.check(late.clone())))
+        runtime.block_on(authz.check(&late));
+        b.iter(|| runtime.block_on(authz.check(&late)))
     });
     group.bench_function("cold, late match", |b| b.iter(|| engine.evaluate(&late)));
     group.bench_function("cold, no match", |b| b.iter(|| engine.evaluate(&none)));
@@ -138,7 +130,7 @@ fn bench(c: &mut Criterion) {
     percentiles(
         "warm (cache hit, through Authz::check)",
         timed(&|| {
-            runtime.block_on(authz.check(late.clone()));
+            runtime.block_on(authz.check(&late));
         }),
     );
     percentiles(
@@ -155,6 +147,7 @@ fn bench(c: &mut Criterion) {
         shadow_dir: None,
         run_tests: false,
         cache_capacity: 100_000,
+        show_missing_permission: false,
     };
     if let (Ok(small), Ok(templates)) = (
         runtime.block_on(Authz::load(
@@ -172,7 +165,7 @@ fn bench(c: &mut Criterion) {
         let fresh = || {
             m.set(m.get() + 1);
             let who = format!("user:bench-{}", m.get());
-            query(&[&who, "group:bench"], "bench", "/", "GET")
+            Query::new(&[&who, "group:bench"], "bench", "/", "GET")
         };
         if let Ok(one) = one {
             percentiles(
@@ -182,7 +175,7 @@ fn bench(c: &mut Criterion) {
         }
         percentiles(
             "1-rule partition, new caller through Authz::check (miss, evaluation, insert)",
-            timed(&|| drop(runtime.block_on(small.check(fresh())))),
+            timed(&|| drop(runtime.block_on(small.check(&fresh())))),
         );
     }
     // A new caller every call through Authz::check: a miss, an early match and the cache insert
@@ -193,8 +186,8 @@ fn bench(c: &mut Criterion) {
         timed(&|| {
             n.set(n.get() + 1);
             let who = format!("user:u{}", n.get());
-            let q = query(&[&who, "group:g0"], "airflow", "obj:team0_x", "read");
-            runtime.block_on(authz.check(q));
+            let q = Query::new(&[&who, "group:g0"], "airflow", "obj:team0_x", "read");
+            runtime.block_on(authz.check(&q));
         }),
     );
 }

@@ -228,6 +228,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             shadow_dir: p.shadow_dir.clone(),
             run_tests: p.run_tests,
             cache_capacity: p.cache_capacity,
+            show_missing_permission: p.show_missing_permission,
         };
         let authz = Arc::new(
             Authz::load(settings, templates.clone())
@@ -265,16 +266,14 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             .iter()
             .filter_map(|name| authn.provider(name).cloned())
             .collect();
-        let target = (route.access == Access::Protected).then(|| Target {
-            domain: route.domain().to_string(),
-            template: route.resources.as_deref().and_then(|n| templates.get(n)).cloned(),
-        });
+        let target = (route.access == Access::Protected)
+            .then(|| Target::new(route.domain(), route.resources.as_deref(), &templates));
         routes.push(Arc::new(Route::new(route.clone(), upstream, accepted, target)));
     }
     let proxy = Arc::new(Proxy::new(
         RouteTable::new(routes),
         authn.clone(),
-        authz.map(|a| (a, config.policy.show_missing_permission)),
+        authz,
         config.server.trusted_proxies.clone(),
         audit.clone(),
         metrics.clone(),

@@ -19,3 +19,4 @@ pub mod error;
 pub mod listener;
 pub mod proxy;
 pub mod session;
+pub mod watch;

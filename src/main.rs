@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -127,7 +128,13 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
                 domain,
                 resources,
             };
-            runtime.block_on(cli::explain(&ask, &dir, c.as_ref()))
+            // The same route table the proxy builds, over the configured routes alone.
+            let table = c.as_ref().map(|c| {
+                portcullis::proxy::routes::RouteTable::new(c.routes.iter().cloned().map(Arc::new).collect())
+            });
+            let route_of = |host: &str, path: &str| table.as_ref()?.find(host, path).map(|r| (**r).clone());
+            let route_of: Option<cli::RouteOf<'_>> = table.as_ref().map(|_| &route_of as cli::RouteOf<'_>);
+            runtime.block_on(cli::explain(&ask, &dir, c.as_ref(), route_of))
         }),
         PolicyCommand::Diff { old, new, config } => {
             load(config).map(|c| runtime.block_on(cli::diff(&old, &new, c.as_ref())))

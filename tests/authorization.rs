@@ -526,6 +526,48 @@ fn the_policy_commands_test_explain_and_diff_a_change() {
         "{stdout}"
     );
 
+    // Through a configuration, the URL is routed as the proxy routes it: the public /health
+    // route wins on its prefix, the protected route (its own domain name) takes the rest.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        "[[routes]]\nname = \"health\"\nhosts = [\"*.example.com\"]\npath_prefix = \"/health\"\naccess = \"public\"\n\
+         [routes.upstream]\nurl = \"http://127.0.0.1:9\"\n\
+         [[routes]]\nname = \"api\"\nhosts = [\"*.example.com\"]\npolicy_domain = \"airflow\"\nresources = \"airflow\"\n\
+         [routes.upstream]\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let explain = |url: &str| {
+        run(&[
+            "policy",
+            "explain",
+            "--config",
+            &config,
+            "--as",
+            "user:alice",
+            "--groups",
+            "data-eng",
+            "--method",
+            "POST",
+            "--url",
+            url,
+        ])
+    };
+    let (code, stdout, _) = explain(url);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("domain airflow, object dag:etl_daily, action trigger (template airflow)"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = explain("https://airflow.example.com/health/live");
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("route `health` serves this URL and is not protected"),
+        "{stderr}"
+    );
+
     let tmp = tempfile::tempdir().unwrap();
     copy_shipped_policy(tmp.path());
     let csv = tmp.path().join("policy.csv");

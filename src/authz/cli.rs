@@ -95,35 +95,37 @@ pub struct Ask {
     pub resources: Option<String>,
 }
 
+/// The configured route serving a host and path, as the proxy would choose it.
+pub type RouteOf<'a> = &'a dyn Fn(&str, &str) -> Option<crate::config::Route>;
+
 /// Finds where a URL goes: the configuration's routes when given, else the tables' `[hosts]`.
 fn target(
     ask: &Ask,
     dir: &Path,
-    config: Option<&Config>,
+    route_of: Option<RouteOf<'_>>,
     templates: &Templates,
 ) -> Result<(Target, String), String> {
     let (host, path) = host_and_path(&ask.url)?;
-    let mut found = match config {
-        Some(config) => config
-            .routes
-            .iter()
-            .filter(|r| r.access == Access::Protected && r.hosts.iter().any(|h| host_matches(h, &host)))
-            .filter(|r| prefix_matches(&r.path_prefix, &path))
-            .max_by_key(|r| r.path_prefix.len())
-            .map(|r| Target {
-                domain: r.domain().to_string(),
-                template: r.resources.as_deref().and_then(|n| templates.get(n)).cloned(),
-            }),
+    let mut found = match route_of {
+        Some(route_of) => match route_of(&host, &path) {
+            Some(r) if r.access == Access::Protected => {
+                Some(Target::new(r.domain(), r.resources.as_deref(), templates))
+            }
+            Some(r) => {
+                return Err(format!(
+                    "route `{}` serves this URL and is not protected: the policy is not asked there",
+                    r.name
+                ));
+            }
+            None => None,
+        },
         None => tables::load(dir)
             .map_err(|e| problems("the decision tables", &e))?
             .targets(templates)
             .remove(&host),
     };
     if let Some(domain) = &ask.domain {
-        let t = found.get_or_insert(Target {
-            domain: domain.clone(),
-            template: None,
-        });
+        let t = found.get_or_insert_with(|| Target::new(domain, None, templates));
         t.domain = domain.clone();
     }
     if let Some(name) = &ask.resources {
@@ -140,21 +142,14 @@ fn target(
     Ok((target, path))
 }
 
-fn host_matches(pattern: &str, host: &str) -> bool {
-    let pattern = pattern.to_ascii_lowercase();
-    match pattern.strip_prefix('*') {
-        Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
-        None => pattern == host,
-    }
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    path == prefix || path.starts_with(&format!("{prefix}/")) || prefix.is_empty()
-}
-
 /// `policy explain`: the decision for one request and the rule behind it, or why none matched.
-pub async fn explain(ask: &Ask, dir: &Path, config: Option<&Config>) -> Report {
+/// `route_of` maps the URL through the configuration's routes (given with `config`).
+pub async fn explain(
+    ask: &Ask,
+    dir: &Path,
+    config: Option<&Config>,
+    route_of: Option<RouteOf<'_>>,
+) -> Report {
     let (templates, engine) = match load(dir, config).await {
         Ok(loaded) => loaded,
         Err(report) => return report,
@@ -165,7 +160,7 @@ pub async fn explain(ask: &Ask, dir: &Path, config: Option<&Config>) -> Report {
             ask.subject
         ));
     }
-    let (target, path) = match target(ask, dir, config, &templates) {
+    let (target, path) = match target(ask, dir, route_of, &templates) {
         Ok(t) => t,
         Err(e) => return failed(e),
     };

@@ -52,6 +52,17 @@ pub struct Query {
     pub action: String,
 }
 
+impl Query {
+    pub fn new(subjects: &[&str], domain: &str, object: &str, action: &str) -> Query {
+        Query {
+            subjects: subjects.iter().map(|s| (*s).to_string()).collect(),
+            domain: domain.into(),
+            object: object.into(),
+            action: action.into(),
+        }
+    }
+}
+
 /// Casbin's answer, with the rule that decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -67,33 +78,30 @@ pub struct Verdict {
 #[error("policy evaluation failed: {0}")]
 pub struct EvalError(pub String);
 
-impl EvalError {
-    pub fn new(message: String) -> Self {
-        EvalError(message)
-    }
-}
-
 struct Partition {
     enforcer: casbin::Enforcer,
-    /// Indices into `Engine::rules`, in the order Casbin holds them.
+    /// How many rules Casbin holds here.
     len: usize,
 }
 
 /// A loaded, checked, partitioned policy version.
 pub struct Engine {
     pub set: PolicySet,
-    rules: Vec<Arc<Rule>>,
     /// (member) → [(role, domain)]
     roles: HashMap<String, Vec<(String, String)>>,
-    partitions: HashMap<(String, String), Partition>,
+    /// domain → action → partition; `*` keys hold the rules for names no rule spells out.
+    partitions: HashMap<String, HashMap<String, Partition>>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("version", &self.set.version)
-            .field("rules", &self.rules.len())
-            .field("partitions", &self.partitions.len())
+            .field("rules", &self.set.rules.len())
+            .field(
+                "partitions",
+                &self.partitions.values().map(HashMap::len).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -102,7 +110,7 @@ impl Engine {
     /// Builds one Casbin enforcer per partition. Problems Casbin finds (a matcher that does not
     /// compile, an unknown function) are reported against the matcher's line.
     pub async fn build(set: PolicySet) -> Result<Engine, LoadError> {
-        let rules: Vec<Arc<Rule>> = set.rules.iter().cloned().map(Arc::new).collect();
+        let rules = &set.rules;
         let mut roles: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for g in &set.groupings {
             roles
@@ -128,7 +136,7 @@ impl Engine {
         for a in &actions {
             keys.push(("*".into(), (*a).into()));
         }
-        for r in &rules {
+        for r in rules {
             match (r.domain.as_str(), r.action.as_str()) {
                 (_, "*") => {}
                 ("*", action) => keys.extend(domains.iter().map(|d| ((*d).to_string(), action.to_string()))),
@@ -138,7 +146,17 @@ impl Engine {
         keys.sort();
         keys.dedup();
 
-        let mut partitions = HashMap::with_capacity(keys.len());
+        // Casbin is given the model text once; every partition gets a copy.
+        let casbin_error = |e: casbin::Error| {
+            LoadError::one(
+                Some(set.model.matcher_origin.clone()),
+                format!("Casbin refused the model: {e}"),
+            )
+        };
+        let model = DefaultModel::from_str(&set.model.casbin_text)
+            .await
+            .map_err(casbin_error)?;
+        let mut partitions: HashMap<String, HashMap<String, Partition>> = HashMap::new();
         for (domain, action) in keys {
             // A partition holds every rule that can match a request for its key: for a concrete
             // key, its own rules and the wildcards; for a `*` key, only rules as wide as the key.
@@ -149,12 +167,11 @@ impl Engine {
                 .filter(|(_, r)| fits(&r.domain, &domain) && fits(&r.action, &action))
                 .map(|(i, r)| casbin_line(r, i, set.model.has_effect))
                 .collect();
-            let partition = partition(&set, lines).await?;
-            partitions.insert((domain, action), partition);
+            let partition = partition(model.clone(), lines).await.map_err(casbin_error)?;
+            partitions.entry(domain).or_default().insert(action, partition);
         }
         let engine = Engine {
             set,
-            rules,
             roles,
             partitions,
         };
@@ -170,7 +187,7 @@ impl Engine {
     /// matcher that names an unknown function fails the load instead of every request.
     fn probe(&self) -> Result<(), LoadError> {
         let mut seen = HashSet::new();
-        for rule in &self.rules {
+        for rule in &self.set.rules {
             if !seen.insert((rule.domain.as_str(), rule.action.as_str())) {
                 continue;
             }
@@ -197,12 +214,11 @@ impl Engine {
     }
 
     fn partition(&self, domain: &str, action: &str) -> Option<&Partition> {
-        let key = |d: &str, a: &str| (d.to_string(), a.to_string());
-        self.partitions
-            .get(&key(domain, action))
-            .or_else(|| self.partitions.get(&key(domain, "*")))
-            .or_else(|| self.partitions.get(&key("*", action)))
-            .or_else(|| self.partitions.get(&key("*", "*")))
+        let get = |d: &str, a: &str| self.partitions.get(d).and_then(|by_action| by_action.get(a));
+        get(domain, action)
+            .or_else(|| get(domain, "*"))
+            .or_else(|| get("*", action))
+            .or_else(|| get("*", "*"))
     }
 
     /// Every role the subjects hold in `domain`, directly or through other roles.
@@ -245,14 +261,14 @@ impl Engine {
         let wanted = if allowed { Effect::Allow } else { Effect::Deny };
         let rule = matched
             .iter()
-            .filter_map(|i| self.rules.get(usize::try_from(*i).ok()?))
+            .filter_map(|i| self.set.rules.get(usize::try_from(*i).ok()?))
             .find(|r| r.effect == wanted)
             .cloned();
         Ok(Verdict { allowed, rule, roles })
     }
 
     pub fn rules(&self) -> &[Arc<Rule>] {
-        &self.rules
+        &self.set.rules
     }
 }
 
@@ -270,46 +286,28 @@ fn casbin_line(rule: &Rule, index: usize, has_effect: bool) -> Vec<String> {
     line
 }
 
-async fn partition(set: &PolicySet, lines: Vec<Vec<String>>) -> Result<Partition, LoadError> {
-    let at = || Some(set.model.matcher_origin.clone());
-    let casbin_error = |e: casbin::Error| LoadError::one(at(), format!("Casbin refused the model: {e}"));
-    let model = DefaultModel::from_str(&set.model.casbin_text)
-        .await
-        .map_err(casbin_error)?;
-    let mut enforcer = casbin::Enforcer::new(model, MemoryAdapter::default())
-        .await
-        .map_err(casbin_error)?;
+async fn partition(model: DefaultModel, lines: Vec<Vec<String>>) -> casbin::Result<Partition> {
+    let mut enforcer = casbin::Enforcer::new(model, MemoryAdapter::default()).await?;
     enforcer.enable_auto_save(false);
     enforcer.add_function("resourceMatch", OperatorFunction::Arg2(pattern::resource_match));
     enforcer.add_function("portcullisRule", OperatorFunction::Arg1(portcullis_rule));
     let len = lines.len();
     if !lines.is_empty() {
-        enforcer.add_policies(lines).await.map_err(casbin_error)?;
+        enforcer.add_policies(lines).await?;
     }
     Ok(Partition { enforcer, len })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::authz::policy::parse;
 
     const MODEL: &str = include_str!("../../policies/model.conf");
 
     async fn engine(csv: &str) -> Engine {
-        let set = parse(Path::new("p"), MODEL, &[("policy.csv".into(), csv.into())]).unwrap();
+        let set = parse(MODEL, &[("policy.csv".into(), csv.into())]).unwrap();
         Engine::build(set).await.unwrap()
-    }
-
-    fn query(subjects: &[&str], domain: &str, object: &str, action: &str) -> Query {
-        Query {
-            subjects: subjects.iter().map(|s| (*s).to_string()).collect(),
-            domain: domain.into(),
-            object: object.into(),
-            action: action.into(),
-        }
     }
 
     const POLICY: &str = "\
@@ -327,7 +325,7 @@ g, user:root, role:admin, *
     async fn a_group_from_the_token_grants_its_roles_and_their_parents() {
         let e = engine(POLICY).await;
         let v = e
-            .evaluate(&query(
+            .evaluate(&Query::new(
                 &["user:alice", "group:data-eng"],
                 "airflow",
                 "dag:etl_daily",
@@ -338,7 +336,7 @@ g, user:root, role:admin, *
         assert_eq!(v.rule.unwrap().origin.line, 2);
         assert_eq!(v.roles, ["role:deployer", "role:operator", "role:viewer"]);
         let v = e
-            .evaluate(&query(
+            .evaluate(&Query::new(
                 &["user:alice", "group:data-eng"],
                 "airflow",
                 "dag:reporting",
@@ -347,7 +345,12 @@ g, user:root, role:admin, *
             .unwrap();
         assert_eq!(v.rule.unwrap().origin.line, 1);
         let v = e
-            .evaluate(&query(&["user:alice"], "airflow", "dag:etl_daily", "trigger"))
+            .evaluate(&Query::new(
+                &["user:alice"],
+                "airflow",
+                "dag:etl_daily",
+                "trigger",
+            ))
             .unwrap();
         assert!(!v.allowed && v.rule.is_none());
     }
@@ -356,7 +359,7 @@ g, user:root, role:admin, *
     async fn a_deny_rule_overrides_and_is_named() {
         let e = engine(POLICY).await;
         let v = e
-            .evaluate(&query(
+            .evaluate(&Query::new(
                 &["group:data-eng"],
                 "airflow",
                 "dag:etl_secret",
@@ -371,18 +374,28 @@ g, user:root, role:admin, *
     async fn roles_do_not_leak_across_domains_and_names_do_not_clash() {
         let e = engine(POLICY).await;
         assert!(
-            !e.evaluate(&query(&["group:data-eng"], "tekton", "dag:etl_daily", "trigger"))
-                .unwrap()
-                .allowed
+            !e.evaluate(&Query::new(
+                &["group:data-eng"],
+                "tekton",
+                "dag:etl_daily",
+                "trigger"
+            ))
+            .unwrap()
+            .allowed
         );
         // A user or group literally named like a role holds nothing.
         assert!(
-            !e.evaluate(&query(&["user:role:deployer"], "airflow", "dag:etl_a", "trigger"))
-                .unwrap()
-                .allowed
+            !e.evaluate(&Query::new(
+                &["user:role:deployer"],
+                "airflow",
+                "dag:etl_a",
+                "trigger"
+            ))
+            .unwrap()
+            .allowed
         );
         assert!(
-            !e.evaluate(&query(&["group:role:admin"], "gitlab", "project:1", "read"))
+            !e.evaluate(&Query::new(&["group:role:admin"], "gitlab", "project:1", "read"))
                 .unwrap()
                 .allowed
         );
@@ -396,7 +409,9 @@ g, user:root, role:admin, *
             ("tekton", "create"),
             ("unknown", "anything"),
         ] {
-            let v = e.evaluate(&query(&["user:root"], domain, "x/y", action)).unwrap();
+            let v = e
+                .evaluate(&Query::new(&["user:root"], domain, "x/y", action))
+                .unwrap();
             assert!(v.allowed, "{domain} {action}");
             assert_eq!(v.rule.unwrap().origin.line, 3);
         }
@@ -409,6 +424,10 @@ g, user:root, role:admin, *
             "p, role:a, d, o, read\ng, role:a, role:b, d\ng, role:b, role:a, d\ng, user:x, role:a, d\n",
         )
         .await;
-        assert!(e.evaluate(&query(&["user:x"], "d", "o", "read")).unwrap().allowed);
+        assert!(
+            e.evaluate(&Query::new(&["user:x"], "d", "o", "read"))
+                .unwrap()
+                .allowed
+        );
     }
 }

@@ -71,23 +71,25 @@ impl Snapshot {
         }
     }
 
-    async fn decide(&self, query: Query) -> (Result<Arc<Verdict>, engine::EvalError>, bool) {
-        if let Some(hit) = self.cache.get(&query) {
+    /// The cached verdict, or a fresh one (cached when it evaluated). The key is cloned only
+    /// for a miss.
+    async fn decide(&self, query: &Query) -> (Result<Arc<Verdict>, engine::EvalError>, bool) {
+        if let Some(hit) = self.cache.get(query) {
             return (Ok(hit), true);
         }
         let engine = self.engine.clone();
         let verdict = if engine.partition_size(&query.domain, &query.action) <= INLINE_RULES {
-            engine.evaluate(&query)
+            engine.evaluate(query)
         } else {
             let key = query.clone();
             match tokio::task::spawn_blocking(move || engine.evaluate(&key)).await {
                 Ok(v) => v,
-                Err(e) => Err(engine::EvalError::new(e.to_string())),
+                Err(e) => Err(engine::EvalError(e.to_string())),
             }
         };
         let verdict = verdict.map(Arc::new);
         if let Ok(v) = &verdict {
-            self.cache.insert(query, v.clone());
+            self.cache.insert(query.clone(), v.clone());
         }
         (verdict, false)
     }
@@ -101,6 +103,8 @@ pub struct Settings {
     /// Run `tests/*.toml` before a version goes into force.
     pub run_tests: bool,
     pub cache_capacity: u64,
+    /// Name the missing permission in 403 bodies.
+    pub show_missing_permission: bool,
 }
 
 /// The result of checking one request.
@@ -116,10 +120,6 @@ pub struct Checked {
 }
 
 impl Checked {
-    pub fn allowed(&self) -> bool {
-        self.verdict.as_ref().is_ok_and(|v| v.allowed)
-    }
-
     /// The shadow policy decided otherwise than the policy in force.
     pub fn disagrees(&self) -> bool {
         self.shadow
@@ -207,20 +207,14 @@ impl Authz {
         self.enforced.load().engine.version().clone()
     }
 
-    pub fn enforced(&self) -> Arc<Snapshot> {
-        self.enforced.load_full()
-    }
-
     /// Decides one request with the policy in force and, beside it, the shadow policy.
-    pub async fn check(&self, query: Query) -> Checked {
+    pub async fn check(&self, query: &Query) -> Checked {
         let started = Instant::now();
         let snapshot = self.enforced.load_full();
-        let shadow = self.shadow.load_full();
-        let shadow_query = shadow.as_ref().map(|_| query.clone());
         let (verdict, cached) = snapshot.decide(query).await;
-        let shadow = match (shadow, shadow_query) {
-            (Some(s), Some(q)) => s.decide(q).await.0.ok().map(|v| v.allowed),
-            _ => None,
+        let shadow = match self.shadow.load_full() {
+            Some(shadow) => shadow.decide(query).await.0.ok().map(|v| v.allowed),
+            None => None,
         };
         Checked {
             verdict: verdict.map_err(|e| e.to_string()),
@@ -279,7 +273,6 @@ impl Authz {
         self: &Arc<Self>,
         on_reload: impl Fn(Reloaded) + Send + Sync + 'static,
     ) -> notify::Result<Vec<notify::RecommendedWatcher>> {
-        use notify::{RecursiveMode, Watcher};
         let on_reload = Arc::new(on_reload);
         let mut watchers = Vec::new();
         let dirs = [
@@ -288,24 +281,14 @@ impl Authz {
         ];
         for (which, dir) in dirs {
             let Some(dir) = dir else { continue };
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-            let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.try_send(());
-                }
-            })?;
-            watcher.watch(dir, RecursiveMode::Recursive)?;
+            let paths = [(dir.as_path(), notify::RecursiveMode::Recursive)];
+            let (watcher, mut changes) = crate::watch::watch(paths, Duration::from_millis(250))?;
             watchers.push(watcher);
             let this = self.clone();
             let on_reload = on_reload.clone();
             tokio::spawn(async move {
-                while rx.recv().await.is_some() {
-                    // Editors and `git checkout` write several files: let them all land first.
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    while rx.try_recv().is_ok() {}
-                    let reloaded = this.reload(which).await;
-                    // A save that changed nothing (or only touched a file) is not a new version.
-                    on_reload(reloaded);
+                while changes.next().await {
+                    on_reload(this.reload(which).await);
                 }
             });
         }

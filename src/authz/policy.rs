@@ -97,11 +97,11 @@ pub struct Model {
 /// A policy directory that passed every check.
 #[derive(Debug, Clone)]
 pub struct PolicySet {
-    pub dir: PathBuf,
     /// A content hash over the model and the rule files, in file order: `sha256:` + 16 hex digits.
     pub version: Arc<str>,
     pub model: Model,
-    pub rules: Vec<Rule>,
+    /// Shared with the decisions that name them.
+    pub rules: Vec<Arc<Rule>>,
     pub groupings: Vec<Grouping>,
 }
 
@@ -178,11 +178,11 @@ pub fn load(dir: &Path) -> Result<PolicySet, LoadError> {
             .unwrap_or_default();
         files.push((name, read(&path)?));
     }
-    parse(dir, &model_text, &files)
+    parse(&model_text, &files)
 }
 
 /// Checks a model and rule files given as text: `files` are (file name, content).
-pub fn parse(dir: &Path, model_text: &str, files: &[(String, String)]) -> Result<PolicySet, LoadError> {
+pub fn parse(model_text: &str, files: &[(String, String)]) -> Result<PolicySet, LoadError> {
     let mut problems = Vec::new();
     let model = parse_model(model_text, &mut problems);
     let mut rules = Vec::new();
@@ -195,7 +195,7 @@ pub fn parse(dir: &Path, model_text: &str, files: &[(String, String)]) -> Result
                 line: u32::try_from(i + 1).unwrap_or(u32::MAX),
             };
             match parse_line(line, &origin, model.as_ref().is_some_and(|m| m.has_effect)) {
-                Ok(Some(Line::Rule(rule))) => rules.push(rule),
+                Ok(Some(Line::Rule(rule))) => rules.push(Arc::new(rule)),
                 Ok(Some(Line::Grouping(g))) => groupings.push(g),
                 Ok(None) => {}
                 Err(message) => problems.push(Problem {
@@ -213,7 +213,6 @@ pub fn parse(dir: &Path, model_text: &str, files: &[(String, String)]) -> Result
     }
     match model {
         Some(model) if problems.is_empty() => Ok(PolicySet {
-            dir: dir.to_path_buf(),
             version: version(model_text, files),
             model,
             rules,
@@ -490,7 +489,7 @@ mod tests {
     const MODEL: &str = "[request_definition]\nr = sub, dom, obj, act\n\n[policy_definition]\np = sub, dom, obj, act, eft\n\n[role_definition]\ng = _, _, _\n\n[policy_effect]\ne = some(where (p.eft == allow)) && !some(where (p.eft == deny))\n\n[matchers]\nm = r.dom == p.dom && r.act == p.act && p.sub in r.sub && resourceMatch(r.obj, p.obj)\n";
 
     fn parse_csv(csv: &str) -> Result<PolicySet, LoadError> {
-        parse(Path::new("policies"), MODEL, &[("policy.csv".into(), csv.into())])
+        parse(MODEL, &[("policy.csv".into(), csv.into())])
     }
 
     #[test]
@@ -546,12 +545,7 @@ mod tests {
                 "some(where (p.eft == allow)) && !some(where (p.eft == deny))",
                 "max(p.eft)",
             );
-        let error = parse(
-            Path::new("p"),
-            &bad,
-            &[("policy.csv".into(), "p, role:a, d, o, read\n".into())],
-        )
-        .unwrap_err();
+        let error = parse(&bad, &[("policy.csv".into(), "p, role:a, d, o, read\n".into())]).unwrap_err();
         let lines: Vec<u32> = error.0.iter().map(|p| p.origin.as_ref().unwrap().line).collect();
         assert_eq!(lines, [2, 11]);
     }

@@ -22,7 +22,7 @@ const BUILTIN: &str = include_str!("templates.toml");
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateDef {
-    /// What the template covers (shown by `portcullis policy templates`).
+    /// What the template covers, for the people who read the TOML.
     #[serde(default)]
     pub description: String,
     /// A path value that means "all of them" (Airflow's `~`): it becomes `*` in the object.
@@ -68,7 +68,6 @@ struct CompiledRule {
 #[derive(Debug, Clone)]
 pub struct Template {
     pub name: String,
-    pub description: String,
     any: Option<String>,
     rules: Vec<CompiledRule>,
 }
@@ -84,12 +83,6 @@ pub struct Workflow {
     pub task: Option<String>,
     /// `cicd.pipeline.task.run.id`
     pub task_run: Option<String>,
-}
-
-impl Workflow {
-    pub fn is_empty(&self) -> bool {
-        *self == Workflow::default()
-    }
 }
 
 /// What the policy is asked about.
@@ -137,7 +130,6 @@ impl Template {
         }
         Ok(Template {
             name: name.to_string(),
-            description: def.description.clone(),
             any: def.any.clone(),
             rules,
         })
@@ -273,7 +265,11 @@ impl Templates {
     pub fn load(custom: &BTreeMap<String, TemplateDef>) -> Result<Templates, Vec<String>> {
         let mut errors = Vec::new();
         let mut all = BTreeMap::new();
-        let builtin = builtin_defs();
+        // Part of the binary and checked by a unit test; reported rather than panicking all the same.
+        let builtin: BTreeMap<String, TemplateDef> = toml::from_str(BUILTIN).unwrap_or_else(|e| {
+            errors.push(format!("(built-in templates): {e}"));
+            BTreeMap::new()
+        });
         for (name, def) in builtin.iter().chain(custom.iter()) {
             match Template::compile(name, def) {
                 Ok(t) => {
@@ -295,18 +291,6 @@ impl Templates {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Template>> {
         self.0.values()
-    }
-}
-
-/// The built-in definitions. The file is part of the binary and checked by a unit test, so an
-/// error here is a build defect; it is reported rather than panicking all the same.
-pub fn builtin_defs() -> BTreeMap<String, TemplateDef> {
-    match toml::from_str(BUILTIN) {
-        Ok(defs) => defs,
-        Err(e) => {
-            tracing::error!(error = %e, "the built-in resource templates do not parse");
-            BTreeMap::new()
-        }
     }
 }
 

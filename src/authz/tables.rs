@@ -85,6 +85,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// The target of a policy domain whose requests `resources` (a template name) describes; an
+    /// unknown template name means none (configuration validation refuses those).
+    pub fn new(domain: &str, resources: Option<&str>, templates: &Templates) -> Target {
+        Target {
+            domain: domain.to_string(),
+            template: resources.and_then(|n| templates.get(n)).cloned(),
+        }
+    }
+
     pub fn resource(&self, method: &str, path: &str) -> Resource {
         match &self.template {
             Some(t) => t.resolve(method, path),
@@ -168,7 +177,10 @@ impl Tables {
         let mut out = BTreeMap::new();
         for (_, file) in &self.files {
             for (host, def) in &file.hosts {
-                out.insert(host.to_ascii_lowercase(), target(def, templates));
+                out.insert(
+                    host.to_ascii_lowercase(),
+                    Target::new(&def.domain, def.resources.as_deref(), templates),
+                );
             }
         }
         out
@@ -197,13 +209,6 @@ impl Tables {
     }
 }
 
-fn target(def: &HostDef, templates: &Templates) -> Target {
-    Target {
-        domain: def.domain.clone(),
-        template: def.resources.as_deref().and_then(|n| templates.get(n)).cloned(),
-    }
-}
-
 /// Splits a URL into lower-case host and path.
 pub fn host_and_path(url: &str) -> Result<(String, String), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
@@ -222,7 +227,7 @@ fn run_case(case: &Case, table: &TableFile, engine: &Engine, templates: &Templat
     {
         return Err(format!("no resource template named `{name}`"));
     }
-    let target = target(def, templates);
+    let target = Target::new(&def.domain, def.resources.as_deref(), templates);
     let method = case.method.to_ascii_uppercase();
     let resource = target.resource(&method, &path);
     let query = Query {

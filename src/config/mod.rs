@@ -228,6 +228,12 @@ pub struct Route {
     pub resources: Option<String>,
 }
 
+impl AsRef<Route> for Route {
+    fn as_ref(&self) -> &Route {
+        self
+    }
+}
+
 impl Route {
     /// The policy domain: `policy_domain`, else the name.
     pub fn domain(&self) -> &str {

@@ -6,9 +6,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use notify::RecursiveMode;
 use rustls::ServerConfig;
 
 use crate::admin::Metrics;
@@ -54,21 +55,12 @@ impl ReloadingTls {
 
     /// Watches the certificate and key directories; the watcher lives as long as the returned value.
     pub fn watch(self: &Arc<Self>, metrics: Arc<Metrics>) -> notify::Result<notify::RecommendedWatcher> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.try_send(());
-            }
-        })?;
-        for dir in [parent(&self.cert), parent(&self.key)] {
-            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-        }
+        let (cert_dir, key_dir) = (parent(&self.cert), parent(&self.key));
+        let dirs = [cert_dir.as_path(), key_dir.as_path()].map(|d| (d, RecursiveMode::NonRecursive));
+        let (watcher, mut changes) = crate::watch::watch(dirs, Duration::from_millis(200))?;
         let this = self.clone();
         tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                // Writers replace cert and key one after the other: let both land first.
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                while rx.try_recv().is_ok() {}
+            while changes.next().await {
                 this.reload(&metrics);
             }
         });

@@ -41,18 +41,29 @@ impl Route {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    exact: HashMap<String, Vec<Arc<Route>>>,
-    /// (suffix including the leading dot, routes), longest suffix first.
-    wildcard: Vec<(String, Vec<Arc<Route>>)>,
+impl AsRef<config::Route> for Route {
+    fn as_ref(&self) -> &config::Route {
+        &self.config
+    }
 }
 
-impl RouteTable {
-    pub fn new(routes: Vec<Arc<Route>>) -> Self {
-        let mut table = RouteTable::default();
+/// Routes by host and path. Generic over what a route carries, so `policy explain` resolves a
+/// URL from bare configured routes exactly as the proxy does from built ones.
+#[derive(Debug)]
+pub struct RouteTable<R = Route> {
+    exact: HashMap<String, Vec<Arc<R>>>,
+    /// (suffix including the leading dot, routes), longest suffix first.
+    wildcard: Vec<(String, Vec<Arc<R>>)>,
+}
+
+impl<R: AsRef<config::Route>> RouteTable<R> {
+    pub fn new(routes: Vec<Arc<R>>) -> Self {
+        let mut table = RouteTable {
+            exact: HashMap::new(),
+            wildcard: Vec::new(),
+        };
         for route in routes {
-            for host in &route.config.hosts {
+            for host in &(*route).as_ref().hosts {
                 let host = host.to_ascii_lowercase();
                 match host.strip_prefix('*') {
                     Some(suffix) => match table.wildcard.iter_mut().find(|(s, _)| s == suffix) {
@@ -63,8 +74,8 @@ impl RouteTable {
                 }
             }
         }
-        let by_prefix_len = |list: &mut Vec<Arc<Route>>| {
-            list.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
+        let by_prefix_len = |list: &mut Vec<Arc<R>>| {
+            list.sort_by_key(|r| std::cmp::Reverse((**r).as_ref().path_prefix.len()));
         };
         table.exact.values_mut().for_each(by_prefix_len);
         table
@@ -88,7 +99,7 @@ impl RouteTable {
 
     /// The route for a canonical host and path. A host that has routes but none for this path
     /// does not fall through to a wildcard: the most specific host owns its whole namespace.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<R>> {
         let candidates = match self.exact.get(host) {
             Some(list) => list,
             None => {
@@ -101,7 +112,7 @@ impl RouteTable {
         };
         candidates
             .iter()
-            .find(|r| prefix_matches(&r.config.path_prefix, path))
+            .find(|r| prefix_matches(&(***r).as_ref().path_prefix, path))
     }
 }
 

@@ -46,8 +46,6 @@ pub struct Proxy {
     authn: Arc<Authn>,
     /// Present when some route is `protected`.
     authz: Option<Arc<Authz>>,
-    /// Tell a refused caller which permission was missing (`policy.show_missing_permission`).
-    show_missing: bool,
     trusted_proxies: Vec<IpNet>,
     audit: Arc<dyn AuditSink>,
     metrics: Arc<Metrics>,
@@ -68,20 +66,15 @@ impl Proxy {
     pub fn new(
         routes: RouteTable,
         authn: Arc<Authn>,
-        authz: Option<(Arc<Authz>, bool)>,
+        authz: Option<Arc<Authz>>,
         trusted_proxies: Vec<IpNet>,
         audit: Arc<dyn AuditSink>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (authz, show_missing) = match authz {
-            Some((authz, show)) => (Some(authz), show),
-            None => (None, false),
-        };
         Proxy {
             routes,
             authn,
             authz,
-            show_missing,
             trusted_proxies,
             audit,
             metrics,
@@ -195,7 +188,11 @@ impl Proxy {
                 let missing = ctx
                     .policy
                     .as_ref()
-                    .filter(|_| self.show_missing)
+                    .filter(|_| {
+                        self.authz
+                            .as_ref()
+                            .is_some_and(|a| a.settings.show_missing_permission)
+                    })
                     .map(|p| format!("{} on {} in {}", p.action, p.object, p.domain));
                 return Err(ProxyError::Forbidden { missing });
             }
@@ -215,10 +212,10 @@ impl Proxy {
         let query = Query {
             subjects: authz::subjects(principal),
             domain: target.domain.clone(),
-            object: resource.object.clone(),
-            action: resource.action.clone(),
+            object: resource.object,
+            action: resource.action,
         };
-        let checked = authz.check(query).await;
+        let checked = authz.check(&query).await;
         self.metrics.policy_decision(checked.cached);
         let shadow = checked.shadow.map(|s| if s { "allow" } else { "deny" });
         if checked.disagrees() {
@@ -234,9 +231,9 @@ impl Proxy {
         };
         let workflow = resource.workflow;
         ctx.policy = Some(PolicyFields {
-            domain: target.domain.clone(),
-            object: bounded(&resource.object, 256),
-            action: bounded(&resource.action, 64),
+            domain: query.domain,
+            object: bounded(&query.object, 256),
+            action: bounded(&query.action, 64),
             rule: checked
                 .verdict
                 .as_ref()
