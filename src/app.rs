@@ -78,7 +78,7 @@ fn report_reload(reloaded: Reloaded, metrics: &Metrics, audit: &dyn AuditSink) {
     metrics.policy_reload(which.as_str(), reloaded.outcome.is_ok());
     let event = match reloaded.outcome {
         Ok(version) => {
-            tracing::info!(policy = which.as_str(), %version, "policy reloaded");
+            tracing::info!(policy = which.as_str(), %version, "policy in force");
             policy_event(which, "loaded", Some(version), reloaded.in_force, Vec::new())
         }
         Err(e) => {
@@ -220,8 +220,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
 
     let templates =
         Templates::load(&config.resource_templates).map_err(|e| StartError::Templates(e.join("; ")))?;
-    let needs_policy = config.routes.iter().any(|r| r.access == Access::Protected);
-    let authz = if needs_policy {
+    let authz = if config.needs_policy() {
         let p = &config.policy;
         let settings = Settings {
             dir: p.dir.clone(),
@@ -235,14 +234,13 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
                 .await
                 .map_err(StartError::Policy)?,
         );
-        metrics.policy_reload(Which::Enforced.as_str(), true);
-        audit.emit(policy_event(
-            Which::Enforced,
-            "loaded",
-            Some(authz.version()),
-            Some(authz.version()),
-            Vec::new(),
-        ));
+        let version = authz.version();
+        let loaded = Reloaded {
+            which: Which::Enforced,
+            outcome: Ok(version.clone()),
+            in_force: Some(version),
+        };
+        report_reload(loaded, &metrics, &*audit);
         Some(authz)
     } else {
         None

@@ -34,6 +34,11 @@ impl ProxyError {
         ProxyError::Denied { reason, detail }
     }
 
+    /// A refusal with the reason's own client-facing message.
+    pub fn deny(reason: Reason) -> Self {
+        ProxyError::denied(reason, reason.message())
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Denied { reason, .. } => reason.status(),

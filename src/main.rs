@@ -166,11 +166,7 @@ fn main() -> ExitCode {
         Command::Policy { command } => policy_command(command),
         Command::CheckConfig { config } => match portcullis::config::load(&config) {
             Ok(c) => {
-                let protected = c
-                    .routes
-                    .iter()
-                    .any(|r| r.access == portcullis::config::Access::Protected);
-                if protected {
+                if c.needs_policy() {
                     // The policy is part of what `serve` would refuse to start with.
                     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                     let Ok(runtime) = runtime else {

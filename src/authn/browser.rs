@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 use openidconnect::url::form_urlencoded;
 
 use super::http::IdpClient;
@@ -28,7 +27,7 @@ use crate::admin::Metrics;
 use crate::config::{BrowserClient as ClientConfig, Sessions};
 use crate::decision::Reason;
 use crate::error::{ProxyError, html_escape};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{ProxyBody, full};
 use crate::proxy::canonical::Canonical;
 use crate::session::{PendingLogin, Secret, Session, SessionId, SessionStore, StoreError};
 
@@ -339,12 +338,12 @@ impl Browser {
         let discovered = client
             .metadata(client.provider.config.jwks_refresh)
             .await
-            .map_err(deny)?;
+            .map_err(ProxyError::deny)?;
         let redirect_url = origin.url(&format!("{RESERVED}callback"));
         let login = oidc::start_login(&client.rp(&discovered.metadata, &redirect_url), &client.scopes)
             .map_err(|e| {
                 tracing::warn!(provider = %client.name(), error = %e, "cannot start a sign-in");
-                deny(Reason::IdpUnavailable)
+                ProxyError::deny(Reason::IdpUnavailable)
             })?;
         // Several tabs signing in at once share one binding, so neither callback is refused.
         let binding = match cookie(headers, LOGIN_COOKIE).filter(|b| b.len() == 43) {
@@ -358,7 +357,6 @@ impl Browser {
             return_to,
             redirect_url,
             binding: sha256_hex(&binding),
-            created: SystemTime::now(),
         };
         self.store
             .put_login(&login.state, pending)
@@ -403,8 +401,8 @@ impl Browser {
                 };
                 let response = match chosen {
                     Some(client) => self.start(client, &origin, headers, return_to).await?,
-                    None if options.is_empty() => return Err(deny(Reason::RouteNotFound)),
-                    None => html(StatusCode::OK, &chooser_page(&options, &return_to), &[]),
+                    None if options.is_empty() => return Err(ProxyError::deny(Reason::RouteNotFound)),
+                    None => html(chooser_page(&options, &return_to)),
                 };
                 Ok(Served {
                     response,
@@ -420,18 +418,14 @@ impl Browser {
             }
             "sign_out" if read_only || *method == Method::POST => self.sign_out(&origin, headers).await,
             "signed_out" if read_only => Ok(Served {
-                response: html(
-                    StatusCode::OK,
-                    &page(
-                        "Signed out",
-                        "<p>You have signed out.</p><p><a href=\"/\">Sign in again</a></p>",
-                    ),
-                    &[],
-                ),
+                response: html(page(
+                    "Signed out",
+                    "<p>You have signed out.</p><p><a href=\"/\">Sign in again</a></p>",
+                )),
                 reason: Reason::SignedOut,
                 principal: None,
             }),
-            _ => Err(deny(Reason::RouteNotFound)),
+            _ => Err(ProxyError::deny(Reason::RouteNotFound)),
         }
     }
 
@@ -446,7 +440,7 @@ impl Browser {
         // Taken, not read: a replayed callback finds nothing.
         let pending = match self.store.take_login(state).await {
             Ok(Some(p)) if !state.is_empty() => p,
-            Ok(_) => return Err(deny(Reason::StateMismatch)),
+            Ok(_) => return Err(ProxyError::deny(Reason::StateMismatch)),
             Err(e) => return Err(store_error(e)),
         };
         let bound = cookie(headers, LOGIN_COOKIE).is_some_and(|b| {
@@ -458,34 +452,40 @@ impl Browser {
         });
         let expected_callback = origin.url(&format!("{RESERVED}callback"));
         if !bound || pending.redirect_url != expected_callback {
-            return Err(deny(Reason::StateMismatch));
+            return Err(ProxyError::deny(Reason::StateMismatch));
         }
         if let Some(error) = error {
             tracing::info!(provider = %pending.provider, error = %bounded(&error), "the provider refused the sign-in");
-            return Err(deny(Reason::LoginFailed));
+            return Err(ProxyError::deny(Reason::LoginFailed));
         }
-        let code = code.ok_or_else(|| deny(Reason::LoginFailed))?;
+        let code = code.ok_or_else(|| ProxyError::deny(Reason::LoginFailed))?;
         let client = self
             .client(&pending.provider)
-            .ok_or_else(|| deny(Reason::LoginFailed))?;
+            .ok_or_else(|| ProxyError::deny(Reason::LoginFailed))?;
         let config = &client.provider.config;
-        let discovered = client.metadata(config.jwks_refresh).await.map_err(deny)?;
+        let discovered = client
+            .metadata(config.jwks_refresh)
+            .await
+            .map_err(ProxyError::deny)?;
         let rp = client.rp(&discovered.metadata, &pending.redirect_url);
         let response = oidc::redeem_code(&rp, &client.http, &code, &pending.pkce_verifier)
             .await
-            .map_err(deny)?;
+            .map_err(ProxyError::deny)?;
         let finished = match oidc::verify_login(&rp, config, &response, &pending.nonce) {
             Ok(finished) => finished,
             // The provider may have rotated its keys since discovery: look once more.
             Err(IdTokenError::Keys) => {
-                let fresh = client.metadata(config.jwks_min_refetch).await.map_err(deny)?;
+                let fresh = client
+                    .metadata(config.jwks_min_refetch)
+                    .await
+                    .map_err(ProxyError::deny)?;
                 let rp = client.rp(&fresh.metadata, &pending.redirect_url);
                 oidc::verify_login(&rp, config, &response, &pending.nonce).map_err(|e| match e {
-                    IdTokenError::Keys => deny(Reason::BadSignature),
-                    IdTokenError::Refused(reason) => deny(reason),
+                    IdTokenError::Keys => ProxyError::deny(Reason::BadSignature),
+                    IdTokenError::Refused(reason) => ProxyError::deny(reason),
                 })?
             }
-            Err(IdTokenError::Refused(reason)) => return Err(deny(reason)),
+            Err(IdTokenError::Refused(reason)) => return Err(ProxyError::deny(reason)),
         };
 
         // A new id at every sign-in: an id planted before sign-in is worth nothing after it.
@@ -613,13 +613,9 @@ fn sha256_hex(text: &str) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn deny(reason: Reason) -> ProxyError {
-    ProxyError::denied(reason, reason.message())
-}
-
 fn store_error(e: StoreError) -> ProxyError {
     tracing::error!(error = %e, "session store unavailable");
-    deny(Reason::SessionStoreUnavailable)
+    ProxyError::deny(Reason::SessionStoreUnavailable)
 }
 
 fn store_down(e: &StoreError) -> Outcome {
@@ -643,7 +639,7 @@ fn no_store(mut response: Response<ProxyBody>, cookies: &[String]) -> Response<P
 }
 
 fn redirect(location: &str, cookies: &[String]) -> Response<ProxyBody> {
-    let mut response = Response::new(empty());
+    let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::FOUND;
     if let Ok(v) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, v);
@@ -651,13 +647,9 @@ fn redirect(location: &str, cookies: &[String]) -> Response<ProxyBody> {
     no_store(response, cookies)
 }
 
-fn html(status: StatusCode, body: &str, cookies: &[String]) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
+/// A page of the proxy's own (the provider chooser, the signed-out page).
+fn html(body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -669,11 +661,7 @@ fn html(status: StatusCode, body: &str, cookies: &[String]) -> Response<ProxyBod
         "content-security-policy",
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
     );
-    no_store(response, cookies)
-}
-
-fn empty() -> ProxyBody {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+    no_store(response, &[])
 }
 
 fn page(title: &str, body: &str) -> String {

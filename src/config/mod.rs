@@ -42,6 +42,13 @@ pub struct Config {
     pub resource_templates: std::collections::BTreeMap<String, crate::authz::resources::TemplateDef>,
 }
 
+impl Config {
+    /// Whether a route asks the policy (only then is `[policy]` read).
+    pub fn needs_policy(&self) -> bool {
+        self.routes.iter().any(|r| r.access == Access::Protected)
+    }
+}
+
 /// Where the policy lives and how it is enforced.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]

@@ -31,7 +31,7 @@ fn allowed_origin<'a>(cors: &Cors, origin: &'a HeaderValue) -> Option<&'a Header
 
 /// The answer to a preflight: 204 with the route's CORS policy, or 403 `cors_refused`.
 pub fn preflight(cors: &Cors, headers: &HeaderMap) -> Result<Response<ProxyBody>, ProxyError> {
-    let refused = || ProxyError::denied(Reason::CorsRefused, Reason::CorsRefused.message());
+    let refused = || ProxyError::deny(Reason::CorsRefused);
     let origin = headers
         .get(header::ORIGIN)
         .and_then(|o| allowed_origin(cors, o))

@@ -144,8 +144,7 @@ impl Proxy {
             return self.reserved(ctx, canonical, req.headers()).await;
         }
         let route = self.routes.find(&canonical.host, &canonical.path).cloned();
-        let route =
-            route.ok_or_else(|| ProxyError::denied(Reason::RouteNotFound, Reason::RouteNotFound.message()));
+        let route = route.ok_or_else(|| ProxyError::deny(Reason::RouteNotFound));
         ctx.canonical = Some(canonical);
         let route = route?;
         ctx.route = Some(route.clone());
@@ -260,14 +259,18 @@ impl Proxy {
         reason: Reason,
         headers: &http::HeaderMap,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let denied = ProxyError::denied(reason, reason.message());
+        let denied = ProxyError::deny(reason);
         let (Reason::NoCredentials | Reason::SessionExpired, Some(canonical)) = (reason, &ctx.canonical)
         else {
             return Err(denied);
         };
+        // An API call never gets a sign-in page: decide that before looking up providers.
+        if !is_navigation(&canonical.method, headers) {
+            return Err(denied);
+        }
         let browser = &self.authn.browser;
         let options = browser.sign_in_options(&route.providers);
-        if options.is_empty() || !is_navigation(&canonical.method, headers) {
+        if options.is_empty() {
             return Err(denied);
         }
         browser
@@ -282,7 +285,7 @@ impl Proxy {
         canonical: Canonical,
         headers: &http::HeaderMap,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let not_found = || ProxyError::denied(Reason::RouteNotFound, Reason::RouteNotFound.message());
+        let not_found = || ProxyError::deny(Reason::RouteNotFound);
         let canonical = ctx.canonical.insert(canonical);
         if !self.routes.serves_host(&canonical.host) {
             return Err(not_found());

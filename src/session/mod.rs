@@ -108,7 +108,6 @@ pub struct PendingLogin {
     /// SHA-256 (hex) of the login cookie set in the browser that started this sign-in: a
     /// callback from any other browser is refused (login CSRF, stolen `state`).
     pub binding: String,
-    pub created: SystemTime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +216,6 @@ pub(crate) mod conformance {
             return_to: "/".into(),
             redirect_url: "https://app.example/.portcullis/callback".into(),
             binding: "b".into(),
-            created: SystemTime::now(),
         };
         store.put_login("state-1", login).await.unwrap();
         assert!(store.take_login("state-2").await.unwrap().is_none());
