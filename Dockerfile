@@ -19,6 +19,8 @@ USER nonroot:nonroot
 # 8080 HTTP, 8443 HTTPS, 9090 admin (/healthz, /readyz, /metrics). In a container, set the
 # listeners to 0.0.0.0 in the config you mount at /etc/portcullis/portcullis.toml.
 EXPOSE 8080 8443 9090
+# With [audit.otlp], mount persistent storage for the spool (audit.spool.dir), owned by nonroot.
+VOLUME ["/var/lib/portcullis/audit"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["/usr/local/bin/portcullis", "probe", "http://127.0.0.1:9090/healthz"]
 ENTRYPOINT ["/usr/local/bin/portcullis"]

@@ -42,6 +42,8 @@ pub enum StartError {
     },
     #[error("audit.path: cannot open {path}: {source}")]
     Audit { path: String, source: std::io::Error },
+    #[error("{0}")]
+    AuditPipeline(#[from] crate::audit::pipeline::StartError),
     #[error("server.tls: cannot watch the certificate files: {0}")]
     Watch(#[from] notify::Error),
     #[error("{key}: {message}")]
@@ -61,8 +63,6 @@ fn policy_event(
 ) -> crate::audit::Event {
     PolicyEvent {
         time: std::time::SystemTime::now(),
-        schema: crate::audit::SCHEMA_VERSION,
-        act: "policy_reload",
         kind: which.as_str(),
         result,
         version,
@@ -166,11 +166,16 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
     let metrics = Arc::new(Metrics::new());
-    let audit: Arc<dyn AuditSink> =
-        JsonlSink::open(&config.audit.path).map_err(|source| StartError::Audit {
+    // `service.instance.id`: each process numbers and chains its own records.
+    let instance = uuid::Uuid::new_v4().to_string();
+    let audit: Arc<dyn AuditSink> = if config.audit.otlp.is_some() {
+        crate::audit::pipeline::start(&config.audit, &instance, metrics.audit_stats(), provider.clone())?
+    } else {
+        JsonlSink::open(&config.audit.path, &instance).map_err(|source| StartError::Audit {
             path: config.audit.path.clone(),
             source,
-        })?;
+        })?
+    };
 
     let mut providers = Vec::with_capacity(config.identity_providers.len());
     let mut browser_clients = Vec::new();
@@ -215,7 +220,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
         s.lifetime,
         s.login_timeout,
     ));
-    let browser = Browser::new(store, browser_clients, s.clone(), metrics.clone());
+    let browser = Browser::new(store, browser_clients, s.clone(), metrics.clone(), audit.clone());
     let authn = Arc::new(Authn::new(providers, browser));
 
     let templates =
@@ -275,6 +280,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
         config.server.trusted_proxies.clone(),
         audit.clone(),
         metrics.clone(),
+        &config.audit.header_attributes,
     ));
 
     let tls = match (&config.server.tls, bound.https.is_some()) {

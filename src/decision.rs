@@ -78,6 +78,9 @@ pub enum Reason {
     SignedIn,
     /// Allowed: the session was ended.
     SignedOut,
+    /// Denied: the audit trail cannot take more records and the operator chose to fail closed
+    /// (503): nothing is done that could not be recorded.
+    AuditUnavailable,
 }
 
 impl Reason {
@@ -113,6 +116,7 @@ impl Reason {
             Reason::SignInStarted => "sign_in_started",
             Reason::SignedIn => "signed_in",
             Reason::SignedOut => "signed_out",
+            Reason::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -141,6 +145,9 @@ impl Reason {
             Reason::Forbidden => "you are signed in, but the policy does not allow this request",
             Reason::PolicyError => "the access policy could not be evaluated; the request was refused",
             Reason::PayloadTooLarge => "the request body is larger than this route accepts",
+            Reason::AuditUnavailable => {
+                "requests cannot be recorded right now, so none are served; try again shortly"
+            }
             _ => "the request was refused",
         }
     }
@@ -177,7 +184,9 @@ impl Reason {
             Reason::NoCredentials | Reason::LoginFailed | Reason::SessionExpired => StatusCode::UNAUTHORIZED,
             Reason::StateMismatch | Reason::CorsRefused | Reason::Forbidden => StatusCode::FORBIDDEN,
             Reason::PolicyError => StatusCode::INTERNAL_SERVER_ERROR,
-            Reason::IdpUnavailable | Reason::SessionStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::IdpUnavailable | Reason::SessionStoreUnavailable | Reason::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
             Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

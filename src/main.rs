@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Audit trail tools (see docs/audit.md).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Exit 0 if an HTTP GET of URL answers 2xx within 3 s (a container health check that needs
     /// no curl in the image).
     Probe { url: String },
@@ -44,6 +49,13 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check a JSON-lines export or a spool directory: every instance's sequence numbers without
+    /// gaps and its hash chain unbroken. Exit 0 if intact, 1 if not, 2 if unreadable.
+    Verify { path: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +176,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Policy { command } => policy_command(command),
+        Command::Audit {
+            command: AuditCommand::Verify { path },
+        } => match portcullis::audit::verify::verify(&path) {
+            Ok(report) => {
+                print!("{}", report.text());
+                if report.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        },
         Command::CheckConfig { config } => match portcullis::config::load(&config) {
             Ok(c) => {
                 if c.needs_policy() {

@@ -16,7 +16,8 @@ fn every_example_config_loads_and_validates() {
     let mut checked = 0;
     let top = std::fs::read_dir("examples").unwrap();
     let providers = std::fs::read_dir("examples/identity-providers").unwrap();
-    for entry in top.chain(providers) {
+    let audit = std::fs::read_dir("examples/audit").unwrap();
+    for entry in top.chain(providers).chain(audit) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             if let Err(problems) = portcullis::config::load(&path) {
@@ -26,8 +27,8 @@ fn every_example_config_loads_and_validates() {
         }
     }
     assert!(
-        checked >= 7,
-        "expected the quickstart, reference and identity-provider examples"
+        checked >= 9,
+        "expected the quickstart, reference, identity-provider and audit examples"
     );
 }
 

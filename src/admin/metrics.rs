@@ -47,7 +47,13 @@ pub struct Metrics {
     policy_in_force: Family<PolicyLabels, Gauge>,
     policy_decisions: Family<ResultLabels, Counter>,
     policy_shadow_disagreements: Family<RouteLabels, Counter>,
+    audit: crate::audit::AuditStats,
     no_route: RouteLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,7 +134,37 @@ impl Metrics {
             "Requests the shadow policy decided differently from the enforced one, by route",
             policy_shadow_disagreements.clone(),
         );
+        let records = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "audit_records",
+            "Audit records by outcome: exported (from memory), spooled (written to disk), replayed (exported from disk), dropped (lost: counted, never silent)",
+            records.clone(),
+        );
+        let outcome = |outcome| records.get_or_create(&OutcomeLabels { outcome }).clone();
+        let audit = crate::audit::AuditStats {
+            exported: outcome("exported"),
+            spooled: outcome("spooled"),
+            replayed: outcome("replayed"),
+            dropped: outcome("dropped"),
+            ..Default::default()
+        };
+        registry.register(
+            "audit_export_failures",
+            "OTLP export requests that failed (their records went to the spool)",
+            audit.export_failures.clone(),
+        );
+        registry.register(
+            "audit_spool_bytes",
+            "Bytes of audit records waiting on disk",
+            audit.spool_bytes.clone(),
+        );
+        registry.register(
+            "audit_spool_full",
+            "1 while the audit spool is full (fail_closed: requests are refused; fail_open: records are dropped)",
+            audit.spool_full.clone(),
+        );
         Metrics {
+            audit,
             registry,
             policy_reloads,
             policy_in_force,
@@ -142,6 +178,11 @@ impl Metrics {
             tls_reloads,
             no_route: Arc::new(String::new()),
         }
+    }
+
+    /// The audit pipeline's counters (registered here, counted there).
+    pub fn audit_stats(&self) -> crate::audit::AuditStats {
+        self.audit.clone()
     }
 
     /// The label of requests that matched no route.

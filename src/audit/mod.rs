@@ -1,27 +1,84 @@
 //! Typed audit events and where they go.
 //!
 //! One [`AccessEvent`] per request, allowed or denied, emitted once by the decision point in
-//! `proxy::stack`. Field names follow the audit span schema (docs/audit.md), so the OTLP exporter
-//! that arrives later maps them one to one. Secrets are never fields: no token, cookie,
-//! authorization header or query string can be put into an event.
+//! `proxy::stack`, and one event per act of the proxy's own (a policy reload, a session refresh).
+//! Each event becomes one OpenTelemetry span: [`Event::into_span`] is the one place attribute
+//! names are written (docs/audit.md is their reference). Secrets are never fields: no token,
+//! cookie, authorization header or query string can be put into an event.
+//!
+//! Events are sealed (sequence number and hash chain, [`record`]) off the request path and then
+//! delivered: to a JSON-lines file ([`JsonlSink`]) or over OTLP with a disk spool ([`pipeline`]).
 
+pub mod otlp;
+pub mod pipeline;
+pub mod record;
 mod sink;
+pub mod spool;
+pub mod verify;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use serde::{Serialize, Serializer};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry::{Array, KeyValue, StringValue, Value};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData};
 
-pub use sink::{AuditSink, JsonlSink};
+pub use pipeline::AuditStats;
+pub use record::SpanMeta;
+pub use sink::{Intake, JsonlSink};
 
-/// Every kind of audit event, one JSON object per line.
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
+/// Anything that takes audit events.
+pub trait AuditSink: Send + Sync + 'static {
+    fn emit(&self, event: Event);
+    /// Returns once everything emitted before the call is exported or safely on disk.
+    fn flush(&self);
+    /// False while the sink cannot take more records and the operator chose to fail closed:
+    /// new requests are then refused with `audit_unavailable`.
+    fn admits(&self) -> bool {
+        true
+    }
+}
+
+/// Version of the attribute set; bumped when a field changes meaning.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// A span's place in a trace: its own id, and the caller's span when a `traceparent` came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent: Option<SpanId>,
+}
+
+impl TraceIds {
+    /// The root of a new trace.
+    pub fn fresh() -> Self {
+        let ids = RandomIdGenerator::default();
+        TraceIds {
+            trace_id: ids.new_trace_id(),
+            span_id: ids.new_span_id(),
+            parent: None,
+        }
+    }
+
+    /// A new span inside the caller's trace.
+    pub fn child_of(trace_id: TraceId, parent: SpanId) -> Self {
+        TraceIds {
+            trace_id,
+            span_id: RandomIdGenerator::default().new_span_id(),
+            parent: Some(parent),
+        }
+    }
+}
+
+/// Every kind of audit event.
+#[derive(Debug, Clone)]
 pub enum Event {
     Access(Box<AccessEvent>),
     Policy(PolicyEvent),
+    Session(SessionEvent),
 }
 
 impl From<AccessEvent> for Event {
@@ -36,155 +93,289 @@ impl From<PolicyEvent> for Event {
     }
 }
 
+impl From<SessionEvent> for Event {
+    fn from(e: SessionEvent) -> Self {
+        Event::Session(e)
+    }
+}
+
+/// Attributes under construction: names are static, so building one allocates only values.
+struct Attrs(Vec<KeyValue>);
+
+impl Attrs {
+    fn with_capacity(n: usize) -> Self {
+        Attrs(Vec::with_capacity(n))
+    }
+    fn str(&mut self, key: &'static str, value: impl Into<StringValue>) {
+        self.0.push(KeyValue::new(key, Value::String(value.into())));
+    }
+    fn opt(&mut self, key: &'static str, value: Option<impl Into<StringValue>>) {
+        if let Some(v) = value {
+            self.str(key, v);
+        }
+    }
+    fn int(&mut self, key: &'static str, value: u64) {
+        self.0
+            .push(KeyValue::new(key, i64::try_from(value).unwrap_or(i64::MAX)));
+    }
+    fn strings(&mut self, key: &'static str, values: Vec<String>) {
+        let values = values.into_iter().map(StringValue::from).collect();
+        self.0
+            .push(KeyValue::new(key, Value::Array(Array::String(values))));
+    }
+}
+
+fn arc_str(s: &Arc<str>) -> StringValue {
+    StringValue::from(s.clone())
+}
+
+impl Event {
+    /// The event as the span it is exported as (not yet sealed).
+    pub fn into_span(self) -> SpanData {
+        match self {
+            Event::Access(e) => e.into_span(),
+            Event::Policy(e) => e.into_span(),
+            Event::Session(e) => e.into_span(),
+        }
+    }
+}
+
 /// The proxy's own act of loading a policy: a new version went into force, or was rejected
 /// and the previous one stays.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PolicyEvent {
-    #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
-    #[serde(rename = "portcullis.audit.schema")]
-    pub schema: u32,
-    /// `policy_reload`
-    #[serde(rename = "portcullis.act")]
-    pub act: &'static str,
     /// `enforced` or `shadow`.
-    #[serde(rename = "portcullis.policy.kind")]
     pub kind: &'static str,
     /// `loaded` or `rejected`.
-    #[serde(rename = "portcullis.policy.result")]
     pub result: &'static str,
     /// The version that went into force (loaded) or was refused (absent: it did not parse).
-    #[serde(rename = "portcullis.policy.version", skip_serializing_if = "Option::is_none")]
     pub version: Option<Arc<str>>,
     /// The version in force after the act.
-    #[serde(
-        rename = "portcullis.policy.in_force",
-        skip_serializing_if = "Option::is_none"
-    )]
     pub in_force: Option<Arc<str>>,
     /// Why a policy was rejected: `file:line: problem`, one entry each.
-    #[serde(rename = "portcullis.policy.problems", skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
 
-/// Version of the attribute set; bumped when a field changes meaning.
-pub const SCHEMA_VERSION: u32 = 1;
+impl PolicyEvent {
+    fn into_span(self) -> SpanData {
+        let mut a = Attrs::with_capacity(8);
+        a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
+        a.str("portcullis.act", "policy_reload");
+        a.str("portcullis.decision", "allow");
+        a.str("portcullis.policy.kind", self.kind);
+        a.str("portcullis.policy.result", self.result);
+        a.opt("portcullis.policy.version", self.version.as_ref().map(arc_str));
+        a.opt("portcullis.policy.in_force", self.in_force.as_ref().map(arc_str));
+        if !self.problems.is_empty() {
+            a.strings("portcullis.policy.problems", self.problems);
+        }
+        act_span("portcullis.policy_reload", self.time, a)
+    }
+}
+
+/// A browser session's tokens refreshed at the identity provider, or the refresh refused.
+#[derive(Debug, Clone)]
+pub struct SessionEvent {
+    pub time: SystemTime,
+    /// `ok`, `refused` (the session ends) or `unreachable` (kept while its token is valid).
+    pub result: &'static str,
+    pub principal: PrincipalFields,
+    pub kind: &'static str,
+}
+
+impl SessionEvent {
+    fn into_span(self) -> SpanData {
+        let mut a = Attrs::with_capacity(16);
+        a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
+        a.str("portcullis.act", "session_refresh");
+        a.str(
+            "portcullis.decision",
+            if self.result == "refused" { "deny" } else { "allow" },
+        );
+        a.str("portcullis.session.refresh", self.result);
+        a.str("portcullis.principal.kind", self.kind);
+        a.str("portcullis.auth.method", "session");
+        self.principal.write(&mut a);
+        act_span("portcullis.session_refresh", self.time, a)
+    }
+}
+
+fn act_span(name: &'static str, time: SystemTime, a: Attrs) -> SpanData {
+    SpanMeta {
+        name: Cow::Borrowed(name),
+        kind: SpanKind::Internal,
+        trace: TraceIds::fresh(),
+        start: time,
+        end: time,
+        error: None,
+    }
+    .into_span(a.0)
+}
 
 /// The record of one access decision.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct AccessEvent {
-    /// When the request arrived; written as RFC 3339 UTC (formatted by the writer, off the request path).
-    #[serde(serialize_with = "rfc3339")]
+    /// When the request arrived.
     pub time: SystemTime,
-    #[serde(rename = "portcullis.audit.schema")]
-    pub schema: u32,
-    #[serde(rename = "portcullis.request.id")]
+    pub trace: TraceIds,
+    /// Requests to the proxy's own endpoints are acts: `sign_in`, `login`, `logout`.
+    pub act: Option<&'static str>,
     pub request_id: String,
-    #[serde(rename = "portcullis.decision")]
     pub decision: &'static str,
-    #[serde(rename = "portcullis.reason")]
     pub reason: &'static str,
-    #[serde(rename = "portcullis.principal.kind")]
     pub principal_kind: &'static str,
-    #[serde(rename = "portcullis.auth.method")]
     pub auth_method: &'static str,
     /// Who, when a protected route authenticated the caller.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub principal: Option<PrincipalFields>,
-    #[serde(
-        rename = "portcullis.duration.authn_us",
-        skip_serializing_if = "Option::is_none"
-    )]
     pub authn_us: Option<u64>,
-    #[serde(rename = "portcullis.route", skip_serializing_if = "Option::is_none")]
     pub route: Option<Arc<String>>,
-    #[serde(rename = "http.request.method")]
     pub method: Cow<'static, str>,
-    #[serde(rename = "url.scheme")]
     pub scheme: &'static str,
     /// The canonical path; absent when the request was refused before one could be built.
-    #[serde(rename = "url.path", skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    #[serde(rename = "server.address", skip_serializing_if = "Option::is_none")]
     pub server_address: Option<String>,
-    #[serde(rename = "server.port")]
     pub server_port: u16,
-    #[serde(rename = "client.address")]
     pub client_address: IpAddr,
-    #[serde(rename = "network.protocol.version")]
     pub protocol_version: &'static str,
-    #[serde(rename = "user_agent.original", skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
-    #[serde(rename = "http.response.status_code")]
     pub status: u16,
     /// Why the proxy could not complete an allowed request (upstream_unavailable, …).
-    #[serde(rename = "error.type", skip_serializing_if = "Option::is_none")]
     pub error_type: Option<&'static str>,
-    #[serde(
-        rename = "portcullis.duration.upstream_ms",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// The proxy itself failed (a 5xx it made): the span's status is Error.
+    pub failed: bool,
     pub upstream_ms: Option<f64>,
-    #[serde(rename = "portcullis.duration.total_us")]
-    pub total_us: u64,
+    pub total: Duration,
     /// What the policy was asked and answered, on protected routes.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyFields>,
+    /// Workflow attributes from configured request headers (`audit.header_attributes`); the
+    /// resource template's values win over these.
+    pub workflow: Vec<(&'static str, String)>,
+}
+
+impl AccessEvent {
+    fn into_span(self) -> SpanData {
+        let mut a = Attrs::with_capacity(40);
+        a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
+        if let Some(act) = self.act {
+            a.str("portcullis.act", act);
+        }
+        a.str("portcullis.request.id", self.request_id);
+        a.str("portcullis.decision", self.decision);
+        a.str("portcullis.reason", self.reason);
+        a.str("portcullis.principal.kind", self.principal_kind);
+        a.str("portcullis.auth.method", self.auth_method);
+        if let Some(p) = self.principal {
+            p.write(&mut a);
+        }
+        if let Some(us) = self.authn_us {
+            a.int("portcullis.duration.authn_us", us);
+        }
+        if let Some(route) = &self.route {
+            a.str("portcullis.route", route.as_str().to_string());
+        }
+        a.str("http.request.method", self.method);
+        a.str("url.scheme", self.scheme);
+        if let Some(path) = self.path {
+            a.str("url.path", path);
+        }
+        a.opt("server.address", self.server_address);
+        a.int("server.port", u64::from(self.server_port));
+        a.str("client.address", self.client_address.to_string());
+        a.str("network.protocol.version", self.protocol_version);
+        a.opt("user_agent.original", self.user_agent);
+        a.int("http.response.status_code", u64::from(self.status));
+        a.opt("error.type", self.error_type);
+        if let Some(ms) = self.upstream_ms {
+            a.0.push(KeyValue::new("portcullis.duration.upstream_ms", ms));
+        }
+        let total_us = u64::try_from(self.total.as_micros()).unwrap_or(u64::MAX);
+        a.int("portcullis.duration.total_us", total_us);
+        let mut templated: Vec<&'static str> = Vec::new();
+        if let Some(p) = self.policy {
+            a.str("portcullis.policy.domain", p.domain);
+            a.str("portcullis.policy.object", p.object);
+            a.str("portcullis.policy.action", p.action);
+            a.opt("portcullis.policy.rule", p.rule);
+            a.str("portcullis.policy.version", arc_str(&p.version));
+            a.opt("portcullis.policy.shadow_decision", p.shadow);
+            a.int("portcullis.duration.authz_us", p.authz_us);
+            for (key, value) in [
+                ("cicd.pipeline.name", p.pipeline),
+                ("cicd.pipeline.run.id", p.run),
+                ("cicd.pipeline.task.name", p.task),
+                ("cicd.pipeline.task.run.id", p.task_run),
+            ] {
+                if let Some(v) = value {
+                    templated.push(key);
+                    a.str(key, v);
+                }
+            }
+        }
+        for (key, value) in self.workflow {
+            if !templated.contains(&key) {
+                a.str(key, value);
+            }
+        }
+        let name = match self.act {
+            Some("sign_in") => "portcullis.sign_in",
+            Some("login") => "portcullis.login",
+            Some("logout") => "portcullis.logout",
+            _ => "access",
+        };
+        SpanMeta {
+            name: Cow::Borrowed(name),
+            kind: SpanKind::Server,
+            trace: self.trace,
+            start: self.time,
+            end: self.time + self.total,
+            error: self.failed.then(|| self.error_type.unwrap_or(self.reason)),
+        }
+        .into_span(a.0)
+    }
 }
 
 /// The policy question and answer, and the workflow the resource template recognised.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PolicyFields {
-    #[serde(rename = "portcullis.policy.domain")]
     pub domain: String,
-    #[serde(rename = "portcullis.policy.object")]
     pub object: String,
-    #[serde(rename = "portcullis.policy.action")]
     pub action: String,
     /// `file:line` of the rule that decided; absent when no rule matched.
-    #[serde(rename = "portcullis.policy.rule", skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    #[serde(rename = "portcullis.policy.version")]
     pub version: Arc<str>,
-    #[serde(
-        rename = "portcullis.policy.shadow_decision",
-        skip_serializing_if = "Option::is_none"
-    )]
     pub shadow: Option<&'static str>,
-    #[serde(rename = "portcullis.duration.authz_us")]
     pub authz_us: u64,
-    #[serde(rename = "cicd.pipeline.name", skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<String>,
-    #[serde(rename = "cicd.pipeline.run.id", skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
-    #[serde(rename = "cicd.pipeline.task.name", skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
-    #[serde(rename = "cicd.pipeline.task.run.id", skip_serializing_if = "Option::is_none")]
     pub task_run: Option<String>,
 }
 
 /// The principal's attributes. Built from `authn::Principal`; never a token or session id.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PrincipalFields {
-    #[serde(rename = "enduser.id")]
     pub subject: String,
-    #[serde(rename = "portcullis.principal.issuer")]
     pub issuer: String,
-    #[serde(rename = "portcullis.principal.provider")]
     pub provider: String,
-    #[serde(rename = "user.email", skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
-    #[serde(rename = "portcullis.principal.groups")]
     pub groups: Vec<String>,
-    #[serde(rename = "portcullis.client.id", skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
-    #[serde(rename = "portcullis.token.id", skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
-    #[serde(
-        rename = "portcullis.session.id_hash",
-        skip_serializing_if = "Option::is_none"
-    )]
     pub session_id_hash: Option<String>,
+}
+
+impl PrincipalFields {
+    fn write(self, a: &mut Attrs) {
+        a.str("enduser.id", self.subject);
+        a.str("portcullis.principal.issuer", self.issuer);
+        a.str("portcullis.principal.provider", self.provider);
+        a.opt("user.email", self.email);
+        a.strings("portcullis.principal.groups", self.groups);
+        a.opt("portcullis.client.id", self.client_id);
+        a.opt("portcullis.token.id", self.token_id);
+        a.opt("portcullis.session.id_hash", self.session_id_hash);
+    }
 }
 
 impl From<&crate::authn::Principal> for PrincipalFields {
@@ -202,15 +393,39 @@ impl From<&crate::authn::Principal> for PrincipalFields {
     }
 }
 
-fn rfc3339<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_micros(*time))
+/// Client-controlled text (user agents, header values, path parameters): capped in length so
+/// one request cannot bloat the trail, and control characters written as `\u{…}` so a value
+/// cannot forge a log line wherever the span is printed.
+pub fn bounded(value: &str, max: usize) -> String {
+    let cut = value.char_indices().nth(max).map(|(i, _)| i);
+    let kept = cut.map_or(value, |i| value.get(..i).unwrap_or(""));
+    let mut out = if kept.chars().any(char::is_control) {
+        kept.chars()
+            .fold(String::with_capacity(kept.len() + 8), |mut s, c| {
+                if c.is_control() {
+                    s.push_str(&c.escape_unicode().to_string());
+                } else {
+                    s.push(c);
+                }
+                s
+            })
+    } else {
+        kept.to_string()
+    };
+    if cut.is_some() {
+        out.push('…');
+    }
+    out
 }
 
-/// User agents are client-controlled: cap the length so one request cannot bloat the trail.
-/// JSON encoding escapes control characters, so a value cannot forge a line of its own.
-pub fn bounded(value: &str, max: usize) -> String {
-    match value.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", value.get(..i).unwrap_or("")),
-        None => value.to_string(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_text_is_capped_and_control_characters_are_escaped() {
+        assert_eq!(bounded("curl/8.0", 256), "curl/8.0");
+        assert_eq!(bounded("abcdef", 3), "abc…");
+        assert_eq!(bounded("a\nb\tc", 256), "a\\u{a}b\\u{9}c");
     }
 }

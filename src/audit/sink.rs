@@ -1,35 +1,49 @@
-//! Where events go: the JSON-lines sink (stdout or a file).
+//! The intake: where events leave the request path.
 //!
-//! A request only appends its event to a shared batch; one writer thread takes the whole batch
-//! every few milliseconds, serializes it and writes it with one system call. So a request never
-//! waits on disk and never wakes another thread, and a burst costs one write. Nothing is dropped:
-//! when the writer falls far behind, requests wait for it. On shutdown `flush` drains everything.
+//! A request only appends its event to a shared batch; one thread takes the whole batch every
+//! few milliseconds, seals it (sequence numbers and the hash chain, in arrival order) and hands
+//! it to a [`Delivery`]: a JSON-lines file, or the OTLP pipeline with its spool. So a request
+//! never waits on disk or the network and never wakes another thread, and a burst costs one
+//! write. When the sealing thread falls far behind, requests wait for it rather than lose events.
+//! On shutdown [`AuditSink::flush`] drains everything.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::Event;
+use opentelemetry_sdk::trace::SpanData;
 
-/// Anything that takes audit events. The OTLP exporter will be another implementation.
-pub trait AuditSink: Send + Sync + 'static {
-    fn emit(&self, event: Event);
-    /// Returns once everything emitted before the call has been written out.
-    fn flush(&self);
+use super::record::{Sealer, write_line};
+use super::{AuditSink, Event};
+
+/// A sealed record: the span to export and its written line (with the newline).
+#[derive(Debug)]
+pub struct Sealed {
+    pub seq: u64,
+    pub span: SpanData,
+    pub line: Vec<u8>,
 }
 
-/// How often the writer wakes on its own to write what has gathered.
+/// Where sealed records go. Runs on the sealing thread.
+pub trait Delivery: Send + 'static {
+    fn deliver(&mut self, batch: Vec<Sealed>);
+    /// Returns once everything delivered so far is exported or on disk.
+    fn flush(&mut self);
+}
+
+/// How often the sealing thread wakes on its own to take what has gathered.
 const WRITE_INTERVAL: Duration = Duration::from_millis(20);
-/// A batch this large wakes the writer early.
+/// A batch this large wakes it early.
 const WAKE_AT: usize = 4096;
-/// Beyond this many unwritten events, `emit` waits for the writer rather than grow without bound.
+/// Beyond this many unsealed events, `emit` waits rather than grow without bound.
 const MAX_PENDING: usize = 256 * 1024;
 
 #[derive(Default)]
 struct State {
     pending: Vec<Event>,
-    /// Batches handed to the writer so far, and batches it has finished writing.
+    /// Batches handed to the sealing thread so far, and batches it has finished delivering.
     taken: u64,
     written: u64,
     flush_wanted: bool,
@@ -37,48 +51,51 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the writer (a large batch, or a flush).
+    /// Wakes the sealing thread (a large batch, or a flush).
     work: Condvar,
-    /// Wakes those waiting for the writer (space, or a finished flush).
+    /// Wakes those waiting for it (space, or a finished flush).
     done: Condvar,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock only means a writer panicked mid-batch; the queue itself is intact.
+        // A poisoned lock only means the thread panicked mid-batch; the queue itself is intact.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-pub struct JsonlSink {
+/// The audit sink every part of the proxy emits to.
+pub struct Intake {
     shared: Arc<Shared>,
+    admits: Arc<AtomicBool>,
 }
 
-impl JsonlSink {
-    /// `-` writes to standard output; anything else is a file opened for appending.
-    pub fn open(path: &str) -> io::Result<Arc<Self>> {
-        let out: Box<dyn Write + Send> = if path == "-" {
-            Box::new(io::stdout())
-        } else {
-            Box::new(OpenOptions::new().create(true).append(true).open(path)?)
-        };
+impl Intake {
+    /// Starts the sealing thread for `instance` (the `service.instance.id`). `admits` is the
+    /// delivery's answer to [`AuditSink::admits`].
+    pub fn start(
+        instance: &str,
+        delivery: impl Delivery,
+        admits: Arc<AtomicBool>,
+    ) -> io::Result<Arc<Intake>> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             done: Condvar::new(),
         });
-        let writer = shared.clone();
+        let thread = shared.clone();
+        let sealer = Sealer::new(instance);
         std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || write_loop(&writer, BufWriter::with_capacity(256 * 1024, out)))?;
-        Ok(Arc::new(JsonlSink { shared }))
+            .name("audit-seal".into())
+            .spawn(move || seal_loop(&thread, sealer, delivery))?;
+        Ok(Arc::new(Intake { shared, admits }))
     }
 }
 
-fn write_loop(shared: &Shared, mut out: BufWriter<Box<dyn Write + Send>>) {
+fn seal_loop(shared: &Shared, mut sealer: Sealer, mut delivery: impl Delivery) {
     let mut batch = Vec::new();
     loop {
-        {
+        let flush = {
             let mut state = shared.lock();
             if state.pending.is_empty() && !state.flush_wanted {
                 state = match shared.work.wait_timeout(state, WRITE_INTERVAL) {
@@ -87,19 +104,27 @@ fn write_loop(shared: &Shared, mut out: BufWriter<Box<dyn Write + Send>>) {
                 };
             }
             std::mem::swap(&mut batch, &mut state.pending);
-            state.flush_wanted = false;
             state.taken += 1;
+            std::mem::take(&mut state.flush_wanted)
+        };
+        if !batch.is_empty() {
+            let sealed = batch
+                .drain(..)
+                .map(|event| {
+                    let span = sealer.seal(event.into_span());
+                    let mut line = Vec::with_capacity(1024);
+                    write_line(&span, sealer.instance(), &mut line);
+                    Sealed {
+                        seq: sealer.seq(),
+                        span,
+                        line,
+                    }
+                })
+                .collect();
+            delivery.deliver(sealed);
         }
-        for event in batch.drain(..) {
-            let line = serde_json::to_writer(&mut out, &event)
-                .map_err(io::Error::from)
-                .and_then(|()| out.write_all(b"\n"));
-            if let Err(e) = line {
-                tracing::error!(error = %e, "audit sink write failed");
-            }
-        }
-        if let Err(e) = out.flush() {
-            tracing::error!(error = %e, "audit sink flush failed");
+        if flush {
+            delivery.flush();
         }
         let mut state = shared.lock();
         state.written = state.taken;
@@ -108,7 +133,7 @@ fn write_loop(shared: &Shared, mut out: BufWriter<Box<dyn Write + Send>>) {
     }
 }
 
-impl AuditSink for JsonlSink {
+impl AuditSink for Intake {
     fn emit(&self, event: Event) {
         let mut state = self.shared.lock();
         while state.pending.len() >= MAX_PENDING {
@@ -134,6 +159,49 @@ impl AuditSink for JsonlSink {
                 Ok(s) => s,
                 Err(poisoned) => poisoned.into_inner(),
             };
+        }
+    }
+
+    fn admits(&self) -> bool {
+        self.admits.load(Ordering::Relaxed)
+    }
+}
+
+/// Sealed lines to standard output or a file: the sink when no exporter is configured.
+pub struct JsonlSink {
+    out: BufWriter<Box<dyn Write + Send>>,
+}
+
+impl JsonlSink {
+    /// `-` writes to standard output; anything else is a file opened for appending.
+    pub fn open(path: &str, instance: &str) -> io::Result<Arc<Intake>> {
+        let out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(io::stdout())
+        } else {
+            Box::new(OpenOptions::new().create(true).append(true).open(path)?)
+        };
+        let sink = JsonlSink {
+            out: BufWriter::with_capacity(256 * 1024, out),
+        };
+        Intake::start(instance, sink, Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Delivery for JsonlSink {
+    fn deliver(&mut self, batch: Vec<Sealed>) {
+        for record in batch {
+            if let Err(e) = self.out.write_all(&record.line) {
+                tracing::error!(error = %e, "audit sink write failed");
+            }
+        }
+        if let Err(e) = self.out.flush() {
+            tracing::error!(error = %e, "audit sink flush failed");
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.out.flush() {
+            tracing::error!(error = %e, "audit sink flush failed");
         }
     }
 }

@@ -128,6 +128,7 @@ impl BrowserClient {
 pub struct Browser {
     store: Arc<dyn SessionStore>,
     metrics: Arc<Metrics>,
+    audit: Arc<dyn crate::audit::AuditSink>,
     clients: Vec<Arc<BrowserClient>>,
     settings: Sessions,
     /// One refresh at a time per session: a rotated refresh token must not be spent twice.
@@ -170,10 +171,12 @@ impl Browser {
         clients: Vec<Arc<BrowserClient>>,
         settings: Sessions,
         metrics: Arc<Metrics>,
+        audit: Arc<dyn crate::audit::AuditSink>,
     ) -> Self {
         Browser {
             store,
             metrics,
+            audit,
             clients,
             settings,
             refreshing: moka::sync::Cache::builder()
@@ -267,11 +270,21 @@ impl Browser {
             }
             Err(_) => Err(RefreshError::Unreachable),
         };
-        self.metrics.session_refresh(match &refreshed {
+        let result = match &refreshed {
             Ok(_) => "ok",
             Err(RefreshError::Refused) => "refused",
             Err(RefreshError::Unreachable) => "unreachable",
-        });
+        };
+        self.metrics.session_refresh(result);
+        self.audit.emit(
+            crate::audit::SessionEvent {
+                time: SystemTime::now(),
+                result,
+                kind: session.principal.kind.as_str(),
+                principal: crate::audit::PrincipalFields::from(&*session.principal),
+            }
+            .into(),
+        );
         match refreshed {
             Ok(r) => {
                 let principal = match r.principal {

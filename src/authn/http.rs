@@ -25,6 +25,7 @@ pub enum FetchError {
 #[derive(Clone, Debug)]
 pub struct IdpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
 }
 
 impl IdpClient {
@@ -57,7 +58,14 @@ impl IdpClient {
             .wrap_connector(http);
         Ok(IdpClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout: TIMEOUT,
         })
+    }
+
+    /// The same client with another deadline for each of the request and the response body.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Sends one request; redirects are not followed (an IdP's endpoints are named exactly).
@@ -71,12 +79,12 @@ impl IdpClient {
         };
         let (parts, body) = request.into_parts();
         let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
-        let response = tokio::time::timeout(TIMEOUT, self.client.request(request))
+        let response = tokio::time::timeout(self.timeout, self.client.request(request))
             .await
             .map_err(|_| fail("timed out".into()))?
             .map_err(|e| fail(e.to_string()))?;
         let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(TIMEOUT, Limited::new(body, MAX_BODY).collect())
+        let body = tokio::time::timeout(self.timeout, Limited::new(body, MAX_BODY).collect())
             .await
             .map_err(|_| fail("timed out reading the body".into()))?
             .map_err(|e| fail(e.to_string()))?

@@ -178,15 +178,210 @@ impl Default for Admin {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Audit {
-    /// JSON-lines sink for audit events: a file path, or `-` for standard output. Default `-`.
+    /// JSON-lines sink for audit records when no `[audit.otlp]` exporter is configured: a file
+    /// path, or `-` for standard output. Default `-`.
     pub path: String,
+    /// The OTLP exporter (Lightstep, a local OpenTelemetry Collector, any OTLP backend). Default
+    /// none: records go to `path`.
+    pub otlp: Option<Otlp>,
+    /// Where records wait on disk while the collector is slow or down (needed with `otlp`).
+    pub spool: AuditSpool,
+    /// Records held in memory for the exporter before they go to the spool. Default 16384.
+    pub queue_size: usize,
+    /// `service.name` on the exported resource. Default `portcullis`.
+    pub service_name: String,
+    /// `deployment.environment.name` on the exported resource (`production`, `staging`). Default none.
+    pub environment: Option<String>,
+    /// Workflow attributes taken from request headers: attribute name → header name, e.g.
+    /// `"cicd.pipeline.run.id" = "X-Pipeline-Run"`. A resource template's value wins. Values are
+    /// capped at 256 characters. Default none.
+    pub header_attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Audit {
     fn default() -> Self {
-        Audit { path: "-".into() }
+        Audit {
+            path: "-".into(),
+            otlp: None,
+            spool: AuditSpool::default(),
+            queue_size: 16_384,
+            service_name: "portcullis".into(),
+            environment: None,
+            header_attributes: std::collections::BTreeMap::new(),
+        }
     }
 }
+
+/// Presets for well-known OTLP endpoints; every field set explicitly overrides the preset.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpPreset {
+    /// ServiceNow Cloud Observability (Lightstep), US: `https://ingest.lightstep.com:443`, gRPC,
+    /// header `lightstep-access-token` from `LS_ACCESS_TOKEN`.
+    Lightstep,
+    /// The same in the EU: `https://ingest.eu.lightstep.com:443`.
+    LightstepEu,
+    /// A local OpenTelemetry Collector: `http://127.0.0.1:4317` (gRPC) or
+    /// `http://127.0.0.1:4318/v1/traces` (HTTP).
+    Collector,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, to the full URL in `endpoint`.
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Otlp {
+    pub preset: Option<OtlpPreset>,
+    /// Default `grpc` (or the preset's).
+    pub protocol: Option<OtlpProtocol>,
+    /// gRPC: `scheme://host:port`; HTTP: the full URL (`…/v1/traces`). `https` uses TLS with the
+    /// system roots, or `ca`. Required without a preset.
+    pub endpoint: Option<String>,
+    /// PEM CA bundle to trust instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// Extra request headers (gRPC metadata), each with a value from the config, env or a file.
+    pub headers: Vec<OtlpHeader>,
+    /// Lightstep presets: the env variable holding the access token. Default `LS_ACCESS_TOKEN`.
+    pub access_token_env: Option<String>,
+    /// Lightstep presets: a file holding the access token (instead of the env variable).
+    pub access_token_file: Option<PathBuf>,
+    /// One export's deadline. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Spans per export request. Default 1024.
+    pub batch_size: usize,
+}
+
+impl Default for Otlp {
+    fn default() -> Self {
+        Otlp {
+            preset: None,
+            protocol: None,
+            endpoint: None,
+            ca: None,
+            headers: Vec::new(),
+            access_token_env: None,
+            access_token_file: None,
+            timeout: Duration::from_secs(10),
+            batch_size: 1024,
+        }
+    }
+}
+
+/// A header sent with every export. Exactly one of `value`, `value_env`, `value_file`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct OtlpHeader {
+    pub name: String,
+    /// A value that is not a secret.
+    pub value: Option<String>,
+    /// An env variable holding the value (secrets).
+    pub value_env: Option<String>,
+    /// A file holding the value (secrets).
+    pub value_file: Option<PathBuf>,
+}
+
+impl Otlp {
+    pub fn resolved_protocol(&self) -> OtlpProtocol {
+        self.protocol.unwrap_or(OtlpProtocol::Grpc)
+    }
+
+    /// The endpoint, from the config or the preset.
+    pub fn resolved_endpoint(&self) -> Option<String> {
+        if let Some(e) = &self.endpoint {
+            return Some(e.clone());
+        }
+        let http = self.resolved_protocol() == OtlpProtocol::HttpProtobuf;
+        Some(
+            match (self.preset?, http) {
+                (OtlpPreset::Lightstep, false) => "https://ingest.lightstep.com:443",
+                (OtlpPreset::Lightstep, true) => "https://ingest.lightstep.com/traces/otlp/v0.9",
+                (OtlpPreset::LightstepEu, false) => "https://ingest.eu.lightstep.com:443",
+                (OtlpPreset::LightstepEu, true) => "https://ingest.eu.lightstep.com/traces/otlp/v0.9",
+                (OtlpPreset::Collector, false) => "http://127.0.0.1:4317",
+                (OtlpPreset::Collector, true) => "http://127.0.0.1:4318/v1/traces",
+            }
+            .to_string(),
+        )
+    }
+
+    /// The headers, with a Lightstep preset's access token added unless set explicitly.
+    pub fn resolved_headers(&self) -> Vec<OtlpHeader> {
+        let mut headers = self.headers.clone();
+        let lightstep = matches!(self.preset, Some(OtlpPreset::Lightstep | OtlpPreset::LightstepEu));
+        if lightstep
+            && !headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("lightstep-access-token"))
+        {
+            headers.push(OtlpHeader {
+                name: "lightstep-access-token".into(),
+                value: None,
+                value_env: match &self.access_token_file {
+                    Some(_) => None,
+                    None => Some(
+                        self.access_token_env
+                            .clone()
+                            .unwrap_or_else(|| "LS_ACCESS_TOKEN".into()),
+                    ),
+                },
+                value_file: self.access_token_file.clone(),
+            });
+        }
+        headers
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AuditSpool {
+    /// A directory on persistent storage, created with mode 0700 and locked while in use.
+    /// Required with `[audit.otlp]`.
+    pub dir: Option<PathBuf>,
+    /// Most bytes on disk. Default 1073741824 (1 GiB); at least 1048576.
+    pub max_bytes: u64,
+    /// What happens when the spool is full: `fail_closed` (new requests get 503
+    /// `audit_unavailable` until it drains) or `fail_open` (serve, count the dropped records,
+    /// raise `portcullis_audit_spool_full`). Default `fail_closed`.
+    pub when_full: WhenFull,
+}
+
+impl Default for AuditSpool {
+    fn default() -> Self {
+        AuditSpool {
+            dir: None,
+            max_bytes: 1 << 30,
+            when_full: WhenFull::FailClosed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    FailClosed,
+    FailOpen,
+}
+
+/// Attributes `audit.header_attributes` may fill: the workflow ones, never the proxy's own.
+pub const WORKFLOW_ATTRIBUTES: [&str; 9] = [
+    "cicd.pipeline.name",
+    "cicd.pipeline.run.id",
+    "cicd.pipeline.task.name",
+    "cicd.pipeline.task.run.id",
+    "vcs.repository.url.full",
+    "vcs.ref.head.name",
+    "vcs.ref.head.revision",
+    "deployment.id",
+    "deployment.environment.name",
+];
 
 /// Whether a route needs a caller identity.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -76,6 +76,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "use \"-\" for standard output or a file path",
         ));
     }
+    validate_audit(&config.audit, &mut p);
 
     if config.routes.is_empty() {
         p.push(Problem::new(
@@ -551,6 +552,131 @@ pub fn valid_host_pattern(host: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
+}
+
+fn validate_audit(audit: &crate::config::Audit, p: &mut Vec<Problem>) {
+    use crate::config::{OtlpProtocol, WORKFLOW_ATTRIBUTES};
+    if audit.queue_size < 64 {
+        p.push(Problem::new(
+            "audit.queue_size",
+            "must be at least 64",
+            "leave it unset for the default (16384)",
+        ));
+    }
+    if audit.service_name.trim().is_empty() {
+        p.push(Problem::new(
+            "audit.service_name",
+            "must not be empty",
+            "leave it unset for the default (portcullis)",
+        ));
+    }
+    for (attribute, header) in &audit.header_attributes {
+        let at = format!("audit.header_attributes.{attribute:?}");
+        if !WORKFLOW_ATTRIBUTES.contains(&attribute.as_str()) {
+            p.push(Problem::new(
+                at.clone(),
+                format!("{attribute:?} is not a workflow attribute"),
+                format!("use one of {}", WORKFLOW_ATTRIBUTES.join(", ")),
+            ));
+        }
+        let name = header.to_ascii_lowercase().replace(['_', '.'], "-");
+        let secret = ["authorization", "proxy-authorization", "cookie", "set-cookie"]
+            .contains(&name.as_str())
+            || name.starts_with("x-portcullis-")
+            || ["token", "secret", "password", "key", "session"]
+                .iter()
+                .any(|w| name.contains(w));
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            p.push(Problem::new(
+                at,
+                format!("{header:?} is not a header name"),
+                "use e.g. \"X-Pipeline-Run\"",
+            ));
+        } else if secret {
+            p.push(Problem::new(
+                at,
+                format!("{header:?} may carry a credential, which never goes into the audit trail"),
+                "name a header that carries only a workflow id",
+            ));
+        }
+    }
+    let Some(otlp) = &audit.otlp else {
+        return;
+    };
+    if audit.spool.dir.is_none() {
+        p.push(Problem::new(
+            "audit.spool.dir",
+            "is required with [audit.otlp]: records wait there while the collector is down",
+            "set a directory on persistent storage, e.g. \"/var/lib/portcullis/audit\"",
+        ));
+    }
+    if audit.spool.max_bytes < 1 << 20 {
+        p.push(Problem::new(
+            "audit.spool.max_bytes",
+            "must be at least 1048576 (1 MiB)",
+            "leave it unset for the default (1 GiB)",
+        ));
+    }
+    match otlp.resolved_endpoint() {
+        None => p.push(Problem::new(
+            "audit.otlp.endpoint",
+            "is required without a preset",
+            "set endpoint = \"http://127.0.0.1:4317\", or preset = \"lightstep\" or \"collector\"",
+        )),
+        Some(endpoint) => match endpoint.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
+                let has_path = uri.path() != "/" && !uri.path().is_empty();
+                if otlp.resolved_protocol() == OtlpProtocol::HttpProtobuf && !has_path {
+                    p.push(Problem::new(
+                        "audit.otlp.endpoint",
+                        "OTLP/HTTP needs the full URL, path included",
+                        "use e.g. \"http://127.0.0.1:4318/v1/traces\"",
+                    ));
+                }
+            }
+            _ => p.push(Problem::new(
+                "audit.otlp.endpoint",
+                format!("{endpoint:?} is not an http:// or https:// URL"),
+                "use e.g. \"https://ingest.lightstep.com:443\"",
+            )),
+        },
+    }
+    if otlp.timeout.is_zero() {
+        p.push(Problem::new(
+            "audit.otlp.timeout",
+            "must be positive",
+            "use e.g. \"10s\"",
+        ));
+    }
+    if otlp.batch_size == 0 || otlp.batch_size > 8192 {
+        p.push(Problem::new(
+            "audit.otlp.batch_size",
+            "must be between 1 and 8192",
+            "leave it unset for the default (1024)",
+        ));
+    }
+    for (i, h) in otlp.resolved_headers().iter().enumerate() {
+        let at = if i < otlp.headers.len() {
+            format!("audit.otlp.headers[{i}]")
+        } else {
+            "audit.otlp.access_token_env".to_string()
+        };
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+            p.push(Problem::new(
+                format!("{at}.name"),
+                format!("{:?} is not a header name", h.name),
+                "use lower-case letters, digits and dashes",
+            ));
+        }
+        let sources = [h.value.is_some(), h.value_env.is_some(), h.value_file.is_some()];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            p.push(Problem::new(
+                at,
+                "needs exactly one of value, value_env, value_file",
+                "put secrets in value_env or value_file, never in the config text",
+            ));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::authn::Principal;
 use crate::decision::Decision;
 use crate::proxy::canonical::Canonical;
 use crate::proxy::routes::Route;
+use crate::proxy::trace::TraceCtx;
 
 /// Facts about the connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -38,10 +39,14 @@ pub struct RequestCtx {
     pub upstream_duration: Option<Duration>,
     /// What the policy was asked and answered (protected routes).
     pub policy: Option<PolicyFields>,
+    /// The trace the access span joins, and what the upstream is told of it.
+    pub trace: TraceCtx,
+    /// Requests to the proxy's own endpoints: `sign_in`, `login` or `logout`.
+    pub act: Option<&'static str>,
 }
 
 impl RequestCtx {
-    pub fn new(request_id: String, conn: Arc<ConnInfo>) -> Self {
+    pub fn new(request_id: String, conn: Arc<ConnInfo>, trace: TraceCtx) -> Self {
         RequestCtx {
             request_id,
             conn,
@@ -53,6 +58,8 @@ impl RequestCtx {
             authn_duration: None,
             upstream_duration: None,
             policy: None,
+            trace,
+            act: None,
         }
     }
 }

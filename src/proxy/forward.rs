@@ -457,6 +457,7 @@ pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
         insert_value(&mut headers, "x-forwarded-host", &authority);
     }
     insert_value(&mut headers, "x-request-id", &ctx.request_id);
+    ctx.trace.inject(&mut headers);
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }

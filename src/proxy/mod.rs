@@ -7,5 +7,6 @@ pub mod cors;
 pub mod forward;
 pub mod routes;
 mod stack;
+pub mod trace;
 
 pub use stack::Proxy;

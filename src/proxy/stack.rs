@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::admin::Metrics;
-use crate::audit::{AccessEvent, AuditSink, PolicyFields, PrincipalFields, SCHEMA_VERSION, bounded};
+use crate::audit::{AccessEvent, AuditSink, PolicyFields, PrincipalFields, bounded};
 use crate::authn::browser::{RESERVED, is_navigation};
 use crate::authn::{Authn, Outcome, Principal};
 use crate::authz::{self, Authz, Query};
@@ -40,6 +40,7 @@ use crate::proxy::context::{ConnInfo, RequestCtx};
 use crate::proxy::cors;
 use crate::proxy::forward::forward;
 use crate::proxy::routes::{Route, RouteTable};
+use crate::proxy::trace::TraceCtx;
 
 pub struct Proxy {
     routes: RouteTable,
@@ -49,6 +50,8 @@ pub struct Proxy {
     trusted_proxies: Vec<IpNet>,
     audit: Arc<dyn AuditSink>,
     metrics: Arc<Metrics>,
+    /// `audit.header_attributes`: workflow attribute ← request header.
+    header_attributes: Vec<(&'static str, http::HeaderName)>,
 }
 
 /// What the audit event needs from the request after the request itself has moved on.
@@ -60,6 +63,7 @@ struct Seen {
     /// For the CORS headers of the response, on routes with a CORS policy.
     origin: Option<HeaderValue>,
     time: SystemTime,
+    workflow: Vec<(&'static str, String)>,
 }
 
 impl Proxy {
@@ -70,7 +74,18 @@ impl Proxy {
         trusted_proxies: Vec<IpNet>,
         audit: Arc<dyn AuditSink>,
         metrics: Arc<Metrics>,
+        header_attributes: &std::collections::BTreeMap<String, String>,
     ) -> Self {
+        // Validation allows only the workflow attributes, so every name finds its static twin.
+        let header_attributes = header_attributes
+            .iter()
+            .filter_map(|(attribute, header)| {
+                let key = crate::config::WORKFLOW_ATTRIBUTES
+                    .iter()
+                    .find(|a| **a == attribute.as_str())?;
+                Some((*key, http::HeaderName::from_bytes(header.as_bytes()).ok()?))
+            })
+            .collect();
         Proxy {
             routes,
             authn,
@@ -78,6 +93,7 @@ impl Proxy {
             trusted_proxies,
             audit,
             metrics,
+            header_attributes,
         }
     }
 
@@ -92,7 +108,7 @@ impl Proxy {
     /// Serves one request. Never fails: every error becomes a response here.
     pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ProxyBody> {
         let request_id = request_id(req.headers(), conn.trusted);
-        let mut ctx = RequestCtx::new(request_id, conn);
+        let mut ctx = RequestCtx::new(request_id, conn, TraceCtx::join(req.headers()));
         let seen = Seen {
             method: method_name(req.method()),
             version: req.version(),
@@ -103,9 +119,22 @@ impl Proxy {
             wants_html: wants_html(req.headers()),
             origin: req.headers().get(header::ORIGIN).cloned(),
             time: SystemTime::now(),
+            workflow: self
+                .header_attributes
+                .iter()
+                .filter_map(|(key, name)| {
+                    let value = req.headers().get(name)?;
+                    Some((*key, bounded(&String::from_utf8_lossy(value.as_bytes()), 256)))
+                })
+                .collect(),
         };
 
-        let outcome = self.phases(&mut ctx, req).await;
+        // Nothing is done that cannot be recorded (fail-closed audit, spool full).
+        let outcome = if self.audit.admits() {
+            self.phases(&mut ctx, req).await
+        } else {
+            Err(ProxyError::deny(Reason::AuditUnavailable))
+        };
 
         let (mut response, error) = match outcome {
             Ok(response) => (response, None),
@@ -287,6 +316,12 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let not_found = || ProxyError::deny(Reason::RouteNotFound);
         let canonical = ctx.canonical.insert(canonical);
+        ctx.act = match canonical.path.strip_prefix(RESERVED) {
+            Some("sign_in") => Some("sign_in"),
+            Some("callback") => Some("login"),
+            Some("sign_out" | "signed_out") => Some("logout"),
+            _ => None,
+        };
         if !self.routes.serves_host(&canonical.host) {
             return Err(not_found());
         }
@@ -324,10 +359,12 @@ impl Proxy {
             Some(c) => (Some(c.path), Some(c.host), c.port),
             None => (None, None, None),
         };
+        let error_type = error.filter(|e| !e.is_denial()).map(ProxyError::code);
         self.audit.emit(
             AccessEvent {
                 time: seen.time,
-                schema: SCHEMA_VERSION,
+                trace: ctx.trace.ids,
+                act: ctx.act,
                 request_id: ctx.request_id,
                 decision: decision.as_str(),
                 reason: decision.reason().as_str(),
@@ -347,10 +384,13 @@ impl Proxy {
                 protocol_version: version_str(seen.version),
                 user_agent: seen.user_agent,
                 status,
-                error_type: error.filter(|e| !e.is_denial()).map(ProxyError::code),
+                // A 5xx the proxy made (not one the upstream sent) is the proxy failing.
+                failed: error.is_some() && status >= 500,
+                error_type,
                 policy: ctx.policy,
                 upstream_ms: ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
-                total_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                total: elapsed,
+                workflow: seen.workflow,
             }
             .into(),
         );

@@ -7,6 +7,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod collector;
 pub mod idp;
 pub mod issuer;
 
@@ -216,16 +217,20 @@ impl Gateway {
         panic!("the proxy never became ready");
     }
 
-    /// Access events (one per request) written so far, waiting briefly for `at_least` of them.
+    /// Access records (one per request, the proxy's own endpoints included) written so far,
+    /// waiting briefly for `at_least` of them.
     pub async fn audit_events(&self, at_least: usize) -> Vec<serde_json::Value> {
-        self.wait_for(at_least, |e| e.get("portcullis.act").is_none())
+        self.wait_for(at_least, |e| e.get("http.request.method").is_some())
             .await
     }
 
-    /// The proxy's own acts (`portcullis.act`: policy loads, …), waiting briefly for `at_least`.
+    /// The proxy's own acts that are not requests (policy loads, session refreshes), waiting
+    /// briefly for `at_least`.
     pub async fn acts(&self, at_least: usize) -> Vec<serde_json::Value> {
-        self.wait_for(at_least, |e| e.get("portcullis.act").is_some())
-            .await
+        self.wait_for(at_least, |e| {
+            e.get("portcullis.act").is_some() && e.get("http.request.method").is_none()
+        })
+        .await
     }
 
     async fn wait_for(

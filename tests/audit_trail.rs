@@ -1,0 +1,759 @@
+//! The audit trail as an auditor relies on it: one span per action at a real OpenTelemetry
+//! collector (rotel), nothing lost while the collector is down, a spool that survives SIGTERM
+//! and verifies, the operator's fail-closed or fail-open choice, the Lightstep preset over TLS,
+//! and no secret in any attribute.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use support::collector::{Collector, ReceivedSpan, TestPki, TlsFront};
+use support::issuer::TestIssuer;
+use support::{Gateway, Recorder, get};
+use tokio::net::TcpStream;
+
+/// What a client saw for one request: its id (from `X-Request-Id`) and status.
+#[derive(Debug, Clone)]
+struct Sent {
+    id: String,
+    status: u16,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Public,
+    Token,
+    NoToken,
+    BadToken,
+    UnknownHost,
+    Ambiguous,
+}
+
+impl Kind {
+    const ALL: [Kind; 6] = [
+        Kind::Public,
+        Kind::Token,
+        Kind::NoToken,
+        Kind::BadToken,
+        Kind::UnknownHost,
+        Kind::Ambiguous,
+    ];
+
+    /// (decision, reason, route, status) the trail must show.
+    fn expected(self) -> (&'static str, &'static str, Option<&'static str>, u16) {
+        match self {
+            Kind::Public => ("allow", "public_route", Some("app"), 200),
+            Kind::Token => ("allow", "authenticated", Some("api"), 200),
+            Kind::NoToken => ("deny", "no_credentials", Some("api"), 401),
+            Kind::BadToken => ("deny", "bad_signature", Some("api"), 401),
+            Kind::UnknownHost => ("deny", "route_not_found", None, 404),
+            Kind::Ambiguous => ("deny", "ambiguous_path", None, 400),
+        }
+    }
+}
+
+const SECRET_QUERY: &str = "access_token=query-secret-8d1f";
+const COOKIE: &str = "session=cookie-secret-77aa";
+
+fn routes(upstream: &str, issuer: &TestIssuer) -> String {
+    format!(
+        "{}[[routes]]\nname = \"app\"\nhosts = [\"app.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"{upstream}\"\n\
+         [[routes]]\nname = \"api\"\nhosts = [\"api.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"test\"]\n\
+         [routes.upstream]\nurl = \"{upstream}\"\n",
+        issuer.provider_toml("test", "")
+    )
+}
+
+fn otlp(collector: &Collector, spool: &Path, extra: &str) -> String {
+    format!(
+        "[audit.otlp]\nendpoint = \"{}\"\ntimeout = \"2s\"\n{extra}\n[audit.spool]\ndir = {:?}\n",
+        collector.grpc_endpoint(),
+        spool.display().to_string()
+    )
+}
+
+/// One keep-alive connection sending `n` requests of the mix, `offset` choosing where to start.
+async fn client(addr: SocketAddr, token: String, n: usize, offset: usize) -> Vec<Sent> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut sent = Vec::with_capacity(n);
+    for i in 0..n {
+        let kind = Kind::ALL[(i + offset) % Kind::ALL.len()];
+        let (host, path) = match kind {
+            Kind::Public => ("app.test", format!("/items/{i}?{SECRET_QUERY}")),
+            Kind::Token | Kind::NoToken | Kind::BadToken => ("api.test", format!("/jobs/{i}")),
+            Kind::UnknownHost => ("nowhere.test", "/".to_string()),
+            Kind::Ambiguous => ("app.test", "/a%2Fb".to_string()),
+        };
+        let mut req = Request::get(path).header("host", host).header("cookie", COOKIE);
+        match kind {
+            Kind::Token => req = req.header("authorization", format!("Bearer {token}")),
+            Kind::BadToken => {
+                let mut bad = token.clone();
+                bad.truncate(bad.len() - 4);
+                bad.push_str("AAAA");
+                req = req.header("authorization", format!("Bearer {bad}"));
+            }
+            _ => {}
+        }
+        sender.ready().await.unwrap();
+        let response = sender
+            .send_request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let id = response
+            .headers()
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let _ = response.into_body().collect().await;
+        sent.push(Sent { id, status, kind });
+    }
+    sent
+}
+
+async fn load(addr: SocketAddr, token: &str, total: usize, connections: usize) -> Vec<Sent> {
+    let per = total / connections;
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| tokio::spawn(client(addr, token.to_string(), per, c)))
+        .collect();
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// Whether every access span in the snapshot is whole: the collector prints a large export in
+/// pieces, and a snapshot taken mid-print shows the last span with only its first attributes.
+fn whole(spans: &[ReceivedSpan]) -> bool {
+    spans
+        .iter()
+        .filter(|s| s.attr("http.request.method").is_some())
+        .all(|s| s.attr("portcullis.request.id").is_some() && s.attr("portcullis.audit.chain").is_some())
+}
+
+/// At least `n` spans, every one of them whole.
+async fn settled(collector: &Collector, n: usize, secs: u64) -> Vec<ReceivedSpan> {
+    collector.wait_for(n, Duration::from_secs(secs)).await;
+    match collector
+        .wait_until(Duration::from_secs(secs), |spans| {
+            spans.len() >= n && whole(spans)
+        })
+        .await
+    {
+        Ok(spans) => spans,
+        Err(spans) => panic!("only {} whole spans of {n}", spans.len()),
+    }
+}
+
+/// The access spans by request id.
+fn by_request(spans: &[ReceivedSpan]) -> HashMap<String, Vec<&ReceivedSpan>> {
+    let mut map: HashMap<String, Vec<&ReceivedSpan>> = HashMap::new();
+    for s in spans.iter().filter(|s| s.attr("http.request.method").is_some()) {
+        let id = s
+            .str_attr("portcullis.request.id")
+            .unwrap_or_else(|| panic!("an access span without a request id: {s:?}"))
+            .to_string();
+        map.entry(id).or_default().push(s);
+    }
+    map
+}
+
+fn assert_matches(sent: &[Sent], spans: &HashMap<String, Vec<&ReceivedSpan>>, token: &str) {
+    for s in sent {
+        let (decision, reason, route, status) = s.kind.expected();
+        assert_eq!(s.status, status, "{s:?}");
+        let found = spans
+            .get(&s.id)
+            .unwrap_or_else(|| panic!("no span for request {} ({:?})", s.id, s.kind));
+        let span = found[0];
+        assert_eq!(span.name, "access");
+        assert_eq!(span.str_attr("portcullis.decision"), Some(decision), "{s:?}");
+        assert_eq!(span.str_attr("portcullis.reason"), Some(reason), "{s:?}");
+        assert_eq!(span.str_attr("portcullis.route"), route, "{s:?}");
+        assert_eq!(
+            span.attr("http.response.status_code").and_then(Value::as_i64),
+            Some(i64::from(status))
+        );
+        let principal = span.str_attr("enduser.id");
+        if s.kind == Kind::Token {
+            assert_eq!(principal, Some("svc-ci"), "{s:?}");
+            assert_eq!(span.str_attr("portcullis.principal.kind"), Some("user"));
+        } else {
+            assert_eq!(principal, None, "{s:?}");
+            assert_eq!(span.str_attr("portcullis.principal.kind"), Some("anonymous"));
+        }
+    }
+    // No attribute anywhere carries the token, the cookie or the query string.
+    for span in spans.values().flatten() {
+        let text = serde_json::to_string(&span.attributes).unwrap();
+        for secret in [
+            &token[token.len() - 40..],
+            "cookie-secret-77aa",
+            "query-secret-8d1f",
+        ] {
+            assert!(!text.contains(secret), "a span carries a secret: {text}");
+        }
+    }
+}
+
+/// Every instance's sequence numbers, from 1 without a gap.
+fn assert_gap_free(spans: &[ReceivedSpan]) {
+    let mut seqs: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for s in spans {
+        let instance = s
+            .resource_attr("service.instance.id")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string();
+        seqs.entry(instance)
+            .or_default()
+            .push(s.attr("portcullis.audit.seq").unwrap().as_i64().unwrap());
+    }
+    for (instance, mut seq) in seqs {
+        seq.sort_unstable();
+        seq.dedup();
+        let expected: Vec<i64> = (1..=seq.len() as i64).collect();
+        assert_eq!(seq, expected, "instance {instance} has gaps");
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+fn counter(text: &str, outcome: &str) -> f64 {
+    let name = format!("portcullis_audit_records_total{{outcome=\"{outcome}\"}}");
+    text.lines()
+        .find(|l| l.starts_with(&name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_mixed_requests_yield_exactly_one_span_each_at_the_collector() {
+    let collector = Collector::start().await;
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}",
+        routes(&upstream.url(), &issuer),
+        otlp(&collector, spool.path(), "")
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_ready().await;
+    let token = issuer.token("svc-ci");
+
+    let sent = load(gw.http, &token, 10_002, 6).await;
+    assert_eq!(sent.len(), 10_002);
+    let spans = settled(&collector, sent.len(), 60).await;
+    let access: Vec<ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.attr("http.request.method").is_some())
+        .cloned()
+        .collect();
+    assert_eq!(access.len(), sent.len(), "exactly one span per request");
+    let map = by_request(&access);
+    assert_eq!(map.len(), sent.len());
+    assert!(map.values().all(|v| v.len() == 1), "a request has two spans");
+    assert_matches(&sent, &map, &token);
+    assert_gap_free(&spans);
+    let span = &access[0];
+    assert_eq!(span.kind, "SERVER");
+    assert_eq!(span.scope_name, "portcullis.audit");
+    for key in [
+        "service.name",
+        "service.version",
+        "service.instance.id",
+        "host.name",
+    ] {
+        assert!(span.resource_attr(key).is_some(), "resource lacks {key}");
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(counter(&metrics, "dropped"), 0.0);
+    assert!(counter(&metrics, "exported") >= sent.len() as f64);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_stopped_for_30_seconds_under_load_receives_every_span_after_it_restarts() {
+    let mut collector = Collector::start().await;
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}",
+        routes(&upstream.url(), &issuer),
+        otlp(&collector, spool.path(), "")
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_ready().await;
+    let token = issuer.token("svc-ci");
+
+    // Load in rounds for ~40 s; the collector is away from 5 s to 35 s.
+    let started = Instant::now();
+    let addr = gw.http;
+    let load_token = token.clone();
+    let traffic = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while started.elapsed() < Duration::from_secs(40) {
+            all.extend(load(addr, &load_token, 300, 3).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        all
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Stopped, not killed: rotel acknowledges before it prints, so a SIGKILL loses spans it
+    // already accepted (at the collector, not here).
+    collector.stop().await;
+    let before = collector.count();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let metrics = gw.metrics().await;
+    assert!(
+        counter(&metrics, "spooled") > 0.0,
+        "nothing went to the spool while the collector was down"
+    );
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    collector.restart().await;
+    let sent = traffic.await.unwrap();
+    assert!(sent.len() > 3_000, "only {} requests", sent.len());
+
+    let spans = collector
+        .wait_until(Duration::from_secs(90), |spans| {
+            whole(spans) && {
+                let ids = by_request(spans);
+                sent.iter().all(|s| ids.contains_key(&s.id))
+            }
+        })
+        .await
+        .unwrap_or_else(|spans| spans);
+    // Spans received before the stop are in `collector` too: the restarted process keeps them.
+    let map = by_request(&spans);
+    let missing: Vec<&Sent> = sent.iter().filter(|s| !map.contains_key(&s.id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} requests have no span (received {before} before the stop)",
+        missing.len(),
+        sent.len()
+    );
+    assert_matches(&sent, &map, &token);
+    // At least once: a copy may repeat only a batch that was in flight when the collector died,
+    // and a copy is the same span (same span id).
+    let duplicated: Vec<_> = map.values().filter(|v| v.len() > 1).collect();
+    for copies in &duplicated {
+        assert!(copies.iter().all(|c| c.span_id == copies[0].span_id));
+    }
+    assert!(duplicated.len() <= 2 * 1024, "{} duplicates", duplicated.len());
+    assert_gap_free(&spans);
+    let metrics = gw.metrics().await;
+    assert!(counter(&metrics, "replayed") > 0.0);
+    assert_eq!(counter(&metrics, "dropped"), 0.0);
+    gw.stop().await;
+}
+
+/// The real binary, killed on drop.
+struct Proxy(std::process::Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `portcullis serve` on fresh ports with `rest` after the server/admin sections.
+async fn spawn_proxy(dir: &Path, rest: &str, env: &[(&str, &str)]) -> (Proxy, SocketAddr, SocketAddr) {
+    let (http, admin) = (free_port(), free_port());
+    let config = dir.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nhttp = \"127.0.0.1:{http}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{rest}"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(support::binary());
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = Proxy(cmd.spawn().unwrap());
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    for _ in 0..400 {
+        if TcpStream::connect(admin).await.is_ok() && get(admin, "/readyz", &[]).await.0 == StatusCode::OK {
+            return (child, format!("127.0.0.1:{http}").parse().unwrap(), admin);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the proxy never became ready");
+}
+
+async fn sigterm(mut proxy: Proxy) {
+    let pid = proxy.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::task::spawn_blocking(move || proxy.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+async fn public_requests(addr: SocketAddr, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let response = support::send(addr, http::Method::GET, &format!("/r/{i}"), &[], Bytes::new()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        ids.push(response.headers()["x-request-id"].to_str().unwrap().to_string());
+    }
+    ids
+}
+
+fn verify(path: &Path) -> (bool, String) {
+    let out = Command::new(support::binary())
+        .args(["audit", "verify"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_collector_gone_sigterm_leaves_every_record_in_the_spool_which_verifies_and_replays_after_a_restart()
+ {
+    let upstream = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    // Nothing listens on the collector's port yet.
+    let mut collector = Collector::start().await;
+    collector.kill().await;
+    let rest = format!(
+        "{}[audit.otlp]\nendpoint = \"{}\"\ntimeout = \"1s\"\n[audit.spool]\ndir = {:?}\n",
+        support::public_route(&upstream.url()),
+        collector.grpc_endpoint(),
+        spool.display().to_string()
+    );
+    let (proxy, http, _) = spawn_proxy(dir.path(), &rest, &[]).await;
+    let ids = public_requests(http, 300).await;
+    sigterm(proxy).await;
+
+    let (ok, report) = verify(&spool);
+    assert!(ok, "{report}");
+    assert!(report.contains("300 records"), "{report}");
+    let text: String = support_read_spool(&spool);
+    for id in &ids {
+        assert!(text.contains(id.as_str()), "request {id} is not in the spool");
+    }
+    // A tampered spool does not verify.
+    let segment = portcullis::audit::spool::Spool::segment_paths(&spool)
+        .unwrap()
+        .into_iter()
+        .find(|p| std::fs::read_to_string(p).unwrap().contains("\"/r/7\""))
+        .unwrap();
+    let original = std::fs::read_to_string(&segment).unwrap();
+    std::fs::write(&segment, original.replacen("\"/r/7\"", "\"/r/8\"", 1)).unwrap();
+    let (ok, report) = verify(&spool);
+    assert!(!ok, "{report}");
+    assert!(report.contains("BREAK"), "{report}");
+    std::fs::write(&segment, original).unwrap();
+
+    // The collector is back and the proxy restarts on the same spool: the old records go first.
+    collector.restart().await;
+    let (proxy, http, _) = spawn_proxy(dir.path(), &rest, &[]).await;
+    let later = public_requests(http, 5).await;
+    let spans = settled(&collector, 305, 60).await;
+    let map = by_request(&spans);
+    for id in ids.iter().chain(&later) {
+        assert_eq!(map.get(id).map(Vec::len), Some(1), "request {id}");
+    }
+    let instances: std::collections::BTreeSet<&str> = spans
+        .iter()
+        .filter_map(|s| s.resource_attr("service.instance.id").and_then(Value::as_str))
+        .collect();
+    assert_eq!(instances.len(), 2, "each run exports under its own instance id");
+    let first_run = map[&ids[0]][0].resource_attr("service.instance.id").cloned();
+    let second_run = map[&later[0]][0].resource_attr("service.instance.id").cloned();
+    assert_ne!(first_run, second_run);
+    sigterm(proxy).await;
+}
+
+fn support_read_spool(dir: &Path) -> String {
+    portcullis::audit::spool::Spool::segment_paths(dir)
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+async fn fill_until_refused(addr: SocketAddr, max: usize) -> (usize, Option<(u16, String)>) {
+    for i in 0..max {
+        let (status, body) = get(addr, &format!("/fill/{i}"), &[("user-agent", &"x".repeat(200))]).await;
+        if status != StatusCode::OK {
+            return (i, Some((status.as_u16(), body)));
+        }
+    }
+    (max, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_answers_503_audit_unavailable_when_the_spool_is_full_and_serves_again_once_it_drains() {
+    let upstream = Recorder::start().await;
+    let mut collector = Collector::start().await;
+    collector.kill().await;
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}max_bytes = 1048576\nwhen_full = \"fail_closed\"\n",
+        support::public_route(&upstream.url()),
+        otlp(&collector, spool.path(), "")
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_ready().await;
+    let (served, refused) = fill_until_refused(gw.http, 20_000).await;
+    let (status, body) = refused.expect("the spool never filled");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("audit_unavailable"), "{body}");
+    assert!(served > 500, "refused after only {served} requests");
+    let forwarded = upstream.requests().len();
+    assert_eq!(forwarded, served, "a refused request reached the upstream");
+    let metrics = gw.metrics().await;
+    assert_eq!(metric(&metrics, "portcullis_audit_spool_full"), 1.0);
+
+    collector.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _) = get(gw.http, "/after", &[]).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "admission never reopened");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let spans = settled(&collector, served + 1, 60).await;
+    let refusals = spans
+        .iter()
+        .filter(|s| s.str_attr("portcullis.reason") == Some("audit_unavailable"))
+        .count();
+    assert!(refusals >= 1, "the refusal itself was not recorded");
+    let metrics = gw.metrics().await;
+    assert_eq!(counter(&metrics, "dropped"), 0.0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_serves_on_and_counts_the_records_it_drops_when_the_spool_is_full() {
+    let upstream = Recorder::start().await;
+    let mut collector = Collector::start().await;
+    collector.kill().await;
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}max_bytes = 1048576\nwhen_full = \"fail_open\"\n",
+        support::public_route(&upstream.url()),
+        otlp(&collector, spool.path(), "")
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_ready().await;
+    let (served, refused) = fill_until_refused(gw.http, 8_000).await;
+    assert!(refused.is_none(), "fail_open refused a request: {refused:?}");
+    assert_eq!(served, 8_000);
+    // Every record is spooled or counted as dropped (the sealing thread writes every 20 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = gw.metrics().await;
+        if counter(&metrics, "dropped") + counter(&metrics, "spooled") >= 8_000.0 || Instant::now() > deadline
+        {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(metric(&metrics, "portcullis_audit_spool_full"), 1.0, "{metrics}");
+    let dropped = counter(&metrics, "dropped");
+    assert!(dropped > 0.0, "{metrics}");
+    assert_eq!(dropped + counter(&metrics, "spooled"), 8_000.0, "{metrics}");
+    assert_eq!(upstream.requests().len(), 8_000);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lightstep_preset_sends_its_access_token_over_tls() {
+    let collector = Collector::start().await;
+    let pki = TestPki::localhost();
+    let front = TlsFront::start(&collector, &pki.cert_pem, &pki.key_pem).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.write_ca(dir.path());
+    let upstream = Recorder::start().await;
+    let rest = format!(
+        "{}[audit]\nenvironment = \"staging\"\n[audit.otlp]\npreset = \"lightstep\"\nendpoint = \"{}\"\nca = {:?}\n[audit.spool]\ndir = {:?}\n",
+        support::public_route(&upstream.url()),
+        front.endpoint(),
+        ca.display().to_string(),
+        dir.path().join("spool").display().to_string()
+    );
+    let (proxy, http, _) = spawn_proxy(dir.path(), &rest, &[("LS_ACCESS_TOKEN", "ls-token-5f2c9e")]).await;
+    let ids = public_requests(http, 3).await;
+    let spans = settled(&collector, 3, 30).await;
+    let map = by_request(&spans);
+    assert!(ids.iter().all(|id| map.contains_key(id)));
+    let span = map[&ids[0]][0];
+    assert_eq!(
+        span.resource_attr("deployment.environment.name")
+            .and_then(Value::as_str),
+        Some("staging")
+    );
+    let tokens = front.header_log();
+    assert!(!tokens.is_empty(), "nginx saw no request");
+    assert!(tokens.iter().all(|t| t == "ls-token-5f2c9e"), "{tokens:?}");
+    // The token is a header, never an attribute.
+    assert!(
+        !serde_json::to_string(&span.attributes)
+            .unwrap()
+            .contains("ls-token-5f2c9e")
+    );
+    sigterm(proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_http_protobuf_delivers_the_same_spans() {
+    let collector = Collector::start().await;
+    let upstream = Recorder::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[audit.otlp]\nprotocol = \"http_protobuf\"\nendpoint = \"{}\"\n[audit.spool]\ndir = {:?}\n",
+        support::public_route(&upstream.url()),
+        collector.http_endpoint(),
+        spool.path().display().to_string()
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_ready().await;
+    let (status, _) = get(gw.http, "/over-http", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let spans = settled(&collector, 1, 30).await;
+    let access: Vec<_> = spans.iter().filter(|s| s.name == "access").collect();
+    assert_eq!(access.len(), 1);
+    assert_eq!(access[0].str_attr("url.path"), Some("/over-http"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_span_joins_the_caller_s_trace_even_unsampled_and_the_upstream_gets_its_traceparent() {
+    let collector = Collector::start().await;
+    let upstream = Recorder::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}[audit.header_attributes]\n\"cicd.pipeline.run.id\" = \"X-Pipeline-Run\"\n",
+        support::public_route(&upstream.url()),
+        otlp(&collector, spool.path(), "")
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_ready().await;
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let (status, _) = get(
+        gw.http,
+        "/traced",
+        &[
+            ("traceparent", caller),
+            ("tracestate", "vendor=abc"),
+            ("x-pipeline-run", "run-42\tx"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get(gw.http, "/untraced", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let spans = settled(&collector, 2, 30).await;
+    let traced = spans
+        .iter()
+        .find(|s| s.str_attr("url.path") == Some("/traced"))
+        .unwrap();
+    assert_eq!(traced.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(traced.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(traced.str_attr("cicd.pipeline.run.id"), Some("run-42\\u{9}x"));
+    let seen = upstream.requests();
+    let to_upstream = seen.iter().find(|r| r.target == "/traced").unwrap();
+    assert_eq!(
+        to_upstream.header("traceparent").unwrap(),
+        format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-00", traced.span_id)
+    );
+    assert_eq!(to_upstream.header("tracestate").as_deref(), Some("vendor=abc"));
+    // Without a caller's trace, a new one starts and the upstream is told of it.
+    let fresh = spans
+        .iter()
+        .find(|s| s.str_attr("url.path") == Some("/untraced"))
+        .unwrap();
+    assert!(fresh.parent_span_id.is_none());
+    let to_upstream = seen.iter().find(|r| r.target == "/untraced").unwrap();
+    assert_eq!(
+        to_upstream.header("traceparent").unwrap(),
+        format!("00-{}-{}-01", fresh.trace_id, fresh.span_id)
+    );
+    gw.stop().await;
+}
+
+/// A config that names an exporter without a spool, or an unknown preset, is refused with the
+/// key path and a fix.
+#[test]
+fn an_exporter_without_a_spool_directory_is_refused_with_the_key_and_a_fix() {
+    let text = "[audit.otlp]\npreset = \"collector\"\n[audit.header_attributes]\n\"cicd.pipeline.run.id\" = \"Authorization\"\n\"enduser.id\" = \"X-User\"\n[[routes]]\nname = \"a\"\nhosts = [\"a.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"http://127.0.0.1:1\"\n";
+    let config = portcullis::config::parse(text).unwrap();
+    let problems = portcullis::config::validate(&config);
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(paths.contains(&"audit.spool.dir"), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.path.contains("cicd.pipeline.run.id") && p.message.contains("credential")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.path.contains("enduser.id") && p.message.contains("not a workflow attribute")),
+        "{problems:?}"
+    );
+}
