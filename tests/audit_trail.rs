@@ -566,23 +566,58 @@ async fn fail_closed_answers_503_audit_unavailable_when_the_spool_is_full_and_se
     assert_eq!(metric(&metrics, "portcullis_audit_spool_full"), 1.0);
 
     collector.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut refused: u32 = 1;
     loop {
         let (status, _) = get(gw.http, "/after", &[]).await;
         if status == StatusCode::OK {
             break;
         }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        refused += 1;
         assert!(Instant::now() < deadline, "admission never reopened");
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let spans = settled(&collector, served + 1, 60).await;
+    // Every served request's record arrives; only refusals beyond the reserve may be dropped,
+    // and those are counted.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (spans, dropped) = loop {
+        let dropped = counter(&gw.metrics().await, "dropped");
+        let spans = collector.spans();
+        if (spans.len() as f64 + dropped >= (served + refused as usize + 1) as f64 && whole(&spans))
+            || Instant::now() > deadline
+        {
+            break (spans, dropped);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        dropped <= f64::from(refused),
+        "{dropped} records dropped, only {refused} refusals"
+    );
+    let served_records = spans
+        .iter()
+        .filter(|s| s.str_attr("portcullis.reason") == Some("public_route"))
+        .count();
+    assert_eq!(
+        served_records,
+        served + 1,
+        "every served request (and the one after) has its span"
+    );
     let refusals = spans
         .iter()
         .filter(|s| s.str_attr("portcullis.reason") == Some("audit_unavailable"))
         .count();
     assert!(refusals >= 1, "the refusal itself was not recorded");
-    let metrics = gw.metrics().await;
-    assert_eq!(counter(&metrics, "dropped"), 0.0);
+    let refusal = spans
+        .iter()
+        .find(|s| s.str_attr("portcullis.reason") == Some("audit_unavailable"))
+        .unwrap();
+    assert_eq!(refusal.status, "ERROR");
+    assert_eq!(
+        refusal.attr("http.response.status_code").and_then(Value::as_i64),
+        Some(503)
+    );
     gw.stop().await;
 }
 

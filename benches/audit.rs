@@ -1,0 +1,100 @@
+//! Micro-benchmarks of one audit record's cost off the request path: the typed event made into
+//! its span, sealed (sequence number, SHA-256 chain) and written as its line; and the replay side,
+//! a spooled line read back into a span. The OTLP encoding and the network are in the load run
+//! (benches/load-audit.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::borrow::Cow;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis::audit::record::{Sealer, parse_line, write_line};
+use portcullis::audit::{AccessEvent, Event, PolicyFields, PrincipalFields, TraceIds};
+
+/// A protected request with a principal and a policy answer: the largest common record.
+fn event() -> Event {
+    AccessEvent {
+        time: SystemTime::now(),
+        trace: TraceIds::fresh(),
+        act: None,
+        request_id: "3f2c1a9e-7b4d-4c1e-9a55-0c7d2b8e6f10".into(),
+        decision: "allow",
+        reason: "authorized",
+        principal_kind: "ci_job",
+        auth_method: "bearer",
+        principal: Some(PrincipalFields {
+            subject: "project_path:group/infra:ref_type:branch:ref:main".into(),
+            issuer: "https://gitlab.example.com".into(),
+            provider: "gitlab".into(),
+            email: None,
+            groups: vec!["group/infra".into(), "deployers".into()],
+            client_id: None,
+            token_id: Some("b3a1c2d4".into()),
+            session_id_hash: None,
+        }),
+        authn_us: Some(4),
+        route: Some(Arc::new("airflow-api".into())),
+        method: Cow::Borrowed("POST"),
+        scheme: "https",
+        path: Some("/api/v1/dags/etl_daily/dagRuns".into()),
+        server_address: Some("airflow.example.com".into()),
+        server_port: 443,
+        client_address: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+        protocol_version: "1.1",
+        user_agent: Some("python-requests/2.31.0".into()),
+        status: 200,
+        error_type: None,
+        failed: false,
+        upstream_ms: Some(3.25),
+        total: Duration::from_micros(3400),
+        policy: Some(PolicyFields {
+            domain: "airflow".into(),
+            object: "dag:etl_daily".into(),
+            action: "trigger".into(),
+            rule: Some("policy.csv:18".into()),
+            version: Arc::from("sha256:0123456789abcdef"),
+            shadow: None,
+            authz_us: 1,
+            pipeline: Some("etl_daily".into()),
+            run: None,
+            task: None,
+            task_run: None,
+        }),
+        workflow: Vec::new(),
+    }
+    .into()
+}
+
+fn audit(c: &mut Criterion) {
+    let mut sealer = Sealer::new("7d0b3f1e-2a4c-4e8b-9f10-a1b2c3d4e5f6");
+    let mut line = Vec::with_capacity(2048);
+    c.bench_function("audit record: event to span, sealed, line written", |b| {
+        b.iter_batched(
+            event,
+            |e| {
+                let span = sealer.seal(e.into_span());
+                line.clear();
+                write_line(&span, "7d0b3f1e-2a4c-4e8b-9f10-a1b2c3d4e5f6", &mut line);
+                black_box(span);
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let span = sealer.seal(event().into_span());
+    let mut written = Vec::new();
+    write_line(&span, "7d0b3f1e-2a4c-4e8b-9f10-a1b2c3d4e5f6", &mut written);
+    println!(
+        "one sealed record: {} bytes, {} attributes",
+        written.len(),
+        span.attributes.len()
+    );
+    c.bench_function("audit replay: spooled line read back into a span", |b| {
+        b.iter(|| parse_line(black_box(&written)).unwrap())
+    });
+}
+
+criterion_group!(benches, audit);
+criterion_main!(benches);
