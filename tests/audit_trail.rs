@@ -542,19 +542,25 @@ async fn fill_until_refused(addr: SocketAddr, max: usize) -> (usize, Option<(u16
     (max, None)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fail_closed_answers_503_audit_unavailable_when_the_spool_is_full_and_serves_again_once_it_drains() {
+/// A proxy with the smallest spool (1 MiB) whose collector is not there (yet).
+async fn small_spool_and_no_collector(when_full: &str) -> (Recorder, Collector, tempfile::TempDir, Gateway) {
     let upstream = Recorder::start().await;
     let mut collector = Collector::start().await;
     collector.kill().await;
     let spool = tempfile::tempdir().unwrap();
     let config = format!(
-        "{}{}max_bytes = 1048576\nwhen_full = \"fail_closed\"\n",
+        "{}{}max_bytes = 1048576\nwhen_full = \"{when_full}\"\n",
         support::public_route(&upstream.url()),
         otlp(&collector, spool.path(), "")
     );
     let gw = Gateway::start(&config).await;
     gw.wait_ready().await;
+    (upstream, collector, spool, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_answers_503_audit_unavailable_when_the_spool_is_full_and_serves_again_once_it_drains() {
+    let (upstream, mut collector, _spool, gw) = small_spool_and_no_collector("fail_closed").await;
     let (served, refused) = fill_until_refused(gw.http, 20_000).await;
     let (status, body) = refused.expect("the spool never filled");
     assert_eq!(status, 503, "{body}");
@@ -623,17 +629,7 @@ async fn fail_closed_answers_503_audit_unavailable_when_the_spool_is_full_and_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_serves_on_and_counts_the_records_it_drops_when_the_spool_is_full() {
-    let upstream = Recorder::start().await;
-    let mut collector = Collector::start().await;
-    collector.kill().await;
-    let spool = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{}{}max_bytes = 1048576\nwhen_full = \"fail_open\"\n",
-        support::public_route(&upstream.url()),
-        otlp(&collector, spool.path(), "")
-    );
-    let gw = Gateway::start(&config).await;
-    gw.wait_ready().await;
+    let (upstream, _collector, _spool, gw) = small_spool_and_no_collector("fail_open").await;
     let (served, refused) = fill_until_refused(gw.http, 8_000).await;
     assert!(refused.is_none(), "fail_open refused a request: {refused:?}");
     assert_eq!(served, 8_000);
