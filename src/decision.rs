@@ -37,6 +37,11 @@ pub enum Reason {
     MethodNotAllowed,
     /// Denied: the request body is larger than the route accepts.
     PayloadTooLarge,
+    /// Denied: the request head is over `max_header_bytes` or `max_headers` (431, answered
+    /// while reading it; the record has no path or method).
+    HeadersTooLarge,
+    /// Denied: the request target is longer than can be read (414, answered while reading).
+    UriTooLong,
     /// Denied: the credentials are not a well-formed token, or a claim is missing or mistyped.
     Malformed,
     /// Denied: the token's signature does not verify.
@@ -93,6 +98,8 @@ impl Reason {
             Reason::MalformedRequest => "malformed_request",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::PayloadTooLarge => "payload_too_large",
+            Reason::HeadersTooLarge => "headers_too_large",
+            Reason::UriTooLong => "uri_too_long",
             Reason::Authenticated => "authenticated",
             Reason::Authorized => "authorized",
             Reason::Forbidden => "forbidden",
@@ -191,6 +198,8 @@ impl Reason {
             Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::UriTooLong => StatusCode::URI_TOO_LONG,
             // Refused credentials, answered above.
             _ => StatusCode::UNAUTHORIZED,
         }

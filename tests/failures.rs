@@ -160,7 +160,23 @@ async fn oversized_or_too_many_headers_are_refused_before_routing() {
     )
     .await;
     assert_eq!(status, 431);
+    let (status, _) = raw(gw.http, "GET / HTTP/1.1\r\nHost app.test\r\n\r\n").await;
+    assert_eq!(status, 400);
     assert!(upstream.requests().is_empty());
+    // Refused while hyper read them, and still each one audited action.
+    let events = gw.audit_events(3).await;
+    let reasons: Vec<&str> = events
+        .iter()
+        .map(|e| e["portcullis.reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["headers_too_large", "headers_too_large", "malformed_request"]);
+    for e in &events {
+        assert_eq!(e["portcullis.decision"], "deny");
+        assert_eq!(e["http.request.method"], "_OTHER");
+        assert!(e.get("url.path").is_none());
+    }
+    assert_eq!(events[0]["http.response.status_code"], 431);
+    assert_eq!(events[2]["http.response.status_code"], 400);
     gw.stop().await;
 }
 

@@ -1,8 +1,9 @@
 //! Accepting connections: the connection limit, TLS, HTTP/1.1 and HTTP/2 (ALPN or prior
 //! knowledge), the header-read and idle timeouts, and draining on shutdown.
 //!
-//! Untrusted input: every byte a client sends. hyper enforces the header limits; this module
-//! enforces the time limits.
+//! Untrusted input: every byte a client sends. hyper enforces the header limits (and answers
+//! 400/414/431 itself; the refusal is still audited, from here); this module enforces the time
+//! limits.
 
 mod io;
 pub mod tls;
@@ -159,6 +160,7 @@ async fn drive<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let proxy = shared.proxy.clone();
+    let seen_by = conn.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let conn = conn.clone();
@@ -176,6 +178,9 @@ async fn drive<S>(
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
+                    if let Some(e) = e.downcast_ref::<hyper::Error>() {
+                        shared.proxy.refused_unread(seen_by, e);
+                    }
                 }
                 return;
             }

@@ -341,6 +341,37 @@ impl Proxy {
         Ok(served.response)
     }
 
+    /// A request head hyper refused while reading it (it answered 400, 414 or 431 itself):
+    /// still an action, recorded through the same exit, with what is known of it.
+    pub fn refused_unread(&self, conn: Arc<ConnInfo>, error: &hyper::Error) {
+        // hyper's kinds are private; its text tells a too-long URI (414) from too-large headers.
+        let reason = if error.is_parse_too_large() && error.to_string().contains("URI too long") {
+            Reason::UriTooLong
+        } else if error.is_parse_too_large() {
+            Reason::HeadersTooLarge
+        } else if error.is_parse() {
+            Reason::MalformedRequest
+        } else {
+            return;
+        };
+        let mut ctx = RequestCtx::new(
+            uuid::Uuid::new_v4().to_string(),
+            conn,
+            TraceCtx::join(&http::HeaderMap::new()),
+        );
+        ctx.decision = Some(Decision::Deny(reason));
+        let seen = Seen {
+            method: Cow::Borrowed("_OTHER"),
+            version: Version::HTTP_11,
+            user_agent: None,
+            wants_html: false,
+            origin: None,
+            time: SystemTime::now(),
+            workflow: Vec::new(),
+        };
+        self.record(ctx, seen, reason.status().as_u16(), None);
+    }
+
     /// The decision point's single exit: one audit event and the request metrics.
     fn record(&self, ctx: RequestCtx, seen: Seen, status: u16, error: Option<&ProxyError>) {
         let decision = ctx.decision.unwrap_or(Decision::Deny(Reason::MalformedRequest));

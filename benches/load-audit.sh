@@ -1,0 +1,552 @@
+#!/usr/bin/env bash
+# Audit export benchmark (issue #5): Portcullis with audit records written to the JSON-lines file
+# (export OFF, benches/load/portcullis.toml, as in load.sh) against the same binary exporting them
+# over OTLP to a local collector (export ON: rotel, gRPC and HTTP/protobuf), in one run, on the same
+# core, consecutively. Then paced runs at a fixed request rate (default 22,000 req/s) to check
+# "at least 20,000 audit spans/s sustained to a local collector without drops".
+#
+#   PORTCULLIS=target/release/portcullis benches/load-audit.sh   # use an existing binary
+#   benches/load-audit.sh                                        # builds target/release/portcullis
+#   OUT=audit.md benches/load-audit.sh                           # also write the report to a file
+#
+# Layout (2 cores assumed): Portcullis on CPU 0 alone (`taskset -c 0`, worker_threads = 1; its
+# audit sealing and export threads run there too, so the export's cost lands on the proxy core).
+# CPU 1 holds wrk, the backend nginx (benches/load/backend.nginx.conf) AND the collector
+# (rotel-agent, blackhole exporter; COLLECTOR_CPU moves it). rotel runs for the whole script, so
+# the OFF runs see the same neighbours on CPU 1 as the ON runs (it is idle then). Everything
+# listens on 127.0.0.1 only (checked with ss after each start).
+#
+# Each max-rate measurement: start Portcullis with a fresh spool, warm up, wait until the warm-up's
+# records are exported, read /metrics, measure with wrk, read /metrics, wait until every record is
+# exported (or DRAIN_MAX), read /metrics again, stop Portcullis. Rounds alternate the order of the
+# modes (round 1: as in MODES, round 2: reversed, ...) so a drift in machine load hits both sides.
+#
+# Environment knobs (defaults in brackets):
+#   PORTCULLIS        binary; when unset: `cargo build --release`, target/release/portcullis
+#   OUT               also write the Markdown report to this file
+#   DURATION [10s]    wrk length of a max-rate run    WARMUP [3s] warm-up (and pacing probe) length
+#   CONNECTIONS [50]  wrk -c of max-rate runs         THREADS [1] wrk -t
+#   ROUNDS [2]        max-rate rounds over MODES
+#   MODES ["off grpc http"]   modes of the max-rate rounds: off | grpc | http, optionally with a
+#                     batch size: grpc:2048, http:2048 (overrides [audit.otlp] batch_size)
+#   PACED_MODES ["off grpc http"]  modes of the paced runs ("" skips them)
+#   RATE [22000]      target request rate of the paced runs
+#   PACED_DURATION [30s]  length of a paced run       PACED_DELAY_MS [2] pause after each response
+#   DRAIN_MAX [30]    seconds to wait for the pipeline to export what is queued or spooled
+#   QUIET_PCT [15]    before each row, wait until the machine's other CPU use (over 1 s, in % of
+#                     one core) is at most this: this machine is shared ...
+#   QUIET_MAX [180]   ... but for no longer than this many seconds (then measure anyway, noted)
+#   COLLECTOR_CPU [1] the CPU rotel-agent is pinned to (with more than 2 cores, give it its own)
+#   ROTEL_AGENT       rotel-agent binary [tests/peers/collector/.venv/lib/python3.*/site-packages/rotel/rotel-agent]
+#   KEEP_TMP=1        keep the temp dir (logs, wrk outputs, collector output), spool and audit file
+#
+# Needs: nginx, wrk, curl, taskset, ss (installed with apt-get if missing, via common.sh) and the
+# collector venv (.ci/install-peers, or: python3.11 -m venv tests/peers/collector/.venv &&
+# tests/peers/collector/.venv/bin/pip install -r tests/peers/collector/requirements.txt).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CONF_DIR="$ROOT/benches/load"
+# shellcheck source=load/common.sh
+source "$CONF_DIR/common.sh"
+
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-3s}"
+CONNECTIONS="${CONNECTIONS:-50}"
+THREADS="${THREADS:-1}"
+ROUNDS="${ROUNDS:-2}"
+MODES="${MODES:-off grpc http}"
+PACED_MODES="${PACED_MODES-off grpc http}"
+RATE="${RATE:-22000}"
+PACED_DURATION="${PACED_DURATION:-30s}"
+PACED_DELAY_MS="${PACED_DELAY_MS:-2}"
+DRAIN_MAX="${DRAIN_MAX:-30}"
+QUIET_PCT="${QUIET_PCT:-15}"
+QUIET_MAX="${QUIET_MAX:-180}"
+KEEP_TMP="${KEEP_TMP:-0}"
+
+BACKEND_PORT=18000         # benches/load/backend.nginx.conf
+PORTCULLIS_PORT=18080      # all benches/load/{portcullis,audit-otlp-*}.toml
+PORTCULLIS_ADMIN_PORT=19090
+ROTEL_GRPC_PORT=14317      # audit-otlp-grpc.toml
+ROTEL_HTTP_PORT=14318      # audit-otlp-http.toml
+AUDIT_FILE="/tmp/portcullis-bench-audit.jsonl"  # [audit] path in portcullis.toml
+SPOOL_DIR="/tmp/portcullis-bench-audit-spool"   # [audit.spool] dir in audit-otlp-*.toml
+PACED_LUA="$CONF_DIR/paced.lua"
+
+CLK_TCK=$(getconf CLK_TCK)
+CLIENT_CPU=1 # wrk, the backend and the collector
+PROXY_CPU=0  # Portcullis
+COLLECTOR_CPU="${COLLECTOR_CPU:-1}"
+
+TMP=""
+PIDS=()
+
+cleanup_audit() {
+    local rc=$?
+    [[ "$KEEP_TMP" == 1 ]] || rm -rf "$SPOOL_DIR"
+    (exit "$rc")
+    cleanup # common.sh: stops PIDS, removes TMP and AUDIT_FILE, exits with rc
+}
+
+find_rotel() {
+    if [[ -n "${ROTEL_AGENT:-}" ]]; then
+        [[ -x "$ROTEL_AGENT" ]] || die "ROTEL_AGENT=$ROTEL_AGENT is not executable"
+        return
+    fi
+    local c
+    for c in "$ROOT"/tests/peers/collector/.venv/lib/python3.*/site-packages/rotel/rotel-agent; do
+        if [[ -x "$c" ]]; then
+            ROTEL_AGENT=$c
+            return
+        fi
+    done
+    die "rotel-agent not found under tests/peers/collector/.venv (run .ci/install-peers) and ROTEL_AGENT unset"
+}
+
+# ---------------------------------------------------------------- servers
+ROTEL_OUT=""
+ROTEL_PID=""
+start_rotel() {
+    local dir="$TMP/rotel" i
+    mkdir -p "$dir"
+    port_free "$ROTEL_GRPC_PORT" || die "127.0.0.1:$ROTEL_GRPC_PORT is already in use"
+    port_free "$ROTEL_HTTP_PORT" || die "127.0.0.1:$ROTEL_HTTP_PORT is already in use"
+    ROTEL_OUT="$dir/stdout.jsonl"
+    # --debug-log traces at the basic verbosity prints one line per export request received
+    # ("Received traces.", with its span count), not the spans: that is how spans are counted.
+    taskset -c "$COLLECTOR_CPU" "$ROTEL_AGENT" --log-format json start \
+        --otlp-grpc-endpoint "127.0.0.1:$ROTEL_GRPC_PORT" \
+        --otlp-http-endpoint "127.0.0.1:$ROTEL_HTTP_PORT" \
+        --exporter blackhole --debug-log traces --debug-log-verbosity basic \
+        --pid-file "$dir/rotel-agent.pid" --log-file "$dir/rotel-agent.log" \
+        >"$ROTEL_OUT" 2>"$dir/stderr.log" &
+    local pid=$!
+    PIDS+=("$pid")
+    ROTEL_PID=$pid
+    for ((i = 1; i <= 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || { cat "$dir/stderr.log" "$ROTEL_OUT" >&2; die "rotel-agent exited"; }
+        if ! port_free "$ROTEL_GRPC_PORT" && ! port_free "$ROTEL_HTTP_PORT"; then
+            log "rotel-agent ready on 127.0.0.1:$ROTEL_GRPC_PORT (gRPC) and :$ROTEL_HTTP_PORT (HTTP)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "rotel-agent did not listen on 127.0.0.1:$ROTEL_GRPC_PORT/$ROTEL_HTTP_PORT"
+}
+
+# rotel_received: spans the collector reported receiving so far.
+rotel_received() {
+    awk -F'"spans":' '/"msg":"Received traces\."/ { split($2, a, /[,}]/); s += a[1] }
+        END { printf "%.0f\n", s }' "$ROTEL_OUT"
+}
+
+# mode_config MODE: the config file for a mode (a temp copy when a batch size is given).
+MODE_CONF=""
+MODE_LABEL=""
+mode_config() {
+    local mode=${1%%:*} batch=""
+    [[ "$1" == *:* ]] && batch=${1#*:}
+    case "$mode" in
+        off) MODE_CONF="$CONF_DIR/portcullis.toml"; MODE_LABEL="off: JSONL file" ;;
+        grpc) MODE_CONF="$CONF_DIR/audit-otlp-grpc.toml"; MODE_LABEL="on: OTLP/gRPC" ;;
+        http) MODE_CONF="$CONF_DIR/audit-otlp-http.toml"; MODE_LABEL="on: OTLP/HTTP" ;;
+        *) die "unknown mode $1 (off, grpc, http, grpc:BATCH, http:BATCH)" ;;
+    esac
+    if [[ "$mode" != off ]]; then
+        if [[ -n "$batch" ]]; then
+            [[ "$batch" =~ ^[0-9]+$ ]] || die "bad batch size in mode $1"
+            local copy="$TMP/audit-otlp-$mode-$batch.toml"
+            sed "s/^batch_size = [0-9]*/batch_size = $batch/" "$MODE_CONF" >"$copy"
+            grep -q "^batch_size = $batch\b" "$copy" || die "could not set batch_size in $copy"
+            MODE_CONF=$copy
+        else
+            batch=$(awk -F'[ =#]+' '$1 == "batch_size" {print $2}' "$MODE_CONF")
+        fi
+        MODE_LABEL="$MODE_LABEL, batch ${batch:-1024}"
+    fi
+}
+
+PORTCULLIS_PID=""
+start_portcullis() { # start_portcullis CONF
+    local dir="$TMP/portcullis"
+    mkdir -p "$dir"
+    port_free "$PORTCULLIS_PORT" || die "127.0.0.1:$PORTCULLIS_PORT is already in use"
+    port_free "$PORTCULLIS_ADMIN_PORT" || die "127.0.0.1:$PORTCULLIS_ADMIN_PORT is already in use"
+    rm -f "$AUDIT_FILE"
+    rm -rf "$SPOOL_DIR" # a spool left over would be replayed first
+    taskset -c "$PROXY_CPU" "$PORTCULLIS" serve --config "$1" >>"$dir/portcullis.log" 2>&1 &
+    PORTCULLIS_PID=$!
+    PIDS+=("$PORTCULLIS_PID")
+    wait_ready portcullis "$PORTCULLIS_PORT" "$PORTCULLIS_PID" "$dir/portcullis.log"
+}
+
+# loopback_only: every listening socket of the processes started here is on 127.0.0.1.
+loopback_only() {
+    command -v ss >/dev/null || { log "ss not found: listener check skipped"; return 0; }
+    local pid bad
+    for pid in "${PIDS[@]}"; do
+        bad=$(ss -ltnupH 2>/dev/null | grep -E "pid=$pid," | awk '$5 !~ /^127\.0\.0\.1:/ {print $5}' || true)
+        [[ -z "$bad" ]] || die "process $pid listens beyond 127.0.0.1: $bad"
+    done
+}
+
+# ---------------------------------------------------------------- readings
+# read_metrics: sets M_EXP M_SPO M_REP M_DROP M_FAIL M_SPB (audit) and M_REQ (requests served).
+read_metrics() {
+    local text
+    text=$(curl -fsS --max-time 2 "http://127.0.0.1:$PORTCULLIS_ADMIN_PORT/metrics") \
+        || die "cannot read http://127.0.0.1:$PORTCULLIS_ADMIN_PORT/metrics"
+    read -r M_EXP M_SPO M_REP M_DROP M_FAIL M_SPB M_REQ < <(awk '
+        /^portcullis_audit_records_total\{outcome="exported"\}/ { e = $2 }
+        /^portcullis_audit_records_total\{outcome="spooled"\}/  { s = $2 }
+        /^portcullis_audit_records_total\{outcome="replayed"\}/ { p = $2 }
+        /^portcullis_audit_records_total\{outcome="dropped"\}/  { d = $2 }
+        /^portcullis_audit_export_failures_total/               { f = $2 }
+        /^portcullis_audit_spool_bytes/                         { b = $2 }
+        /^portcullis_requests_total\{/                          { r += $2 }
+        END { printf "%.0f %.0f %.0f %.0f %.0f %.0f %.0f\n", e, s, p, d, f, b, r }' <<<"$text")
+}
+
+# drain MODE: wait (bounded) until every request's record left the pipeline: exported, replayed
+# or dropped, with an empty spool. OFF: give the file writer a moment. Sets DRAINED (1/0).
+DRAINED=1
+drain() {
+    local mode=$1 i
+    DRAINED=1
+    if [[ "$mode" == off ]]; then
+        sleep 0.3
+        return
+    fi
+    for ((i = 0; i < DRAIN_MAX * 5; i++)); do
+        read_metrics
+        if ((M_EXP + M_REP + M_DROP >= M_REQ && M_SPB == 0)); then
+            return
+        fi
+        sleep 0.2
+    done
+    DRAINED=0
+    log "WARNING: pipeline not drained after ${DRAIN_MAX}s (requests $M_REQ, exported $M_EXP," \
+        "replayed $M_REP, dropped $M_DROP, spool $M_SPB bytes)"
+}
+
+# cpu_stat N: "busy steal" ticks of CPU N from /proc/stat (busy = user+nice+system+irq+softirq+steal).
+cpu_stat() {
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9, $9 }' /proc/stat
+}
+
+# wait_quiet: wait (at most QUIET_MAX s) until the CPU use of the whole machine over one second is
+# at most QUIET_PCT % of one core. Called between rows, when only the idle backend and collector
+# of this script run. Sets QUIET_WAITED (seconds) and QUIET_LAST (% at the last sample).
+QUIET_WAITED=0
+QUIET_LAST=0
+wait_quiet() {
+    local start=$SECONDS a b
+    while :; do
+        a=$(awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat)
+        sleep 1
+        b=$(awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat)
+        QUIET_LAST=$(((b - a) * 100 / CLK_TCK))
+        QUIET_WAITED=$((SECONDS - start))
+        ((QUIET_LAST <= QUIET_PCT)) && return 0
+        if ((QUIET_WAITED >= QUIET_MAX)); then
+            log "WARNING: machine still busy (${QUIET_LAST}% of a core) after ${QUIET_WAITED}s: measuring anyway"
+            return 0
+        fi
+        ((QUIET_WAITED % 15 == 1)) && log "waiting for a quiet machine (others use ${QUIET_LAST}% of a core)"
+    done
+}
+
+# ---------------------------------------------------------------- wrk
+WRK_CMD=()
+WRK_OUT=""
+run_wrk() { # run_wrk OUTFILE CONNECTIONS DURATION [paced]
+    WRK_CMD=(taskset -c "$CLIENT_CPU" wrk "-t$THREADS" "-c$2" "-d$3" --latency)
+    [[ "${4:-}" == paced ]] && WRK_CMD+=(-s "$PACED_LUA")
+    WRK_CMD+=("http://127.0.0.1:$PORTCULLIS_PORT/")
+    WRK_DELAY_MS="$PACED_DELAY_MS" "${WRK_CMD[@]}" >"$1"
+}
+
+wrk_rps() { awk '/^Requests\/sec:/ {printf "%.0f\n", $2}' "$1"; }
+
+# calibrate: a paced probe run at CONN connections, then scale CONN to hit RATE (twice).
+calibrate() { # calibrate FILEPREFIX -> sets PACED_CONN
+    local c=${PACED_C0:-60} r i
+    for i in 1 2; do
+        run_wrk "$1-probe$i.txt" "$c" "$WARMUP" paced
+        r=$(wrk_rps "$1-probe$i.txt")
+        ((r > 0)) || die "paced probe measured 0 req/s"
+        c=$(awk -v c="$c" -v r="$r" -v t="$RATE" 'BEGIN { n = int(c * t / r + 0.5); if (n < 1) n = 1; if (n > 1000) n = 1000; print n }')
+        log "paced probe $i: $r req/s; next: $c connections"
+    done
+    PACED_CONN=$c
+}
+
+# ---------------------------------------------------------------- one measurement
+declare -A R # R[row,field]
+ROWS=()
+
+# measure ROW KIND MODE: KIND is max or paced. Starts and stops Portcullis.
+measure() {
+    local row=$1 kind=$2 mode=$3 base=${3%%:*} out conns dur
+    mode_config "$mode"
+    R[$row,label]=$MODE_LABEL
+    R[$row,mode]=$base
+    R[$row,kind]=$kind
+    out="$TMP/wrk-$row"
+    wait_quiet
+    R[$row,quiet]="${QUIET_WAITED}s/${QUIET_LAST}%"
+    start_portcullis "$MODE_CONF"
+    loopback_only
+    if [[ "$kind" == paced ]]; then
+        log "[$row] $MODE_LABEL: pacing to $RATE req/s"
+        calibrate "$out"
+        conns=$PACED_CONN
+        dur=$PACED_DURATION
+    else
+        log "[$row] $MODE_LABEL: warm-up ($WARMUP)"
+        run_wrk "$out-warmup.txt" "$CONNECTIONS" "$WARMUP"
+        conns=$CONNECTIONS
+        dur=$DURATION
+    fi
+    drain "$base"
+    local m0 m1 m2 c0 c1 c2 s0 s1 u0 u1 k0 k1 t0 t1 r0 r1
+    read_metrics; m0=("$M_EXP" "$M_SPO" "$M_REP" "$M_DROP" "$M_FAIL" "$M_SPB" "$M_REQ")
+    r0=$(rotel_received)
+    c0=$(cpu_ticks "$PORTCULLIS_PID")
+    s0=($(cpu_stat "$PROXY_CPU"))
+    u0=($(cpu_stat "$CLIENT_CPU"))
+    k0=$(cpu_ticks "$ROTEL_PID")
+    t0=$(date +%s.%N)
+    run_wrk "$out.txt" "$conns" "$dur" "$([[ $kind == paced ]] && echo paced || true)"
+    t1=$(date +%s.%N)
+    c1=$(cpu_ticks "$PORTCULLIS_PID")
+    s1=($(cpu_stat "$PROXY_CPU"))
+    u1=($(cpu_stat "$CLIENT_CPU"))
+    k1=$(cpu_ticks "$ROTEL_PID")
+    read_metrics; m1=("$M_EXP" "$M_SPO" "$M_REP" "$M_DROP" "$M_FAIL" "$M_SPB" "$M_REQ")
+    log "[$row] ${WRK_CMD[*]}"
+    grep -E 'Requests/sec|requests in|Latency  |Socket|Non-2xx' "$out.txt" >&2 || true
+    drain "$base"
+    c2=$(cpu_ticks "$PORTCULLIS_PID")
+    sleep 0.5 # the collector logs a request after answering it
+    r1=$(rotel_received)
+    read_metrics; m2=("$M_EXP" "$M_SPO" "$M_REP" "$M_DROP" "$M_FAIL" "$M_SPB" "$M_REQ")
+    if [[ "$base" == off && -f "$AUDIT_FILE" ]]; then
+        R[$row,filelines]=$(wc -l <"$AUDIT_FILE")
+        R[$row,reqtotal]=${m2[6]}
+    fi
+    stop_last # SIGTERM: Portcullis flushes and exits
+
+    # wrk numbers
+    local p50 p99 non2xx sock reqs
+    R[$row,rps]=$(awk '/^Requests\/sec:/ {print $2}' "$out.txt")
+    p50=$(awk '$1 == "50%" {print $2; exit}' "$out.txt")
+    p99=$(awk '$1 == "99%" {print $2; exit}' "$out.txt")
+    [[ -n "${R[$row,rps]}" && -n "$p50" && -n "$p99" ]] || die "could not parse $out.txt"
+    R[$row,p50]=$(to_ms "$p50")
+    R[$row,p99]=$(to_ms "$p99")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out.txt")
+    sock=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out.txt")
+    R[$row,errors]=$((${non2xx:-0} + ${sock:-0}))
+    reqs=$(awk '/requests in/ {print $1; exit}' "$out.txt")
+    R[$row,reqs]=$reqs
+    R[$row,conns]=$conns
+    R[$row,secs]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+    # CPU: Portcullis over the measurement (c0..c1) and until its records were out (c0..c2).
+    R[$row,cpu_pct]=$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * c / hz / s }')
+    R[$row,cpu_us]=$(awk -v c=$((c2 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", 1e6 * c / hz / n }')
+    # CPU 0 busy time not charged to Portcullis (other processes, interrupts) and steal, in %.
+    R[$row,cpu0_other]=$(awk -v b=$((s1[0] - s0[0] - (c1 - c0))) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { v = 100 * b / hz / s; if (v < 0) v = 0; printf "%.0f", v }')
+    R[$row,steal0]=$(awk -v b=$((s1[1] - s0[1])) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * b / hz / s }')
+    R[$row,cpu1]=$(awk -v b=$((u1[0] - u0[0])) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * b / hz / s }')
+    R[$row,rotel_cpu]=$(awk -v b=$((k1 - k0)) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * b / hz / s }')
+    R[$row,load]=$(cut -d' ' -f1 /proc/loadavg)
+    # Pipeline counters: during the measurement (m0..m1) and until drained (m0..m2).
+    R[$row,exp_run]=$((m1[0] - m0[0]))
+    R[$row,spans_s]=$(awk -v e=$((m1[0] - m0[0] + m1[2] - m0[2])) -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", e / s }')
+    R[$row,exported]=$((m2[0] - m0[0]))
+    R[$row,spooled]=$((m2[1] - m0[1]))
+    R[$row,replayed]=$((m2[2] - m0[2]))
+    R[$row,dropped]=$((m2[3] - m0[3]))
+    R[$row,failures]=$((m2[4] - m0[4]))
+    R[$row,records]=$((m2[6] - m0[6])) # requests served in the window (incl. the drain's none)
+    R[$row,received]=$((r1 - r0))
+    R[$row,drained]=$DRAINED
+    ROWS+=("$row")
+}
+
+# ---------------------------------------------------------------- report helpers
+median() { # median VALUES...
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+us_diff() { awk -v on="$1" -v off="$2" 'BEGIN { printf "%+.2f", 1e6 / on - 1e6 / off }'; }
+
+main() {
+    local need=()
+    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+    command -v wrk >/dev/null 2>&1 || need+=(wrk)
+    command -v curl >/dev/null 2>&1 || need+=(curl)
+    command -v taskset >/dev/null 2>&1 || need+=(taskset)
+    if ((${#need[@]})); then
+        ensure_tools iproute2
+    fi
+    export PATH="$PATH:/usr/sbin:/sbin"
+    find_rotel
+    ulimit -n 65536 2>/dev/null || true
+
+    if [[ -z "${PORTCULLIS:-}" ]]; then
+        log "cargo build --release"
+        cargo build --release --bin portcullis >&2
+        PORTCULLIS="$ROOT/target/release/portcullis"
+    fi
+    [[ -x "$PORTCULLIS" ]] || die "Portcullis binary $PORTCULLIS not found or not executable"
+    ((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
+
+    TMP=$(mktemp -d /tmp/portcullis-load-audit.XXXXXX)
+    trap cleanup_audit EXIT
+    trap 'exit 130' INT TERM
+    local started
+    started=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
+
+    start_nginx backend "$CONF_DIR/backend.nginx.conf" "$CLIENT_CPU" "$BACKEND_PORT"
+    start_rotel
+    loopback_only
+
+    # Max-rate rounds; the order of the modes alternates between rounds.
+    local -a modes order
+    read -r -a modes <<<"$MODES"
+    local round m i
+    for ((round = 1; round <= ROUNDS; round++)); do
+        order=()
+        if ((round % 2)); then
+            order=("${modes[@]}")
+        else
+            for ((i = ${#modes[@]} - 1; i >= 0; i--)); do order+=("${modes[$i]}"); done
+        fi
+        for m in "${order[@]}"; do
+            measure "r$round-${m/:/-}" max "$m"
+        done
+    done
+    # Paced runs.
+    local -a paced
+    read -r -a paced <<<"$PACED_MODES"
+    for m in "${paced[@]}"; do
+        measure "paced-${m/:/-}" paced "$m"
+    done
+    local finished
+    finished=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
+
+    # ------------------------------------------------------------ report
+    local report row off_row off_rps
+    report=$(
+        echo "### Max rate (wrk -c$CONNECTIONS, $DURATION per row)"
+        echo
+        echo "| round | mode | req/s | p50 (ms) | p99 (ms) | on/off (same round) | errors | proxy CPU | CPU µs/req | CPU 0 other | steal | CPU 1 busy | collector CPU | load | quiet wait |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        for row in "${ROWS[@]}"; do
+            [[ "${R[$row,kind]}" == max ]] || continue
+            off_row="${row%%-*}-off"
+            off_rps="${R[$off_row,rps]:-0}"
+            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s%% | %s | %s%% | %s%% | %s%% | %s%% | %s | %s |\n' "${row%%-*}" \
+                "${R[$row,label]}" "${R[$row,rps]}" "${R[$row,p50]}" "${R[$row,p99]}" \
+                "$(if [[ ${R[$row,mode]} == off ]]; then echo 1.00; else ratio "${R[$row,rps]}" "$off_rps"; fi)" \
+                "${R[$row,errors]}" "${R[$row,cpu_pct]}" "${R[$row,cpu_us]}" "${R[$row,cpu0_other]}" \
+                "${R[$row,steal0]}" "${R[$row,cpu1]}" "${R[$row,rotel_cpu]}" "${R[$row,load]}" "${R[$row,quiet]}"
+        done
+        echo
+        echo "### Pipeline counters of the OTLP rows (from /metrics; \"run\" = during the wrk run, the rest until drained)"
+        echo
+        echo "| row | mode | requests | exported (run) | spans/s sustained | exported | spooled | replayed | dropped | export failures | collector received | drained |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        for row in "${ROWS[@]}"; do
+            [[ "${R[$row,mode]}" == off ]] && continue
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | **%s** | %s | %s | %s |\n' "$row" "${R[$row,label]}" \
+                "${R[$row,records]}" "${R[$row,exp_run]}" "${R[$row,spans_s]}" "${R[$row,exported]}" \
+                "${R[$row,spooled]}" "${R[$row,replayed]}" "${R[$row,dropped]}" "${R[$row,failures]}" \
+                "${R[$row,received]}" "$([[ ${R[$row,drained]} == 1 ]] && echo yes || echo NO)"
+        done
+        echo
+        echo "### Cost per span (max-rate rows, median over $ROUNDS round(s))"
+        echo
+        echo "| mode | req/s (median) | on/off | throughput cost µs/req (1e6/on − 1e6/off) | CPU µs/req (median) | CPU cost µs/req (on − off) | CPU off/on |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+        local mm lbl rps_list cpu_list med_rps med_cpu off_med_rps="" off_med_cpu=""
+        for mm in "${modes[@]}"; do
+            rps_list=() cpu_list=()
+            for row in "${ROWS[@]}"; do
+                [[ "${R[$row,kind]}" == max && "$row" == *"-${mm/:/-}" && "$row" == r* ]] || continue
+                rps_list+=("${R[$row,rps]}")
+                cpu_list+=("${R[$row,cpu_us]}")
+                lbl=${R[$row,label]}
+            done
+            med_rps=$(median "${rps_list[@]}")
+            med_cpu=$(median "${cpu_list[@]}")
+            if [[ "$mm" == off ]]; then
+                off_med_rps=$med_rps
+                off_med_cpu=$med_cpu
+                printf '| %s | %.0f | 1.00 | - | %s | - | 1.00 |\n' "$lbl" "$med_rps" "$med_cpu"
+            elif [[ -n "$off_med_rps" ]]; then
+                printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$lbl" "$med_rps" "$(ratio "$med_rps" "$off_med_rps")" \
+                    "$(us_diff "$med_rps" "$off_med_rps")" "$med_cpu" \
+                    "$(awk -v a="$med_cpu" -v b="$off_med_cpu" 'BEGIN { printf "%+.2f", a - b }')" \
+                    "$(ratio "$off_med_cpu" "$med_cpu")"
+            else
+                printf '| %s | %.0f | n/a | n/a | %s | n/a | n/a |\n' "$lbl" "$med_rps" "$med_cpu"
+            fi
+        done
+        if ((${#paced[@]})); then
+            echo
+            echo "### Paced to $RATE req/s ($PACED_DURATION per row; wrk -s benches/load/paced.lua, ${PACED_DELAY_MS} ms pause after each response)"
+            echo
+            echo "| mode | connections | req/s | p50 (ms) | p99 (ms) | errors | proxy CPU | CPU µs/req | CPU cost µs/req (on − off) | spans/s sustained | spooled | dropped | export failures | CPU 0 other | steal | CPU 1 busy | collector CPU |"
+            echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            local pcpu_off="${R[paced-off,cpu_us]:-}"
+            for row in "${ROWS[@]}"; do
+                [[ "${R[$row,kind]}" == paced ]] || continue
+                local dcpu="-" sps="-" spo="-" dro="-" fai="-"
+                if [[ "${R[$row,mode]}" != off ]]; then
+                    [[ -n "$pcpu_off" ]] && dcpu=$(awk -v a="${R[$row,cpu_us]}" -v b="$pcpu_off" 'BEGIN { printf "%+.2f", a - b }')
+                    sps=${R[$row,spans_s]} spo=${R[$row,spooled]} dro="**${R[$row,dropped]}**" fai=${R[$row,failures]}
+                fi
+                printf '| %s | %s | %.0f | %s | %s | %s | %s%% | %s | %s | %s | %s | %s | %s | %s%% | %s%% | %s%% | %s%% |\n' \
+                    "${R[$row,label]}" "${R[$row,conns]}" "${R[$row,rps]}" "${R[$row,p50]}" "${R[$row,p99]}" \
+                    "${R[$row,errors]}" "${R[$row,cpu_pct]}" "${R[$row,cpu_us]}" "$dcpu" "$sps" "$spo" "$dro" \
+                    "$fai" "${R[$row,cpu0_other]}" "${R[$row,steal0]}" "${R[$row,cpu1]}" "${R[$row,rotel_cpu]}"
+            done
+        fi
+        echo
+        echo "Columns: proxy CPU = Portcullis's CPU time (/proc/PID/stat utime+stime, all threads) during"
+        echo "the wrk run, in % of one core. CPU µs/req = that CPU time from the start of the run until its"
+        echo "last record was exported (the drain), divided by the requests wrk completed. CPU 0 other ="
+        echo "busy time of CPU 0 (/proc/stat) not charged to Portcullis (interrupts, other processes); steal ="
+        echo "time the hypervisor took from CPU 0; CPU 1 busy = busy time of the client core (wrk, backend,
+collector); collector CPU = rotel-agent's CPU time, in % of one core; load = 1-min load average after the row; quiet wait = time
+waited before the row for the machine to fall under ${QUIET_PCT}% of a core, and its last reading. spans/s sustained"
+        echo "= (exported + replayed during the wrk run) / its length. requests = portcullis_requests_total"
+        echo "delta (one audit record each); collector received = spans rotel logged receiving. CPU off/on =
+the on/off throughput ratio a core given to Portcullis alone would show if CPU time were all that
+limited it (OFF CPU µs/req ÷ ON CPU µs/req): a derived figure, less disturbed by other load."
+        for row in "${ROWS[@]}"; do
+            if [[ -n "${R[$row,filelines]:-}" ]]; then
+                echo "OFF row $row: the JSONL audit file held ${R[$row,filelines]} lines for ${R[$row,reqtotal]} requests served (warm-up included)."
+            fi
+        done
+        echo
+        echo "- started $started, finished $finished (UTC)"
+        echo "- command: \`PORTCULLIS=$PORTCULLIS benches/load-audit.sh\` (ROUNDS=$ROUNDS MODES=\"$MODES\" PACED_MODES=\"$PACED_MODES\" RATE=$RATE)"
+        echo "- wrk: \`taskset -c $CLIENT_CPU wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:$PORTCULLIS_PORT/\` after a $WARMUP warm-up"
+        echo "- pinning: Portcullis (worker_threads = 1, all its threads) on CPU $PROXY_CPU; wrk and backend nginx on CPU $CLIENT_CPU; rotel-agent on CPU $COLLECTOR_CPU"
+        echo "- collector: \`$(basename "$ROTEL_AGENT") start --exporter blackhole --debug-log traces --debug-log-verbosity basic\` ($("$ROTEL_AGENT" --version 2>&1 | head -n1), PyPI $(basename "$(ls -d "$(dirname "$(dirname "$ROTEL_AGENT")")"/rotel-*.dist-info 2>/dev/null | head -n1)" .dist-info))"
+        echo "- portcullis: \`$PORTCULLIS\` (sha256 $(sha256sum "$PORTCULLIS" | cut -c1-12), built $(date -u -r "$PORTCULLIS" '+%Y-%m-%dT%H:%M:%SZ')), tree at $(git rev-parse --short HEAD 2>/dev/null || echo '?') with $(git status --porcelain 2>/dev/null | wc -l) changed files"
+        echo "- machine: $(nproc) cores, $(uname -srm), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+    )
+    printf '\n%s\n' "$report"
+    if [[ -n "${OUT:-}" ]]; then
+        printf '%s\n' "$report" >"$OUT"
+        log "report written to $OUT"
+    fi
+}
+
+main "$@"
