@@ -397,6 +397,27 @@ async fn a_session_refreshes_its_tokens_before_they_expire_and_ends_when_refresh
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(refreshed >= 3, "{metrics}");
+    // Each refresh is an audited act inside the trace of the request that caused it.
+    let acts = w.gw.acts(3).await;
+    let refreshes: Vec<_> = acts
+        .iter()
+        .filter(|a| a["portcullis.act"] == "session_refresh")
+        .collect();
+    assert_eq!(refreshes.len() as u64, refreshed, "{refreshes:?}");
+    let requests = w.gw.audit_events(1).await;
+    for r in &refreshes {
+        assert_eq!(r["portcullis.session.refresh"], "ok");
+        assert_eq!(r["enduser.id"], "alice");
+        let cause = requests
+            .iter()
+            .find(|e| e["portcullis.request.id"] == r["portcullis.request.id"])
+            .expect("the refresh names its request");
+        assert_eq!(r["trace_id"], cause["trace_id"]);
+        assert_eq!(r["parent_span_id"], cause["span_id"]);
+        assert!(r.get("portcullis.session.id_hash").is_some());
+    }
+    let trail = serde_json::to_string(&acts).unwrap();
+    assert!(!trail.contains(session.trim_start_matches("__Host-portcullis_session=")));
 
     // The provider goes away; once the token has expired the session ends cleanly.
     drop(w.idp);

@@ -169,7 +169,10 @@ async fn oversized_or_too_many_headers_are_refused_before_routing() {
         .iter()
         .map(|e| e["portcullis.reason"].as_str().unwrap())
         .collect();
-    assert_eq!(reasons, ["headers_too_large", "headers_too_large", "malformed_request"]);
+    assert_eq!(
+        reasons,
+        ["headers_too_large", "headers_too_large", "malformed_request"]
+    );
     for e in &events {
         assert_eq!(e["portcullis.decision"], "deny");
         assert_eq!(e["http.request.method"], "_OTHER");

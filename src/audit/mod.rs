@@ -73,12 +73,19 @@ impl TraceIds {
     }
 }
 
+/// The request an act happened during: its span is the act's parent.
+#[derive(Debug, Clone, Copy)]
+pub struct During<'a> {
+    pub request_id: &'a str,
+    pub trace: &'a TraceIds,
+}
+
 /// Every kind of audit event.
 #[derive(Debug, Clone)]
 pub enum Event {
     Access(Box<AccessEvent>),
     Policy(PolicyEvent),
-    Session(SessionEvent),
+    Session(Box<SessionEvent>),
 }
 
 impl From<AccessEvent> for Event {
@@ -95,7 +102,7 @@ impl From<PolicyEvent> for Event {
 
 impl From<SessionEvent> for Event {
     fn from(e: SessionEvent) -> Self {
-        Event::Session(e)
+        Event::Session(Box::new(e))
     }
 }
 
@@ -170,7 +177,7 @@ impl PolicyEvent {
         if !self.problems.is_empty() {
             a.strings("portcullis.policy.problems", self.problems);
         }
-        act_span("portcullis.policy_reload", self.time, a)
+        act_span("portcullis.policy_reload", self.time, TraceIds::fresh(), a)
     }
 }
 
@@ -178,6 +185,9 @@ impl PolicyEvent {
 #[derive(Debug, Clone)]
 pub struct SessionEvent {
     pub time: SystemTime,
+    /// The request whose authentication refreshed the session.
+    pub request_id: String,
+    pub parent: TraceIds,
     /// `ok`, `refused` (the session ends) or `unreachable` (kept while its token is valid).
     pub result: &'static str,
     pub principal: PrincipalFields,
@@ -196,16 +206,19 @@ impl SessionEvent {
         a.str("portcullis.session.refresh", self.result);
         a.str("portcullis.principal.kind", self.kind);
         a.str("portcullis.auth.method", "session");
+        a.str("portcullis.request.id", self.request_id);
         self.principal.write(&mut a);
-        act_span("portcullis.session_refresh", self.time, a)
+        // Inside the request's trace, under its access span.
+        let trace = TraceIds::child_of(self.parent.trace_id, self.parent.span_id);
+        act_span("portcullis.session_refresh", self.time, trace, a)
     }
 }
 
-fn act_span(name: &'static str, time: SystemTime, a: Attrs) -> SpanData {
+fn act_span(name: &'static str, time: SystemTime, trace: TraceIds, a: Attrs) -> SpanData {
     SpanMeta {
         name: Cow::Borrowed(name),
         kind: SpanKind::Internal,
-        trace: TraceIds::fresh(),
+        trace,
         start: time,
         end: time,
         error: None,

@@ -199,7 +199,12 @@ impl Browser {
     }
 
     /// The session authenticator: a session cookie naming a live session of an accepted provider.
-    pub async fn authenticate(&self, headers: &HeaderMap, accepted: &[Arc<Provider>]) -> Outcome {
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        accepted: &[Arc<Provider>],
+        during: crate::audit::During<'_>,
+    ) -> Outcome {
         let Some(value) = cookie(headers, SESSION_COOKIE) else {
             return Outcome::NotMine;
         };
@@ -218,7 +223,7 @@ impl Browser {
         {
             return Outcome::NotMine;
         }
-        match self.refresh_if_due(&id, session).await {
+        match self.refresh_if_due(&id, session, during).await {
             Ok(session) => Outcome::Authenticated(session.principal.clone()),
             Err(reason) => Outcome::Rejected(reason),
         }
@@ -231,7 +236,12 @@ impl Browser {
                 .is_some_and(|at| at <= SystemTime::now() + self.settings.refresh_before)
     }
 
-    async fn refresh_if_due(&self, id: &SessionId, session: Arc<Session>) -> Result<Arc<Session>, Reason> {
+    async fn refresh_if_due(
+        &self,
+        id: &SessionId,
+        session: Arc<Session>,
+        during: crate::audit::During<'_>,
+    ) -> Result<Arc<Session>, Reason> {
         if !self.refresh_due(&session) {
             return Ok(session);
         }
@@ -279,6 +289,8 @@ impl Browser {
         self.audit.emit(
             crate::audit::SessionEvent {
                 time: SystemTime::now(),
+                request_id: during.request_id.to_string(),
+                parent: *during.trace,
                 result,
                 kind: session.principal.kind.as_str(),
                 principal: crate::audit::PrincipalFields::from(&*session.principal),

@@ -96,9 +96,15 @@ impl Authn {
     }
 
     /// The first Authenticated wins; a Rejected stops the chain.
-    pub async fn authenticate(&self, headers: &HeaderMap, accepted: &[Arc<Provider>]) -> Outcome {
+    /// `during` names the request, for the acts authentication causes (a session refresh).
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        accepted: &[Arc<Provider>],
+        during: crate::audit::During<'_>,
+    ) -> Outcome {
         match self.bearer.authenticate(headers, accepted).await {
-            Outcome::NotMine => self.browser.authenticate(headers, accepted).await,
+            Outcome::NotMine => self.browser.authenticate(headers, accepted, during).await,
             decided => decided,
         }
     }

@@ -189,7 +189,14 @@ impl Proxy {
         let mut refused = None;
         if route.config.access != Access::Public {
             let started = Instant::now();
-            let outcome = self.authn.authenticate(req.headers(), &route.providers).await;
+            let during = crate::audit::During {
+                request_id: &ctx.request_id,
+                trace: &ctx.trace.ids,
+            };
+            let outcome = self
+                .authn
+                .authenticate(req.headers(), &route.providers, during)
+                .await;
             ctx.authn_duration = Some(started.elapsed());
             match outcome {
                 Outcome::Authenticated(principal) => ctx.principal = Some(principal),
