@@ -52,6 +52,8 @@ pub enum StartError {
     Policy(crate::authz::LoadError),
     #[error("resource_templates: {0}")]
     Templates(String),
+    #[error("tokens.key_dir: {0}")]
+    Keys(#[from] crate::tokens::KeyError),
 }
 
 fn policy_event(
@@ -258,6 +260,31 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
         _ => None,
     };
 
+    // The proxy as an issuer, when some route sends identity assertions.
+    let minter = match (&config.tokens.issuer, &config.tokens.key_dir) {
+        (Some(issuer), Some(dir)) if config.routes.iter().any(|r| r.assertion.is_some()) => {
+            let minter = Arc::new(crate::tokens::Minter::open(
+                &config.tokens,
+                issuer,
+                dir,
+                audit.clone(),
+            )?);
+            let (keys, dir) = (minter.clone(), dir.clone());
+            // Rotation on schedule, pruning, and keys `portcullis keys rotate` wrote meanwhile.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let (keys, dir) = (keys.clone(), dir.clone());
+                    let _ = tokio::task::spawn_blocking(move || keys.maintain(&dir)).await;
+                }
+            });
+            Some(minter)
+        }
+        _ => None,
+    };
+
     let mut routes = Vec::with_capacity(config.routes.len());
     for (i, route) in config.routes.iter().enumerate() {
         let upstream = Upstream::build(&route.upstream, &provider).map_err(|source| StartError::Build {
@@ -277,10 +304,10 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
         RouteTable::new(routes),
         authn.clone(),
         authz,
-        config.server.trusted_proxies.clone(),
+        &config,
         audit.clone(),
         metrics.clone(),
-        &config.audit.header_attributes,
+        minter.clone(),
     ));
 
     let tls = match (&config.server.tls, bound.https.is_some()) {
@@ -317,7 +344,13 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
         tasks.push(tokio::spawn(listener::serve(l, Some(tls), shared.clone())));
     }
     if let Some(l) = bound.admin {
-        tokio::spawn(admin::serve(l, metrics.clone(), ready.clone(), stopped.clone()));
+        tokio::spawn(admin::serve(
+            l,
+            metrics.clone(),
+            ready.clone(),
+            minter.clone(),
+            stopped.clone(),
+        ));
     }
     ready.set(true);
     tracing::info!(routes = config.routes.len(), "portcullis is ready");

@@ -86,6 +86,10 @@ pub enum Reason {
     /// Denied: the audit trail cannot take more records and the operator chose to fail closed
     /// (503): nothing is done that could not be recorded.
     AuditUnavailable,
+    /// Denied: the route sends an identity assertion and none could be minted (fail closed, 500).
+    AssertionFailed,
+    /// Allowed: the proxy served its own issuer metadata (`/.well-known/jwks.json`, …).
+    IssuerMetadata,
 }
 
 impl Reason {
@@ -124,6 +128,8 @@ impl Reason {
             Reason::SignedIn => "signed_in",
             Reason::SignedOut => "signed_out",
             Reason::AuditUnavailable => "audit_unavailable",
+            Reason::AssertionFailed => "assertion_failed",
+            Reason::IssuerMetadata => "issuer_metadata",
         }
     }
 
@@ -187,10 +193,11 @@ impl Reason {
             | Reason::CorsPreflight
             | Reason::SignInStarted
             | Reason::SignedIn
-            | Reason::SignedOut => StatusCode::OK,
+            | Reason::SignedOut
+            | Reason::IssuerMetadata => StatusCode::OK,
             Reason::NoCredentials | Reason::LoginFailed | Reason::SessionExpired => StatusCode::UNAUTHORIZED,
             Reason::StateMismatch | Reason::CorsRefused | Reason::Forbidden => StatusCode::FORBIDDEN,
-            Reason::PolicyError => StatusCode::INTERNAL_SERVER_ERROR,
+            Reason::PolicyError | Reason::AssertionFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Reason::IdpUnavailable | Reason::SessionStoreUnavailable | Reason::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -3,7 +3,7 @@
 //! Follow one request in this order: `listener` (accept, TLS, HTTP/1.1 and HTTP/2) →
 //! `proxy::stack` (the whole request path, composed in one place) → `proxy::canonical` (the one
 //! view of what the request is for) → `proxy::routes` → `decision` (allow with a `Permit`, or deny
-//! with a reason) → `proxy::forward` (strip, inject, stream) → `error::rescue` and `audit`
+//! with a reason) → `tokens` (the identity assertion) → `proxy::forward` (strip, inject, stream) → `error::rescue` and `audit`
 //! (exactly one event per request). `app` builds all of it from `config`; `admin` serves probes
 //! and metrics on a separate listener.
 
@@ -19,4 +19,5 @@ pub mod error;
 pub mod listener;
 pub mod proxy;
 pub mod session;
+pub mod tokens;
 pub mod watch;

@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The signing keys of identity assertions (see docs/tokens.md).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Exit 0 if an HTTP GET of URL answers 2xx within 3 s (a container health check that needs
     /// no curl in the image).
     Probe { url: String },
@@ -48,6 +53,22 @@ enum Command {
     DemoUpstream {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// List the key ring: the active key and the retired ones still published.
+    List {
+        /// The configuration whose `tokens.key_dir` holds the ring.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Make a new active key now; the current one retires and stays published until its
+    /// assertions expire. A running proxy picks the new key up within a few seconds.
+    Rotate {
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -176,6 +197,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Policy { command } => policy_command(command),
+        Command::Keys { command } => keys_command(command),
         Command::Audit {
             command: AuditCommand::Verify { path },
         } => match portcullis::audit::verify::verify(&path) {
@@ -296,6 +318,50 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn keys_command(command: KeysCommand) -> ExitCode {
+    let (KeysCommand::List { config } | KeysCommand::Rotate { config }) = &command;
+    let loaded = match portcullis::config::load(config) {
+        Ok(c) => c,
+        Err(problems) => {
+            report(config, &problems);
+            return ExitCode::from(2);
+        }
+    };
+    let Some(dir) = loaded.tokens.key_dir.clone() else {
+        eprintln!("{}: tokens.key_dir is not set", config.display());
+        return ExitCode::from(2);
+    };
+    let mut ring = match portcullis::tokens::KeyRing::open(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokens.key_dir: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if matches!(command, KeysCommand::Rotate { .. }) {
+        match ring.rotate(loaded.tokens.algorithm, std::time::SystemTime::now()) {
+            Ok(change) => println!("{change:?}"),
+            Err(e) => {
+                eprintln!("tokens.key_dir: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    for key in ring.keys() {
+        let state = match key.retired {
+            None => "active".to_string(),
+            Some(at) => format!("retired {}", humantime::format_rfc3339_seconds(at)),
+        };
+        println!(
+            "{}  {:?}  created {}  {state}",
+            key.kid,
+            key.algorithm,
+            humantime::format_rfc3339_seconds(key.created)
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn report(path: &std::path::Path, problems: &[portcullis::config::Problem]) {

@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (listeners bound and ready
-//! for traffic) and `/metrics` (Prometheus text). Separate from the proxy listeners so probes
+//! for traffic), `/metrics` (Prometheus text) and, when the proxy signs identity assertions,
+//! `/.well-known/openid-configuration` and `/.well-known/jwks.json`. Separate from the proxy listeners so probes
 //! are never routed, audited or exposed to clients.
 
 pub mod metrics;
@@ -19,6 +20,7 @@ pub use metrics::Metrics;
 
 use crate::authn::Authn;
 use crate::proxy::body::{ProxyBody, full};
+use crate::tokens::Minter;
 
 /// Readiness: every listener is bound, every identity provider's keys are in hand, and
 /// shutdown has not begun.
@@ -46,6 +48,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     ready: Arc<Ready>,
+    minter: Option<Arc<Minter>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -62,10 +65,11 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         let ready = ready.clone();
+        let minter = minter.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = answer(&req, &metrics, &ready);
+                let response = answer(&req, &metrics, &ready, minter.as_deref());
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), service).await;
@@ -73,8 +77,38 @@ pub async fn serve(
     }
 }
 
-fn answer(req: &Request<Incoming>, metrics: &Metrics, ready: &Ready) -> Response<ProxyBody> {
-    let (status, content_type, body) = match req.uri().path() {
+fn answer(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    ready: &Ready,
+    minter: Option<&Minter>,
+) -> Response<ProxyBody> {
+    let (status, content_type, body) = match (req.uri().path(), minter) {
+        (path, Some(m)) if path.starts_with("/.well-known/") => match issuer_document(path, m) {
+            Some(doc) => (StatusCode::OK, "application/json", doc),
+            None => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
+        },
+        (path, _) => match_probe(path, metrics, ready),
+    };
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        response.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+/// The issuer's discovery document or its JWK Set, for upstreams verifying assertions.
+pub fn issuer_document(path: &str, minter: &Minter) -> Option<String> {
+    match path {
+        "/.well-known/jwks.json" => Some(minter.jwks().to_string()),
+        "/.well-known/openid-configuration" => Some(minter.discovery().to_string()),
+        _ => None,
+    }
+}
+
+fn match_probe(path: &str, metrics: &Metrics, ready: &Ready) -> (StatusCode, &'static str, String) {
+    match path {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" if ready.get() => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         "/readyz" => (
@@ -88,11 +122,5 @@ fn answer(req: &Request<Incoming>, metrics: &Metrics, ready: &Ready) -> Response
             metrics.encode(),
         ),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
-    };
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        response.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    response
 }

@@ -86,6 +86,13 @@ pub enum Event {
     Access(Box<AccessEvent>),
     Policy(PolicyEvent),
     Session(Box<SessionEvent>),
+    Token(Box<TokenEvent>),
+}
+
+impl From<TokenEvent> for Event {
+    fn from(e: TokenEvent) -> Self {
+        Event::Token(Box::new(e))
+    }
 }
 
 impl From<AccessEvent> for Event {
@@ -143,6 +150,7 @@ impl Event {
             Event::Access(e) => e.into_span(),
             Event::Policy(e) => e.into_span(),
             Event::Session(e) => e.into_span(),
+            Event::Token(e) => e.into_span(),
         }
     }
 }
@@ -211,6 +219,53 @@ impl SessionEvent {
         // Inside the request's trace, under its access span.
         let trace = TraceIds::child_of(self.parent.trace_id, self.parent.span_id);
         act_span("portcullis.session_refresh", self.time, trace, a)
+    }
+}
+
+/// The proxy as an issuer: an identity assertion minted (once per caller, route and lifetime,
+/// not per request), a signing key rotated, a retired key removed. Never the token or a key.
+#[derive(Debug, Clone)]
+pub struct TokenEvent {
+    pub time: SystemTime,
+    /// `assertion_minted`, `key_rotation` or `key_removed`.
+    pub act: &'static str,
+    /// The signing key (minted), the new active key (rotation), the key removed.
+    pub kid: String,
+    /// Rotation: the key that retired.
+    pub retired_kid: Option<String>,
+    pub jti: Option<String>,
+    pub route: Option<Arc<String>>,
+    pub audience: Option<String>,
+    pub expires: Option<SystemTime>,
+    pub principal: Option<PrincipalFields>,
+}
+
+impl TokenEvent {
+    fn into_span(self) -> SpanData {
+        let mut a = Attrs::with_capacity(16);
+        a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
+        a.str("portcullis.act", self.act);
+        a.str("portcullis.decision", "allow");
+        a.str("portcullis.token.kid", self.kid);
+        a.opt("portcullis.token.retired_kid", self.retired_kid);
+        a.opt("portcullis.token.id", self.jti);
+        a.opt("portcullis.route", self.route.map(|r| r.as_str().to_string()));
+        a.opt("portcullis.token.audience", self.audience);
+        if let Some(expires) = self.expires {
+            a.str(
+                "portcullis.token.expires",
+                humantime::format_rfc3339_seconds(expires).to_string(),
+            );
+        }
+        if let Some(p) = self.principal {
+            p.write(&mut a);
+        }
+        let name = match self.act {
+            "assertion_minted" => "portcullis.assertion_minted",
+            "key_removed" => "portcullis.key_removed",
+            _ => "portcullis.key_rotation",
+        };
+        act_span(name, self.time, TraceIds::fresh(), a)
     }
 }
 

@@ -40,6 +40,89 @@ pub struct Config {
     pub policy: Policy,
     /// Resource templates added to (or replacing) the built-in ones, by name.
     pub resource_templates: std::collections::BTreeMap<String, crate::authz::resources::TemplateDef>,
+    /// The proxy as an issuer: the signing keys of identity assertions.
+    pub tokens: Tokens,
+}
+
+/// Signing keys for the identity assertions routes send upstream (`[routes.assertion]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Tokens {
+    /// The `iss` of every assertion, an https URL (http for loopback tests). Upstreams find the
+    /// keys at `<issuer>/.well-known/openid-configuration` and `/.well-known/jwks.json`, served on
+    /// the proxy listeners for the issuer's host and on the admin listener. Required with
+    /// `[routes.assertion]`.
+    pub issuer: Option<String>,
+    /// Where the key ring is kept: mode 0700, refused at start-up if group or others may read it.
+    /// Required with `[routes.assertion]`.
+    pub key_dir: Option<PathBuf>,
+    /// `ES256` (default) or `EdDSA` (Ed25519).
+    pub algorithm: SigningAlgorithm,
+    /// A new signing key after this long; the retired one stays published until every
+    /// assertion it signed has expired. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub rotate_every: Duration,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens {
+            issuer: None,
+            key_dir: None,
+            algorithm: SigningAlgorithm::Es256,
+            rotate_every: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum SigningAlgorithm {
+    #[serde(rename = "ES256")]
+    Es256,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
+impl SigningAlgorithm {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::Es256 => "ES256",
+            SigningAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// The longest an assertion may live.
+pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// A signed identity assertion on every request a route forwards (authenticated and protected
+/// routes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Assertion {
+    /// The `aud` claim: what this upstream checks. Required.
+    pub audience: String,
+    /// The request header carrying it. Default `X-Portcullis-Assertion`.
+    pub header: String,
+    /// `exp - iat`. Default `60s`, at most `15m`. Cached per caller and route, minted again when
+    /// less than a tenth of it is left.
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// Also send `X-Portcullis-User`, `X-Portcullis-Email` and `X-Portcullis-Groups` (plain, for
+    /// upstreams that cannot verify a JWT; anything the client sent by those names is removed
+    /// first). Default false.
+    pub identity_headers: bool,
+}
+
+impl Default for Assertion {
+    fn default() -> Self {
+        Assertion {
+            audience: String::new(),
+            header: "X-Portcullis-Assertion".into(),
+            lifetime: Duration::from_secs(60),
+            identity_headers: false,
+        }
+    }
 }
 
 impl Config {
@@ -428,6 +511,8 @@ pub struct Route {
     /// `[resource_templates]`) that names objects and verbs. Default none: the object is the
     /// canonical path and the action the HTTP method.
     pub resources: Option<String>,
+    /// A signed identity assertion for the upstream. Default none.
+    pub assertion: Option<Assertion>,
 }
 
 impl AsRef<Route> for Route {
@@ -458,6 +543,7 @@ impl Default for Route {
             cors: None,
             policy_domain: None,
             resources: None,
+            assertion: None,
         }
     }
 }

@@ -77,6 +77,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         ));
     }
     validate_audit(&config.audit, &mut p);
+    validate_tokens(config, &mut p);
 
     if config.routes.is_empty() {
         p.push(Problem::new(
@@ -674,6 +675,91 @@ fn validate_audit(audit: &crate::config::Audit, p: &mut Vec<Problem>) {
                 at,
                 "needs exactly one of value, value_env, value_file",
                 "put secrets in value_env or value_file, never in the config text",
+            ));
+        }
+    }
+}
+
+fn validate_tokens(config: &Config, p: &mut Vec<Problem>) {
+    use crate::config::{Access, MAX_ASSERTION_LIFETIME};
+    let t = &config.tokens;
+    let asserting = config.routes.iter().any(|r| r.assertion.is_some());
+    if asserting && t.issuer.is_none() {
+        p.push(Problem::new(
+            "tokens.issuer",
+            "is required when a route sends an identity assertion",
+            "set the URL upstreams know this proxy by, e.g. \"https://portcullis.example.com\"",
+        ));
+    }
+    if let Some(issuer) = &t.issuer {
+        let ok = issuer.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some() && u.query().is_none()
+        });
+        if !ok {
+            p.push(Problem::new(
+                "tokens.issuer",
+                format!("{issuer:?} is not an https URL"),
+                "use e.g. \"https://portcullis.example.com\"",
+            ));
+        }
+    }
+    if asserting && t.key_dir.is_none() {
+        p.push(Problem::new(
+            "tokens.key_dir",
+            "is required when a route sends an identity assertion",
+            "set a directory only the proxy's user may read, e.g. \"/var/lib/portcullis/keys\"",
+        ));
+    }
+    if t.rotate_every < std::time::Duration::from_secs(1) {
+        p.push(Problem::new(
+            "tokens.rotate_every",
+            "must be at least 1s",
+            "use e.g. \"24h\"",
+        ));
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        let Some(a) = &route.assertion else {
+            continue;
+        };
+        let at = format!("routes[{i}].assertion");
+        if a.audience.trim().is_empty() {
+            p.push(Problem::new(
+                format!("{at}.audience"),
+                "is required",
+                "name what the upstream checks in aud, e.g. \"https://airflow.example.com\"",
+            ));
+        }
+        if route.access == Access::Public {
+            p.push(Problem::new(
+                format!("routes[{i}].access"),
+                "a public route has no caller to assert",
+                "make the route authenticated or protected, or remove [routes.assertion]",
+            ));
+        }
+        if a.lifetime < std::time::Duration::from_secs(1) || a.lifetime > MAX_ASSERTION_LIFETIME {
+            p.push(Problem::new(
+                format!("{at}.lifetime"),
+                "must be between 1s and 15m",
+                "leave it unset for the default (60s)",
+            ));
+        }
+        let lower = a.header.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(a.header.as_bytes()).is_err()
+            || [
+                "authorization",
+                "cookie",
+                "host",
+                "connection",
+                "x-portcullis-user",
+                "x-portcullis-email",
+                "x-portcullis-groups",
+            ]
+            .contains(&lower.as_str())
+        {
+            p.push(Problem::new(
+                format!("{at}.header"),
+                format!("{:?} cannot carry the assertion", a.header),
+                "leave it unset for X-Portcullis-Assertion",
             ));
         }
     }

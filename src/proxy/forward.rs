@@ -179,6 +179,7 @@ pub async fn forward(
     ctx: &mut RequestCtx,
     route: &Route,
     mut req: Request<Incoming>,
+    identity: Vec<(HeaderName, HeaderValue)>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let canonical = ctx
         .canonical
@@ -194,6 +195,20 @@ pub async fn forward(
 
     let (parts, body) = req.into_parts();
     let mut headers = outbound_headers(parts.headers, ctx);
+    if let Some((_, name)) = &route.assertion {
+        // A configured assertion header outside x-portcullis-*: stripped here in every spelling.
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| normalized(k) == normalized(name))
+            .cloned()
+            .collect();
+        for k in doomed {
+            headers.remove(k);
+        }
+    }
+    for (name, value) in identity {
+        headers.insert(name, value);
+    }
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());

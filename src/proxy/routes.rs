@@ -21,6 +21,8 @@ pub struct Route {
     pub providers: Vec<Arc<Provider>>,
     /// Protected routes: the policy domain and resource template requests are checked in.
     pub policy: Option<Target>,
+    /// Routes that send an identity assertion: its audience and header, parsed once.
+    pub assertion: Option<(Arc<str>, http::HeaderName)>,
 }
 
 impl Route {
@@ -31,12 +33,19 @@ impl Route {
         policy: Option<Target>,
     ) -> Self {
         let label = Arc::new(config.name.clone());
+        // Validation checked the header name; the default stands in only for a config that skipped it.
+        let assertion = config.assertion.as_ref().map(|a| {
+            let header = http::HeaderName::from_bytes(a.header.as_bytes())
+                .unwrap_or(http::HeaderName::from_static("x-portcullis-assertion"));
+            (Arc::from(a.audience.as_str()), header)
+        });
         Route {
             config,
             upstream,
             label,
             providers,
             policy,
+            assertion,
         }
     }
 }

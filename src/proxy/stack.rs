@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::{HeaderValue, Method, Request, Response, Version, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
@@ -52,6 +52,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// `audit.header_attributes`: workflow attribute ← request header.
     header_attributes: Vec<(&'static str, http::HeaderName)>,
+    /// Signs identity assertions (routes with `[routes.assertion]`).
+    minter: Option<Arc<crate::tokens::Minter>>,
 }
 
 /// What the audit event needs from the request after the request itself has moved on.
@@ -67,17 +69,20 @@ struct Seen {
 }
 
 impl Proxy {
+    /// `config` supplies the trusted proxies and the audit's header attributes.
     pub fn new(
         routes: RouteTable,
         authn: Arc<Authn>,
         authz: Option<Arc<Authz>>,
-        trusted_proxies: Vec<IpNet>,
+        config: &crate::config::Config,
         audit: Arc<dyn AuditSink>,
         metrics: Arc<Metrics>,
-        header_attributes: &std::collections::BTreeMap<String, String>,
+        minter: Option<Arc<crate::tokens::Minter>>,
     ) -> Self {
         // Validation allows only the workflow attributes, so every name finds its static twin.
-        let header_attributes = header_attributes
+        let header_attributes = config
+            .audit
+            .header_attributes
             .iter()
             .filter_map(|(attribute, header)| {
                 let key = crate::config::WORKFLOW_ATTRIBUTES
@@ -90,10 +95,11 @@ impl Proxy {
             routes,
             authn,
             authz,
-            trusted_proxies,
+            trusted_proxies: config.server.trusted_proxies.clone(),
             audit,
             metrics,
             header_attributes,
+            minter,
         }
     }
 
@@ -172,6 +178,15 @@ impl Proxy {
         if canonical.path.starts_with(RESERVED) {
             return self.reserved(ctx, canonical, req.headers()).await;
         }
+        if let Some(document) = self.issuer_document(&canonical) {
+            ctx.canonical = Some(canonical);
+            ctx.decision = Some(Decision::Allow(Reason::IssuerMetadata));
+            let mut response = Response::new(crate::proxy::body::full(document));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return Ok(response);
+        }
         let route = self.routes.find(&canonical.host, &canonical.path).cloned();
         let route = route.ok_or_else(|| ProxyError::deny(Reason::RouteNotFound));
         ctx.canonical = Some(canonical);
@@ -234,7 +249,66 @@ impl Proxy {
             return self.refuse(ctx, &route, decision.reason(), req.headers()).await;
         };
 
-        forward(permit, ctx, &route, req).await
+        let identity = self.identity(ctx, &route)?;
+        forward(permit, ctx, &route, req, identity).await
+    }
+
+    /// `/.well-known/jwks.json` and `/.well-known/openid-configuration` on the issuer's own host,
+    /// so upstreams verify assertions with any OIDC library pointed at `tokens.issuer`.
+    fn issuer_document(&self, canonical: &Canonical) -> Option<String> {
+        let minter = self.minter.as_ref()?;
+        if !canonical.path.starts_with("/.well-known/") || canonical.method != Method::GET {
+            return None;
+        }
+        let issuer: http::Uri = minter.issuer().parse().ok()?;
+        let host = issuer.host()?;
+        let port = issuer.port_u16();
+        let same = host.eq_ignore_ascii_case(&canonical.host) && (port.is_none() || port == canonical.port);
+        if !same {
+            return None;
+        }
+        crate::admin::issuer_document(&canonical.path, minter)
+    }
+
+    /// The identity the upstream is told: the signed assertion and, if the route asks, plain
+    /// identity headers. Added by the forwarder after it stripped whatever the client sent.
+    fn identity(
+        &self,
+        ctx: &RequestCtx,
+        route: &Route,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
+        let (Some((audience, header)), Some(config), Some(principal)) =
+            (&route.assertion, &route.config.assertion, &ctx.principal)
+        else {
+            return Ok(Vec::new());
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "identity assertion not minted; refused");
+            ProxyError::deny(Reason::AssertionFailed)
+        };
+        let minter = self.minter.as_ref().ok_or_else(|| failed(&"no signing keys"))?;
+        let minted = minter
+            .mint(principal, audience, config.lifetime, &route.label)
+            .map_err(|e| failed(&e))?;
+        let mut out = Vec::with_capacity(4);
+        out.push((
+            header.clone(),
+            HeaderValue::from_str(&minted.token).map_err(|e| failed(&e))?,
+        ));
+        if config.identity_headers {
+            let plain = [
+                ("x-portcullis-user", Some(principal.subject.clone())),
+                ("x-portcullis-email", principal.email.clone()),
+                ("x-portcullis-groups", Some(principal.groups.join(","))),
+            ];
+            for (name, value) in plain {
+                // A value that is not a valid header (a newline in a claim) is left out, never sent raw.
+                if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                    out.push((HeaderName::from_static(name), v));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Asks the policy in force about this request; records question and answer for the audit.

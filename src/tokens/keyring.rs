@@ -1,0 +1,421 @@
+//! The signing key ring: one active key, and retired keys kept (and published) until every
+//! assertion they signed has expired. Persisted one file per key in a directory only the
+//! proxy's user may read, so a restart keeps the ring and `portcullis keys rotate` can act on a
+//! running proxy (which reloads the directory).
+//!
+//! Untrusted input: the key files (an operator or a disk fault may damage them); a file that
+//! does not parse is an error naming it, never a panic.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::signature::{self, KeyPair as _};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::config::SigningAlgorithm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "{dir} has mode {mode:04o}: group or others may read the signing keys (fix: chmod 700 {dir}, and 600 for its files)"
+    )]
+    TooOpen { dir: String, mode: u32 },
+    #[error("{path}: {detail}")]
+    Damaged { path: String, detail: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("generating a key: {0}")]
+    Generate(String),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A key as stored: the private half as PKCS#8, times as Unix seconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    kid: String,
+    alg: String,
+    created: u64,
+    retired: Option<u64>,
+    pkcs8: String,
+}
+
+/// One signing key.
+#[derive(Clone)]
+pub struct Key {
+    pub kid: String,
+    pub algorithm: Algorithm,
+    pub created: SystemTime,
+    pub retired: Option<SystemTime>,
+    pub encoding: EncodingKey,
+    /// The public JWK.
+    pub jwk: serde_json::Value,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("created", &self.created)
+            .field("retired", &self.retired)
+            .finish_non_exhaustive()
+    }
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+fn at(s: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(s)
+}
+
+impl Key {
+    fn from_stored(stored: &Stored, path: &Path) -> Result<Key, KeyError> {
+        let damaged = |detail: &str| KeyError::Damaged {
+            path: path.display().to_string(),
+            detail: detail.to_string(),
+        };
+        let der = STANDARD
+            .decode(&stored.pkcs8)
+            .map_err(|_| damaged("pkcs8 is not base64"))?;
+        let (algorithm, encoding, jwk) = match stored.alg.as_str() {
+            "ES256" => {
+                let pair =
+                    signature::EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+                        .map_err(|_| damaged("not a P-256 PKCS#8 key"))?;
+                // The public key is the uncompressed point 04 ‖ X ‖ Y.
+                let point = pair.public_key().as_ref();
+                let (x, y) = (point.get(1..33), point.get(33..65));
+                let (Some(x), Some(y)) = (x, y) else {
+                    return Err(damaged("unexpected public key length"));
+                };
+                let jwk = serde_json::json!({
+                    "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": stored.kid,
+                    "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y),
+                });
+                (Algorithm::ES256, EncodingKey::from_ec_der(&der), jwk)
+            }
+            "EdDSA" => {
+                let pair = signature::Ed25519KeyPair::from_pkcs8(&der)
+                    .map_err(|_| damaged("not an Ed25519 PKCS#8 key"))?;
+                let jwk = serde_json::json!({
+                    "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": stored.kid,
+                    "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+                });
+                (Algorithm::EdDSA, EncodingKey::from_ed_der(&der), jwk)
+            }
+            other => return Err(damaged(&format!("unknown algorithm {other:?}"))),
+        };
+        Ok(Key {
+            kid: stored.kid.clone(),
+            algorithm,
+            created: at(stored.created),
+            retired: stored.retired.map(at),
+            encoding,
+            jwk,
+        })
+    }
+}
+
+fn generate(algorithm: SigningAlgorithm, now: SystemTime) -> Result<Stored, KeyError> {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let (der, public) = match algorithm {
+        SigningAlgorithm::Es256 => {
+            let doc =
+                signature::EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|e| KeyError::Generate(e.to_string()))?;
+            let pair = signature::EcdsaKeyPair::from_pkcs8(
+                &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                doc.as_ref(),
+            )
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
+            (doc.as_ref().to_vec(), pair.public_key().as_ref().to_vec())
+        }
+        SigningAlgorithm::EdDsa => {
+            let doc = signature::Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|e| KeyError::Generate(e.to_string()))?;
+            let pair = signature::Ed25519KeyPair::from_pkcs8(doc.as_ref())
+                .map_err(|e| KeyError::Generate(e.to_string()))?;
+            (doc.as_ref().to_vec(), pair.public_key().as_ref().to_vec())
+        }
+    };
+    // The kid names the public key (a thumbprint of it), never anything secret.
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &public);
+    let kid = URL_SAFE_NO_PAD.encode(digest.as_ref().get(..16).unwrap_or_default());
+    Ok(Stored {
+        kid,
+        alg: algorithm.as_str().into(),
+        created: secs(now),
+        retired: None,
+        pkcs8: STANDARD.encode(der),
+    })
+}
+
+/// What a change to the ring did, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Rotated { active: String, retired: Option<String> },
+    Removed { kid: String },
+}
+
+/// The keys in a directory.
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    dir: PathBuf,
+    /// Newest first; the first unretired one signs.
+    keys: Vec<Key>,
+}
+
+impl KeyRing {
+    /// Opens `dir` (creating it with mode 0700), refusing it if group or others may read it.
+    pub fn open(dir: &Path) -> Result<KeyRing, KeyError> {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_at(dir))?;
+        }
+        let mode = fs::metadata(dir).map_err(io_at(dir))?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::TooOpen {
+                dir: dir.display().to_string(),
+                mode,
+            });
+        }
+        let mut keys = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+            let path = entry.map_err(io_at(dir))?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let file_mode = fs::metadata(&path).map_err(io_at(&path))?.permissions().mode() & 0o777;
+            if file_mode & 0o077 != 0 {
+                return Err(KeyError::TooOpen {
+                    dir: path.display().to_string(),
+                    mode: file_mode,
+                });
+            }
+            let text = fs::read_to_string(&path).map_err(io_at(&path))?;
+            let stored: Stored = serde_json::from_str(&text).map_err(|e| KeyError::Damaged {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+            keys.push(Key::from_stored(&stored, &path)?);
+        }
+        keys.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.kid.cmp(&a.kid)));
+        Ok(KeyRing {
+            dir: dir.to_path_buf(),
+            keys,
+        })
+    }
+
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// The key that signs.
+    pub fn active(&self) -> Option<&Key> {
+        self.keys.iter().find(|k| k.retired.is_none())
+    }
+
+    fn write(&self, stored: &Stored) -> Result<(), KeyError> {
+        let path = self.dir.join(format!("{}.json", stored.kid));
+        let tmp = self.dir.join(format!(".{}.tmp", stored.kid));
+        let text = serde_json::to_string_pretty(stored).map_err(|e| KeyError::Generate(e.to_string()))?;
+        {
+            use std::io::Write as _;
+            let mut file = fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_at(&tmp))?;
+            file.write_all(text.as_bytes()).map_err(io_at(&tmp))?;
+            file.sync_all().map_err(io_at(&tmp))?;
+        }
+        fs::rename(&tmp, &path).map_err(io_at(&path))
+    }
+
+    fn stored(key: &Key, path: &Path) -> Result<Stored, KeyError> {
+        let text = fs::read_to_string(path).map_err(io_at(path))?;
+        let mut stored: Stored = serde_json::from_str(&text).map_err(|e| KeyError::Damaged {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        stored.retired = key.retired.map(secs);
+        Ok(stored)
+    }
+
+    /// A new active key; the previous one retires now. The new key is written first, so a crash
+    /// between the two writes leaves two unretired keys, and the newer signs.
+    pub fn rotate(&mut self, algorithm: SigningAlgorithm, now: SystemTime) -> Result<Change, KeyError> {
+        let stored = generate(algorithm, now)?;
+        self.write(&stored)?;
+        let previous = self.active().map(|k| k.kid.clone());
+        for key in self.keys.iter_mut().filter(|k| k.retired.is_none()) {
+            key.retired = Some(now);
+        }
+        for key in self.keys.iter().filter(|k| k.retired == Some(now)) {
+            let path = self.dir.join(format!("{}.json", key.kid));
+            let updated = Self::stored(key, &path)?;
+            self.write(&updated)?;
+        }
+        let path = self.dir.join(format!("{}.json", stored.kid));
+        self.keys.insert(0, Key::from_stored(&stored, &path)?);
+        Ok(Change::Rotated {
+            active: stored.kid,
+            retired: previous,
+        })
+    }
+
+    /// Rotates when the active key is older than `rotate_every` (or there is none), and removes
+    /// retired keys once every assertion they signed has expired (`keep` after retiring).
+    pub fn maintain(
+        &mut self,
+        algorithm: SigningAlgorithm,
+        rotate_every: Duration,
+        keep: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<Change>, KeyError> {
+        let mut changes = Vec::new();
+        let due = self
+            .active()
+            .is_none_or(|k| k.created + rotate_every <= now || k.algorithm != jwt_algorithm(algorithm));
+        if due {
+            changes.push(self.rotate(algorithm, now)?);
+        }
+        let expired: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|k| k.retired.is_some_and(|r| r + keep <= now))
+            .map(|k| k.kid.clone())
+            .collect();
+        for kid in expired {
+            let path = self.dir.join(format!("{kid}.json"));
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_at(&path)(e)),
+                _ => {}
+            }
+            self.keys.retain(|k| k.kid != kid);
+            changes.push(Change::Removed { kid });
+        }
+        Ok(changes)
+    }
+
+    /// The JWK Set upstreams verify against: the active key and every retired key still kept.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<&serde_json::Value> = self.keys.iter().map(|k| &k.jwk).collect();
+        serde_json::json!({ "keys": keys })
+    }
+}
+
+pub fn jwt_algorithm(algorithm: SigningAlgorithm) -> Algorithm {
+    match algorithm {
+        SigningAlgorithm::Es256 => Algorithm::ES256,
+        SigningAlgorithm::EdDsa => Algorithm::EdDSA,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn private_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_rotated_ring_signs_with_the_new_key_and_keeps_publishing_the_old_until_it_expires() {
+        let dir = private_dir();
+        let t0 = SystemTime::now();
+        let mut ring = KeyRing::open(dir.path()).unwrap();
+        let changes = ring
+            .maintain(
+                SigningAlgorithm::Es256,
+                Duration::from_secs(100),
+                Duration::from_secs(10),
+                t0,
+            )
+            .unwrap();
+        assert!(matches!(&changes[..], [Change::Rotated { retired: None, .. }]));
+        let first = ring.active().unwrap().kid.clone();
+
+        let t1 = t0 + Duration::from_secs(100);
+        ring.maintain(
+            SigningAlgorithm::Es256,
+            Duration::from_secs(100),
+            Duration::from_secs(10),
+            t1,
+        )
+        .unwrap();
+        let second = ring.active().unwrap().kid.clone();
+        assert_ne!(first, second);
+        let published: Vec<&str> = ring.keys().iter().map(|k| k.kid.as_str()).collect();
+        assert_eq!(published, [second.as_str(), first.as_str()]);
+
+        // A restart reads the same ring back.
+        let reopened = KeyRing::open(dir.path()).unwrap();
+        assert_eq!(reopened.active().unwrap().kid, second);
+        assert_eq!(reopened.keys().len(), 2);
+
+        let t2 = t1 + Duration::from_secs(10);
+        let changes = ring
+            .maintain(
+                SigningAlgorithm::Es256,
+                Duration::from_secs(100),
+                Duration::from_secs(10),
+                t2,
+            )
+            .unwrap();
+        assert_eq!(changes, [Change::Removed { kid: first }]);
+        assert_eq!(ring.keys().len(), 1);
+        assert_eq!(KeyRing::open(dir.path()).unwrap().keys().len(), 1);
+    }
+
+    #[test]
+    fn a_key_directory_others_may_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let e = KeyRing::open(dir.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("0755") && e.to_string().contains("chmod 700"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn key_files_are_written_for_the_owner_only_and_eddsa_keys_publish_okp_jwks() {
+        let dir = private_dir();
+        let mut ring = KeyRing::open(dir.path()).unwrap();
+        ring.rotate(SigningAlgorithm::EdDsa, SystemTime::now()).unwrap();
+        let kid = ring.active().unwrap().kid.clone();
+        let mode = fs::metadata(dir.path().join(format!("{kid}.json")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(ring.jwks()["keys"][0]["kty"], "OKP");
+        assert!(
+            ring.jwks().to_string().find("pkcs8").is_none(),
+            "a private key is published"
+        );
+    }
+}

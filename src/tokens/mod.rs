@@ -1,0 +1,282 @@
+//! The proxy as an issuer: signed identity assertions for upstreams, from a key ring that
+//! rotates itself.
+//!
+//! [`Minter::mint`] makes the assertion for one caller and one route: a JWT (ES256 or EdDSA)
+//! with `iss`, `aud`, `sub`, `email`, `groups`, the auth method, `iat`, `exp` and `jti`, cached
+//! per (caller, route) and minted again when less than a tenth of its lifetime is left, so a
+//! signature is paid once per caller per lifetime, not per request. The ring ([`keyring`])
+//! rotates on its schedule; the retired key stays published (`/.well-known/jwks.json`) until
+//! every assertion it signed has expired. Every mint and rotation is an audit event; no token
+//! or key ever is.
+
+pub mod keyring;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::Header;
+use serde::Serialize;
+
+use crate::audit::{AuditSink, TokenEvent};
+use crate::authn::Principal;
+use crate::config::{MAX_ASSERTION_LIFETIME, SigningAlgorithm, Tokens};
+pub use keyring::{Change, KeyError, KeyRing};
+
+/// Clock skew the verifiers of our assertions may allow: retired keys are kept this much longer.
+const LEEWAY: Duration = Duration::from_secs(60);
+
+/// The claims of an identity assertion.
+#[derive(Debug, Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    groups: &'a [String],
+    /// `bearer` or `session`.
+    auth_method: &'static str,
+    /// `user`, `service` or `ci_job`.
+    principal_kind: &'static str,
+    /// The issuer that vouched for the caller.
+    idp: &'a str,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: String,
+}
+
+/// A minted assertion.
+#[derive(Debug)]
+pub struct Minted {
+    pub token: String,
+    pub issued: SystemTime,
+    pub expires: SystemTime,
+}
+
+/// Why an assertion could not be made (the request then fails closed).
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("no active signing key")]
+    NoKey,
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+/// The ring in use and what maintains it.
+pub struct Minter {
+    issuer: String,
+    algorithm: SigningAlgorithm,
+    rotate_every: Duration,
+    ring: ArcSwap<KeyRing>,
+    /// Assertions by (route audience, caller): every claim that differs between callers is in
+    /// the key, so a cached assertion never names anyone but its caller.
+    cache: moka::sync::Cache<(Arc<str>, String), Arc<Minted>>,
+    audit: Arc<dyn AuditSink>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+impl Minter {
+    /// Opens the ring, rotating or pruning it as its schedule says.
+    pub fn open(
+        config: &Tokens,
+        issuer: &str,
+        dir: &std::path::Path,
+        audit: Arc<dyn AuditSink>,
+    ) -> Result<Self, KeyError> {
+        let mut ring = KeyRing::open(dir)?;
+        let changes = ring.maintain(
+            config.algorithm,
+            config.rotate_every,
+            MAX_ASSERTION_LIFETIME + LEEWAY,
+            SystemTime::now(),
+        )?;
+        let minter = Minter {
+            issuer: issuer.trim_end_matches('/').to_string(),
+            algorithm: config.algorithm,
+            rotate_every: config.rotate_every,
+            ring: ArcSwap::from_pointee(ring),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(MAX_ASSERTION_LIFETIME)
+                .build(),
+            audit,
+        };
+        minter.report(&changes);
+        Ok(minter)
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The JWK Set to publish.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.ring.load().jwks()
+    }
+
+    /// The discovery document: enough for any OIDC library to find the keys.
+    pub fn discovery(&self) -> serde_json::Value {
+        serde_json::json!({
+            "issuer": self.issuer,
+            "jwks_uri": format!("{}/.well-known/jwks.json", self.issuer),
+            "id_token_signing_alg_values_supported": [self.algorithm.as_str()],
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+        })
+    }
+
+    /// Rotates or prunes as due, and reloads keys another process (`portcullis keys rotate`)
+    /// wrote. Called every few seconds.
+    pub fn maintain(&self, dir: &std::path::Path) {
+        let mut ring = match KeyRing::open(dir) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "signing keys could not be reloaded; the ring in use stays");
+                return;
+            }
+        };
+        let before = self.ring.load().active().map(|k| k.kid.clone());
+        match ring.maintain(
+            self.algorithm,
+            self.rotate_every,
+            MAX_ASSERTION_LIFETIME + LEEWAY,
+            SystemTime::now(),
+        ) {
+            Ok(mut changes) => {
+                let after = ring.active().map(|k| k.kid.clone());
+                // Another process rotated: still this proxy's act to report, once.
+                if before != after
+                    && !changes.iter().any(|c| matches!(c, Change::Rotated { .. }))
+                    && let Some(active) = after
+                {
+                    changes.push(Change::Rotated {
+                        active,
+                        retired: before,
+                    });
+                }
+                self.ring.store(Arc::new(ring));
+                self.report(&changes);
+            }
+            Err(e) => tracing::error!(error = %e, "signing key rotation failed; the ring in use stays"),
+        }
+    }
+
+    fn report(&self, changes: &[Change]) {
+        for change in changes {
+            let (act, kid, retired) = match change {
+                Change::Rotated { active, retired } => {
+                    tracing::info!(kid = %active, retired = ?retired, "signing key rotated");
+                    ("key_rotation", active.clone(), retired.clone())
+                }
+                Change::Removed { kid } => {
+                    tracing::info!(%kid, "retired signing key removed (its assertions have expired)");
+                    ("key_removed", kid.clone(), None)
+                }
+            };
+            self.audit.emit(
+                TokenEvent {
+                    time: SystemTime::now(),
+                    act,
+                    kid,
+                    retired_kid: retired,
+                    jti: None,
+                    route: None,
+                    audience: None,
+                    expires: None,
+                    principal: None,
+                }
+                .into(),
+            );
+        }
+    }
+
+    /// The assertion for `principal` on a route with `audience`: cached, or minted now.
+    pub fn mint(
+        &self,
+        principal: &Principal,
+        audience: &Arc<str>,
+        lifetime: Duration,
+        route: &Arc<String>,
+    ) -> Result<Arc<Minted>, MintError> {
+        let who = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            principal.issuer,
+            principal.provider,
+            principal.subject,
+            principal.email.as_deref().unwrap_or(""),
+            principal.name.as_deref().unwrap_or(""),
+            principal.groups.join("\u{1}"),
+            principal.auth_method.as_str(),
+            principal.kind.as_str(),
+        );
+        let key = (audience.clone(), who);
+        let now = SystemTime::now();
+        if let Some(hit) = self.cache.get(&key) {
+            let left = hit.expires.duration_since(now).unwrap_or_default();
+            if left * 10 > lifetime {
+                return Ok(hit);
+            }
+        }
+        let ring = self.ring.load();
+        let signing = ring.active().ok_or(MintError::NoKey)?;
+        let iat = unix(now);
+        let lifetime = lifetime.min(MAX_ASSERTION_LIFETIME);
+        let claims = Claims {
+            iss: &self.issuer,
+            aud: audience,
+            sub: &principal.subject,
+            email: principal.email.as_deref(),
+            name: principal.name.as_deref(),
+            groups: &principal.groups,
+            auth_method: principal.auth_method.as_str(),
+            principal_kind: principal.kind.as_str(),
+            idp: &principal.issuer,
+            iat,
+            nbf: iat,
+            exp: iat + lifetime.as_secs(),
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        let mut header = Header::new(signing.algorithm);
+        header.kid = Some(signing.kid.clone());
+        header.typ = Some("JWT".into());
+        let token = jsonwebtoken::encode(&header, &claims, &signing.encoding)
+            .map_err(|e| MintError::Sign(e.to_string()))?;
+        let minted = Arc::new(Minted {
+            token,
+            issued: UNIX_EPOCH + Duration::from_secs(iat),
+            expires: UNIX_EPOCH + Duration::from_secs(claims.exp),
+        });
+        self.cache.insert(key, minted.clone());
+        self.audit.emit(
+            TokenEvent {
+                time: now,
+                act: "assertion_minted",
+                kid: signing.kid.clone(),
+                retired_kid: None,
+                jti: Some(claims.jti),
+                route: Some(route.clone()),
+                audience: Some(audience.to_string()),
+                expires: Some(minted.expires),
+                principal: Some(crate::audit::PrincipalFields::from(principal)),
+            }
+            .into(),
+        );
+        Ok(minted)
+    }
+
+    /// A new active key now (`portcullis keys rotate` does the same on the directory).
+    pub fn rotate_now(&self, dir: &std::path::Path) -> Result<(), KeyError> {
+        let mut ring = KeyRing::open(dir)?;
+        let change = ring.rotate(self.algorithm, SystemTime::now())?;
+        self.ring.store(Arc::new(ring));
+        self.report(&[change]);
+        Ok(())
+    }
+}

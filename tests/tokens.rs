@@ -1,0 +1,428 @@
+//! Identity assertions as an upstream sees them: a JWT it verifies with a standard library
+//! against the keys the proxy publishes, for its own audience only, from a key ring that
+//! rotates under load without a single failed verification and survives a restart.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use serde_json::Value;
+use support::issuer::TestIssuer;
+use support::{Gateway, Recorder, get};
+use tokio::net::TcpListener;
+
+fn private_dir(parent: &Path) -> std::path::PathBuf {
+    let dir = parent.join("keys");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// `[tokens]` and two routes that send assertions, with audiences `https://a.test` and
+/// `https://b.test`, in front of `upstream_a` and `upstream_b`.
+fn config(
+    issuer_url: &str,
+    keys: &Path,
+    idp: &TestIssuer,
+    upstream_a: &str,
+    upstream_b: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "{}[tokens]\nissuer = \"{issuer_url}\"\nkey_dir = {:?}\n{extra}\n\
+         [[routes]]\nname = \"a\"\nhosts = [\"a.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"test\"]\n\
+         [routes.upstream]\nurl = \"{upstream_a}\"\n[routes.assertion]\naudience = \"https://a.test\"\nidentity_headers = true\n\
+         [[routes]]\nname = \"b\"\nhosts = [\"b.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"test\"]\n\
+         [routes.upstream]\nurl = \"{upstream_b}\"\n[routes.assertion]\naudience = \"https://b.test\"\nlifetime = \"120s\"\n",
+        idp.provider_toml("test", ""),
+        keys.display().to_string()
+    )
+}
+
+async fn jwks(addr: SocketAddr, host: &str) -> JwkSet {
+    let (status, body) = get(addr, "/.well-known/jwks.json", &[("host", host)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn verify(
+    token: &str,
+    keys: &JwkSet,
+    issuer: &str,
+    audience: &str,
+) -> Result<Value, jsonwebtoken::errors::Error> {
+    let header = jsonwebtoken::decode_header(token)?;
+    let kid = header.kid.ok_or(jsonwebtoken::errors::ErrorKind::InvalidToken)?;
+    let jwk = keys
+        .find(&kid)
+        .ok_or(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["iss", "aud", "sub", "exp"]);
+    validation.leeway = 5;
+    Ok(jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &validation)?.claims)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_for_its_own_audience() {
+    let idp = TestIssuer::start().await;
+    let (a, b) = (Recorder::start().await, Recorder::start().await);
+    let prebound = Gateway::prebind("").await;
+    let issuer_url = format!("http://{}", prebound.http);
+    let keys = private_dir(prebound.dir.path());
+    let gw = prebound
+        .start(&config(&issuer_url, &keys, &idp, &a.url(), &b.url(), ""))
+        .await;
+    gw.wait_ready().await;
+    let token = idp.token("alice");
+
+    let bearer = format!("Bearer {token}");
+    let spoof = [
+        ("host", "a.test"),
+        ("authorization", bearer.as_str()),
+        ("x-portcullis-assertion", "forged.by.client"),
+        ("X_Portcullis_User", "mallory"),
+    ];
+    let (status, _) = get(gw.http, "/jobs", &spoof).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = a.last();
+    let assertion = seen.header("x-portcullis-assertion").unwrap();
+    assert_ne!(assertion, "forged.by.client");
+    assert!(
+        !seen.has_any_spelling_of("x-portcullis-user")
+            || seen.header("x-portcullis-user").as_deref() == Some("alice")
+    );
+    assert_eq!(seen.header("x-portcullis-user").as_deref(), Some("alice"));
+    assert_eq!(
+        seen.header("x-portcullis-email").as_deref(),
+        Some("alice@example.test")
+    );
+    assert_eq!(seen.header("x-portcullis-groups").as_deref(), Some("deployers"));
+    assert_eq!(seen.headers.get_all("x-portcullis-assertion").iter().count(), 1);
+
+    // The discovery document names the JWKS, on the issuer's own host and on the admin listener.
+    let host = issuer_url.trim_start_matches("http://");
+    let (status, discovery) = get(gw.http, "/.well-known/openid-configuration", &[("host", host)]).await;
+    assert_eq!(status, StatusCode::OK);
+    let discovery: Value = serde_json::from_str(&discovery).unwrap();
+    assert_eq!(discovery["issuer"], issuer_url.as_str());
+    assert_eq!(
+        discovery["jwks_uri"],
+        format!("{issuer_url}/.well-known/jwks.json")
+    );
+    let published = jwks(gw.http, host).await;
+    assert_eq!(jwks(gw.admin, "admin").await.keys.len(), published.keys.len());
+    let (status, _) = get(gw.http, "/.well-known/jwks.json", &[("host", "a.test")]).await;
+    assert_ne!(
+        status,
+        StatusCode::OK,
+        "another host's .well-known is that route's, not the issuer's"
+    );
+
+    let claims = verify(&assertion, &published, &issuer_url, "https://a.test").unwrap();
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["email"], "alice@example.test");
+    assert_eq!(claims["groups"], serde_json::json!(["deployers"]));
+    assert_eq!(claims["auth_method"], "bearer");
+    assert_eq!(claims["idp"], idp.issuer.as_str());
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        60
+    );
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    assert_eq!(
+        jsonwebtoken::decode_header(&assertion).unwrap().alg,
+        jsonwebtoken::Algorithm::ES256
+    );
+
+    // Replayed to route b's upstream, it is refused there: b checks its own audience.
+    let refused = verify(&assertion, &published, &issuer_url, "https://b.test").unwrap_err();
+    assert_eq!(*refused.kind(), jsonwebtoken::errors::ErrorKind::InvalidAudience);
+    let (status, _) = get(
+        gw.http,
+        "/jobs",
+        &[("host", "b.test"), ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let for_b = b.last().header("x-portcullis-assertion").unwrap();
+    let claims_b = verify(&for_b, &published, &issuer_url, "https://b.test").unwrap();
+    assert_eq!(
+        claims_b["exp"].as_u64().unwrap() - claims_b["iat"].as_u64().unwrap(),
+        120
+    );
+    assert!(
+        b.last().header("x-portcullis-user").is_none(),
+        "b does not ask for plain headers"
+    );
+
+    // Cached per caller and route: the same caller gets the same assertion; another caller its own.
+    let (status, _) = get(gw.http, "/jobs", &spoof).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(a.last().header("x-portcullis-assertion").unwrap(), assertion);
+    let bob = format!("Bearer {}", idp.token("bob"));
+    let (status, _) = get(gw.http, "/jobs", &[("host", "a.test"), ("authorization", &bob)]).await;
+    assert_eq!(status, StatusCode::OK);
+    let bobs = a.last().header("x-portcullis-assertion").unwrap();
+    assert_eq!(
+        verify(&bobs, &published, &issuer_url, "https://a.test").unwrap()["sub"],
+        "bob"
+    );
+
+    // Each mint is one audit act (three: alice on a, alice on b, bob on a); the trail holds no token.
+    let acts = gw.acts(4).await;
+    let mints: Vec<&Value> = acts
+        .iter()
+        .filter(|e| e["portcullis.act"] == "assertion_minted")
+        .collect();
+    assert_eq!(mints.len(), 3, "{mints:?}");
+    assert!(
+        acts.iter().any(|e| e["portcullis.act"] == "key_rotation"),
+        "the first key is an audited act"
+    );
+    let trail = serde_json::to_string(&acts).unwrap();
+    assert!(!trail.contains(&assertion[..40]) && !trail.contains(&token[..40]));
+    gw.stop().await;
+}
+
+/// An upstream that verifies every request's assertion the way a service would: a cached JWKS,
+/// fetched again from the issuer when a token names an unknown key.
+struct VerifyingUpstream {
+    addr: SocketAddr,
+    verified: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    kids: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+async fn verifying_upstream(
+    jwks_at: SocketAddr,
+    jwks_host: String,
+    issuer: String,
+    audience: &'static str,
+) -> VerifyingUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let verified = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let kids = Arc::new(Mutex::new(HashMap::new()));
+    let cache: Arc<tokio::sync::Mutex<Option<JwkSet>>> = Arc::new(tokio::sync::Mutex::new(None));
+    let (v, f, k) = (verified.clone(), failures.clone(), kids.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (v, f, k, cache, issuer, host) = (
+                v.clone(),
+                f.clone(),
+                k.clone(),
+                cache.clone(),
+                issuer.clone(),
+                jwks_host.clone(),
+            );
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (v, f, k, cache, issuer, host) = (
+                        v.clone(),
+                        f.clone(),
+                        k.clone(),
+                        cache.clone(),
+                        issuer.clone(),
+                        host.clone(),
+                    );
+                    async move {
+                        let token = req
+                            .headers()
+                            .get("x-portcullis-assertion")
+                            .and_then(|t| t.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let kid = jsonwebtoken::decode_header(&token)
+                            .ok()
+                            .and_then(|h| h.kid)
+                            .unwrap_or_default();
+                        let mut keys = cache.lock().await;
+                        if keys.as_ref().is_none_or(|set| set.find(&kid).is_none()) {
+                            *keys = Some(jwks(jwks_at, &host).await);
+                        }
+                        match verify(&token, keys.as_ref().unwrap(), &issuer, audience) {
+                            Ok(_) => {
+                                v.fetch_add(1, Ordering::Relaxed);
+                                *k.lock().unwrap().entry(kid).or_default() += 1;
+                            }
+                            Err(e) => f.lock().unwrap().push(format!("{kid}: {e}")),
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    VerifyingUpstream {
+        addr,
+        verified,
+        failures,
+        kids,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotated_under_load_fail_no_verification_at_the_upstream_and_a_restart_keeps_the_ring() {
+    let idp = TestIssuer::start().await;
+    let b = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = private_dir(dir.path());
+
+    // A first run makes the ring.
+    let prebound = Gateway::prebind("").await;
+    let issuer_url = format!("http://{}", prebound.http);
+    let text = config(&issuer_url, &keys, &idp, "http://127.0.0.1:1", &b.url(), "");
+    let gw = prebound.start(&text).await;
+    gw.wait_ready().await;
+    gw.stop().await;
+    let first = portcullis::tokens::KeyRing::open(&keys)
+        .unwrap()
+        .active()
+        .unwrap()
+        .kid
+        .clone();
+
+    // The second run on the same directory rotates every 2 s, in front of an upstream that
+    // verifies every assertion with keys it fetches from the issuer's own URL.
+    let prebound = Gateway::prebind("").await;
+    let issuer_url = format!("http://{}", prebound.http);
+    let host = issuer_url.trim_start_matches("http://").to_string();
+    let verifier =
+        verifying_upstream(prebound.http, host.clone(), issuer_url.clone(), "https://a.test").await;
+    let text = config(
+        &issuer_url,
+        &keys,
+        &idp,
+        &format!("http://{}", verifier.addr),
+        &b.url(),
+        "rotate_every = \"2s\"",
+    )
+    // Assertions are cached for their lifetime: a short one shows each new key within seconds.
+    .replace(
+        "audience = \"https://a.test\"\n",
+        "audience = \"https://a.test\"\nlifetime = \"2s\"\n",
+    );
+    let gw = prebound.start(&text).await;
+    gw.wait_ready().await;
+    assert!(
+        jwks(gw.admin, "admin").await.find(&first).is_some(),
+        "the restarted proxy lost the key ring it had"
+    );
+
+    // `portcullis keys rotate` acts on the same directory from outside, twice, during the load.
+    let cli_config = dir.path().join("keys-cli.toml");
+    std::fs::write(&cli_config, &text).unwrap();
+    let token = format!("Bearer {}", idp.token("alice"));
+    let started = Instant::now();
+    let (mut sent, mut rotated) = (0, 0u64);
+    while started.elapsed() < Duration::from_secs(8) {
+        for _ in 0..20 {
+            let (status, body) = get(gw.http, "/run", &[("host", "a.test"), ("authorization", &token)]).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            sent += 1;
+        }
+        if rotated < 2 && started.elapsed() > Duration::from_secs(2 + 3 * rotated) {
+            let out = std::process::Command::new(support::binary())
+                .args(["keys", "rotate", "--config"])
+                .arg(&cli_config)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            rotated += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failures = verifier.failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "verification failures at the upstream: {failures:?}"
+    );
+    assert_eq!(verifier.verified.load(Ordering::Relaxed), sent);
+    let kids = verifier.kids.lock().unwrap().clone();
+    assert!(
+        kids.len() >= 3,
+        "the assertions were signed by only {} keys: {kids:?}",
+        kids.len()
+    );
+    let listed = std::process::Command::new(support::binary())
+        .args(["keys", "list", "--config"])
+        .arg(&cli_config)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(
+        listed.lines().filter(|l| l.ends_with("active")).count(),
+        1,
+        "{listed}"
+    );
+    assert!(listed.contains(&first), "{listed}");
+    let acts = gw.acts(1).await;
+    assert!(
+        acts.iter()
+            .filter(|e| e["portcullis.act"] == "key_rotation")
+            .count()
+            >= 3
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_directory_that_others_may_read_is_refused_at_start_up_with_the_fix() {
+    let idp = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = format!(
+        "[server]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\npath = {:?}\n{}",
+        dir.path().join("audit.jsonl").display().to_string(),
+        config(
+            "http://127.0.0.1:1",
+            &keys,
+            &idp,
+            &upstream.url(),
+            &upstream.url(),
+            ""
+        )
+    );
+    let config = portcullis::config::parse(&text).unwrap();
+    assert!(portcullis::config::validate(&config).is_empty());
+    let bound = portcullis::app::bind(&config).await.unwrap();
+    let error = portcullis::app::run(config, bound, async {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("tokens.key_dir"), "{error}");
+    assert!(error.contains("0755") && error.contains("chmod 700"), "{error}");
+}
