@@ -298,7 +298,37 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             .collect();
         let target = (route.access == Access::Protected)
             .then(|| Target::new(route.domain(), route.resources.as_deref(), &templates));
-        routes.push(Arc::new(Route::new(route.clone(), upstream, accepted, target)));
+        let credentials = match &route.upstream_credentials {
+            Some(c) => {
+                let key = format!("routes[{i}].upstream_credentials");
+                let secret = read_secret(
+                    "client_secret",
+                    c.client_secret_env.as_ref(),
+                    c.client_secret_file.as_ref(),
+                )
+                .map_err(|message| StartError::Secret {
+                    key: key.clone(),
+                    message,
+                })?
+                .ok_or_else(|| StartError::Secret {
+                    key: key.clone(),
+                    message: "needs client_secret_env or client_secret_file".into(),
+                })?;
+                let http = IdpClient::new(c.ca.as_deref(), &provider)
+                    .map_err(|source| StartError::Build { key, source })?;
+                Some(Arc::new(crate::tokens::broker::ClientCredentials::new(
+                    c.clone(),
+                    secret,
+                    http,
+                    Arc::new(route.name.clone()),
+                    audit.clone(),
+                )))
+            }
+            None => None,
+        };
+        routes.push(Arc::new(
+            Route::new(route.clone(), upstream, accepted, target).with_credentials(credentials),
+        ));
     }
     let proxy = Arc::new(Proxy::new(
         RouteTable::new(routes),

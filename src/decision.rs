@@ -88,6 +88,8 @@ pub enum Reason {
     AuditUnavailable,
     /// Denied: the route sends an identity assertion and none could be minted (fail closed, 500).
     AssertionFailed,
+    /// Denied: the route's brokered upstream credential could not be obtained (fail closed, 503).
+    UpstreamCredentialUnavailable,
     /// Allowed: the proxy served its own issuer metadata (`/.well-known/jwks.json`, …).
     IssuerMetadata,
 }
@@ -130,6 +132,7 @@ impl Reason {
             Reason::AuditUnavailable => "audit_unavailable",
             Reason::AssertionFailed => "assertion_failed",
             Reason::IssuerMetadata => "issuer_metadata",
+            Reason::UpstreamCredentialUnavailable => "upstream_credential_unavailable",
         }
     }
 
@@ -198,9 +201,10 @@ impl Reason {
             Reason::NoCredentials | Reason::LoginFailed | Reason::SessionExpired => StatusCode::UNAUTHORIZED,
             Reason::StateMismatch | Reason::CorsRefused | Reason::Forbidden => StatusCode::FORBIDDEN,
             Reason::PolicyError | Reason::AssertionFailed => StatusCode::INTERNAL_SERVER_ERROR,
-            Reason::IdpUnavailable | Reason::SessionStoreUnavailable | Reason::AuditUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Reason::IdpUnavailable
+            | Reason::SessionStoreUnavailable
+            | Reason::AuditUnavailable
+            | Reason::UpstreamCredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
             Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

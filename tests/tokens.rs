@@ -81,7 +81,8 @@ fn verify(
     validation.set_issuer(&[issuer]);
     validation.set_audience(&[audience]);
     validation.set_required_spec_claims(&["iss", "aud", "sub", "exp"]);
-    validation.leeway = 5;
+    // No leeway: an expired token at the upstream is a failure of the proxy's refresh.
+    validation.leeway = 0;
     Ok(jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &validation)?.claims)
 }
 
@@ -207,8 +208,27 @@ async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_
     gw.stop().await;
 }
 
-/// An upstream that verifies every request's assertion the way a service would: a cached JWKS,
-/// fetched again from the issuer when a token names an unknown key.
+/// Where a verifying upstream gets its keys.
+#[derive(Clone)]
+enum Keys {
+    /// The proxy's issuer URL (`at`, with `host` as the issuer's host).
+    Proxy { at: SocketAddr, host: String },
+    /// An identity provider's JWKS URL.
+    Url(String),
+}
+
+impl Keys {
+    async fn fetch(&self) -> JwkSet {
+        match self {
+            Keys::Proxy { at, host } => jwks(*at, host).await,
+            Keys::Url(url) => serde_json::from_value(support::idp::get_json(url).await.1).unwrap(),
+        }
+    }
+}
+
+/// An upstream that verifies every request's token the way a service would: a cached JWKS,
+/// fetched again when a token names an unknown key. `header` carries the token (`authorization`
+/// with a `Bearer ` prefix, or the assertion header).
 struct VerifyingUpstream {
     addr: SocketAddr,
     verified: Arc<AtomicUsize>,
@@ -217,8 +237,8 @@ struct VerifyingUpstream {
 }
 
 async fn verifying_upstream(
-    jwks_at: SocketAddr,
-    jwks_host: String,
+    keys_from: Keys,
+    header: &'static str,
     issuer: String,
     audience: &'static str,
 ) -> VerifyingUpstream {
@@ -234,38 +254,38 @@ async fn verifying_upstream(
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let (v, f, k, cache, issuer, host) = (
+            let (v, f, k, cache, issuer, source) = (
                 v.clone(),
                 f.clone(),
                 k.clone(),
                 cache.clone(),
                 issuer.clone(),
-                jwks_host.clone(),
+                keys_from.clone(),
             );
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let (v, f, k, cache, issuer, host) = (
+                    let (v, f, k, cache, issuer, source) = (
                         v.clone(),
                         f.clone(),
                         k.clone(),
                         cache.clone(),
                         issuer.clone(),
-                        host.clone(),
+                        source.clone(),
                     );
                     async move {
-                        let token = req
+                        let value = req
                             .headers()
-                            .get("x-portcullis-assertion")
+                            .get(header)
                             .and_then(|t| t.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
+                            .unwrap_or("");
+                        let token = value.strip_prefix("Bearer ").unwrap_or(value).to_string();
                         let kid = jsonwebtoken::decode_header(&token)
                             .ok()
                             .and_then(|h| h.kid)
                             .unwrap_or_default();
                         let mut keys = cache.lock().await;
                         if keys.as_ref().is_none_or(|set| set.find(&kid).is_none()) {
-                            *keys = Some(jwks(jwks_at, &host).await);
+                            *keys = Some(source.fetch().await);
                         }
                         match verify(&token, keys.as_ref().unwrap(), &issuer, audience) {
                             Ok(_) => {
@@ -317,8 +337,17 @@ async fn keys_rotated_under_load_fail_no_verification_at_the_upstream_and_a_rest
     let prebound = Gateway::prebind("").await;
     let issuer_url = format!("http://{}", prebound.http);
     let host = issuer_url.trim_start_matches("http://").to_string();
-    let verifier =
-        verifying_upstream(prebound.http, host.clone(), issuer_url.clone(), "https://a.test").await;
+    let keys_from = Keys::Proxy {
+        at: prebound.http,
+        host: host.clone(),
+    };
+    let verifier = verifying_upstream(
+        keys_from,
+        "x-portcullis-assertion",
+        issuer_url.clone(),
+        "https://a.test",
+    )
+    .await;
     let text = config(
         &issuer_url,
         &keys,
@@ -425,4 +454,70 @@ async fn a_key_directory_that_others_may_read_is_refused_at_start_up_with_the_fi
         .to_string();
     assert!(error.contains("tokens.key_dir"), "{error}");
     assert!(error.contains("0755") && error.contains("chmod 700"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brokered_client_credentials_token_is_refreshed_before_expiry_and_the_upstream_sees_only_valid_ones()
+ {
+    // Access tokens live 4 s at the provider; the proxy refreshes 2 s before expiry.
+    let idp = support::idp::Idp::start_with(&["--access-token-ttl", "4"]).await;
+    let api = "https://api.portcullis.test";
+    let jwks_uri = idp.discovery().await["jwks_uri"].as_str().unwrap().to_string();
+    let verifier = verifying_upstream(Keys::Url(jwks_uri), "authorization", idp.issuer.clone(), api).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("ci-bot.secret");
+    std::fs::write(&secret, "ci-bot-secret\n").unwrap();
+    let routes = format!(
+        "[[routes]]\nname = \"api\"\nhosts = [\"app.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"http://{}\"\n\
+         [routes.upstream_credentials]\nissuer = \"{}\"\nclient_id = \"ci-bot\"\nclient_secret_file = {:?}\n\
+         auth_method = \"client_secret_post\"\nscopes = [\"read\"]\nresource = \"{api}\"\nrefresh_before = \"2s\"\n",
+        verifier.addr,
+        idp.issuer,
+        secret.display().to_string()
+    );
+    let gw = Gateway::start(&routes).await;
+    gw.wait_ready().await;
+
+    // Over three token lifetimes, with the client's own Authorization replaced every time.
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        let replies = futures_util::future::join_all((0..3).map(|_| {
+            get(
+                gw.http,
+                "/deploy",
+                &[("authorization", "Bearer the-client-s-own-token")],
+            )
+        }))
+        .await;
+        for (status, body) in replies {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let failures = verifier.failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "the upstream saw tokens that do not verify: {failures:?}"
+    );
+    assert_eq!(verifier.verified.load(Ordering::Relaxed), sent);
+    let acts = gw.acts(3).await;
+    let refreshes: Vec<&Value> = acts
+        .iter()
+        .filter(|e| e["portcullis.act"] == "credential_brokered")
+        .collect();
+    assert!(
+        refreshes.len() >= 4,
+        "only {} tokens over three lifetimes",
+        refreshes.len()
+    );
+    assert!(
+        refreshes
+            .iter()
+            .all(|e| e["portcullis.client.id"] == "ci-bot" && e["portcullis.route"] == "api")
+    );
+    let trail = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap();
+    assert!(!trail.contains("ci-bot-secret") && !trail.contains("the-client-s-own-token"));
+    gw.stop().await;
 }

@@ -227,7 +227,7 @@ impl SessionEvent {
 #[derive(Debug, Clone)]
 pub struct TokenEvent {
     pub time: SystemTime,
-    /// `assertion_minted`, `key_rotation` or `key_removed`.
+    /// `assertion_minted`, `key_rotation`, `key_removed` or `credential_brokered`.
     pub act: &'static str,
     /// The signing key (minted), the new active key (rotation), the key removed.
     pub kid: String,
@@ -238,6 +238,8 @@ pub struct TokenEvent {
     pub audience: Option<String>,
     pub expires: Option<SystemTime>,
     pub principal: Option<PrincipalFields>,
+    /// A brokered credential: the client the proxy obtained it as.
+    pub client_id: Option<String>,
 }
 
 impl TokenEvent {
@@ -246,7 +248,9 @@ impl TokenEvent {
         a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
         a.str("portcullis.act", self.act);
         a.str("portcullis.decision", "allow");
-        a.str("portcullis.token.kid", self.kid);
+        if !self.kid.is_empty() {
+            a.str("portcullis.token.kid", self.kid);
+        }
         a.opt("portcullis.token.retired_kid", self.retired_kid);
         a.opt("portcullis.token.id", self.jti);
         a.opt("portcullis.route", self.route.map(|r| r.as_str().to_string()));
@@ -260,8 +264,10 @@ impl TokenEvent {
         if let Some(p) = self.principal {
             p.write(&mut a);
         }
+        a.opt("portcullis.client.id", self.client_id);
         let name = match self.act {
             "assertion_minted" => "portcullis.assertion_minted",
+            "credential_brokered" => "portcullis.credential_brokered",
             "key_removed" => "portcullis.key_removed",
             _ => "portcullis.key_rotation",
         };

@@ -513,6 +513,54 @@ pub struct Route {
     pub resources: Option<String>,
     /// A signed identity assertion for the upstream. Default none.
     pub assertion: Option<Assertion>,
+    /// A short-lived credential the proxy obtains for the upstream; it replaces any
+    /// `Authorization` the client sent, on the upstream side only. Default none.
+    pub upstream_credentials: Option<UpstreamCredentials>,
+}
+
+/// How the broker authenticates to the token endpoint.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// OAuth 2.0 client credentials (RFC 6749 4.4).
+    #[default]
+    ClientCredentials,
+}
+
+/// A brokered upstream credential (`[routes.upstream_credentials]`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct UpstreamCredentials {
+    /// `client_credentials`. Default `client_credentials`.
+    pub kind: CredentialKind,
+    /// The identity provider's issuer; its token endpoint comes from discovery. Required.
+    pub issuer: String,
+    /// The token endpoint, instead of discovery.
+    pub token_url: Option<String>,
+    /// PEM CA bundle for the token endpoint, instead of the system roots.
+    pub ca: Option<PathBuf>,
+    pub client_id: String,
+    /// Env variable with the client secret.
+    pub client_secret_env: Option<String>,
+    /// File with the client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    pub auth_method: ClientAuth,
+    pub scopes: Vec<String>,
+    /// RFC 8707 `resource` (the upstream's audience at providers that support it).
+    pub resource: Option<String>,
+    /// Fetch a new token this long before the current one expires (at least a tenth of its
+    /// lifetime). Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub refresh_before: Duration,
 }
 
 impl AsRef<Route> for Route {
@@ -544,6 +592,7 @@ impl Default for Route {
             policy_domain: None,
             resources: None,
             assertion: None,
+            upstream_credentials: None,
         }
     }
 }

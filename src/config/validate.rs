@@ -718,6 +718,41 @@ fn validate_tokens(config: &Config, p: &mut Vec<Problem>) {
         ));
     }
     for (i, route) in config.routes.iter().enumerate() {
+        if let Some(c) = &route.upstream_credentials {
+            let at = format!("routes[{i}].upstream_credentials");
+            let url_ok = |u: &str| {
+                u.parse::<http::Uri>()
+                    .is_ok_and(|u| matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some())
+            };
+            if !url_ok(&c.issuer) {
+                p.push(Problem::new(
+                    format!("{at}.issuer"),
+                    "must be the identity provider's issuer URL",
+                    "use e.g. \"https://example.okta.com/oauth2/default\"",
+                ));
+            }
+            if c.token_url.as_deref().is_some_and(|u| !url_ok(u)) {
+                p.push(Problem::new(
+                    format!("{at}.token_url"),
+                    "is not an http(s) URL",
+                    "leave it unset to use the provider's discovery",
+                ));
+            }
+            if c.client_id.is_empty() {
+                p.push(Problem::new(
+                    format!("{at}.client_id"),
+                    "is required",
+                    "set the client the proxy obtains tokens as",
+                ));
+            }
+            if c.client_secret_env.is_some() == c.client_secret_file.is_some() {
+                p.push(Problem::new(
+                    at.clone(),
+                    "needs exactly one of client_secret_env, client_secret_file",
+                    "keep the secret in the environment or a file, never in the config",
+                ));
+            }
+        }
         let Some(a) = &route.assertion else {
             continue;
         };

@@ -23,6 +23,8 @@ pub struct Route {
     pub policy: Option<Target>,
     /// Routes that send an identity assertion: its audience and header, parsed once.
     pub assertion: Option<(Arc<str>, http::HeaderName)>,
+    /// Routes with a brokered upstream credential.
+    pub credentials: Option<Arc<crate::tokens::broker::ClientCredentials>>,
 }
 
 impl Route {
@@ -46,7 +48,19 @@ impl Route {
             providers,
             policy,
             assertion,
+            credentials: None,
         }
+    }
+}
+
+impl Route {
+    /// The same route with a brokered credential for its upstream.
+    pub fn with_credentials(
+        mut self,
+        credentials: Option<Arc<crate::tokens::broker::ClientCredentials>>,
+    ) -> Self {
+        self.credentials = credentials;
+        self
     }
 }
 

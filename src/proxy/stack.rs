@@ -249,7 +249,17 @@ impl Proxy {
             return self.refuse(ctx, &route, decision.reason(), req.headers()).await;
         };
 
-        let identity = self.identity(ctx, &route)?;
+        let mut identity = self.identity(ctx, &route)?;
+        if let Some(broker) = &route.credentials {
+            let token = broker.token().await.map_err(|e| {
+                tracing::error!(request_id = %ctx.request_id, route = %route.label, error = %e, "no brokered upstream credential; refused");
+                ProxyError::deny(Reason::UpstreamCredentialUnavailable)
+            })?;
+            let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| ProxyError::deny(Reason::UpstreamCredentialUnavailable))?;
+            // Replaces the client's Authorization, on the upstream side only.
+            identity.push((header::AUTHORIZATION, value));
+        }
         forward(permit, ctx, &route, req, identity).await
     }
 

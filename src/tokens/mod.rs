@@ -9,6 +9,7 @@
 //! every assertion it signed has expired. Every mint and rotation is an audit event; no token
 //! or key ever is.
 
+pub mod broker;
 pub mod keyring;
 
 use std::sync::Arc;
@@ -191,6 +192,7 @@ impl Minter {
                     audience: None,
                     expires: None,
                     principal: None,
+                    client_id: None,
                 }
                 .into(),
             );
@@ -265,6 +267,7 @@ impl Minter {
                 audience: Some(audience.to_string()),
                 expires: Some(minted.expires),
                 principal: Some(crate::audit::PrincipalFields::from(principal)),
+                client_id: None,
             }
             .into(),
         );
