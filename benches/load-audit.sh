@@ -26,7 +26,7 @@
 #   OUT               also write the Markdown report to this file
 #   DURATION [10s]    wrk length of a max-rate run    WARMUP [3s] warm-up (and pacing probe) length
 #   CONNECTIONS [50]  wrk -c of max-rate runs         THREADS [1] wrk -t
-#   ROUNDS [2]        max-rate rounds over MODES
+#   ROUNDS [3]        max-rate rounds over MODES
 #   MODES ["off grpc http"]   modes of the max-rate rounds: off | grpc | http, optionally with a
 #                     batch size: grpc:2048, http:2048 (overrides [audit.otlp] batch_size)
 #   PACED_MODES ["off grpc http"]  modes of the paced runs ("" skips them)
@@ -35,7 +35,9 @@
 #   DRAIN_MAX [30]    seconds to wait for the pipeline to export what is queued or spooled
 #   QUIET_PCT [15]    before each row, wait until the machine's other CPU use (over 1 s, in % of
 #                     one core) is at most this: this machine is shared ...
-#   QUIET_MAX [180]   ... but for no longer than this many seconds (then measure anyway, noted)
+#   QUIET_MAX [120]   ... but for no longer than this many seconds (then measure anyway, noted)
+#   RETRIES [2]       measure a row again (up to this many times) when others disturbed it (see
+#                     "disturbed" in the report); the last attempt is reported
 #   COLLECTOR_CPU [1] the CPU rotel-agent is pinned to (with more than 2 cores, give it its own)
 #   ROTEL_AGENT       rotel-agent binary [tests/peers/collector/.venv/lib/python3.*/site-packages/rotel/rotel-agent]
 #   KEEP_TMP=1        keep the temp dir (logs, wrk outputs, collector output), spool and audit file
@@ -55,7 +57,7 @@ DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-3s}"
 CONNECTIONS="${CONNECTIONS:-50}"
 THREADS="${THREADS:-1}"
-ROUNDS="${ROUNDS:-2}"
+ROUNDS="${ROUNDS:-3}"
 MODES="${MODES:-off grpc http}"
 PACED_MODES="${PACED_MODES-off grpc http}"
 RATE="${RATE:-22000}"
@@ -63,10 +65,12 @@ PACED_DURATION="${PACED_DURATION:-30s}"
 PACED_DELAY_MS="${PACED_DELAY_MS:-2}"
 DRAIN_MAX="${DRAIN_MAX:-30}"
 QUIET_PCT="${QUIET_PCT:-15}"
-QUIET_MAX="${QUIET_MAX:-180}"
+QUIET_MAX="${QUIET_MAX:-120}"
+RETRIES="${RETRIES:-2}"
 KEEP_TMP="${KEEP_TMP:-0}"
 
 BACKEND_PORT=18000         # benches/load/backend.nginx.conf
+BACKEND_PID=""
 PORTCULLIS_PORT=18080      # all benches/load/{portcullis,audit-otlp-*}.toml
 PORTCULLIS_ADMIN_PORT=19090
 ROTEL_GRPC_PORT=14317      # audit-otlp-grpc.toml
@@ -258,6 +262,37 @@ wait_quiet() {
     done
 }
 
+# child_cpu FILE: saves the CPU times of this shell's finished children so far (bash `times`, run
+# in this shell, not in a $(...) subshell, whose children are its own). Saved right before and
+# after wrk, the difference is wrk's own CPU time.
+child_cpu() {
+    times >"$1"
+}
+times_children() { # times_children FILE: the children's user+sys seconds from a `times` output
+    awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%.3f\n", t }' "$1"
+}
+
+# thread_ticks PID FILE: "ticks<TAB>thread name" for each thread of PID (main = the Tokio runtime
+# with worker_threads = 1; audit-seal = sealing and, with the file sink, writing; audit-export).
+thread_ticks() {
+    local t rest ut st name
+    : >"$2"
+    for t in /proc/"$1"/task/[0-9]*; do
+        { read -r rest <"$t/stat" && read -r name <"$t/comm"; } 2>/dev/null || continue
+        rest=${rest##*) }
+        read -r _ _ _ _ _ _ _ _ _ _ _ ut st _ <<<"$rest"
+        [[ "$t" == */task/"$1" ]] && name="main"
+        printf '%s\t%s\n' "$((ut + st))" "$name" >>"$2"
+    done
+}
+
+# thread_split FILE0 FILE1 REQUESTS: "name µs/req" per thread name, busiest first.
+thread_split() {
+    awk -F'\t' -v hz="$CLK_TCK" -v n="$3" 'NR == FNR { a[$2] += $1; next } { b[$2] += $1 }
+        END { for (k in b) { v = 1e6 * (b[k] - a[k]) / hz / n; if (v >= 0.05) printf "%.1f %s\n", v, k } }' "$1" "$2" \
+        | sort -rn | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 } END { print "" }'
+}
+
 # ---------------------------------------------------------------- wrk
 WRK_CMD=()
 WRK_OUT=""
@@ -311,25 +346,33 @@ measure() {
         dur=$DURATION
     fi
     drain "$base"
-    local m0 m1 m2 c0 c1 c2 s0 s1 u0 u1 k0 k1 t0 t1 r0 r1
+    local m0 m1 m2 c0 c1 c2 s0 s1 u0 u1 k0 k1 b0 b1 w0 w1 t0 t1 r0 r1
     read_metrics; m0=("$M_EXP" "$M_SPO" "$M_REP" "$M_DROP" "$M_FAIL" "$M_SPB" "$M_REQ")
     r0=$(rotel_received)
     c0=$(cpu_ticks "$PORTCULLIS_PID")
+    thread_ticks "$PORTCULLIS_PID" "$out-threads0.txt"
     s0=($(cpu_stat "$PROXY_CPU"))
     u0=($(cpu_stat "$CLIENT_CPU"))
     k0=$(cpu_ticks "$ROTEL_PID")
+    b0=$(cpu_ticks "$BACKEND_PID")
+    child_cpu "$out-times0.txt"
     t0=$(date +%s.%N)
     run_wrk "$out.txt" "$conns" "$dur" "$([[ $kind == paced ]] && echo paced || true)"
     t1=$(date +%s.%N)
+    child_cpu "$out-times1.txt"
     c1=$(cpu_ticks "$PORTCULLIS_PID")
     s1=($(cpu_stat "$PROXY_CPU"))
     u1=($(cpu_stat "$CLIENT_CPU"))
     k1=$(cpu_ticks "$ROTEL_PID")
+    b1=$(cpu_ticks "$BACKEND_PID")
+    w0=$(times_children "$out-times0.txt")
+    w1=$(times_children "$out-times1.txt")
     read_metrics; m1=("$M_EXP" "$M_SPO" "$M_REP" "$M_DROP" "$M_FAIL" "$M_SPB" "$M_REQ")
     log "[$row] ${WRK_CMD[*]}"
     grep -E 'Requests/sec|requests in|Latency  |Socket|Non-2xx' "$out.txt" >&2 || true
     drain "$base"
     c2=$(cpu_ticks "$PORTCULLIS_PID")
+    thread_ticks "$PORTCULLIS_PID" "$out-threads2.txt"
     sleep 0.5 # the collector logs a request after answering it
     r1=$(rotel_received)
     read_metrics; m2=("$M_EXP" "$M_SPO" "$M_REP" "$M_DROP" "$M_FAIL" "$M_SPB" "$M_REQ")
@@ -356,12 +399,22 @@ measure() {
     R[$row,secs]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
     # CPU: Portcullis over the measurement (c0..c1) and until its records were out (c0..c2).
     R[$row,cpu_pct]=$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * c / hz / s }')
+    R[$row,threads]=$(thread_split "$out-threads0.txt" "$out-threads2.txt" "$reqs")
     R[$row,cpu_us]=$(awk -v c=$((c2 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", 1e6 * c / hz / n }')
     # CPU 0 busy time not charged to Portcullis (other processes, interrupts) and steal, in %.
     R[$row,cpu0_other]=$(awk -v b=$((s1[0] - s0[0] - (c1 - c0))) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { v = 100 * b / hz / s; if (v < 0) v = 0; printf "%.0f", v }')
     R[$row,steal0]=$(awk -v b=$((s1[1] - s0[1])) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * b / hz / s }')
     R[$row,cpu1]=$(awk -v b=$((u1[0] - u0[0])) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * b / hz / s }')
     R[$row,rotel_cpu]=$(awk -v b=$((k1 - k0)) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * b / hz / s }')
+    # CPU 1 busy time not charged to wrk, the backend or the collector.
+    R[$row,cpu1_other]=$(awk -v b=$((u1[0] - u0[0] - (k1 - k0) - (b1 - b0))) -v w="$(awk -v a="$w0" -v b="$w1" 'BEGIN { print b - a }')" \
+        -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { v = 100 * (b / hz - w) / s; if (v < 0) v = 0; printf "%.0f", v }')
+    R[$row,wrk_cpu]=$(awk -v a="$w0" -v b="$w1" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * (b - a) / s }')
+    if ((R[$row,cpu0_other] > 5 || R[$row,cpu1_other] > 10)); then
+        R[$row,disturbed]="yes"
+    else
+        R[$row,disturbed]="no"
+    fi
     R[$row,load]=$(cut -d' ' -f1 /proc/loadavg)
     # Pipeline counters: during the measurement (m0..m1) and until drained (m0..m2).
     R[$row,exp_run]=$((m1[0] - m0[0]))
@@ -377,11 +430,62 @@ measure() {
     ROWS+=("$row")
 }
 
+# measure_retry ROW KIND MODE: measure, and again (up to RETRIES times) while disturbed.
+measure_retry() {
+    local try
+    for ((try = 0; ; try++)); do
+        measure "$@"
+        R[$1,tries]=$((try + 1))
+        [[ "${R[$1,disturbed]}" == no ]] && return 0
+        if ((try >= RETRIES)); then
+            log "[$1] disturbed by other load on all $((try + 1)) attempts: keeping the last"
+            return 0
+        fi
+        log "[$1] disturbed by other load (other CPU 0 ${R[$1,cpu0_other]}%, CPU 1 ${R[$1,cpu1_other]}%): measuring again"
+        unset 'ROWS[-1]'
+    done
+}
+
 # ---------------------------------------------------------------- report helpers
 median() { # median VALUES...
     printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 us_diff() { awk -v on="$1" -v off="$2" 'BEGIN { printf "%+.2f", 1e6 / on - 1e6 / off }'; }
+
+# cost_rows all|undisturbed: the cost table's rows, medians over the max-rate rows of each mode.
+cost_rows() {
+    local which=$1 mm row lbl med_rps med_cpu off_med_rps="" off_med_cpu=""
+    local -a rps_list cpu_list
+    for mm in "${modes[@]}"; do
+        rps_list=() cpu_list=()
+        lbl=""
+        for row in "${ROWS[@]}"; do
+            [[ "${R[$row,kind]}" == max && "$row" == r*"-${mm/:/-}" ]] || continue
+            lbl=${R[$row,label]}
+            [[ "$which" == all || "${R[$row,disturbed]}" == no ]] || continue
+            rps_list+=("${R[$row,rps]}")
+            cpu_list+=("${R[$row,cpu_us]}")
+        done
+        if ((${#rps_list[@]} == 0)); then
+            printf '| %s | %s | 0 | - | - | - | - | - | - |\n' "$which" "$lbl"
+            continue
+        fi
+        med_rps=$(median "${rps_list[@]}")
+        med_cpu=$(median "${cpu_list[@]}")
+        if [[ "$mm" == off ]]; then
+            off_med_rps=$med_rps
+            off_med_cpu=$med_cpu
+            printf '| %s | %s | %s | %.0f | 1.00 | - | %s | - | 1.00 |\n' "$which" "$lbl" "${#rps_list[@]}" "$med_rps" "$med_cpu"
+        elif [[ -n "$off_med_rps" ]]; then
+            printf '| %s | %s | %s | %.0f | %s | %s | %s | %s | %s |\n' "$which" "$lbl" "${#rps_list[@]}" "$med_rps" \
+                "$(ratio "$med_rps" "$off_med_rps")" "$(us_diff "$med_rps" "$off_med_rps")" "$med_cpu" \
+                "$(awk -v a="$med_cpu" -v b="$off_med_cpu" 'BEGIN { printf "%+.2f", a - b }')" \
+                "$(ratio "$off_med_cpu" "$med_cpu")"
+        else
+            printf '| %s | %s | %s | %.0f | n/a | n/a | %s | n/a | n/a |\n' "$which" "$lbl" "${#rps_list[@]}" "$med_rps" "$med_cpu"
+        fi
+    done
+}
 
 main() {
     local need=()
@@ -411,6 +515,7 @@ main() {
     started=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
 
     start_nginx backend "$CONF_DIR/backend.nginx.conf" "$CLIENT_CPU" "$BACKEND_PORT"
+    BACKEND_PID=${PIDS[-1]}
     start_rotel
     loopback_only
 
@@ -426,14 +531,14 @@ main() {
             for ((i = ${#modes[@]} - 1; i >= 0; i--)); do order+=("${modes[$i]}"); done
         fi
         for m in "${order[@]}"; do
-            measure "r$round-${m/:/-}" max "$m"
+            measure_retry "r$round-${m/:/-}" max "$m"
         done
     done
     # Paced runs.
     local -a paced
     read -r -a paced <<<"$PACED_MODES"
     for m in "${paced[@]}"; do
-        measure "paced-${m/:/-}" paced "$m"
+        measure_retry "paced-${m/:/-}" paced "$m"
     done
     local finished
     finished=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
@@ -443,17 +548,18 @@ main() {
     report=$(
         echo "### Max rate (wrk -c$CONNECTIONS, $DURATION per row)"
         echo
-        echo "| round | mode | req/s | p50 (ms) | p99 (ms) | on/off (same round) | errors | proxy CPU | CPU µs/req | CPU 0 other | steal | CPU 1 busy | collector CPU | load | quiet wait |"
-        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        echo "| round | mode | req/s | p50 (ms) | p99 (ms) | on/off (same round) | errors | proxy CPU | CPU µs/req | other CPU 0 / 1 | disturbed (tries) | steal | CPU 1 busy | wrk CPU | collector CPU | quiet wait |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"
         for row in "${ROWS[@]}"; do
             [[ "${R[$row,kind]}" == max ]] || continue
             off_row="${row%%-*}-off"
             off_rps="${R[$off_row,rps]:-0}"
-            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s%% | %s | %s%% | %s%% | %s%% | %s%% | %s | %s |\n' "${row%%-*}" \
+            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s%% | %s | %s%% / %s%% | %s | %s%% | %s%% | %s%% | %s%% | %s |\n' "${row%%-*}" \
                 "${R[$row,label]}" "${R[$row,rps]}" "${R[$row,p50]}" "${R[$row,p99]}" \
                 "$(if [[ ${R[$row,mode]} == off ]]; then echo 1.00; else ratio "${R[$row,rps]}" "$off_rps"; fi)" \
                 "${R[$row,errors]}" "${R[$row,cpu_pct]}" "${R[$row,cpu_us]}" "${R[$row,cpu0_other]}" \
-                "${R[$row,steal0]}" "${R[$row,cpu1]}" "${R[$row,rotel_cpu]}" "${R[$row,load]}" "${R[$row,quiet]}"
+                "${R[$row,cpu1_other]}" "${R[$row,disturbed]} (${R[$row,tries]})" "${R[$row,steal0]}" "${R[$row,cpu1]}" \
+                "${R[$row,wrk_cpu]}" "${R[$row,rotel_cpu]}" "${R[$row,quiet]}"
         done
         echo
         echo "### Pipeline counters of the OTLP rows (from /metrics; \"run\" = during the wrk run, the rest until drained)"
@@ -468,40 +574,26 @@ main() {
                 "${R[$row,received]}" "$([[ ${R[$row,drained]} == 1 ]] && echo yes || echo NO)"
         done
         echo
-        echo "### Cost per span (max-rate rows, median over $ROUNDS round(s))"
+        echo "### Portcullis CPU per thread (µs per request, from the start of the run until drained)"
         echo
-        echo "| mode | req/s (median) | on/off | throughput cost µs/req (1e6/on − 1e6/off) | CPU µs/req (median) | CPU cost µs/req (on − off) | CPU off/on |"
-        echo "|---|---:|---:|---:|---:|---:|---:|"
-        local mm lbl rps_list cpu_list med_rps med_cpu off_med_rps="" off_med_cpu=""
-        for mm in "${modes[@]}"; do
-            rps_list=() cpu_list=()
-            for row in "${ROWS[@]}"; do
-                [[ "${R[$row,kind]}" == max && "$row" == *"-${mm/:/-}" && "$row" == r* ]] || continue
-                rps_list+=("${R[$row,rps]}")
-                cpu_list+=("${R[$row,cpu_us]}")
-                lbl=${R[$row,label]}
-            done
-            med_rps=$(median "${rps_list[@]}")
-            med_cpu=$(median "${cpu_list[@]}")
-            if [[ "$mm" == off ]]; then
-                off_med_rps=$med_rps
-                off_med_cpu=$med_cpu
-                printf '| %s | %.0f | 1.00 | - | %s | - | 1.00 |\n' "$lbl" "$med_rps" "$med_cpu"
-            elif [[ -n "$off_med_rps" ]]; then
-                printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$lbl" "$med_rps" "$(ratio "$med_rps" "$off_med_rps")" \
-                    "$(us_diff "$med_rps" "$off_med_rps")" "$med_cpu" \
-                    "$(awk -v a="$med_cpu" -v b="$off_med_cpu" 'BEGIN { printf "%+.2f", a - b }')" \
-                    "$(ratio "$off_med_cpu" "$med_cpu")"
-            else
-                printf '| %s | %.0f | n/a | n/a | %s | n/a | n/a |\n' "$lbl" "$med_rps" "$med_cpu"
-            fi
+        echo "| row | mode | CPU µs/req | by thread |"
+        echo "|---|---|---:|---|"
+        for row in "${ROWS[@]}"; do
+            printf '| %s | %s | %s | %s |\n' "$row" "${R[$row,label]}" "${R[$row,cpu_us]}" "${R[$row,threads]}"
         done
+        echo
+        echo "### Cost per span (max-rate rows, median over the rounds)"
+        echo
+        echo "| rows | mode | n | req/s (median) | on/off | throughput cost µs/req (1e6/on − 1e6/off) | CPU µs/req (median) | CPU cost µs/req (on − off) | CPU off/on |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        cost_rows all
+        cost_rows undisturbed
         if ((${#paced[@]})); then
             echo
             echo "### Paced to $RATE req/s ($PACED_DURATION per row; wrk -s benches/load/paced.lua, ${PACED_DELAY_MS} ms pause after each response)"
             echo
-            echo "| mode | connections | req/s | p50 (ms) | p99 (ms) | errors | proxy CPU | CPU µs/req | CPU cost µs/req (on − off) | spans/s sustained | spooled | dropped | export failures | CPU 0 other | steal | CPU 1 busy | collector CPU |"
-            echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            echo "| mode | connections | req/s | p50 (ms) | p99 (ms) | errors | proxy CPU | CPU µs/req | CPU cost µs/req (on − off) | spans/s sustained | spooled | dropped | export failures | other CPU 0 / 1 | disturbed (tries) | CPU 1 busy | collector CPU |"
+            echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
             local pcpu_off="${R[paced-off,cpu_us]:-}"
             for row in "${ROWS[@]}"; do
                 [[ "${R[$row,kind]}" == paced ]] || continue
@@ -510,24 +602,27 @@ main() {
                     [[ -n "$pcpu_off" ]] && dcpu=$(awk -v a="${R[$row,cpu_us]}" -v b="$pcpu_off" 'BEGIN { printf "%+.2f", a - b }')
                     sps=${R[$row,spans_s]} spo=${R[$row,spooled]} dro="**${R[$row,dropped]}**" fai=${R[$row,failures]}
                 fi
-                printf '| %s | %s | %.0f | %s | %s | %s | %s%% | %s | %s | %s | %s | %s | %s | %s%% | %s%% | %s%% | %s%% |\n' \
+                printf '| %s | %s | %.0f | %s | %s | %s | %s%% | %s | %s | %s | %s | %s | %s | %s%% / %s%% | %s | %s%% | %s%% |\n' \
                     "${R[$row,label]}" "${R[$row,conns]}" "${R[$row,rps]}" "${R[$row,p50]}" "${R[$row,p99]}" \
                     "${R[$row,errors]}" "${R[$row,cpu_pct]}" "${R[$row,cpu_us]}" "$dcpu" "$sps" "$spo" "$dro" \
-                    "$fai" "${R[$row,cpu0_other]}" "${R[$row,steal0]}" "${R[$row,cpu1]}" "${R[$row,rotel_cpu]}"
+                    "$fai" "${R[$row,cpu0_other]}" "${R[$row,cpu1_other]}" "${R[$row,disturbed]} (${R[$row,tries]})" "${R[$row,cpu1]}" "${R[$row,rotel_cpu]}"
             done
         fi
         echo
         echo "Columns: proxy CPU = Portcullis's CPU time (/proc/PID/stat utime+stime, all threads) during"
         echo "the wrk run, in % of one core. CPU µs/req = that CPU time from the start of the run until its"
-        echo "last record was exported (the drain), divided by the requests wrk completed. CPU 0 other ="
-        echo "busy time of CPU 0 (/proc/stat) not charged to Portcullis (interrupts, other processes); steal ="
-        echo "time the hypervisor took from CPU 0; CPU 1 busy = busy time of the client core (wrk, backend,
-collector); collector CPU = rotel-agent's CPU time, in % of one core; load = 1-min load average after the row; quiet wait = time
-waited before the row for the machine to fall under ${QUIET_PCT}% of a core, and its last reading. spans/s sustained"
+        echo "last record was exported (the drain), divided by the requests wrk completed. other CPU 0 / 1 ="
+        echo "busy time (/proc/stat) of CPU 0 not charged to Portcullis / of CPU 1 not charged to wrk, the"
+        echo "backend or the collector: other processes of this shared machine, interrupts; disturbed = yes"
+        echo "when that is over 5% on CPU 0 or over 10% on CPU 1 (treat such a row with suspicion; a"
+        echo "disturbed row is measured again, up to $RETRIES more times, and the last attempt kept). steal ="
+        echo "time the hypervisor took from CPU 0. CPU 1 busy = all busy time of the client core; wrk CPU,"
+        echo "collector CPU = their CPU time, in % of one core. quiet wait = time waited before the row for"
+        echo "the machine to fall under ${QUIET_PCT}% of a core, and the last reading. spans/s sustained"
         echo "= (exported + replayed during the wrk run) / its length. requests = portcullis_requests_total"
-        echo "delta (one audit record each); collector received = spans rotel logged receiving. CPU off/on =
-the on/off throughput ratio a core given to Portcullis alone would show if CPU time were all that
-limited it (OFF CPU µs/req ÷ ON CPU µs/req): a derived figure, less disturbed by other load."
+        echo "delta (one audit record each); collector received = spans rotel logged receiving. CPU off/on ="
+        echo "the on/off throughput ratio a core given to Portcullis alone would show if CPU time were all"
+        echo "that limited it (OFF CPU µs/req ÷ ON CPU µs/req): a derived figure, less disturbed by other load."
         for row in "${ROWS[@]}"; do
             if [[ -n "${R[$row,filelines]:-}" ]]; then
                 echo "OFF row $row: the JSONL audit file held ${R[$row,filelines]} lines for ${R[$row,reqtotal]} requests served (warm-up included)."

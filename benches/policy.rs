@@ -5,6 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::percentiles;
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::authz::resources::Templates;
 use portcullis::authz::{Authz, Engine, Query, Settings, load_engine};
@@ -42,22 +45,6 @@ fn write_policy(dir: &Path) {
     )
     .ok();
     std::fs::write(dir.join("policy.csv"), policy_text()).ok();
-}
-
-fn percentiles(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let at = |q: f64| {
-        samples
-            .get(((samples.len() as f64 - 1.0) * q) as usize)
-            .copied()
-            .unwrap_or_default()
-    };
-    eprintln!(
-        "{name}: p50 {:.1} µs, p99 {:.1} µs ({} calls)",
-        at(0.50).as_secs_f64() * 1e6,
-        at(0.99).as_secs_f64() * 1e6,
-        samples.len()
-    );
 }
 
 fn bench(c: &mut Criterion) {

@@ -4,6 +4,8 @@
 use std::hint::black_box;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, KeyPair as _, UnparsedPublicKey};
+#[path = "common/mod.rs"]
+mod common;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value, json};
@@ -51,5 +53,79 @@ fn tokens(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tokens);
+/// An audit sink that keeps nothing: the bench measures minting, not the trail.
+struct Discard;
+
+impl portcullis::audit::AuditSink for Discard {
+    fn emit(&self, _: portcullis::audit::Event) {}
+    fn flush(&self) {}
+}
+
+fn principal(subject: String) -> portcullis::authn::Principal {
+    portcullis::authn::Principal {
+        kind: portcullis::config::PrincipalKind::User,
+        subject,
+        issuer: "https://idp.example".into(),
+        provider: "okta".into(),
+        email: Some("alice@example.com".into()),
+        name: Some("Alice".into()),
+        groups: vec!["data-eng".into(), "sre".into()],
+        auth_method: portcullis::authn::AuthMethod::Bearer,
+        client_id: None,
+        token_id: None,
+        session_id_hash: None,
+    }
+}
+
+/// Identity assertions: a mint (claims, ES256 signature, cache insert) and a cached answer.
+fn assertions(c: &mut Criterion) {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = portcullis::config::Tokens::default();
+    let minter = portcullis::tokens::Minter::open(
+        &config,
+        "https://portcullis.example.com",
+        dir.path(),
+        Arc::new(Discard),
+    )
+    .unwrap();
+    let audience: Arc<str> = Arc::from("https://airflow.example.com");
+    let route = Arc::new("airflow".to_string());
+    let lifetime = Duration::from_secs(60);
+    let mut n = 0u64;
+    c.bench_function("assertion: mint (new caller, ES256)", |b| {
+        b.iter(|| {
+            n += 1;
+            minter
+                .mint(&principal(format!("user-{n}")), &audience, lifetime, &route)
+                .unwrap()
+        })
+    });
+    // `cargo test --all-targets` runs benches once as a smoke test: no timed loops there.
+    if std::env::args().any(|a| a == "--bench") {
+        let samples = (0..5000)
+            .map(|i| {
+                let who = principal(format!("p99-{i}"));
+                let t = std::time::Instant::now();
+                minter.mint(&who, &audience, lifetime, &route).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        common::percentiles("assertion mint (new caller, ES256)", samples);
+    }
+    let known = principal("alice".into());
+    minter.mint(&known, &audience, lifetime, &route).unwrap();
+    c.bench_function("assertion: cached (same caller and route)", |b| {
+        b.iter(|| {
+            minter
+                .mint(black_box(&known), &audience, lifetime, &route)
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, tokens, assertions);
 criterion_main!(benches);
