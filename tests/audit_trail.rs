@@ -259,20 +259,30 @@ fn counter(text: &str, outcome: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_mixed_requests_yield_exactly_one_span_each_at_the_collector() {
-    let collector = Collector::start().await;
+/// The issuer, upstream and spool behind a [`mixed_gateway`], kept alive with it (never read).
+#[allow(dead_code)]
+struct Peers(TestIssuer, Recorder, tempfile::TempDir);
+
+/// A proxy with the two routes of the mix, exporting to `collector`, and a caller's token.
+async fn mixed_gateway(collector: &Collector) -> (Gateway, String, Peers) {
     let issuer = TestIssuer::start().await;
     let upstream = Recorder::start().await;
     let spool = tempfile::tempdir().unwrap();
     let config = format!(
         "{}{}",
         routes(&upstream.url(), &issuer),
-        otlp(&collector, spool.path(), "")
+        otlp(collector, spool.path(), "")
     );
     let gw = Gateway::start(&config).await;
     gw.wait_ready().await;
     let token = issuer.token("svc-ci");
+    (gw, token, Peers(issuer, upstream, spool))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_mixed_requests_yield_exactly_one_span_each_at_the_collector() {
+    let collector = Collector::start().await;
+    let (gw, token, _peers) = mixed_gateway(&collector).await;
 
     let sent = load(gw.http, &token, 10_002, 6).await;
     assert_eq!(sent.len(), 10_002);
@@ -308,17 +318,7 @@ async fn ten_thousand_mixed_requests_yield_exactly_one_span_each_at_the_collecto
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_stopped_for_30_seconds_under_load_receives_every_span_after_it_restarts() {
     let mut collector = Collector::start().await;
-    let issuer = TestIssuer::start().await;
-    let upstream = Recorder::start().await;
-    let spool = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{}{}",
-        routes(&upstream.url(), &issuer),
-        otlp(&collector, spool.path(), "")
-    );
-    let gw = Gateway::start(&config).await;
-    gw.wait_ready().await;
-    let token = issuer.token("svc-ci");
+    let (gw, token, _peers) = mixed_gateway(&collector).await;
 
     // Load in rounds for ~40 s; the collector is away from 5 s to 35 s.
     let started = Instant::now();

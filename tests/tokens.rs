@@ -208,6 +208,18 @@ async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_
     gw.stop().await;
 }
 
+impl VerifyingUpstream {
+    /// Every one of the `sent` requests arrived with a token that verified.
+    fn assert_all_verified(&self, sent: usize) {
+        let failures = self.failures.lock().unwrap().clone();
+        assert!(
+            failures.is_empty(),
+            "tokens that did not verify at the upstream: {failures:?}"
+        );
+        assert_eq!(self.verified.load(Ordering::Relaxed), sent);
+    }
+}
+
 /// Where a verifying upstream gets its keys.
 #[derive(Clone)]
 enum Keys {
@@ -391,12 +403,7 @@ async fn keys_rotated_under_load_fail_no_verification_at_the_upstream_and_a_rest
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let failures = verifier.failures.lock().unwrap().clone();
-    assert!(
-        failures.is_empty(),
-        "verification failures at the upstream: {failures:?}"
-    );
-    assert_eq!(verifier.verified.load(Ordering::Relaxed), sent);
+    verifier.assert_all_verified(sent);
     let kids = verifier.kids.lock().unwrap().clone();
     assert!(
         kids.len() >= 3,
@@ -496,12 +503,7 @@ async fn a_brokered_client_credentials_token_is_refreshed_before_expiry_and_the_
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let failures = verifier.failures.lock().unwrap().clone();
-    assert!(
-        failures.is_empty(),
-        "the upstream saw tokens that do not verify: {failures:?}"
-    );
-    assert_eq!(verifier.verified.load(Ordering::Relaxed), sent);
+    verifier.assert_all_verified(sent);
     let acts = gw.acts(3).await;
     let refreshes: Vec<&Value> = acts
         .iter()

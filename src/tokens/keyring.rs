@@ -347,25 +347,22 @@ mod tests {
         let dir = private_dir();
         let t0 = SystemTime::now();
         let mut ring = KeyRing::open(dir.path()).unwrap();
-        let changes = ring
-            .maintain(
+        // Rotate every 100 s, keep retired keys 10 s.
+        let step = |ring: &mut KeyRing, at| {
+            ring.maintain(
                 SigningAlgorithm::Es256,
                 Duration::from_secs(100),
                 Duration::from_secs(10),
-                t0,
+                at,
             )
-            .unwrap();
+            .unwrap()
+        };
+        let changes = step(&mut ring, t0);
         assert!(matches!(&changes[..], [Change::Rotated { retired: None, .. }]));
         let first = ring.active().unwrap().kid.clone();
 
         let t1 = t0 + Duration::from_secs(100);
-        ring.maintain(
-            SigningAlgorithm::Es256,
-            Duration::from_secs(100),
-            Duration::from_secs(10),
-            t1,
-        )
-        .unwrap();
+        step(&mut ring, t1);
         let second = ring.active().unwrap().kid.clone();
         assert_ne!(first, second);
         let published: Vec<&str> = ring.keys().iter().map(|k| k.kid.as_str()).collect();
@@ -376,15 +373,7 @@ mod tests {
         assert_eq!(reopened.active().unwrap().kid, second);
         assert_eq!(reopened.keys().len(), 2);
 
-        let t2 = t1 + Duration::from_secs(10);
-        let changes = ring
-            .maintain(
-                SigningAlgorithm::Es256,
-                Duration::from_secs(100),
-                Duration::from_secs(10),
-                t2,
-            )
-            .unwrap();
+        let changes = step(&mut ring, t1 + Duration::from_secs(10));
         assert_eq!(changes, [Change::Removed { kid: first }]);
         assert_eq!(ring.keys().len(), 1);
         assert_eq!(KeyRing::open(dir.path()).unwrap().keys().len(), 1);
