@@ -91,13 +91,29 @@ struct World {
 /// The provider with the `web` client registered for this host, and the proxy in front of an
 /// upstream on `app.test`, accepting both the browser session and bearer tokens.
 async fn world(idp_args: &[&str], sessions_toml: &str) -> World {
+    world_with(idp_args, sessions_toml, "", "").await
+}
+
+/// [`world`] with extra provider tables (before its `[identity_providers.browser]`) and extra
+/// keys for that table.
+async fn world_with(
+    idp_args: &[&str],
+    sessions_toml: &str,
+    provider_toml: &str,
+    browser_keys: &str,
+) -> World {
     let mut args = vec!["--redirect", CALLBACK, "--post-logout-redirect", SIGNED_OUT];
     args.extend_from_slice(idp_args);
     let idp = Idp::start_with(&args).await;
     let upstream = Recorder::start().await;
     let prebound = Gateway::prebind("").await;
     let secret = prebound.dir.path().join("web-secret");
-    let config = idp.browser_config(&secret, "app", "app.test", &upstream.url());
+    let config = idp
+        .browser_config(&secret, "app", "app.test", &upstream.url())
+        .replace(
+            "[identity_providers.browser]\n",
+            &format!("{provider_toml}\n[identity_providers.browser]\n{browser_keys}\n"),
+        );
     let gw = prebound
         .start(&format!("[sessions]\n{sessions_toml}\n{config}"))
         .await;
@@ -587,4 +603,75 @@ async fn cors_preflights_are_answered_before_authentication_and_only_allowed_ori
     let events = gw.audit_events(4).await;
     assert_eq!(events[0]["portcullis.reason"], "cors_preflight");
     assert_eq!(events[1]["portcullis.reason"], "cors_refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_to_a_new_id_when_a_refresh_brings_new_groups() {
+    // Every token the provider issues names a new group; tokens live 4 s, refreshed 3 s early.
+    let w = world_with(
+        &["--access-token-ttl", "4", "--changing-groups"],
+        "refresh_before = \"3s\"",
+        "[identity_providers.claims]\ngroups = \"groups\"",
+        "scopes = [\"openid\", \"email\", \"profile\", \"offline_access\", \"groups\"]",
+    )
+    .await;
+    let old = sign_in(&w, "/", "carol").await;
+    let first = w.upstream.requests().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let refreshed = page(&w.gw, "/", &old).await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+    let moved = refreshed
+        .cookie("__Host-portcullis_session")
+        .expect("the response moves the session to a new id");
+    let new = format!("__Host-portcullis_session={moved}");
+    assert_ne!(new, old);
+    let set = refreshed.set_cookie("__Host-portcullis_session").unwrap();
+    assert!(
+        set.contains("Secure") && set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
+    assert_eq!(
+        page(&w.gw, "/", &new).await.status,
+        StatusCode::OK,
+        "the new id is the session"
+    );
+    assert!(w.upstream.requests().len() > first);
+    // Requests already on their way with the old id still pass for a moment; then it is gone.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let stale = fetch(
+        &w.gw,
+        Method::GET,
+        "/",
+        &[("accept", "application/json"), ("cookie", &old)],
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::UNAUTHORIZED, "{}", stale.body);
+    assert_eq!(page(&w.gw, "/", &new).await.status, StatusCode::OK);
+
+    let acts = w.gw.acts(1).await;
+    let rotation = acts
+        .iter()
+        .find(|a| a["portcullis.session.rotated"] == true)
+        .expect("the refresh that moved the session is audited as such");
+    assert_eq!(rotation["enduser.id"], "carol");
+    let requests = w.gw.audit_events(1).await;
+    let login = requests
+        .iter()
+        .find(|e| e["portcullis.reason"] == "signed_in")
+        .unwrap();
+    assert_eq!(
+        login["portcullis.principal.groups"],
+        serde_json::json!(["users", "generation-1"]),
+        "the ID token's groups are the session's"
+    );
+    let hashes: std::collections::BTreeSet<&str> = requests
+        .iter()
+        .filter(|e| e["enduser.id"] == "carol")
+        .filter_map(|e| e["portcullis.session.id_hash"].as_str())
+        .collect();
+    assert!(
+        hashes.len() >= 2,
+        "the trail shows the session under its old and new ids: {hashes:?}"
+    );
 }

@@ -196,6 +196,8 @@ pub struct SessionEvent {
     /// The request whose authentication refreshed the session.
     pub request_id: String,
     pub parent: TraceIds,
+    /// The principal's groups changed, so the session moved to a new id.
+    pub rotated: bool,
     /// `ok`, `refused` (the session ends) or `unreachable` (kept while its token is valid).
     pub result: &'static str,
     pub principal: PrincipalFields,
@@ -212,6 +214,9 @@ impl SessionEvent {
             if self.result == "refused" { "deny" } else { "allow" },
         );
         a.str("portcullis.session.refresh", self.result);
+        if self.rotated {
+            a.0.push(KeyValue::new("portcullis.session.rotated", true));
+        }
         a.str("portcullis.principal.kind", self.kind);
         a.str("portcullis.auth.method", "session");
         a.str("portcullis.request.id", self.request_id);

@@ -34,6 +34,8 @@ use crate::session::{PendingLogin, Secret, Session, SessionId, SessionStore, Sto
 /// The reserved path prefix; no upstream ever sees a request under it.
 pub const RESERVED: &str = "/.portcullis/";
 pub const SESSION_COOKIE: &str = "__Host-portcullis_session";
+/// How long an id a session moved away from still works (requests already on their way).
+const MOVE_GRACE: Duration = Duration::from_secs(10);
 pub const LOGIN_COOKIE: &str = "__Host-portcullis_login";
 
 /// This proxy's client registration at one provider, and the provider's discovered metadata.
@@ -224,7 +226,15 @@ impl Browser {
             return Outcome::NotMine;
         }
         match self.refresh_if_due(&id, session, during).await {
-            Ok(session) => Outcome::Authenticated(session.principal.clone()),
+            Ok((session, None)) => Outcome::Authenticated(session.principal.clone()),
+            Ok((session, Some(moved))) => {
+                let age = SystemTime::now()
+                    .duration_since(session.created)
+                    .unwrap_or_default();
+                let left = self.settings.lifetime.saturating_sub(age).as_secs();
+                let cookie = set_cookie(SESSION_COOKIE, &moved.cookie_value(), left);
+                Outcome::Renewed(session.principal.clone(), cookie)
+            }
             Err(reason) => Outcome::Rejected(reason),
         }
     }
@@ -241,9 +251,9 @@ impl Browser {
         id: &SessionId,
         session: Arc<Session>,
         during: crate::audit::During<'_>,
-    ) -> Result<Arc<Session>, Reason> {
+    ) -> Result<(Arc<Session>, Option<SessionId>), Reason> {
         if !self.refresh_due(&session) {
-            return Ok(session);
+            return Ok((session, None));
         }
         let lock = self
             .refreshing
@@ -256,12 +266,12 @@ impl Browser {
             Err(_) => return Err(Reason::SessionStoreUnavailable),
         };
         if !self.refresh_due(&session) {
-            return Ok(session);
+            return Ok((session, None));
         }
         let (Some(client), Some(refresh_token)) =
             (self.client(&session.principal.provider), &session.refresh_token)
         else {
-            return Ok(session);
+            return Ok((session, None));
         };
         let expired = session
             .access_token_expires
@@ -286,11 +296,14 @@ impl Browser {
             Err(RefreshError::Unreachable) => "unreachable",
         };
         self.metrics.session_refresh(result);
+        // New groups mean new rights: like a sign-in, the session moves to a new id.
+        let rotated = matches!(&refreshed, Ok(r) if r.principal.as_ref().is_some_and(|p| p.groups != session.principal.groups));
         self.audit.emit(
             crate::audit::SessionEvent {
                 time: SystemTime::now(),
                 request_id: during.request_id.to_string(),
                 parent: *during.trace,
+                rotated,
                 result,
                 kind: session.principal.kind.as_str(),
                 principal: crate::audit::PrincipalFields::from(&*session.principal),
@@ -299,9 +312,15 @@ impl Browser {
         );
         match refreshed {
             Ok(r) => {
+                let moved = if rotated {
+                    Some(SessionId::random().map_err(|_| Reason::SessionStoreUnavailable)?)
+                } else {
+                    None
+                };
+                let kept = moved.as_ref().unwrap_or(id);
                 let principal = match r.principal {
                     Some(mut p) => {
-                        p.session_id_hash = Some(id.hash());
+                        p.session_id_hash = Some(kept.hash());
                         Arc::new(p)
                     }
                     None => session.principal.clone(),
@@ -315,14 +334,25 @@ impl Browser {
                     id_token: r.id_token.or_else(|| session.id_token.clone()),
                 };
                 self.store
-                    .put(id.clone(), updated.clone())
+                    .put(kept.clone(), updated.clone())
                     .await
                     .map_err(|_| Reason::SessionStoreUnavailable)?;
-                tracing::debug!(session = %id.hash(), "session refreshed");
-                Ok(Arc::new(updated))
+                if let Some(new) = &moved {
+                    // Requests already on their way with the old cookie still find the session
+                    // for a moment; then the old id is gone.
+                    let _ = self.store.put(id.clone(), updated.clone()).await;
+                    let (store, old) = (self.store.clone(), id.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(MOVE_GRACE).await;
+                        let _ = store.remove(&old).await;
+                    });
+                    tracing::info!(session = %id.hash(), to = %new.hash(), "groups changed at refresh: the session moved to a new id");
+                }
+                tracing::debug!(session = %kept.hash(), "session refreshed");
+                Ok((Arc::new(updated), moved))
             }
             // The provider can be asked again later while the token it issued still holds.
-            Err(RefreshError::Unreachable) if !expired => Ok(session),
+            Err(RefreshError::Unreachable) if !expired => Ok((session, None)),
             Err(_) => {
                 tracing::info!(session = %id.hash(), "refresh failed: the session ends");
                 let _ = self.store.remove(id).await;

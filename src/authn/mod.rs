@@ -75,6 +75,9 @@ pub struct Principal {
 #[derive(Debug)]
 pub enum Outcome {
     Authenticated(Arc<Principal>),
+    /// Authenticated, and the session moved to a new id (its principal's groups changed at a
+    /// refresh): the response must set this cookie.
+    Renewed(Arc<Principal>, String),
     NotMine,
     Rejected(Reason),
 }

@@ -153,6 +153,16 @@ pub fn verify_login(
     })
 }
 
+/// The claims of a compact JWS whose signature and claims were already verified.
+fn verified_payload(compact: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use base64::Engine as _;
+    let payload = compact.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// The principal an ID token in `response` names, if it carries one.
 fn verify_id_token(
     rp: &RelyingParty<'_>,
@@ -189,9 +199,10 @@ fn verify_id_token(
     if u64::try_from(claims.issue_time().timestamp()).unwrap_or(u64::MAX) > latest {
         return Err(refused(Reason::NotYetValid));
     }
-    let json = serde_json::to_value(claims).map_err(|_| refused(Reason::Malformed))?;
-    let map = json.as_object().ok_or(refused(Reason::Malformed))?;
-    principal_from_claims(provider, map, AuthMethod::Session)
+    // openidconnect's claims type keeps only the standard claims (groups and other custom
+    // claims would be lost): read the payload of the token it has just verified.
+    let map = verified_payload(&id_token.to_string()).ok_or(refused(Reason::Malformed))?;
+    principal_from_claims(provider, &map, AuthMethod::Session)
         .map(Some)
         .map_err(refused)
 }

@@ -43,6 +43,8 @@ pub struct RequestCtx {
     pub trace: TraceCtx,
     /// Requests to the proxy's own endpoints: `sign_in`, `login` or `logout`.
     pub act: Option<&'static str>,
+    /// A session cookie the response must set (the session moved to a new id).
+    pub set_cookie: Option<String>,
 }
 
 impl RequestCtx {
@@ -60,6 +62,7 @@ impl RequestCtx {
             policy: None,
             trace,
             act: None,
+            set_cookie: None,
         }
     }
 }

@@ -154,6 +154,9 @@ impl Proxy {
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
             response.headers_mut().insert("x-request-id", id);
         }
+        if let Some(cookie) = ctx.set_cookie.take().and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
         if let Some(cors) = ctx.route.as_ref().and_then(|r| r.config.cors.as_ref())
             && ctx.decision != Some(Decision::Allow(Reason::CorsPreflight))
         {
@@ -215,6 +218,10 @@ impl Proxy {
             ctx.authn_duration = Some(started.elapsed());
             match outcome {
                 Outcome::Authenticated(principal) => ctx.principal = Some(principal),
+                Outcome::Renewed(principal, cookie) => {
+                    ctx.principal = Some(principal);
+                    ctx.set_cookie = Some(cookie);
+                }
                 Outcome::NotMine => {}
                 Outcome::Rejected(reason) => refused = Some(reason),
             }

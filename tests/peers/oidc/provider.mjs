@@ -1,7 +1,7 @@
 // A real OpenID Provider (panva's oidc-provider) for Portcullis's integration tests.
 //
 //   node provider.mjs --port 0 [--redirect URI]... [--post-logout-redirect URI]...
-//                     [--access-token-ttl SECONDS] [--exit-with-stdin]
+//                     [--access-token-ttl SECONDS] [--changing-groups] [--exit-with-stdin]
 //
 // Listens on 127.0.0.1 only. The issuer is http://127.0.0.1:PORT (PORT 0 picks a free port).
 // Prints exactly one line `READY <issuer>` on stdout once it accepts connections; everything
@@ -45,6 +45,7 @@ function usage(message) {
 function parseArgs(argv) {
   const opts = {
     port: undefined, redirects: [], postLogout: [], accessTokenTtl: 300, exitWithStdin: false,
+    changingGroups: false,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
@@ -70,6 +71,7 @@ function parseArgs(argv) {
         break;
       }
       case '--exit-with-stdin': opts.exitWithStdin = true; break;
+      case '--changing-groups': opts.changingGroups = true; break;
       default: usage(`unknown argument ${arg}`);
     }
   }
@@ -114,6 +116,7 @@ await new Promise((resolve, reject) => {
 const { port } = server.address();
 const issuer = `http://127.0.0.1:${port}`;
 
+const generation = {};
 const provider = new Provider(issuer, {
   jwks: { keys },
   clients: [
@@ -164,7 +167,7 @@ const provider = new Provider(issuer, {
       scope: 'openid email profile groups offline_access read write',
     },
   ],
-  scopes: ['openid', 'offline_access', 'read', 'write'],
+  scopes: ['openid', 'offline_access', 'read', 'write', 'groups'],
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified'],
@@ -182,12 +185,16 @@ const provider = new Provider(issuer, {
           email_verified: true,
           name: sub,
           preferred_username: sub,
-          groups: ['users'],
+          // --changing-groups: every token issued names one more group (a promotion at the IdP).
+          groups: opts.changingGroups ? ['users', `generation-${(generation[sub] = (generation[sub] ?? 0) + 1)}`] : ['users'],
         };
       },
     };
   },
   pkce: { required: () => true },
+  // --changing-groups: the groups go into the ID token itself (oidc-provider keeps scope claims
+  // for userinfo by default), so a refresh's new ID token shows the change.
+  conformIdTokenClaims: !opts.changingGroups,
   features: {
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
