@@ -144,6 +144,11 @@ fn arc_str(s: &Arc<str>) -> StringValue {
 }
 
 impl Event {
+    /// A request refused with `audit_unavailable`.
+    pub fn is_audit_refusal(&self) -> bool {
+        matches!(self, Event::Access(e) if e.reason == "audit_unavailable")
+    }
+
     /// The event as the span it is exported as (not yet sealed).
     pub fn into_span(self) -> SpanData {
         match self {

@@ -8,10 +8,11 @@
 //! batch is written to the spool at once (as a segment that sorts first) and retried from there.
 //!
 //! When the spool is full, the operator's choice applies (`audit.spool.when_full`): fail closed
-//! ([`AuditSink::admits`] turns false, new requests get 503 `audit_unavailable`, and records
-//! already on their way still fit in a reserve of 1/16 of the spool), or fail open (records
-//! that do not fit are dropped and counted, and `portcullis_audit_spool_full` is 1). Admission
-//! reopens once the spool is below 7/8 of its size.
+//! ([`AuditSink::admits`] turns false, new requests get 503 `audit_unavailable`; records of
+//! requests already admitted are written whatever the size, and the refusals' own records use a
+//! reserve of 1/16 of the spool), or fail open (records that do not fit are dropped and counted,
+//! and `portcullis_audit_spool_full` is 1). Admission reopens once the spool is below 7/8 of its
+//! size.
 //!
 //! Delivery is at least once: an export that timed out may have reached the collector and is
 //! sent again from the spool, and a crash between an export and the cursor update replays that
@@ -141,39 +142,54 @@ impl Shared {
     }
 
     /// Writes `records` (in order) to the spool, as the head's continuation or, for records
-    /// taken back from memory, as a segment that sorts before it.
+    /// taken back from memory, as a segment that sorts before it. Fail closed, the records of
+    /// admitted requests are always written (the spool may pass its size by what was on its way
+    /// when it filled); only refusals beyond the reserve are dropped. Fail open, what does not fit
+    /// is dropped.
     fn spool(&self, flow: &mut Flow, records: &[Sealed], early: bool) {
         let Some(first) = records.first() else {
             return;
         };
         let lines: Vec<u8> = records.iter().flat_map(|r| r.line.iter().copied()).collect();
-        self.spool_lines(flow, first.seq, &lines, records.len() as u64, early);
+        let n = records.len() as u64;
+        let written = match self.write(flow, first.seq, &lines, early, self.limit()) {
+            Some(true) => n,
+            Some(false) if self.when_full == WhenFull::FailClosed => {
+                let kept: Vec<&Sealed> = records.iter().filter(|r| !r.refusal).collect();
+                let lines: Vec<u8> = kept.iter().flat_map(|r| r.line.iter().copied()).collect();
+                match kept.first() {
+                    Some(first) if self.write(flow, first.seq, &lines, early, u64::MAX) == Some(true) => {
+                        kept.len() as u64
+                    }
+                    _ => 0,
+                }
+            }
+            _ => 0,
+        };
+        self.stats.spooled.inc_by(written);
+        self.stats.dropped.inc_by(n - written);
+        self.update_admission(flow, written < n);
     }
 
-    fn spool_lines(&self, flow: &mut Flow, first_seq: u64, lines: &[u8], n: u64, early: bool) {
+    /// Writes whole lines under `limit`: Some(true) written, Some(false) did not fit, None the
+    /// disk failed (logged; fail closed, admission closes).
+    fn write(&self, flow: &mut Flow, first_seq: u64, lines: &[u8], early: bool, limit: u64) -> Option<bool> {
         let result = if early {
-            flow.spool.write_early(first_seq, lines, self.limit())
+            flow.spool.write_early(first_seq, lines, limit)
         } else {
-            flow.spool.append(first_seq, lines, self.limit())
+            flow.spool.append(first_seq, lines, limit)
         };
-        let mut refused = false;
         match result {
-            Ok(()) => {
-                self.stats.spooled.inc_by(n);
-            }
-            Err(SpoolError::Full { .. }) => {
-                refused = true;
-                self.stats.dropped.inc_by(n);
-            }
+            Ok(()) => Some(true),
+            Err(SpoolError::Full { .. }) => Some(false),
             Err(SpoolError::Io(e)) => {
-                tracing::error!(error = %e, records = n, "audit spool write failed: records lost");
-                self.stats.dropped.inc_by(n);
+                tracing::error!(error = %e, "audit spool write failed: records lost");
                 if self.when_full == WhenFull::FailClosed {
                     self.admits.store(false, Ordering::Relaxed);
                 }
+                None
             }
         }
-        self.update_admission(flow, refused);
     }
 }
 
@@ -352,13 +368,18 @@ async fn export_loop(
                     exporter.set_resource(&otlp::resource(audit, &own));
                     resource_of.clone_from(&own);
                 }
-                let first = batch.first().map_or(0, |s| s.seq);
                 let n = batch.len() as u64;
-                let mut lines = Vec::with_capacity(batch.len() * 1024);
+                // The spans go to the exporter; what the spool would need stays here.
+                let mut taken = Vec::with_capacity(batch.len());
                 let spans: Vec<SpanData> = batch
                     .into_iter()
                     .map(|s| {
-                        lines.extend_from_slice(&s.line);
+                        taken.push(Sealed {
+                            seq: s.seq,
+                            refusal: s.refusal,
+                            span: empty_span(),
+                            line: s.line,
+                        });
                         s.span
                     })
                     .collect();
@@ -368,12 +389,10 @@ async fn export_loop(
                 } else {
                     // Back to the head of the stream, on disk, with everything queued behind it.
                     let mut flow = shared.lock();
-                    let rest: Vec<Sealed> = flow.queue.drain(..).collect();
-                    for r in &rest {
-                        lines.extend_from_slice(&r.line);
-                    }
+                    let mut taken = taken;
+                    taken.extend(flow.queue.drain(..));
                     flow.spooling = true;
-                    shared.spool_lines(&mut flow, first, &lines, n + rest.len() as u64, true);
+                    shared.spool(&mut flow, &taken, true);
                     true
                 }
             }
@@ -429,6 +448,23 @@ async fn export_loop(
             backoff = None;
         }
     }
+}
+
+/// A placeholder where only a record's line and sequence number are still needed.
+fn empty_span() -> SpanData {
+    super::SpanMeta {
+        name: std::borrow::Cow::Borrowed(""),
+        kind: opentelemetry::trace::SpanKind::Internal,
+        trace: super::TraceIds {
+            trace_id: opentelemetry::trace::TraceId::INVALID,
+            span_id: opentelemetry::trace::SpanId::INVALID,
+            parent: None,
+        },
+        start: std::time::UNIX_EPOCH,
+        end: std::time::UNIX_EPOCH,
+        error: None,
+    }
+    .into_span(Vec::new())
 }
 
 fn next_work(shared: &Shared) -> Work {

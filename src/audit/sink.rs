@@ -22,6 +22,9 @@ use super::{AuditSink, Event};
 #[derive(Debug)]
 pub struct Sealed {
     pub seq: u64,
+    /// The record of a request refused because the trail was full (fail closed): the only kind
+    /// of record a full spool may drop in that mode.
+    pub refusal: bool,
     pub span: SpanData,
     pub line: Vec<u8>,
 }
@@ -111,11 +114,13 @@ fn seal_loop(shared: &Shared, mut sealer: Sealer, mut delivery: impl Delivery) {
             let sealed = batch
                 .drain(..)
                 .map(|event| {
+                    let refusal = event.is_audit_refusal();
                     let span = sealer.seal(event.into_span());
                     let mut line = Vec::with_capacity(1024);
                     write_line(&span, sealer.instance(), &mut line);
                     Sealed {
                         seq: sealer.seq(),
+                        refusal,
                         span,
                         line,
                     }
