@@ -90,8 +90,9 @@ PIDS=()
 cleanup_audit() {
     local rc=$?
     [[ "$KEEP_TMP" == 1 ]] || rm -rf "$SPOOL_DIR"
-    (exit "$rc")
-    cleanup # common.sh: stops PIDS, removes TMP and AUDIT_FILE, exits with rc
+    set +e          # (a failing `(exit rc)` must not end the handler here)
+    (exit "$rc")    # hand rc on as $? to common.sh's cleanup
+    cleanup         # common.sh: stops PIDS, removes TMP and AUDIT_FILE, exits with rc
 }
 
 find_rotel() {
@@ -293,6 +294,12 @@ thread_split() {
         | sort -rn | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 } END { print "" }'
 }
 
+# thread_us FILE0 FILE1 REQUESTS NAME: µs per request of the threads called NAME (0.0 if none).
+thread_us() {
+    awk -F'\t' -v hz="$CLK_TCK" -v n="$3" -v k="$4" 'NR == FNR { if ($2 == k) a += $1; next }
+        $2 == k { b += $1 } END { printf "%.1f\n", 1e6 * (b - a) / hz / n }' "$1" "$2"
+}
+
 # ---------------------------------------------------------------- wrk
 WRK_CMD=()
 WRK_OUT=""
@@ -305,10 +312,10 @@ run_wrk() { # run_wrk OUTFILE CONNECTIONS DURATION [paced]
 
 wrk_rps() { awk '/^Requests\/sec:/ {printf "%.0f\n", $2}' "$1"; }
 
-# calibrate: a paced probe run at CONN connections, then scale CONN to hit RATE (twice).
+# calibrate: a paced probe run at CONN connections, then scale CONN to hit RATE (three times).
 calibrate() { # calibrate FILEPREFIX -> sets PACED_CONN
     local c=${PACED_C0:-60} r i
-    for i in 1 2; do
+    for i in 1 2 3; do
         run_wrk "$1-probe$i.txt" "$c" "$WARMUP" paced
         r=$(wrk_rps "$1-probe$i.txt")
         ((r > 0)) || die "paced probe measured 0 req/s"
@@ -400,6 +407,9 @@ measure() {
     # CPU: Portcullis over the measurement (c0..c1) and until its records were out (c0..c2).
     R[$row,cpu_pct]=$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * c / hz / s }')
     R[$row,threads]=$(thread_split "$out-threads0.txt" "$out-threads2.txt" "$reqs")
+    R[$row,t_main]=$(thread_us "$out-threads0.txt" "$out-threads2.txt" "$reqs" main)
+    R[$row,t_seal]=$(thread_us "$out-threads0.txt" "$out-threads2.txt" "$reqs" audit-seal)
+    R[$row,t_export]=$(thread_us "$out-threads0.txt" "$out-threads2.txt" "$reqs" audit-export)
     R[$row,cpu_us]=$(awk -v c=$((c2 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", 1e6 * c / hz / n }')
     # CPU 0 busy time not charged to Portcullis (other processes, interrupts) and steal, in %.
     R[$row,cpu0_other]=$(awk -v b=$((s1[0] - s0[0] - (c1 - c0))) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { v = 100 * b / hz / s; if (v < 0) v = 0; printf "%.0f", v }')
@@ -454,10 +464,11 @@ us_diff() { awk -v on="$1" -v off="$2" 'BEGIN { printf "%+.2f", 1e6 / on - 1e6 /
 
 # cost_rows all|undisturbed: the cost table's rows, medians over the max-rate rows of each mode.
 cost_rows() {
-    local which=$1 mm row lbl med_rps med_cpu off_med_rps="" off_med_cpu=""
-    local -a rps_list cpu_list
+    local which=$1 mm row lbl med_rps med_cpu off_med_rps="" off_med_cpu="" split
+    local med_main med_seal med_export off_main="" off_seal=""
+    local -a rps_list cpu_list main_list seal_list export_list
     for mm in "${modes[@]}"; do
-        rps_list=() cpu_list=()
+        rps_list=() cpu_list=() main_list=() seal_list=() export_list=()
         lbl=""
         for row in "${ROWS[@]}"; do
             [[ "${R[$row,kind]}" == max && "$row" == r*"-${mm/:/-}" ]] || continue
@@ -465,24 +476,34 @@ cost_rows() {
             [[ "$which" == all || "${R[$row,disturbed]}" == no ]] || continue
             rps_list+=("${R[$row,rps]}")
             cpu_list+=("${R[$row,cpu_us]}")
+            main_list+=("${R[$row,t_main]}")
+            seal_list+=("${R[$row,t_seal]}")
+            export_list+=("${R[$row,t_export]}")
         done
         if ((${#rps_list[@]} == 0)); then
-            printf '| %s | %s | 0 | - | - | - | - | - | - |\n' "$which" "$lbl"
+            printf '| %s | %s | 0 | - | - | - | - | - | - | - | - |\n' "$which" "$lbl"
             continue
         fi
         med_rps=$(median "${rps_list[@]}")
         med_cpu=$(median "${cpu_list[@]}")
+        med_main=$(median "${main_list[@]}")
+        med_seal=$(median "${seal_list[@]}")
+        med_export=$(median "${export_list[@]}")
+        split="$med_main / $med_seal / $med_export"
         if [[ "$mm" == off ]]; then
             off_med_rps=$med_rps
             off_med_cpu=$med_cpu
-            printf '| %s | %s | %s | %.0f | 1.00 | - | %s | - | 1.00 |\n' "$which" "$lbl" "${#rps_list[@]}" "$med_rps" "$med_cpu"
+            off_main=$med_main
+            off_seal=$med_seal
+            printf '| %s | %s | %s | %.0f | 1.00 | - | %s | - | 1.00 | %s | 1.00 |\n' "$which" "$lbl" "${#rps_list[@]}" "$med_rps" "$med_cpu" "$split"
         elif [[ -n "$off_med_rps" ]]; then
-            printf '| %s | %s | %s | %.0f | %s | %s | %s | %s | %s |\n' "$which" "$lbl" "${#rps_list[@]}" "$med_rps" \
+            printf '| %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' "$which" "$lbl" "${#rps_list[@]}" "$med_rps" \
                 "$(ratio "$med_rps" "$off_med_rps")" "$(us_diff "$med_rps" "$off_med_rps")" "$med_cpu" \
                 "$(awk -v a="$med_cpu" -v b="$off_med_cpu" 'BEGIN { printf "%+.2f", a - b }')" \
-                "$(ratio "$off_med_cpu" "$med_cpu")"
+                "$(ratio "$off_med_cpu" "$med_cpu")" "$split" \
+                "$(awk -v m="$off_main" -v s0="$off_seal" -v s1="$med_seal" -v e="$med_export" 'BEGIN { printf "%.2f", (m + s0) / (m + s1 + e) }')"
         else
-            printf '| %s | %s | %s | %.0f | n/a | n/a | %s | n/a | n/a |\n' "$which" "$lbl" "${#rps_list[@]}" "$med_rps" "$med_cpu"
+            printf '| %s | %s | %s | %.0f | n/a | n/a | %s | n/a | n/a | %s | n/a |\n' "$which" "$lbl" "${#rps_list[@]}" "$med_rps" "$med_cpu" "$split"
         fi
     done
 }
@@ -584,8 +605,8 @@ main() {
         echo
         echo "### Cost per span (max-rate rows, median over the rounds)"
         echo
-        echo "| rows | mode | n | req/s (median) | on/off | throughput cost µs/req (1e6/on − 1e6/off) | CPU µs/req (median) | CPU cost µs/req (on − off) | CPU off/on |"
-        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| rows | mode | n | req/s (median) | on/off | throughput cost µs/req (1e6/on − 1e6/off) | CPU µs/req (median) | CPU cost µs/req (on − off) | CPU off/on | main / audit-seal / audit-export µs/req (medians) | off/on from threads |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
         cost_rows all
         cost_rows undisturbed
         if ((${#paced[@]})); then
@@ -623,6 +644,11 @@ main() {
         echo "delta (one audit record each); collector received = spans rotel logged receiving. CPU off/on ="
         echo "the on/off throughput ratio a core given to Portcullis alone would show if CPU time were all"
         echo "that limited it (OFF CPU µs/req ÷ ON CPU µs/req): a derived figure, less disturbed by other load."
+        echo "By thread: main = the request path (Tokio, worker_threads = 1), audit-seal = sealing each record"
+        echo "(and, OFF, writing the file), audit-export = OTLP encoding and sending (ON only). off/on from"
+        echo "threads = (main + audit-seal of OFF) ÷ (main of OFF + audit-seal + audit-export of ON): the CPU"
+        echo "ratio with the request path's own time taken as equal in both modes (it does the same work),"
+        echo "which removes the largest noise term; an estimate, not a measured throughput."
         for row in "${ROWS[@]}"; do
             if [[ -n "${R[$row,filelines]:-}" ]]; then
                 echo "OFF row $row: the JSONL audit file held ${R[$row,filelines]} lines for ${R[$row,reqtotal]} requests served (warm-up included)."

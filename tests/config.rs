@@ -36,6 +36,16 @@ fn every_example_config_loads_and_validates() {
 fn the_benchmark_configs_load_and_validate() {
     portcullis::config::load(std::path::Path::new("benches/load/portcullis.toml")).unwrap();
     portcullis::config::load(std::path::Path::new("benches/load/bearer/portcullis.toml")).unwrap();
+    for path in [
+        "benches/load/audit-otlp-grpc.toml",
+        "benches/load/audit-otlp-http.toml",
+        "benches/load/tokens/portcullis.toml",
+        "benches/load/tokens/portcullis-assertion.toml",
+    ] {
+        if let Err(problems) = portcullis::config::load(std::path::Path::new(path)) {
+            panic!("{path}: {problems:#?}");
+        }
+    }
 }
 
 #[test]

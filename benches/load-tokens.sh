@@ -1,0 +1,362 @@
+#!/usr/bin/env bash
+# Identity-assertion load benchmark (issue #6): Portcullis on the bearer bench's protected route,
+# with and without [routes.assertion], one binary, run after run. Companion of benches/load-bearer.sh
+# (same layout, tokens, issuer and measurement).
+#
+#   PORTCULLIS=/tmp/portcullis-tokens-bench benches/load-tokens.sh   # use an existing binary, no build
+#   benches/load-tokens.sh                                           # builds target/release/portcullis first
+#   OUT=tokens.md benches/load-tokens.sh                             # also write the report to a file
+#
+# Runs, in this order, each in a fresh Portcullis process alone on CPU 0 (wrk and the backend nginx
+# on CPU 1):
+#   (a) off, one token      benches/load/tokens/portcullis.toml; the token is verified once, then cache hits
+#   (b) on,  one token      benches/load/tokens/portcullis-assertion.toml; one caller: one mint, then
+#                           the cached assertion (60 s lifetime, re-minted with <10% left)
+#   (c) on,  many tokens    each request a caller never seen (rotate.lua): a verification and a mint
+#   (d) off, many tokens    the same tokens: a verification per request, no mint
+# The two configs differ only in [routes.assertion] and the backend port: 18004 answers 500 to a
+# request without an X-Portcullis-Assertion JWT, 18003 to one with it, so "0 errors" means every
+# measured request reached the backend with (on) or without (off) the header. Once per process the
+# script also fetches one assertion back from the backend (/echo-assertion) and verifies it (pyjwt)
+# against the proxy's JWKS, issuer and audience; mints are counted in the audit file.
+#
+# Environment knobs (defaults in brackets), as in load-bearer.sh:
+#   PORTCULLIS, OUT, DURATION [10s], WARMUP [3s], CONNECTIONS [50], THREADS [1],
+#   MEASURE_TOKENS [200000], WARMUP_TOKENS [40000], KEEP_TMP=1, PYTHON [python3]
+#
+# Exits non-zero when any measured run had a non-2xx response or socket error, after the report.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CONF_DIR="$ROOT/benches/load"
+# shellcheck source=load/common.sh
+source "$CONF_DIR/common.sh"
+BEARER_DIR="$CONF_DIR/bearer"
+TOKENS_DIR="$CONF_DIR/tokens"
+
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-3s}"
+CONNECTIONS="${CONNECTIONS:-50}"
+THREADS="${THREADS:-1}"
+MEASURE_TOKENS="${MEASURE_TOKENS:-200000}"
+WARMUP_TOKENS="${WARMUP_TOKENS:-40000}"
+KEEP_TMP="${KEEP_TMP:-0}"
+PYTHON="${PYTHON:-python3}"
+
+BACKEND_PORT=18000
+PORTCULLIS_PORT=18080
+PORTCULLIS_ADMIN_PORT=19090
+CONF_OFF="benches/load/tokens/portcullis.toml"
+CONF_ON="benches/load/tokens/portcullis-assertion.toml"
+AUDIT_FILE="/tmp/portcullis-bench-tokens-audit.jsonl" # [audit] path in both configs
+KEY_DIR="/tmp/portcullis-bench-tokens-keys"           # [tokens] key_dir in both configs
+ISSUER="http://127.0.0.1:18080"
+AUDIENCE="https://bench.test"
+
+CLK_TCK=$(getconf CLK_TCK)
+CLIENT_CPU=1
+PROXY_CPU=0
+
+TMP=""
+PIDS=()
+
+# http_code URL [TOKEN]: the status code of a GET (000 when nothing answers).
+http_code() {
+    local args=(-sS -o /dev/null -w '%{http_code}' --max-time 2)
+    [[ -n "${2:-}" ]] && args+=(-H "Authorization: Bearer $2")
+    curl "${args[@]}" "$1" 2>/dev/null || true
+}
+
+# cleanup_tokens: as common.sh's cleanup, plus the key ring.
+cleanup_tokens() {
+    local rc=$? pid
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ "$KEEP_TMP" == 1 ]]; then
+        log "kept $TMP, $KEY_DIR and $AUDIT_FILE"
+    else
+        [[ -z "$TMP" ]] || rm -rf "$TMP"
+        rm -rf "$KEY_DIR" "$AUDIT_FILE"
+    fi
+    exit "$rc"
+}
+
+# core_ticks CPU: "busy steal idle" ticks of one core from /proc/stat (busy: user nice system).
+core_ticks() {
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4, $9, $5 + $6 }' /proc/stat
+}
+
+# mints: assertion_minted events in the audit file so far.
+mints() {
+    if [[ -f "$AUDIT_FILE" ]]; then grep -c 'assertion_minted' "$AUDIT_FILE" || true; else echo 0; fi
+}
+
+# start_portcullis CONF: a fresh process (empty caches) on CPU 0, ready and checked.
+PORTCULLIS_PID=""
+start_portcullis() {
+    local conf=$1 dir="$TMP/portcullis" i code tok case
+    mkdir -p "$dir"
+    port_free "$PORTCULLIS_PORT" || die "127.0.0.1:$PORTCULLIS_PORT is already in use"
+    port_free "$PORTCULLIS_ADMIN_PORT" || die "127.0.0.1:$PORTCULLIS_ADMIN_PORT is already in use"
+    rm -f "$AUDIT_FILE"
+    taskset -c "$PROXY_CPU" "$PORTCULLIS" serve --config "$conf" >>"$dir/portcullis.log" 2>&1 &
+    PORTCULLIS_PID=$!
+    PIDS+=("$PORTCULLIS_PID")
+    for ((i = 1; i <= 100; i++)); do
+        kill -0 "$PORTCULLIS_PID" 2>/dev/null \
+            || { tail -n 30 "$dir/portcullis.log" >&2; die "portcullis exited during start-up"; }
+        code=$(http_code "http://127.0.0.1:$PORTCULLIS_ADMIN_PORT/readyz")
+        [[ "$code" == 200 ]] && break
+        sleep 0.1
+    done
+    [[ "$code" == 200 ]] || { tail -n 30 "$dir/portcullis.log" >&2; die "portcullis /readyz: $code after 10 s"; }
+    # GET / through to the backend: 200 "ok" also means the header check of that port passed.
+    wait_ready portcullis "$PORTCULLIS_PORT" "$PORTCULLIS_PID" "$dir/portcullis.log" "$ONE_TOKEN"
+    [[ $(http_code "http://127.0.0.1:$PORTCULLIS_PORT/") == 401 ]] || die "portcullis let a request without a token through"
+    while read -r case tok; do
+        code=$(http_code "http://127.0.0.1:$PORTCULLIS_PORT/" "$tok")
+        [[ "$code" == 401 ]] || die "portcullis answered $code (want 401) to a bad token ($case)"
+    done <"$IDP_DIR/bad-tokens.txt"
+}
+
+# VERIFY_PY ASSERTION JWKS_FILE: the assertion verifies (pyjwt) against the proxy's published keys,
+# issuer and audience, and names the caller (the first bench token, bench-0); prints a summary.
+VERIFY_PY=$(cat <<'EOF'
+import json, sys
+import jwt
+tok, jwks_path, iss, aud = sys.argv[1:]
+kid = jwt.get_unverified_header(tok)["kid"]
+key = next(k for k in json.load(open(jwks_path))["keys"] if k["kid"] == kid)
+c = jwt.decode(tok, jwt.PyJWK(key).key, algorithms=["ES256"], audience=aud, issuer=iss,
+               options={"require": ["iss", "aud", "sub", "exp", "iat"]})
+assert c["sub"] == "bench-0" and c["idp"] == "http://127.0.0.1:18000", c
+print(f"a {len(tok)}-byte ES256 JWT (kid {kid}) verifying against the proxy's JWKS: iss {c['iss']},"
+      f" aud {c['aud']}, sub {c['sub']}, groups {c['groups']}, exp - iat {c['exp'] - c['iat']} s")
+EOF
+)
+
+# check_header on|off: what the backend receives under X-Portcullis-Assertion for ONE_TOKEN, sent
+# with a forged X-Portcullis-Assertion of the client's own (which must never arrive).
+HEADER_ON=""
+HEADER_OFF=""
+check_header() {
+    local want=$1 got
+    got=$(curl -fsS --max-time 2 -H "Authorization: Bearer $ONE_TOKEN" -H "X-Portcullis-Assertion: forged" \
+        "http://127.0.0.1:$PORTCULLIS_PORT/echo-assertion") || die "GET /echo-assertion through portcullis failed"
+    if [[ "$want" == off ]]; then
+        [[ -z "$got" ]] || die "assertions off, but the backend received X-Portcullis-Assertion: ${got:0:80}"
+        HEADER_OFF="the backend received no X-Portcullis-Assertion (the client's forged one was removed)"
+        return
+    fi
+    curl -fsS --max-time 2 "http://127.0.0.1:$PORTCULLIS_ADMIN_PORT/.well-known/jwks.json" >"$TMP/proxy-jwks.json" \
+        || die "no JWKS on the admin listener"
+    HEADER_ON=$("$PYTHON" -c "$VERIFY_PY" "$got" "$TMP/proxy-jwks.json" "$ISSUER" "$AUDIENCE") \
+        || die "the assertion the backend received does not verify: ${got:0:80}"
+    HEADER_ON="the backend received $HEADER_ON, not the client's forged one"
+    log "$HEADER_ON"
+}
+
+# ---------------------------------------------------------------- wrk (as in load-bearer.sh)
+WRK_CMD=()
+wrk_cmd() {
+    local duration=$1 url=$2 mode=$3
+    WRK_CMD=(taskset -c "$CLIENT_CPU" wrk "-t$THREADS" "-c$CONNECTIONS" "-d$duration" --latency)
+    case "$mode" in
+        one) WRK_CMD+=(-H "Authorization: Bearer ${ONE_TOKEN_SHOWN:-$ONE_TOKEN}" "$url") ;;
+        warm) WRK_CMD+=(-s "$BEARER_DIR/rotate.lua" "$url" -- "$IDP_DIR/tokens.txt" 0 "$WARMUP_TOKENS" "$THREADS") ;;
+        rotate) WRK_CMD+=(-s "$BEARER_DIR/rotate.lua" "$url" -- "$IDP_DIR/tokens.txt" "$WARMUP_TOKENS" "$MEASURE_TOKENS" "$THREADS") ;;
+        *) die "wrk_cmd: unknown mode $mode" ;;
+    esac
+}
+
+declare -A RPS P50 P99 ERRS CPU TOKMIX MINTS NOISE
+LABELS=()
+QUIET_NOTES=()
+
+# run_case LABEL CONF on|off one|rotate: fresh process, warm-up, measured run, stop.
+run_case() {
+    local label=$1 conf=$2 onoff=$3 mode=$4 out t0 t1 c0 c1 m0 m1 warm_mode=$4 rustc
+    [[ "$mode" == rotate ]] && warm_mode=warm
+    out="$TMP/wrk-${label//[^A-Za-z0-9]/_}.txt"
+    start_portcullis "$conf"
+    check_header "$onoff"
+    rustc=$(pgrep -x rustc | paste -sd, - || true)
+    [[ -z "$rustc" ]] || QUIET_NOTES+=("rustc running during '$label'")
+    [[ -z "$(pgrep -x wrk || true)" ]] || QUIET_NOTES+=("another wrk running before '$label'")
+    log "loadavg before '$label': $(cut -d' ' -f1-3 /proc/loadavg)"
+    log "warm-up $label ($WARMUP)"
+    wrk_cmd "$WARMUP" "http://127.0.0.1:$PORTCULLIS_PORT/" "$warm_mode"
+    "${WRK_CMD[@]}" >"$out.warmup"
+    wrk_cmd "$DURATION" "http://127.0.0.1:$PORTCULLIS_PORT/" "$mode"
+    log "measure $label: ${WRK_CMD[*]:0:8} ..."
+    sleep 0.5 # the audit writer drains the warm-up's events
+    m0=$(mints)
+    local k0 k1 q0 q1
+    c0=$(cpu_ticks "$PORTCULLIS_PID")
+    k0=$(core_ticks "$PROXY_CPU")
+    q0=$(core_ticks "$CLIENT_CPU")
+    t0=$(date +%s.%N)
+    "${WRK_CMD[@]}" >"$out"
+    t1=$(date +%s.%N)
+    c1=$(cpu_ticks "$PORTCULLIS_PID")
+    k1=$(core_ticks "$PROXY_CPU")
+    q1=$(core_ticks "$CLIENT_CPU")
+    [[ -z "$(pgrep -x wrk || true)" ]] || QUIET_NOTES+=("another wrk running after '$label'")
+    sleep 0.5 # the audit writer drains
+    m1=$(mints)
+    cat "$out" >&2
+    [[ "$onoff" == off ]] || check_header on # still there after the load
+    stop_last
+    parse_wrk "$label" "$out" "$mode"
+    MINTS[$label]=$((m1 - m0))
+    CPU[$label]=$(awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
+        'BEGIN { printf "%.0f", 100 * c / hz / (t1 - t0) }')
+    # On the proxy's core: busy time not Portcullis's, and steal; on the client core: idle.
+    NOISE[$label]=$(awk -v a="$k0" -v b="$k1" -v q="$q0" -v r="$q1" -v p="$((c1 - c0))" \
+        -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" 'BEGIN {
+            split(a, x, " "); split(b, y, " "); split(q, u, " "); split(r, v, " "); w = 100 / hz / (t1 - t0)
+            o = (y[1] - x[1] - p) * w; if (o < 0) o = 0
+            printf "%.0f%% / %.0f%% / %.0f%%", o, (y[2] - x[2]) * w, (v[3] - u[3]) * w }')
+}
+
+parse_wrk() {
+    local label=$1 out=$2 mode=$3 rps p50 p99 non2xx sock sent distinct
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p50=$(awk '$1 == "50%" {print $2; exit}' "$out")
+    p99=$(awk '$1 == "99%" {print $2; exit}' "$out")
+    [[ -n "$rps" && -n "$p50" && -n "$p99" ]] || die "could not parse wrk output for $label ($out)"
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+    sock=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
+    LABELS+=("$label")
+    RPS[$label]=$rps
+    P50[$label]=$(to_ms "$p50")
+    P99[$label]=$(to_ms "$p99")
+    ERRS[$label]=$((${non2xx:-0} + ${sock:-0}))
+    if [[ "$mode" == one ]]; then
+        TOKMIX[$label]="1 token"
+    else
+        sent=$(sed -n 's/^bearer-rotate: sent=\([0-9]*\) distinct=\([0-9]*\).*/\1/p' "$out")
+        distinct=$(sed -n 's/^bearer-rotate: sent=\([0-9]*\) distinct=\([0-9]*\).*/\2/p' "$out")
+        [[ -n "$sent" && -n "$distinct" ]] || die "rotate.lua summary missing in $out"
+        TOKMIX[$label]="$distinct distinct / $sent sent"
+        ((sent <= distinct)) || log "NOTE: $label: the token slice wrapped (raise MEASURE_TOKENS)"
+    fi
+    ((ERRS[$label] == 0)) || log "WARNING: $label had ${non2xx:-0} non-2xx responses and ${sock:-0} socket errors"
+}
+
+shell_join() {
+    local w out=()
+    for w in "$@"; do
+        if [[ "$w" =~ [^A-Za-z0-9_./:=,@%+-] ]]; then out+=("'$w'"); else out+=("$w"); fi
+    done
+    echo "${out[*]}"
+}
+
+verdict() { awk -v r="$1" 'BEGIN { print (r >= 0.9 ? "met" : "NOT met") }'; }
+
+# ---------------------------------------------------------------- main
+IDP_DIR=""
+ONE_TOKEN=""
+ONE_TOKEN_SHOWN=""
+
+main() {
+    ensure_tools
+    ulimit -n 65536 2>/dev/null || true
+    if [[ -z "${PORTCULLIS:-}" ]]; then
+        log "cargo build --release"
+        cargo build --release --bin portcullis >&2
+        PORTCULLIS="$ROOT/target/release/portcullis"
+    fi
+    [[ -x "$PORTCULLIS" ]] || die "Portcullis binary $PORTCULLIS not found or not executable"
+
+    TMP=$(mktemp -d /tmp/portcullis-load-tokens.XXXXXX)
+    trap cleanup_tokens EXIT
+    trap 'exit 130' INT TERM
+    rm -rf "$KEY_DIR" "$AUDIT_FILE"
+    mkdir -m 0700 "$KEY_DIR"
+    local conf
+    for conf in "$CONF_OFF" "$CONF_ON"; do
+        "$PORTCULLIS" check-config --config "$conf" >&2 || die "$PORTCULLIS rejects $conf"
+    done
+
+    IDP_DIR="$TMP/backend/idp"
+    local total=$((WARMUP_TOKENS + MEASURE_TOKENS))
+    log "minting $total tokens (warm-up slice $WARMUP_TOKENS, measured slice $MEASURE_TOKENS)"
+    "$PYTHON" "$BEARER_DIR/mint.py" --out "$IDP_DIR" --count "$total"
+    ONE_TOKEN=$(head -n1 "$IDP_DIR/tokens.txt")
+    chmod a+rx "$TMP" "$TMP/backend" "$IDP_DIR"
+    chmod a+r "$IDP_DIR"/*.json
+
+    start_nginx backend "$TOKENS_DIR/backend.nginx.conf" "$CLIENT_CPU" "$BACKEND_PORT"
+    [[ $(http_code "http://127.0.0.1:$BACKEND_PORT/jwks") == 200 ]] || die "backend does not serve /jwks"
+    # The header checks of the two upstream ports themselves, straight to the backend.
+    [[ $(http_code "http://127.0.0.1:18004/") == 500 ]] || die "backend :18004 accepts a request without an assertion"
+    [[ $(curl -sS -o /dev/null -w '%{http_code}' -H 'X-Portcullis-Assertion: eyJa.b.c' http://127.0.0.1:18004/) == 200 ]] \
+        || die "backend :18004 refuses a JWT-shaped assertion"
+    [[ $(curl -sS -o /dev/null -w '%{http_code}' -H 'X-Portcullis-Assertion: eyJa.b.c' http://127.0.0.1:18003/) == 500 ]] \
+        || die "backend :18003 accepts a request with an assertion"
+
+    local a="(a) off, one token" b="(b) on, one token" c="(c) on, many tokens" d="(d) off, many tokens"
+    local t_start t_end
+    t_start=$(date +%s)
+    run_case "$a" "$CONF_OFF" off one
+    run_case "$b" "$CONF_ON" on one
+    run_case "$c" "$CONF_ON" on rotate
+    run_case "$d" "$CONF_OFF" off rotate
+    t_end=$(date +%s)
+
+    local report label r_one r_many nerr=0
+    r_one=$(ratio "${RPS[$b]}" "${RPS[$a]}")
+    r_many=$(ratio "${RPS[$c]}" "${RPS[$d]}")
+    for label in "${LABELS[@]}"; do nerr=$((nerr + ERRS[$label])); done
+    ONE_TOKEN_SHOWN='<token>'
+    report=$(
+        echo "| run | tokens | req/s | p50 (ms) | p99 (ms) | assertions minted | errors | proxy CPU | proxy CPU µs/req | CPU 0 other / steal, CPU 1 idle |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for label in "${LABELS[@]}"; do
+            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s%% | %s | %s |\n' "$label" "${TOKMIX[$label]}" \
+                "${RPS[$label]}" "${P50[$label]}" "${P99[$label]}" "${MINTS[$label]}" "${ERRS[$label]}" "${CPU[$label]}" \
+                "$(awk -v c="${CPU[$label]}" -v r="${RPS[$label]}" 'BEGIN { printf "%.1f", c * 10000 / r }')" "${NOISE[$label]}"
+        done
+        echo
+        echo "| case | on / off req/s | target >= 0.90x |"
+        echo "|---|---:|---|"
+        echo "| one token (b / a) | **${r_one}x** | $(verdict "$r_one") |"
+        echo "| many tokens (c / d) | **${r_many}x** | $(verdict "$r_many") |"
+        echo
+        echo "- header, off: $HEADER_OFF"
+        echo "- header, on: $HEADER_ON"
+        echo "- every measured request went to a backend port that answers 500 without the header (on) or"
+        echo "  with it (off): errors 0 means each one arrived as expected"
+        echo "- assertions minted: assertion_minted audit events during the measured run; proxy CPU: its"
+        echo "  CPU time during the measured run (% of one core), and that divided by the requests;"
+        echo "  CPU 0 other / steal: user+system time on CPU 0 not Portcullis's, and time the hypervisor took"
+        echo "  (noise on the proxy's core); CPU 1 idle: headroom left on the wrk + backend core"
+        if ((${#QUIET_NOTES[@]})); then
+            echo
+            echo "**Not quiet:** ${QUIET_NOTES[*]}."
+        fi
+        echo
+        echo "- measured: $(date -u -d "@$t_start" '+%Y-%m-%dT%H:%M:%SZ') to $(date -u -d "@$t_end" '+%H:%M:%SZ')," \
+            "each run ${DURATION} after a ${WARMUP} warm-up, in a fresh Portcullis process"
+        wrk_cmd "$DURATION" "http://127.0.0.1:18080/" one
+        echo "- wrk, one token: \`$(shell_join "${WRK_CMD[@]}")\`"
+        wrk_cmd "$DURATION" "http://127.0.0.1:18080/" rotate
+        echo "- wrk, many tokens: \`$(shell_join "${WRK_CMD[@]}" | sed "s#$TMP#\$TMP#g; s#$ROOT/##g")\`" \
+            "(warm-up: tokens 0..$((WARMUP_TOKENS - 1)))"
+        echo "- portcullis: \`$PORTCULLIS serve --config $CONF_OFF\` (off) or \`$CONF_ON\` (on)"
+        echo "- backend + IdP documents: \`nginx -c benches/load/tokens/backend.nginx.conf\`;" \
+            "tokens: \`benches/load/bearer/mint.py --count $total\`"
+        echo "- pinning: Portcullis on CPU $PROXY_CPU (worker_threads = 1); wrk and the backend nginx on CPU $CLIENT_CPU"
+        echo "- nproc: $(nproc); kernel: $(uname -srm); $(nginx -v 2>&1 | sed 's/^nginx version: //');" \
+            "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); binary sha256 $(sha256sum "$PORTCULLIS" | cut -c1-12)"
+    )
+    printf '\n%s\n' "$report"
+    if [[ -n "${OUT:-}" ]]; then
+        printf '%s\n' "$report" >"$OUT"
+        log "report written to $OUT"
+    fi
+    ((nerr == 0)) || die "$nerr errors (non-2xx or socket errors) in the measured runs: the numbers are not valid"
+}
+
+main "$@"
