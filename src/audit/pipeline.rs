@@ -369,20 +369,9 @@ async fn export_loop(
                     resource_of.clone_from(&own);
                 }
                 let n = batch.len() as u64;
-                // The spans go to the exporter; what the spool would need stays here.
-                let mut taken = Vec::with_capacity(batch.len());
-                let spans: Vec<SpanData> = batch
-                    .into_iter()
-                    .map(|s| {
-                        taken.push(Sealed {
-                            seq: s.seq,
-                            refusal: s.refusal,
-                            span: empty_span(),
-                            line: s.line,
-                        });
-                        s.span
-                    })
-                    .collect();
+                // The spans go to the exporter; the lines stay here for the spool.
+                let mut taken = batch;
+                let spans: Vec<SpanData> = taken.iter_mut().filter_map(|s| s.span.take()).collect();
                 if export(&exporter, spans, shared.timeout).await {
                     shared.stats.exported.inc_by(n);
                     false
@@ -448,23 +437,6 @@ async fn export_loop(
             backoff = None;
         }
     }
-}
-
-/// A placeholder where only a record's line and sequence number are still needed.
-fn empty_span() -> SpanData {
-    super::SpanMeta {
-        name: std::borrow::Cow::Borrowed(""),
-        kind: opentelemetry::trace::SpanKind::Internal,
-        trace: super::TraceIds {
-            trace_id: opentelemetry::trace::TraceId::INVALID,
-            span_id: opentelemetry::trace::SpanId::INVALID,
-            parent: None,
-        },
-        start: std::time::UNIX_EPOCH,
-        end: std::time::UNIX_EPOCH,
-        error: None,
-    }
-    .into_span(Vec::new())
 }
 
 fn next_work(shared: &Shared) -> Work {

@@ -18,14 +18,15 @@ use opentelemetry_sdk::trace::SpanData;
 use super::record::{Sealer, write_line};
 use super::{AuditSink, Event};
 
-/// A sealed record: the span to export and its written line (with the newline).
+/// A sealed record: the span to export (taken once it is on its way) and its written line
+/// (with the newline), which is all the spool needs.
 #[derive(Debug)]
 pub struct Sealed {
     pub seq: u64,
     /// The record of a request refused because the trail was full (fail closed): the only kind
     /// of record a full spool may drop in that mode.
     pub refusal: bool,
-    pub span: SpanData,
+    pub span: Option<SpanData>,
     pub line: Vec<u8>,
 }
 
@@ -121,7 +122,7 @@ fn seal_loop(shared: &Shared, mut sealer: Sealer, mut delivery: impl Delivery) {
                     Sealed {
                         seq: sealer.seq(),
                         refusal,
-                        span,
+                        span: Some(span),
                         line,
                     }
                 })
