@@ -39,6 +39,8 @@
 #   RETRIES [2]       measure a row again (up to this many times) when others disturbed it (see
 #                     "disturbed" in the report); the last attempt is reported
 #   COLLECTOR_CPU [1] the CPU rotel-agent is pinned to (with more than 2 cores, give it its own)
+#   AUDIT_CPU [unset] move Portcullis's audit-seal and audit-export threads to this CPU after
+#                     start (taskset -p on their thread ids); unset: they stay on CPU 0
 #   ROTEL_AGENT       rotel-agent binary [tests/peers/collector/.venv/lib/python3.*/site-packages/rotel/rotel-agent]
 #   KEEP_TMP=1        keep the temp dir (logs, wrk outputs, collector output), spool and audit file
 #
@@ -83,6 +85,7 @@ CLK_TCK=$(getconf CLK_TCK)
 CLIENT_CPU=1 # wrk, the backend and the collector
 PROXY_CPU=0  # Portcullis
 COLLECTOR_CPU="${COLLECTOR_CPU:-1}"
+AUDIT_CPU="${AUDIT_CPU:-}"
 
 TMP=""
 PIDS=()
@@ -185,6 +188,15 @@ start_portcullis() { # start_portcullis CONF
     PORTCULLIS_PID=$!
     PIDS+=("$PORTCULLIS_PID")
     wait_ready portcullis "$PORTCULLIS_PORT" "$PORTCULLIS_PID" "$dir/portcullis.log"
+    if [[ -n "$AUDIT_CPU" ]]; then
+        local t name
+        for t in /proc/"$PORTCULLIS_PID"/task/[0-9]*; do
+            read -r name <"$t/comm" 2>/dev/null || continue
+            if [[ "$name" == audit-seal || "$name" == audit-export ]]; then
+                taskset -p -c "$AUDIT_CPU" "${t##*/}" >/dev/null || die "cannot move thread $name to CPU $AUDIT_CPU"
+            fi
+        done
+    fi
 }
 
 # loopback_only: every listening socket of the processes started here is on 127.0.0.1.
@@ -368,6 +380,7 @@ measure() {
     t1=$(date +%s.%N)
     child_cpu "$out-times1.txt"
     c1=$(cpu_ticks "$PORTCULLIS_PID")
+    thread_ticks "$PORTCULLIS_PID" "$out-threads1.txt"
     s1=($(cpu_stat "$PROXY_CPU"))
     u1=($(cpu_stat "$CLIENT_CPU"))
     k1=$(cpu_ticks "$ROTEL_PID")
@@ -412,12 +425,20 @@ measure() {
     R[$row,t_export]=$(thread_us "$out-threads0.txt" "$out-threads2.txt" "$reqs" audit-export)
     R[$row,cpu_us]=$(awk -v c=$((c2 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", 1e6 * c / hz / n }')
     # CPU 0 busy time not charged to Portcullis (other processes, interrupts) and steal, in %.
-    R[$row,cpu0_other]=$(awk -v b=$((s1[0] - s0[0] - (c1 - c0))) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { v = 100 * b / hz / s; if (v < 0) v = 0; printf "%.0f", v }')
+    # With AUDIT_CPU, the audit threads' ticks of the run belong to that CPU, not to CPU 0.
+    local moved=0 on0 on1=0
+    if [[ -n "$AUDIT_CPU" ]]; then
+        moved=$(awk -F'\t' 'NR == FNR { if ($2 == "audit-seal" || $2 == "audit-export") a += $1; next }
+            $2 == "audit-seal" || $2 == "audit-export" { b += $1 } END { print b - a }' "$out-threads0.txt" "$out-threads1.txt")
+        [[ "$AUDIT_CPU" == "$CLIENT_CPU" ]] && on1=$moved
+    fi
+    on0=$((c1 - c0 - moved))
+    R[$row,cpu0_other]=$(awk -v b=$((s1[0] - s0[0] - on0)) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { v = 100 * b / hz / s; if (v < 0) v = 0; printf "%.0f", v }')
     R[$row,steal0]=$(awk -v b=$((s1[1] - s0[1])) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * b / hz / s }')
     R[$row,cpu1]=$(awk -v b=$((u1[0] - u0[0])) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * b / hz / s }')
     R[$row,rotel_cpu]=$(awk -v b=$((k1 - k0)) -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * b / hz / s }')
     # CPU 1 busy time not charged to wrk, the backend or the collector.
-    R[$row,cpu1_other]=$(awk -v b=$((u1[0] - u0[0] - (k1 - k0) - (b1 - b0))) -v w="$(awk -v a="$w0" -v b="$w1" 'BEGIN { print b - a }')" \
+    R[$row,cpu1_other]=$(awk -v b=$((u1[0] - u0[0] - (k1 - k0) - (b1 - b0) - on1)) -v w="$(awk -v a="$w0" -v b="$w1" 'BEGIN { print b - a }')" \
         -v hz="$CLK_TCK" -v s="${R[$row,secs]}" 'BEGIN { v = 100 * (b / hz - w) / s; if (v < 0) v = 0; printf "%.0f", v }')
     R[$row,wrk_cpu]=$(awk -v a="$w0" -v b="$w1" -v s="${R[$row,secs]}" 'BEGIN { printf "%.0f", 100 * (b - a) / s }')
     if ((R[$row,cpu0_other] > 5 || R[$row,cpu1_other] > 10)); then
@@ -634,7 +655,8 @@ main() {
         echo "the wrk run, in % of one core. CPU µs/req = that CPU time from the start of the run until its"
         echo "last record was exported (the drain), divided by the requests wrk completed. other CPU 0 / 1 ="
         echo "busy time (/proc/stat) of CPU 0 not charged to Portcullis / of CPU 1 not charged to wrk, the"
-        echo "backend or the collector: other processes of this shared machine, interrupts; disturbed = yes"
+        echo "backend or the collector (or to the audit threads moved there with AUDIT_CPU): other"
+        echo "processes of this shared machine, interrupts; disturbed = yes"
         echo "when that is over 5% on CPU 0 or over 10% on CPU 1 (treat such a row with suspicion; a"
         echo "disturbed row is measured again, up to $RETRIES more times, and the last attempt kept). steal ="
         echo "time the hypervisor took from CPU 0. CPU 1 busy = all busy time of the client core; wrk CPU,"
@@ -658,7 +680,11 @@ main() {
         echo "- started $started, finished $finished (UTC)"
         echo "- command: \`PORTCULLIS=$PORTCULLIS benches/load-audit.sh\` (ROUNDS=$ROUNDS MODES=\"$MODES\" PACED_MODES=\"$PACED_MODES\" RATE=$RATE)"
         echo "- wrk: \`taskset -c $CLIENT_CPU wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:$PORTCULLIS_PORT/\` after a $WARMUP warm-up"
-        echo "- pinning: Portcullis (worker_threads = 1, all its threads) on CPU $PROXY_CPU; wrk and backend nginx on CPU $CLIENT_CPU; rotel-agent on CPU $COLLECTOR_CPU"
+        if [[ -n "$AUDIT_CPU" ]]; then
+            echo "- pinning: Portcullis (worker_threads = 1) on CPU $PROXY_CPU, its audit-seal and audit-export threads moved to CPU $AUDIT_CPU; wrk and backend nginx on CPU $CLIENT_CPU; rotel-agent on CPU $COLLECTOR_CPU"
+        else
+            echo "- pinning: Portcullis (worker_threads = 1, all its threads) on CPU $PROXY_CPU; wrk and backend nginx on CPU $CLIENT_CPU; rotel-agent on CPU $COLLECTOR_CPU"
+        fi
         echo "- collector: \`$(basename "$ROTEL_AGENT") start --exporter blackhole --debug-log traces --debug-log-verbosity basic\` ($("$ROTEL_AGENT" --version 2>&1 | head -n1), PyPI $(basename "$(ls -d "$(dirname "$(dirname "$ROTEL_AGENT")")"/rotel-*.dist-info 2>/dev/null | head -n1)" .dist-info))"
         echo "- portcullis: \`$PORTCULLIS\` (sha256 $(sha256sum "$PORTCULLIS" | cut -c1-12), built $(date -u -r "$PORTCULLIS" '+%Y-%m-%dT%H:%M:%SZ')), tree at $(git rev-parse --short HEAD 2>/dev/null || echo '?') with $(git status --porcelain 2>/dev/null | wc -l) changed files"
         echo "- machine: $(nproc) cores, $(uname -srm), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | sed 's/^nginx version: //')"
