@@ -74,6 +74,8 @@ struct Flow {
     /// Shutdown: export what is in memory until `deadline`, spool the rest, stop.
     closing: Option<Instant>,
     stopped: bool,
+    /// Fail closed: bytes of refusals' records spooled since the spool filled.
+    refusal_bytes: u64,
 }
 
 struct Shared {
@@ -97,17 +99,9 @@ impl Shared {
         self.flow.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The size a write may grow the spool to.
-    fn limit(&self) -> u64 {
-        match self.when_full {
-            WhenFull::FailClosed => self.max_bytes + self.max_bytes / 16,
-            WhenFull::FailOpen => self.max_bytes,
-        }
-    }
-
     /// Opens or closes admission from the spool's size (or a write it just `refused`), and
     /// mirrors it in the gauges.
-    fn update_admission(&self, flow: &Flow, refused: bool) {
+    fn update_admission(&self, flow: &mut Flow, refused: bool) {
         let bytes = flow.spool.bytes();
         self.stats
             .spool_bytes
@@ -134,7 +128,10 @@ impl Shared {
                         "audit spool full: serving on, audit records that do not fit are DROPPED"
                     )
                 }
-                (false, _) => tracing::warn!(bytes, "audit spool below its limit again"),
+                (false, _) => {
+                    flow.refusal_bytes = 0;
+                    tracing::warn!(bytes, "audit spool below its limit again");
+                }
             }
         }
         let admit = !(full && self.when_full == WhenFull::FailClosed);
@@ -150,25 +147,42 @@ impl Shared {
         let Some(first) = records.first() else {
             return;
         };
-        let lines: Vec<u8> = records.iter().flat_map(|r| r.line.iter().copied()).collect();
         let n = records.len() as u64;
-        let written = match self.write(flow, first.seq, &lines, early, self.limit()) {
-            Some(true) => n,
-            Some(false) if self.when_full == WhenFull::FailClosed => {
-                let kept: Vec<&Sealed> = records.iter().filter(|r| !r.refusal).collect();
-                let lines: Vec<u8> = kept.iter().flat_map(|r| r.line.iter().copied()).collect();
-                match kept.first() {
-                    Some(first) if self.write(flow, first.seq, &lines, early, u64::MAX) == Some(true) => {
-                        kept.len() as u64
-                    }
+        let written = match self.when_full {
+            WhenFull::FailOpen => {
+                let lines: Vec<u8> = records.iter().flat_map(|r| r.line.iter().copied()).collect();
+                match self.write(flow, first.seq, &lines, early, self.max_bytes) {
+                    Some(true) => n,
                     _ => 0,
                 }
             }
-            _ => 0,
+            WhenFull::FailClosed => {
+                // Admitted requests always; refusals while their reserve lasts.
+                let reserve = self.max_bytes / 16;
+                let mut lines = Vec::new();
+                let mut kept = 0;
+                let mut first_seq = None;
+                for r in records {
+                    let len = r.line.len() as u64;
+                    if r.refusal {
+                        if flow.refusal_bytes + len > reserve {
+                            continue;
+                        }
+                        flow.refusal_bytes += len;
+                    }
+                    first_seq.get_or_insert(r.seq);
+                    lines.extend_from_slice(&r.line);
+                    kept += 1;
+                }
+                match first_seq {
+                    Some(seq) if self.write(flow, seq, &lines, early, u64::MAX) == Some(true) => kept,
+                    _ => 0,
+                }
+            }
         };
         self.stats.spooled.inc_by(written);
         self.stats.dropped.inc_by(n - written);
-        self.update_admission(flow, written < n);
+        self.update_admission(flow, written < n && self.when_full == WhenFull::FailOpen);
     }
 
     /// Writes whole lines under `limit`: Some(true) written, Some(false) did not fit, None the
@@ -269,6 +283,7 @@ pub fn start(
             spool,
             closing: None,
             stopped: false,
+            refusal_bytes: 0,
         }),
         wake: Notify::new(),
         stopped: Condvar::new(),
@@ -281,7 +296,7 @@ pub fn start(
         drain: otlp.timeout.min(Duration::from_secs(5)),
         timeout: otlp.timeout,
     });
-    shared.update_admission(&shared.lock(), false);
+    shared.update_admission(&mut shared.lock(), false);
 
     let (built, ready) = std::sync::mpsc::sync_channel(1);
     let thread = shared.clone();
@@ -417,7 +432,7 @@ async fn export_loop(
                     if let Err(e) = flow.spool.commit(&chunk.ticket) {
                         tracing::error!(error = %e, "audit spool cursor update failed (records may be sent twice)");
                     }
-                    shared.update_admission(&flow, false);
+                    shared.update_admission(&mut flow, false);
                     false
                 } else {
                     true
