@@ -7,8 +7,8 @@
 #   benches/load-tokens.sh                                           # builds target/release/portcullis first
 #   OUT=tokens.md benches/load-tokens.sh                             # also write the report to a file
 #
-# Runs, in this order, each in a fresh Portcullis process alone on CPU 0 (wrk and the backend nginx
-# on CPU 1):
+# Runs, each in a fresh Portcullis process alone on CPU 0 (wrk and the backend nginx on CPU 1), in
+# ROUNDS rounds (a b c d, then d c b a, ...); the report gives every run and the medians:
 #   (a) off, one token      benches/load/tokens/portcullis.toml; the token is verified once, then cache hits
 #   (b) on,  one token      benches/load/tokens/portcullis-assertion.toml; one caller: one mint, then
 #                           the cached assertion (60 s lifetime, re-minted with <10% left)
@@ -21,7 +21,7 @@
 # against the proxy's JWKS, issuer and audience; mints are counted in the audit file.
 #
 # Environment knobs (defaults in brackets), as in load-bearer.sh:
-#   PORTCULLIS, OUT, DURATION [10s], WARMUP [3s], CONNECTIONS [50], THREADS [1],
+#   ROUNDS [3], PORTCULLIS, OUT, DURATION [10s], WARMUP [3s], CONNECTIONS [50], THREADS [1],
 #   MEASURE_TOKENS [200000], WARMUP_TOKENS [40000], KEEP_TMP=1, PYTHON [python3]
 #
 # Exits non-zero when any measured run had a non-2xx response or socket error, after the report.
@@ -41,6 +41,7 @@ CONNECTIONS="${CONNECTIONS:-50}"
 THREADS="${THREADS:-1}"
 MEASURE_TOKENS="${MEASURE_TOKENS:-200000}"
 WARMUP_TOKENS="${WARMUP_TOKENS:-40000}"
+ROUNDS="${ROUNDS:-3}"
 KEEP_TMP="${KEEP_TMP:-0}"
 PYTHON="${PYTHON:-python3}"
 
@@ -169,20 +170,23 @@ wrk_cmd() {
     esac
 }
 
-declare -A RPS P50 P99 ERRS CPU TOKMIX MINTS NOISE
+declare -A RPS P50 P99 ERRS CPU TOKMIX MINTS NOISE QUIET
 LABELS=()
-QUIET_NOTES=()
+# others_running: other CPU users we know of (compilers, tests, another load generator).
+others_running() {
+    local what=() p
+    for p in rustc cargo wrk; do pgrep -x "$p" >/dev/null && what+=("$p"); done
+    echo "${what[*]}"
+}
 
 # run_case LABEL CONF on|off one|rotate: fresh process, warm-up, measured run, stop.
 run_case() {
-    local label=$1 conf=$2 onoff=$3 mode=$4 out t0 t1 c0 c1 m0 m1 warm_mode=$4 rustc
+    local label=$1 conf=$2 onoff=$3 mode=$4 out t0 t1 c0 c1 m0 m1 warm_mode=$4 before after
     [[ "$mode" == rotate ]] && warm_mode=warm
     out="$TMP/wrk-${label//[^A-Za-z0-9]/_}.txt"
     start_portcullis "$conf"
     check_header "$onoff"
-    rustc=$(pgrep -x rustc | paste -sd, - || true)
-    [[ -z "$rustc" ]] || QUIET_NOTES+=("rustc running during '$label'")
-    [[ -z "$(pgrep -x wrk || true)" ]] || QUIET_NOTES+=("another wrk running before '$label'")
+    before=$(others_running)
     log "loadavg before '$label': $(cut -d' ' -f1-3 /proc/loadavg)"
     log "warm-up $label ($WARMUP)"
     wrk_cmd "$WARMUP" "http://127.0.0.1:$PORTCULLIS_PORT/" "$warm_mode"
@@ -201,7 +205,7 @@ run_case() {
     c1=$(cpu_ticks "$PORTCULLIS_PID")
     k1=$(core_ticks "$PROXY_CPU")
     q1=$(core_ticks "$CLIENT_CPU")
-    [[ -z "$(pgrep -x wrk || true)" ]] || QUIET_NOTES+=("another wrk running after '$label'")
+    after=$(others_running)
     sleep 0.5 # the audit writer drains
     m1=$(mints)
     cat "$out" >&2
@@ -217,6 +221,18 @@ run_case() {
             split(a, x, " "); split(b, y, " "); split(q, u, " "); split(r, v, " "); w = 100 / hz / (t1 - t0)
             o = (y[1] - x[1] - p) * w; if (o < 0) o = 0
             printf "%.0f%% / %.0f%% / %.0f%%", o, (y[2] - x[2]) * w, (v[3] - u[3]) * w }')
+    # Disturbed: something else ran (before or after), or took >= 5% of CPU 0 (other or steal).
+    local why=() o st
+    read -r o st < <(tr -d '%/' <<<"${NOISE[$label]}" | awk '{ print $1, $2 }')
+    [[ -z "$before$after" ]] || why+=("$(tr ' ' '\n' <<<"$before $after" | awk NF | sort -u | paste -sd+ -) running")
+    ((o < 5)) || why+=("CPU 0 other $o%")
+    ((st < 5)) || why+=("steal $st%")
+    if ((${#why[@]})); then
+        QUIET[$label]="no: $(IFS=,; echo "${why[*]}")"
+        log "NOTE: $label not quiet: ${why[*]}"
+    else
+        QUIET[$label]=yes
+    fi
 }
 
 parse_wrk() {
@@ -250,6 +266,27 @@ shell_join() {
         if [[ "$w" =~ [^A-Za-z0-9_./:=,@%+-] ]]; then out+=("'$w'"); else out+=("$w"); fi
     done
     echo "${out[*]}"
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# median_of ARRAY CASE: the median of ARRAY["CASE #r"] over the rounds.
+median_of() {
+    local -n arr=$1
+    local r vals=()
+    for ((r = 1; r <= ROUNDS; r++)); do vals+=("${arr["$2 #$r"]}"); done
+    median "${vals[@]}"
+}
+
+# ratio_row CASE NQUIET RATIO... QUIET_RATIO...: ROUNDS ratios, then NQUIET of them from quiet rounds.
+ratio_row() {
+    local name=$1 nq=$2 all=() q=() m mq="-"
+    shift 2
+    all=("${@:1:ROUNDS}")
+    q=("${@:ROUNDS+1}")
+    m=$(median "${all[@]}")
+    ((nq == 0)) || mq="$(median "${q[@]}")x ($nq of $ROUNDS)"
+    echo "| $name | ${all[*]} | **${m}x** | $mq | $(verdict "$m") (lowest round $(printf '%s\n' "${all[@]}" | sort -g | head -n1)x) |"
 }
 
 verdict() { awk -v r="$1" 'BEGIN { print (r >= 0.9 ? "met" : "NOT met") }'; }
@@ -296,33 +333,57 @@ main() {
     [[ $(curl -sS -o /dev/null -w '%{http_code}' -H 'X-Portcullis-Assertion: eyJa.b.c' http://127.0.0.1:18003/) == 500 ]] \
         || die "backend :18003 accepts a request with an assertion"
 
-    local a="(a) off, one token" b="(b) on, one token" c="(c) on, many tokens" d="(d) off, many tokens"
-    local t_start t_end
+    # Round r: a b c d when r is odd, d c b a when even, so drift over the run hits on and off alike.
+    local r t_start t_end
     t_start=$(date +%s)
-    run_case "$a" "$CONF_OFF" off one
-    run_case "$b" "$CONF_ON" on one
-    run_case "$c" "$CONF_ON" on rotate
-    run_case "$d" "$CONF_OFF" off rotate
+    for ((r = 1; r <= ROUNDS; r++)); do
+        if ((r % 2)); then
+            run_case "(a) off, one token #$r" "$CONF_OFF" off one
+            run_case "(b) on, one token #$r" "$CONF_ON" on one
+            run_case "(c) on, many tokens #$r" "$CONF_ON" on rotate
+            run_case "(d) off, many tokens #$r" "$CONF_OFF" off rotate
+        else
+            run_case "(d) off, many tokens #$r" "$CONF_OFF" off rotate
+            run_case "(c) on, many tokens #$r" "$CONF_ON" on rotate
+            run_case "(b) on, one token #$r" "$CONF_ON" on one
+            run_case "(a) off, one token #$r" "$CONF_OFF" off one
+        fi
+    done
     t_end=$(date +%s)
 
-    local report label r_one r_many nerr=0
-    r_one=$(ratio "${RPS[$b]}" "${RPS[$a]}")
-    r_many=$(ratio "${RPS[$c]}" "${RPS[$d]}")
+    local report label x nerr=0 ratios_one=() ratios_many=()
     for label in "${LABELS[@]}"; do nerr=$((nerr + ERRS[$label])); done
+    local quiet_one=() quiet_many=() on off
+    for ((r = 1; r <= ROUNDS; r++)); do
+        on="(b) on, one token #$r" off="(a) off, one token #$r"
+        ratios_one+=("$(ratio "${RPS[$on]}" "${RPS[$off]}")")
+        [[ "${QUIET[$on]}${QUIET[$off]}" != yesyes ]] || quiet_one+=("${ratios_one[-1]}")
+        on="(c) on, many tokens #$r" off="(d) off, many tokens #$r"
+        ratios_many+=("$(ratio "${RPS[$on]}" "${RPS[$off]}")")
+        [[ "${QUIET[$on]}${QUIET[$off]}" != yesyes ]] || quiet_many+=("${ratios_many[-1]}")
+    done
     ONE_TOKEN_SHOWN='<token>'
     report=$(
-        echo "| run | tokens | req/s | p50 (ms) | p99 (ms) | assertions minted | errors | proxy CPU | proxy CPU µs/req | CPU 0 other / steal, CPU 1 idle |"
-        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| run | tokens | req/s | p50 (ms) | p99 (ms) | assertions minted | errors | proxy CPU | proxy CPU µs/req | CPU 0 other / steal, CPU 1 idle | quiet |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
         for label in "${LABELS[@]}"; do
-            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s%% | %s | %s |\n' "$label" "${TOKMIX[$label]}" \
+            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s%% | %s | %s | %s |\n' "$label" "${TOKMIX[$label]}" \
                 "${RPS[$label]}" "${P50[$label]}" "${P99[$label]}" "${MINTS[$label]}" "${ERRS[$label]}" "${CPU[$label]}" \
-                "$(awk -v c="${CPU[$label]}" -v r="${RPS[$label]}" 'BEGIN { printf "%.1f", c * 10000 / r }')" "${NOISE[$label]}"
+                "$(awk -v c="${CPU[$label]}" -v r="${RPS[$label]}" 'BEGIN { printf "%.1f", c * 10000 / r }')" "${NOISE[$label]}" "${QUIET[$label]}"
         done
         echo
-        echo "| case | on / off req/s | target >= 0.90x |"
-        echo "|---|---:|---|"
-        echo "| one token (b / a) | **${r_one}x** | $(verdict "$r_one") |"
-        echo "| many tokens (c / d) | **${r_many}x** | $(verdict "$r_many") |"
+        echo "Medians over the $ROUNDS rounds:"
+        echo
+        echo "| case | req/s | p50 (ms) | p99 (ms) |"
+        echo "|---|---:|---:|---:|"
+        for x in "(a) off, one token" "(b) on, one token" "(d) off, many tokens" "(c) on, many tokens"; do
+            printf '| %s | %.0f | %s | %s |\n' "$x" "$(median_of RPS "$x")" "$(median_of P50 "$x")" "$(median_of P99 "$x")"
+        done
+        echo
+        echo "| case | on / off req/s, per round | median | median of quiet rounds | target >= 0.90x (median) |"
+        echo "|---|---|---:|---:|---|"
+        ratio_row "one token (b / a)" "${#quiet_one[@]}" "${ratios_one[@]}" "${quiet_one[@]}"
+        ratio_row "many tokens (c / d)" "${#quiet_many[@]}" "${ratios_many[@]}" "${quiet_many[@]}"
         echo
         echo "- header, off: $HEADER_OFF"
         echo "- header, on: $HEADER_ON"
@@ -332,13 +393,11 @@ main() {
         echo "  CPU time during the measured run (% of one core), and that divided by the requests;"
         echo "  CPU 0 other / steal: user+system time on CPU 0 not Portcullis's, and time the hypervisor took"
         echo "  (noise on the proxy's core); CPU 1 idle: headroom left on the wrk + backend core"
-        if ((${#QUIET_NOTES[@]})); then
-            echo
-            echo "**Not quiet:** ${QUIET_NOTES[*]}."
-        fi
+        echo "- quiet: no rustc, cargo or other wrk before or after the run, CPU 0 other and steal < 5%;"
+        echo "  a round counts as quiet for a case when both its on and off runs were"
         echo
         echo "- measured: $(date -u -d "@$t_start" '+%Y-%m-%dT%H:%M:%SZ') to $(date -u -d "@$t_end" '+%H:%M:%SZ')," \
-            "each run ${DURATION} after a ${WARMUP} warm-up, in a fresh Portcullis process"
+            "$ROUNDS rounds; each run ${DURATION} after a ${WARMUP} warm-up, in a fresh Portcullis process"
         wrk_cmd "$DURATION" "http://127.0.0.1:18080/" one
         echo "- wrk, one token: \`$(shell_join "${WRK_CMD[@]}")\`"
         wrk_cmd "$DURATION" "http://127.0.0.1:18080/" rotate
