@@ -316,7 +316,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
                 })?;
                 let http = IdpClient::new(c.ca.as_deref(), &provider)
                     .map_err(|source| StartError::Build { key, source })?;
-                Some(Arc::new(crate::tokens::broker::ClientCredentials::new(
+                Some(Arc::new(crate::tokens::broker::Broker::new(
                     c.clone(),
                     secret,
                     http,

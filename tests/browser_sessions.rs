@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
-use support::idp::{API_AUDIENCE, Idp};
+use support::idp::{API_AUDIENCE, Idp, OTHER_AUDIENCE};
 use support::{Gateway, Recorder};
 
 const CALLBACK: &str = "http://app.test/.portcullis/callback";
@@ -91,16 +91,17 @@ struct World {
 /// The provider with the `web` client registered for this host, and the proxy in front of an
 /// upstream on `app.test`, accepting both the browser session and bearer tokens.
 async fn world(idp_args: &[&str], sessions_toml: &str) -> World {
-    world_with(idp_args, sessions_toml, "", "").await
+    world_with(idp_args, sessions_toml, "", "", "").await
 }
 
-/// [`world`] with extra provider tables (before its `[identity_providers.browser]`) and extra
-/// keys for that table.
+/// [`world`] with extra provider tables (before its `[identity_providers.browser]`), extra
+/// keys for that table, and extra tables for the route (`{issuer}` stands for the provider's).
 async fn world_with(
     idp_args: &[&str],
     sessions_toml: &str,
     provider_toml: &str,
     browser_keys: &str,
+    route_toml: &str,
 ) -> World {
     let mut args = vec!["--redirect", CALLBACK, "--post-logout-redirect", SIGNED_OUT];
     args.extend_from_slice(idp_args);
@@ -113,7 +114,8 @@ async fn world_with(
         .replace(
             "[identity_providers.browser]\n",
             &format!("{provider_toml}\n[identity_providers.browser]\n{browser_keys}\n"),
-        );
+        )
+        + route_toml.replace("{issuer}", &idp.issuer).as_str();
     let gw = prebound
         .start(&format!("[sessions]\n{sessions_toml}\n{config}"))
         .await;
@@ -613,6 +615,7 @@ async fn a_session_moves_to_a_new_id_when_a_refresh_brings_new_groups() {
         "refresh_before = \"3s\"",
         "[identity_providers.claims]\ngroups = \"groups\"",
         "scopes = [\"openid\", \"email\", \"profile\", \"offline_access\", \"groups\"]",
+        "",
     )
     .await;
     let old = sign_in(&w, "/", "carol").await;
@@ -674,4 +677,51 @@ async fn a_session_moves_to_a_new_id_when_a_refresh_brings_new_groups() {
         hashes.len() >= 2,
         "the trail shows the session under its old and new ids: {hashes:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_person_s_access_token_is_exchanged_and_the_upstream_gets_only_the_exchanged_token() {
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("exchanger.secret");
+    std::fs::write(&secret, "exchanger-secret\n").unwrap();
+    let w = world_with(
+        &[],
+        "",
+        "",
+        "",
+        &format!(
+            "[routes.upstream_credentials]\nkind = \"token_exchange\"\nissuer = \"{{issuer}}\"\n\
+             client_id = \"exchanger\"\nclient_secret_file = {:?}\naudience = \"{OTHER_AUDIENCE}\"\n",
+            secret.display().to_string()
+        ),
+    )
+    .await;
+    let cookie = sign_in(&w, "/dags", "alice").await;
+    let reply = page(&w.gw, "/dags", &cookie).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+
+    // The upstream got a token the provider issued for the upstream's audience, naming alice and
+    // the proxy as the actor; it verifies against the provider's keys.
+    let authorization = w.upstream.last().header("authorization").unwrap();
+    let token = authorization.strip_prefix("Bearer ").unwrap();
+    let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_value(w.idp.jwks().await).unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(keys.find(&header.kid.unwrap()).unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_issuer(&[&w.idp.issuer]);
+    validation.set_audience(&[OTHER_AUDIENCE]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["act"]["sub"], "exchanger");
+
+    let acts = w.gw.acts(1).await;
+    let exchange = acts
+        .iter()
+        .find(|e| e["portcullis.act"] == "credential_brokered")
+        .unwrap();
+    assert_eq!(exchange["portcullis.token.grant"], "token_exchange");
+    assert_eq!(exchange["enduser.id"], "alice");
+    w.gw.stop().await;
 }

@@ -246,6 +246,8 @@ struct VerifyingUpstream {
     verified: Arc<AtomicUsize>,
     failures: Arc<Mutex<Vec<String>>>,
     kids: Arc<Mutex<HashMap<String, usize>>>,
+    /// The claims of every token that verified, in arrival order.
+    claims: Arc<Mutex<Vec<Value>>>,
 }
 
 async fn verifying_upstream(
@@ -259,27 +261,30 @@ async fn verifying_upstream(
     let verified = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let kids = Arc::new(Mutex::new(HashMap::new()));
+    let claims = Arc::new(Mutex::new(Vec::new()));
     let cache: Arc<tokio::sync::Mutex<Option<JwkSet>>> = Arc::new(tokio::sync::Mutex::new(None));
-    let (v, f, k) = (verified.clone(), failures.clone(), kids.clone());
+    let (v, f, k, c) = (verified.clone(), failures.clone(), kids.clone(), claims.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let (v, f, k, cache, issuer, source) = (
+            let (v, f, k, c, cache, issuer, source) = (
                 v.clone(),
                 f.clone(),
                 k.clone(),
+                c.clone(),
                 cache.clone(),
                 issuer.clone(),
                 keys_from.clone(),
             );
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let (v, f, k, cache, issuer, source) = (
+                    let (v, f, k, c, cache, issuer, source) = (
                         v.clone(),
                         f.clone(),
                         k.clone(),
+                        c.clone(),
                         cache.clone(),
                         issuer.clone(),
                         source.clone(),
@@ -300,9 +305,10 @@ async fn verifying_upstream(
                             *keys = Some(source.fetch().await);
                         }
                         match verify(&token, keys.as_ref().unwrap(), &issuer, audience) {
-                            Ok(_) => {
+                            Ok(verified) => {
                                 v.fetch_add(1, Ordering::Relaxed);
                                 *k.lock().unwrap().entry(kid).or_default() += 1;
+                                c.lock().unwrap().push(verified);
                             }
                             Err(e) => f.lock().unwrap().push(format!("{kid}: {e}")),
                         }
@@ -320,6 +326,7 @@ async fn verifying_upstream(
         verified,
         failures,
         kids,
+        claims,
     }
 }
 
@@ -521,5 +528,115 @@ async fn a_brokered_client_credentials_token_is_refreshed_before_expiry_and_the_
     );
     let trail = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap();
     assert!(!trail.contains("ci-bot-secret") && !trail.contains("the-client-s-own-token"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_s_token_is_exchanged_for_its_own_upstream_token_refreshed_before_expiry_and_never_forwarded_itself()
+ {
+    // Exchanged tokens live 3 s at the provider; the proxy exchanges again 1 s before expiry.
+    let idp = support::idp::Idp::start_with(&["--exchanged-token-ttl", "3"]).await;
+    let other = "https://other.portcullis.test";
+    let jwks_uri = idp.discovery().await["jwks_uri"].as_str().unwrap().to_string();
+    let verifier = verifying_upstream(Keys::Url(jwks_uri), "authorization", idp.issuer.clone(), other).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("exchanger.secret");
+    std::fs::write(&secret, "exchanger-secret\n").unwrap();
+    let config = format!(
+        "[[identity_providers]]\nname = \"oidc\"\nissuer = \"{issuer}\"\naudiences = [\"{api}\"]\n\
+         [[routes]]\nname = \"deploy\"\nhosts = [\"app.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"oidc\"]\n\
+         [routes.upstream]\nurl = \"http://{upstream}\"\n\
+         [routes.upstream_credentials]\nkind = \"token_exchange\"\nissuer = \"{issuer}\"\nclient_id = \"exchanger\"\n\
+         client_secret_file = {secret:?}\naudience = \"{other}\"\nrefresh_before = \"1s\"\n\
+         [[routes]]\nname = \"elsewhere\"\nhosts = [\"elsewhere.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"oidc\"]\n\
+         [routes.upstream]\nurl = \"http://{upstream}\"\n\
+         [routes.upstream_credentials]\nkind = \"token_exchange\"\nissuer = \"{issuer}\"\nclient_id = \"exchanger\"\n\
+         client_secret_file = {secret:?}\naudience = \"https://unknown.test\"\n",
+        issuer = idp.issuer,
+        api = support::idp::API_AUDIENCE,
+        upstream = verifier.addr,
+        secret = secret.display().to_string(),
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_ready().await;
+
+    // Two CI callers with their own tokens (audience: the proxy's API), over several lifetimes of
+    // the exchanged ones.
+    let ci = idp
+        .client_credentials_token("ci-bot", "ci-bot-secret", None)
+        .await;
+    let svc = idp
+        .client_credentials_token("svc-es", "svc-es-secret", None)
+        .await;
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        let (ci_auth, svc_auth) = (format!("Bearer {ci}"), format!("Bearer {svc}"));
+        let replies =
+            futures_util::future::join_all([&ci_auth, &ci_auth, &svc_auth, &svc_auth].map(
+                |auth| async move { get(gw.http, "/deploy", &[("authorization", auth.as_str())]).await },
+            ))
+            .await;
+        for (status, body) in replies {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Every request reached the upstream with a token for the upstream's audience that verified
+    // (a caller's own token, for the API, would not), issued to the proxy on the caller's behalf.
+    verifier.assert_all_verified(sent);
+    let claims = verifier.claims.lock().unwrap().clone();
+    let subject_of = |token: &str| support::idp::decode_jwt_unverified(token).1["sub"].clone();
+    let callers = [subject_of(&ci), subject_of(&svc)];
+    for caller in &callers {
+        let tokens: std::collections::HashSet<&Value> = claims
+            .iter()
+            .filter(|c| &c["sub"] == caller)
+            .map(|c| &c["jti"])
+            .collect();
+        assert!(
+            tokens.len() >= 3,
+            "{caller}: {} exchanged tokens over 8 s",
+            tokens.len()
+        );
+    }
+    assert!(
+        claims
+            .iter()
+            .all(|c| callers.contains(&c["sub"]) && c["act"]["sub"] == "exchanger")
+    );
+
+    // An exchange the provider refuses (it issues nothing for that audience) forwards nothing:
+    // 503, and the caller's own token never goes upstream instead.
+    let (status, body) = get(
+        gw.http,
+        "/deploy",
+        &[
+            ("host", "elsewhere.test"),
+            ("authorization", &format!("Bearer {ci}")),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("upstream_credential_unavailable"), "{body}");
+    verifier.assert_all_verified(sent);
+
+    // One audit act per exchange, naming the caller; neither token is ever in the trail.
+    let acts = gw.acts(6).await;
+    let exchanges: Vec<&Value> = acts
+        .iter()
+        .filter(|e| e["portcullis.act"] == "credential_brokered")
+        .collect();
+    assert!(exchanges.len() >= 6, "{exchanges:?}");
+    for e in &exchanges {
+        assert_eq!(e["portcullis.token.grant"], "token_exchange");
+        assert_eq!(e["portcullis.client.id"], "exchanger");
+        assert_eq!(e["portcullis.token.audience"], other);
+        assert!(callers.contains(&e["enduser.id"]), "{e}");
+    }
+    let trail = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap();
+    assert!(!trail.contains(&ci[..40]) && !trail.contains(&svc[..40]) && !trail.contains("exchanger-secret"));
     gw.stop().await;
 }

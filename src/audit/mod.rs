@@ -250,6 +250,8 @@ pub struct TokenEvent {
     pub principal: Option<PrincipalFields>,
     /// A brokered credential: the client the proxy obtained it as.
     pub client_id: Option<String>,
+    /// A brokered credential: `client_credentials` or `token_exchange`.
+    pub grant: Option<&'static str>,
 }
 
 impl TokenEvent {
@@ -271,10 +273,17 @@ impl TokenEvent {
                 humantime::format_rfc3339_seconds(expires).to_string(),
             );
         }
-        if let Some(p) = self.principal {
+        if let Some(mut p) = self.principal {
+            // On a brokered credential `portcullis.client.id` names the proxy's client, once.
+            if self.client_id.is_some() {
+                p.client_id = None;
+            }
             p.write(&mut a);
         }
         a.opt("portcullis.client.id", self.client_id);
+        if let Some(grant) = self.grant {
+            a.str("portcullis.token.grant", grant);
+        }
         let name = match self.act {
             "assertion_minted" => "portcullis.assertion_minted",
             "credential_brokered" => "portcullis.credential_brokered",

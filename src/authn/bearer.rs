@@ -102,6 +102,11 @@ impl BearerAuthenticator {
     }
 }
 
+/// The well-formed bearer token the request presents, if any: what the bearer path verified.
+pub fn presented(headers: &HeaderMap) -> Option<&str> {
+    extract(headers).and_then(Result::ok)
+}
+
 /// `None`: no Authorization header or another scheme (not ours). `Some(Err)`: a Bearer
 /// credential that is not a well-formed compact JWS.
 fn extract(headers: &HeaderMap) -> Option<Result<&str, Reason>> {
@@ -156,7 +161,7 @@ fn peek(token: &str) -> Result<(Header, String), Reason> {
     Ok((header, payload.iss))
 }
 
-fn sha256(token: &str) -> [u8; 32] {
+pub(crate) fn sha256(token: &str) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());

@@ -226,14 +226,17 @@ impl Browser {
             return Outcome::NotMine;
         }
         match self.refresh_if_due(&id, session, during).await {
-            Ok((session, None)) => Outcome::Authenticated(session.principal.clone()),
+            Ok((session, None)) => Outcome::Session { session, moved: None },
             Ok((session, Some(moved))) => {
                 let age = SystemTime::now()
                     .duration_since(session.created)
                     .unwrap_or_default();
                 let left = self.settings.lifetime.saturating_sub(age).as_secs();
                 let cookie = set_cookie(SESSION_COOKIE, &moved.cookie_value(), left);
-                Outcome::Renewed(session.principal.clone(), cookie)
+                Outcome::Session {
+                    session,
+                    moved: Some(cookie),
+                }
             }
             Err(reason) => Outcome::Rejected(reason),
         }

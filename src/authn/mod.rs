@@ -74,10 +74,14 @@ pub struct Principal {
 /// One authenticator's answer.
 #[derive(Debug)]
 pub enum Outcome {
+    /// A bearer token held (the token is the request's own `Authorization`).
     Authenticated(Arc<Principal>),
-    /// Authenticated, and the session moved to a new id (its principal's groups changed at a
-    /// refresh): the response must set this cookie.
-    Renewed(Arc<Principal>, String),
+    /// A browser session held. `moved`: the session moved to a new id (its principal's groups
+    /// changed at a refresh), and the response must set this cookie.
+    Session {
+        session: Arc<crate::session::Session>,
+        moved: Option<String>,
+    },
     NotMine,
     Rejected(Reason),
 }

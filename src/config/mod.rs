@@ -530,16 +530,47 @@ pub enum ClientAuth {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
-    /// OAuth 2.0 client credentials (RFC 6749 4.4).
+    /// OAuth 2.0 client credentials (RFC 6749 4.4): one token for the route.
     #[default]
     ClientCredentials,
+    /// OAuth 2.0 token exchange (RFC 8693): the caller's token for one scoped to the upstream.
+    TokenExchange,
+}
+
+impl CredentialKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::ClientCredentials => "client_credentials",
+            CredentialKind::TokenExchange => "token_exchange",
+        }
+    }
+}
+
+/// What the caller's token is, to the token-exchange endpoint (`subject_token_type`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectTokenType {
+    /// `urn:ietf:params:oauth:token-type:access_token`
+    #[default]
+    AccessToken,
+    /// `urn:ietf:params:oauth:token-type:jwt`
+    Jwt,
+}
+
+impl SubjectTokenType {
+    pub const fn urn(self) -> &'static str {
+        match self {
+            SubjectTokenType::AccessToken => "urn:ietf:params:oauth:token-type:access_token",
+            SubjectTokenType::Jwt => "urn:ietf:params:oauth:token-type:jwt",
+        }
+    }
 }
 
 /// A brokered upstream credential (`[routes.upstream_credentials]`).
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
 pub struct UpstreamCredentials {
-    /// `client_credentials`. Default `client_credentials`.
+    /// `client_credentials` or `token_exchange`. Default `client_credentials`.
     pub kind: CredentialKind,
     /// The identity provider's issuer; its token endpoint comes from discovery. Required.
     pub issuer: String,
@@ -557,6 +588,14 @@ pub struct UpstreamCredentials {
     pub scopes: Vec<String>,
     /// RFC 8707 `resource` (the upstream's audience at providers that support it).
     pub resource: Option<String>,
+    /// Token exchange: the RFC 8693 `audience` asked for (the upstream's logical name).
+    pub audience: Option<String>,
+    /// Token exchange: what the caller's token is called at the endpoint, `access_token`
+    /// (default) or `jwt`.
+    pub subject_token_type: SubjectTokenType,
+    /// Token exchange: the issuers whose callers' tokens may be sent to this endpoint. Default:
+    /// `issuer` alone, so a caller's token never goes to a party that did not issue it.
+    pub subject_issuers: Vec<String>,
     /// Fetch a new token this long before the current one expires (at least a tenth of its
     /// lifetime). Default `30s`.
     #[serde(with = "humantime_serde")]

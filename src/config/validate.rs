@@ -680,6 +680,67 @@ fn validate_audit(audit: &crate::config::Audit, p: &mut Vec<Problem>) {
     }
 }
 
+/// Token exchange sends the caller's own token to the endpoint: only from a route that has a
+/// caller, and only tokens of issuers the operator named (by default the endpoint's own).
+fn validate_exchange(
+    config: &Config,
+    route: &Route,
+    c: &crate::config::UpstreamCredentials,
+    at: &str,
+    p: &mut Vec<Problem>,
+) {
+    use crate::config::{Access, CredentialKind, SubjectTokenType};
+    if c.kind != CredentialKind::TokenExchange {
+        let set = [
+            ("audience", c.audience.is_some()),
+            (
+                "subject_token_type",
+                c.subject_token_type != SubjectTokenType::default(),
+            ),
+            ("subject_issuers", !c.subject_issuers.is_empty()),
+        ];
+        for (key, _) in set.iter().filter(|(_, set)| *set) {
+            p.push(Problem::new(
+                format!("{at}.{key}"),
+                "applies to kind = \"token_exchange\" only",
+                "remove it, or set kind = \"token_exchange\"",
+            ));
+        }
+        return;
+    }
+    if route.access == Access::Public {
+        p.push(Problem::new(
+            format!("{at}.kind"),
+            "token_exchange needs a caller's token, and a public route has no caller",
+            "set access = \"authenticated\" or \"protected\", or use kind = \"client_credentials\"",
+        ));
+        return;
+    }
+    let allowed: Vec<&str> = if c.subject_issuers.is_empty() {
+        vec![c.issuer.trim_end_matches('/')]
+    } else {
+        c.subject_issuers
+            .iter()
+            .map(|i| i.trim_end_matches('/'))
+            .collect()
+    };
+    for name in &route.identity_providers {
+        let Some(idp) = config.identity_providers.iter().find(|i| &i.name == name) else {
+            continue;
+        };
+        if !allowed.contains(&idp.issuer.trim_end_matches('/')) {
+            p.push(Problem::new(
+                format!("{at}.subject_issuers"),
+                format!(
+                    "the route accepts identity provider \"{name}\" (issuer {}), whose callers' tokens would be sent to {}",
+                    idp.issuer, c.issuer
+                ),
+                "add that issuer to subject_issuers if the endpoint trusts it, or do not accept that provider on this route",
+            ));
+        }
+    }
+}
+
 fn validate_tokens(config: &Config, p: &mut Vec<Problem>) {
     use crate::config::{Access, MAX_ASSERTION_LIFETIME};
     let t = &config.tokens;
@@ -752,6 +813,7 @@ fn validate_tokens(config: &Config, p: &mut Vec<Problem>) {
                     "keep the secret in the environment or a file, never in the config",
                 ));
             }
+            validate_exchange(config, route, c, &at, p);
         }
         let Some(a) = &route.assertion else {
             continue;
@@ -804,6 +866,73 @@ fn validate_tokens(config: &Config, p: &mut Vec<Problem>) {
 mod tests {
     use super::*;
     use crate::config::parse;
+
+    #[test]
+    fn token_exchange_never_sends_a_caller_s_token_to_an_endpoint_that_did_not_issue_it() {
+        let config = parse(
+            r#"
+            [[identity_providers]]
+            name = "okta"
+            issuer = "https://example.okta.com"
+            audiences = ["api"]
+            [[identity_providers]]
+            name = "gitlab"
+            issuer = "https://gitlab.com"
+            audiences = ["api"]
+            [[routes]]
+            name = "deploy"
+            hosts = ["deploy.example.com"]
+            access = "authenticated"
+            identity_providers = ["okta", "gitlab"]
+            [routes.upstream]
+            url = "http://deploy:8080"
+            [routes.upstream_credentials]
+            kind = "token_exchange"
+            issuer = "https://example.okta.com/"
+            client_id = "portcullis"
+            client_secret_env = "SECRET"
+            [[routes]]
+            name = "open"
+            hosts = ["open.example.com"]
+            access = "public"
+            [routes.upstream]
+            url = "http://open:8080"
+            [routes.upstream_credentials]
+            kind = "token_exchange"
+            issuer = "https://example.okta.com"
+            client_id = "portcullis"
+            client_secret_env = "SECRET"
+            [[routes]]
+            name = "cc"
+            hosts = ["cc.example.com"]
+            access = "public"
+            [routes.upstream]
+            url = "http://cc:8080"
+            [routes.upstream_credentials]
+            issuer = "https://example.okta.com"
+            client_id = "portcullis"
+            client_secret_env = "SECRET"
+            audience = "deploy"
+            "#,
+        )
+        .unwrap();
+        let problems = validate(&config);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].upstream_credentials.subject_issuers",
+                "routes[1].upstream_credentials.kind",
+                "routes[2].upstream_credentials.audience"
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0]
+                .message
+                .contains("\"gitlab\" (issuer https://gitlab.com)")
+        );
+    }
 
     #[test]
     fn a_config_with_several_mistakes_reports_each_with_its_key_path() {

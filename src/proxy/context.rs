@@ -45,6 +45,9 @@ pub struct RequestCtx {
     pub act: Option<&'static str>,
     /// A session cookie the response must set (the session moved to a new id).
     pub set_cookie: Option<String>,
+    /// The browser session that authenticated the caller (its access token is what token
+    /// exchange sends on the caller's behalf).
+    pub session: Option<Arc<crate::session::Session>>,
 }
 
 impl RequestCtx {
@@ -63,6 +66,7 @@ impl RequestCtx {
             trace,
             act: None,
             set_cookie: None,
+            session: None,
         }
     }
 }

@@ -24,7 +24,7 @@ pub struct Route {
     /// Routes that send an identity assertion: its audience and header, parsed once.
     pub assertion: Option<(Arc<str>, http::HeaderName)>,
     /// Routes with a brokered upstream credential.
-    pub credentials: Option<Arc<crate::tokens::broker::ClientCredentials>>,
+    pub credentials: Option<Arc<crate::tokens::broker::Broker>>,
 }
 
 impl Route {
@@ -55,10 +55,7 @@ impl Route {
 
 impl Route {
     /// The same route with a brokered credential for its upstream.
-    pub fn with_credentials(
-        mut self,
-        credentials: Option<Arc<crate::tokens::broker::ClientCredentials>>,
-    ) -> Self {
+    pub fn with_credentials(mut self, credentials: Option<Arc<crate::tokens::broker::Broker>>) -> Self {
         self.credentials = credentials;
         self
     }

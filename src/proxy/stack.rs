@@ -29,7 +29,7 @@ use ipnet::IpNet;
 use crate::admin::Metrics;
 use crate::audit::{AccessEvent, AuditSink, PolicyFields, PrincipalFields, bounded};
 use crate::authn::browser::{RESERVED, is_navigation};
-use crate::authn::{Authn, Outcome, Principal};
+use crate::authn::{AuthMethod, Authn, Outcome, Principal};
 use crate::authz::{self, Authz, Query};
 use crate::config::Access;
 use crate::decision::{Decision, PolicyAnswer, Reason, decide};
@@ -41,6 +41,8 @@ use crate::proxy::cors;
 use crate::proxy::forward::forward;
 use crate::proxy::routes::{Route, RouteTable};
 use crate::proxy::trace::TraceCtx;
+use crate::session::Secret;
+use crate::tokens::broker::Caller;
 
 pub struct Proxy {
     routes: RouteTable,
@@ -218,9 +220,10 @@ impl Proxy {
             ctx.authn_duration = Some(started.elapsed());
             match outcome {
                 Outcome::Authenticated(principal) => ctx.principal = Some(principal),
-                Outcome::Renewed(principal, cookie) => {
-                    ctx.principal = Some(principal);
-                    ctx.set_cookie = Some(cookie);
+                Outcome::Session { session, moved } => {
+                    ctx.principal = Some(session.principal.clone());
+                    ctx.set_cookie = moved;
+                    ctx.session = Some(session);
                 }
                 Outcome::NotMine => {}
                 Outcome::Rejected(reason) => refused = Some(reason),
@@ -258,7 +261,23 @@ impl Proxy {
 
         let mut identity = self.identity(ctx, &route)?;
         if let Some(broker) = &route.credentials {
-            let token = broker.token().await.map_err(|e| {
+            let principal = ctx.principal.as_deref();
+            // The caller's own token, for token exchange: the bearer token the bearer path
+            // verified, or the session's access token.
+            let own = match principal.map(|p| p.auth_method) {
+                Some(AuthMethod::Bearer) => crate::authn::bearer::presented(req.headers()),
+                Some(AuthMethod::Session) => ctx
+                    .session
+                    .as_ref()
+                    .and_then(|s| s.access_token.as_ref())
+                    .map(Secret::expose),
+                None => None,
+            };
+            let caller = Caller {
+                principal,
+                token: own,
+            };
+            let token = broker.token(caller).await.map_err(|e| {
                 tracing::error!(request_id = %ctx.request_id, route = %route.label, error = %e, "no brokered upstream credential; refused");
                 ProxyError::deny(Reason::UpstreamCredentialUnavailable)
             })?;

@@ -1,10 +1,15 @@
 //! Brokered upstream credentials: the route's upstream gets a short-lived token the proxy
 //! obtained for it, never a long-lived secret and never the caller's own credentials.
 //!
-//! `client_credentials` (RFC 6749 4.4, with an RFC 8707 `resource` when configured) against
-//! an identity provider's token endpoint: one token per route, cached until shortly before it
-//! expires and refreshed by one request at a time (single flight), so the upstream only ever sees
-//! valid tokens. Each refresh is an audit act; the token never is.
+//! - `client_credentials` (RFC 6749 4.4, with an RFC 8707 `resource` when configured): one token
+//!   per route.
+//! - `token_exchange` (RFC 8693): the caller's token (the bearer token it presented, or its
+//!   browser session's access token) exchanged for one scoped to the upstream, one per caller
+//!   token, keyed by the token's SHA-256 so no caller is ever handed another's.
+//!
+//! Either way a token is cached until shortly before it expires (`refresh_before`, at least a
+//! tenth of its lifetime) and fetched by one request at a time per slot (single flight), so the
+//! upstream only ever sees valid tokens. Each fetch is an audit act; the token never is.
 //!
 //! Untrusted input: the token endpoint's response (size-bounded by the HTTP client; any field
 //! missing or mistyped is a refusal to forward, never a panic).
@@ -15,10 +20,18 @@ use std::time::{Duration, Instant, SystemTime};
 use openidconnect::url::form_urlencoded;
 use tokio::sync::Mutex;
 
-use crate::audit::{AuditSink, TokenEvent};
+use crate::audit::{AuditSink, PrincipalFields, TokenEvent};
+use crate::authn::Principal;
 use crate::authn::http::IdpClient;
-use crate::config::{ClientAuth, UpstreamCredentials};
+use crate::config::{ClientAuth, CredentialKind, UpstreamCredentials};
 use crate::session::Secret;
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// Exchanged tokens kept at once (one per caller token); the least used go first.
+const EXCHANGED_ENTRIES: u64 = 10_000;
+/// A slot nobody asked for in this long is dropped; its next caller exchanges again.
+const EXCHANGED_IDLE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -26,6 +39,18 @@ pub enum BrokerError {
     Endpoint(String),
     #[error("the token endpoint refused: {0}")]
     Refused(String),
+    #[error("token exchange needs the caller's token, and this caller has none to exchange")]
+    NoSubjectToken,
+    #[error("token exchange: the caller's issuer {0} is not one of subject_issuers")]
+    ForeignIssuer(String),
+}
+
+/// The caller a credential is brokered for.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub principal: Option<&'a Principal>,
+    /// The caller's own token: what token exchange sends as `subject_token`.
+    pub token: Option<&'a str>,
 }
 
 struct Cached {
@@ -35,27 +60,35 @@ struct Cached {
     expires_at: Instant,
 }
 
+type Slot = Arc<Mutex<Option<Cached>>>;
+
 /// One route's brokered credential.
-pub struct ClientCredentials {
+pub struct Broker {
     config: UpstreamCredentials,
     secret: Secret,
     http: IdpClient,
     route: Arc<String>,
     token_url: Mutex<Option<String>>,
-    current: Mutex<Option<Cached>>,
+    /// client_credentials: the route's one token.
+    current: Slot,
+    /// token_exchange: one slot per caller token (by SHA-256).
+    exchanged: moka::sync::Cache<[u8; 32], Slot>,
+    /// token_exchange: issuers whose callers' tokens may go to the endpoint.
+    subject_issuers: Vec<String>,
     audit: Arc<dyn AuditSink>,
 }
 
-impl std::fmt::Debug for ClientCredentials {
+impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientCredentials")
+        f.debug_struct("Broker")
+            .field("kind", &self.config.kind)
             .field("client_id", &self.config.client_id)
             .field("route", &self.route)
             .finish_non_exhaustive()
     }
 }
 
-impl ClientCredentials {
+impl Broker {
     pub fn new(
         config: UpstreamCredentials,
         secret: Secret,
@@ -64,27 +97,75 @@ impl ClientCredentials {
         audit: Arc<dyn AuditSink>,
     ) -> Self {
         let token_url = config.token_url.clone();
-        ClientCredentials {
+        let subject_issuers = if config.subject_issuers.is_empty() {
+            vec![config.issuer.trim_end_matches('/').to_string()]
+        } else {
+            config
+                .subject_issuers
+                .iter()
+                .map(|i| i.trim_end_matches('/').to_string())
+                .collect()
+        };
+        Broker {
             config,
             secret,
             http,
             route,
             token_url: Mutex::new(token_url),
-            current: Mutex::new(None),
+            current: Slot::default(),
+            exchanged: moka::sync::Cache::builder()
+                .max_capacity(EXCHANGED_ENTRIES)
+                .time_to_idle(EXCHANGED_IDLE)
+                .build(),
+            subject_issuers,
             audit,
         }
     }
 
-    /// A valid token: the cached one, or a new one (one fetch at a time; the others wait for it).
-    pub async fn token(&self) -> Result<Arc<Secret>, BrokerError> {
-        let mut current = self.current.lock().await;
+    /// A valid token for this caller: the cached one, or a new one (one fetch per slot at a
+    /// time; the others wait for it).
+    pub async fn token(&self, caller: Caller<'_>) -> Result<Arc<Secret>, BrokerError> {
+        match self.config.kind {
+            CredentialKind::ClientCredentials => {
+                self.cached(&self.current, || {
+                    self.fetch(&[("grant_type", "client_credentials")], None)
+                })
+                .await
+            }
+            CredentialKind::TokenExchange => {
+                let subject = caller.token.ok_or(BrokerError::NoSubjectToken)?;
+                let principal = caller.principal.ok_or(BrokerError::NoSubjectToken)?;
+                let issuer = principal.issuer.trim_end_matches('/');
+                if !self.subject_issuers.iter().any(|i| i == issuer) {
+                    return Err(BrokerError::ForeignIssuer(principal.issuer.clone()));
+                }
+                let slot = self
+                    .exchanged
+                    .get_with(crate::authn::bearer::sha256(subject), Slot::default);
+                let form = [
+                    ("grant_type", TOKEN_EXCHANGE),
+                    ("subject_token", subject),
+                    ("subject_token_type", self.config.subject_token_type.urn()),
+                    ("requested_token_type", ACCESS_TOKEN_TYPE),
+                ];
+                self.cached(&slot, || self.fetch(&form, Some(principal))).await
+            }
+        }
+    }
+
+    async fn cached<F, Fut>(&self, slot: &Mutex<Option<Cached>>, fetch: F) -> Result<Arc<Secret>, BrokerError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Cached, BrokerError>>,
+    {
+        let mut current = slot.lock().await;
         let now = Instant::now();
         if let Some(c) = current.as_ref()
             && now < c.refresh_at
         {
             return Ok(c.token.clone());
         }
-        match self.fetch().await {
+        match fetch().await {
             Ok(fresh) => {
                 let token = fresh.token.clone();
                 *current = Some(fresh);
@@ -125,14 +206,17 @@ impl ClientCredentials {
     }
 
     /// The token request's form, and the Basic authorization when the client authenticates so.
-    fn form(&self) -> (String, Option<String>) {
+    fn form(&self, grant: &[(&str, &str)]) -> (String, Option<String>) {
         let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("grant_type", "client_credentials");
+        form.extend_pairs(grant);
         if !self.config.scopes.is_empty() {
             form.append_pair("scope", &self.config.scopes.join(" "));
         }
         if let Some(resource) = &self.config.resource {
             form.append_pair("resource", resource);
+        }
+        if let Some(audience) = &self.config.audience {
+            form.append_pair("audience", audience);
         }
         let basic = match self.config.auth_method {
             ClientAuth::ClientSecretPost => {
@@ -157,9 +241,13 @@ impl ClientCredentials {
         (form.finish(), basic)
     }
 
-    async fn fetch(&self) -> Result<Cached, BrokerError> {
+    async fn fetch(
+        &self,
+        grant: &[(&str, &str)],
+        principal: Option<&Principal>,
+    ) -> Result<Cached, BrokerError> {
         let url = self.endpoint().await?;
-        let (body, basic) = self.form();
+        let (body, basic) = self.form(grant);
         let mut request =
             http::Request::post(&url).header("content-type", "application/x-www-form-urlencoded");
         if let Some(basic) = basic {
@@ -188,6 +276,14 @@ impl ClientCredentials {
             .and_then(serde_json::Value::as_str)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| BrokerError::Refused("no access_token in the response".into()))?;
+        // Only a bearer token can be sent as one (a DPoP-bound or N_A token cannot).
+        let token_type = body.get("token_type").and_then(serde_json::Value::as_str);
+        if !token_type.is_some_and(|t| t.eq_ignore_ascii_case("bearer")) {
+            return Err(BrokerError::Refused(format!(
+                "token_type {}, not Bearer",
+                token_type.unwrap_or("missing")
+            )));
+        }
         let lifetime = Duration::from_secs(
             body.get("expires_in")
                 .and_then(serde_json::Value::as_u64)
@@ -203,10 +299,15 @@ impl ClientCredentials {
                 retired_kid: None,
                 jti: None,
                 route: Some(self.route.clone()),
-                audience: self.config.resource.clone(),
+                audience: self
+                    .config
+                    .audience
+                    .clone()
+                    .or_else(|| self.config.resource.clone()),
                 expires: Some(SystemTime::now() + lifetime),
-                principal: None,
+                principal: principal.map(PrincipalFields::from),
                 client_id: Some(self.config.client_id.clone()),
+                grant: Some(self.config.kind.as_str()),
             }
             .into(),
         );

@@ -193,6 +193,7 @@ impl Minter {
                     expires: None,
                     principal: None,
                     client_id: None,
+                    grant: None,
                 }
                 .into(),
             );
@@ -268,6 +269,7 @@ impl Minter {
                 expires: Some(minted.expires),
                 principal: Some(crate::audit::PrincipalFields::from(principal)),
                 client_id: None,
+                grant: None,
             }
             .into(),
         );

@@ -1,7 +1,8 @@
 // A real OpenID Provider (panva's oidc-provider) for Portcullis's integration tests.
 //
 //   node provider.mjs --port 0 [--redirect URI]... [--post-logout-redirect URI]...
-//                     [--access-token-ttl SECONDS] [--changing-groups] [--exit-with-stdin]
+//                     [--access-token-ttl SECONDS] [--exchanged-token-ttl SECONDS]
+//                     [--changing-groups] [--exit-with-stdin]
 //
 // Listens on 127.0.0.1 only. The issuer is http://127.0.0.1:PORT (PORT 0 picks a free port).
 // Prints exactly one line `READY <issuer>` on stdout once it accepts connections; everything
@@ -22,6 +23,12 @@
 //            the refresh_token grant returns a new refresh token and a new ID token
 //   web-loopback  secret web-loopback-secret  same as web but application_type "native", so its
 //            http://127.0.0.1 redirect URIs match on any port (RFC 8252 7.3)
+//   exchanger  secret exchanger-secret  RFC 8693 token exchange only, client_secret_basic: a
+//            subject_token that is one of this provider's JWT access tokens for
+//            https://api.portcullis.test (any client's, or a signed-in user's) becomes an ES256
+//            access token for audience https://other.portcullis.test with the same sub and groups,
+//            act.sub "exchanger", living --exchanged-token-ttl seconds (default: the access token
+//            TTL). Anything else is invalid_grant, invalid_target or invalid_request.
 //
 // Resources (RFC 8707): https://api.portcullis.test (the default when none is requested) and
 // https://other.portcullis.test (to mint wrong-audience tokens). Anything else: invalid_target.
@@ -30,22 +37,29 @@ import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 
 import Provider, { errors } from 'oidc-provider';
+import {
+  SignJWT, createLocalJWKSet, importJWK, jwtVerify,
+} from 'jose';
 
 const API = 'https://api.portcullis.test';
 const OTHER = 'https://other.portcullis.test';
 const DEFAULT_CALLBACK = 'http://127.0.0.1/.portcullis/callback';
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
 
 function usage(message) {
   process.stderr.write(`provider.mjs: ${message}\n`);
   process.stderr.write('usage: node provider.mjs --port PORT [--redirect URI]... '
-    + '[--post-logout-redirect URI]... [--access-token-ttl SECONDS] [--exit-with-stdin]\n');
+    + '[--post-logout-redirect URI]... [--access-token-ttl SECONDS] [--exchanged-token-ttl SECONDS] '
+    + '[--changing-groups] [--exit-with-stdin]\n');
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const opts = {
-    port: undefined, redirects: [], postLogout: [], accessTokenTtl: 300, exitWithStdin: false,
-    changingGroups: false,
+    port: undefined, redirects: [], postLogout: [], accessTokenTtl: 300, exchangedTokenTtl: undefined,
+    exitWithStdin: false, changingGroups: false,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
@@ -70,12 +84,19 @@ function parseArgs(argv) {
         opts.accessTokenTtl = Number(raw);
         break;
       }
+      case '--exchanged-token-ttl': {
+        const raw = value();
+        if (!/^\d+$/.test(raw) || Number(raw) < 1) usage(`bad exchanged token TTL ${raw}`);
+        opts.exchangedTokenTtl = Number(raw);
+        break;
+      }
       case '--exit-with-stdin': opts.exitWithStdin = true; break;
       case '--changing-groups': opts.changingGroups = true; break;
       default: usage(`unknown argument ${arg}`);
     }
   }
   if (opts.port === undefined) usage('--port is required');
+  opts.exchangedTokenTtl ??= opts.accessTokenTtl;
   return opts;
 }
 
@@ -146,6 +167,14 @@ const provider = new Provider(issuer, {
       redirect_uris: [],
       token_endpoint_auth_method: 'client_secret_post',
       scope: 'read write',
+    },
+    {
+      client_id: 'exchanger',
+      client_secret: 'exchanger-secret',
+      grant_types: [TOKEN_EXCHANGE],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
     },
     {
       client_id: 'web',
@@ -240,6 +269,55 @@ const provider = new Provider(issuer, {
     RefreshToken: 3600,
   },
 });
+
+// RFC 8693 token exchange, which oidc-provider leaves to the deployment: verify the subject token
+// as one of our own JWT access tokens for the API, issue one for the other resource.
+const publicKeys = createLocalJWKSet({
+  keys: keys.map(({
+    d, p, q, dp, dq, qi, ...pub
+  }) => pub),
+});
+const exchangeKey = keys[1];
+const exchangeSigner = await importJWK(exchangeKey, 'ES256');
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+  const { params, client } = ctx.oidc;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE && params.subject_token_type !== JWT_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('subject_token_type must be access_token or jwt');
+  }
+  if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('only access tokens are issued');
+  }
+  const audience = params.audience ?? OTHER;
+  if (audience !== OTHER) throw new errors.InvalidTarget(`no exchange for audience ${audience}`);
+  let subject;
+  try {
+    ({ payload: subject } = await jwtVerify(params.subject_token, publicKeys, { issuer, audience: API }));
+  } catch (err) {
+    throw new errors.InvalidGrant(`subject_token does not verify (${err.code ?? err.message})`);
+  }
+  const now = Math.floor(Date.now() / 1000);
+  const claims = {
+    sub: subject.sub,
+    client_id: client.clientId,
+    act: { sub: client.clientId },
+    ...(subject.groups ? { groups: subject.groups } : {}),
+    ...(params.scope ? { scope: params.scope } : {}),
+  };
+  const accessToken = await new SignJWT(claims)
+    .setProtectedHeader({ alg: 'ES256', kid: exchangeKey.kid, typ: 'at+jwt' })
+    .setIssuer(issuer)
+    .setAudience(audience)
+    .setIssuedAt(now)
+    .setExpirationTime(now + opts.exchangedTokenTtl)
+    .setJti(crypto.randomUUID())
+    .sign(exchangeSigner);
+  ctx.body = {
+    access_token: accessToken,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: 'Bearer',
+    expires_in: opts.exchangedTokenTtl,
+  };
+}, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'scope', 'actor_token', 'actor_token_type']);
 
 // Errors the provider reports to a client are normal in negative tests; log them to stderr.
 provider.on('server_error', (_ctx, err) => process.stderr.write(`server_error: ${err?.stack ?? err}\n`));
