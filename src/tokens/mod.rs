@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::Header;
 use serde::Serialize;
 
 use crate::audit::{AuditSink, TokenEvent};
@@ -48,6 +47,24 @@ struct Claims<'a> {
     nbf: u64,
     exp: u64,
     jti: String,
+}
+
+/// `header.payload.signature`, each part base64url (RFC 7515 7.1), with the key's header
+/// encoded once and its private key parsed once (see [`keyring::Signer`]).
+fn compact_jws(header: &str, claims: &Claims<'_>, signer: &keyring::Signer) -> Result<String, MintError> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = serde_json::to_vec(claims).map_err(|e| MintError::Sign(e.to_string()))?;
+    let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 100);
+    token.push_str(header);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+    let signature = signer
+        .sign(token.as_bytes())
+        .map_err(|_| MintError::Sign("the signing key refused to sign".into()))?;
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+    Ok(token)
 }
 
 /// A minted assertion.
@@ -246,11 +263,7 @@ impl Minter {
             exp: iat + lifetime.as_secs(),
             jti: uuid::Uuid::new_v4().to_string(),
         };
-        let mut header = Header::new(signing.algorithm);
-        header.kid = Some(signing.kid.clone());
-        header.typ = Some("JWT".into());
-        let token = jsonwebtoken::encode(&header, &claims, &signing.encoding)
-            .map_err(|e| MintError::Sign(e.to_string()))?;
+        let token = compact_jws(&signing.header, &claims, &signing.signer)?;
         let minted = Arc::new(Minted {
             token,
             issued: UNIX_EPOCH + Duration::from_secs(iat),
@@ -283,5 +296,81 @@ impl Minter {
         self.ring.store(Arc::new(ring));
         self.report(&[change]);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::audit::Event;
+    use crate::config::PrincipalKind;
+
+    struct Discard;
+
+    impl AuditSink for Discard {
+        fn emit(&self, _: Event) {}
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn assertions_of_both_algorithms_verify_with_a_standard_library_against_the_published_jwk() {
+        for algorithm in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+            let config = Tokens {
+                algorithm,
+                ..Tokens::default()
+            };
+            let issuer = "https://portcullis.example.com";
+            let minter = Minter::open(&config, issuer, dir.path(), Arc::new(Discard)).unwrap();
+            let principal = Principal {
+                kind: PrincipalKind::User,
+                subject: "alice".into(),
+                issuer: "https://idp.example".into(),
+                provider: "okta".into(),
+                email: Some("alice@example.com".into()),
+                name: None,
+                groups: vec!["deployers".into()],
+                auth_method: crate::authn::AuthMethod::Session,
+                client_id: None,
+                token_id: None,
+                session_id_hash: None,
+            };
+            let audience: Arc<str> = Arc::from("https://airflow.example.com");
+            let minted = minter
+                .mint(
+                    &principal,
+                    &audience,
+                    Duration::from_secs(60),
+                    &Arc::new("airflow".into()),
+                )
+                .unwrap();
+
+            let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_value(minter.jwks()).unwrap();
+            let header = jsonwebtoken::decode_header(&minted.token).unwrap();
+            let expected = match algorithm {
+                SigningAlgorithm::Es256 => jsonwebtoken::Algorithm::ES256,
+                SigningAlgorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+            };
+            assert_eq!(header.alg, expected);
+            assert_eq!(header.typ.as_deref(), Some("JWT"));
+            let jwk = keys.find(&header.kid.unwrap()).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(header.alg);
+            validation.set_issuer(&[issuer]);
+            validation.set_audience(&[&*audience]);
+            let claims = jsonwebtoken::decode::<serde_json::Value>(
+                &minted.token,
+                &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+                &validation,
+            )
+            .unwrap()
+            .claims;
+            assert_eq!(claims["sub"], "alice");
+            assert_eq!(claims["groups"][0], "deployers");
+            assert_eq!(claims["auth_method"], "session");
+        }
     }
 }
