@@ -1,7 +1,8 @@
 //! Micro-benchmarks of one audit record's cost off the request path: the typed event made into
 //! its span, sealed (sequence number, SHA-256 chain) and written as its line; and the replay side,
-//! a spooled line read back into a span. The OTLP encoding and the network are in the load run
-//! (benches/load-audit.sh).
+//! a spooled line read back into a span; and the export side without the network, a batch of
+//! sealed spans turned into OTLP protobuf the way opentelemetry-otlp does it. The network is in
+//! the load run (benches/load-audit.sh).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::borrow::Cow;
@@ -96,5 +97,35 @@ fn audit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, audit);
+/// The export thread's work per span, batch by batch (1,024 spans, the default batch size).
+fn export(c: &mut Criterion) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+    use prost::Message as _;
+    const BATCH: usize = 1024;
+    let mut sealer = Sealer::new("7d0b3f1e-2a4c-4e8b-9f10-a1b2c3d4e5f6");
+    let batch: Vec<_> = (0..BATCH).map(|_| sealer.seal(event().into_span())).collect();
+    let resource = opentelemetry_sdk::Resource::builder_empty()
+        .with_service_name("portcullis")
+        .build();
+    let resource = ResourceAttributesWithSchema::from(&resource);
+    let encode = |spans| {
+        let request = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(spans, &resource),
+        };
+        request.encode_to_vec()
+    };
+    println!("one batch: {} bytes of protobuf", encode(batch.clone()).len());
+    let mut group = c.benchmark_group("audit export, per batch of 1024");
+    group.bench_function("clone (the gRPC exporter clones its batch per attempt)", |b| {
+        b.iter(|| black_box(batch.clone()))
+    });
+    group.bench_function("spans to OTLP protobuf (transform and encode)", |b| {
+        b.iter_batched(|| batch.clone(), encode, criterion::BatchSize::LargeInput)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, audit, export);
 criterion_main!(benches);
