@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
+
+use super::Text as _;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 /// Attribute names the sealer adds.
@@ -120,7 +122,8 @@ impl Sealer {
         self.body.clear();
         write_body(&span, &self.instance, &mut self.body);
         self.chain = next_chain(&self.chain, &self.body);
-        span.attributes.push(KeyValue::new(CHAIN, self.chain.clone()));
+        span.attributes
+            .push(KeyValue::new(CHAIN, Value::String(self.chain.clone().text())));
         span
     }
 }
@@ -379,13 +382,13 @@ fn attribute(v: serde_json::Value) -> Option<Value> {
             Some(i) => Value::I64(i),
             None => Value::F64(n.as_f64()?),
         },
-        J::String(s) => Value::String(s.into()),
+        J::String(s) => Value::String(s.text()),
         J::Array(items) => {
             let strings: Vec<StringValue> = items
                 .into_iter()
                 .map(|i| match i {
-                    J::String(s) => s.into(),
-                    other => other.to_string().into(),
+                    J::String(s) => s.text(),
+                    other => other.to_string().text(),
                 })
                 .collect();
             Value::Array(Array::String(strings))
