@@ -70,6 +70,15 @@ enum KeysCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Withdraw a key now (it may have leaked): a new key takes over if it was the active one,
+    /// and it leaves the published JWKS at once instead of when its assertions expire. A running
+    /// proxy drops the assertions it signed within a few seconds.
+    Revoke {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The key id, as `portcullis keys list` shows it.
+        kid: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -321,7 +330,8 @@ fn main() -> ExitCode {
 }
 
 fn keys_command(command: KeysCommand) -> ExitCode {
-    let (KeysCommand::List { config } | KeysCommand::Rotate { config }) = &command;
+    let (KeysCommand::List { config } | KeysCommand::Rotate { config } | KeysCommand::Revoke { config, .. }) =
+        &command;
     let loaded = match portcullis::config::load(config) {
         Ok(c) => c,
         Err(problems) => {
@@ -340,13 +350,17 @@ fn keys_command(command: KeysCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if matches!(command, KeysCommand::Rotate { .. }) {
-        match ring.rotate(loaded.tokens.algorithm, std::time::SystemTime::now()) {
-            Ok(change) => println!("{change:?}"),
-            Err(e) => {
-                eprintln!("tokens.key_dir: {e}");
-                return ExitCode::FAILURE;
-            }
+    let now = std::time::SystemTime::now();
+    let changed = match &command {
+        KeysCommand::List { .. } => Ok(Vec::new()),
+        KeysCommand::Rotate { .. } => ring.rotate(loaded.tokens.algorithm, now).map(|c| vec![c]),
+        KeysCommand::Revoke { kid, .. } => ring.revoke(kid, loaded.tokens.algorithm, now),
+    };
+    match changed {
+        Ok(changes) => changes.iter().for_each(|c| println!("{c:?}")),
+        Err(e) => {
+            eprintln!("tokens.key_dir: {e}");
+            return ExitCode::FAILURE;
         }
     }
     for key in ring.keys() {

@@ -640,3 +640,69 @@ async fn each_caller_s_token_is_exchanged_for_its_own_upstream_token_refreshed_b
     assert!(!trail.contains(&ci[..40]) && !trail.contains(&svc[..40]) && !trail.contains("exchanger-secret"));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_leaves_the_jwks_at_once_and_the_proxy_stops_sending_what_it_signed() {
+    let idp = TestIssuer::start().await;
+    let (a, b) = (Recorder::start().await, Recorder::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = private_dir(dir.path());
+    let prebound = Gateway::prebind("").await;
+    let issuer_url = format!("http://{}", prebound.http);
+    let text = config(&issuer_url, &keys, &idp, &a.url(), &b.url(), "");
+    let gw = prebound.start(&text).await;
+    gw.wait_ready().await;
+    let token = format!("Bearer {}", idp.token("alice"));
+    let request = [("host", "a.test"), ("authorization", token.as_str())];
+    let (status, _) = get(gw.http, "/run", &request).await;
+    assert_eq!(status, StatusCode::OK);
+    let before = a.last().header("x-portcullis-assertion").unwrap();
+    let leaked = jsonwebtoken::decode_header(&before).unwrap().kid.unwrap();
+
+    // The active key is revoked from outside, as after a leak.
+    let cli_config = dir.path().join("keys-cli.toml");
+    std::fs::write(&cli_config, &text).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(["keys", "revoke", "--config"])
+        .arg(&cli_config)
+        .arg(&leaked)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let unknown = std::process::Command::new(support::binary())
+        .args(["keys", "revoke", "--config"])
+        .arg(&cli_config)
+        .arg("no-such-kid")
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no key no-such-kid"));
+
+    // Within the proxy's maintenance interval the key is gone from the published set, and the
+    // caller's next assertion (cached for 60 s otherwise) is signed by the new key and verifies.
+    let host = issuer_url.trim_start_matches("http://");
+    let started = Instant::now();
+    while jwks(gw.http, host).await.find(&leaked).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the revoked key is still published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = get(gw.http, "/run", &request).await;
+    assert_eq!(status, StatusCode::OK);
+    let after = a.last().header("x-portcullis-assertion").unwrap();
+    assert_ne!(after, before);
+    let published = jwks(gw.http, host).await;
+    assert!(verify(&before, &published, &issuer_url, "https://a.test").is_err());
+    let claims = verify(&after, &published, &issuer_url, "https://a.test").unwrap();
+    assert_eq!(claims["sub"], "alice");
+
+    let acts = gw.acts(1).await;
+    assert!(
+        acts.iter()
+            .any(|e| e["portcullis.act"] == "key_revoked" && e["portcullis.token.kid"] == leaked.as_str()),
+        "{acts:?}"
+    );
+    gw.stop().await;
+}

@@ -270,7 +270,7 @@ impl SessionEvent {
 #[derive(Debug, Clone)]
 pub struct TokenEvent {
     pub time: SystemTime,
-    /// `assertion_minted`, `key_rotation`, `key_removed` or `credential_brokered`.
+    /// `assertion_minted`, `key_rotation`, `key_removed`, `key_revoked` or `credential_brokered`.
     pub act: &'static str,
     /// The signing key (minted), the new active key (rotation), the key removed.
     pub kid: String,
@@ -321,6 +321,7 @@ impl TokenEvent {
             "assertion_minted" => "portcullis.assertion_minted",
             "credential_brokered" => "portcullis.credential_brokered",
             "key_removed" => "portcullis.key_removed",
+            "key_revoked" => "portcullis.key_revoked",
             _ => "portcullis.key_rotation",
         };
         act_span(name, self.time, TraceIds::fresh(), a)

@@ -33,6 +33,8 @@ pub enum KeyError {
     Io { path: String, source: io::Error },
     #[error("generating a key: {0}")]
     Generate(String),
+    #[error("no key {0} in the ring (see portcullis keys list)")]
+    Unknown(String),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> KeyError + '_ {
@@ -190,8 +192,17 @@ fn generate(algorithm: SigningAlgorithm, now: SystemTime) -> Result<Stored, KeyE
 /// What a change to the ring did, for the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Rotated { active: String, retired: Option<String> },
-    Removed { kid: String },
+    Rotated {
+        active: String,
+        retired: Option<String>,
+    },
+    Removed {
+        kid: String,
+    },
+    /// Withdrawn before its time (`portcullis keys revoke`): assertions it signed stop verifying.
+    Revoked {
+        kid: String,
+    },
 }
 
 /// The keys in a directory.
@@ -340,6 +351,32 @@ impl KeyRing {
         Ok(changes)
     }
 
+    /// Withdraws a key now, for a key that may have leaked: if it is the active one a new key
+    /// takes over first; then it leaves the directory and the JWKS, so upstreams stop accepting
+    /// what it signed once they refetch the keys.
+    pub fn revoke(
+        &mut self,
+        kid: &str,
+        algorithm: SigningAlgorithm,
+        now: SystemTime,
+    ) -> Result<Vec<Change>, KeyError> {
+        if !self.keys.iter().any(|k| k.kid == kid) {
+            return Err(KeyError::Unknown(kid.to_string()));
+        }
+        let mut changes = Vec::new();
+        if self.active().is_some_and(|k| k.kid == kid) {
+            changes.push(self.rotate(algorithm, now)?);
+        }
+        let path = self.dir.join(format!("{kid}.json"));
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_at(&path)(e)),
+            _ => {}
+        }
+        self.keys.retain(|k| k.kid != kid);
+        changes.push(Change::Revoked { kid: kid.to_string() });
+        Ok(changes)
+    }
+
     /// The JWK Set upstreams verify against: the active key and every retired key still kept.
     pub fn jwks(&self) -> serde_json::Value {
         let keys: Vec<&serde_json::Value> = self.keys.iter().map(|k| &k.jwk).collect();
@@ -400,6 +437,40 @@ mod tests {
         assert_eq!(changes, [Change::Removed { kid: first }]);
         assert_eq!(ring.keys().len(), 1);
         assert_eq!(KeyRing::open(dir.path()).unwrap().keys().len(), 1);
+    }
+
+    #[test]
+    fn a_revoked_key_leaves_the_ring_and_the_disk_and_an_active_one_is_replaced_first() {
+        let dir = private_dir();
+        let now = SystemTime::now();
+        let mut ring = KeyRing::open(dir.path()).unwrap();
+        ring.rotate(SigningAlgorithm::Es256, now).unwrap();
+        let retired = ring.active().unwrap().kid.clone();
+        ring.rotate(SigningAlgorithm::Es256, now).unwrap();
+        let active = ring.active().unwrap().kid.clone();
+
+        // A retired key just goes.
+        let changes = ring.revoke(&retired, SigningAlgorithm::Es256, now).unwrap();
+        assert_eq!(changes, [Change::Revoked { kid: retired.clone() }]);
+        assert_eq!(ring.active().unwrap().kid, active);
+
+        // The active key: a new one signs first, then it goes.
+        let changes = ring.revoke(&active, SigningAlgorithm::Es256, now).unwrap();
+        assert!(
+            matches!(&changes[..], [Change::Rotated { retired: Some(r), .. }, Change::Revoked { kid }] if *r == active && *kid == active)
+        );
+        let reopened = KeyRing::open(dir.path()).unwrap();
+        assert_eq!(reopened.keys().len(), 1);
+        assert!(
+            reopened
+                .keys()
+                .iter()
+                .all(|k| k.kid != active && k.kid != retired)
+        );
+        assert!(matches!(
+            ring.revoke(&active, SigningAlgorithm::Es256, now),
+            Err(KeyError::Unknown(_))
+        ));
     }
 
     #[test]

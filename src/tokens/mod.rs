@@ -71,6 +71,8 @@ fn compact_jws(header: &str, claims: &Claims<'_>, signer: &keyring::Signer) -> R
 #[derive(Debug)]
 pub struct Minted {
     pub token: String,
+    /// The key that signed it: a hit counts only while that key is in the ring (not revoked).
+    pub kid: String,
     pub issued: SystemTime,
     pub expires: SystemTime,
 }
@@ -160,13 +162,20 @@ impl Minter {
                 return;
             }
         };
-        let before = self.ring.load().active().map(|k| k.kid.clone());
-        match ring.maintain(
-            self.algorithm,
-            self.rotate_every,
-            MAX_ASSERTION_LIFETIME + LEEWAY,
-            SystemTime::now(),
-        ) {
+        let loaded = self.ring.load();
+        let before = loaded.active().map(|k| k.kid.clone());
+        // Keys gone from the directory before their time were revoked by another process.
+        let now = SystemTime::now();
+        let keep = MAX_ASSERTION_LIFETIME + LEEWAY;
+        let revoked: Vec<String> = loaded
+            .keys()
+            .iter()
+            .filter(|k| k.retired.is_none_or(|r| now < r + keep))
+            .filter(|k| !ring.keys().iter().any(|r| r.kid == k.kid))
+            .map(|k| k.kid.clone())
+            .collect();
+        drop(loaded);
+        match ring.maintain(self.algorithm, self.rotate_every, keep, now) {
             Ok(mut changes) => {
                 let after = ring.active().map(|k| k.kid.clone());
                 // Another process rotated: still this proxy's act to report, once.
@@ -179,6 +188,7 @@ impl Minter {
                         retired: before,
                     });
                 }
+                changes.extend(revoked.into_iter().map(|kid| Change::Revoked { kid }));
                 self.ring.store(Arc::new(ring));
                 self.report(&changes);
             }
@@ -196,6 +206,13 @@ impl Minter {
                 Change::Removed { kid } => {
                     tracing::info!(%kid, "retired signing key removed (its assertions have expired)");
                     ("key_removed", kid.clone(), None)
+                }
+                Change::Revoked { kid } => {
+                    // Cached assertions it signed would no longer verify (`mint` already skips
+                    // them); free them.
+                    self.cache.invalidate_all();
+                    tracing::warn!(%kid, "signing key revoked; cached assertions dropped");
+                    ("key_revoked", kid.clone(), None)
                 }
             };
             self.audit.emit(
@@ -238,13 +255,13 @@ impl Minter {
         );
         let key = (audience.clone(), who);
         let now = SystemTime::now();
+        let ring = self.ring.load();
         if let Some(hit) = self.cache.get(&key) {
             let left = hit.expires.duration_since(now).unwrap_or_default();
-            if left * 10 > lifetime {
+            if left * 10 > lifetime && ring.keys().iter().any(|k| k.kid == hit.kid) {
                 return Ok(hit);
             }
         }
-        let ring = self.ring.load();
         let signing = ring.active().ok_or(MintError::NoKey)?;
         let iat = unix(now);
         let lifetime = lifetime.min(MAX_ASSERTION_LIFETIME);
@@ -266,6 +283,7 @@ impl Minter {
         let token = compact_jws(&signing.header, &claims, &signing.signer)?;
         let minted = Arc::new(Minted {
             token,
+            kid: signing.kid.clone(),
             issued: UNIX_EPOCH + Duration::from_secs(iat),
             expires: UNIX_EPOCH + Duration::from_secs(claims.exp),
         });
