@@ -470,17 +470,57 @@ async fn a_key_directory_that_others_may_read_is_refused_at_start_up_with_the_fi
     assert!(error.contains("0755") && error.contains("chmod 700"), "{error}");
 }
 
+/// Rounds of concurrent `GET /deploy`, one per `Authorization` value, every 200 ms for `how_long`;
+/// every answer must be 200. Returns how many were sent.
+async fn send_for(gw: &Gateway, how_long: Duration, authorizations: &[&str]) -> usize {
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < how_long {
+        let replies = futures_util::future::join_all(
+            authorizations
+                .iter()
+                .map(|auth| async move { get(gw.http, "/deploy", &[("authorization", auth)]).await }),
+        )
+        .await;
+        for (status, body) in replies {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sent
+}
+
+/// The OpenID Provider started with `args`; an upstream that verifies the `Authorization` token
+/// of every request for `audience` against the provider's JWKS; and the secret of the provider's
+/// `client` (`<client>-secret`) in a file of the returned directory.
+async fn provider_and_verifier(
+    args: &[&str],
+    audience: &'static str,
+    client: &str,
+) -> (
+    support::idp::Idp,
+    VerifyingUpstream,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let idp = support::idp::Idp::start_with(args).await;
+    let jwks_uri = idp.discovery().await["jwks_uri"].as_str().unwrap().to_string();
+    let verifier =
+        verifying_upstream(Keys::Url(jwks_uri), "authorization", idp.issuer.clone(), audience).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join(format!("{client}.secret"));
+    std::fs::write(&secret, format!("{client}-secret\n")).unwrap();
+    (idp, verifier, dir, secret)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_brokered_client_credentials_token_is_refreshed_before_expiry_and_the_upstream_sees_only_valid_ones()
  {
     // Access tokens live 4 s at the provider; the proxy refreshes 2 s before expiry.
-    let idp = support::idp::Idp::start_with(&["--access-token-ttl", "4"]).await;
     let api = "https://api.portcullis.test";
-    let jwks_uri = idp.discovery().await["jwks_uri"].as_str().unwrap().to_string();
-    let verifier = verifying_upstream(Keys::Url(jwks_uri), "authorization", idp.issuer.clone(), api).await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("ci-bot.secret");
-    std::fs::write(&secret, "ci-bot-secret\n").unwrap();
+    let (idp, verifier, _dir, secret) =
+        provider_and_verifier(&["--access-token-ttl", "4"], api, "ci-bot").await;
     let routes = format!(
         "[[routes]]\nname = \"api\"\nhosts = [\"app.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"http://{}\"\n\
          [routes.upstream_credentials]\nissuer = \"{}\"\nclient_id = \"ci-bot\"\nclient_secret_file = {:?}\n\
@@ -493,23 +533,8 @@ async fn a_brokered_client_credentials_token_is_refreshed_before_expiry_and_the_
     gw.wait_ready().await;
 
     // Over three token lifetimes, with the client's own Authorization replaced every time.
-    let started = Instant::now();
-    let mut sent = 0;
-    while started.elapsed() < Duration::from_secs(12) {
-        let replies = futures_util::future::join_all((0..3).map(|_| {
-            get(
-                gw.http,
-                "/deploy",
-                &[("authorization", "Bearer the-client-s-own-token")],
-            )
-        }))
-        .await;
-        for (status, body) in replies {
-            assert_eq!(status, StatusCode::OK, "{body}");
-            sent += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let own = "Bearer the-client-s-own-token";
+    let sent = send_for(&gw, Duration::from_secs(12), &[own, own, own]).await;
     verifier.assert_all_verified(sent);
     let acts = gw.acts(3).await;
     let refreshes: Vec<&Value> = acts
@@ -535,13 +560,9 @@ async fn a_brokered_client_credentials_token_is_refreshed_before_expiry_and_the_
 async fn each_caller_s_token_is_exchanged_for_its_own_upstream_token_refreshed_before_expiry_and_never_forwarded_itself()
  {
     // Exchanged tokens live 3 s at the provider; the proxy exchanges again 1 s before expiry.
-    let idp = support::idp::Idp::start_with(&["--exchanged-token-ttl", "3"]).await;
     let other = "https://other.portcullis.test";
-    let jwks_uri = idp.discovery().await["jwks_uri"].as_str().unwrap().to_string();
-    let verifier = verifying_upstream(Keys::Url(jwks_uri), "authorization", idp.issuer.clone(), other).await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("exchanger.secret");
-    std::fs::write(&secret, "exchanger-secret\n").unwrap();
+    let (idp, verifier, _dir, secret) =
+        provider_and_verifier(&["--exchanged-token-ttl", "3"], other, "exchanger").await;
     let config = format!(
         "[[identity_providers]]\nname = \"oidc\"\nissuer = \"{issuer}\"\naudiences = [\"{api}\"]\n\
          [[routes]]\nname = \"deploy\"\nhosts = [\"app.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"oidc\"]\n\
@@ -568,21 +589,13 @@ async fn each_caller_s_token_is_exchanged_for_its_own_upstream_token_refreshed_b
     let svc = idp
         .client_credentials_token("svc-es", "svc-es-secret", None)
         .await;
-    let started = Instant::now();
-    let mut sent = 0;
-    while started.elapsed() < Duration::from_secs(8) {
-        let (ci_auth, svc_auth) = (format!("Bearer {ci}"), format!("Bearer {svc}"));
-        let replies =
-            futures_util::future::join_all([&ci_auth, &ci_auth, &svc_auth, &svc_auth].map(
-                |auth| async move { get(gw.http, "/deploy", &[("authorization", auth.as_str())]).await },
-            ))
-            .await;
-        for (status, body) in replies {
-            assert_eq!(status, StatusCode::OK, "{body}");
-            sent += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (ci_auth, svc_auth) = (format!("Bearer {ci}"), format!("Bearer {svc}"));
+    let sent = send_for(
+        &gw,
+        Duration::from_secs(8),
+        &[&ci_auth, &ci_auth, &svc_auth, &svc_auth],
+    )
+    .await;
 
     // Every request reached the upstream with a token for the upstream's audience that verified
     // (a caller's own token, for the API, would not), issued to the proxy on the caller's behalf.
