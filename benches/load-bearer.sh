@@ -75,13 +75,6 @@ PROXY_CPU=0  # the proxy under test
 TMP=""
 PIDS=()
 
-# http_code URL [TOKEN]: the status code of a GET (000 when nothing answers).
-http_code() {
-    local args=(-sS -o /dev/null -w '%{http_code}' --max-time 2)
-    [[ -n "${2:-}" ]] && args+=(-H "Authorization: Bearer $2")
-    curl "${args[@]}" "$1" 2>/dev/null || true
-}
-
 
 # check_auth NAME PORT: the proxy must refuse (401) a request without a token and every bad token
 # mint.py wrote, and accept (200) a good one: proof that it really checks what we think it checks.
@@ -176,47 +169,6 @@ measure() {
     parse_wrk "$label" "$out" "$mode"
     CPU[$label]=$(awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
         'BEGIN { printf "%.0f", 100 * c / hz / (t1 - t0) }')
-}
-
-parse_wrk() {
-    local label=$1 out=$2 mode=$3 rps p50 p99 non2xx sock sent distinct
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
-    p50=$(awk '$1 == "50%" {print $2; exit}' "$out")
-    p99=$(awk '$1 == "99%" {print $2; exit}' "$out")
-    [[ -n "$rps" && -n "$p50" && -n "$p99" ]] || die "could not parse wrk output for $label ($out)"
-    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
-    sock=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
-    LABELS+=("$label")
-    RPS[$label]=$rps
-    P50[$label]=$(to_ms "$p50")
-    P99[$label]=$(to_ms "$p99")
-    ERRS[$label]=$((${non2xx:-0} + ${sock:-0}))
-    case "$mode" in
-        plain) TOKMIX[$label]="no token" ;;
-        one) TOKMIX[$label]="1 token" ;;
-        rotate)
-            sent=$(sed -n 's/^bearer-rotate: sent=\([0-9]*\) distinct=\([0-9]*\).*/\1/p' "$out")
-            distinct=$(sed -n 's/^bearer-rotate: sent=\([0-9]*\) distinct=\([0-9]*\).*/\2/p' "$out")
-            [[ -n "$sent" && -n "$distinct" ]] || die "rotate.lua summary missing in $out"
-            TOKMIX[$label]="$distinct distinct / $sent sent"
-            if ((sent > distinct)); then
-                log "NOTE: $label sent $sent requests over $distinct tokens: the slice wrapped," \
-                    "$((sent - distinct)) requests repeated a token (raise MEASURE_TOKENS)"
-            fi
-            ;;
-    esac
-    if ((ERRS[$label] > 0)); then
-        log "WARNING: $label had ${non2xx:-0} non-2xx responses and ${sock:-0} socket errors"
-    fi
-}
-
-# shell_join ARGS...: the words as one copy-pasteable command line.
-shell_join() {
-    local w out=()
-    for w in "$@"; do
-        if [[ "$w" =~ [^A-Za-z0-9_./:=,@%+-] ]]; then out+=("'$w'"); else out+=("$w"); fi
-    done
-    echo "${out[*]}"
 }
 
 # quiet_check LABEL: note the load average and any compiler running (they distort the numbers).

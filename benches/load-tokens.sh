@@ -62,13 +62,6 @@ PROXY_CPU=0
 TMP=""
 PIDS=()
 
-# http_code URL [TOKEN]: the status code of a GET (000 when nothing answers).
-http_code() {
-    local args=(-sS -o /dev/null -w '%{http_code}' --max-time 2)
-    [[ -n "${2:-}" ]] && args+=(-H "Authorization: Bearer $2")
-    curl "${args[@]}" "$1" 2>/dev/null || true
-}
-
 # cleanup_tokens: as common.sh's cleanup, plus the key ring.
 cleanup_tokens() {
     local rc=$? pid
@@ -233,39 +226,6 @@ run_case() {
     else
         QUIET[$label]=yes
     fi
-}
-
-parse_wrk() {
-    local label=$1 out=$2 mode=$3 rps p50 p99 non2xx sock sent distinct
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
-    p50=$(awk '$1 == "50%" {print $2; exit}' "$out")
-    p99=$(awk '$1 == "99%" {print $2; exit}' "$out")
-    [[ -n "$rps" && -n "$p50" && -n "$p99" ]] || die "could not parse wrk output for $label ($out)"
-    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
-    sock=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
-    LABELS+=("$label")
-    RPS[$label]=$rps
-    P50[$label]=$(to_ms "$p50")
-    P99[$label]=$(to_ms "$p99")
-    ERRS[$label]=$((${non2xx:-0} + ${sock:-0}))
-    if [[ "$mode" == one ]]; then
-        TOKMIX[$label]="1 token"
-    else
-        sent=$(sed -n 's/^bearer-rotate: sent=\([0-9]*\) distinct=\([0-9]*\).*/\1/p' "$out")
-        distinct=$(sed -n 's/^bearer-rotate: sent=\([0-9]*\) distinct=\([0-9]*\).*/\2/p' "$out")
-        [[ -n "$sent" && -n "$distinct" ]] || die "rotate.lua summary missing in $out"
-        TOKMIX[$label]="$distinct distinct / $sent sent"
-        ((sent <= distinct)) || log "NOTE: $label: the token slice wrapped (raise MEASURE_TOKENS)"
-    fi
-    ((ERRS[$label] == 0)) || log "WARNING: $label had ${non2xx:-0} non-2xx responses and ${sock:-0} socket errors"
-}
-
-shell_join() {
-    local w out=()
-    for w in "$@"; do
-        if [[ "$w" =~ [^A-Za-z0-9_./:=,@%+-] ]]; then out+=("'$w'"); else out+=("$w"); fi
-    done
-    echo "${out[*]}"
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

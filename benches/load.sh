@@ -110,25 +110,6 @@ measure() {
         'BEGIN { printf "%.0f", 100 * c / hz / (t1 - t0) }')
 }
 
-parse_wrk() {
-    local label=$1 out=$2 rps p50 p99 non2xx sock
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
-    p50=$(awk '$1 == "50%" {print $2; exit}' "$out")
-    p99=$(awk '$1 == "99%" {print $2; exit}' "$out")
-    [[ -n "$rps" && -n "$p50" && -n "$p99" ]] || die "could not parse wrk output for $label ($out)"
-    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
-    # "Socket errors: connect 0, read 0, write 0, timeout 0"
-    sock=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
-    LABELS+=("$label")
-    RPS[$label]=$rps
-    P50[$label]=$(to_ms "$p50")
-    P99[$label]=$(to_ms "$p99")
-    ERRS[$label]=$((${non2xx:-0} + ${sock:-0}))
-    if ((ERRS[$label] > 0)); then
-        log "WARNING: $label had ${non2xx:-0} non-2xx responses and ${sock:-0} socket errors"
-    fi
-}
-
 # ---------------------------------------------------------------- main
 main() {
     ensure_tools

@@ -1,6 +1,6 @@
-# Shared by benches/load.sh and benches/load-bearer.sh (sourced, not run): logging, stopping the
-# servers a run started, port checks, /proc readings and wrk number parsing. The sourcing script
-# sets TMP, PIDS, KEEP_TMP and AUDIT_FILE.
+# Shared by the benches/load*.sh scripts (sourced, not run): logging, stopping the servers a run
+# started, port checks, /proc readings, wrk report parsing and the report's command lines. The
+# sourcing script sets TMP, PIDS, KEEP_TMP and AUDIT_FILE.
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -147,4 +147,59 @@ start_nginx() {
     local pid=$!
     PIDS+=("$pid")
     wait_ready "$name" "$port" "$pid" "$prefix/error.log"
+}
+
+# http_code URL [TOKEN]: the status code of a GET (000 when nothing answers).
+http_code() {
+    local args=(-sS -o /dev/null -w '%{http_code}' --max-time 2)
+    [[ -n "${2:-}" ]] && args+=(-H "Authorization: Bearer $2")
+    curl "${args[@]}" "$1" 2>/dev/null || true
+}
+
+# shell_join ARGS...: the words as one copy-pasteable command line.
+shell_join() {
+    local w out=()
+    for w in "$@"; do
+        if [[ "$w" =~ [^A-Za-z0-9_./:=,@%+-] ]]; then out+=("'$w'"); else out+=("$w"); fi
+    done
+    echo "${out[*]}"
+}
+
+# parse_wrk LABEL OUT [MODE]: a `wrk --latency` report into RPS, P50 and P99 (ms) and ERRS
+# (non-2xx responses plus socket errors) under LABEL, appended to LABELS. With MODE (plain, one,
+# or rotate: benches/load/bearer/rotate.lua's summary line) also TOKMIX. The sourcing script
+# declares the arrays.
+parse_wrk() {
+    local label=$1 out=$2 mode=${3:-} rps p50 p99 non2xx sock sent distinct
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p50=$(awk '$1 == "50%" {print $2; exit}' "$out")
+    p99=$(awk '$1 == "99%" {print $2; exit}' "$out")
+    [[ -n "$rps" && -n "$p50" && -n "$p99" ]] || die "could not parse wrk output for $label ($out)"
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+    # "Socket errors: connect 0, read 0, write 0, timeout 0"
+    sock=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
+    LABELS+=("$label")
+    RPS[$label]=$rps
+    P50[$label]=$(to_ms "$p50")
+    P99[$label]=$(to_ms "$p99")
+    ERRS[$label]=$((${non2xx:-0} + ${sock:-0}))
+    case "$mode" in
+        "") ;;
+        plain) TOKMIX[$label]="no token" ;;
+        one) TOKMIX[$label]="1 token" ;;
+        rotate)
+            sent=$(sed -n 's/^bearer-rotate: sent=\([0-9]*\) distinct=\([0-9]*\).*/\1/p' "$out")
+            distinct=$(sed -n 's/^bearer-rotate: sent=\([0-9]*\) distinct=\([0-9]*\).*/\2/p' "$out")
+            [[ -n "$sent" && -n "$distinct" ]] || die "rotate.lua summary missing in $out"
+            TOKMIX[$label]="$distinct distinct / $sent sent"
+            if ((sent > distinct)); then
+                log "NOTE: $label sent $sent requests over $distinct tokens: the slice wrapped," \
+                    "$((sent - distinct)) requests repeated a token (raise MEASURE_TOKENS)"
+            fi
+            ;;
+        *) die "parse_wrk: unknown mode $mode" ;;
+    esac
+    if ((ERRS[$label] > 0)); then
+        log "WARNING: $label had ${non2xx:-0} non-2xx responses and ${sock:-0} socket errors"
+    fi
 }
