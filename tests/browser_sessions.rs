@@ -62,6 +62,17 @@ async fn fetch(gw: &Gateway, method: Method, target: &str, headers: &[(&str, &st
     }
 }
 
+/// A `GET` as an API client sends it (JSON, not HTML) with `cookie`.
+async fn api_call(gw: &Gateway, target: &str, cookie: &str) -> Reply {
+    fetch(
+        gw,
+        Method::GET,
+        target,
+        &[("accept", "application/json"), ("cookie", cookie)],
+    )
+    .await
+}
+
 async fn page(gw: &Gateway, target: &str, cookie: &str) -> Reply {
     let mut headers = vec![("accept", HTML)];
     if !cookie.is_empty() {
@@ -253,13 +264,7 @@ async fn a_person_signs_in_reaches_the_app_with_a_session_and_signs_out() {
     let again = page(&w.gw, "/dags", &session).await;
     assert_eq!(again.status, StatusCode::FOUND);
     assert!(again.location().starts_with(&w.idp.issuer));
-    let api = fetch(
-        &w.gw,
-        Method::GET,
-        "/api/v1/dags",
-        &[("accept", "application/json"), ("cookie", &session)],
-    )
-    .await;
+    let api = api_call(&w.gw, "/api/v1/dags", &session).await;
     assert_eq!(api.status, StatusCode::UNAUTHORIZED);
     assert!(api.body.contains("session_expired"), "{}", api.body);
     assert_eq!(
@@ -373,13 +378,7 @@ async fn a_tampered_or_unknown_session_cookie_is_never_a_session() {
         format!("{name}=../../etc/passwd"),
     ];
     for cookie in &tampered {
-        let api = fetch(
-            &w.gw,
-            Method::GET,
-            "/",
-            &[("accept", "application/json"), ("cookie", cookie)],
-        )
-        .await;
+        let api = api_call(&w.gw, "/", cookie).await;
         assert_eq!(api.status, StatusCode::UNAUTHORIZED, "{cookie}");
         assert!(api.body.contains("session_expired"), "{cookie}: {}", api.body);
         let nav = page(&w.gw, "/", cookie).await;
@@ -440,22 +439,10 @@ async fn a_session_refreshes_its_tokens_before_they_expire_and_ends_when_refresh
     // The provider goes away; once the token has expired the session ends cleanly.
     drop(w.idp);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let api = fetch(
-        &w.gw,
-        Method::GET,
-        "/",
-        &[("accept", "application/json"), ("cookie", &session)],
-    )
-    .await;
+    let api = api_call(&w.gw, "/", &session).await;
     assert_eq!(api.status, StatusCode::UNAUTHORIZED, "{}", api.body);
     assert!(api.body.contains("session_expired"));
-    let ended = fetch(
-        &w.gw,
-        Method::GET,
-        "/",
-        &[("accept", "application/json"), ("cookie", &session)],
-    )
-    .await;
+    let ended = api_call(&w.gw, "/", &session).await;
     assert_eq!(ended.status, StatusCode::UNAUTHORIZED, "the session stays ended");
 }
 
@@ -642,13 +629,7 @@ async fn a_session_moves_to_a_new_id_when_a_refresh_brings_new_groups() {
     assert!(w.upstream.requests().len() > first);
     // Requests already on their way with the old id still pass for a moment; then it is gone.
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let stale = fetch(
-        &w.gw,
-        Method::GET,
-        "/",
-        &[("accept", "application/json"), ("cookie", &old)],
-    )
-    .await;
+    let stale = api_call(&w.gw, "/", &old).await;
     assert_eq!(stale.status, StatusCode::UNAUTHORIZED, "{}", stale.body);
     assert_eq!(page(&w.gw, "/", &new).await.status, StatusCode::OK);
 
