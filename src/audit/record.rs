@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::Text as _;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 /// Attribute names the sealer adds.
 pub const SEQ: &str = "portcullis.audit.seq";

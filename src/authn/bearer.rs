@@ -7,10 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, header};
 
+use super::claims::jws_part;
 use super::provider::{Header, Provider, Verified};
 use super::{Outcome, Principal};
 use crate::decision::Reason;
@@ -148,16 +147,8 @@ fn peek(token: &str) -> Result<(Header, String), Reason> {
     let (Some(h), Some(p)) = (parts.next(), parts.next()) else {
         return Err(Reason::Malformed);
     };
-    let header: Header = URL_SAFE_NO_PAD
-        .decode(h)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(Reason::Malformed)?;
-    let payload: RawIssuer = URL_SAFE_NO_PAD
-        .decode(p)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(Reason::Malformed)?;
+    let header: Header = jws_part(h).ok_or(Reason::Malformed)?;
+    let payload: RawIssuer = jws_part(p).ok_or(Reason::Malformed)?;
     Ok((header, payload.iss))
 }
 

@@ -43,6 +43,15 @@ pub fn groups(claims: &Map<String, Value>, path: &str) -> Result<Vec<String>, ()
     }
 }
 
+/// One base64url part of a compact JWS (header or payload) read as JSON: `None` if it is not.
+pub fn jws_part<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

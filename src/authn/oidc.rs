@@ -153,16 +153,6 @@ pub fn verify_login(
     })
 }
 
-/// The claims of a compact JWS whose signature and claims were already verified.
-fn verified_payload(compact: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    use base64::Engine as _;
-    let payload = compact.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 /// The principal an ID token in `response` names, if it carries one.
 fn verify_id_token(
     rp: &RelyingParty<'_>,
@@ -201,7 +191,12 @@ fn verify_id_token(
     }
     // openidconnect's claims type keeps only the standard claims (groups and other custom
     // claims would be lost): read the payload of the token it has just verified.
-    let map = verified_payload(&id_token.to_string()).ok_or(refused(Reason::Malformed))?;
+    let compact = id_token.to_string();
+    let map: serde_json::Map<String, serde_json::Value> = compact
+        .split('.')
+        .nth(1)
+        .and_then(super::claims::jws_part)
+        .ok_or(refused(Reason::Malformed))?;
     principal_from_claims(provider, &map, AuthMethod::Session)
         .map(Some)
         .map_err(refused)

@@ -602,6 +602,19 @@ pub struct UpstreamCredentials {
     pub refresh_before: Duration,
 }
 
+impl UpstreamCredentials {
+    /// Token exchange: the issuers whose callers' tokens may go to the endpoint (`subject_issuers`,
+    /// else `issuer`), without a trailing slash.
+    pub fn subject_issuers(&self) -> Vec<&str> {
+        let named = if self.subject_issuers.is_empty() {
+            std::slice::from_ref(&self.issuer)
+        } else {
+            &self.subject_issuers[..]
+        };
+        named.iter().map(|i| i.trim_end_matches('/')).collect()
+    }
+}
+
 impl AsRef<Route> for Route {
     fn as_ref(&self) -> &Route {
         self

@@ -716,14 +716,7 @@ fn validate_exchange(
         ));
         return;
     }
-    let allowed: Vec<&str> = if c.subject_issuers.is_empty() {
-        vec![c.issuer.trim_end_matches('/')]
-    } else {
-        c.subject_issuers
-            .iter()
-            .map(|i| i.trim_end_matches('/'))
-            .collect()
-    };
+    let allowed = c.subject_issuers();
     for name in &route.identity_providers {
         let Some(idp) = config.identity_providers.iter().find(|i| &i.name == name) else {
             continue;

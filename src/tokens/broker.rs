@@ -97,15 +97,7 @@ impl Broker {
         audit: Arc<dyn AuditSink>,
     ) -> Self {
         let token_url = config.token_url.clone();
-        let subject_issuers = if config.subject_issuers.is_empty() {
-            vec![config.issuer.trim_end_matches('/').to_string()]
-        } else {
-            config
-                .subject_issuers
-                .iter()
-                .map(|i| i.trim_end_matches('/').to_string())
-                .collect()
-        };
+        let subject_issuers = config.subject_issuers().into_iter().map(str::to_string).collect();
         Broker {
             config,
             secret,

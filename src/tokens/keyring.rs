@@ -340,12 +340,7 @@ impl KeyRing {
             .map(|k| k.kid.clone())
             .collect();
         for kid in expired {
-            let path = self.dir.join(format!("{kid}.json"));
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_at(&path)(e)),
-                _ => {}
-            }
-            self.keys.retain(|k| k.kid != kid);
+            self.forget(&kid)?;
             changes.push(Change::Removed { kid });
         }
         Ok(changes)
@@ -367,14 +362,20 @@ impl KeyRing {
         if self.active().is_some_and(|k| k.kid == kid) {
             changes.push(self.rotate(algorithm, now)?);
         }
+        self.forget(kid)?;
+        changes.push(Change::Revoked { kid: kid.to_string() });
+        Ok(changes)
+    }
+
+    /// Deletes a key's file (one already gone is fine) and drops it from the ring.
+    fn forget(&mut self, kid: &str) -> Result<(), KeyError> {
         let path = self.dir.join(format!("{kid}.json"));
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_at(&path)(e)),
             _ => {}
         }
         self.keys.retain(|k| k.kid != kid);
-        changes.push(Change::Revoked { kid: kid.to_string() });
-        Ok(changes)
+        Ok(())
     }
 
     /// The JWK Set upstreams verify against: the active key and every retired key still kept.

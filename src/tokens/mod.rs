@@ -369,11 +369,7 @@ mod tests {
 
             let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_value(minter.jwks()).unwrap();
             let header = jsonwebtoken::decode_header(&minted.token).unwrap();
-            let expected = match algorithm {
-                SigningAlgorithm::Es256 => jsonwebtoken::Algorithm::ES256,
-                SigningAlgorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
-            };
-            assert_eq!(header.alg, expected);
+            assert_eq!(header.alg, keyring::jwt_algorithm(algorithm));
             assert_eq!(header.typ.as_deref(), Some("JWT"));
             let jwk = keys.find(&header.kid.unwrap()).unwrap();
             let mut validation = jsonwebtoken::Validation::new(header.alg);
