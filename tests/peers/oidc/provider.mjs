@@ -56,6 +56,12 @@ function usage(message) {
   process.exit(2);
 }
 
+// A whole number of seconds, at least 1.
+function seconds(raw, what) {
+  if (!/^\d+$/.test(raw) || Number(raw) < 1) usage(`bad ${what} ${raw}`);
+  return Number(raw);
+}
+
 function parseArgs(argv) {
   const opts = {
     port: undefined, redirects: [], postLogout: [], accessTokenTtl: 300, exchangedTokenTtl: undefined,
@@ -78,18 +84,8 @@ function parseArgs(argv) {
       }
       case '--redirect': opts.redirects.push(value()); break;
       case '--post-logout-redirect': opts.postLogout.push(value()); break;
-      case '--access-token-ttl': {
-        const raw = value();
-        if (!/^\d+$/.test(raw) || Number(raw) < 1) usage(`bad access token TTL ${raw}`);
-        opts.accessTokenTtl = Number(raw);
-        break;
-      }
-      case '--exchanged-token-ttl': {
-        const raw = value();
-        if (!/^\d+$/.test(raw) || Number(raw) < 1) usage(`bad exchanged token TTL ${raw}`);
-        opts.exchangedTokenTtl = Number(raw);
-        break;
-      }
+      case '--access-token-ttl': opts.accessTokenTtl = seconds(value(), 'access token TTL'); break;
+      case '--exchanged-token-ttl': opts.exchangedTokenTtl = seconds(value(), 'exchanged token TTL'); break;
       case '--exit-with-stdin': opts.exitWithStdin = true; break;
       case '--changing-groups': opts.changingGroups = true; break;
       default: usage(`unknown argument ${arg}`);
