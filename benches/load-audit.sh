@@ -178,16 +178,8 @@ mode_config() {
 
 PORTCULLIS_PID=""
 start_portcullis() { # start_portcullis CONF
-    local dir="$TMP/portcullis"
-    mkdir -p "$dir"
-    port_free "$PORTCULLIS_PORT" || die "127.0.0.1:$PORTCULLIS_PORT is already in use"
-    port_free "$PORTCULLIS_ADMIN_PORT" || die "127.0.0.1:$PORTCULLIS_ADMIN_PORT is already in use"
-    rm -f "$AUDIT_FILE"
     rm -rf "$SPOOL_DIR" # a spool left over would be replayed first
-    taskset -c "$PROXY_CPU" "$PORTCULLIS" serve --config "$1" >>"$dir/portcullis.log" 2>&1 &
-    PORTCULLIS_PID=$!
-    PIDS+=("$PORTCULLIS_PID")
-    wait_ready portcullis "$PORTCULLIS_PORT" "$PORTCULLIS_PID" "$dir/portcullis.log"
+    launch_portcullis "$1"
     if [[ -n "$AUDIT_CPU" ]]; then
         local t name
         for t in /proc/"$PORTCULLIS_PID"/task/[0-9]*; do

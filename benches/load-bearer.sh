@@ -75,23 +75,6 @@ PROXY_CPU=0  # the proxy under test
 TMP=""
 PIDS=()
 
-
-# check_auth NAME PORT: the proxy must refuse (401) a request without a token and every bad token
-# mint.py wrote, and accept (200) a good one: proof that it really checks what we think it checks.
-check_auth() {
-    local name=$1 port=$2 code case tok
-    code=$(http_code "http://127.0.0.1:$port/")
-    [[ "$code" == 401 ]] || die "$name answered $code (want 401) to a request without a token"
-    while read -r case tok; do
-        code=$(http_code "http://127.0.0.1:$port/" "$tok")
-        [[ "$code" == 401 ]] || die "$name answered $code (want 401) to a bad token ($case)"
-    done <"$IDP_DIR/bad-tokens.txt"
-    code=$(http_code "http://127.0.0.1:$port/" "$ONE_TOKEN")
-    [[ "$code" == 200 ]] || die "$name answered $code (want 200) to a valid token"
-    log "$name: 401 without a token and for $(wc -l <"$IDP_DIR/bad-tokens.txt") bad tokens" \
-        "($(cut -d' ' -f1 "$IDP_DIR/bad-tokens.txt" | paste -sd, -)); 200 for a valid one"
-}
-
 start_haproxy() {
     local dir="$TMP/haproxy"
     mkdir -p "$dir"
@@ -108,25 +91,7 @@ start_haproxy() {
 
 PORTCULLIS_PID=""
 start_portcullis() {
-    local dir="$TMP/portcullis" i code
-    mkdir -p "$dir"
-    port_free "$PORTCULLIS_PORT" || die "127.0.0.1:$PORTCULLIS_PORT is already in use"
-    port_free "$PORTCULLIS_ADMIN_PORT" || die "127.0.0.1:$PORTCULLIS_ADMIN_PORT is already in use"
-    rm -f "$AUDIT_FILE"
-    taskset -c "$PROXY_CPU" "$PORTCULLIS" serve --config "$PORTCULLIS_CONF" >"$dir/portcullis.log" 2>&1 &
-    PORTCULLIS_PID=$!
-    PIDS+=("$PORTCULLIS_PID")
-    # /readyz answers 200 only once the issuer's keys are fetched.
-    for ((i = 1; i <= 100; i++)); do
-        kill -0 "$PORTCULLIS_PID" 2>/dev/null \
-            || { tail -n 30 "$dir/portcullis.log" >&2; die "portcullis exited during start-up"; }
-        code=$(http_code "http://127.0.0.1:$PORTCULLIS_ADMIN_PORT/readyz")
-        [[ "$code" == 200 ]] && break
-        sleep 0.1
-    done
-    [[ "$code" == 200 ]] || { tail -n 30 "$dir/portcullis.log" >&2; die "portcullis /readyz: $code after 10 s"; }
-    log "portcullis /readyz 200 (after $i tries)"
-    wait_ready portcullis "$PORTCULLIS_PORT" "$PORTCULLIS_PID" "$dir/portcullis.log" "$ONE_TOKEN"
+    launch_portcullis "$PORTCULLIS_CONF" readyz
     check_auth portcullis "$PORTCULLIS_PORT"
 }
 

@@ -68,15 +68,7 @@ start_haproxy() {
 
 PORTCULLIS_PID=""
 start_portcullis() {
-    local dir="$TMP/portcullis"
-    mkdir -p "$dir"
-    port_free "$PORTCULLIS_PORT" || die "127.0.0.1:$PORTCULLIS_PORT is already in use"
-    port_free "$PORTCULLIS_ADMIN_PORT" || die "127.0.0.1:$PORTCULLIS_ADMIN_PORT is already in use"
-    rm -f "$AUDIT_FILE"
-    taskset -c "$PROXY_CPU" "$PORTCULLIS" serve --config "$PORTCULLIS_CONF" >"$dir/portcullis.log" 2>&1 &
-    PORTCULLIS_PID=$!
-    PIDS+=("$PORTCULLIS_PID")
-    wait_ready portcullis "$PORTCULLIS_PORT" "$PORTCULLIS_PID" "$dir/portcullis.log"
+    launch_portcullis "$PORTCULLIS_CONF"
 }
 
 # ---------------------------------------------------------------- wrk
