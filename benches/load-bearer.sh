@@ -172,18 +172,7 @@ main() {
     trap cleanup EXIT
     trap 'exit 130' INT TERM
 
-    # The backend's prefix holds the IdP documents (nginx serves <prefix>/idp/*.json).
-    IDP_DIR="$TMP/backend/idp"
-    local total=$((WARMUP_TOKENS + MEASURE_TOKENS))
-    log "minting $total tokens (warm-up slice $WARMUP_TOKENS, measured slice $MEASURE_TOKENS)"
-    "$PYTHON" "$BEARER_DIR/mint.py" --out "$IDP_DIR" --count "$total"
-    ONE_TOKEN=$(head -n1 "$IDP_DIR/tokens.txt")
-    # nginx workers run as an unprivileged user: they must be able to read the IdP documents.
-    chmod a+rx "$TMP" "$TMP/backend" "$IDP_DIR"
-    chmod a+r "$IDP_DIR"/*.json
-
-    start_nginx backend "$BEARER_DIR/backend.nginx.conf" "$CLIENT_CPU" "$BACKEND_PORT"
-    [[ $(http_code "http://127.0.0.1:$BACKEND_PORT/jwks") == 200 ]] || die "backend does not serve /jwks"
+    start_idp_backend "$BEARER_DIR/backend.nginx.conf"
 
     start_nginx nginx "$CONF_DIR/proxy.nginx.conf" "$PROXY_CPU" "$NGINX_PORT"
     measure "nginx plain (no auth)" "$NGINX_PORT" "${PIDS[-1]}" plain
@@ -260,7 +249,7 @@ main() {
         wrk_cmd "$DURATION" "http://127.0.0.1:<port>/" rotate
         echo "- wrk, many tokens: \`$(shell_join "${WRK_CMD[@]}" | sed "s#$TMP#\$TMP#g; s#$ROOT/##g")\` (warm-up: the same over tokens 0..$((WARMUP_TOKENS - 1)))"
         echo "- each measured run follows a ${WARMUP} warm-up with the same settings"
-        echo "- tokens: \`$PYTHON benches/load/bearer/mint.py --out \$TMP/backend/idp --count $total\`" \
+        echo "- tokens: \`$PYTHON benches/load/bearer/mint.py --out \$TMP/backend/idp --count $((WARMUP_TOKENS + MEASURE_TOKENS))\`" \
             "(ES256, kid bench-es256, iss http://127.0.0.1:18000, aud portcullis-bench, exp now+3600)"
         echo "- nginx plain: \`nginx -c benches/load/proxy.nginx.conf\`; backend + IdP documents: \`nginx -c benches/load/bearer/backend.nginx.conf\`"
         echo "- haproxy: \`BENCH_JWT_PUBKEY=\$TMP/backend/idp/pubkey.pem haproxy -f benches/load/bearer/haproxy.cfg -db\`"

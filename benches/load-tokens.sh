@@ -256,16 +256,7 @@ main() {
         "$PORTCULLIS" check-config --config "$conf" >&2 || die "$PORTCULLIS rejects $conf"
     done
 
-    IDP_DIR="$TMP/backend/idp"
-    local total=$((WARMUP_TOKENS + MEASURE_TOKENS))
-    log "minting $total tokens (warm-up slice $WARMUP_TOKENS, measured slice $MEASURE_TOKENS)"
-    "$PYTHON" "$BEARER_DIR/mint.py" --out "$IDP_DIR" --count "$total"
-    ONE_TOKEN=$(head -n1 "$IDP_DIR/tokens.txt")
-    chmod a+rx "$TMP" "$TMP/backend" "$IDP_DIR"
-    chmod a+r "$IDP_DIR"/*.json
-
-    start_nginx backend "$TOKENS_DIR/backend.nginx.conf" "$CLIENT_CPU" "$BACKEND_PORT"
-    [[ $(http_code "http://127.0.0.1:$BACKEND_PORT/jwks") == 200 ]] || die "backend does not serve /jwks"
+    start_idp_backend "$TOKENS_DIR/backend.nginx.conf"
     # The header checks of the two upstream ports themselves, straight to the backend.
     [[ $(http_code "http://127.0.0.1:18004/") == 500 ]] || die "backend :18004 accepts a request without an assertion"
     [[ $(curl -sS -o /dev/null -w '%{http_code}' -H 'X-Portcullis-Assertion: eyJa.b.c' http://127.0.0.1:18004/) == 200 ]] \
@@ -345,7 +336,7 @@ main() {
             "(warm-up: tokens 0..$((WARMUP_TOKENS - 1)))"
         echo "- portcullis: \`$PORTCULLIS serve --config $CONF_OFF\` (off) or \`$CONF_ON\` (on)"
         echo "- backend + IdP documents: \`nginx -c benches/load/tokens/backend.nginx.conf\`;" \
-            "tokens: \`benches/load/bearer/mint.py --count $total\`"
+            "tokens: \`benches/load/bearer/mint.py --count $((WARMUP_TOKENS + MEASURE_TOKENS))\`"
         echo "- pinning: Portcullis on CPU $PROXY_CPU (worker_threads = 1); wrk and the backend nginx on CPU $CLIENT_CPU"
         echo "- nproc: $(nproc); kernel: $(uname -srm); $(nginx -v 2>&1 | sed 's/^nginx version: //');" \
             "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); binary sha256 $(sha256sum "$PORTCULLIS" | cut -c1-12)"

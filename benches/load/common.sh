@@ -247,3 +247,21 @@ check_auth() {
     log "$name: 401 without a token and for $(wc -l <"$IDP_DIR/bad-tokens.txt") bad tokens" \
         "($(cut -d' ' -f1 "$IDP_DIR/bad-tokens.txt" | paste -sd, -)); 200 for a valid one"
 }
+
+# start_idp_backend NGINX_CONF: mints WARMUP_TOKENS + MEASURE_TOKENS bearer tokens
+# (benches/load/bearer/mint.py, run with PYTHON from BEARER_DIR) into $TMP/backend/idp (IDP_DIR;
+# ONE_TOKEN is the first), then starts the backend nginx on CLIENT_CPU, which also serves the IdP
+# documents from there.
+start_idp_backend() {
+    # The backend's prefix holds the IdP documents (nginx serves <prefix>/idp/*.json).
+    IDP_DIR="$TMP/backend/idp"
+    local total=$((WARMUP_TOKENS + MEASURE_TOKENS))
+    log "minting $total tokens (warm-up slice $WARMUP_TOKENS, measured slice $MEASURE_TOKENS)"
+    "$PYTHON" "$BEARER_DIR/mint.py" --out "$IDP_DIR" --count "$total"
+    ONE_TOKEN=$(head -n1 "$IDP_DIR/tokens.txt")
+    # nginx workers run as an unprivileged user: they must be able to read the IdP documents.
+    chmod a+rx "$TMP" "$TMP/backend" "$IDP_DIR"
+    chmod a+r "$IDP_DIR"/*.json
+    start_nginx backend "$1" "$CLIENT_CPU" "$BACKEND_PORT"
+    [[ $(http_code "http://127.0.0.1:$BACKEND_PORT/jwks") == 200 ]] || die "backend does not serve /jwks"
+}
