@@ -16,6 +16,7 @@ pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod error;
+pub mod hex;
 pub mod listener;
 pub mod proxy;
 pub mod session;

@@ -91,8 +91,9 @@ fn micros(t: SystemTime) -> SystemTime {
 pub struct Sealer {
     instance: String,
     seq: u64,
-    chain: String,
-    body: Vec<u8>,
+    chain: [u8; 64],
+    /// The last line's length: the next line's buffer is allocated once, at about its size.
+    line_hint: usize,
 }
 
 impl Sealer {
@@ -100,8 +101,8 @@ impl Sealer {
         Sealer {
             instance: instance.to_string(),
             seq: 0,
-            chain: GENESIS.to_string(),
-            body: Vec::with_capacity(2048),
+            chain: [b'0'; 64],
+            line_hint: 1024,
         }
     }
 
@@ -114,56 +115,53 @@ impl Sealer {
         self.seq
     }
 
-    /// Gives `span` the next sequence number and its chain value.
-    pub fn seal(&mut self, mut span: SpanData) -> SpanData {
+    /// Gives `span` the next sequence number and its chain value, and writes its line (with the
+    /// newline). The body is written once, straight into the line, and hashed where it lies:
+    ///
+    /// ```text
+    /// {"portcullis.audit.chain":"<64 placeholder>"{<body…>}   hash "{" <body…> "}"
+    /// {"portcullis.audit.chain":"<chain>",<body…>}\n          then fill in the chain, "{" → ","
+    /// ```
+    pub fn seal(&mut self, mut span: SpanData) -> (SpanData, Vec<u8>) {
         self.seq += 1;
         let seq = i64::try_from(self.seq).unwrap_or(i64::MAX);
         span.attributes.insert(0, KeyValue::new(SEQ, seq));
-        self.body.clear();
-        write_body(&span, &self.instance, &mut self.body);
-        self.chain = next_chain(&self.chain, &self.body);
-        span.attributes
-            .push(KeyValue::new(CHAIN, Value::String(self.chain.clone().text())));
-        span
+        let mut line = Vec::with_capacity(self.line_hint + 64);
+        line.extend_from_slice(PREFIX);
+        let chain_at = line.len();
+        line.extend_from_slice(&self.chain);
+        line.push(b'"');
+        let body_at = line.len();
+        write_body(&span, &self.instance, &mut line);
+        let digest = chain_digest(&self.chain, line.get(body_at..).unwrap_or_default());
+        // `"` then `{`: the chain value's closing quote and the body's opening brace.
+        if let Some([chain @ .., _quote, open]) = line.get_mut(chain_at..=body_at) {
+            chain.copy_from_slice(&digest);
+            *open = b',';
+        }
+        line.push(b'\n');
+        self.chain = digest;
+        self.line_hint = line.len();
+        // Only hex digits were written.
+        let chain = std::str::from_utf8(&self.chain).unwrap_or_default().to_string();
+        span.attributes.push(KeyValue::new(CHAIN, Value::String(chain.text())));
+        (span, line)
     }
 }
 
+/// The chain value that follows `previous` for a record whose hashed bytes are `body`.
 pub fn next_chain(previous: &str, body: &[u8]) -> String {
+    let digest = chain_digest(previous.as_bytes(), body);
+    String::from_utf8_lossy(&digest).into_owned()
+}
+
+fn chain_digest(previous: &[u8], body: &[u8]) -> [u8; 64] {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    context.update(previous.as_bytes());
+    context.update(previous);
     context.update(body);
-    hex(context.finish().as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-/// Appends the record's line (with its newline) to `out`.
-pub fn write_line(span: &SpanData, instance: &str, out: &mut Vec<u8>) {
-    let chain = span
-        .attributes
-        .iter()
-        .rev()
-        .find(|kv| kv.key.as_str() == CHAIN)
-        .map(|kv| kv.value.as_str());
-    let start = out.len();
-    write_body(span, instance, out);
-    if let Some(chain) = chain {
-        // `{` + body  →  `{"portcullis.audit.chain":"…",` + body
-        let mut head = Vec::with_capacity(PREFIX.len() + chain.len() + 2);
-        head.extend_from_slice(PREFIX);
-        head.extend_from_slice(chain.as_bytes());
-        head.extend_from_slice(b"\",");
-        out.splice(start..=start, head);
-    }
-    out.push(b'\n');
+    let mut out = [0; 64];
+    crate::hex::fill(&mut out, context.finish().as_ref());
+    out
 }
 
 /// The record without its chain member: `{"service.instance.id":…,"name":…,…attributes}`.
@@ -179,23 +177,20 @@ fn write_body(span: &SpanData, instance: &str, out: &mut Vec<u8>) {
     json_str(out, kind_name(&span.span_kind));
     out.push(b',');
     member(out, "time");
-    json_str(
-        out,
-        &humantime::format_rfc3339_micros(span.start_time).to_string(),
-    );
+    json_time(out, span.start_time);
     out.push(b',');
     member(out, "end_time");
-    json_str(out, &humantime::format_rfc3339_micros(span.end_time).to_string());
+    json_time(out, span.end_time);
     out.push(b',');
     member(out, "trace_id");
-    json_str(out, &span.span_context.trace_id().to_string());
+    json_hex(out, &span.span_context.trace_id().to_bytes());
     out.push(b',');
     member(out, "span_id");
-    json_str(out, &span.span_context.span_id().to_string());
+    json_hex(out, &span.span_context.span_id().to_bytes());
     if span.parent_span_id != SpanId::INVALID {
         out.push(b',');
         member(out, "parent_span_id");
-        json_str(out, &span.parent_span_id.to_string());
+        json_hex(out, &span.parent_span_id.to_bytes());
     }
     if let Status::Error { description } = &span.status {
         out.push(b',');
@@ -203,14 +198,23 @@ fn write_body(span: &SpanData, instance: &str, out: &mut Vec<u8>) {
         json_str(out, description);
     }
     for kv in &span.attributes {
-        if kv.key.as_str() == CHAIN {
-            continue;
-        }
         out.push(b',');
         member(out, kv.key.as_str());
         json_value(out, &kv.value);
     }
     out.push(b'}');
+}
+
+fn json_time(out: &mut Vec<u8>, t: SystemTime) {
+    out.push(b'"');
+    let _ = write!(out, "{}", humantime::format_rfc3339_micros(t));
+    out.push(b'"');
+}
+
+fn json_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'"');
+    crate::hex::push(out, bytes);
+    out.push(b'"');
 }
 
 fn member(out: &mut Vec<u8>, key: &str) {
@@ -219,8 +223,18 @@ fn member(out: &mut Vec<u8>, key: &str) {
 }
 
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a &str into a Vec cannot fail; JSON escaping keeps control characters off the line.
-    let _ = serde_json::to_writer(&mut *out, s);
+    // Most values need no escaping: copy them. The rest go through serde_json, whose escaping
+    // (control characters, `"` and `\\` only) is the one the fast path checks for, so both
+    // write the same bytes and the chain does not depend on which one ran.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a &str into a Vec cannot fail; escaping keeps control characters off the line.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 fn json_value(out: &mut Vec<u8>, value: &Value) {
@@ -426,13 +440,8 @@ mod tests {
     #[test]
     fn a_sealed_line_reads_back_as_the_same_span_and_chains_to_the_previous_one() {
         let mut sealer = Sealer::new("inst-1");
-        let first = sealer.seal(span(1));
-        let second = sealer.seal(span(2));
-        let mut out = Vec::new();
-        write_line(&first, "inst-1", &mut out);
-        let first_line = out.clone();
-        out.clear();
-        write_line(&second, "inst-1", &mut out);
+        let (_, first_line) = sealer.seal(span(1));
+        let (second, out) = sealer.seal(span(2));
         assert_eq!(
             out.iter().filter(|b| **b == b'\n').count(),
             1,
@@ -457,6 +466,15 @@ mod tests {
         expected.sort_by(|a, b| a.key.cmp(&b.key));
         got.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(got, expected);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_are_written_exactly_as_serde_json_writes_them(s in "\\PC*|[\\x00-\\x7f]{0,40}") {
+            let mut ours = Vec::new();
+            json_str(&mut ours, &s);
+            proptest::prop_assert_eq!(ours, serde_json::to_vec(&s).unwrap());
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use opentelemetry_sdk::trace::SpanData;
 
-use super::record::{Sealer, write_line};
+use super::record::Sealer;
 use super::{AuditSink, Event};
 
 /// A sealed record: the span to export (taken once it is on its way) and its written line
@@ -116,9 +116,7 @@ fn seal_loop(shared: &Shared, mut sealer: Sealer, mut delivery: impl Delivery) {
                 .drain(..)
                 .map(|event| {
                     let refusal = event.is_audit_refusal();
-                    let span = sealer.seal(event.into_span());
-                    let mut line = Vec::with_capacity(1024);
-                    write_line(&span, sealer.instance(), &mut line);
+                    let (span, line) = sealer.seal(event.into_span());
                     Sealed {
                         seq: sealer.seq(),
                         refusal,

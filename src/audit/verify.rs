@@ -148,7 +148,7 @@ pub fn verify(path: &Path) -> std::io::Result<Report> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
-    use super::super::record::{Sealer, SpanMeta, write_line};
+    use super::super::record::{Sealer, SpanMeta};
     use super::*;
     use opentelemetry::KeyValue;
     use opentelemetry::trace::SpanKind;
@@ -166,10 +166,8 @@ mod tests {
                     end: SystemTime::now(),
                     error: None,
                 };
-                let span =
+                let (_, line) =
                     sealer.seal(meta.into_span(vec![KeyValue::new("portcullis.reason", format!("r{i}"))]));
-                let mut line = Vec::new();
-                write_line(&span, "i-1", &mut line);
                 line
             })
             .collect()

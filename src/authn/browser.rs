@@ -668,7 +668,7 @@ fn set_cookie(name: &str, value: &str, max_age: u64) -> String {
 
 fn sha256_hex(text: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(digest.as_ref())
 }
 
 fn store_error(e: StoreError) -> ProxyError {

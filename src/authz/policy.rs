@@ -232,13 +232,8 @@ fn version(model_text: &str, files: &[(String, String)]) -> Arc<str> {
         ctx.update(text.as_bytes());
     }
     let digest = ctx.finish();
-    let hex: String = digest
-        .as_ref()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Arc::from(format!("sha256:{hex}"))
+    let short = digest.as_ref().get(..8).unwrap_or_default();
+    Arc::from(format!("sha256:{}", crate::hex::encode(short)))
 }
 
 enum Line {

@@ -46,12 +46,7 @@ impl SessionId {
     /// First 16 hex digits of SHA-256 of the id: enough to correlate, useless to hijack.
     pub fn hash(&self) -> String {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.0);
-        digest
-            .as_ref()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::hex::encode(digest.as_ref().get(..8).unwrap_or_default())
     }
 }
 
