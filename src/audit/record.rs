@@ -144,7 +144,8 @@ impl Sealer {
         self.line_hint = line.len();
         // Only hex digits were written.
         let chain = std::str::from_utf8(&self.chain).unwrap_or_default().to_string();
-        span.attributes.push(KeyValue::new(CHAIN, Value::String(chain.text())));
+        span.attributes
+            .push(KeyValue::new(CHAIN, Value::String(chain.text())));
         (span, line)
     }
 }

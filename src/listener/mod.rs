@@ -111,12 +111,12 @@ async fn connection(
         Ok(a) => a,
         Err(_) => return,
     };
-    let conn = Arc::new(ConnInfo {
+    let conn = Arc::new(ConnInfo::new(
         peer,
         local,
-        tls: tls.is_some(),
-        trusted: shared.proxy.trusts(peer.ip()),
-    });
+        tls.is_some(),
+        shared.proxy.trusts(peer.ip()),
+    ));
     let activity = Activity::new();
     match tls {
         None => {

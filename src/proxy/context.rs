@@ -22,6 +22,29 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer is in `server.trusted_proxies`: its forwarding headers and request id are believed.
     pub trusted: bool,
+    /// The peer's address as the forwarding headers spell it (`X-Forwarded-For`, and the node of
+    /// `Forwarded`: an IPv6 address bracketed and quoted), written once per connection.
+    pub peer_for: String,
+    pub peer_node: String,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool, trusted: bool) -> Self {
+        let ip = peer.ip();
+        let node = if ip.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.to_string()
+        };
+        ConnInfo {
+            peer,
+            local,
+            tls,
+            trusted,
+            peer_for: ip.to_string(),
+            peer_node: node,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -443,24 +443,22 @@ pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
     crate::authn::browser::strip_own_cookies(&mut headers);
 
     let canonical = ctx.canonical.as_ref();
-    let peer = ctx.conn.peer.ip();
+    let conn = &ctx.conn;
     let scheme = canonical.map_or("http", |c| c.scheme);
     let authority = canonical.map(|c| c.authority()).unwrap_or_default();
-    let xff = match prior_xff {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer.to_string(),
-    };
-    let node = if peer.is_ipv6() {
-        format!("\"[{peer}]\"")
-    } else {
-        peer.to_string()
-    };
-    let element = format!("for={node};proto={scheme};host=\"{authority}\"");
+    match prior_xff {
+        Some(prior) => insert_value(
+            &mut headers,
+            "x-forwarded-for",
+            &format!("{prior}, {}", conn.peer_for),
+        ),
+        None => insert_value(&mut headers, "x-forwarded-for", &conn.peer_for),
+    }
+    let element = format!("for={};proto={scheme};host=\"{authority}\"", conn.peer_node);
     let forwarded = match prior_forwarded {
         Some(prior) => format!("{prior}, {element}"),
         None => element,
     };
-    insert_value(&mut headers, "x-forwarded-for", &xff);
     insert_value(&mut headers, "forwarded", &forwarded);
     if !(trusted && headers.contains_key("x-forwarded-proto")) {
         headers.insert(

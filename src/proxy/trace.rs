@@ -45,13 +45,15 @@ impl TraceCtx {
 
     /// `traceparent` (and `tracestate`) for the upstream: our span is its parent.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let value = format!(
-            "00-{}-{}-{:02x}",
-            self.ids.trace_id,
-            self.ids.span_id,
-            self.flags.to_u8()
-        );
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        // 00-<trace id>-<span id>-<flags>, all lower-case hex.
+        let mut value = Vec::with_capacity(55);
+        value.extend_from_slice(b"00-");
+        crate::hex::push(&mut value, &self.ids.trace_id.to_bytes());
+        value.push(b'-');
+        crate::hex::push(&mut value, &self.ids.span_id.to_bytes());
+        value.push(b'-');
+        crate::hex::push(&mut value, &[self.flags.to_u8()]);
+        if let Ok(v) = HeaderValue::from_bytes(&value) {
             headers.insert("traceparent", v);
         }
         match &self.state {
