@@ -2,9 +2,8 @@
 //!
 //! The [`Sealer`] gives every event the instance's next sequence number and a hash-chain value,
 //! and the result is an OpenTelemetry span (what the exporter sends) with one JSON line as its
-//! written form (what the spool and the JSON-lines sink store). The line is a pure function of the
-//! span, so it is only built when it is needed, and `portcullis audit verify` checks it byte for
-//! byte:
+//! written form (what the spool and the JSON-lines sink store). The line is written once, while
+//! sealing (the chain is a hash of it), and `portcullis audit verify` checks it byte for byte:
 //!
 //! ```text
 //! {"portcullis.audit.chain":"<64 hex>",<body…>}
@@ -98,16 +97,14 @@ pub struct Sealer {
 
 impl Sealer {
     pub fn new(instance: &str) -> Self {
+        let mut chain = [0; 64];
+        chain.copy_from_slice(GENESIS.as_bytes());
         Sealer {
             instance: instance.to_string(),
             seq: 0,
-            chain: [b'0'; 64],
+            chain,
             line_hint: 1024,
         }
-    }
-
-    pub fn instance(&self) -> &str {
-        &self.instance
     }
 
     /// The sequence number of the last record sealed.

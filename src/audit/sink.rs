@@ -1,10 +1,10 @@
 //! The intake: where events leave the request path.
 //!
-//! A request only appends its event to a shared batch; one thread takes the whole batch every
-//! few milliseconds, seals it (sequence numbers and the hash chain, in arrival order) and hands
-//! it to a [`Delivery`]: a JSON-lines file, or the OTLP pipeline with its spool. So a request
-//! never waits on disk or the network and never wakes another thread, and a burst costs one
-//! write. When the sealing thread falls far behind, requests wait for it rather than lose events.
+//! A request only appends its event to a shared batch; one thread takes the whole batch 2 ms
+//! after its first event, seals it (sequence numbers and the hash chain, in arrival order) and
+//! hands it to a [`Delivery`]: a JSON-lines file, or the OTLP pipeline with its spool. So a
+//! request never waits on disk or the network, only a batch's first event wakes the thread (one
+//! wake-up per batch, not per request), and a burst costs one write. When the sealing thread falls far behind, requests wait for it rather than lose events.
 //! On shutdown [`AuditSink::flush`] drains everything.
 
 use std::fs::OpenOptions;
