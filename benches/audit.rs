@@ -12,6 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+// The binary's allocator, so allocation-heavy code costs here what it costs in the proxy.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use portcullis::audit::record::{Sealer, parse_line};
 use portcullis::audit::{AccessEvent, Event, PolicyFields, PrincipalFields, TraceIds};
 

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 mod common;
 use common::percentiles;
 use criterion::{Criterion, criterion_group, criterion_main};
+
+// The binary's allocator, so allocation-heavy code costs here what it costs in the proxy.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use portcullis::authz::resources::Templates;
 use portcullis::authz::{Authz, Engine, Query, Settings, load_engine};
 

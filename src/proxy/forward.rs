@@ -410,6 +410,12 @@ fn must_strip(name: &str, trusted: bool, nominated: &[String]) -> bool {
         || nominated.iter().any(|t| t == name)
 }
 
+// The forwarding headers the proxy sets, named once: a `&str` name is parsed on every use.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Strip, then inject: every header the client may not set is dropped, then the proxy adds
 /// its own forwarding headers and request id. Works in place: most requests drop nothing.
 pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
@@ -422,12 +428,12 @@ pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
     });
     let trusted = ctx.conn.trusted;
     let prior_xff = if trusted {
-        joined(&headers, "x-forwarded-for")
+        joined(&headers, X_FORWARDED_FOR)
     } else {
         None
     };
     let prior_forwarded = if trusted {
-        joined(&headers, "forwarded")
+        joined(&headers, header::FORWARDED)
     } else {
         None
     };
@@ -449,27 +455,27 @@ pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
     match prior_xff {
         Some(prior) => insert_value(
             &mut headers,
-            "x-forwarded-for",
+            X_FORWARDED_FOR,
             &format!("{prior}, {}", conn.peer_for),
         ),
-        None => insert_value(&mut headers, "x-forwarded-for", &conn.peer_for),
+        None => insert_value(&mut headers, X_FORWARDED_FOR, &conn.peer_for),
     }
     let element = format!("for={};proto={scheme};host=\"{authority}\"", conn.peer_node);
     let forwarded = match prior_forwarded {
         Some(prior) => format!("{prior}, {element}"),
         None => element,
     };
-    insert_value(&mut headers, "forwarded", &forwarded);
-    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+    insert_value(&mut headers, header::FORWARDED, &forwarded);
+    if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
         headers.insert(
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO,
             HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
         );
     }
-    if !(trusted && headers.contains_key("x-forwarded-host")) {
-        insert_value(&mut headers, "x-forwarded-host", &authority);
+    if !(trusted && headers.contains_key(X_FORWARDED_HOST)) {
+        insert_value(&mut headers, X_FORWARDED_HOST, &authority);
     }
-    insert_value(&mut headers, "x-request-id", &ctx.request_id);
+    insert_value(&mut headers, X_REQUEST_ID, &ctx.request_id);
     ctx.trace.inject(&mut headers);
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -477,13 +483,13 @@ pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
     headers
 }
 
-fn insert_value(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn insert_value(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
     }
 }
 
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+fn joined(headers: &HeaderMap, name: HeaderName) -> Option<String> {
     let values: Vec<&str> = headers
         .get_all(name)
         .iter()

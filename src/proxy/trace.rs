@@ -5,7 +5,10 @@
 //! is ignored (a new trace starts), as the W3C spec asks; a trace id names no one and grants
 //! nothing, so it is accepted from untrusted clients like every tracing proxy does.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TraceFlags};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -22,7 +25,7 @@ pub struct TraceCtx {
 
 impl TraceCtx {
     pub fn join(headers: &HeaderMap) -> TraceCtx {
-        if headers.contains_key("traceparent") {
+        if headers.contains_key(TRACEPARENT) {
             let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
             let span = cx.span();
             let parent = span.span_context();
@@ -32,7 +35,7 @@ impl TraceCtx {
                     // The caller's sampling choice stands for its own tracing; the audit span is
                     // exported whatever it says.
                     flags: parent.trace_flags(),
-                    state: headers.get("tracestate").filter(|v| v.len() <= 512).cloned(),
+                    state: headers.get(TRACESTATE).filter(|v| v.len() <= 512).cloned(),
                 };
             }
         }
@@ -54,14 +57,14 @@ impl TraceCtx {
         value.push(b'-');
         crate::hex::push(&mut value, &[self.flags.to_u8()]);
         if let Ok(v) = HeaderValue::from_bytes(&value) {
-            headers.insert("traceparent", v);
+            headers.insert(TRACEPARENT, v);
         }
         match &self.state {
             Some(state) => {
-                headers.insert("tracestate", state.clone());
+                headers.insert(TRACESTATE, state.clone());
             }
             None => {
-                headers.remove("tracestate");
+                headers.remove(TRACESTATE);
             }
         }
     }
