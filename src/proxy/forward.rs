@@ -414,7 +414,7 @@ fn must_strip(name: &str, trusted: bool, nominated: &[String]) -> bool {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Strip, then inject: every header the client may not set is dropped, then the proxy adds
 /// its own forwarding headers and request id. Works in place: most requests drop nothing.

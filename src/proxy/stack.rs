@@ -38,7 +38,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::canonical::Canonical;
 use crate::proxy::context::{ConnInfo, RequestCtx};
 use crate::proxy::cors;
-use crate::proxy::forward::forward;
+use crate::proxy::forward::{self, forward};
 use crate::proxy::routes::{Route, RouteTable};
 use crate::proxy::trace::TraceCtx;
 use crate::session::Secret;
@@ -154,7 +154,7 @@ impl Proxy {
             }
         };
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-            response.headers_mut().insert("x-request-id", id);
+            response.headers_mut().insert(forward::X_REQUEST_ID, id);
         }
         if let Some(cookie) = ctx.set_cookie.take().and_then(|c| HeaderValue::from_str(&c).ok()) {
             response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -573,7 +573,7 @@ fn version_str(v: Version) -> &'static str {
 /// that a client cannot inject text into logs through it.
 fn request_id(headers: &http::HeaderMap, trusted: bool) -> String {
     if trusted
-        && let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && let Some(id) = headers.get(forward::X_REQUEST_ID).and_then(|v| v.to_str().ok())
         && !id.is_empty()
         && id.len() <= 128
         && id
