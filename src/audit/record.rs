@@ -224,7 +224,11 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     // Most values need no escaping: copy them. The rest go through serde_json, whose escaping
     // (control characters, `"` and `\\` only) is the one the fast path checks for, so both
     // write the same bytes and the chain does not depend on which one ran.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // (Checked without an early exit, which the compiler turns into wide compares.)
+    let needs_escape = s
+        .bytes()
+        .fold(false, |seen, b| seen | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !needs_escape {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
