@@ -1,21 +1,9 @@
 //! Lower-case hex, the one spelling of digests and ids the proxy writes (audit chain values,
 //! trace ids, session and policy hashes).
 
-/// Writes `bytes` as lower-case hex into `out`, two digits per byte, as far as `out` reaches.
-pub fn fill(out: &mut [u8], bytes: &[u8]) {
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        if let [high, low] = pair {
-            *high = digit(b >> 4);
-            *low = digit(b & 0x0f);
-        }
-    }
-}
-
 /// Appends `bytes` as lower-case hex to `out`.
 pub fn push(out: &mut Vec<u8>, bytes: &[u8]) {
-    let start = out.len();
-    out.resize(start + bytes.len() * 2, 0);
-    fill(out.get_mut(start..).unwrap_or_default(), bytes);
+    out.extend(bytes.iter().flat_map(|b| [digit(b >> 4), digit(b & 0x0f)]));
 }
 
 /// `bytes` as lower-case hex.

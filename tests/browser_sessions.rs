@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
-use support::idp::{API_AUDIENCE, Idp, OTHER_AUDIENCE};
+use support::idp::{API_AUDIENCE, Idp, OTHER_AUDIENCE, verify_jwt};
 use support::{Gateway, Recorder};
 
 const CALLBACK: &str = "http://app.test/.portcullis/callback";
@@ -685,15 +685,8 @@ async fn a_signed_in_person_s_access_token_is_exchanged_and_the_upstream_gets_on
     // the proxy as the actor; it verifies against the provider's keys.
     let authorization = w.upstream.last().header("authorization").unwrap();
     let token = authorization.strip_prefix("Bearer ").unwrap();
-    let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_value(w.idp.jwks().await).unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let key = jsonwebtoken::DecodingKey::from_jwk(keys.find(&header.kid.unwrap()).unwrap()).unwrap();
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_issuer(&[&w.idp.issuer]);
-    validation.set_audience(&[OTHER_AUDIENCE]);
-    let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
-        .unwrap()
-        .claims;
+    let keys = serde_json::from_value(w.idp.jwks().await).unwrap();
+    let claims = verify_jwt(token, &keys, &w.idp.issuer, OTHER_AUDIENCE).unwrap();
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["act"]["sub"], "exchanger");
 

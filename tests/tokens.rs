@@ -26,8 +26,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::Value;
+use support::idp::verify_jwt;
 use support::issuer::TestIssuer;
 use support::{Gateway, Recorder, get};
 use tokio::net::TcpListener;
@@ -64,26 +64,6 @@ async fn jwks(addr: SocketAddr, host: &str) -> JwkSet {
     let (status, body) = get(addr, "/.well-known/jwks.json", &[("host", host)]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     serde_json::from_str(&body).unwrap()
-}
-
-fn verify(
-    token: &str,
-    keys: &JwkSet,
-    issuer: &str,
-    audience: &str,
-) -> Result<Value, jsonwebtoken::errors::Error> {
-    let header = jsonwebtoken::decode_header(token)?;
-    let kid = header.kid.ok_or(jsonwebtoken::errors::ErrorKind::InvalidToken)?;
-    let jwk = keys
-        .find(&kid)
-        .ok_or(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
-    let mut validation = Validation::new(header.alg);
-    validation.set_issuer(&[issuer]);
-    validation.set_audience(&[audience]);
-    validation.set_required_spec_claims(&["iss", "aud", "sub", "exp"]);
-    // No leeway: an expired token at the upstream is a failure of the proxy's refresh.
-    validation.leeway = 0;
-    Ok(jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &validation)?.claims)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +122,7 @@ async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_
         "another host's .well-known is that route's, not the issuer's"
     );
 
-    let claims = verify(&assertion, &published, &issuer_url, "https://a.test").unwrap();
+    let claims = verify_jwt(&assertion, &published, &issuer_url, "https://a.test").unwrap();
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["email"], "alice@example.test");
     assert_eq!(claims["groups"], serde_json::json!(["deployers"]));
@@ -159,7 +139,7 @@ async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_
     );
 
     // Replayed to route b's upstream, it is refused there: b checks its own audience.
-    let refused = verify(&assertion, &published, &issuer_url, "https://b.test").unwrap_err();
+    let refused = verify_jwt(&assertion, &published, &issuer_url, "https://b.test").unwrap_err();
     assert_eq!(*refused.kind(), jsonwebtoken::errors::ErrorKind::InvalidAudience);
     let (status, _) = get(
         gw.http,
@@ -169,7 +149,7 @@ async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_
     .await;
     assert_eq!(status, StatusCode::OK);
     let for_b = b.last().header("x-portcullis-assertion").unwrap();
-    let claims_b = verify(&for_b, &published, &issuer_url, "https://b.test").unwrap();
+    let claims_b = verify_jwt(&for_b, &published, &issuer_url, "https://b.test").unwrap();
     assert_eq!(
         claims_b["exp"].as_u64().unwrap() - claims_b["iat"].as_u64().unwrap(),
         120
@@ -188,7 +168,7 @@ async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_
     assert_eq!(status, StatusCode::OK);
     let bobs = a.last().header("x-portcullis-assertion").unwrap();
     assert_eq!(
-        verify(&bobs, &published, &issuer_url, "https://a.test").unwrap()["sub"],
+        verify_jwt(&bobs, &published, &issuer_url, "https://a.test").unwrap()["sub"],
         "bob"
     );
 
@@ -304,7 +284,7 @@ async fn verifying_upstream(
                         if keys.as_ref().is_none_or(|set| set.find(&kid).is_none()) {
                             *keys = Some(source.fetch().await);
                         }
-                        match verify(&token, keys.as_ref().unwrap(), &issuer, audience) {
+                        match verify_jwt(&token, keys.as_ref().unwrap(), &issuer, audience) {
                             Ok(verified) => {
                                 v.fetch_add(1, Ordering::Relaxed);
                                 *k.lock().unwrap().entry(kid).or_default() += 1;
@@ -707,8 +687,8 @@ async fn a_revoked_key_leaves_the_jwks_at_once_and_the_proxy_stops_sending_what_
     let after = a.last().header("x-portcullis-assertion").unwrap();
     assert_ne!(after, before);
     let published = jwks(gw.http, host).await;
-    assert!(verify(&before, &published, &issuer_url, "https://a.test").is_err());
-    let claims = verify(&after, &published, &issuer_url, "https://a.test").unwrap();
+    assert!(verify_jwt(&before, &published, &issuer_url, "https://a.test").is_err());
+    let claims = verify_jwt(&after, &published, &issuer_url, "https://a.test").unwrap();
     assert_eq!(claims["sub"], "alice");
 
     let acts = gw.acts(1).await;

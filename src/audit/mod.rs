@@ -166,14 +166,10 @@ impl Text for Cow<'static, str> {
     }
 }
 
-impl Text for StringValue {
+impl Text for Arc<str> {
     fn text(self) -> StringValue {
-        self
+        StringValue::from(self)
     }
-}
-
-fn arc_str(s: &Arc<str>) -> StringValue {
-    StringValue::from(s.clone())
 }
 
 impl Event {
@@ -218,8 +214,8 @@ impl PolicyEvent {
         a.str("portcullis.decision", "allow");
         a.str("portcullis.policy.kind", self.kind);
         a.str("portcullis.policy.result", self.result);
-        a.opt("portcullis.policy.version", self.version.as_ref().map(arc_str));
-        a.opt("portcullis.policy.in_force", self.in_force.as_ref().map(arc_str));
+        a.opt("portcullis.policy.version", self.version);
+        a.opt("portcullis.policy.in_force", self.in_force);
         if !self.problems.is_empty() {
             a.strings("portcullis.policy.problems", self.problems);
         }
@@ -424,7 +420,7 @@ impl AccessEvent {
             a.str("portcullis.policy.object", p.object);
             a.str("portcullis.policy.action", p.action);
             a.opt("portcullis.policy.rule", p.rule);
-            a.str("portcullis.policy.version", arc_str(&p.version));
+            a.str("portcullis.policy.version", p.version);
             a.opt("portcullis.policy.shadow_decision", p.shadow);
             a.int("portcullis.duration.authz_us", p.authz_us);
             for (key, value) in [

@@ -67,7 +67,8 @@ pub enum StartError {
 
 /// How long a part-full batch in memory waits for more records before it is exported (the
 /// stock batch processor's scheduled delay): records arrive every 2 ms in small sealing
-/// batches, and one export request per few records costs far more per span than a full one.
+/// batches, and each export request has its own fixed work (a gRPC call or an HTTP request, the
+/// resource and scope) that a full batch spreads over more spans.
 const GATHER: Duration = Duration::from_millis(20);
 
 struct Flow {

@@ -90,19 +90,17 @@ fn micros(t: SystemTime) -> SystemTime {
 pub struct Sealer {
     instance: String,
     seq: u64,
-    chain: [u8; 64],
+    chain: String,
     /// The last line's length: the next line's buffer is allocated once, at about its size.
     line_hint: usize,
 }
 
 impl Sealer {
     pub fn new(instance: &str) -> Self {
-        let mut chain = [0; 64];
-        chain.copy_from_slice(GENESIS.as_bytes());
         Sealer {
             instance: instance.to_string(),
             seq: 0,
-            chain,
+            chain: GENESIS.to_string(),
             line_hint: 1024,
         }
     }
@@ -126,40 +124,30 @@ impl Sealer {
         let mut line = Vec::with_capacity(self.line_hint + 64);
         line.extend_from_slice(PREFIX);
         let chain_at = line.len();
-        line.extend_from_slice(&self.chain);
+        line.extend_from_slice(self.chain.as_bytes());
         line.push(b'"');
         let body_at = line.len();
         write_body(&span, &self.instance, &mut line);
-        let digest = chain_digest(&self.chain, line.get(body_at..).unwrap_or_default());
+        self.chain = next_chain(&self.chain, line.get(body_at..).unwrap_or_default());
         // `"` then `{`: the chain value's closing quote and the body's opening brace.
         if let Some([chain @ .., _quote, open]) = line.get_mut(chain_at..=body_at) {
-            chain.copy_from_slice(&digest);
+            chain.copy_from_slice(self.chain.as_bytes());
             *open = b',';
         }
         line.push(b'\n');
-        self.chain = digest;
         self.line_hint = line.len();
-        // Only hex digits were written.
-        let chain = std::str::from_utf8(&self.chain).unwrap_or_default().to_string();
         span.attributes
-            .push(KeyValue::new(CHAIN, Value::String(chain.text())));
+            .push(KeyValue::new(CHAIN, Value::String(self.chain.clone().text())));
         (span, line)
     }
 }
 
 /// The chain value that follows `previous` for a record whose hashed bytes are `body`.
 pub fn next_chain(previous: &str, body: &[u8]) -> String {
-    let digest = chain_digest(previous.as_bytes(), body);
-    String::from_utf8_lossy(&digest).into_owned()
-}
-
-fn chain_digest(previous: &[u8], body: &[u8]) -> [u8; 64] {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    context.update(previous);
+    context.update(previous.as_bytes());
     context.update(body);
-    let mut out = [0; 64];
-    crate::hex::fill(&mut out, context.finish().as_ref());
-    out
+    crate::hex::encode(context.finish().as_ref())
 }
 
 /// The record without its chain member: `{"service.instance.id":…,"name":…,…attributes}`.

@@ -23,11 +23,10 @@ use tokio::sync::Mutex;
 use crate::audit::{AuditSink, PrincipalFields, TokenEvent};
 use crate::authn::Principal;
 use crate::authn::http::IdpClient;
-use crate::config::{ClientAuth, CredentialKind, UpstreamCredentials};
+use crate::config::{ClientAuth, CredentialKind, SubjectTokenType, UpstreamCredentials};
 use crate::session::Secret;
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Exchanged tokens kept at once (one per caller token); the least used go first.
 const EXCHANGED_ENTRIES: u64 = 10_000;
 /// A slot nobody asked for in this long is dropped; its next caller exchanges again.
@@ -138,7 +137,7 @@ impl Broker {
                     ("grant_type", TOKEN_EXCHANGE),
                     ("subject_token", subject),
                     ("subject_token_type", self.config.subject_token_type.urn()),
-                    ("requested_token_type", ACCESS_TOKEN_TYPE),
+                    ("requested_token_type", SubjectTokenType::AccessToken.urn()),
                 ];
                 self.cached(&slot, || self.fetch(&form, Some(principal))).await
             }

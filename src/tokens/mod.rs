@@ -324,7 +324,6 @@ mod tests {
 
     use super::*;
     use crate::audit::Event;
-    use crate::config::PrincipalKind;
 
     struct Discard;
 
@@ -344,19 +343,7 @@ mod tests {
             };
             let issuer = "https://portcullis.example.com";
             let minter = Minter::open(&config, issuer, dir.path(), Arc::new(Discard)).unwrap();
-            let principal = Principal {
-                kind: PrincipalKind::User,
-                subject: "alice".into(),
-                issuer: "https://idp.example".into(),
-                provider: "okta".into(),
-                email: Some("alice@example.com".into()),
-                name: None,
-                groups: vec!["deployers".into()],
-                auth_method: crate::authn::AuthMethod::Session,
-                client_id: None,
-                token_id: None,
-                session_id_hash: None,
-            };
+            let principal = crate::session::conformance::session(SystemTime::now()).principal;
             let audience: Arc<str> = Arc::from("https://airflow.example.com");
             let minted = minter
                 .mint(

@@ -365,6 +365,29 @@ impl Drop for Idp {
     }
 }
 
+/// What an upstream checks: the token's signature against `keys` (by its `kid`), its issuer and
+/// audience, and `iss`, `aud`, `sub`, `exp` present, with no leeway (an expired token at the
+/// upstream is a failure of the proxy's refresh). The claims when it holds.
+pub fn verify_jwt(
+    token: &str,
+    keys: &jsonwebtoken::jwk::JwkSet,
+    issuer: &str,
+    audience: &str,
+) -> Result<serde_json::Value, jsonwebtoken::errors::Error> {
+    let header = jsonwebtoken::decode_header(token)?;
+    let kid = header.kid.ok_or(jsonwebtoken::errors::ErrorKind::InvalidToken)?;
+    let jwk = keys
+        .find(&kid)
+        .ok_or(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["iss", "aud", "sub", "exp"]);
+    validation.leeway = 0;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk)?;
+    Ok(jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)?.claims)
+}
+
 /// A JWT's header and payload as JSON, without checking its signature.
 pub fn decode_jwt_unverified(token: &str) -> (serde_json::Value, serde_json::Value) {
     let parts: Vec<&str> = token.split('.').collect();
