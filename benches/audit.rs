@@ -1,5 +1,6 @@
 //! Micro-benchmarks of one audit record's cost off the request path: the typed event made into
-//! its span, sealed (sequence number, SHA-256 chain) and written as its line; and the replay side,
+//! its span, sealed (sequence number, SHA-256 chain) and written as its line (the exporter's
+//! path), or written straight into its line (the JSON-lines sink's); and the replay side,
 //! a spooled line read back into a span; and the export side without the network, a batch of
 //! sealed spans turned into OTLP protobuf the way opentelemetry-otlp does it. The network is in
 //! the load run (benches/load-audit.sh).
@@ -17,7 +18,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use portcullis::audit::record::{Sealer, parse_line};
-use portcullis::audit::{AccessEvent, Event, PolicyFields, PrincipalFields, TraceIds};
+use portcullis::audit::{AccessEvent, Event, PolicyFields, TraceIds};
+use portcullis::authn::{AuthMethod, Principal, PrincipalKind};
 
 /// A protected request with a principal and a policy answer: the largest common record.
 fn event() -> Event {
@@ -30,16 +32,19 @@ fn event() -> Event {
         reason: "authorized",
         principal_kind: "ci_job",
         auth_method: "bearer",
-        principal: Some(PrincipalFields {
+        principal: Some(Arc::new(Principal {
+            kind: PrincipalKind::CiJob,
             subject: "project_path:group/infra:ref_type:branch:ref:main".into(),
             issuer: "https://gitlab.example.com".into(),
             provider: "gitlab".into(),
             email: None,
+            name: None,
             groups: vec!["group/infra".into(), "deployers".into()],
+            auth_method: AuthMethod::Bearer,
             client_id: None,
             token_id: Some("b3a1c2d4".into()),
             session_id_hash: None,
-        }),
+        })),
         authn_us: Some(4),
         route: Some(Arc::new("airflow-api".into())),
         method: Cow::Borrowed("POST"),
@@ -82,6 +87,16 @@ fn audit(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    c.bench_function(
+        "audit record: event written straight into its sealed line (JSON-lines sink)",
+        |b| {
+            b.iter_batched(
+                event,
+                |e| black_box(sealer.seal_event(e)),
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
     let (span, written) = sealer.seal(event().into_span());
     println!(
         "one sealed record: {} bytes, {} attributes",

@@ -25,6 +25,8 @@ use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry::{Array, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData};
 
+use crate::authn::Principal;
+
 pub use pipeline::AuditStats;
 pub use record::SpanMeta;
 pub use sink::{Intake, JsonlSink};
@@ -113,51 +115,81 @@ impl From<SessionEvent> for Event {
     }
 }
 
-/// Attributes under construction: names are static, so building one allocates only values.
-struct Attrs(Vec<KeyValue>);
-
-impl Attrs {
-    fn with_capacity(n: usize) -> Self {
-        Attrs(Vec::with_capacity(n))
-    }
-    fn str(&mut self, key: &'static str, value: impl Text) {
-        self.0.push(KeyValue::new(key, Value::String(value.text())));
-    }
+/// Where an event's attributes go: the span's attribute list ([`Attrs`], for the exporter), or
+/// the record's line itself (`record::Sealer::seal_event`, for the JSON-lines sink, which needs
+/// no span). Each event names its attributes once, in its `attributes`, for both.
+trait Attributes {
+    fn str(&mut self, key: &'static str, value: impl Text);
+    fn int(&mut self, key: &'static str, value: u64);
+    fn float(&mut self, key: &'static str, value: f64);
+    fn flag(&mut self, key: &'static str, value: bool);
+    fn strings<T: Text>(&mut self, key: &'static str, values: impl Iterator<Item = T>);
     fn opt(&mut self, key: &'static str, value: Option<impl Text>) {
         if let Some(v) = value {
             self.str(key, v);
         }
     }
-    fn int(&mut self, key: &'static str, value: u64) {
-        self.0
-            .push(KeyValue::new(key, i64::try_from(value).unwrap_or(i64::MAX)));
+}
+
+/// A span's attributes under construction: names are static, so building one allocates only
+/// values.
+struct Attrs(Vec<KeyValue>);
+
+impl Attributes for Attrs {
+    fn str(&mut self, key: &'static str, value: impl Text) {
+        self.0.push(KeyValue::new(key, Value::String(value.text())));
     }
-    fn strings(&mut self, key: &'static str, values: Vec<String>) {
-        let values = values.into_iter().map(Text::text).collect();
+    fn int(&mut self, key: &'static str, value: u64) {
+        self.0.push(KeyValue::new(key, saturating_i64(value)));
+    }
+    fn float(&mut self, key: &'static str, value: f64) {
+        self.0.push(KeyValue::new(key, value));
+    }
+    fn flag(&mut self, key: &'static str, value: bool) {
+        self.0.push(KeyValue::new(key, value));
+    }
+    fn strings<T: Text>(&mut self, key: &'static str, values: impl Iterator<Item = T>) {
+        let values = values.map(Text::text).collect();
         self.0
             .push(KeyValue::new(key, Value::Array(Array::String(values))));
     }
 }
 
-/// Attribute text that clones without copying: opentelemetry-otlp's gRPC exporter clones every
-/// batch it sends (1.3 µs a record with owned strings, `cargo bench --bench audit`).
+/// OpenTelemetry integers are signed.
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Attribute text: read in place when written into a line, and turned into a value that clones
+/// without copying for a span (opentelemetry-otlp's gRPC exporter clones every batch it sends:
+/// 1.3 µs a record with owned strings, `cargo bench --bench audit`).
 pub(crate) trait Text {
+    fn view(&self) -> &str;
     fn text(self) -> StringValue;
 }
 
 impl Text for &'static str {
+    fn view(&self) -> &str {
+        self
+    }
     fn text(self) -> StringValue {
         StringValue::from(self)
     }
 }
 
 impl Text for String {
+    fn view(&self) -> &str {
+        self
+    }
     fn text(self) -> StringValue {
         StringValue::from(Arc::<str>::from(self))
     }
 }
 
 impl Text for Cow<'static, str> {
+    fn view(&self) -> &str {
+        self
+    }
     fn text(self) -> StringValue {
         match self {
             Cow::Borrowed(s) => s.text(),
@@ -167,8 +199,22 @@ impl Text for Cow<'static, str> {
 }
 
 impl Text for Arc<str> {
+    fn view(&self) -> &str {
+        self
+    }
     fn text(self) -> StringValue {
         StringValue::from(self)
+    }
+}
+
+/// Text borrowed from what the request shares (its principal, its route): copied only when a
+/// span is built.
+impl Text for &String {
+    fn view(&self) -> &str {
+        self
+    }
+    fn text(self) -> StringValue {
+        StringValue::from(Arc::<str>::from(self.as_str()))
     }
 }
 
@@ -180,11 +226,34 @@ impl Event {
 
     /// The event as the span it is exported as (not yet sealed).
     pub fn into_span(self) -> SpanData {
+        let meta = self.meta();
+        let mut a = Attrs(Vec::with_capacity(40));
+        self.attributes(&mut a);
+        meta.into_span(a.0)
+    }
+
+    /// What the span says besides its attributes. Acts outside a request start a trace of their
+    /// own here, so this is asked once per record.
+    fn meta(&self) -> SpanMeta {
         match self {
-            Event::Access(e) => e.into_span(),
-            Event::Policy(e) => e.into_span(),
-            Event::Session(e) => e.into_span(),
-            Event::Token(e) => e.into_span(),
+            Event::Access(e) => e.meta(),
+            Event::Policy(e) => act_meta("portcullis.policy_reload", e.time, TraceIds::fresh()),
+            // Inside the request's trace, under its access span.
+            Event::Session(e) => act_meta(
+                "portcullis.session_refresh",
+                e.time,
+                TraceIds::child_of(e.parent.trace_id, e.parent.span_id),
+            ),
+            Event::Token(e) => act_meta(e.span_name(), e.time, TraceIds::fresh()),
+        }
+    }
+
+    fn attributes(self, a: &mut impl Attributes) {
+        match self {
+            Event::Access(e) => e.attributes(a),
+            Event::Policy(e) => e.attributes(a),
+            Event::Session(e) => e.attributes(a),
+            Event::Token(e) => e.attributes(a),
         }
     }
 }
@@ -207,8 +276,7 @@ pub struct PolicyEvent {
 }
 
 impl PolicyEvent {
-    fn into_span(self) -> SpanData {
-        let mut a = Attrs::with_capacity(8);
+    fn attributes(self, a: &mut impl Attributes) {
         a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
         a.str("portcullis.act", "policy_reload");
         a.str("portcullis.decision", "allow");
@@ -217,9 +285,8 @@ impl PolicyEvent {
         a.opt("portcullis.policy.version", self.version);
         a.opt("portcullis.policy.in_force", self.in_force);
         if !self.problems.is_empty() {
-            a.strings("portcullis.policy.problems", self.problems);
+            a.strings("portcullis.policy.problems", self.problems.into_iter());
         }
-        act_span("portcullis.policy_reload", self.time, TraceIds::fresh(), a)
     }
 }
 
@@ -234,13 +301,12 @@ pub struct SessionEvent {
     pub rotated: bool,
     /// `ok`, `refused` (the session ends) or `unreachable` (kept while its token is valid).
     pub result: &'static str,
-    pub principal: PrincipalFields,
+    pub principal: Arc<Principal>,
     pub kind: &'static str,
 }
 
 impl SessionEvent {
-    fn into_span(self) -> SpanData {
-        let mut a = Attrs::with_capacity(16);
+    fn attributes(self, a: &mut impl Attributes) {
         a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
         a.str("portcullis.act", "session_refresh");
         a.str(
@@ -249,15 +315,12 @@ impl SessionEvent {
         );
         a.str("portcullis.session.refresh", self.result);
         if self.rotated {
-            a.0.push(KeyValue::new("portcullis.session.rotated", true));
+            a.flag("portcullis.session.rotated", true);
         }
         a.str("portcullis.principal.kind", self.kind);
         a.str("portcullis.auth.method", "session");
         a.str("portcullis.request.id", self.request_id);
-        self.principal.write(&mut a);
-        // Inside the request's trace, under its access span.
-        let trace = TraceIds::child_of(self.parent.trace_id, self.parent.span_id);
-        act_span("portcullis.session_refresh", self.time, trace, a)
+        write_principal(&self.principal, true, a);
     }
 }
 
@@ -276,7 +339,7 @@ pub struct TokenEvent {
     pub route: Option<Arc<String>>,
     pub audience: Option<String>,
     pub expires: Option<SystemTime>,
-    pub principal: Option<PrincipalFields>,
+    pub principal: Option<Arc<Principal>>,
     /// A brokered credential: the client the proxy obtained it as.
     pub client_id: Option<String>,
     /// A brokered credential: `client_credentials` or `token_exchange`.
@@ -284,8 +347,17 @@ pub struct TokenEvent {
 }
 
 impl TokenEvent {
-    fn into_span(self) -> SpanData {
-        let mut a = Attrs::with_capacity(16);
+    fn span_name(&self) -> &'static str {
+        match self.act {
+            "assertion_minted" => "portcullis.assertion_minted",
+            "credential_brokered" => "portcullis.credential_brokered",
+            "key_removed" => "portcullis.key_removed",
+            "key_revoked" => "portcullis.key_revoked",
+            _ => "portcullis.key_rotation",
+        }
+    }
+
+    fn attributes(self, a: &mut impl Attributes) {
         a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
         a.str("portcullis.act", self.act);
         a.str("portcullis.decision", "allow");
@@ -294,7 +366,7 @@ impl TokenEvent {
         }
         a.opt("portcullis.token.retired_kid", self.retired_kid);
         a.opt("portcullis.token.id", self.jti);
-        a.opt("portcullis.route", self.route.map(|r| r.as_str().to_string()));
+        a.opt("portcullis.route", self.route.as_deref());
         a.opt("portcullis.token.audience", self.audience);
         if let Some(expires) = self.expires {
             a.str(
@@ -302,29 +374,18 @@ impl TokenEvent {
                 humantime::format_rfc3339_seconds(expires).to_string(),
             );
         }
-        if let Some(mut p) = self.principal {
+        if let Some(p) = &self.principal {
             // On a brokered credential `portcullis.client.id` names the proxy's client, once.
-            if self.client_id.is_some() {
-                p.client_id = None;
-            }
-            p.write(&mut a);
+            write_principal(p, self.client_id.is_none(), a);
         }
         a.opt("portcullis.client.id", self.client_id);
         if let Some(grant) = self.grant {
             a.str("portcullis.token.grant", grant);
         }
-        let name = match self.act {
-            "assertion_minted" => "portcullis.assertion_minted",
-            "credential_brokered" => "portcullis.credential_brokered",
-            "key_removed" => "portcullis.key_removed",
-            "key_revoked" => "portcullis.key_revoked",
-            _ => "portcullis.key_rotation",
-        };
-        act_span(name, self.time, TraceIds::fresh(), a)
     }
 }
 
-fn act_span(name: &'static str, time: SystemTime, trace: TraceIds, a: Attrs) -> SpanData {
+fn act_meta(name: &'static str, time: SystemTime, trace: TraceIds) -> SpanMeta {
     SpanMeta {
         name: Cow::Borrowed(name),
         kind: SpanKind::Internal,
@@ -333,7 +394,6 @@ fn act_span(name: &'static str, time: SystemTime, trace: TraceIds, a: Attrs) -> 
         end: time,
         error: None,
     }
-    .into_span(a.0)
 }
 
 /// The record of one access decision.
@@ -350,7 +410,7 @@ pub struct AccessEvent {
     pub principal_kind: &'static str,
     pub auth_method: &'static str,
     /// Who, when a protected route authenticated the caller.
-    pub principal: Option<PrincipalFields>,
+    pub principal: Option<Arc<Principal>>,
     pub authn_us: Option<u64>,
     pub route: Option<Arc<String>>,
     pub method: Cow<'static, str>,
@@ -377,8 +437,24 @@ pub struct AccessEvent {
 }
 
 impl AccessEvent {
-    fn into_span(self) -> SpanData {
-        let mut a = Attrs::with_capacity(40);
+    fn meta(&self) -> SpanMeta {
+        let name = match self.act {
+            Some("sign_in") => "portcullis.sign_in",
+            Some("login") => "portcullis.login",
+            Some("logout") => "portcullis.logout",
+            _ => "access",
+        };
+        SpanMeta {
+            name: Cow::Borrowed(name),
+            kind: SpanKind::Server,
+            trace: self.trace,
+            start: self.time,
+            end: self.time + self.total,
+            error: self.failed.then(|| self.error_type.unwrap_or(self.reason)),
+        }
+    }
+
+    fn attributes(self, a: &mut impl Attributes) {
         a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
         if let Some(act) = self.act {
             a.str("portcullis.act", act);
@@ -388,15 +464,13 @@ impl AccessEvent {
         a.str("portcullis.reason", self.reason);
         a.str("portcullis.principal.kind", self.principal_kind);
         a.str("portcullis.auth.method", self.auth_method);
-        if let Some(p) = self.principal {
-            p.write(&mut a);
+        if let Some(p) = &self.principal {
+            write_principal(p, true, a);
         }
         if let Some(us) = self.authn_us {
             a.int("portcullis.duration.authn_us", us);
         }
-        if let Some(route) = &self.route {
-            a.str("portcullis.route", route.as_str().to_string());
-        }
+        a.opt("portcullis.route", self.route.as_deref());
         a.str("http.request.method", self.method);
         a.str("url.scheme", self.scheme);
         if let Some(path) = self.path {
@@ -410,7 +484,7 @@ impl AccessEvent {
         a.int("http.response.status_code", u64::from(self.status));
         a.opt("error.type", self.error_type);
         if let Some(ms) = self.upstream_ms {
-            a.0.push(KeyValue::new("portcullis.duration.upstream_ms", ms));
+            a.float("portcullis.duration.upstream_ms", ms);
         }
         let total_us = u64::try_from(self.total.as_micros()).unwrap_or(u64::MAX);
         a.int("portcullis.duration.total_us", total_us);
@@ -440,25 +514,9 @@ impl AccessEvent {
                 a.str(key, value);
             }
         }
-        let name = match self.act {
-            Some("sign_in") => "portcullis.sign_in",
-            Some("login") => "portcullis.login",
-            Some("logout") => "portcullis.logout",
-            _ => "access",
-        };
-        SpanMeta {
-            name: Cow::Borrowed(name),
-            kind: SpanKind::Server,
-            trace: self.trace,
-            start: self.time,
-            end: self.time + self.total,
-            error: self.failed.then(|| self.error_type.unwrap_or(self.reason)),
-        }
-        .into_span(a.0)
     }
 }
 
-/// The policy question and answer, and the workflow the resource template recognised.
 #[derive(Debug, Clone)]
 pub struct PolicyFields {
     pub domain: String,
@@ -475,50 +533,22 @@ pub struct PolicyFields {
     pub task_run: Option<String>,
 }
 
-/// The principal's attributes. Built from `authn::Principal`; never a token or session id.
-#[derive(Debug, Clone)]
-pub struct PrincipalFields {
-    pub subject: String,
-    pub issuer: String,
-    pub provider: String,
-    pub email: Option<String>,
-    pub groups: Vec<String>,
-    pub client_id: Option<String>,
-    pub token_id: Option<String>,
-    pub session_id_hash: Option<String>,
-}
-
-impl PrincipalFields {
-    fn write(self, a: &mut Attrs) {
-        a.str("enduser.id", self.subject);
-        a.str("portcullis.principal.issuer", self.issuer);
-        a.str("portcullis.principal.provider", self.provider);
-        a.opt("user.email", self.email);
-        a.strings("portcullis.principal.groups", self.groups);
-        a.opt("portcullis.client.id", self.client_id);
-        a.opt("portcullis.token.id", self.token_id);
-        a.opt("portcullis.session.id_hash", self.session_id_hash);
+/// Who, in a record: the request's own principal, read where it is (never a token, and the
+/// session id only as its hash). `client_id: false` leaves `portcullis.client.id` to the event
+/// (a brokered credential names the proxy's own client there).
+fn write_principal(p: &Principal, client_id: bool, a: &mut impl Attributes) {
+    a.str("enduser.id", &p.subject);
+    a.str("portcullis.principal.issuer", &p.issuer);
+    a.str("portcullis.principal.provider", &p.provider);
+    a.opt("user.email", p.email.as_ref());
+    a.strings("portcullis.principal.groups", p.groups.iter());
+    if client_id {
+        a.opt("portcullis.client.id", p.client_id.as_ref());
     }
+    a.opt("portcullis.token.id", p.token_id.as_ref());
+    a.opt("portcullis.session.id_hash", p.session_id_hash.as_ref());
 }
 
-impl From<&crate::authn::Principal> for PrincipalFields {
-    fn from(p: &crate::authn::Principal) -> Self {
-        PrincipalFields {
-            subject: p.subject.clone(),
-            issuer: p.issuer.clone(),
-            provider: p.provider.clone(),
-            email: p.email.clone(),
-            groups: p.groups.clone(),
-            client_id: p.client_id.clone(),
-            token_id: p.token_id.clone(),
-            session_id_hash: p.session_id_hash.clone(),
-        }
-    }
-}
-
-/// Client-controlled text (user agents, header values, path parameters): capped in length so
-/// one request cannot bloat the trail, and control characters written as `\u{…}` so a value
-/// cannot forge a log line wherever the span is printed.
 pub fn bounded(value: &str, max: usize) -> String {
     let cut = value.char_indices().nth(max).map(|(i, _)| i);
     let kept = cut.map_or(value, |i| value.get(..i).unwrap_or(""));

@@ -223,6 +223,7 @@ impl Shared {
 struct ToExporter(Arc<Shared>);
 
 impl Delivery for ToExporter {
+    const SPANS: bool = true;
     fn deliver(&mut self, batch: Vec<Sealed>) {
         let shared = &self.0;
         let mut flow = shared.lock();

@@ -21,7 +21,7 @@ use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, Tr
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use super::Text as _;
+use super::Text;
 
 /// Attribute names the sealer adds.
 pub const SEQ: &str = "portcullis.audit.seq";
@@ -93,6 +93,7 @@ pub struct Sealer {
     chain: String,
     /// The last line's length: the next line's buffer is allocated once, at about its size.
     line_hint: usize,
+    clock: Clock,
 }
 
 impl Sealer {
@@ -102,6 +103,7 @@ impl Sealer {
             seq: 0,
             chain: GENESIS.to_string(),
             line_hint: 1024,
+            clock: Clock::default(),
         }
     }
 
@@ -119,15 +121,52 @@ impl Sealer {
     /// ```
     pub fn seal(&mut self, mut span: SpanData) -> (SpanData, Vec<u8>) {
         self.seq += 1;
-        let seq = i64::try_from(self.seq).unwrap_or(i64::MAX);
+        let seq = super::saturating_i64(self.seq);
         span.attributes.insert(0, KeyValue::new(SEQ, seq));
+        let line = self.line(|out, instance, clock| {
+            write_head(out, instance, clock, &Head::of_span(&span));
+            for kv in &span.attributes {
+                out.push(b',');
+                member(out, kv.key.as_str());
+                json_value(out, &kv.value);
+            }
+        });
+        span.attributes
+            .push(KeyValue::new(CHAIN, Value::String(self.chain.clone().text())));
+        (span, line)
+    }
+
+    /// The line [`seal`](Self::seal) writes for `event.into_span()`, byte for byte, written
+    /// straight from the event: for the JSON-lines sink, which exports no span.
+    pub fn seal_event(&mut self, event: super::Event) -> Vec<u8> {
+        self.seq += 1;
+        let seq = self.seq;
+        let meta = event.meta();
+        self.line(|out, instance, clock| {
+            write_head(out, instance, clock, &Head::of_meta(&meta));
+            let mut attributes = JsonAttrs(out);
+            super::Attributes::int(&mut attributes, SEQ, seq);
+            event.attributes(&mut attributes);
+        })
+    }
+
+    /// Writes one record's line (with the newline) and moves the chain on. The body is written
+    /// once, straight into the line, by `body` (all but its braces), and hashed where it lies:
+    ///
+    /// ```text
+    /// {"portcullis.audit.chain":"<64 placeholder>"{<body…>}   hash "{" <body…> "}"
+    /// {"portcullis.audit.chain":"<chain>",<body…>}\n          then fill in the chain, "{" → ","
+    /// ```
+    fn line(&mut self, body: impl FnOnce(&mut Vec<u8>, &str, &mut Clock)) -> Vec<u8> {
         let mut line = Vec::with_capacity(self.line_hint + 64);
         line.extend_from_slice(PREFIX);
         let chain_at = line.len();
         line.extend_from_slice(self.chain.as_bytes());
         line.push(b'"');
         let body_at = line.len();
-        write_body(&span, &self.instance, &mut line);
+        line.push(b'{');
+        body(&mut line, &self.instance, &mut self.clock);
+        line.push(b'}');
         self.chain = next_chain(&self.chain, line.get(body_at..).unwrap_or_default());
         // `"` then `{`: the chain value's closing quote and the body's opening brace.
         if let Some([chain @ .., _quote, open]) = line.get_mut(chain_at..=body_at) {
@@ -136,9 +175,7 @@ impl Sealer {
         }
         line.push(b'\n');
         self.line_hint = line.len();
-        span.attributes
-            .push(KeyValue::new(CHAIN, Value::String(self.chain.clone().text())));
-        (span, line)
+        line
     }
 }
 
@@ -150,51 +187,153 @@ pub fn next_chain(previous: &str, body: &[u8]) -> String {
     crate::hex::encode(context.finish().as_ref())
 }
 
-/// The record without its chain member: `{"service.instance.id":…,"name":…,…attributes}`.
-fn write_body(span: &SpanData, instance: &str, out: &mut Vec<u8>) {
-    out.push(b'{');
+/// What a record says before its attributes, from a span or straight from an event.
+struct Head<'a> {
+    name: &'a str,
+    kind: &'a SpanKind,
+    start: SystemTime,
+    end: SystemTime,
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: Option<SpanId>,
+    error: Option<&'a str>,
+}
+
+impl<'a> Head<'a> {
+    fn of_span(span: &'a SpanData) -> Self {
+        Head {
+            name: &span.name,
+            kind: &span.span_kind,
+            start: span.start_time,
+            end: span.end_time,
+            trace_id: span.span_context.trace_id(),
+            span_id: span.span_context.span_id(),
+            parent: Some(span.parent_span_id),
+            error: match &span.status {
+                Status::Error { description } => Some(description),
+                _ => None,
+            },
+        }
+    }
+
+    /// As [`SpanMeta::into_span`] would make it.
+    fn of_meta(meta: &'a SpanMeta) -> Self {
+        Head {
+            name: &meta.name,
+            kind: &meta.kind,
+            start: meta.start,
+            end: meta.end.max(meta.start),
+            trace_id: meta.trace.trace_id,
+            span_id: meta.trace.span_id,
+            parent: meta.trace.parent,
+            error: meta.error,
+        }
+    }
+}
+
+/// `"service.instance.id":…,"name":…,…` up to the attributes.
+fn write_head(out: &mut Vec<u8>, instance: &str, clock: &mut Clock, head: &Head) {
     member(out, "service.instance.id");
     json_str(out, instance);
     out.push(b',');
     member(out, "name");
-    json_str(out, &span.name);
+    json_str(out, head.name);
     out.push(b',');
     member(out, "kind");
-    json_str(out, kind_name(&span.span_kind));
+    json_str(out, kind_name(head.kind));
     out.push(b',');
     member(out, "time");
-    json_time(out, span.start_time);
+    clock.write(out, head.start);
     out.push(b',');
     member(out, "end_time");
-    json_time(out, span.end_time);
+    clock.write(out, head.end);
     out.push(b',');
     member(out, "trace_id");
-    json_hex(out, &span.span_context.trace_id().to_bytes());
+    json_hex(out, &head.trace_id.to_bytes());
     out.push(b',');
     member(out, "span_id");
-    json_hex(out, &span.span_context.span_id().to_bytes());
-    if span.parent_span_id != SpanId::INVALID {
+    json_hex(out, &head.span_id.to_bytes());
+    if let Some(parent) = head.parent.filter(|p| *p != SpanId::INVALID) {
         out.push(b',');
         member(out, "parent_span_id");
-        json_hex(out, &span.parent_span_id.to_bytes());
+        json_hex(out, &parent.to_bytes());
     }
-    if let Status::Error { description } = &span.status {
+    if let Some(description) = head.error {
         out.push(b',');
         member(out, "status.error");
         json_str(out, description);
     }
-    for kv in &span.attributes {
-        out.push(b',');
-        member(out, kv.key.as_str());
-        json_value(out, &kv.value);
-    }
-    out.push(b'}');
 }
 
-fn json_time(out: &mut Vec<u8>, t: SystemTime) {
-    out.push(b'"');
-    let _ = write!(out, "{}", humantime::format_rfc3339_micros(t));
-    out.push(b'"');
+/// Attributes written into the line as they are named, each as `json_value` writes its span
+/// value.
+struct JsonAttrs<'a>(&'a mut Vec<u8>);
+
+impl JsonAttrs<'_> {
+    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        self.0.push(b',');
+        member(self.0, key);
+        self.0
+    }
+}
+
+impl super::Attributes for JsonAttrs<'_> {
+    fn str(&mut self, key: &'static str, value: impl Text) {
+        json_str(self.key(key), value.view());
+    }
+    fn int(&mut self, key: &'static str, value: u64) {
+        let _ = serde_json::to_writer(self.key(key), &super::saturating_i64(value));
+    }
+    fn float(&mut self, key: &'static str, value: f64) {
+        let _ = serde_json::to_writer(self.key(key), &value);
+    }
+    fn flag(&mut self, key: &'static str, value: bool) {
+        self.key(key)
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+    fn strings<T: Text>(&mut self, key: &'static str, values: impl Iterator<Item = T>) {
+        let out = self.key(key);
+        out.push(b'[');
+        for (i, item) in values.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, item.view());
+        }
+        out.push(b']');
+    }
+}
+
+/// RFC 3339 timestamps with microseconds, as humantime writes them. Records arrive in time
+/// order, so the date and time of day are formatted once a second and reused.
+#[derive(Debug, Default)]
+struct Clock {
+    second: Option<u64>,
+    /// `YYYY-MM-DDTHH:MM:SS` of `second`.
+    text: Vec<u8>,
+}
+
+impl Clock {
+    fn write(&mut self, out: &mut Vec<u8>, t: SystemTime) {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let second = since.as_secs();
+        if self.second != Some(second) {
+            self.text.clear();
+            let whole = UNIX_EPOCH + Duration::from_secs(second);
+            let _ = write!(self.text, "{}", humantime::format_rfc3339_seconds(whole));
+            self.text.pop(); // the `Z`
+            self.second = Some(second);
+        }
+        out.push(b'"');
+        out.extend_from_slice(&self.text);
+        let micros = since.subsec_micros();
+        out.push(b'.');
+        for divisor in [100_000, 10_000, 1_000, 100, 10, 1] {
+            // A digit: `micros / divisor % 10` is below 10.
+            out.push(b'0' + (micros / divisor % 10) as u8);
+        }
+        out.extend_from_slice(b"Z\"");
+    }
 }
 
 fn json_hex(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -231,7 +370,7 @@ fn json_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::I64(i) => {
-            let _ = write!(out, "{i}");
+            let _ = serde_json::to_writer(&mut *out, i);
         }
         Value::F64(f) => {
             let _ = serde_json::to_writer(&mut *out, f);
@@ -458,12 +597,160 @@ mod tests {
         assert_eq!(got, expected);
     }
 
+    /// Every kind of event, with the fields that are written only when present.
+    fn events() -> Vec<super::super::Event> {
+        use std::net::{IpAddr, Ipv4Addr};
+        use std::sync::Arc;
+
+        use super::super::*;
+        let principal = crate::session::conformance::session(SystemTime::now()).principal;
+        let time = SystemTime::now();
+        let traced = TraceIds::child_of(TraceId::from(7u128), SpanId::from(9u64));
+        let access = |principal: Option<Arc<crate::authn::Principal>>, failed: bool| AccessEvent {
+            time,
+            trace: traced,
+            act: failed.then_some("login"),
+            request_id: "r-1".into(),
+            decision: "allow",
+            reason: "authorized",
+            principal_kind: "user",
+            auth_method: "bearer",
+            principal,
+            authn_us: Some(4),
+            route: Some(Arc::new("airflow".into())),
+            method: Cow::Borrowed("POST"),
+            scheme: "https",
+            path: Some("/api/v1/dags/etl \"daily\"/dagRuns".into()),
+            server_address: Some("airflow.example.com".into()),
+            server_port: 443,
+            client_address: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+            protocol_version: "1.1",
+            user_agent: Some("tab\there".into()),
+            status: if failed { 502 } else { 200 },
+            error_type: failed.then_some("upstream_unreachable"),
+            failed,
+            upstream_ms: Some(f64::NAN).filter(|_| failed).or(Some(3.25)),
+            total: Duration::from_micros(3400),
+            policy: Some(PolicyFields {
+                domain: "airflow".into(),
+                object: "dag:etl".into(),
+                action: "trigger".into(),
+                rule: Some("policy.csv:18".into()),
+                version: Arc::from("sha256:0123"),
+                shadow: Some("deny"),
+                authz_us: 1,
+                pipeline: Some("etl".into()),
+                run: None,
+                task: None,
+                task_run: None,
+            }),
+            workflow: vec![("cicd.pipeline.name", "ignored".into()), ("x.y", "z".into())],
+        };
+        vec![
+            access(Some(principal.clone()), false).into(),
+            access(None, true).into(),
+            PolicyEvent {
+                time,
+                kind: "enforced",
+                result: "rejected",
+                version: None,
+                in_force: Some(Arc::from("sha256:1")),
+                problems: vec!["policy.csv:3: bad".into()],
+            }
+            .into(),
+            SessionEvent {
+                time,
+                request_id: "r-2".into(),
+                parent: traced,
+                rotated: true,
+                result: "ok",
+                principal: principal.clone(),
+                kind: "user",
+            }
+            .into(),
+            TokenEvent {
+                time,
+                act: "credential_brokered",
+                kid: String::new(),
+                retired_kid: None,
+                jti: Some("j".into()),
+                route: Some(Arc::new("tekton".into())),
+                audience: Some("https://tekton".into()),
+                expires: Some(time),
+                principal: Some(principal),
+                client_id: Some("portcullis".into()),
+                grant: Some("token_exchange"),
+            }
+            .into(),
+        ]
+    }
+
+    #[test]
+    fn a_record_written_straight_from_its_event_is_the_line_its_span_is_sealed_as() {
+        let (mut via_span, mut direct) = (Sealer::new("inst-1"), Sealer::new("inst-1"));
+        for (i, event) in events().into_iter().enumerate() {
+            let previous = direct.chain.clone();
+            let (span, from_span) = via_span.seal(event.clone().into_span());
+            let written = direct.seal_event(event);
+            let got = split_line(&written).unwrap();
+            assert_eq!(
+                got.chain,
+                next_chain(&previous, &got.body),
+                "record {i} chains on"
+            );
+            if i < 2 {
+                // Access records carry their trace ids: the very same line.
+                assert_eq!(
+                    String::from_utf8_lossy(&written),
+                    String::from_utf8_lossy(&from_span)
+                );
+                continue;
+            }
+            // Acts outside a request draw fresh span ids: compare with those swapped in (and
+            // the chains differ from here on).
+            let ids = |key: &str| got.fields[key].as_str().unwrap().to_string();
+            let expected = String::from_utf8(from_span)
+                .unwrap()
+                .replace(
+                    &crate::hex::encode(&span.span_context.span_id().to_bytes()),
+                    &ids("span_id"),
+                )
+                .replace(
+                    &crate::hex::encode(&span.span_context.trace_id().to_bytes()),
+                    &ids("trace_id"),
+                );
+            let want = split_line(expected.as_bytes()).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&got.body),
+                String::from_utf8_lossy(&want.body),
+                "{}",
+                span.name
+            );
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn strings_are_written_exactly_as_serde_json_writes_them(s in "\\PC*|[\\x00-\\x7f]{0,40}") {
             let mut ours = Vec::new();
             json_str(&mut ours, &s);
             proptest::prop_assert_eq!(ours, serde_json::to_vec(&s).unwrap());
+        }
+
+        #[test]
+        fn timestamps_are_written_exactly_as_humantime_writes_them(
+            micros in proptest::collection::vec(0u64..253_402_300_799_999_999, 1..8),
+            step in 0u64..3_000_000,
+        ) {
+            // Some times share a second with the one before (the cached part is reused).
+            let mut clock = Clock::default();
+            for m in micros.into_iter().flat_map(|m| [m, m.saturating_add(step)]) {
+                let t = UNIX_EPOCH + Duration::from_micros(m);
+                let mut ours = Vec::new();
+                clock.write(&mut ours, t);
+                let expected = format!("\"{}\"", humantime::format_rfc3339_micros(t));
+                proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), expected);
+            }
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Sealed {
 
 /// Where sealed records go. Runs on the sealing thread.
 pub trait Delivery: Send + 'static {
+    /// Whether records go on as spans too (the exporter), or as their lines only.
+    const SPANS: bool;
     fn deliver(&mut self, batch: Vec<Sealed>);
     /// Returns once everything delivered so far is exported or on disk.
     fn flush(&mut self);
@@ -99,7 +101,7 @@ impl Intake {
     }
 }
 
-fn seal_loop(shared: &Shared, mut sealer: Sealer, mut delivery: impl Delivery) {
+fn seal_loop<D: Delivery>(shared: &Shared, mut sealer: Sealer, mut delivery: D) {
     let mut batch = Vec::new();
     loop {
         let flush = {
@@ -126,11 +128,16 @@ fn seal_loop(shared: &Shared, mut sealer: Sealer, mut delivery: impl Delivery) {
                 .drain(..)
                 .map(|event| {
                     let refusal = event.is_audit_refusal();
-                    let (span, line) = sealer.seal(event.into_span());
+                    let (span, line) = if D::SPANS {
+                        let (span, line) = sealer.seal(event.into_span());
+                        (Some(span), line)
+                    } else {
+                        (None, sealer.seal_event(event))
+                    };
                     Sealed {
                         seq: sealer.seq(),
                         refusal,
-                        span: Some(span),
+                        span,
                         line,
                     }
                 })
@@ -203,6 +210,7 @@ impl JsonlSink {
 }
 
 impl Delivery for JsonlSink {
+    const SPANS: bool = false;
     fn deliver(&mut self, batch: Vec<Sealed>) {
         for record in batch {
             if let Err(e) = self.out.write_all(&record.line) {

@@ -309,7 +309,7 @@ impl Browser {
                 rotated,
                 result,
                 kind: session.principal.kind.as_str(),
-                principal: crate::audit::PrincipalFields::from(&*session.principal),
+                principal: session.principal.clone(),
             }
             .into(),
         );

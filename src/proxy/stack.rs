@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::admin::Metrics;
-use crate::audit::{AccessEvent, AuditSink, PolicyFields, PrincipalFields, bounded};
+use crate::audit::{AccessEvent, AuditSink, PolicyFields, bounded};
 use crate::authn::browser::{RESERVED, is_navigation};
 use crate::authn::{AuthMethod, Authn, Outcome, Principal};
 use crate::authz::{self, Authz, Query};
@@ -518,7 +518,7 @@ impl Proxy {
                 reason: decision.reason().as_str(),
                 principal_kind: ctx.principal.as_ref().map_or("anonymous", |p| p.kind.as_str()),
                 auth_method: ctx.principal.as_ref().map_or("none", |p| p.auth_method.as_str()),
-                principal: ctx.principal.as_deref().map(PrincipalFields::from),
+                principal: ctx.principal.clone(),
                 authn_us: ctx
                     .authn_duration
                     .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),

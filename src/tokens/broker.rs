@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use openidconnect::url::form_urlencoded;
 use tokio::sync::Mutex;
 
-use crate::audit::{AuditSink, PrincipalFields, TokenEvent};
+use crate::audit::{AuditSink, TokenEvent};
 use crate::authn::Principal;
 use crate::authn::http::IdpClient;
 use crate::config::{ClientAuth, CredentialKind, SubjectTokenType, UpstreamCredentials};
@@ -296,7 +296,8 @@ impl Broker {
                     .clone()
                     .or_else(|| self.config.resource.clone()),
                 expires: Some(SystemTime::now() + lifetime),
-                principal: principal.map(PrincipalFields::from),
+                // A credential is fetched once per caller and lifetime: the copy is rare.
+                principal: principal.map(|p| Arc::new(p.clone())),
                 client_id: Some(self.config.client_id.clone()),
                 grant: Some(self.config.kind.as_str()),
             }

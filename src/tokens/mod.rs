@@ -298,7 +298,8 @@ impl Minter {
                 route: Some(route.clone()),
                 audience: Some(audience.to_string()),
                 expires: Some(minted.expires),
-                principal: Some(crate::audit::PrincipalFields::from(principal)),
+                // Minted once per caller, route and lifetime: the copy is rare.
+                principal: Some(Arc::new(principal.clone())),
                 client_id: None,
                 grant: None,
             }
