@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis::audit::record::{Sealer, parse_line};
+use portcullis::audit::{AccessEvent, Event, PolicyFields, TraceIds};
+use portcullis::authn::{AuthMethod, Principal, PrincipalKind};
 
 // The binary's allocator, so allocation-heavy code costs here what it costs in the proxy.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use portcullis::audit::record::{Sealer, parse_line};
-use portcullis::audit::{AccessEvent, Event, PolicyFields, TraceIds};
-use portcullis::authn::{AuthMethod, Principal, PrincipalKind};
 
 /// A protected request with a principal and a policy answer: the largest common record.
 fn event() -> Event {

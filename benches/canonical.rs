@@ -5,14 +5,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-
-// The binary's allocator, so allocation-heavy code costs here what it costs in the proxy.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use http::{HeaderMap, Method, Uri, Version, header};
 use portcullis::proxy::canonical::{Canonical, canonical_path};
 use portcullis::proxy::forward::Upstream;
 use portcullis::proxy::routes::{Route, RouteTable};
+
+// The binary's allocator, so allocation-heavy code costs here what it costs in the proxy.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn canonical(c: &mut Criterion) {
     let mut headers = HeaderMap::new();

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 mod common;
 use common::percentiles;
 use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis::authz::resources::Templates;
+use portcullis::authz::{Authz, Engine, Query, Settings, load_engine};
 
 // The binary's allocator, so allocation-heavy code costs here what it costs in the proxy.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use portcullis::authz::resources::Templates;
-use portcullis::authz::{Authz, Engine, Query, Settings, load_engine};
 
 const DOMAINS: [&str; 4] = ["airflow", "tekton", "gitlab", "conductor"];
 const ACTIONS: [&str; 6] = ["read", "trigger", "clear", "pause", "delete", "create"];

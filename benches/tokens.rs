@@ -7,12 +7,12 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, KeyPair as _, UnparsedPublic
 #[path = "common/mod.rs"]
 mod common;
 use criterion::{Criterion, criterion_group, criterion_main};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value, json};
 
 // The binary's allocator, so allocation-heavy code costs here what it costs in the proxy.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde_json::{Map, Value, json};
 
 fn tokens(c: &mut Criterion) {
     let rng = aws_lc_rs::rand::SystemRandom::new();

@@ -4,7 +4,8 @@
 //! after its first event, seals it (sequence numbers and the hash chain, in arrival order) and
 //! hands it to a [`Delivery`]: a JSON-lines file, or the OTLP pipeline with its spool. So a
 //! request never waits on disk or the network, only a batch's first event wakes the thread (one
-//! wake-up per batch, not per request), and a burst costs one write. When the sealing thread falls far behind, requests wait for it rather than lose events.
+//! wake-up per batch, not per request), and a burst costs one write. When the sealing thread
+//! falls far behind, requests wait for it rather than lose events.
 //! On shutdown [`AuditSink::flush`] drains everything.
 
 use std::fs::OpenOptions;

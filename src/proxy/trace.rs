@@ -6,14 +6,14 @@
 //! nothing, so it is accepted from untrusted clients like every tracing proxy does.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TraceFlags};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 use crate::audit::TraceIds;
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Where this request's span sits, and what to pass on.
 #[derive(Debug, Clone)]
