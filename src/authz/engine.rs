@@ -15,6 +15,7 @@
 //! ends with `portcullisRule(p.src)`, which Casbin calls only for rules whose other terms held:
 //! it records the index in a thread-local list that is read back after the call.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -91,6 +92,9 @@ pub struct Engine {
     roles: HashMap<String, Vec<(String, String)>>,
     /// domain → action → partition; `*` keys hold the rules for names no rule spells out.
     partitions: HashMap<String, HashMap<String, Partition>>,
+    /// Every subject a rule or a `g` line names; `None` when the matcher reads the caller's
+    /// subjects other than as `p.sub in r.sub`, so any subject may matter.
+    named: Option<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -170,10 +174,17 @@ impl Engine {
             let partition = partition(model.clone(), lines).await.map_err(casbin_error)?;
             partitions.entry(domain).or_default().insert(action, partition);
         }
+        let named = set.model.subjects_by_membership.then(|| {
+            let rules = set.rules.iter().map(|r| r.subject.clone());
+            rules
+                .chain(set.groupings.iter().map(|g| g.member.clone()))
+                .collect()
+        });
         let engine = Engine {
             set,
             roles,
             partitions,
+            named,
         };
         engine.probe()?;
         Ok(engine)
@@ -238,6 +249,31 @@ impl Engine {
             }
         }
         roles
+    }
+
+    /// The question as far as this policy can tell callers apart, which is what decisions are
+    /// cached under. When subjects count only as `p.sub in r.sub`, one that no rule and no `g`
+    /// line names can neither match a rule nor bring a role, so it is left out: callers that
+    /// differ only in such subjects (every CI job its own `sub`, the same groups) get the same
+    /// answer and share one entry. Leaving out what cannot change the answer never widens access.
+    pub fn decision_key<'q>(&self, query: &'q Query) -> Cow<'q, Query> {
+        let Some(named) = &self.named else {
+            return Cow::Borrowed(query);
+        };
+        if query.subjects.iter().all(|s| named.contains(s)) {
+            return Cow::Borrowed(query);
+        }
+        Cow::Owned(Query {
+            subjects: query
+                .subjects
+                .iter()
+                .filter(|s| named.contains(*s))
+                .cloned()
+                .collect(),
+            domain: query.domain.clone(),
+            object: query.object.clone(),
+            action: query.action.clone(),
+        })
     }
 
     /// Synchronous and CPU-bound: callers on the async runtime run large partitions elsewhere.
@@ -416,6 +452,60 @@ g, user:root, role:admin, *
             assert_eq!(v.rule.unwrap().origin.line, 3);
         }
         assert!(e.partition_size("airflow", "read") < e.rules().len());
+    }
+
+    #[tokio::test]
+    async fn callers_who_differ_only_in_subjects_no_line_names_are_one_question() {
+        let e = engine(&format!(
+            "{POLICY}p, user:mallory, airflow, dag:etl_daily, trigger, deny\n"
+        ))
+        .await;
+        let ask = |subjects: &[&str]| Query::new(subjects, "airflow", "dag:etl_daily", "trigger");
+        let (alice, bob) = (
+            ask(&["user:alice", "group:data-eng"]),
+            ask(&["user:bob", "group:data-eng"]),
+        );
+        assert_eq!(e.decision_key(&alice), e.decision_key(&bob));
+        assert_eq!(e.decision_key(&alice).subjects, ["group:data-eng"]);
+        for q in [&alice, &bob] {
+            let (whole, keyed) = (e.evaluate(q).unwrap(), e.evaluate(&e.decision_key(q)).unwrap());
+            assert!(whole.allowed && keyed.allowed);
+            assert_eq!((whole.rule, whole.roles), (keyed.rule, keyed.roles));
+        }
+        // A subject some line names is part of the question: a rule (the deny) or a role line.
+        let mallory = ask(&["user:mallory", "group:data-eng"]);
+        assert!(matches!(e.decision_key(&mallory), Cow::Borrowed(_)));
+        assert!(!e.evaluate(&e.decision_key(&mallory)).unwrap().allowed);
+        assert_ne!(e.decision_key(&mallory), e.decision_key(&alice));
+        assert_eq!(
+            e.decision_key(&ask(&["user:root", "user:x"])).subjects,
+            ["user:root"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_matcher_that_reads_subjects_another_way_keys_on_every_subject() {
+        let model = MODEL.replace(
+            "m = p.sub in r.sub &&",
+            "m = p.sub in r.sub && r.sub.len() < 50 &&",
+        );
+        let set = parse(&model, &[("policy.csv".into(), POLICY.into())]).unwrap();
+        assert!(!set.model.subjects_by_membership);
+        let e = Engine::build(set).await.unwrap();
+        let alice = Query::new(
+            &["user:alice", "group:data-eng"],
+            "airflow",
+            "dag:etl_daily",
+            "trigger",
+        );
+        assert!(e.evaluate(&alice).unwrap().allowed);
+        assert_eq!(e.decision_key(&alice).subjects, alice.subjects);
+        assert!(
+            parse(MODEL, &[("policy.csv".into(), POLICY.into())])
+                .unwrap()
+                .model
+                .subjects_by_membership
+        );
     }
 
     #[tokio::test]

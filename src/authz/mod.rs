@@ -71,25 +71,26 @@ impl Snapshot {
         }
     }
 
-    /// The cached verdict, or a fresh one (cached when it evaluated). The key is cloned only
-    /// for a miss.
+    /// The cached verdict, or a fresh one (cached when it evaluated), under the engine's
+    /// [`Engine::decision_key`]. The key is cloned only for a miss.
     async fn decide(&self, query: &Query) -> (Result<Arc<Verdict>, engine::EvalError>, bool) {
-        if let Some(hit) = self.cache.get(query) {
+        let key = self.engine.decision_key(query);
+        if let Some(hit) = self.cache.get(key.as_ref()) {
             return (Ok(hit), true);
         }
         let engine = self.engine.clone();
-        let verdict = if engine.partition_size(&query.domain, &query.action) <= INLINE_RULES {
-            engine.evaluate(query)
+        let verdict = if engine.partition_size(&key.domain, &key.action) <= INLINE_RULES {
+            engine.evaluate(&key)
         } else {
-            let key = query.clone();
-            match tokio::task::spawn_blocking(move || engine.evaluate(&key)).await {
+            let owned = key.clone().into_owned();
+            match tokio::task::spawn_blocking(move || engine.evaluate(&owned)).await {
                 Ok(v) => v,
                 Err(e) => Err(engine::EvalError(e.to_string())),
             }
         };
         let verdict = verdict.map(Arc::new);
         if let Ok(v) = &verdict {
-            self.cache.insert(query.clone(), v.clone());
+            self.cache.insert(key.into_owned(), v.clone());
         }
         (verdict, false)
     }
@@ -293,5 +294,36 @@ impl Authz {
             });
         }
         Ok(watchers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_decision_is_cached_for_every_caller_the_policy_cannot_tell_apart_and_no_one_else() {
+        let csv = "p, role:ci, tekton, pipelinerun:ci/*, create\n\
+                   p, ci:job-7, tekton, pipelinerun:ci/*, create, deny\n\
+                   g, group:infra, role:ci, tekton\n";
+        let model = include_str!("../../policies/model.conf");
+        let set = policy::parse(model, &[("policy.csv".into(), csv.into())]).unwrap();
+        let snapshot = Snapshot::new(Engine::build(set).await.unwrap(), 100);
+        let job = |sub: &str| Query::new(&[sub, "group:infra"], "tekton", "pipelinerun:ci/build", "create");
+
+        let (first, cached) = snapshot.decide(&job("ci:job-1")).await;
+        assert!(first.unwrap().allowed && !cached);
+        let (second, cached) = snapshot.decide(&job("ci:job-2")).await;
+        assert!(
+            second.unwrap().allowed && cached,
+            "a job no line names shares the group's answer"
+        );
+        let (named, cached) = snapshot.decide(&job("ci:job-7")).await;
+        assert!(
+            !named.unwrap().allowed && !cached,
+            "the job a deny rule names is asked on its own"
+        );
+        let (again, cached) = snapshot.decide(&job("ci:job-3")).await;
+        assert!(again.unwrap().allowed && cached);
     }
 }

@@ -91,6 +91,9 @@ pub struct Model {
     pub casbin_text: String,
     /// Whether `p` has an `eft` field (otherwise every rule allows).
     pub has_effect: bool,
+    /// Whether the operator's matcher reads the caller's subjects only as `p.sub in r.sub`
+    /// (exact membership), so a subject that no rule or `g` line names cannot change a decision.
+    pub subjects_by_membership: bool,
     pub matcher_origin: Origin,
 }
 
@@ -470,9 +473,14 @@ fn parse_model(text: &str, problems: &mut Vec<Problem>) -> Option<Model> {
         };
         casbin_text.push_str(&format!("[{sec}]\n{key} = {value}\n"));
     }
+    // Conservative: any other spelling of the subject (Casbin's escaped `r_sub` included) turns
+    // the shortcut off rather than being understood.
+    let rest = m.replace("p.sub in r.sub", "");
+    let subjects_by_membership = rest.len() < m.len() && !rest.contains("r.sub") && !rest.contains("r_sub");
     Some(Model {
         casbin_text,
         has_effect,
+        subjects_by_membership,
         matcher_origin: at(*m_line),
     })
 }
