@@ -72,7 +72,8 @@ impl Snapshot {
     }
 
     /// The cached verdict, or a fresh one (cached when it evaluated), under the engine's
-    /// [`Engine::decision_key`]. The key is cloned only for a miss.
+    /// [`Engine::decision_key`]. A question the policy needs whole is cloned only for a miss;
+    /// a narrowed one is built on every call (a few small copies, against an evaluation saved).
     async fn decide(&self, query: &Query) -> (Result<Arc<Verdict>, engine::EvalError>, bool) {
         let key = self.engine.decision_key(query);
         if let Some(hit) = self.cache.get(key.as_ref()) {
