@@ -92,9 +92,9 @@ pub struct Engine {
     roles: HashMap<String, Vec<(String, String)>>,
     /// domain → action → partition; `*` keys hold the rules for names no rule spells out.
     partitions: HashMap<String, HashMap<String, Partition>>,
-    /// Every subject a rule or a `g` line names; `None` when the matcher reads the caller's
-    /// subjects other than as `p.sub in r.sub`, so any subject may matter.
-    named: Option<HashSet<String>>,
+    /// Every rule's subject (`g` line members are the keys of `roles`); `None` when the matcher
+    /// reads the caller's subjects other than as `p.sub in r.sub`, so any subject may matter.
+    rule_subjects: Option<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -174,17 +174,15 @@ impl Engine {
             let partition = partition(model.clone(), lines).await.map_err(casbin_error)?;
             partitions.entry(domain).or_default().insert(action, partition);
         }
-        let named = set.model.subjects_by_membership.then(|| {
-            let rules = set.rules.iter().map(|r| r.subject.clone());
-            rules
-                .chain(set.groupings.iter().map(|g| g.member.clone()))
-                .collect()
-        });
+        let rule_subjects = set
+            .model
+            .subjects_by_membership
+            .then(|| set.rules.iter().map(|r| r.subject.clone()).collect());
         let engine = Engine {
             set,
             roles,
             partitions,
-            named,
+            rule_subjects,
         };
         engine.probe()?;
         Ok(engine)
@@ -257,19 +255,15 @@ impl Engine {
     /// differ only in such subjects (every CI job its own `sub`, the same groups) get the same
     /// answer and share one entry. Leaving out what cannot change the answer never widens access.
     pub fn decision_key<'q>(&self, query: &'q Query) -> Cow<'q, Query> {
-        let Some(named) = &self.named else {
+        let Some(rule_subjects) = &self.rule_subjects else {
             return Cow::Borrowed(query);
         };
-        if query.subjects.iter().all(|s| named.contains(s)) {
+        let named = |s: &String| rule_subjects.contains(s) || self.roles.contains_key(s);
+        if query.subjects.iter().all(named) {
             return Cow::Borrowed(query);
         }
         Cow::Owned(Query {
-            subjects: query
-                .subjects
-                .iter()
-                .filter(|s| named.contains(*s))
-                .cloned()
-                .collect(),
+            subjects: query.subjects.iter().filter(|s| named(s)).cloned().collect(),
             domain: query.domain.clone(),
             object: query.object.clone(),
             action: query.action.clone(),
