@@ -37,8 +37,8 @@ pub enum Reason {
     MethodNotAllowed,
     /// Denied: the request body is larger than the route accepts.
     PayloadTooLarge,
-    /// Denied: the request head is over `max_header_bytes` or `max_headers` (431, answered
-    /// while reading it; the record has no path or method).
+    /// Denied: the request head is over `max_header_bytes` or `max_headers` (431; HTTP/1 heads
+    /// are answered while hyper reads them, so their record has no path or method).
     HeadersTooLarge,
     /// Denied: the request target is longer than can be read (414, answered while reading).
     UriTooLong,

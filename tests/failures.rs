@@ -183,6 +183,66 @@ async fn oversized_or_too_many_headers_are_refused_before_routing() {
     gw.stop().await;
 }
 
+/// An HTTP/2 GET for `/` on app.test with `headers`, its status (a refused stream counts as 431).
+async fn h2_get(gw: &Gateway, headers: &[(&str, String)]) -> u16 {
+    let mut sender = support::h2c(gw.http).await;
+    let mut req = http::Request::builder().uri("http://app.test/");
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let req = req.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    match sender.send_request(req).await {
+        Ok(response) => response.status().as_u16(),
+        Err(e) => panic!("the HTTP/2 request failed instead of getting an answer: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_heads_over_the_limits_get_431_each_audited_with_its_method() {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start_with(
+        "[server.limits]\nmax_headers = 20\nmax_header_bytes = 8192",
+        &public_route(&upstream.url()),
+    )
+    .await;
+    // Within the limits: 19 fields, and 30 cookie crumbs that are one Cookie header.
+    let mut fine: Vec<(&str, String)> = (0..18).map(|i| ("x-h", format!("v{i}"))).collect();
+    fine.extend((0..30).map(|i| ("cookie", format!("c{i}=1"))));
+    assert_eq!(h2_get(&gw, &fine).await, 200);
+    let many: Vec<(&str, String)> = (0..40).map(|i| ("x-h", format!("v{i}"))).collect();
+    assert_eq!(h2_get(&gw, &many).await, 431);
+    assert_eq!(h2_get(&gw, &[("x-big", "a".repeat(9 * 1024))]).await, 431);
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the request within the limits is forwarded"
+    );
+
+    let events = gw.audit_events(3).await;
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0]["portcullis.reason"], "public_route");
+    for e in &events[1..] {
+        assert_eq!(e["portcullis.decision"], "deny");
+        assert_eq!(e["portcullis.reason"], "headers_too_large");
+        assert_eq!(e["http.response.status_code"], 431);
+        assert_eq!(e["http.request.method"], "GET");
+        assert_eq!(e["network.protocol.version"], "2");
+    }
+
+    // Far over (beyond the codec's cap of twice the limits) the h2 codec refuses it itself.
+    let mut sender = support::h2c(gw.http).await;
+    let req = http::Request::builder()
+        .uri("http://app.test/")
+        .header("x-huge", "a".repeat(64 * 1024))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    if let Ok(response) = sender.send_request(req).await {
+        assert_eq!(response.status(), 431);
+    }
+    assert_eq!(upstream.requests().len(), 1, "nothing more is forwarded");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protected_route_fails_closed_with_401_and_forwards_nothing() {
     let upstream = Recorder::start().await;

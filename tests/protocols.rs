@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use support::h2c;
+
 /// A public route for `host` in front of `url`; `route_extra` goes in the route table and
 /// `upstream_extra` in its `[routes.upstream]` table.
 fn route(name: &str, host: &str, url: &str, route_extra: &str, upstream_extra: &str) -> String {
@@ -29,16 +31,6 @@ fn route(name: &str, host: &str, url: &str, route_extra: &str, upstream_extra: &
         "[[routes]]\nname = \"{name}\"\nhosts = [\"{host}\"]\naccess = \"public\"\n{route_extra}\n\
          [routes.upstream]\nurl = \"{url}\"\n{upstream_extra}\n"
     )
-}
-
-/// An HTTP/2 connection with prior knowledge (h2c) to `addr`.
-async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
 }
 
 // ---------------------------------------------------------------------------------------------

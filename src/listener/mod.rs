@@ -1,9 +1,9 @@
 //! Accepting connections: the connection limit, TLS, HTTP/1.1 and HTTP/2 (ALPN or prior
 //! knowledge), the header-read and idle timeouts, and draining on shutdown.
 //!
-//! Untrusted input: every byte a client sends. hyper enforces the header limits (and answers
-//! 400/414/431 itself; the refusal is still audited, from here); this module enforces the time
-//! limits.
+//! Untrusted input: every byte a client sends. hyper enforces the HTTP/1 header limits (and
+//! answers 400/414/431 itself; the refusal is still audited, from here), the stack those of
+//! HTTP/2 below the codec's cap; this module enforces the time limits.
 
 mod io;
 pub mod tls;
@@ -93,10 +93,22 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Twice the limits, so that a list over them reaches the stack, which refuses it with an
+        // audit record; the h2 codec answers a list over this cap 431 unseen (and advertises it
+        // as SETTINGS_MAX_HEADER_LIST_SIZE).
+        .max_header_list_size(h2_codec_cap(limits))
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
+}
+
+fn h2_codec_cap(limits: &Limits) -> u32 {
+    let fields = limits
+        .max_headers
+        .saturating_add(4)
+        .saturating_mul(crate::proxy::H2_FIELD_OVERHEAD);
+    let cap = limits.max_header_bytes.saturating_add(fields).saturating_mul(2);
+    u32::try_from(cap).unwrap_or(u32::MAX)
 }
 
 async fn connection(

@@ -9,4 +9,4 @@ pub mod routes;
 mod stack;
 pub mod trace;
 
-pub use stack::Proxy;
+pub use stack::{H2_FIELD_OVERHEAD, Proxy};

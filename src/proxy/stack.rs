@@ -1,6 +1,7 @@
 //! The one place the request path is composed, read top to bottom:
 //!
 //! 1. request id: taken from a trusted hop or generated;
+//!    an HTTP/2 head over the header limits gets 431 (hyper refuses HTTP/1 ones while reading);
 //! 2. canonical view: one method, authority and path, or 400;
 //!    (`/.portcullis/…` is the proxy's own: sign-in, callback, sign-out; never forwarded);
 //! 3. route: host then path prefix, or 404 (nothing is forwarded);
@@ -56,6 +57,8 @@ pub struct Proxy {
     header_attributes: Vec<(&'static str, http::HeaderName)>,
     /// Signs identity assertions (routes with `[routes.assertion]`).
     minter: Option<Arc<crate::tokens::Minter>>,
+    /// `server.limits`, for HTTP/2 heads (hyper enforces them on HTTP/1 while reading).
+    limits: crate::config::Limits,
 }
 
 /// What the audit event needs from the request after the request itself has moved on.
@@ -102,6 +105,7 @@ impl Proxy {
             metrics,
             header_attributes,
             minter,
+            limits: config.server.limits.clone(),
         }
     }
 
@@ -173,6 +177,9 @@ impl Proxy {
         ctx: &mut RequestCtx,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        if req.version() == Version::HTTP_2 && http2_head_over(&self.limits, &req) {
+            return Err(ProxyError::deny(Reason::HeadersTooLarge));
+        }
         let canonical = Canonical::build(
             req.method(),
             req.uri(),
@@ -543,6 +550,43 @@ impl Proxy {
             .into(),
         );
     }
+}
+
+/// RFC 9113's measure of a header list: each field's name and value, plus this.
+pub const H2_FIELD_OVERHEAD: usize = 32;
+
+/// An HTTP/2 head over `max_headers` or `max_header_bytes`. The h2 codec only refuses a list
+/// over its own, larger cap (`listener::http_builder`) and answers that 431 itself, unseen by the
+/// stack; below it the refusal is made here, so it is audited like any other. The size is RFC
+/// 9113's (pseudo-header fields included); cookie crumbs, which HTTP/2 clients send as separate
+/// fields, count as the one `Cookie` header they are.
+fn http2_head_over(limits: &crate::config::Limits, req: &Request<Incoming>) -> bool {
+    let pseudo = [
+        (":method".len(), req.method().as_str().len()),
+        (":scheme".len(), req.uri().scheme_str().map_or(0, str::len)),
+        (
+            ":authority".len(),
+            req.uri().authority().map_or(0, |a| a.as_str().len()),
+        ),
+        (
+            ":path".len(),
+            req.uri().path_and_query().map_or(0, |p| p.as_str().len()),
+        ),
+    ];
+    let mut bytes: usize = pseudo.iter().map(|(n, v)| n + v + H2_FIELD_OVERHEAD).sum();
+    let mut fields = 0;
+    let mut cookie = false;
+    for (name, value) in req.headers() {
+        bytes += name.as_str().len() + value.len() + H2_FIELD_OVERHEAD;
+        if name == header::COOKIE {
+            if cookie {
+                continue;
+            }
+            cookie = true;
+        }
+        fields += 1;
+    }
+    fields > limits.max_headers || bytes > limits.max_header_bytes
 }
 
 /// Standard methods as static strings, so recording one allocates nothing.

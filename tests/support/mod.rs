@@ -331,6 +331,16 @@ pub async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> (S
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// An HTTP/2 connection with prior knowledge (h2c) to `addr`.
+pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 pub async fn send(
     addr: SocketAddr,
     method: http::Method,
