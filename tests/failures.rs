@@ -138,6 +138,63 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     gw.stop().await;
 }
 
+/// An HTTP/2 frame: 9-byte header (length, type, flags, stream 0) and payload.
+fn h2_frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start_with(
+        "[server.limits]\nidle_timeout = \"400ms\"",
+        &public_route(&upstream.url()),
+    )
+    .await;
+    let stream = TcpStream::connect(gw.http).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    writer.write_all(&h2_frame(0x4, 0, &[])).await.unwrap();
+    // Bytes keep moving both ways (PING and its ACK every 100 ms), but no request ever begins.
+    let pinger = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(&h2_frame(0x6, 0, &[7; 8])).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    pinger.abort();
+    assert!(closed.is_ok(), "the pinging connection was still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Closed gracefully: a GOAWAY frame (type 7) came before the end.
+    assert!(
+        received.windows(4).any(|w| w[3] == 0x7 && w[..3] == [0, 0, 8]),
+        "no GOAWAY among {} bytes",
+        received.len()
+    );
+    assert!(upstream.requests().is_empty());
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_or_too_many_headers_are_refused_before_routing() {
     let upstream = Recorder::start().await;

@@ -226,7 +226,8 @@ pub struct Limits {
     /// A client must send its whole request head within this time. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// A connection with no request in flight and no bytes moving is closed after this. Default `60s`.
+    /// A connection with no bytes moving, or with no request served, begun or answered, is
+    /// closed (gracefully) after this. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
 }

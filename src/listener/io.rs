@@ -1,18 +1,22 @@
-//! A connection's byte stream, noting when bytes last moved so idle connections can be closed.
+//! A connection's byte stream, noting when bytes last moved and when a request last began or
+//! ended, so idle connections can be closed.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Milliseconds since the connection opened at which bytes last moved.
+/// Milliseconds since the connection opened at which bytes last moved, and at which a request
+/// last began or was answered, with the requests being served.
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    request_ms: AtomicU64,
+    in_flight: AtomicUsize,
 }
 
 impl Activity {
@@ -20,17 +24,53 @@ impl Activity {
         Arc::new(Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            request_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
-    fn touch(&self) {
-        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(now, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the connection has been idle: no bytes moving, or (bytes moving or not) no
+    /// request being served and none begun or answered. The second is what an HTTP/2 client that
+    /// only sends PINGs, SETTINGS or a header block it never finishes looks like; hyper's header
+    /// read timeout covers that for HTTP/1 only.
     pub fn idle_for(&self) -> Duration {
-        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        let now = self.now_ms();
+        let quiet = now.saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        let unused = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            0
+        } else {
+            now.saturating_sub(self.request_ms.load(Ordering::Relaxed))
+        };
+        Duration::from_millis(quiet.max(unused))
+    }
+
+    pub fn serving_none(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
+    /// Marks a request as being served until the returned guard is dropped (its response head
+    /// is produced, or the request is abandoned).
+    pub fn serving(self: &Arc<Self>) -> Serving {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.request_ms.store(self.now_ms(), Ordering::Relaxed);
+        Serving(self.clone())
+    }
+}
+
+pub struct Serving(Arc<Activity>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.request_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -173,10 +173,16 @@ async fn drive<S>(
 {
     let proxy = shared.proxy.clone();
     let seen_by = conn.clone();
+    let served = activity.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
+        let serving = served.serving();
+        async move {
+            let response = proxy.handle(req, conn).await;
+            drop(serving);
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -185,6 +191,8 @@ async fn drive<S>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = shared.shutdown.clone();
     let mut closing = false;
+    // When the connection was asked to close for being idle.
+    let mut idle_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -201,12 +209,23 @@ async fn drive<S>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !closing => {
-                if activity.idle_for() >= idle_limit {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
+            _ = tick.tick(), if idle_since.is_some() || !closing => match idle_since {
+                // An HTTP/2 peer that never acknowledges the GOAWAY's PING keeps a gracefully
+                // closing connection open; with nothing being served it is dropped one idle
+                // period later.
+                Some(since) => {
+                    if since.elapsed() >= idle_limit && activity.serving_none() {
+                        return;
+                    }
                 }
-            }
+                None => {
+                    if activity.idle_for() >= idle_limit {
+                        closing = true;
+                        idle_since = Some(tokio::time::Instant::now());
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            },
         }
     }
 }
