@@ -17,6 +17,17 @@ use support::{Gateway, Recorder, get, public_route, raw, raw_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// A recording upstream behind a public route, the proxy started with these `[server.limits]`.
+async fn limited(limits: &str) -> (Recorder, Gateway) {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start_with(
+        &format!("[server.limits]\n{limits}"),
+        &public_route(&upstream.url()),
+    )
+    .await;
+    (upstream, gw)
+}
+
 /// An HTTP/1.1 upstream that answers every request after `delay`.
 async fn slow_upstream(delay: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -92,12 +103,7 @@ async fn a_slow_upstream_answers_504_after_the_route_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_cut_off_and_nothing_is_forwarded() {
-    let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(
-        "[server.limits]\nheader_read_timeout = \"300ms\"",
-        &public_route(&upstream.url()),
-    )
-    .await;
+    let (upstream, gw) = limited("header_read_timeout = \"300ms\"").await;
     let mut stream = TcpStream::connect(gw.http).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ")
@@ -114,12 +120,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_and_nothing_is_forw
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(
-        "[server.limits]\nidle_timeout = \"400ms\"\nheader_read_timeout = \"30s\"",
-        &public_route(&upstream.url()),
-    )
-    .await;
+    let (_upstream, gw) = limited("idle_timeout = \"400ms\"\nheader_read_timeout = \"30s\"").await;
     let mut stream = TcpStream::connect(gw.http).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
@@ -148,12 +149,7 @@ fn h2_frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() {
-    let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(
-        "[server.limits]\nidle_timeout = \"400ms\"",
-        &public_route(&upstream.url()),
-    )
-    .await;
+    let (upstream, gw) = limited("idle_timeout = \"400ms\"").await;
     let stream = TcpStream::connect(gw.http).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     writer
@@ -197,12 +193,7 @@ async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_or_too_many_headers_are_refused_before_routing() {
-    let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(
-        "[server.limits]\nmax_headers = 20\nmax_header_bytes = 8192",
-        &public_route(&upstream.url()),
-    )
-    .await;
+    let (upstream, gw) = limited("max_headers = 20\nmax_header_bytes = 8192").await;
     let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
     let (status, _) = raw(
         gw.http,
@@ -256,12 +247,7 @@ async fn h2_get(gw: &Gateway, headers: &[(&str, String)]) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_heads_over_the_limits_get_431_each_audited_with_its_method() {
-    let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(
-        "[server.limits]\nmax_headers = 20\nmax_header_bytes = 8192",
-        &public_route(&upstream.url()),
-    )
-    .await;
+    let (upstream, gw) = limited("max_headers = 20\nmax_header_bytes = 8192").await;
     // Within the limits: 19 fields, and 30 cookie crumbs that are one Cookie header.
     let mut fine: Vec<(&str, String)> = (0..18).map(|i| ("x-h", format!("v{i}"))).collect();
     fine.extend((0..30).map(|i| ("cookie", format!("c{i}=1"))));
@@ -475,12 +461,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
-    let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(
-        "[server.limits]\nmax_connections = 1",
-        &public_route(&upstream.url()),
-    )
-    .await;
+    let (upstream, gw) = limited("max_connections = 1").await;
     let mut first = TcpStream::connect(gw.http).await.unwrap();
     first
         .write_all(b"GET /first HTTP/1.1\r\nHost: app.test\r\n\r\n")
