@@ -42,6 +42,9 @@ pub enum Reason {
     HeadersTooLarge,
     /// Denied: the request target is longer than can be read (414, answered while reading).
     UriTooLong,
+    /// Denied: the client began a request head and did not finish it within
+    /// `header_read_timeout` (HTTP/1; the connection is closed unanswered, recorded as 408).
+    HeaderTimeout,
     /// Denied: the credentials are not a well-formed token, or a claim is missing or mistyped.
     Malformed,
     /// Denied: the token's signature does not verify.
@@ -106,6 +109,7 @@ impl Reason {
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::UriTooLong => "uri_too_long",
+            Reason::HeaderTimeout => "header_timeout",
             Reason::Authenticated => "authenticated",
             Reason::Authorized => "authorized",
             Reason::Forbidden => "forbidden",
@@ -211,6 +215,7 @@ impl Reason {
             Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::UriTooLong => StatusCode::URI_TOO_LONG,
+            Reason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             // Refused credentials, answered above.
             _ => StatusCode::UNAUTHORIZED,
         }

@@ -102,7 +102,7 @@ async fn a_slow_upstream_answers_504_after_the_route_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_finishes_its_headers_is_cut_off_and_nothing_is_forwarded() {
+async fn a_client_that_never_finishes_its_headers_is_cut_off_audited_and_nothing_is_forwarded() {
     let (upstream, gw) = limited("header_read_timeout = \"300ms\"").await;
     let mut stream = TcpStream::connect(gw.http).await.unwrap();
     stream
@@ -115,6 +115,35 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_and_nothing_is_forw
     assert!(read.is_ok(), "the connection was still open after 5 s");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(upstream.requests().is_empty());
+    // The unfinished head is one audited refusal.
+    let events = gw.audit_events(1).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["portcullis.decision"], "deny");
+    assert_eq!(events[0]["portcullis.reason"], "header_timeout");
+    assert_eq!(events[0]["http.response.status_code"], 408);
+
+    // A keep-alive connection that answered its request and then stays quiet until the header
+    // read timeout is closed without another record.
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the quiet connection stayed open"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reasons: Vec<String> = gw
+        .audit_events(2)
+        .await
+        .iter()
+        .map(|e| e["portcullis.reason"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reasons, ["header_timeout", "public_route"]);
     gw.stop().await;
 }
 

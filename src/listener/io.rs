@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Milliseconds since the connection opened at which bytes last moved, and at which a request
-/// last began or was answered, with the requests being served.
+/// Milliseconds since the connection opened (plus one, so 0 is never) at which bytes were last
+/// read and written, and at which a request last began or was answered, with the requests being
+/// served.
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
-    last_ms: AtomicU64,
+    read_ms: AtomicU64,
+    write_ms: AtomicU64,
     request_ms: AtomicU64,
     in_flight: AtomicUsize,
 }
@@ -23,18 +25,32 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Activity {
             opened: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            read_ms: AtomicU64::new(0),
+            write_ms: AtomicU64::new(0),
             request_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         })
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.opened.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
     }
 
-    fn touch(&self) {
-        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    fn read(&self) {
+        self.read_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn written(&self) {
+        self.write_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The client sent something after the last byte the proxy wrote: on an HTTP/1 connection
+    /// whose header read timed out, the start of a request head it never finished (rather than
+    /// an idle keep-alive connection).
+    pub fn heard_since_answered(&self) -> bool {
+        self.read_ms.load(Ordering::Relaxed) > self.write_ms.load(Ordering::Relaxed)
     }
 
     /// How long the connection has been idle: no bytes moving, or (bytes moving or not) no
@@ -43,7 +59,11 @@ impl Activity {
     /// read timeout covers that for HTTP/1 only.
     pub fn idle_for(&self) -> Duration {
         let now = self.now_ms();
-        let quiet = now.saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        let last = self
+            .read_ms
+            .load(Ordering::Relaxed)
+            .max(self.write_ms.load(Ordering::Relaxed));
+        let quiet = now.saturating_sub(last);
         let unused = if self.in_flight.load(Ordering::Relaxed) > 0 {
             0
         } else {
@@ -98,7 +118,7 @@ impl<S: AsyncRead> AsyncRead for Tracked<S> {
         let before = buf.filled().len();
         let poll = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.touch();
+            this.activity.read();
         }
         poll
     }
@@ -109,7 +129,7 @@ impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
         let this = self.project();
         let poll = this.inner.poll_write(cx, buf);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
+            this.activity.written();
         }
         poll
     }
@@ -122,7 +142,7 @@ impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
         let this = self.project();
         let poll = this.inner.poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
+            this.activity.written();
         }
         poll
     }

@@ -199,7 +199,7 @@ async fn drive<S>(
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                     if let Some(e) = e.downcast_ref::<hyper::Error>() {
-                        shared.proxy.refused_unread(seen_by, e);
+                        shared.proxy.refused_unread(seen_by, e, activity.heard_since_answered());
                     }
                 }
                 return;

@@ -465,11 +465,18 @@ impl Proxy {
         Ok(served.response)
     }
 
-    /// A request head hyper refused while reading it (it answered 400, 414 or 431 itself):
-    /// still an action, recorded through the same exit, with what is known of it.
-    pub fn refused_unread(&self, conn: Arc<ConnInfo>, error: &hyper::Error) {
+    /// A request head hyper refused while reading it (it answered 400, 414 or 431 itself), or
+    /// one the client began and did not finish within `header_read_timeout` (`partial`; hyper
+    /// closes the connection without an answer): still an action, recorded through the same
+    /// exit, with what is known of it. A keep-alive connection that merely stayed quiet is not.
+    pub fn refused_unread(&self, conn: Arc<ConnInfo>, error: &hyper::Error, partial: bool) {
         // hyper's kinds are private; its text tells a too-long URI (414) from too-large headers.
-        let reason = if error.is_parse_too_large() && error.to_string().contains("URI too long") {
+        let reason = if error.is_timeout() {
+            if !partial {
+                return;
+            }
+            Reason::HeaderTimeout
+        } else if error.is_parse_too_large() && error.to_string().contains("URI too long") {
             Reason::UriTooLong
         } else if error.is_parse_too_large() {
             Reason::HeadersTooLarge
