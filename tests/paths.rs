@@ -236,3 +236,35 @@ async fn conflicting_authorities_and_connect_are_refused_with_400() {
     assert_eq!(upstream.last().target, "/ok");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_authority_and_host_header_that_disagree_are_refused_with_400() {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start(&support::public_route(&upstream.url())).await;
+    let mut sender = support::h2c(gw.http).await;
+    let mut send = |authority: &str, host: Option<&str>| {
+        let mut req = http::Request::builder().uri(format!("http://{authority}/ok"));
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        sender.send_request(req.body(Full::new(Bytes::new())).unwrap())
+    };
+    for (authority, host) in [
+        ("app.test", "other.test"),
+        ("other.test", "app.test"),
+        ("app.test", "app.test:444"),
+        ("user@app.test", "app.test"),
+    ] {
+        let response = send(authority, Some(host)).await.unwrap();
+        assert_eq!(response.status(), 400, ":authority {authority}, host {host}");
+    }
+    assert!(upstream.requests().is_empty());
+    // The same authority twice (the port the scheme implies included) is one authority.
+    for host in [None, Some("app.test"), Some("APP.test:80")] {
+        let response = send("app.test", host).await.unwrap();
+        assert_eq!(response.status(), 200, "host {host:?}");
+    }
+    assert_eq!(upstream.requests().len(), 3);
+    assert_eq!(upstream.last().target, "/ok");
+    gw.stop().await;
+}
