@@ -208,3 +208,24 @@ async fn the_upstream_gets_its_own_host_unless_the_route_preserves_the_clients()
     assert_eq!(upstream.last().header("host").unwrap(), "app.test");
     preserving.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_cookie_header_without_the_proxys_own() {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let mut sender = support::h2c(gw.http).await;
+    let request = http::Request::builder()
+        .uri("http://app.test/")
+        .header("cookie", "theme=dark")
+        .header("cookie", "__Host-portcullis_session=not-for-the-upstream")
+        .header("cookie", "csrftoken=abc; lang=en")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["theme=dark; csrftoken=abc; lang=en"]);
+    gw.stop().await;
+}

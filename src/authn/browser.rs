@@ -636,29 +636,35 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Removes this proxy's own cookies from the request: an upstream never sees a session id.
-pub fn strip_own_cookies(headers: &mut HeaderMap) {
+/// The cookies as the upstream gets them: the proxy's own removed, and several `Cookie` fields
+/// (the crumbs HTTP/2 clients send, or repeated headers) joined into the one header an HTTP/1
+/// upstream reads (RFC 9113 §8.2.3: "; " between them). A value that is not text is dropped.
+pub fn outbound_cookies(headers: &mut HeaderMap) {
     let own = |pair: &str| {
         let name = pair.trim().split('=').next().unwrap_or("");
         name == SESSION_COOKIE || name == LOGIN_COOKIE
     };
-    // Most requests carry none of ours: look before copying anything.
-    if !headers
+    // Most requests carry one Cookie header and none of ours: look before copying anything.
+    let mut values = headers.get_all(header::COOKIE).iter();
+    match (values.next(), values.next()) {
+        (None, _) => return,
+        (Some(only), None) if only.to_str().is_ok_and(|v| !v.split(';').any(own)) => return,
+        _ => {}
+    }
+    let kept: Vec<String> = headers
         .get_all(header::COOKIE)
         .iter()
-        .any(|v| v.to_str().map_or(true, |v| v.split(';').any(own)))
-    {
-        return;
-    }
-    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|text| text.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !own(pair))
+        .map(str::to_owned)
+        .collect();
     headers.remove(header::COOKIE);
-    for value in values {
-        let Ok(text) = value.to_str() else { continue };
-        let kept: Vec<&str> = text.split(';').map(str::trim).filter(|p| !own(p)).collect();
-        if !kept.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-        {
-            headers.append(header::COOKIE, v);
-        }
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -784,18 +790,30 @@ mod tests {
     }
 
     #[test]
-    fn own_cookies_are_stripped_and_the_others_kept() {
+    fn own_cookies_are_stripped_and_the_others_kept_in_one_header() {
         let mut h = headers(&[
             ("cookie", "a=1; __Host-portcullis_session=secret; b=2"),
             ("cookie", "__Host-portcullis_login=x"),
         ]);
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("secret"));
-        strip_own_cookies(&mut h);
+        outbound_cookies(&mut h);
         let left: Vec<_> = h.get_all("cookie").iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(left, ["a=1; b=2"]);
 
         let mut untouched = headers(&[("cookie", "a=1")]);
-        strip_own_cookies(&mut untouched);
+        outbound_cookies(&mut untouched);
         assert_eq!(untouched.get("cookie").unwrap(), "a=1");
+
+        let mut only_ours = headers(&[("cookie", "__Host-portcullis_session=secret")]);
+        outbound_cookies(&mut only_ours);
+        assert!(only_ours.get("cookie").is_none());
+    }
+
+    #[test]
+    fn cookie_crumbs_become_one_header_in_their_order() {
+        let mut h = headers(&[("cookie", "a=1"), ("cookie", "b=2; c=3"), ("cookie", "d=4")]);
+        outbound_cookies(&mut h);
+        let left: Vec<_> = h.get_all("cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(left, ["a=1; b=2; c=3; d=4"]);
     }
 }

@@ -446,7 +446,7 @@ pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
     for name in doomed {
         headers.remove(name);
     }
-    crate::authn::browser::strip_own_cookies(&mut headers);
+    crate::authn::browser::outbound_cookies(&mut headers);
 
     let canonical = ctx.canonical.as_ref();
     let conn = &ctx.conn;
