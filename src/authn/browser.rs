@@ -635,10 +635,10 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
-/// Removes this proxy's own cookies from the request: an upstream never sees a session id.
-/// The cookies as the upstream gets them: the proxy's own removed, and several `Cookie` fields
-/// (the crumbs HTTP/2 clients send, or repeated headers) joined into the one header an HTTP/1
-/// upstream reads (RFC 9113 §8.2.3: "; " between them). A value that is not text is dropped.
+/// The cookies as the upstream gets them: the proxy's own removed (an upstream never sees a
+/// session id), and several `Cookie` fields (the crumbs HTTP/2 clients send, or repeated
+/// headers) joined into the one header an HTTP/1 upstream reads (RFC 9113 §8.2.3: "; " between
+/// them). A value that is not text is dropped.
 pub fn outbound_cookies(headers: &mut HeaderMap) {
     let own = |pair: &str| {
         let name = pair.trim().split('=').next().unwrap_or("");
