@@ -89,8 +89,18 @@ async fn an_h2c_prior_knowledge_client_reaches_an_http1_upstream_at_the_canonica
     gw.stop().await;
 }
 
-/// An upstream that only speaks HTTP/2 (prior knowledge) and records the version and target.
-async fn h2_only_upstream() -> (SocketAddr, Arc<Mutex<Vec<(Version, String)>>>) {
+/// What an HTTP/2-only upstream saw of one request.
+#[derive(Debug, Clone, PartialEq)]
+struct H2Seen {
+    version: Version,
+    target: String,
+    /// `:authority`.
+    authority: Option<String>,
+    host: Option<String>,
+}
+
+/// An upstream that only speaks HTTP/2 (prior knowledge) and records what it was sent.
+async fn h2_only_upstream() -> (SocketAddr, Arc<Mutex<Vec<H2Seen>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -105,12 +115,16 @@ async fn h2_only_upstream() -> (SocketAddr, Arc<Mutex<Vec<(Version, String)>>>) 
                 let service = service_fn(move |req: Request<Incoming>| {
                     let log = log.clone();
                     async move {
-                        let target = req
-                            .uri()
-                            .path_and_query()
-                            .map(|p| p.to_string())
-                            .unwrap_or_default();
-                        log.lock().unwrap().push((req.version(), target));
+                        log.lock().unwrap().push(H2Seen {
+                            version: req.version(),
+                            target: req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default(),
+                            authority: req.uri().authority().map(|a| a.to_string()),
+                            host: req.headers().get("host").map(|h| h.to_str().unwrap().to_string()),
+                        });
                         let body = format!("{:?}", req.version());
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
                     }
@@ -150,13 +164,43 @@ async fn an_http2_upstream_is_spoken_to_in_http2_from_http1_and_http2_clients() 
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"HTTP/2.0");
 
+    let upstream = Some(addr.to_string());
+    let seen: Vec<_> = seen.lock().unwrap().clone();
+    let expected: Vec<_> = ["/from/h1", "/from/h2"]
+        .into_iter()
+        .map(|target| H2Seen {
+            version: Version::HTTP_2,
+            target: target.to_string(),
+            authority: upstream.clone(),
+            host: upstream.clone(),
+        })
+        .collect();
+    assert_eq!(seen, expected);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_preserve_host_an_http2_upstream_gets_the_clients_host_as_authority_and_host_alike() {
+    let (addr, seen) = h2_only_upstream().await;
+    let gw = support::Gateway::start(&route(
+        "h2",
+        "app.test",
+        &format!("http://{addr}"),
+        "preserve_host = true",
+        "protocol = \"http2\"",
+    ))
+    .await;
+    let (status, _) = support::get(gw.http, "/kept", &[]).await;
+    assert_eq!(status, StatusCode::OK);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(
         seen,
-        vec![
-            (Version::HTTP_2, "/from/h1".to_string()),
-            (Version::HTTP_2, "/from/h2".to_string())
-        ]
+        [H2Seen {
+            version: Version::HTTP_2,
+            target: "/kept".into(),
+            authority: Some("app.test".into()),
+            host: Some("app.test".into()),
+        }]
     );
     gw.stop().await;
 }

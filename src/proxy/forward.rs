@@ -28,10 +28,34 @@ use crate::proxy::routes::Route;
 /// A route's upstream: where it is and the pooled client that reaches it.
 #[derive(Debug)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    client: Client<FixedTarget<HttpsConnector<HttpConnector>>, UpstreamBody>,
     scheme: Scheme,
     authority: Authority,
     version: Version,
+}
+
+/// Connects to the route's upstream whatever authority a request's URI names, so that the URI
+/// can carry the authority the upstream should see: with `preserve_host`, the client's, which
+/// HTTP/2 sends as `:authority` (it must agree with `Host`, RFC 9113 §8.3.1). TLS names the
+/// upstream (or `server_name`) all the same.
+#[derive(Debug, Clone)]
+pub struct FixedTarget<C> {
+    inner: C,
+    target: Uri,
+}
+
+impl<C: tower::Service<Uri>> tower::Service<Uri> for FixedTarget<C> {
+    type Response = C::Response;
+    type Error = C::Error;
+    type Future = C::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        self.inner.call(self.target.clone())
+    }
 }
 
 /// Why an upstream client could not be built (files named by the config).
@@ -124,6 +148,10 @@ impl Upstream {
         } else {
             Version::HTTP_11
         };
+        let connector = FixedTarget {
+            inner: connector,
+            target: uri.clone(),
+        };
         Ok(Upstream {
             client: client.build(connector),
             scheme,
@@ -213,17 +241,18 @@ pub async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
-    let host = if route.config.preserve_host {
-        HeaderValue::from_str(&canonical.authority()).ok()
+    let authority = if route.config.preserve_host {
+        Authority::try_from(canonical.authority())
+            .map_err(|_| ProxyError::UpstreamUnavailable("could not build the upstream URI".into()))?
     } else {
-        HeaderValue::from_str(upstream.authority.as_str()).ok()
+        upstream.authority.clone()
     };
-    if let Some(host) = host {
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
         headers.insert(header::HOST, host);
     }
     let uri = Uri::builder()
         .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
+        .authority(authority)
         .path_and_query(canonical.wire_path_and_query())
         .build()
         .map_err(|_| ProxyError::UpstreamUnavailable("could not build the upstream URI".into()))?;
