@@ -178,7 +178,8 @@ fn h2_frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() {
-    let (upstream, gw) = limited("idle_timeout = \"400ms\"").await;
+    // The header read timeout also bounds how long a peer may ignore the GOAWAY.
+    let (upstream, gw) = limited("idle_timeout = \"400ms\"\nheader_read_timeout = \"300ms\"").await;
     let stream = TcpStream::connect(gw.http).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     writer
@@ -217,6 +218,38 @@ async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() 
         received.len()
     );
     assert!(upstream.requests().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_with_no_request_within_the_header_read_timeout_gets_a_goaway() {
+    let (upstream, gw) = limited("header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"").await;
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&h2_frame(0x4, 0, &[])).await.unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let goaway = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        while !received.windows(4).any(|w| w[3] == 0x7 && w[..3] == [0, 0, 8]) {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        goaway.is_ok(),
+        "no GOAWAY within 5 s of a connection with no request"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Nothing was asked, so nothing was served or recorded.
+    assert!(upstream.requests().is_empty());
+    assert!(gw.audit_events(0).await.is_empty());
     gw.stop().await;
 }
 

@@ -72,6 +72,11 @@ impl Activity {
         Duration::from_millis(quiet.max(unused))
     }
 
+    /// No request has begun on this connection yet.
+    pub fn never_served(&self) -> bool {
+        self.request_ms.load(Ordering::Relaxed) == 0 && self.serving_none()
+    }
+
     pub fn serving_none(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
     }

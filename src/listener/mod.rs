@@ -187,14 +187,21 @@ async fn drive<S>(
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let idle_limit = shared.limits.idle_timeout;
-    let mut tick = tokio::time::interval(idle_limit / 4);
+    let head_limit = shared.limits.header_read_timeout;
+    let period = |limit: Duration| (limit / 4).max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval(period(idle_limit));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A first request must begin within the header read timeout on HTTP/2 too. hyper times
+    // HTTP/1 heads itself, a second earlier, so that its refusal is the one recorded.
+    let first_request = tokio::time::sleep(head_limit + Duration::from_secs(1));
+    tokio::pin!(first_request);
+    let mut awaiting_first = true;
     let mut shutdown = shared.shutdown.clone();
     let mut closing = false;
-    // When the connection was asked to close for being idle.
+    // When the connection was asked to close for being idle, or unused since it opened.
     let mut idle_since: Option<tokio::time::Instant> = None;
     loop {
-        tokio::select! {
+        let unused = tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -208,24 +215,31 @@ async fn drive<S>(
             () = crate::listener::stopped(&mut shutdown), if !closing => {
                 closing = true;
                 connection.as_mut().graceful_shutdown();
+                false
+            }
+            () = &mut first_request, if awaiting_first && !closing => {
+                awaiting_first = false;
+                activity.never_served()
             }
             _ = tick.tick(), if idle_since.is_some() || !closing => match idle_since {
                 // An HTTP/2 peer that never acknowledges the GOAWAY's PING keeps a gracefully
-                // closing connection open; with nothing being served it is dropped one idle
-                // period later.
+                // closing connection open; with nothing being served it is dropped once it had
+                // the header read timeout to do so.
                 Some(since) => {
-                    if since.elapsed() >= idle_limit && activity.serving_none() {
+                    if since.elapsed() >= head_limit && activity.serving_none() {
                         return;
                     }
+                    false
                 }
-                None => {
-                    if activity.idle_for() >= idle_limit {
-                        closing = true;
-                        idle_since = Some(tokio::time::Instant::now());
-                        connection.as_mut().graceful_shutdown();
-                    }
-                }
+                None => activity.idle_for() >= idle_limit,
             },
+        };
+        if unused {
+            closing = true;
+            let now = tokio::time::Instant::now();
+            idle_since = Some(now);
+            tick = tokio::time::interval_at(now + head_limit, period(head_limit));
+            connection.as_mut().graceful_shutdown();
         }
     }
 }
