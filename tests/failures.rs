@@ -176,17 +176,28 @@ fn h2_frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// A connection to `addr` that has spoken HTTP/2's preface and an empty SETTINGS frame, and
+/// nothing more.
+async fn h2_opened(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&h2_frame(0x4, 0, &[])).await.unwrap();
+    stream
+}
+
+/// Whether `received` holds a GOAWAY frame (type 7, 8-byte payload, no debug data).
+fn has_goaway(received: &[u8]) -> bool {
+    received.windows(4).any(|w| w[3] == 0x7 && w[..3] == [0, 0, 8])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() {
     // The header read timeout also bounds how long a peer may ignore the GOAWAY.
     let (upstream, gw) = limited("idle_timeout = \"400ms\"\nheader_read_timeout = \"300ms\"").await;
-    let stream = TcpStream::connect(gw.http).await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
-    writer
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    writer.write_all(&h2_frame(0x4, 0, &[])).await.unwrap();
+    let (mut reader, mut writer) = h2_opened(gw.http).await.into_split();
     // Bytes keep moving both ways (PING and its ACK every 100 ms), but no request ever begins.
     let pinger = tokio::spawn(async move {
         loop {
@@ -212,11 +223,7 @@ async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() 
     assert!(closed.is_ok(), "the pinging connection was still open after 5 s");
     assert!(started.elapsed() >= Duration::from_millis(300));
     // Closed gracefully: a GOAWAY frame (type 7) came before the end.
-    assert!(
-        received.windows(4).any(|w| w[3] == 0x7 && w[..3] == [0, 0, 8]),
-        "no GOAWAY among {} bytes",
-        received.len()
-    );
+    assert!(has_goaway(&received), "no GOAWAY among {} bytes", received.len());
     assert!(upstream.requests().is_empty());
     gw.stop().await;
 }
@@ -224,17 +231,12 @@ async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_with_no_request_within_the_header_read_timeout_gets_a_goaway() {
     let (upstream, gw) = limited("header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"").await;
-    let mut stream = TcpStream::connect(gw.http).await.unwrap();
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    stream.write_all(&h2_frame(0x4, 0, &[])).await.unwrap();
+    let mut stream = h2_opened(gw.http).await;
     let started = Instant::now();
     let mut received = Vec::new();
     let goaway = tokio::time::timeout(Duration::from_secs(5), async {
         let mut buf = [0u8; 1024];
-        while !received.windows(4).any(|w| w[3] == 0x7 && w[..3] == [0, 0, 8]) {
+        while !has_goaway(&received) {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => received.extend_from_slice(&buf[..n]),
