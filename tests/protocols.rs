@@ -89,66 +89,30 @@ async fn an_h2c_prior_knowledge_client_reaches_an_http1_upstream_at_the_canonica
     gw.stop().await;
 }
 
-/// What an HTTP/2-only upstream saw of one request.
-#[derive(Debug, Clone, PartialEq)]
-struct H2Seen {
-    version: Version,
-    target: String,
-    /// `:authority`.
-    authority: Option<String>,
-    host: Option<String>,
+/// An upstream that answers with the HTTP version it was spoken to in.
+async fn version_echo() -> support::Recorder {
+    support::Recorder::with(Arc::new(|seen| {
+        Response::new(Full::new(Bytes::from(format!("{:?}", seen.version))))
+    }))
+    .await
 }
 
-/// An upstream that only speaks HTTP/2 (prior knowledge) and records what it was sent.
-async fn h2_only_upstream() -> (SocketAddr, Arc<Mutex<Vec<H2Seen>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let log = log.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        log.lock().unwrap().push(H2Seen {
-                            version: req.version(),
-                            target: req
-                                .uri()
-                                .path_and_query()
-                                .map(|p| p.to_string())
-                                .unwrap_or_default(),
-                            authority: req.uri().authority().map(|a| a.to_string()),
-                            host: req.headers().get("host").map(|h| h.to_str().unwrap().to_string()),
-                        });
-                        let body = format!("{:?}", req.version());
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
+/// The proxy with one route to `upstream` over HTTP/2 prior knowledge.
+async fn http2_upstream_gateway(upstream: &support::Recorder, route_extra: &str) -> support::Gateway {
+    support::Gateway::start(&route(
+        "h2",
+        "app.test",
+        &upstream.url(),
+        route_extra,
+        "protocol = \"http2\"",
+    ))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upstream_is_spoken_to_in_http2_from_http1_and_http2_clients() {
-    let (addr, seen) = h2_only_upstream().await;
-    let gw = support::Gateway::start(&route(
-        "h2",
-        "app.test",
-        &format!("http://{addr}"),
-        "",
-        "protocol = \"http2\"",
-    ))
-    .await;
+    let upstream = version_echo().await;
+    let gw = http2_upstream_gateway(&upstream, "").await;
 
     let (status, body) = support::get(gw.http, "/from/h1", &[]).await;
     assert_eq!(status, StatusCode::OK);
@@ -164,44 +128,30 @@ async fn an_http2_upstream_is_spoken_to_in_http2_from_http1_and_http2_clients() 
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"HTTP/2.0");
 
-    let upstream = Some(addr.to_string());
-    let seen: Vec<_> = seen.lock().unwrap().clone();
-    let expected: Vec<_> = ["/from/h1", "/from/h2"]
-        .into_iter()
-        .map(|target| H2Seen {
-            version: Version::HTTP_2,
-            target: target.to_string(),
-            authority: upstream.clone(),
-            host: upstream.clone(),
-        })
-        .collect();
-    assert_eq!(seen, expected);
+    let own = upstream.addr.to_string();
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2);
+    for (seen, target) in seen.iter().zip(["/from/h1", "/from/h2"]) {
+        assert_eq!(seen.version, Version::HTTP_2);
+        assert_eq!(seen.target, target);
+        assert_eq!(seen.authority.as_deref(), Some(own.as_str()));
+        assert_eq!(seen.header("host").as_deref(), Some(own.as_str()));
+    }
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_preserve_host_an_http2_upstream_gets_the_clients_host_as_authority_and_host_alike() {
-    let (addr, seen) = h2_only_upstream().await;
-    let gw = support::Gateway::start(&route(
-        "h2",
-        "app.test",
-        &format!("http://{addr}"),
-        "preserve_host = true",
-        "protocol = \"http2\"",
-    ))
-    .await;
-    let (status, _) = support::get(gw.http, "/kept", &[]).await;
+    let upstream = version_echo().await;
+    let gw = http2_upstream_gateway(&upstream, "preserve_host = true").await;
+    let (status, body) = support::get(gw.http, "/kept", &[]).await;
     assert_eq!(status, StatusCode::OK);
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(
-        seen,
-        [H2Seen {
-            version: Version::HTTP_2,
-            target: "/kept".into(),
-            authority: Some("app.test".into()),
-            host: Some("app.test".into()),
-        }]
-    );
+    assert_eq!(body, "HTTP/2.0");
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/kept");
+    assert_eq!(seen[0].authority.as_deref(), Some("app.test"));
+    assert_eq!(seen[0].header("host").as_deref(), Some("app.test"));
     gw.stop().await;
 }
 
@@ -499,12 +449,7 @@ async fn ws_echo_server() -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String
                 let callback =
                     move |req: &tungstenite::handshake::server::Request,
                           resp: tungstenite::handshake::server::Response| {
-                        let target = req
-                            .uri()
-                            .path_and_query()
-                            .map(|p| p.to_string())
-                            .unwrap_or_default();
-                        log.lock().unwrap().push(target);
+                        log.lock().unwrap().push(support::target(req.uri()));
                         Ok(resp)
                     };
                 let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {

@@ -406,11 +406,7 @@ async fn tls_upstream(leaf: &Leaf, client_ca: &Ca) -> TlsUpstream {
                         sni: sni.clone(),
                         alpn: alpn.clone(),
                         version: req.version(),
-                        target: req
-                            .uri()
-                            .path_and_query()
-                            .map(|p| p.to_string())
-                            .unwrap_or_default(),
+                        target: support::target(req.uri()),
                     };
                     async move {
                         log.lock().unwrap().push(seen);

@@ -33,6 +33,8 @@ pub struct Seen {
     pub method: String,
     /// Path and query exactly as received on the wire.
     pub target: String,
+    /// The request URI's authority: HTTP/2's `:authority` (HTTP/1 origin-form has none).
+    pub authority: Option<String>,
     pub version: http::Version,
     pub headers: HeaderMap,
     pub body_len: usize,
@@ -48,6 +50,11 @@ impl Seen {
             .keys()
             .any(|k| k.as_str().replace(['_', '.'], "-").eq_ignore_ascii_case(name))
     }
+}
+
+/// Path and query of a request as an upstream received it.
+pub fn target(uri: &http::Uri) -> String {
+    uri.path_and_query().map(|p| p.to_string()).unwrap_or_default()
 }
 
 pub type Handler = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
@@ -87,11 +94,8 @@ impl Recorder {
                             let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
                             let seen = Seen {
                                 method: parts.method.to_string(),
-                                target: parts
-                                    .uri
-                                    .path_and_query()
-                                    .map(|p| p.to_string())
-                                    .unwrap_or_default(),
+                                target: target(&parts.uri),
+                                authority: parts.uri.authority().map(|a| a.to_string()),
                                 version: parts.version,
                                 headers: parts.headers,
                                 body_len,
