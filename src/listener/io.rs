@@ -72,9 +72,9 @@ impl Activity {
         Duration::from_millis(quiet.max(unused))
     }
 
-    /// No request has begun on this connection yet.
+    /// No request has begun on this connection yet (each one sets `request_ms`).
     pub fn never_served(&self) -> bool {
-        self.request_ms.load(Ordering::Relaxed) == 0 && self.serving_none()
+        self.request_ms.load(Ordering::Relaxed) == 0
     }
 
     pub fn serving_none(&self) -> bool {

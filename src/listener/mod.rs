@@ -162,6 +162,16 @@ async fn connection(
     }
 }
 
+/// How far a connection is in closing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Winding {
+    Open,
+    /// Shutting down: what is in flight finishes, whatever it takes.
+    Draining,
+    /// Closing for being idle or never used: a peer that does not complete it is dropped.
+    Unused,
+}
+
 async fn drive<S>(
     io: S,
     conn: Arc<ConnInfo>,
@@ -197,9 +207,7 @@ async fn drive<S>(
     tokio::pin!(first_request);
     let mut awaiting_first = true;
     let mut shutdown = shared.shutdown.clone();
-    let mut closing = false;
-    // When the connection was asked to close for being idle, or unused since it opened.
-    let mut idle_since: Option<tokio::time::Instant> = None;
+    let mut state = Winding::Open;
     loop {
         let unused = tokio::select! {
             result = connection.as_mut() => {
@@ -212,33 +220,32 @@ async fn drive<S>(
                 return;
             }
             // Finish what is in flight, take nothing new (h1: no keep-alive; h2: GOAWAY).
-            () = crate::listener::stopped(&mut shutdown), if !closing => {
-                closing = true;
+            () = crate::listener::stopped(&mut shutdown), if state == Winding::Open => {
+                state = Winding::Draining;
                 connection.as_mut().graceful_shutdown();
                 false
             }
-            () = &mut first_request, if awaiting_first && !closing => {
+            () = &mut first_request, if awaiting_first && state == Winding::Open => {
                 awaiting_first = false;
                 activity.never_served()
             }
-            _ = tick.tick(), if idle_since.is_some() || !closing => match idle_since {
+            _ = tick.tick(), if state != Winding::Draining => match state {
                 // An HTTP/2 peer that never acknowledges the GOAWAY's PING keeps a gracefully
-                // closing connection open; with nothing being served it is dropped once it had
-                // the header read timeout to do so.
-                Some(since) => {
-                    if since.elapsed() >= head_limit && activity.serving_none() {
+                // closing connection open; with nothing being served it is dropped at the first
+                // tick, the header read timeout after the GOAWAY.
+                Winding::Unused => {
+                    if activity.serving_none() {
                         return;
                     }
                     false
                 }
-                None => activity.idle_for() >= idle_limit,
+                _ => activity.idle_for() >= idle_limit,
             },
         };
         if unused {
-            closing = true;
-            let now = tokio::time::Instant::now();
-            idle_since = Some(now);
-            tick = tokio::time::interval_at(now + head_limit, period(head_limit));
+            state = Winding::Unused;
+            let first = tokio::time::Instant::now() + head_limit;
+            tick = tokio::time::interval_at(first, period(head_limit));
             connection.as_mut().graceful_shutdown();
         }
     }
