@@ -295,7 +295,7 @@ async fn oversized_or_too_many_headers_are_refused_before_routing() {
     gw.stop().await;
 }
 
-/// An HTTP/2 GET for `/` on app.test with `headers`, its status (a refused stream counts as 431).
+/// An HTTP/2 GET for `/` on app.test with `headers`, and its status (no answer fails the test).
 async fn h2_get(gw: &Gateway, headers: &[(&str, String)]) -> u16 {
     let mut sender = support::h2c(gw.http).await;
     let mut req = http::Request::builder().uri("http://app.test/");
