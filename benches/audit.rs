@@ -30,6 +30,7 @@ fn event() -> Event {
         request_id: "3f2c1a9e-7b4d-4c1e-9a55-0c7d2b8e6f10".into(),
         decision: "allow",
         reason: "authorized",
+        reason_claim: None,
         principal_kind: "ci_job",
         auth_method: "bearer",
         principal: Some(Arc::new(Principal {

@@ -125,7 +125,7 @@ fn outbound(c: &mut Criterion) {
     c.bench_function("outbound headers: strip then inject, 10 inbound headers", |b| {
         b.iter_batched(
             || headers.clone(),
-            |h| portcullis::proxy::forward::outbound_headers(h, &ctx),
+            |h| portcullis::proxy::forward::outbound_headers(h, &ctx, &[]),
             criterion::BatchSize::SmallInput,
         )
     });

@@ -61,8 +61,20 @@ pub enum Reason {
     UnknownKey,
     /// Denied: the token's algorithm is not one the provider is configured for.
     AlgNotAllowed,
-    /// Denied: an ID token where an access token is required, or the reverse.
+    /// Denied: an ID token where an access token is required, or the reverse, or a token whose
+    /// JOSE `typ` says it is meant for something else (`logout+jwt`, `secevent+jwt`, …).
     WrongTokenType,
+    /// Denied: the token's header or payload names a JSON member twice (parsers disagree on
+    /// which one counts).
+    DuplicateClaim,
+    /// Denied: the token's header lists `crit` extensions, which Portcullis does not implement
+    /// (RFC 7515 §4.1.11: refuse).
+    UnknownCriticalHeader,
+    /// Denied: the token's `iat` is later than now plus the leeway.
+    IssuedInFuture,
+    /// Denied (403): the token is valid but a claim the provider's `bound_claims` pins has
+    /// another value (an unprotected branch's CI job, another project).
+    ClaimsNotBound,
     /// Denied: the issuer's keys could not be fetched (and none are cached).
     IdpUnavailable,
     /// Denied: a browser sign-in did not complete (unknown or replayed state, a refused code,
@@ -123,6 +135,10 @@ impl Reason {
             Reason::UnknownKey => "unknown_key",
             Reason::AlgNotAllowed => "alg_not_allowed",
             Reason::WrongTokenType => "wrong_token_type",
+            Reason::DuplicateClaim => "duplicate_claim",
+            Reason::UnknownCriticalHeader => "unknown_critical_header",
+            Reason::IssuedInFuture => "issued_in_future",
+            Reason::ClaimsNotBound => "claims_not_bound",
             Reason::IdpUnavailable => "idp_unavailable",
             Reason::LoginFailed => "login_failed",
             Reason::StateMismatch => "state_mismatch",
@@ -153,6 +169,9 @@ impl Reason {
             Reason::WrongIssuer => "tokens from this issuer are not accepted here",
             Reason::WrongAudience => "the token was issued for another audience",
             Reason::WrongTokenType => "this kind of token is not accepted here",
+            Reason::DuplicateClaim | Reason::UnknownCriticalHeader => "the credentials are malformed",
+            Reason::IssuedInFuture => "the token is not valid yet",
+            Reason::ClaimsNotBound => "tokens with these claims are not accepted here",
             Reason::IdpUnavailable => "the identity provider cannot be reached; try again shortly",
             Reason::LoginFailed => "the sign-in did not complete; start it again",
             Reason::StateMismatch => {
@@ -185,6 +204,9 @@ impl Reason {
                 | Reason::UnknownKey
                 | Reason::AlgNotAllowed
                 | Reason::WrongTokenType
+                | Reason::DuplicateClaim
+                | Reason::UnknownCriticalHeader
+                | Reason::IssuedInFuture
         )
     }
 
@@ -203,7 +225,9 @@ impl Reason {
             | Reason::SignedOut
             | Reason::IssuerMetadata => StatusCode::OK,
             Reason::NoCredentials | Reason::LoginFailed | Reason::SessionExpired => StatusCode::UNAUTHORIZED,
-            Reason::StateMismatch | Reason::CorsRefused | Reason::Forbidden => StatusCode::FORBIDDEN,
+            Reason::StateMismatch | Reason::CorsRefused | Reason::Forbidden | Reason::ClaimsNotBound => {
+                StatusCode::FORBIDDEN
+            }
             Reason::PolicyError | Reason::AssertionFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Reason::IdpUnavailable
             | Reason::SessionStoreUnavailable

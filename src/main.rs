@@ -101,10 +101,12 @@ enum PolicyCommand {
     /// Print the decision for one request, the rule that made it (file:line) or why none did;
     /// exit 0 on allow, 1 on deny.
     Explain {
-        /// The caller: user:<sub or email>, svc:<client>, ci:<job subject>.
+        /// The caller, with the identity provider that vouched for it: user:<provider>/<sub or
+        /// verified email>, svc:<provider>/<client>, ci:<provider>/<job subject>.
         #[arg(long = "as")]
         subject: String,
-        /// The caller's group claims, comma-separated, without `group:`.
+        /// The caller's groups as its provider sends them, comma-separated, without
+        /// `group:<provider>/` (they are that provider's groups).
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
         #[arg(long, default_value = "GET")]

@@ -47,9 +47,9 @@ fn write_policy(dir: &Path, csv: &str) {
 async fn airflow_gateway(issuer: &TestIssuer, upstream: &Recorder, policy: &str) -> Gateway {
     let config = format!(
         "{}[policy]\n{policy}\n\
-         [[routes]]\nname = \"airflow\"\nhosts = [\"airflow.test\"]\nidentity_providers = [\"test\"]\n\
+         [[routes]]\nname = \"airflow\"\nhosts = [\"airflow.test\"]\nidentity_providers = [\"okta\"]\n\
          resources = \"airflow\"\n[routes.upstream]\nurl = \"{}\"\n",
-        issuer.provider_toml("test", ""),
+        issuer.provider_toml("okta", ""),
         upstream.url()
     );
     let gw = Gateway::start(&config).await;
@@ -149,7 +149,7 @@ async fn a_group_claim_grants_its_role_at_request_time_and_both_answers_are_audi
     assert_eq!(allowed["portcullis.policy.domain"], "airflow");
     assert_eq!(allowed["portcullis.policy.object"], "dag:etl_daily");
     assert_eq!(allowed["portcullis.policy.action"], "trigger");
-    assert_eq!(allowed["portcullis.policy.rule"], "policy.csv:18");
+    assert_eq!(allowed["portcullis.policy.rule"], "policy.csv:23");
     assert_eq!(allowed["cicd.pipeline.name"], "etl_daily");
     let version = allowed["portcullis.policy.version"].as_str().unwrap();
     assert!(version.starts_with("sha256:"), "{version}");
@@ -181,8 +181,11 @@ async fn names_that_look_like_roles_or_other_namespaces_grant_nothing() {
     for (sub, groups) in [
         ("role:admin", vec![]),
         ("group:platform-admins", vec![]),
+        ("group:okta/platform-admins", vec![]),
+        ("okta/root", vec![]),
         ("mallory", vec!["role:admin"]),
         ("mallory", vec!["group:platform-admins"]),
+        ("mallory", vec!["okta/platform-admins"]),
     ] {
         let t = token(&issuer, sub, &groups);
         let (status, _) = call(&gw, http::Method::DELETE, "/api/v1/dags/etl_daily", &t).await;
@@ -323,8 +326,8 @@ async fn a_policy_whose_decision_tables_fail_is_not_put_in_force() {
     // Valid Casbin, but it takes trigger away from data-eng, which airflow.toml expects.
     let csv = tmp.path().join("policy.csv");
     let text = std::fs::read_to_string(&csv).unwrap().replace(
-        "g, group:data-eng, role:deployer, airflow",
-        "g, group:data-eng, role:viewer, airflow",
+        "g, group:okta/data-eng, role:deployer, airflow",
+        "g, group:okta/data-eng, role:viewer, airflow",
     );
     std::fs::write(&csv, text).unwrap();
     let acts = gw.acts(2).await;
@@ -350,7 +353,7 @@ async fn a_revoke_under_load_causes_no_5xx_and_no_allow_once_it_has_loaded() {
     let upstream = Recorder::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let granted =
-        "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:data-eng, role:deployer, airflow\n";
+        "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:okta/data-eng, role:deployer, airflow\n";
     write_policy(tmp.path(), granted);
     let gw = Arc::new(airflow_gateway(&issuer, &upstream, &policy_dir_toml(tmp.path())).await);
     let deployer = token(&issuer, "alice", &["data-eng"]);
@@ -376,7 +379,7 @@ async fn a_revoke_under_load_causes_no_5xx_and_no_allow_once_it_has_loaded() {
     // The revoke: the group no longer maps to the role.
     std::fs::write(
         tmp.path().join("policy.csv"),
-        "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:someone-else, role:deployer, airflow\n",
+        "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:okta/someone-else, role:deployer, airflow\n",
     )
     .unwrap();
     let acts = gw.acts(2).await;
@@ -422,12 +425,12 @@ async fn shadow_disagreements_are_recorded_and_never_enforced() {
     let shadow = tempfile::tempdir().unwrap();
     write_policy(
         enforced.path(),
-        "p, role:deployer, airflow, dag:*, trigger\ng, group:data-eng, role:deployer, airflow\n",
+        "p, role:deployer, airflow, dag:*, trigger\ng, group:okta/data-eng, role:deployer, airflow\n",
     );
     // The candidate narrows trigger to etl_* DAGs.
     write_policy(
         shadow.path(),
-        "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:data-eng, role:deployer, airflow\n",
+        "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:okta/data-eng, role:deployer, airflow\n",
     );
     let policy = format!(
         "{}\nshadow_dir = {:?}",
@@ -490,7 +493,7 @@ fn the_policy_commands_test_explain_and_diff_a_change() {
         "policy",
         "explain",
         "--as",
-        "user:alice",
+        "user:okta/alice",
         "--groups",
         "data-eng",
         "--method",
@@ -501,7 +504,7 @@ fn the_policy_commands_test_explain_and_diff_a_change() {
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("decision: allow"), "{stdout}");
     assert!(
-        stdout.contains("policy.csv:18  p, role:deployer, airflow, dag:etl_*, trigger"),
+        stdout.contains("policy.csv:23  p, role:deployer, airflow, dag:etl_*, trigger"),
         "{stdout}"
     );
     assert!(
@@ -512,7 +515,7 @@ fn the_policy_commands_test_explain_and_diff_a_change() {
         "policy",
         "explain",
         "--as",
-        "user:alice",
+        "user:okta/alice",
         "--groups",
         "sre",
         "--method",
@@ -522,7 +525,7 @@ fn the_policy_commands_test_explain_and_diff_a_change() {
     ]);
     assert_eq!(code, 1);
     assert!(
-        stdout.contains("rule:     none") && stdout.contains("policy.csv:18"),
+        stdout.contains("rule:     none") && stdout.contains("policy.csv:23"),
         "{stdout}"
     );
 
@@ -546,7 +549,7 @@ fn the_policy_commands_test_explain_and_diff_a_change() {
             "--config",
             &config,
             "--as",
-            "user:alice",
+            "user:okta/alice",
             "--groups",
             "data-eng",
             "--method",
@@ -581,7 +584,7 @@ fn the_policy_commands_test_explain_and_diff_a_change() {
     let (code, stdout, _) = run(&["policy", "diff", "policies", &new]);
     assert_eq!(code, 1, "{stdout}");
     assert!(
-        stdout.contains("deny -> allow  group:data-eng  in airflow: delete dag:etl_x"),
+        stdout.contains("deny -> allow  group:okta/data-eng  in airflow: delete dag:etl_x"),
         "{stdout}"
     );
     let (code, stdout, _) = run(&["policy", "diff", "policies", "policies"]);

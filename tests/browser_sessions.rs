@@ -118,7 +118,7 @@ async fn world_with(
     args.extend_from_slice(idp_args);
     let idp = Idp::start_with(&args).await;
     let upstream = Recorder::start().await;
-    let prebound = Gateway::prebind("").await;
+    let prebound = Gateway::prebind(support::STRIP_EXTRA).await;
     let secret = prebound.dir.path().join("web-secret");
     let config = idp
         .browser_config(&secret, "app", "app.test", &upstream.url())
@@ -272,6 +272,18 @@ async fn a_person_signs_in_reaches_the_app_with_a_session_and_signs_out() {
         forwarded,
         "nothing more was forwarded"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_browser_s_identity_headers_never_reach_the_upstream() {
+    let w = world(&[], "").await;
+    let cookie = sign_in(&w, "/dags", "alice").await;
+    let mut headers = vec![("accept", HTML), ("cookie", cookie.as_str())];
+    headers.extend(support::IDENTITY_SPOOFS.iter().map(|n| (*n, "spoofed-by-client")));
+    let reply = fetch(&w.gw, Method::GET, "/dags", &headers).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    support::assert_no_client_identity(&w.upstream.last(), &[]);
+    w.gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,7 +463,7 @@ async fn a_route_with_two_providers_shows_a_choice_and_never_returns_off_site() 
     let args = ["--redirect", CALLBACK];
     let (okta, keycloak) = tokio::join!(Idp::start_with(&args), Idp::start_with(&args));
     let upstream = Recorder::start().await;
-    let prebound = Gateway::prebind("").await;
+    let prebound = Gateway::prebind(support::STRIP_EXTRA).await;
     let secret = prebound.dir.path().join("web-secret");
     std::fs::write(&secret, "web-secret").unwrap();
     let provider = |name: &str, display: &str, issuer: &str| {

@@ -9,6 +9,7 @@
 mod support;
 
 use support::{Gateway, Recorder, get, public_route, raw};
+use support::{STRIP_EXTRA, assert_no_client_identity, spoofed_identity_lines};
 
 const SPOOFED_IDENTITY: &[&str] = &[
     "X-Portcullis-User",
@@ -80,6 +81,35 @@ async fn spoofed_identity_headers_in_any_spelling_never_reach_the_upstream() {
         "{:?}",
         seen.headers
     );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_identity_header_family_is_stripped_on_a_public_route_even_from_a_trusted_hop() {
+    let upstream = Recorder::start().await;
+    for server in [
+        STRIP_EXTRA.to_string(),
+        format!("{STRIP_EXTRA}\ntrusted_proxies = [\"127.0.0.0/8\"]"),
+    ] {
+        let gw = Gateway::start_with(&server, &public_route(&upstream.url())).await;
+        let request = format!(
+            "GET /ok HTTP/1.1\r\nHost: app.test\r\n{}Connection: close\r\n\r\n",
+            spoofed_identity_lines()
+        );
+        let (status, _) = raw(gw.http, &request).await;
+        assert_eq!(status, 200, "{server}");
+        assert_no_client_identity(&upstream.last(), &[]);
+        gw.stop().await;
+    }
+    // Without the operator's list, its names are ordinary headers.
+    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let (status, _) = raw(
+        gw.http,
+        "GET /ok HTTP/1.1\r\nHost: app.test\r\nX-Internal-Role: kept\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.last().header("x-internal-role").as_deref(), Some("kept"));
     gw.stop().await;
 }
 

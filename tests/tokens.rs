@@ -70,7 +70,7 @@ async fn jwks(addr: SocketAddr, host: &str) -> JwkSet {
 async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_for_its_own_audience() {
     let idp = TestIssuer::start().await;
     let (a, b) = (Recorder::start().await, Recorder::start().await);
-    let prebound = Gateway::prebind("").await;
+    let prebound = Gateway::prebind(support::STRIP_EXTRA).await;
     let issuer_url = format!("http://{}", prebound.http);
     let keys = private_dir(prebound.dir.path());
     let gw = prebound
@@ -80,22 +80,29 @@ async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_
     let token = idp.token("alice");
 
     let bearer = format!("Bearer {token}");
-    let spoof = [
+    let mut spoof = vec![
         ("host", "a.test"),
         ("authorization", bearer.as_str()),
         ("x-portcullis-assertion", "forged.by.client"),
         ("X_Portcullis_User", "mallory"),
     ];
+    spoof.extend(support::IDENTITY_SPOOFS.iter().map(|n| (*n, "spoofed-by-client")));
     let (status, _) = get(gw.http, "/jobs", &spoof).await;
     assert_eq!(status, StatusCode::OK);
     let seen = a.last();
+    // Of all the identity headers the client sent, only the proxy's own arrive, with its values.
+    support::assert_no_client_identity(
+        &seen,
+        &["x-portcullis-user", "x-portcullis-email", "x-portcullis-groups"],
+    );
     let assertion = seen.header("x-portcullis-assertion").unwrap();
     assert_ne!(assertion, "forged.by.client");
     assert!(
         !seen.has_any_spelling_of("x-portcullis-user")
-            || seen.header("x-portcullis-user").as_deref() == Some("alice")
+            || seen.header("x-portcullis-user").as_deref() == Some("test/alice")
     );
-    assert_eq!(seen.header("x-portcullis-user").as_deref(), Some("alice"));
+    // The user names the provider that vouched for it.
+    assert_eq!(seen.header("x-portcullis-user").as_deref(), Some("test/alice"));
     assert_eq!(
         seen.header("x-portcullis-email").as_deref(),
         Some("alice@example.test")
@@ -123,7 +130,8 @@ async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_
     );
 
     let claims = verify_jwt(&assertion, &published, &issuer_url, "https://a.test").unwrap();
-    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["sub"], "test/alice");
+    assert_eq!(claims["provider"], "test");
     assert_eq!(claims["email"], "alice@example.test");
     assert_eq!(claims["groups"], serde_json::json!(["deployers"]));
     assert_eq!(claims["auth_method"], "bearer");
@@ -169,7 +177,7 @@ async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_
     let bobs = a.last().header("x-portcullis-assertion").unwrap();
     assert_eq!(
         verify_jwt(&bobs, &published, &issuer_url, "https://a.test").unwrap()["sub"],
-        "bob"
+        "test/bob"
     );
 
     // Each mint is one audit act (three: alice on a, alice on b, bob on a); the trail holds no token.
@@ -689,7 +697,7 @@ async fn a_revoked_key_leaves_the_jwks_at_once_and_the_proxy_stops_sending_what_
     let published = jwks(gw.http, host).await;
     assert!(verify_jwt(&before, &published, &issuer_url, "https://a.test").is_err());
     let claims = verify_jwt(&after, &published, &issuer_url, "https://a.test").unwrap();
-    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["sub"], "test/alice");
 
     let acts = gw.acts(1).await;
     assert!(

@@ -407,6 +407,8 @@ pub struct AccessEvent {
     pub request_id: String,
     pub decision: &'static str,
     pub reason: &'static str,
+    /// For `claims_not_bound`: the claim (its name; never its value).
+    pub reason_claim: Option<Arc<str>>,
     pub principal_kind: &'static str,
     pub auth_method: &'static str,
     /// Who, when a protected route authenticated the caller.
@@ -462,6 +464,7 @@ impl AccessEvent {
         a.str("portcullis.request.id", self.request_id);
         a.str("portcullis.decision", self.decision);
         a.str("portcullis.reason", self.reason);
+        a.opt("portcullis.reason.claim", self.reason_claim);
         a.str("portcullis.principal.kind", self.principal_kind);
         a.str("portcullis.auth.method", self.auth_method);
         if let Some(p) = &self.principal {

@@ -617,6 +617,7 @@ mod tests {
             request_id: "r-1".into(),
             decision: "allow",
             reason: "authorized",
+            reason_claim: None,
             principal_kind: "user",
             auth_method: "bearer",
             principal,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, header};
 
-use super::claims::jws_part;
+use super::claims::{PartError, jws_part};
 use super::provider::{Header, Provider, Verified};
 use super::{Outcome, Principal};
 use crate::decision::Reason;
@@ -64,7 +64,7 @@ impl BearerAuthenticator {
     pub async fn authenticate(&self, headers: &HeaderMap, accepted: &[Arc<Provider>]) -> Outcome {
         let token = match extract(headers) {
             None => return Outcome::NotMine,
-            Some(Err(reason)) => return Outcome::Rejected(reason),
+            Some(Err(reason)) => return Outcome::Rejected(reason.into()),
             Some(Ok(token)) => token,
         };
         let digest = sha256(token);
@@ -74,15 +74,15 @@ impl BearerAuthenticator {
             return if accepted.iter().any(|p| Arc::ptr_eq(p, &hit.provider)) {
                 Outcome::Authenticated(hit.principal)
             } else {
-                Outcome::Rejected(Reason::WrongIssuer)
+                Outcome::Rejected(Reason::WrongIssuer.into())
             };
         }
         let (header, issuer) = match peek(token) {
             Ok(parts) => parts,
-            Err(reason) => return Outcome::Rejected(reason),
+            Err(reason) => return Outcome::Rejected(reason.into()),
         };
         let Some(provider) = accepted.iter().find(|p| p.config.issuer == issuer) else {
-            return Outcome::Rejected(Reason::WrongIssuer);
+            return Outcome::Rejected(Reason::WrongIssuer.into());
         };
         match provider.verify(token, &header).await {
             Ok(Verified { principal, exp }) => {
@@ -96,7 +96,7 @@ impl BearerAuthenticator {
                 );
                 Outcome::Authenticated(principal)
             }
-            Err(reason) => Outcome::Rejected(reason),
+            Err(refusal) => Outcome::Rejected(refusal),
         }
     }
 }
@@ -141,14 +141,19 @@ struct RawIssuer {
     iss: String,
 }
 
-/// Reads the header and the (still unverified) issuer, to choose the provider and key.
+/// Reads the header and the (still unverified) issuer, to choose the provider and key. A
+/// header or payload that names a member twice is refused here, before either is trusted.
 fn peek(token: &str) -> Result<(Header, String), Reason> {
     let mut parts = token.split('.');
     let (Some(h), Some(p)) = (parts.next(), parts.next()) else {
         return Err(Reason::Malformed);
     };
-    let header: Header = jws_part(h).ok_or(Reason::Malformed)?;
-    let payload: RawIssuer = jws_part(p).ok_or(Reason::Malformed)?;
+    let refused = |e| match e {
+        PartError::Duplicate => Reason::DuplicateClaim,
+        PartError::NotJson => Reason::Malformed,
+    };
+    let header: Header = jws_part(h).map_err(refused)?;
+    let payload: RawIssuer = jws_part(p).map_err(refused)?;
     Ok((header, payload.iss))
 }
 

@@ -211,11 +211,11 @@ impl Browser {
             return Outcome::NotMine;
         };
         let Some(id) = SessionId::parse(value) else {
-            return Outcome::Rejected(Reason::SessionExpired);
+            return Outcome::Rejected(Reason::SessionExpired.into());
         };
         let session = match self.store.get(&id).await {
             Ok(Some(session)) => session,
-            Ok(None) => return Outcome::Rejected(Reason::SessionExpired),
+            Ok(None) => return Outcome::Rejected(Reason::SessionExpired.into()),
             Err(e) => return store_down(&e),
         };
         // A session with another provider does not count here; the browser may sign in again.
@@ -238,7 +238,7 @@ impl Browser {
                     moved: Some(cookie),
                 }
             }
-            Err(reason) => Outcome::Rejected(reason),
+            Err(reason) => Outcome::Rejected(reason.into()),
         }
     }
 
@@ -684,7 +684,7 @@ fn store_error(e: StoreError) -> ProxyError {
 
 fn store_down(e: &StoreError) -> Outcome {
     tracing::error!(error = %e, "session store unavailable");
-    Outcome::Rejected(Reason::SessionStoreUnavailable)
+    Outcome::Rejected(Reason::SessionStoreUnavailable.into())
 }
 
 fn bounded(text: &str) -> String {

@@ -22,8 +22,7 @@ use std::sync::Arc;
 use ::http::HeaderMap;
 
 pub use crate::config::PrincipalKind;
-use crate::decision::Reason;
-pub use provider::Provider;
+pub use provider::{Provider, Refusal};
 
 /// How the caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +82,7 @@ pub enum Outcome {
         moved: Option<String>,
     },
     NotMine,
-    Rejected(Reason),
+    Rejected(Refusal),
 }
 
 /// The ordered chain of authenticators.

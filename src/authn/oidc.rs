@@ -195,8 +195,12 @@ fn verify_id_token(
     let map: serde_json::Map<String, serde_json::Value> = compact
         .split('.')
         .nth(1)
-        .and_then(super::claims::jws_part)
+        .and_then(|part| super::claims::jws_part(part).ok())
         .ok_or(refused(Reason::Malformed))?;
+    if let Some(claim) = super::claims::unbound(&map, &provider.bound_claims) {
+        tracing::info!(provider = %provider.name, claim, "ID token refused: a bound claim has another value");
+        return Err(refused(Reason::ClaimsNotBound));
+    }
     principal_from_claims(provider, &map, AuthMethod::Session)
         .map(Some)
         .map_err(refused)

@@ -11,7 +11,7 @@ use super::claims;
 use super::http::IdpClient;
 use super::jwks::Jwks;
 use super::{AuthMethod, Principal, PrincipalKind};
-use crate::config::{ResolvedProvider, TokenType};
+use crate::config::{ResolvedProvider, ServiceWhen, TokenType};
 use crate::decision::Reason;
 use crate::session::Secret;
 
@@ -40,12 +40,29 @@ pub struct Header {
     pub alg: String,
     pub kid: Option<String>,
     pub typ: Option<String>,
+    /// Extensions the issuer says a verifier must understand (RFC 7515 §4.1.11). Portcullis
+    /// understands none, so a token that names any is refused.
+    pub crit: Option<Value>,
 }
 
 /// A verified token: who, and until when (`exp`, seconds since the epoch).
 pub struct Verified {
     pub principal: Arc<Principal>,
     pub exp: u64,
+}
+
+/// Why a token was refused: a reason, and for `claims_not_bound` the claim (its name only: the
+/// value may be a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub claim: Option<Arc<str>>,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Self {
+        Refusal { reason, claim: None }
+    }
 }
 
 impl Provider {
@@ -78,7 +95,16 @@ impl Provider {
             .any(|(alg, _)| alg.family() != AlgorithmFamily::Hmac)
     }
 
-    pub async fn verify(&self, token: &str, header: &Header) -> Result<Verified, Reason> {
+    pub async fn verify(&self, token: &str, header: &Header) -> Result<Verified, Refusal> {
+        let c = &self.config;
+        // Checked before the signature: what the token says it is decides whether it may be
+        // used here at all.
+        if header.crit.is_some() {
+            return Err(Reason::UnknownCriticalHeader.into());
+        }
+        if !typ_accepted(header.typ.as_deref(), c.token_type, c.require_at_jwt) {
+            return Err(Reason::WrongTokenType.into());
+        }
         // The algorithm comes from config; the token only says which of those it used.
         let (alg, validation) = header
             .alg
@@ -93,7 +119,6 @@ impl Provider {
             jwks_key = self.keys.key(header.kid.as_deref(), *alg).await?;
             &jwks_key.decoding
         };
-        let c = &self.config;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation).map_err(|e| match e
             .kind()
         {
@@ -106,26 +131,37 @@ impl Provider {
             _ => Reason::Malformed,
         })?;
         let claims = data.claims;
+        issued_in_the_past(&claims, c.leeway)?;
+        // RFC 7519: `sub` is a StringOrURI, whatever a template later makes of other claims.
+        if claims.get("sub").is_some_and(|s| !s.is_string()) {
+            return Err(Reason::Malformed.into());
+        }
 
         if c.audience_claim != "aud" {
             let aud = claims::string(&claims, &c.audience_claim).map_err(|()| Reason::Malformed)?;
             if !aud.is_some_and(|a| c.audiences.contains(&a)) {
-                return Err(Reason::WrongAudience);
+                return Err(Reason::WrongAudience.into());
             }
         }
         if c.required_claims
             .iter()
             .any(|name| claims::lookup(&claims, name).is_none())
         {
-            return Err(Reason::Malformed);
+            return Err(Reason::Malformed.into());
         }
         let id_token = looks_like_id_token(header.typ.as_deref(), &claims);
         match c.token_type {
-            TokenType::Access if id_token => return Err(Reason::WrongTokenType),
+            TokenType::Access if id_token => return Err(Reason::WrongTokenType.into()),
             TokenType::Id if is_access_token(header.typ.as_deref(), &claims) => {
-                return Err(Reason::WrongTokenType);
+                return Err(Reason::WrongTokenType.into());
             }
             _ => {}
+        }
+        if let Some(claim) = claims::unbound(&claims, &c.bound_claims) {
+            return Err(Refusal {
+                reason: Reason::ClaimsNotBound,
+                claim: Some(Arc::from(claim)),
+            });
         }
         let exp = claims
             .get("exp")
@@ -137,6 +173,41 @@ impl Provider {
             exp,
         })
     }
+}
+
+/// The JOSE `typ` values a provider's bearer tokens may carry: none, `JWT` or RFC 9068's
+/// `at+jwt` (only `at+jwt` with `require_at_jwt`; never for ID-token providers). Any other
+/// explicit type (`logout+jwt`, `secevent+jwt`, `id_token+jwt`, `refresh+jwt`, …) says the
+/// token is meant for something else (RFC 8725 §3.11).
+fn typ_accepted(typ: Option<&str>, token_type: TokenType, require_at_jwt: bool) -> bool {
+    let typ = typ.map(|t| {
+        let lower = t.to_ascii_lowercase();
+        match lower.strip_prefix("application/") {
+            Some(rest) => rest.to_string(),
+            None => lower,
+        }
+    });
+    match typ.as_deref() {
+        None | Some("jwt") => !require_at_jwt,
+        Some("at+jwt") => token_type != TokenType::Id,
+        Some(_) => false,
+    }
+}
+
+/// `iat`, when present, is a NumericDate no later than now plus the leeway: a token "issued"
+/// in the future was not issued by a clock anyone trusts.
+fn issued_in_the_past(claims: &Map<String, Value>, leeway: std::time::Duration) -> Result<(), Reason> {
+    let Some(iat) = claims.get("iat") else {
+        return Ok(());
+    };
+    let iat = iat.as_f64().ok_or(Reason::Malformed)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    if iat > now + leeway.as_secs_f64() {
+        return Err(Reason::IssuedInFuture);
+    }
+    Ok(())
 }
 
 /// What a token signed with `alg` must satisfy: issuer, audience (unless another claim carries
@@ -157,44 +228,64 @@ fn validation(c: &ResolvedProvider, alg: Algorithm) -> Validation {
     validation
 }
 
-/// The principal a provider's verified claims describe (bearer token or ID token alike).
+/// The principal a provider's verified claims describe (bearer token or ID token alike): its
+/// subject, client and groups as the provider's claim templates read them, and its email only
+/// when the provider verified it.
 pub fn principal_from_claims(
     c: &ResolvedProvider,
     claims: &Map<String, Value>,
     auth_method: AuthMethod,
 ) -> Result<Principal, Reason> {
     let text = |path: &str| claims::string(claims, path).map_err(|()| Reason::Malformed);
-    let subject = text(&c.subject_claim)?
-        .filter(|s| !s.is_empty())
+    let render = |t| claims::render(t, claims).map_err(|()| Reason::Malformed);
+    let subject = render(&c.subject)?
+        .filter(|s| !s.chars().any(char::is_control))
         .ok_or(Reason::Malformed)?;
-    let client_id = match text("client_id")? {
-        Some(id) => Some(id),
-        None => text("azp")?,
-    };
-    let kind = c
-        .principal_kind
-        .unwrap_or(if client_id.as_deref() == Some(subject.as_str()) {
+    let client_id = render(&c.client)?;
+    let kind = c.principal_kind.unwrap_or_else(|| {
+        if is_service(c.service_when, claims, client_id.as_deref()) {
             PrincipalKind::Service
         } else {
             PrincipalKind::User
-        });
-    let groups = match &c.groups_claim {
+        }
+    });
+    let mut groups = match &c.groups_claim {
         Some(path) => claims::groups(claims, path).map_err(|()| Reason::Malformed)?,
         None => Vec::new(),
     };
+    for template in &c.group_templates {
+        if let Some(group) = render(template)?
+            && !groups.contains(&group)
+        {
+            groups.push(group);
+        }
+    }
+    let email = text(&c.email_claim)?.filter(|_| c.trust_unverified_email || claims::email_verified(claims));
     Ok(Principal {
         kind,
         subject,
         issuer: c.issuer.clone(),
         provider: c.name.clone(),
-        email: text(&c.email_claim)?,
-        name: text(&c.name_claim)?,
+        email,
+        name: render(&c.name_claim)?,
         groups,
         auth_method,
         client_id,
         token_id: text("jti")?,
         session_id_hash: None,
     })
+}
+
+fn is_service(rule: ServiceWhen, claims: &Map<String, Value>, client_id: Option<&str>) -> bool {
+    match rule {
+        ServiceWhen::SubIsClient => {
+            client_id.is_some() && claims.get("sub").and_then(Value::as_str) == client_id
+        }
+        ServiceWhen::ClaimIs(name, value) => {
+            claims::lookup(claims, name).and_then(Value::as_str) == Some(value)
+        }
+        ServiceWhen::ClaimPresent(name) => claims::lookup(claims, name).is_some_and(|v| !v.is_null()),
+    }
 }
 
 /// ID tokens announce themselves by claims access tokens do not carry (`nonce`, `at_hash`,

@@ -154,12 +154,10 @@ pub async fn explain(
         Ok(loaded) => loaded,
         Err(report) => return report,
     };
-    if !policy::NAMESPACES.iter().any(|ns| ask.subject.starts_with(ns)) || ask.subject.starts_with("role:") {
-        return failed(format!(
-            "--as `{}` needs a namespace: user:, svc:, ci: (or group:)",
-            ask.subject
-        ));
-    }
+    let subjects = match tables::subjects(&ask.subject, &ask.groups) {
+        Ok(s) => s,
+        Err(e) => return failed(format!("--as: {e}")),
+    };
     let (target, path) = match target(ask, dir, route_of, &templates) {
         Ok(t) => t,
         Err(e) => return failed(e),
@@ -167,7 +165,7 @@ pub async fn explain(
     let method = ask.method.to_ascii_uppercase();
     let resource = target.resource(&method, &path);
     let query = Query {
-        subjects: tables::subjects(&ask.subject, &ask.groups),
+        subjects,
         domain: target.domain.clone(),
         object: resource.object,
         action: resource.action,
@@ -377,8 +375,11 @@ fn table_queries(dir: &Path, templates: &Templates) -> Vec<Query> {
                 continue;
             };
             let resource = target.resource(&case.method.to_ascii_uppercase(), &path);
+            let Ok(subjects) = tables::subjects(&case.principal, &case.groups) else {
+                continue;
+            };
             out.push(Query {
-                subjects: tables::subjects(&case.principal, &case.groups),
+                subjects,
                 domain: target.domain.clone(),
                 object: resource.object,
                 action: resource.action,

@@ -46,7 +46,7 @@ fn portcullis_rule(src: Dynamic) -> Dynamic {
 /// What is asked: who (their own subjects, namespaced), in which domain, on what, doing what.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Query {
-    /// The caller's subjects before roles: `user:<sub>`, `user:<email>`, `group:<g>`, `svc:…`, `ci:…`.
+    /// The caller's subjects before roles: `user:<provider>/<sub>`, `group:<provider>/<g>`, `svc:…`, `ci:…`.
     pub subjects: Vec<String>,
     pub domain: String,
     pub object: String,
@@ -347,8 +347,8 @@ p, role:admin, *, **, *
 p, role:deployer, airflow, dag:etl_secret, trigger, deny
 g, role:operator, role:viewer, airflow
 g, role:deployer, role:operator, airflow
-g, group:data-eng, role:deployer, airflow
-g, user:root, role:admin, *
+g, group:okta/data-eng, role:deployer, airflow
+g, user:okta/root, role:admin, *
 ";
 
     #[tokio::test]
@@ -356,7 +356,7 @@ g, user:root, role:admin, *
         let e = engine(POLICY).await;
         let v = e
             .evaluate(&Query::new(
-                &["user:alice", "group:data-eng"],
+                &["user:okta/alice", "group:okta/data-eng"],
                 "airflow",
                 "dag:etl_daily",
                 "trigger",
@@ -367,7 +367,7 @@ g, user:root, role:admin, *
         assert_eq!(v.roles, ["role:deployer", "role:operator", "role:viewer"]);
         let v = e
             .evaluate(&Query::new(
-                &["user:alice", "group:data-eng"],
+                &["user:okta/alice", "group:okta/data-eng"],
                 "airflow",
                 "dag:reporting",
                 "read",
@@ -376,7 +376,7 @@ g, user:root, role:admin, *
         assert_eq!(v.rule.unwrap().origin.line, 1);
         let v = e
             .evaluate(&Query::new(
-                &["user:alice"],
+                &["user:okta/alice"],
                 "airflow",
                 "dag:etl_daily",
                 "trigger",
@@ -390,7 +390,7 @@ g, user:root, role:admin, *
         let e = engine(POLICY).await;
         let v = e
             .evaluate(&Query::new(
-                &["group:data-eng"],
+                &["group:okta/data-eng"],
                 "airflow",
                 "dag:etl_secret",
                 "trigger",
@@ -405,7 +405,7 @@ g, user:root, role:admin, *
         let e = engine(POLICY).await;
         assert!(
             !e.evaluate(&Query::new(
-                &["group:data-eng"],
+                &["group:okta/data-eng"],
                 "tekton",
                 "dag:etl_daily",
                 "trigger"
@@ -416,7 +416,7 @@ g, user:root, role:admin, *
         // A user or group literally named like a role holds nothing.
         assert!(
             !e.evaluate(&Query::new(
-                &["user:role:deployer"],
+                &["user:okta/role:deployer"],
                 "airflow",
                 "dag:etl_a",
                 "trigger"
@@ -425,9 +425,14 @@ g, user:root, role:admin, *
             .allowed
         );
         assert!(
-            !e.evaluate(&Query::new(&["group:role:admin"], "gitlab", "project:1", "read"))
-                .unwrap()
-                .allowed
+            !e.evaluate(&Query::new(
+                &["group:okta/role:admin"],
+                "gitlab",
+                "project:1",
+                "read"
+            ))
+            .unwrap()
+            .allowed
         );
     }
 
@@ -440,7 +445,7 @@ g, user:root, role:admin, *
             ("unknown", "anything"),
         ] {
             let v = e
-                .evaluate(&Query::new(&["user:root"], domain, "x/y", action))
+                .evaluate(&Query::new(&["user:okta/root"], domain, "x/y", action))
                 .unwrap();
             assert!(v.allowed, "{domain} {action}");
             assert_eq!(v.rule.unwrap().origin.line, 3);
@@ -451,29 +456,29 @@ g, user:root, role:admin, *
     #[tokio::test]
     async fn callers_who_differ_only_in_subjects_no_line_names_are_one_question() {
         let e = engine(&format!(
-            "{POLICY}p, user:mallory, airflow, dag:etl_daily, trigger, deny\n"
+            "{POLICY}p, user:okta/mallory, airflow, dag:etl_daily, trigger, deny\n"
         ))
         .await;
         let ask = |subjects: &[&str]| Query::new(subjects, "airflow", "dag:etl_daily", "trigger");
         let (alice, bob) = (
-            ask(&["user:alice", "group:data-eng"]),
-            ask(&["user:bob", "group:data-eng"]),
+            ask(&["user:okta/alice", "group:okta/data-eng"]),
+            ask(&["user:okta/bob", "group:okta/data-eng"]),
         );
         assert_eq!(e.decision_key(&alice), e.decision_key(&bob));
-        assert_eq!(e.decision_key(&alice).subjects, ["group:data-eng"]);
+        assert_eq!(e.decision_key(&alice).subjects, ["group:okta/data-eng"]);
         for q in [&alice, &bob] {
             let (whole, keyed) = (e.evaluate(q).unwrap(), e.evaluate(&e.decision_key(q)).unwrap());
             assert!(whole.allowed && keyed.allowed);
             assert_eq!((whole.rule, whole.roles), (keyed.rule, keyed.roles));
         }
         // A subject some line names is part of the question: a rule (the deny) or a role line.
-        let mallory = ask(&["user:mallory", "group:data-eng"]);
+        let mallory = ask(&["user:okta/mallory", "group:okta/data-eng"]);
         assert!(matches!(e.decision_key(&mallory), Cow::Borrowed(_)));
         assert!(!e.evaluate(&e.decision_key(&mallory)).unwrap().allowed);
         assert_ne!(e.decision_key(&mallory), e.decision_key(&alice));
         assert_eq!(
-            e.decision_key(&ask(&["user:root", "user:x"])).subjects,
-            ["user:root"]
+            e.decision_key(&ask(&["user:okta/root", "user:okta/x"])).subjects,
+            ["user:okta/root"]
         );
     }
 
@@ -487,7 +492,7 @@ g, user:root, role:admin, *
         assert!(!set.model.subjects_by_membership);
         let e = Engine::build(set).await.unwrap();
         let alice = Query::new(
-            &["user:alice", "group:data-eng"],
+            &["user:okta/alice", "group:okta/data-eng"],
             "airflow",
             "dag:etl_daily",
             "trigger",
@@ -505,11 +510,11 @@ g, user:root, role:admin, *
     #[tokio::test]
     async fn a_role_cycle_ends() {
         let e = engine(
-            "p, role:a, d, o, read\ng, role:a, role:b, d\ng, role:b, role:a, d\ng, user:x, role:a, d\n",
+            "p, role:a, d, o, read\ng, role:a, role:b, d\ng, role:b, role:a, d\ng, user:okta/x, role:a, d\n",
         )
         .await;
         assert!(
-            e.evaluate(&Query::new(&["user:x"], "d", "o", "read"))
+            e.evaluate(&Query::new(&["user:okta/x"], "d", "o", "read"))
                 .unwrap()
                 .allowed
         );

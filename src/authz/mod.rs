@@ -32,27 +32,30 @@ pub use tables::Target;
 /// microseconds); larger ones move to the blocking pool so a slow evaluation never stalls the runtime.
 const INLINE_RULES: usize = 64;
 
-/// The subjects a principal is known by, namespaced so no name can pose as another kind:
-/// `user:<sub>` and `user:<email>`, `svc:<sub>` and `svc:<client id>`, `ci:<sub>`, and
-/// `group:<g>` for each group claim.
+/// The subjects a principal is known by, each naming the provider that vouched for it, so no
+/// name can pose as another kind or as another provider's: `user:<provider>/<sub>` and
+/// `user:<provider>/<email>` (a verified email only), `svc:<provider>/<sub>` and
+/// `svc:<provider>/<client id>`, `ci:<provider>/<subject>`, and `group:<provider>/<g>` for each
+/// group. Roles are the policy's own and carry no provider.
 pub fn subjects(principal: &Principal) -> Vec<String> {
+    let p = principal.provider.as_str();
     let mut subjects = Vec::with_capacity(2 + principal.groups.len());
     match principal.kind {
         PrincipalKind::User => {
-            subjects.push(format!("user:{}", principal.subject));
+            subjects.push(format!("user:{p}/{}", principal.subject));
             if let Some(email) = &principal.email {
-                subjects.push(format!("user:{email}"));
+                subjects.push(format!("user:{p}/{email}"));
             }
         }
         PrincipalKind::Service => {
-            subjects.push(format!("svc:{}", principal.subject));
+            subjects.push(format!("svc:{p}/{}", principal.subject));
             if let Some(client) = principal.client_id.as_ref().filter(|c| **c != principal.subject) {
-                subjects.push(format!("svc:{client}"));
+                subjects.push(format!("svc:{p}/{client}"));
             }
         }
-        PrincipalKind::CiJob => subjects.push(format!("ci:{}", principal.subject)),
+        PrincipalKind::CiJob => subjects.push(format!("ci:{p}/{}", principal.subject)),
     }
-    subjects.extend(principal.groups.iter().map(|g| format!("group:{g}")));
+    subjects.extend(principal.groups.iter().map(|g| format!("group:{p}/{g}")));
     subjects
 }
 
@@ -305,26 +308,33 @@ mod tests {
     #[tokio::test]
     async fn a_decision_is_cached_for_every_caller_the_policy_cannot_tell_apart_and_no_one_else() {
         let csv = "p, role:ci, tekton, pipelinerun:ci/*, create\n\
-                   p, ci:job-7, tekton, pipelinerun:ci/*, create, deny\n\
-                   g, group:infra, role:ci, tekton\n";
+                   p, ci:gitlab/job-7, tekton, pipelinerun:ci/*, create, deny\n\
+                   g, group:gitlab/infra, role:ci, tekton\n";
         let model = include_str!("../../policies/model.conf");
         let set = policy::parse(model, &[("policy.csv".into(), csv.into())]).unwrap();
         let snapshot = Snapshot::new(Engine::build(set).await.unwrap(), 100);
-        let job = |sub: &str| Query::new(&[sub, "group:infra"], "tekton", "pipelinerun:ci/build", "create");
+        let job = |sub: &str| {
+            Query::new(
+                &[sub, "group:gitlab/infra"],
+                "tekton",
+                "pipelinerun:ci/build",
+                "create",
+            )
+        };
 
-        let (first, cached) = snapshot.decide(&job("ci:job-1")).await;
+        let (first, cached) = snapshot.decide(&job("ci:gitlab/job-1")).await;
         assert!(first.unwrap().allowed && !cached);
-        let (second, cached) = snapshot.decide(&job("ci:job-2")).await;
+        let (second, cached) = snapshot.decide(&job("ci:gitlab/job-2")).await;
         assert!(
             second.unwrap().allowed && cached,
             "a job no line names shares the group's answer"
         );
-        let (named, cached) = snapshot.decide(&job("ci:job-7")).await;
+        let (named, cached) = snapshot.decide(&job("ci:gitlab/job-7")).await;
         assert!(
             !named.unwrap().allowed && !cached,
             "the job a deny rule names is asked on its own"
         );
-        let (again, cached) = snapshot.decide(&job("ci:job-3")).await;
+        let (again, cached) = snapshot.decide(&job("ci:gitlab/job-3")).await;
         assert!(again.unwrap().allowed && cached);
     }
 }

@@ -322,7 +322,28 @@ fn parse_line(line: &str, origin: &Origin, has_effect: bool) -> Result<Option<Li
     }
 }
 
-fn subject_ok(subject: &str) -> Result<(), String> {
+/// Namespaces whose subjects name the identity provider that vouched for them.
+pub const PROVIDER_NAMESPACES: [&str; 4] = ["user:", "group:", "svc:", "ci:"];
+
+/// A provider name as `identity_providers[].name` allows it.
+pub fn is_provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+/// The provider a subject names (`okta` in `user:okta/alice`), if it is of a provider namespace
+/// and names one.
+pub fn provider_of(subject: &str) -> Option<&str> {
+    let ns = PROVIDER_NAMESPACES.iter().find(|ns| subject.starts_with(**ns))?;
+    let (provider, name) = subject.get(ns.len()..)?.split_once('/')?;
+    (is_provider_name(provider) && !name.is_empty()).then_some(provider)
+}
+
+/// Whether a subject can stand in a policy line: namespaced, exact, and (but for roles) naming
+/// the provider that vouches for it, since a name means something only with its provider.
+pub fn subject_ok(subject: &str) -> Result<(), String> {
     let Some(ns) = NAMESPACES.iter().find(|ns| subject.starts_with(**ns)) else {
         return Err(format!(
             "`{subject}` has no namespace: subjects start with one of {}",
@@ -334,6 +355,14 @@ fn subject_ok(subject: &str) -> Result<(), String> {
     }
     if subject.contains('*') {
         return Err(format!("`{subject}`: subjects are exact names, not patterns"));
+    }
+    if *ns != "role:" && provider_of(subject).is_none() {
+        let rest = subject.get(ns.len()..).unwrap_or_default();
+        return Err(format!(
+            "`{subject}` does not name the identity provider that vouches for it: write \
+             `{ns}<provider>/{rest}`, where <provider> is an [[identity_providers]] name \
+             (e.g. `{ns}okta/{rest}`); the same name from two providers is two callers"
+        ));
     }
     Ok(())
 }
@@ -498,7 +527,7 @@ mod tests {
     #[test]
     fn every_bad_line_is_reported_with_its_file_and_line() {
         let error = parse_csv(
-            "# roles\np, role:viewer, airflow, dag:*, read\np, viewer, airflow, dag:*, read\np, role:x, airflow, regex:dag:(etl, read\nq, a, b\np, role:x, airflow\ng, group:ops, deployer, airflow\n",
+            "# roles\np, role:viewer, airflow, dag:*, read\np, viewer, airflow, dag:*, read\np, role:x, airflow, regex:dag:(etl, read\nq, a, b\np, role:x, airflow\ng, group:okta/ops, deployer, airflow\ng, group:sre, role:x, airflow\n",
         )
         .unwrap_err();
         let lines: Vec<String> = error
@@ -513,8 +542,14 @@ mod tests {
                 "policy.csv:4",
                 "policy.csv:5",
                 "policy.csv:6",
-                "policy.csv:7"
+                "policy.csv:7",
+                "policy.csv:8"
             ]
+        );
+        let unnamed = &error.0[5].message;
+        assert!(
+            unnamed.contains("`group:<provider>/sre`") && unnamed.contains("[[identity_providers]]"),
+            "{unnamed}"
         );
         assert!(
             error.0[1].message.starts_with("invalid regex"),
@@ -525,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_good_policy_keeps_each_rule_s_origin_and_a_stable_version() {
-        let csv = "p, role:viewer, airflow, dag:*, read\n\ng, group:ops, role:viewer, airflow\np, user:bob, airflow, dag:x, delete, deny\n";
+        let csv = "p, role:viewer, airflow, dag:*, read\n\ng, group:okta/ops, role:viewer, airflow\np, user:okta/bob, airflow, dag:x, delete, deny\n";
         let a = parse_csv(csv).unwrap();
         assert_eq!(a.rules.len(), 2);
         assert_eq!(a.rules[1].origin.to_string(), "policy.csv:4");
@@ -538,6 +573,31 @@ mod tests {
         );
         assert!(a.model.casbin_text.contains("p = sub, dom, obj, act, eft, src"));
         assert!(a.model.casbin_text.contains("&& portcullisRule(p.src)"));
+    }
+
+    #[test]
+    fn every_subject_but_a_role_names_its_provider() {
+        for good in [
+            "user:okta/alice@corp.com",
+            "group:gitlab/namespace:72",
+            "svc:k8s/ci/bot/uid-1",
+            "ci:github/repository:1:refs/heads/main",
+            "role:admin",
+        ] {
+            assert!(subject_ok(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "user:alice",
+            "group:sre",
+            "svc:/bot",
+            "ci:gitlab/",
+            "group:ok ta/sre",
+            "user:okta:x/alice",
+        ] {
+            assert!(subject_ok(bad).is_err(), "{bad}");
+        }
+        assert_eq!(provider_of("group:okta/sre"), Some("okta"));
+        assert_eq!(provider_of("role:admin"), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!
 //! [[case]]
 //! name = "deployers trigger the etl DAGs"
-//! principal = "user:alice"
+//! principal = "user:okta/alice"
 //! groups = ["data-eng"]
 //! method = "POST"
 //! url = "https://airflow.example.com/api/v1/dags/etl_daily/dagRuns"
@@ -49,9 +49,10 @@ pub enum Expect {
 #[serde(deny_unknown_fields)]
 pub struct Case {
     pub name: String,
-    /// A namespaced subject: `user:<sub or email>`, `svc:<client>`, `ci:<job subject>`.
+    /// A subject with its provider: `user:<provider>/<sub or email>`, `svc:<provider>/<client>`,
+    /// `ci:<provider>/<job subject>`.
     pub principal: String,
-    /// The group claims, without the `group:` namespace (as the IdP sends them).
+    /// The group claims as the principal's provider sends them (without `group:<provider>/`).
     #[serde(default)]
     pub groups: Vec<String>,
     pub method: String,
@@ -143,11 +144,17 @@ pub fn load(dir: &Path) -> Result<Tables, LoadError> {
     }
 }
 
-/// The subjects of a principal named in a table: its own, then its groups.
-pub fn subjects(principal: &str, groups: &[String]) -> Vec<String> {
+/// The subjects of a principal named in a table (`user:okta/alice`): its own, then its groups,
+/// which come from the same provider (`group:okta/<g>`). Refused unless the principal names its
+/// provider.
+pub fn subjects(principal: &str, groups: &[String]) -> Result<Vec<String>, String> {
+    crate::authz::policy::subject_ok(principal)?;
+    let provider = crate::authz::policy::provider_of(principal).ok_or_else(|| {
+        format!("`{principal}` is a role: name a caller (user:, svc:, ci:) with its provider")
+    })?;
     let mut subjects = vec![principal.to_string()];
-    subjects.extend(groups.iter().map(|g| format!("group:{g}")));
-    subjects
+    subjects.extend(groups.iter().map(|g| format!("group:{provider}/{g}")));
+    Ok(subjects)
 }
 
 /// One failed case, said so an operator can fix the policy or the table.
@@ -231,7 +238,7 @@ fn run_case(case: &Case, table: &TableFile, engine: &Engine, templates: &Templat
     let method = case.method.to_ascii_uppercase();
     let resource = target.resource(&method, &path);
     let query = Query {
-        subjects: subjects(&case.principal, &case.groups),
+        subjects: subjects(&case.principal, &case.groups)?,
         domain: target.domain,
         object: resource.object,
         action: resource.action,

@@ -5,6 +5,7 @@
 //! any I/O. Both report [`Problem`]s that name the key path and a fix, so `check-config` can print
 //! all of them at once. Files named by the config (certificates, keys) are read later, by `app`.
 
+pub mod claims;
 mod presets;
 mod validate;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use presets::ResolvedProvider;
+pub use presets::{ResolvedProvider, ServiceWhen};
 pub use validate::validate;
 
 /// The whole configuration file.
@@ -191,6 +192,10 @@ pub struct Server {
     /// Time in-flight requests get to finish after SIGTERM/SIGINT. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// More request headers no upstream may receive from a client, beside the identity-header
+    /// families Portcullis always strips: names, or prefixes ending in `*` (`x-corp-auth-*`);
+    /// matched in any case and with `_` or `.` for `-`. Default none.
+    pub strip_request_headers: Vec<String>,
 }
 
 impl Default for Server {
@@ -202,6 +207,7 @@ impl Default for Server {
             limits: Limits::default(),
             trusted_proxies: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
+            strip_request_headers: Vec::new(),
         }
     }
 }
@@ -687,17 +693,47 @@ pub enum Preset {
 }
 
 /// Where claims are read from; dotted paths reach into nested objects (`realm_access.roles`).
+///
+/// `subject`, `name` and `client` are claim expressions: a claim path (`sub`), alternatives
+/// taken in order (`uid|sub`: the first claim present), or a template that joins several claims
+/// (`project:{project_id}:{ref_type}:{ref}`). Template values must be strings, integers or
+/// booleans; a missing claim makes the subject missing (the token is refused as malformed).
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
 pub struct ClaimMapping {
-    /// Claim that names the caller. Default `sub`.
+    /// The caller's stable, immutable identifier. Default `sub` (each preset names its own,
+    /// docs/authentication.md lists them).
     pub subject: Option<String>,
-    /// Default `email`.
+    /// Default `email`. Used only when the token says `email_verified: true` (or the provider
+    /// sets `trust_unverified_email`).
     pub email: Option<String>,
-    /// Default `name`.
+    /// A readable name for records and assertions; never a policy subject. Default `name`.
     pub name: Option<String>,
     /// Claim holding the caller's groups (array of strings, or one string). Default `groups`.
     pub groups: Option<String>,
+    /// More groups, each a template over the token's claims (`project:{project_id}`); a
+    /// template whose claims are missing adds nothing. Default: the preset's.
+    pub group_templates: Option<Vec<String>>,
+    /// The OAuth client the token was issued to. Default `client_id|azp` (each preset names its own).
+    pub client: Option<String>,
+}
+
+/// A `bound_claims` value: one accepted value or several; `*` in a value matches any run of
+/// characters (`refs/heads/release-*`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum BoundValue {
+    One(String),
+    Any(Vec<String>),
+}
+
+impl BoundValue {
+    pub fn values(&self) -> &[String] {
+        match self {
+            BoundValue::One(v) => std::slice::from_ref(v),
+            BoundValue::Any(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -742,6 +778,18 @@ pub struct IdentityProvider {
     pub hmac_secret_env: Option<String>,
     /// File holding that shared secret. HMAC keys are never taken from a JWKS.
     pub hmac_secret_file: Option<PathBuf>,
+    /// Claims every token must carry with one of the listed values, checked after the
+    /// signature and before any policy (like Vault's `bound_claims`): claim path → value or
+    /// list of values, `*` matching any run of characters. A token that does not match is
+    /// refused with 403 `claims_not_bound`. Default none.
+    pub bound_claims: std::collections::BTreeMap<String, BoundValue>,
+    /// Accept the email claim as an identity even when the token does not say
+    /// `email_verified: true`. Dangerous: anyone who can set an unverified address at this
+    /// provider could pose as its owner. Default false.
+    pub trust_unverified_email: bool,
+    /// Accept only RFC 9068 access tokens (`typ: at+jwt`). Default false: `typ` absent, `JWT`
+    /// or `at+jwt`.
+    pub require_at_jwt: bool,
 }
 
 /// A confidential (or public, without a secret) OIDC client for the authorization-code flow.

@@ -30,6 +30,16 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
+    for (j, name) in s.strip_request_headers.iter().enumerate() {
+        let bare = name.strip_suffix('*').unwrap_or(name);
+        if bare.is_empty() || http::HeaderName::from_bytes(bare.as_bytes()).is_err() {
+            p.push(Problem::new(
+                format!("server.strip_request_headers[{j}]"),
+                format!("{name:?} is not a header name or prefix"),
+                "write a header name (\"x-internal-user\") or a prefix ending in * (\"x-corp-auth-*\")",
+            ));
+        }
+    }
     if !config.admin.listen.is_empty() && socket_addr(&config.admin.listen).is_none() {
         p.push(addr_problem("admin.listen", &config.admin.listen));
     }
@@ -207,7 +217,17 @@ fn validate_provider(idp: &crate::config::IdentityProvider, at: &str, p: &mut Ve
             "is missing",
             "name the provider, e.g. name = \"okta\"",
         ));
+    } else if !crate::authz::policy::is_provider_name(&idp.name) {
+        p.push(Problem::new(
+            format!("{at}.name"),
+            format!(
+                "{:?} is not a provider name: policies name it in subjects (`user:<name>/alice`)",
+                idp.name
+            ),
+            "use letters, digits, `_`, `-` and `.` only, e.g. name = \"okta\"",
+        ));
     }
+    validate_claims(idp, at, p);
     match idp.issuer.parse::<http::Uri>() {
         Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
         // Plain HTTP lets anyone on the path swap the signing keys: loopback only (tests, sidecars).
@@ -290,6 +310,54 @@ fn validate_provider(idp: &crate::config::IdentityProvider, at: &str, p: &mut Ve
             format!("{at}.jwks_uri"),
             format!("{uri:?} is not an https:// URL"),
             "use the https:// JWKS URL of the issuer",
+        ));
+    }
+}
+
+/// Claim templates parse, bound claims name a value, and `require_at_jwt` fits the token type.
+fn validate_claims(idp: &crate::config::IdentityProvider, at: &str, p: &mut Vec<Problem>) {
+    use super::claims::ClaimTemplate;
+    let claims = &idp.claims;
+    let templates = [
+        ("subject", claims.subject.as_ref()),
+        ("name", claims.name.as_ref()),
+        ("client", claims.client.as_ref()),
+    ];
+    let listed = claims
+        .group_templates
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, t)| (format!("group_templates[{j}]"), Some(t)));
+    for (key, text) in templates
+        .into_iter()
+        .map(|(k, t)| (k.to_string(), t))
+        .chain(listed)
+    {
+        if let Some(text) = text
+            && let Err(e) = ClaimTemplate::parse(text)
+        {
+            p.push(Problem::new(
+                format!("{at}.claims.{key}"),
+                e,
+                "write a claim (`sub`), alternatives (`uid|sub`) or a template (`project:{project_id}:{ref}`)",
+            ));
+        }
+    }
+    for (claim, value) in &idp.bound_claims {
+        if claim.is_empty() || value.values().is_empty() {
+            p.push(Problem::new(
+                format!("{at}.bound_claims.{claim}"),
+                "names no claim or no accepted value",
+                "write claim = \"value\" or claim = [\"value\", \"other\"]",
+            ));
+        }
+    }
+    if idp.require_at_jwt && idp.resolved().token_type == crate::config::TokenType::Id {
+        p.push(Problem::new(
+            format!("{at}.require_at_jwt"),
+            "asks for RFC 9068 access tokens on a provider whose tokens are ID tokens",
+            "remove require_at_jwt, or set token_type = \"access\"",
         ));
     }
 }

@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub canonical: Option<Canonical>,
     pub route: Option<Arc<Route>>,
     pub decision: Option<Decision>,
+    /// The claim a `claims_not_bound` refusal names.
+    pub refused_claim: Option<Arc<str>>,
     /// Who is calling, once a protected route's authenticators vouched for them.
     pub principal: Option<Arc<Principal>>,
     pub authn_duration: Option<Duration>,
@@ -82,6 +84,7 @@ impl RequestCtx {
             canonical: None,
             route: None,
             decision: None,
+            refused_claim: None,
             principal: None,
             authn_duration: None,
             upstream_duration: None,

@@ -208,6 +208,7 @@ pub async fn forward(
     route: &Route,
     mut req: Request<Incoming>,
     identity: Vec<(HeaderName, HeaderValue)>,
+    strip_extra: &[String],
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let canonical = ctx
         .canonical
@@ -222,7 +223,7 @@ pub async fn forward(
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();
-    let mut headers = outbound_headers(parts.headers, ctx);
+    let mut headers = outbound_headers(parts.headers, ctx, strip_extra);
     if let Some((_, name)) = &route.assertion {
         // A configured assertion header outside x-portcullis-*: stripped here in every spelling.
         let doomed: Vec<HeaderName> = headers
@@ -375,27 +376,45 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
-/// Identity headers that the proxy manages (all of `x-portcullis-*`) and the aliases other
-/// access proxies use, which upstreams may have been configured to trust.
-const IDENTITY_ALIASES: [&str; 12] = [
+/// Identity header families: the proxy's own (`x-portcullis-*`) and those of the products an
+/// upstream may have sat behind before (oauth2-proxy, Pomerium, Google IAP, AWS ALB, Cloudflare
+/// Access, Azure App Service, Authelia, Authentik, Grafana's auth proxy), which it may still
+/// trust. Judged on the normalized name, so `X_Goog_Iap_Jwt_Assertion` is one of them too.
+const IDENTITY_PREFIXES: [&str; 11] = [
+    "x-portcullis-",
+    "x-auth-request-",
+    "x-pomerium-",
+    "remote-",
+    "x-remote-",
+    "x-goog-authenticated-",
+    "x-goog-iap-",
+    "x-amzn-oidc-",
+    "cf-access-",
+    "x-ms-client-principal",
+    "x-webauth-",
+];
+
+/// Single identity headers outside those families (oauth2-proxy's `X-Forwarded-*` identity
+/// names are identity, not forwarding: stripped even from trusted proxies).
+const IDENTITY_NAMES: [&str; 6] = [
     "x-forwarded-user",
     "x-forwarded-email",
     "x-forwarded-groups",
     "x-forwarded-preferred-username",
     "x-forwarded-access-token",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-groups",
-    "x-auth-request-access-token",
-    "x-pomerium-jwt-assertion",
-    "x-remote-user",
-    "remote-user",
+    "x-user",
 ];
 
-/// Headers that name the client's address or the original request; believed only from trusted peers.
+fn is_identity(name: &str) -> bool {
+    IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p)) || IDENTITY_NAMES.contains(&name)
+}
+
+/// Headers that name the client's address or the original request, or that a trusted hop
+/// (Envoy, IIS, an ingress) sets for its upstream; believed only from trusted peers.
 fn is_forwarding(name: &str) -> bool {
     name.starts_with("x-forwarded-")
         || name.starts_with("x-original-")
+        || name.starts_with("x-envoy-")
         || matches!(
             name,
             "forwarded"
@@ -405,6 +424,10 @@ fn is_forwarding(name: &str) -> bool {
                 | "true-client-ip"
                 | "x-cluster-client-ip"
                 | "client-ip"
+                | "cf-connecting-ip"
+                | "fastly-client-ip"
+                | "x-host"
+                | "x-http-host-override"
         )
 }
 
@@ -428,15 +451,28 @@ fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
 }
 
 /// Whether an inbound header must not reach the upstream (judged by its normalized name).
-fn must_strip(name: &str, trusted: bool, nominated: &[String]) -> bool {
+/// `extra` is the operator's `strip_request_headers`, normalized: names, or prefixes ending in `*`.
+fn must_strip(name: &str, trusted: bool, nominated: &[String], extra: &[String]) -> bool {
     HOP_BY_HOP.contains(&name)
         || name == "upgrade"
+        || name == "http2-settings"
         || name == "x-request-id"
-        || name.starts_with("x-portcullis-")
-        || IDENTITY_ALIASES.contains(&name)
+        || is_identity(name)
         || is_method_override(name)
         || (!trusted && is_forwarding(name))
         || nominated.iter().any(|t| t == name)
+        || extra.iter().any(|e| match e.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => e == name,
+        })
+}
+
+/// The operator's extra names in the form `must_strip` compares: lower case, `-` for `_` and `.`.
+pub fn normalize_extra(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| n.to_ascii_lowercase().replace(['_', '.'], "-"))
+        .collect()
 }
 
 // The forwarding headers the proxy sets, named once: a `&str` name is parsed on every use.
@@ -447,7 +483,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Strip, then inject: every header the client may not set is dropped, then the proxy adds
 /// its own forwarding headers and request id. Works in place: most requests drop nothing.
-pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
+pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx, strip_extra: &[String]) -> HeaderMap {
     let nominated: Vec<String> = connection_tokens(&headers)
         .map(|t| t.to_ascii_lowercase().replace(['_', '.'], "-"))
         .collect();
@@ -469,7 +505,7 @@ pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx) -> HeaderMap {
 
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| must_strip(&normalized(name), trusted, &nominated))
+        .filter(|name| must_strip(&normalized(name), trusted, &nominated, strip_extra))
         .cloned()
         .collect();
     for name in doomed {

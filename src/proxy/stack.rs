@@ -59,6 +59,8 @@ pub struct Proxy {
     minter: Option<Arc<crate::tokens::Minter>>,
     /// `server.limits`, for HTTP/2 heads (hyper enforces them on HTTP/1 while reading).
     limits: crate::config::Limits,
+    /// `server.strip_request_headers`, normalized.
+    strip_extra: Vec<String>,
 }
 
 /// What the audit event needs from the request after the request itself has moved on.
@@ -106,6 +108,7 @@ impl Proxy {
             header_attributes,
             minter,
             limits: config.server.limits.clone(),
+            strip_extra: forward::normalize_extra(&config.server.strip_request_headers),
         }
     }
 
@@ -233,7 +236,10 @@ impl Proxy {
                     ctx.session = Some(session);
                 }
                 Outcome::NotMine => {}
-                Outcome::Rejected(reason) => refused = Some(reason),
+                Outcome::Rejected(refusal) => {
+                    refused = Some(refusal.reason);
+                    ctx.refused_claim = refusal.claim;
+                }
             }
         }
 
@@ -293,7 +299,7 @@ impl Proxy {
             // Replaces the client's Authorization, on the upstream side only.
             identity.push((header::AUTHORIZATION, value));
         }
-        forward(permit, ctx, &route, req, identity).await
+        forward(permit, ctx, &route, req, identity, &self.strip_extra).await
     }
 
     /// `/.well-known/jwks.json` and `/.well-known/openid-configuration` on the issuer's own host,
@@ -340,9 +346,12 @@ impl Proxy {
         ));
         if config.identity_headers {
             let plain = [
-                ("x-portcullis-user", Some(principal.subject.clone())),
+                (
+                    "x-portcullis-user",
+                    Some(format!("{}/{}", principal.provider, principal.subject)),
+                ),
                 ("x-portcullis-email", principal.email.clone()),
-                ("x-portcullis-groups", Some(principal.groups.join(","))),
+                ("x-portcullis-groups", Some(groups_header(&principal.groups))),
             ];
             for (name, value) in plain {
                 // A value that is not a valid header (a newline in a claim) is left out, never sent raw.
@@ -530,6 +539,7 @@ impl Proxy {
                 request_id: ctx.request_id,
                 decision: decision.as_str(),
                 reason: decision.reason().as_str(),
+                reason_claim: ctx.refused_claim,
                 principal_kind: ctx.principal.as_ref().map_or("anonymous", |p| p.kind.as_str()),
                 auth_method: ctx.principal.as_ref().map_or("none", |p| p.auth_method.as_str()),
                 principal: ctx.principal.clone(),
@@ -557,6 +567,26 @@ impl Proxy {
             .into(),
         );
     }
+}
+
+/// `X-Portcullis-Groups`: each group percent-encoded (every byte but letters, digits and
+/// `-._~:/@!$&'()*+;=`), joined by commas, so a group named `dev,admins` (LDAP DNs hold commas)
+/// can never read as two. Upstreams split on `,` and percent-decode each item.
+pub fn groups_header(groups: &[String]) -> String {
+    let mut out = String::new();
+    for (i, group) in groups.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for b in group.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~:/@!$&'()*+;=".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 /// RFC 9113's measure of a header list: each field's name and value, plus this.

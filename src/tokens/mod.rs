@@ -31,7 +31,11 @@ const LEEWAY: Duration = Duration::from_secs(60);
 struct Claims<'a> {
     iss: &'a str,
     aud: &'a str,
-    sub: &'a str,
+    /// `<provider>/<subject>`: a subject means something only with the provider that vouched
+    /// for it, so an upstream keying on `sub` alone cannot confuse two providers' callers.
+    sub: String,
+    /// The configured name of that provider.
+    provider: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     email: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -268,7 +272,8 @@ impl Minter {
         let claims = Claims {
             iss: &self.issuer,
             aud: audience,
-            sub: &principal.subject,
+            sub: format!("{}/{}", principal.provider, principal.subject),
+            provider: &principal.provider,
             email: principal.email.as_deref(),
             name: principal.name.as_deref(),
             groups: &principal.groups,
@@ -370,7 +375,8 @@ mod tests {
             )
             .unwrap()
             .claims;
-            assert_eq!(claims["sub"], "alice");
+            assert_eq!(claims["sub"], format!("{}/alice", principal.provider));
+            assert_eq!(claims["provider"], principal.provider.as_str());
             assert_eq!(claims["groups"][0], "deployers");
             assert_eq!(claims["auth_method"], "session");
         }

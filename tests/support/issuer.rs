@@ -134,7 +134,8 @@ impl TestIssuer {
     pub fn claims(&self, sub: &str) -> Value {
         let now = now();
         json!({"iss": self.issuer, "aud": AUDIENCE, "sub": sub, "iat": now, "nbf": now, "exp": now + 300,
-               "jti": format!("jti-{sub}-{now}"), "groups": ["deployers"], "email": format!("{sub}@example.test")})
+               "jti": format!("jti-{sub}-{now}"), "groups": ["deployers"], "email": format!("{sub}@example.test"),
+               "email_verified": true})
     }
 
     /// Signs `claims` with key `kid` (ES256); `tweak` may change the header first.

@@ -371,6 +371,81 @@ pub async fn send(
         .unwrap()
 }
 
+/// Identity headers of Portcullis and of the products an upstream may have sat behind before
+/// (oauth2-proxy, Pomerium, Google IAP, AWS ALB, Cloudflare Access, Azure App Service, Authelia,
+/// Authentik, Grafana), several spellings of each family: none may reach an upstream from a
+/// client, on any route. The last two are what the tests' `strip_request_headers` adds.
+pub const IDENTITY_SPOOFS: &[&str] = &[
+    "X-Portcullis-User",
+    "x_portcullis_groups",
+    "X.Portcullis.Email",
+    "X-Portcullis-Provider",
+    "X-Forwarded-User",
+    "x_forwarded_email",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Access-Token",
+    "X-Auth-Request-User",
+    "X-Auth-Request-Preferred-Username",
+    "x_auth_request_groups",
+    "X-Auth.Request.Email",
+    "X-Goog-Authenticated-User-Email",
+    "x_goog_authenticated_user_id",
+    "X-Goog-Iap-Jwt-Assertion",
+    "X.GOOG.IAP.JWT.ASSERTION",
+    "Remote-User",
+    "Remote-Email",
+    "remote_groups",
+    "Remote-Name",
+    "X-Remote-User",
+    "X-Amzn-Oidc-Data",
+    "x-amzn-oidc-identity",
+    "X_Amzn_Oidc_Accesstoken",
+    "Cf-Access-Authenticated-User-Email",
+    "CF_ACCESS_JWT_ASSERTION",
+    "X-Ms-Client-Principal",
+    "X-MS-CLIENT-PRINCIPAL-NAME",
+    "x_ms_client_principal_id",
+    "X-Ms-Client-Principal-Idp",
+    "X-Pomerium-Jwt-Assertion",
+    "x_pomerium_claim_email",
+    "X-Webauth-User",
+    "X-Corp-Auth-User",
+    "x_internal_role",
+];
+
+/// The `[server]` key that makes the last two of [`IDENTITY_SPOOFS`] identity headers too.
+pub const STRIP_EXTRA: &str = "strip_request_headers = [\"x-corp-auth-*\", \"X-Internal-Role\"]";
+
+/// Every [`IDENTITY_SPOOFS`] header as `name: spoofed-by-client` lines of a raw request.
+pub fn spoofed_identity_lines() -> String {
+    IDENTITY_SPOOFS
+        .iter()
+        .map(|n| format!("{n}: spoofed-by-client\r\n"))
+        .collect()
+}
+
+/// The upstream received none of the client's identity headers, in any spelling; `own` lists
+/// the proxy's own identity headers it may have added (with values the client did not send).
+pub fn assert_no_client_identity(seen: &Seen, own: &[&str]) {
+    assert!(
+        seen.headers.values().all(|v| v != "spoofed-by-client"),
+        "a client's identity header reached the upstream: {:?}",
+        seen.headers
+    );
+    for name in IDENTITY_SPOOFS {
+        let norm = name.to_ascii_lowercase().replace(['_', '.'], "-");
+        if own.contains(&norm.as_str()) {
+            continue;
+        }
+        assert!(
+            !seen.has_any_spelling_of(&norm),
+            "{name} reached the upstream: {:?}",
+            seen.headers
+        );
+    }
+}
+
 /// One public route named `app` for host `app.test` in front of `upstream`.
 pub fn public_route(upstream: &str) -> String {
     format!(
