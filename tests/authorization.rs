@@ -628,3 +628,73 @@ fn check_config_refuses_an_invalid_regex_in_the_policy_with_file_and_line() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("policy.csv:2: invalid regex"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_explain_judges_the_path_the_proxy_would_forward_and_refuses_what_it_would_refuse() {
+    let World {
+        issuer,
+        upstream,
+        policy: _policy,
+        gw,
+    } = shipped_policy_world("").await;
+    let explain = |url: &str| {
+        let out = std::process::Command::new(support::binary())
+            .args([
+                "policy",
+                "explain",
+                "--as",
+                "user:okta/alice",
+                "--groups",
+                "data-eng",
+            ])
+            .args(["--method", "POST", "--url", url])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap(), text)
+    };
+    let deployer = token(&issuer, "alice", &["data-eng"]);
+    // Dot segments (plain or encoded) and doubled slashes: explain sees the canonical path, which
+    // is also what the proxy decides on and forwards.
+    for (path, canonical) in [
+        (
+            "/api/v1/dags/etl_prod/%2e%2e/etl_daily/dagRuns",
+            "/api/v1/dags/etl_daily/dagRuns",
+        ),
+        (
+            "/api/v1/dags/reporting/../etl_daily/dagRuns",
+            "/api/v1/dags/etl_daily/dagRuns",
+        ),
+        (
+            "/api/v1//dags/etl_daily/./dagRuns",
+            "/api/v1/dags/etl_daily/dagRuns",
+        ),
+    ] {
+        let (code, text) = explain(&format!("https://airflow.example.com{path}"));
+        assert_eq!(code, 0, "{path}: {text}");
+        assert!(
+            text.contains("object dag:etl_daily, action trigger"),
+            "{path}: {text}"
+        );
+        let (status, _) = call(&gw, http::Method::POST, path, &deployer).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(upstream.last().target, canonical);
+    }
+    // What the proxy refuses as ambiguous, explain refuses too, naming the 400.
+    for path in [
+        "/api/v1/dags/etl%2Fdaily/dagRuns",
+        "/api/v1/dags/etl_daily;x=1/dagRuns",
+        "/api/v1/dags/%252e%252e/dagRuns",
+    ] {
+        let (code, text) = explain(&format!("https://airflow.example.com{path}"));
+        assert_eq!(code, 2, "{path}: {text}");
+        assert!(text.contains("400 ambiguous_path"), "{path}: {text}");
+        let (status, _) = call(&gw, http::Method::POST, path, &deployer).await;
+        assert_eq!(status, 400, "{path}");
+    }
+    gw.stop().await;
+}

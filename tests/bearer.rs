@@ -242,6 +242,73 @@ async fn each_kind_of_bad_token_gets_401_with_its_reason_and_nothing_is_forwarde
         ("garbage", "not.a.jwt".into(), "malformed"),
         ("two dots only", "..".into(), "malformed"),
     ];
+    // Tokens that say they are meant for something else, or that parsers would read two ways:
+    // each refused for its own reason, in every spelling.
+    let mut cases = cases;
+    for typ in [
+        "id_token+jwt",
+        "logout+jwt",
+        "application/logout+jwt",
+        "secevent+jwt",
+        "refresh+jwt",
+        "Logout+JWT",
+        "dpop+jwt",
+        "JWE",
+    ] {
+        cases.push((
+            "an explicit non-access typ",
+            issuer.sign_with("k1", &good, |h| h.typ = Some(typ.into())),
+            "wrong_token_type",
+        ));
+    }
+    let payload = good.to_string();
+    let body = payload.trim_start_matches('{');
+    for (header, why) in [
+        (
+            r#"{"alg":"ES256","kid":"k1","crit":["exp"],"exp":1}"#,
+            "crit naming a header",
+        ),
+        (
+            r#"{"alg":"ES256","kid":"k1","crit":["b64"],"b64":false}"#,
+            "crit b64 (RFC 7797)",
+        ),
+        (r#"{"alg":"ES256","kid":"k1","crit":[]}"#, "an empty crit"),
+    ] {
+        cases.push((why, issuer.sign_raw(header, &payload), "unknown_critical_header"));
+    }
+    let header = r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#;
+    for (payload, why) in [
+        (format!(r#"{{"groups":["admins"],{body}"#), "groups twice"),
+        (format!(r#"{{"sub":"admin",{body}"#), "sub twice"),
+        (
+            format!(r#"{{"s\u0075b":"admin",{body}"#),
+            "sub twice, once escaped",
+        ),
+        (
+            format!(r#"{{"realm_access":{{"roles":["a"],"roles":["b"]}},{body}"#),
+            "a nested member twice",
+        ),
+        (format!(r#"{{"exp":1,{body}"#), "exp twice"),
+    ] {
+        cases.push((why, issuer.sign_raw(header, &payload), "duplicate_claim"));
+    }
+    cases.push((
+        "the header names kid twice",
+        issuer.sign_raw(r#"{"alg":"ES256","kid":"nope","kid":"k1"}"#, &payload),
+        "duplicate_claim",
+    ));
+    cases.push((
+        "iat in the future beyond the leeway",
+        issuer.sign(&with(&|c| c["iat"] = json!(now() + leeway + 60))),
+        "issued_in_future",
+    ));
+    for iat in [json!("yesterday"), json!(true), json!([1]), json!(null)] {
+        cases.push((
+            "iat of the wrong JSON type",
+            issuer.sign(&with(&|c| c["iat"] = iat.clone())),
+            "malformed",
+        ));
+    }
     let mut failures = Vec::new();
     for (name, token, reason) in &cases {
         let (status, challenge) = call(&gw, token).await;
@@ -261,12 +328,17 @@ async fn each_kind_of_bad_token_gets_401_with_its_reason_and_nothing_is_forwarde
     let expected: Vec<&str> = cases.iter().map(|(_, _, r)| *r).collect();
     assert_eq!(reasons, expected);
 
-    // Inside the leeway both ways is still fine.
+    // Inside the leeway both ways is still fine, and so are the access-token types.
     let edge = issuer.sign(&with(&|c| {
         c["exp"] = json!(now() - 10);
         c["nbf"] = json!(now() + 10);
+        c["iat"] = json!(now() + 10);
     }));
     assert_eq!(call(&gw, &edge).await.0, 200);
+    for typ in [None, Some("JWT"), Some("at+jwt"), Some("application/at+jwt")] {
+        let token = issuer.sign_with("k1", &good, |h| h.typ = typ.map(str::to_string));
+        assert_eq!(call(&gw, &token).await.0, 200, "typ {typ:?}");
+    }
     gw.stop().await;
 }
 
@@ -555,4 +627,24 @@ async fn hmac_tokens_pass_only_with_the_operators_shared_secret_never_a_jwks_key
             .any(|p| p.path == "identity_providers[0].algorithms[0]" && p.hint.contains("hmac_secret")),
         "{problems:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_requires_at_jwt_refuses_every_other_type() {
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let gw = gateway_for(&issuer, &upstream, "require_at_jwt = true").await;
+    let claims = issuer.claims("deploy-bot");
+    for (typ, status) in [
+        (None, 401),
+        (Some("JWT"), 401),
+        (Some("at+jwt"), 200),
+        (Some("application/AT+JWT"), 200),
+    ] {
+        let token = issuer.sign_with("k1", &claims, |h| h.typ = typ.map(str::to_string));
+        let (got, challenge) = call(&gw, &token).await;
+        assert_eq!(got, status, "typ {typ:?}: {challenge}");
+    }
+    assert_eq!(upstream.requests().len(), 2);
+    gw.stop().await;
 }

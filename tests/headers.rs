@@ -42,6 +42,15 @@ const SPOOFED_FORWARDING: &[&str] = &[
     "X-Rewrite-URL",
     "True-Client-IP",
     "X-Client-IP",
+    "X-Envoy-Original-Path",
+    "x-envoy-internal",
+    "X_Envoy_External_Address",
+    "X-Envoy-Decorator-Operation",
+    "X-Original-Host",
+    "Cf-Connecting-IP",
+    "Fastly-Client-IP",
+    "X-Host",
+    "X-HTTP-Host-Override",
 ];
 
 const METHOD_OVERRIDES: &[&str] = &[
@@ -257,5 +266,37 @@ async fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_cookie_header_withou
     assert_eq!(seen.version, http::Version::HTTP_11);
     let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
     assert_eq!(cookies, ["theme=dark; csrftoken=abc; lang=en"]);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_too_no_identity_or_trusted_hop_header_from_a_client_reaches_the_upstream() {
+    let upstream = Recorder::start().await;
+    let gw = Gateway::start_with(STRIP_EXTRA, &public_route(&upstream.url())).await;
+    let mut sender = support::h2c(gw.http).await;
+    let mut request = http::Request::builder()
+        .uri(format!("http://app.test/ok"))
+        .version(http::Version::HTTP_2);
+    for name in support::IDENTITY_SPOOFS.iter().chain(SPOOFED_FORWARDING) {
+        request = request.header(name.to_ascii_lowercase(), "spoofed-by-client");
+    }
+    let response = sender
+        .send_request(
+            request
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert_no_client_identity(&seen, &[]);
+    for name in SPOOFED_FORWARDING {
+        let norm = name.to_ascii_lowercase().replace(['_', '.'], "-");
+        assert!(
+            seen.header(&norm).is_none_or(|v| v != "spoofed-by-client"),
+            "{name} reached the upstream"
+        );
+    }
     gw.stop().await;
 }

@@ -568,3 +568,44 @@ async fn a_bearer_caller_s_identity_headers_never_reach_the_upstream_beside_the_
     support::assert_no_client_identity(&upstream.last(), &[]);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_with_control_characters_are_escaped_and_capped_in_records_and_a_subject_with_them_is_refused()
+{
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::start().await;
+    let config = format!(
+        "{}[[routes]]\nname = \"api\"\nhosts = [\"airflow.test\"]\naccess = \"authenticated\"\n\
+         identity_providers = [\"okta\"]\n[routes.upstream]\nurl = \"{}\"\n",
+        issuer.provider_toml("okta", ""),
+        upstream.url()
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_ready().await;
+    let mut claims = issuer.claims("alice");
+    claims["email"] = json!("alice@example.test\r\n{\"forged\":1}");
+    claims["groups"] = json!(["ops\u{1b}[31m", "x".repeat(1000)]);
+    assert_eq!(
+        call(&gw, http::Method::GET, "/x", &issuer.sign(&claims)).await,
+        200
+    );
+    let mut bad = issuer.claims("alice\r\nroot");
+    bad["jti"] = json!("j\u{7}");
+    assert_eq!(call(&gw, http::Method::GET, "/x", &issuer.sign(&bad)).await, 401);
+
+    let events = gw.audit_events(2).await;
+    let record = &events[0];
+    assert_eq!(
+        record["user.email"],
+        "alice@example.test\\u{d}\\u{a}{\"forged\":1}"
+    );
+    let groups = record["portcullis.principal.groups"].as_array().unwrap();
+    assert_eq!(groups[0], "ops\\u{1b}[31m");
+    assert_eq!(
+        groups[1].as_str().unwrap().chars().count(),
+        257,
+        "capped, with an ellipsis"
+    );
+    assert_eq!(events[1]["portcullis.reason"], "malformed");
+    gw.stop().await;
+}

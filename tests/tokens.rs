@@ -707,3 +707,45 @@ async fn a_revoked_key_leaves_the_jwks_at_once_and_the_proxy_stops_sending_what_
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_name_holds_a_comma_reaches_the_upstream_as_one_group() {
+    let idp = TestIssuer::start().await;
+    let (a, b) = (Recorder::start().await, Recorder::start().await);
+    let prebound = Gateway::prebind("").await;
+    let issuer_url = format!("http://{}", prebound.http);
+    let keys = private_dir(prebound.dir.path());
+    let gw = prebound
+        .start(&config(&issuer_url, &keys, &idp, &a.url(), &b.url(), ""))
+        .await;
+    gw.wait_ready().await;
+    let groups = ["CN=dev,OU=admins", "ops", "100%", "équipe"];
+    let mut claims = idp.claims("alice");
+    claims["groups"] = serde_json::json!(groups);
+    let bearer = format!("Bearer {}", idp.sign(&claims));
+    let (status, _) = get(gw.http, "/x", &[("host", "a.test"), ("authorization", &bearer)]).await;
+    assert_eq!(status, StatusCode::OK);
+    let header = a.last().header("x-portcullis-groups").unwrap();
+    assert_eq!(header, "CN=dev%2COU=admins,ops,100%25,%C3%A9quipe");
+    // What an upstream does: split on commas, percent-decode each item.
+    let decoded: Vec<String> = header
+        .split(',')
+        .map(|g| {
+            let bytes = g.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'%' {
+                    out.push(u8::from_str_radix(&g[i + 1..i + 3], 16).unwrap());
+                    i += 3;
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8(out).unwrap()
+        })
+        .collect();
+    assert_eq!(decoded, groups);
+    gw.stop().await;
+}

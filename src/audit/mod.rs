@@ -540,16 +540,48 @@ pub struct PolicyFields {
 /// session id only as its hash). `client_id: false` leaves `portcullis.client.id` to the event
 /// (a brokered credential names the proxy's own client there).
 fn write_principal(p: &Principal, client_id: bool, a: &mut impl Attributes) {
-    a.str("enduser.id", &p.subject);
+    claim(a, "enduser.id", &p.subject);
     a.str("portcullis.principal.issuer", &p.issuer);
     a.str("portcullis.principal.provider", &p.provider);
-    a.opt("user.email", p.email.as_ref());
-    a.strings("portcullis.principal.groups", p.groups.iter());
-    if client_id {
-        a.opt("portcullis.client.id", p.client_id.as_ref());
+    if let Some(email) = &p.email {
+        claim(a, "user.email", email);
     }
-    a.opt("portcullis.token.id", p.token_id.as_ref());
+    let groups = p.groups.get(..MAX_GROUPS).unwrap_or(&p.groups);
+    if groups.len() < p.groups.len() || groups.iter().any(|g| needs_bounding(g)) {
+        let mut kept: Vec<String> = groups.iter().map(|g| bounded(g, MAX_CLAIM_CHARS)).collect();
+        if groups.len() < p.groups.len() {
+            kept.push(format!("… {} more", p.groups.len() - groups.len()));
+        }
+        a.strings("portcullis.principal.groups", kept.into_iter());
+    } else {
+        a.strings("portcullis.principal.groups", groups.iter());
+    }
+    if client_id && let Some(client) = &p.client_id {
+        claim(a, "portcullis.client.id", client);
+    }
+    if let Some(jti) = &p.token_id {
+        claim(a, "portcullis.token.id", jti);
+    }
     a.opt("portcullis.session.id_hash", p.session_id_hash.as_ref());
+}
+
+/// The longest claim value a record keeps, in characters, and the most groups it lists.
+pub const MAX_CLAIM_CHARS: usize = 256;
+const MAX_GROUPS: usize = 256;
+
+/// A value from a token (the provider's text, which an attacker controlling an account's
+/// profile may have chosen): written as it is when short and free of control characters,
+/// else capped and escaped like every other client-controlled text.
+fn claim(a: &mut impl Attributes, key: &'static str, value: &String) {
+    if needs_bounding(value) {
+        a.str(key, bounded(value, MAX_CLAIM_CHARS));
+    } else {
+        a.str(key, value);
+    }
+}
+
+fn needs_bounding(value: &str) -> bool {
+    value.len() > MAX_CLAIM_CHARS || value.chars().any(char::is_control)
 }
 
 pub fn bounded(value: &str, max: usize) -> String {
@@ -583,5 +615,35 @@ mod tests {
         assert_eq!(bounded("curl/8.0", 256), "curl/8.0");
         assert_eq!(bounded("abcdef", 3), "abc…");
         assert_eq!(bounded("a\nb\tc", 256), "a\\u{a}b\\u{9}c");
+    }
+
+    #[test]
+    fn claims_in_a_record_are_capped_and_their_control_characters_escaped() {
+        let mut principal = crate::session::conformance::session(std::time::SystemTime::now()).principal;
+        let p = Arc::make_mut(&mut principal);
+        p.subject = "alice\r\n\u{1b}[31mroot".into();
+        p.email = Some("x".repeat(300));
+        p.groups = (0..300).map(|i| format!("g{i}")).collect();
+        p.groups[0] = "dev\nadmins".into();
+        let mut attributes = Attrs(Vec::new());
+        write_principal(p, true, &mut attributes);
+        let get = |key: &str| {
+            attributes
+                .0
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.clone())
+                .unwrap()
+        };
+        assert_eq!(get("enduser.id").as_str(), "alice\\u{d}\\u{a}\\u{1b}[31mroot");
+        let email = get("user.email").as_str().into_owned();
+        assert_eq!(email.chars().count(), MAX_CLAIM_CHARS + 1);
+        assert!(email.ends_with('…'));
+        let Value::Array(Array::String(groups)) = get("portcullis.principal.groups") else {
+            panic!("groups are a list")
+        };
+        assert_eq!(groups.len(), MAX_GROUPS + 1);
+        assert_eq!(groups[0].as_str(), "dev\\u{a}admins");
+        assert_eq!(groups[MAX_GROUPS].as_str(), "… 44 more");
     }
 }

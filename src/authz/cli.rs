@@ -105,7 +105,7 @@ fn target(
     route_of: Option<RouteOf<'_>>,
     templates: &Templates,
 ) -> Result<(Target, String), String> {
-    let (host, path) = host_and_path(&ask.url)?;
+    let (host, path) = host_and_path(&ask.method, &ask.url)?;
     let mut found = match route_of {
         Some(route_of) => match route_of(&host, &path) {
             Some(r) if r.access == Access::Protected => {
@@ -368,7 +368,7 @@ fn table_queries(dir: &Path, templates: &Templates) -> Vec<Query> {
     let mut out = Vec::new();
     for (_, file) in &tables.files {
         for case in &file.cases {
-            let Ok((host, path)) = host_and_path(&case.url) else {
+            let Ok((host, path)) = host_and_path(&case.method, &case.url) else {
                 continue;
             };
             let Some(target) = targets.get(&host) else {

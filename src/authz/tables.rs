@@ -29,6 +29,7 @@ use serde::Deserialize;
 use crate::authz::engine::{Engine, Query};
 use crate::authz::policy::{LoadError, Origin, Problem};
 use crate::authz::resources::{Resource, Template, Templates, path_resource};
+use crate::proxy::canonical::Canonical;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,15 +217,37 @@ impl Tables {
     }
 }
 
-/// Splits a URL into lower-case host and path.
-pub fn host_and_path(url: &str) -> Result<(String, String), String> {
+/// The host and path a request for `url` is routed and decided on: the proxy's own canonical
+/// view (one decoding, dot segments resolved, slashes merged), so a table or `policy explain`
+/// never judges a path other than the one the proxy would. A URL the proxy would refuse (400)
+/// is an error that says so.
+pub fn host_and_path(method: &str, url: &str) -> Result<(String, String), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
-    Ok((host.to_ascii_lowercase(), uri.path().to_string()))
+    if uri.host().is_none() {
+        return Err(format!("`{url}` has no host"));
+    }
+    let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("`{method}` is not an HTTP method"))?;
+    let tls = uri.scheme_str() == Some("https");
+    let view = Canonical::build(
+        &method,
+        &uri,
+        http::Version::HTTP_11,
+        &http::HeaderMap::new(),
+        tls,
+    )
+    .map_err(|e| {
+        format!(
+            "the proxy would refuse this request with {} {} ({e}); it is never decided",
+            e.status().as_u16(),
+            e.code()
+        )
+    })?;
+    Ok((view.host, view.path))
 }
 
 fn run_case(case: &Case, table: &TableFile, engine: &Engine, templates: &Templates) -> Result<(), String> {
-    let (host, path) = host_and_path(&case.url)?;
+    let (host, path) = host_and_path(&case.method, &case.url)?;
     let def = table
         .hosts
         .get(&host)

@@ -148,6 +148,19 @@ impl TestIssuer {
         jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
     }
 
+    /// Signs a header and payload given as JSON text exactly (key k1, ES256), for tokens no
+    /// serializer would write: a member named twice, a `crit` list.
+    pub fn sign_raw(&self, header: &str, payload: &str) -> String {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let keys = self.keys.lock().unwrap();
+        let key = keys.iter().find(|k| k.kid == "k1").expect("no key k1");
+        let message = format!("{}.{}", b64(header), b64(payload));
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key.encoding, Algorithm::ES256).unwrap();
+        format!("{message}.{signature}")
+    }
+
     pub fn sign(&self, claims: &Value) -> String {
         self.sign_with("k1", claims, |_| {})
     }
