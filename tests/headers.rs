@@ -275,7 +275,7 @@ async fn over_http2_too_no_identity_or_trusted_hop_header_from_a_client_reaches_
     let gw = Gateway::start_with(STRIP_EXTRA, &public_route(&upstream.url())).await;
     let mut sender = support::h2c(gw.http).await;
     let mut request = http::Request::builder()
-        .uri(format!("http://app.test/ok"))
+        .uri("http://app.test/ok")
         .version(http::Version::HTTP_2);
     for name in support::IDENTITY_SPOOFS.iter().chain(SPOOFED_FORWARDING) {
         request = request.header(name.to_ascii_lowercase(), "spoofed-by-client");
