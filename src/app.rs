@@ -330,15 +330,18 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             Route::new(route.clone(), upstream, accepted, target).with_credentials(credentials),
         ));
     }
-    let proxy = Arc::new(Proxy::new(
-        RouteTable::new(routes),
-        authn.clone(),
-        authz,
-        &config,
-        audit.clone(),
-        metrics.clone(),
-        minter.clone(),
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            RouteTable::new(routes),
+            authn.clone(),
+            authz,
+            &config,
+            audit.clone(),
+            metrics.clone(),
+            minter.clone(),
+        )
+        .with_https_port(bound.https_addr().map(|a| a.port())),
+    );
 
     let tls = match (&config.server.tls, bound.https.is_some()) {
         (Some(tls), true) => {

@@ -37,6 +37,14 @@ pub enum Reason {
     MethodNotAllowed,
     /// Denied: the request body is larger than the route accepts.
     PayloadTooLarge,
+    /// Denied (400): the request body broke its framing (a bad chunk size or extension, a
+    /// `Content-Length` or HTTP/2 `content-length` it did not keep), or its head framed it two
+    /// ways (`Content-Length` with `Transfer-Encoding`, `Transfer-Encoding` twice).
+    BadRequestBody,
+    /// Denied (408): the client stopped sending the request body for the idle timeout.
+    BodyTimeout,
+    /// The client went away before any decision was made (recorded as 499, as nginx logs it).
+    ClientClosed,
     /// Denied: the request head is over `max_header_bytes` or `max_headers` (431; HTTP/1 heads
     /// are answered while hyper reads them, so their record has no path or method).
     HeadersTooLarge,
@@ -88,6 +96,9 @@ pub enum Reason {
     SessionExpired,
     /// Denied: the session store cannot answer (fail closed).
     SessionStoreUnavailable,
+    /// Denied: a browser sign-in or session over plain HTTP (not loopback, not from a trusted
+    /// TLS-terminating proxy): a navigation is redirected to HTTPS, anything else refused (403).
+    InsecureTransport,
     /// Denied: a CORS preflight from an origin, or for a method or header, the route does not allow.
     CorsRefused,
     /// Allowed: the proxy answered a CORS preflight itself.
@@ -119,6 +130,9 @@ impl Reason {
             Reason::MalformedRequest => "malformed_request",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::PayloadTooLarge => "payload_too_large",
+            Reason::BadRequestBody => "bad_request_body",
+            Reason::BodyTimeout => "body_timeout",
+            Reason::ClientClosed => "client_closed",
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::UriTooLong => "uri_too_long",
             Reason::HeaderTimeout => "header_timeout",
@@ -144,6 +158,7 @@ impl Reason {
             Reason::StateMismatch => "state_mismatch",
             Reason::SessionExpired => "session_expired",
             Reason::SessionStoreUnavailable => "session_store_unavailable",
+            Reason::InsecureTransport => "insecure_transport",
             Reason::CorsRefused => "cors_refused",
             Reason::CorsPreflight => "cors_preflight",
             Reason::SignInStarted => "sign_in_started",
@@ -179,11 +194,16 @@ impl Reason {
             }
             Reason::SessionExpired => "your session has ended; sign in again",
             Reason::SessionStoreUnavailable => "sessions cannot be checked right now; try again shortly",
+            Reason::InsecureTransport => {
+                "signing in needs HTTPS, so that the session cookie never crosses the network in clear: open this address with https://"
+            }
             Reason::CorsRefused => "this cross-origin request is not allowed",
             Reason::RouteNotFound => "no route serves this host and path",
             Reason::Forbidden => "you are signed in, but the policy does not allow this request",
             Reason::PolicyError => "the access policy could not be evaluated; the request was refused",
             Reason::PayloadTooLarge => "the request body is larger than this route accepts",
+            Reason::BadRequestBody => "the request body is malformed",
+            Reason::BodyTimeout => "the request body stopped arriving",
             Reason::AuditUnavailable => {
                 "requests cannot be recorded right now, so none are served; try again shortly"
             }
@@ -211,7 +231,7 @@ impl Reason {
     }
 
     /// The status a denial with this reason answers with.
-    pub const fn status(self) -> StatusCode {
+    pub fn status(self) -> StatusCode {
         if self.is_invalid_token() {
             return StatusCode::UNAUTHORIZED;
         }
@@ -225,9 +245,11 @@ impl Reason {
             | Reason::SignedOut
             | Reason::IssuerMetadata => StatusCode::OK,
             Reason::NoCredentials | Reason::LoginFailed | Reason::SessionExpired => StatusCode::UNAUTHORIZED,
-            Reason::StateMismatch | Reason::CorsRefused | Reason::Forbidden | Reason::ClaimsNotBound => {
-                StatusCode::FORBIDDEN
-            }
+            Reason::StateMismatch
+            | Reason::CorsRefused
+            | Reason::Forbidden
+            | Reason::ClaimsNotBound
+            | Reason::InsecureTransport => StatusCode::FORBIDDEN,
             Reason::PolicyError | Reason::AssertionFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Reason::IdpUnavailable
             | Reason::SessionStoreUnavailable
@@ -237,6 +259,9 @@ impl Reason {
             Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::BadRequestBody => StatusCode::BAD_REQUEST,
+            Reason::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reason::ClientClosed => crate::proxy::exchange::client_closed_status(),
             Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::UriTooLong => StatusCode::URI_TOO_LONG,
             Reason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,

@@ -27,6 +27,10 @@ pub enum ProxyError {
     /// The upstream did not answer within the route's timeout.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The client went away while its request was being forwarded (499, as nginx logs it):
+    /// nobody reads the answer, but the record says so.
+    #[error("the client closed the request")]
+    ClientClosed,
 }
 
 impl ProxyError {
@@ -45,6 +49,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientClosed => crate::proxy::exchange::client_closed_status(),
         }
     }
 
@@ -60,6 +65,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => Reason::Forbidden.as_str(),
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::ClientClosed => "client_closed",
         }
     }
 
@@ -70,6 +76,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => Reason::Forbidden.message(),
             ProxyError::UpstreamUnavailable(_) => "the upstream service could not be reached",
             ProxyError::UpstreamTimeout => "the upstream service did not answer in time",
+            ProxyError::ClientClosed => "the client closed the request",
         }
     }
 }

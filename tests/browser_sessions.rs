@@ -18,8 +18,8 @@ use http_body_util::BodyExt;
 use support::idp::{API_AUDIENCE, Idp, OTHER_AUDIENCE, verify_jwt};
 use support::{Gateway, Recorder};
 
-const CALLBACK: &str = "http://app.test/.portcullis/callback";
-const SIGNED_OUT: &str = "http://app.test/.portcullis/signed_out";
+const CALLBACK: &str = "http://app.localhost/.portcullis/callback";
+const SIGNED_OUT: &str = "http://app.localhost/.portcullis/signed_out";
 const HTML: &str = "text/html,application/xhtml+xml";
 
 struct Reply {
@@ -50,8 +50,14 @@ impl Reply {
     }
 }
 
+/// A request to `app.localhost` (a loopback name: browsers treat it as a secure context, and so
+/// does the proxy, so sessions work over plain HTTP in these tests) unless `headers` name a host.
 async fn fetch(gw: &Gateway, method: Method, target: &str, headers: &[(&str, &str)]) -> Reply {
-    let response = support::send(gw.http, method, target, headers, Bytes::new()).await;
+    let mut headers = headers.to_vec();
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        headers.push(("host", "app.localhost"));
+    }
+    let response = support::send(gw.http, method, target, &headers, Bytes::new()).await;
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -100,7 +106,7 @@ struct World {
 }
 
 /// The provider with the `web` client registered for this host, and the proxy in front of an
-/// upstream on `app.test`, accepting both the browser session and bearer tokens.
+/// upstream on `app.localhost`, accepting both the browser session and bearer tokens.
 async fn world(idp_args: &[&str], sessions_toml: &str) -> World {
     world_with(idp_args, sessions_toml, "", "", "").await
 }
@@ -121,7 +127,7 @@ async fn world_with(
     let prebound = Gateway::prebind(support::STRIP_EXTRA).await;
     let secret = prebound.dir.path().join("web-secret");
     let config = idp
-        .browser_config(&secret, "app", "app.test", &upstream.url())
+        .browser_config(&secret, "app", "app.localhost", &upstream.url())
         .replace(
             "[identity_providers.browser]\n",
             &format!("{provider_toml}\n[identity_providers.browser]\n{browser_keys}\n"),
@@ -475,7 +481,7 @@ async fn a_route_with_two_providers_shows_a_choice_and_never_returns_off_site() 
     };
     let gw = prebound
         .start(&format!(
-            "{}{}[[routes]]\nname = \"app\"\nhosts = [\"app.test\"]\nidentity_providers = [\"okta\", \"keycloak\"]\n\
+            "{}{}[[routes]]\nname = \"app\"\nhosts = [\"app.localhost\"]\nidentity_providers = [\"okta\", \"keycloak\"]\n\
              [routes.upstream]\nurl = \"{}\"\n",
             provider("okta", "Okta <staff>", &okta.issuer),
             provider("keycloak", "Keycloak", &keycloak.issuer),
@@ -555,7 +561,7 @@ async fn cors_preflights_are_answered_before_authentication_and_only_allowed_ori
     }))
     .await;
     let gw = Gateway::start(&format!(
-        "[[routes]]\nname = \"api\"\nhosts = [\"app.test\"]\naccess = \"public\"\n\
+        "[[routes]]\nname = \"api\"\nhosts = [\"app.localhost\"]\naccess = \"public\"\n\
          [routes.upstream]\nurl = \"{}\"\n\
          [routes.cors]\nallowed_origins = [\"https://ui.example\"]\nallow_credentials = true\nexpose_headers = [\"x-request-id\"]\n\
          [[routes]]\nname = \"locked\"\nhosts = [\"locked.test\"]\n[routes.upstream]\nurl = \"{}\"\n\
@@ -709,5 +715,119 @@ async fn a_signed_in_person_s_access_token_is_exchanged_and_the_upstream_gets_on
         .unwrap();
     assert_eq!(exchange["portcullis.token.grant"], "token_exchange");
     assert_eq!(exchange["enduser.id"], "alice");
+    w.gw.stop().await;
+}
+
+/// The provider and a proxy whose route serves `app.test` (not a loopback name) as well, with
+/// `server_toml` for its `[server]` table.
+async fn public_host_world(server_toml: &str) -> World {
+    let idp = Idp::start_with(&["--redirect", CALLBACK, "--post-logout-redirect", SIGNED_OUT]).await;
+    let upstream = Recorder::start().await;
+    let prebound = Gateway::prebind(server_toml).await;
+    let secret = prebound.dir.path().join("web-secret");
+    let config = idp
+        .browser_config(&secret, "app", "app.localhost", &upstream.url())
+        .replace(
+            "hosts = [\"app.localhost\"]",
+            "hosts = [\"app.localhost\", \"app.test\"]",
+        );
+    let gw = prebound.start(&config).await;
+    gw.wait_ready().await;
+    World { idp, upstream, gw }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_plain_http_a_browser_is_never_given_a_session_cookie() {
+    let w = public_host_world("").await;
+    let on_app = |extra: &[(&'static str, &'static str)]| {
+        let mut headers = vec![("host", "app.test"), ("accept", HTML)];
+        headers.extend_from_slice(extra);
+        headers
+    };
+    // No HTTPS listener to send it to: a page that says why, and no cookie of any kind.
+    for target in [
+        "/dags?x=1",
+        "/.portcullis/sign_in?rd=/dags",
+        "/.portcullis/callback?state=s&code=c",
+    ] {
+        let reply = fetch(&w.gw, Method::GET, target, &on_app(&[])).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{target}: {}", reply.body);
+        assert!(reply.body.contains("HTTPS"), "{target}: {}", reply.body);
+        assert!(reply.headers.get("set-cookie").is_none(), "{target}");
+    }
+    // A client's own X-Forwarded-Proto changes nothing: it is not a trusted proxy.
+    let reply = fetch(
+        &w.gw,
+        Method::GET,
+        "/dags",
+        &on_app(&[("x-forwarded-proto", "https")]),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    // A session cookie sent over plain HTTP is no credential either.
+    let cookie = sign_in(&w, "/dags", "alice").await;
+    let reply = fetch(
+        &w.gw,
+        Method::GET,
+        "/dags",
+        &[
+            ("host", "app.test"),
+            ("accept", "application/json"),
+            ("cookie", cookie.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    let events = w.gw.audit_events(5).await;
+    assert_eq!(events[0]["portcullis.reason"], "insecure_transport");
+    assert_eq!(events[0]["http.response.status_code"], 403);
+    assert!(
+        w.upstream.requests().len() <= 1,
+        "only the loopback sign-in's own page view"
+    );
+    w.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_plain_http_a_navigation_is_sent_to_https_and_a_trusted_tls_proxy_may_vouch_for_https() {
+    let cert = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.crt");
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.key");
+    let w = public_host_world(&format!(
+        "https = \"127.0.0.1:0\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\ntrusted_proxies = [\"127.0.0.1/32\"]"
+    ))
+    .await;
+    let https = w.gw.https.unwrap().port();
+    let reply = fetch(
+        &w.gw,
+        Method::GET,
+        "/dags/etl?tab=runs",
+        &[("host", "app.test"), ("accept", HTML)],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        reply.location(),
+        format!("https://app.test:{https}/dags/etl?tab=runs")
+    );
+    assert!(reply.headers.get("set-cookie").is_none());
+    // A trusted TLS terminator in front says the browser used HTTPS: sign-in goes ahead.
+    let reply = fetch(
+        &w.gw,
+        Method::GET,
+        "/dags",
+        &[
+            ("host", "app.test"),
+            ("accept", HTML),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.body);
+    assert!(reply.set_cookie("__Host-portcullis_login").is_some());
+    assert!(
+        query_param(&reply.location(), "redirect_uri")
+            .unwrap()
+            .starts_with("https://app.test")
+    );
     w.gw.stop().await;
 }

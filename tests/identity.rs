@@ -348,7 +348,7 @@ const PRESETS: &[Expect] = &[
         kind: "user",
         subject: "730448f2-e0a1-70a7-c954-000000000000",
         groups: &[],
-        client: Some("arn:aws:sso::123456789012:application/ssoins-111111111111/apl-222222222222"),
+        client: None,
         email: None,
     },
     Expect {

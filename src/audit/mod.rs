@@ -44,7 +44,7 @@ pub trait AuditSink: Send + Sync + 'static {
 }
 
 /// Version of the attribute set; bumped when a field changes meaning.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// A span's place in a trace: its own id, and the caller's span when a `traceparent` came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,6 +429,13 @@ pub struct AccessEvent {
     pub error_type: Option<&'static str>,
     /// The proxy itself failed (a 5xx it made): the span's status is Error.
     pub failed: bool,
+    /// How the exchange ended: `completed`, `client_closed` or `upstream_aborted`.
+    pub outcome: &'static str,
+    /// The upstream's status, when its response head arrived (also when the client had left).
+    pub upstream_status: Option<u16>,
+    /// Request body bytes received from the client, response body bytes handed to it.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
     pub upstream_ms: Option<f64>,
     pub total: Duration,
     /// What the policy was asked and answered, on protected routes.
@@ -486,6 +493,12 @@ impl AccessEvent {
         a.opt("user_agent.original", self.user_agent);
         a.int("http.response.status_code", u64::from(self.status));
         a.opt("error.type", self.error_type);
+        a.str("portcullis.outcome", self.outcome);
+        if let Some(status) = self.upstream_status {
+            a.int("portcullis.upstream.status_code", u64::from(status));
+        }
+        a.int("http.request.body.size", self.request_bytes);
+        a.int("http.response.body.size", self.response_bytes);
         if let Some(ms) = self.upstream_ms {
             a.float("portcullis.duration.upstream_ms", ms);
         }

@@ -634,6 +634,10 @@ mod tests {
             status: if failed { 502 } else { 200 },
             error_type: failed.then_some("upstream_unreachable"),
             failed,
+            outcome: "completed",
+            upstream_status: Some(200),
+            request_bytes: 0,
+            response_bytes: 11,
             upstream_ms: Some(if failed { f64::NAN } else { 3.25 }),
             total: Duration::from_micros(3400),
             policy: Some(PolicyFields {

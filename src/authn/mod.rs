@@ -103,14 +103,17 @@ impl Authn {
 
     /// The first Authenticated wins; a Rejected stops the chain.
     /// `during` names the request, for the acts authentication causes (a session refresh).
+    /// `secure`: the request came over HTTPS (or from a trusted TLS terminator, or for a
+    /// loopback host): only then is a session cookie a credential.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
         accepted: &[Arc<Provider>],
         during: crate::audit::During<'_>,
+        secure: bool,
     ) -> Outcome {
         match self.bearer.authenticate(headers, accepted).await {
-            Outcome::NotMine => self.browser.authenticate(headers, accepted, during).await,
+            Outcome::NotMine if secure => self.browser.authenticate(headers, accepted, during).await,
             decided => decided,
         }
     }

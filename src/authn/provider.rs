@@ -284,7 +284,9 @@ fn is_service(rule: ServiceWhen, claims: &Map<String, Value>, client_id: Option<
         ServiceWhen::ClaimIs(name, value) => {
             claims::lookup(claims, name).and_then(Value::as_str) == Some(value)
         }
-        ServiceWhen::ClaimPresent(name) => claims::lookup(claims, name).is_some_and(|v| !v.is_null()),
+        ServiceWhen::ClaimPresent(names) => names
+            .iter()
+            .any(|name| claims::lookup(claims, name).is_some_and(|v| !v.is_null())),
     }
 }
 

@@ -507,6 +507,11 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Send the client's `Host` to the upstream instead of the upstream's own authority. Default false.
     pub preserve_host: bool,
+    /// Protocols a client may switch to with `Connection: upgrade` once its request is allowed
+    /// (`websocket`, `spdy/3.1` for `kubectl exec`, …). WebSocket needs a valid handshake;
+    /// `h2c` is never accepted. An `Upgrade` for anything else is removed and the request
+    /// forwarded as a plain one. Default `["websocket"]`.
+    pub upgrades: Vec<String>,
     /// Names of the identity providers whose bearer tokens this route accepts (protected routes).
     /// Empty on a protected route: every request is refused with 401.
     pub identity_providers: Vec<String>,
@@ -646,6 +651,7 @@ impl Default for Route {
             timeout: Duration::from_secs(30),
             max_body_bytes: 10 * 1024 * 1024,
             preserve_host: false,
+            upgrades: vec!["websocket".into()],
             identity_providers: Vec::new(),
             cors: None,
             policy_domain: None,
@@ -755,7 +761,9 @@ pub struct IdentityProvider {
     pub leeway: Option<Duration>,
     /// `access`, `id` or `any`. Default `access` (presets for CI tokens: `id`).
     pub token_type: Option<TokenType>,
-    /// `user`, `service` or `ci_job`. Default: `service` when the subject is the token's own client, else `user`.
+    /// `user`, `service` or `ci_job`. Default: the preset's (CI presets: `ci_job`; Kubernetes:
+    /// `service`), else `service` when the token says it is a client's own (its `sub` is the
+    /// client; Entra `idtyp: app`; a Keycloak service account's `client_id`), else `user`.
     pub principal_kind: Option<PrincipalKind>,
     /// Claims beyond iss, aud, exp and sub that every token must carry.
     pub required_claims: Vec<String>,

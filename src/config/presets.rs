@@ -49,8 +49,9 @@ pub enum ServiceWhen {
     SubIsClient,
     /// This claim has this value (Entra's `idtyp: app`).
     ClaimIs(&'static str, &'static str),
-    /// This claim is present (Keycloak service-account tokens carry `client_id`).
-    ClaimPresent(&'static str),
+    /// One of these claims is present (Keycloak service-account tokens carry `client_id`, or
+    /// `clientId` before Keycloak 25).
+    ClaimPresent(&'static [&'static str]),
 }
 
 struct Defaults {
@@ -101,11 +102,12 @@ fn preset(p: Option<Preset>) -> Defaults {
             service_when: ServiceWhen::ClaimIs("idtyp", "app"),
             ..GENERIC
         },
-        // The Identity Store user id (`sub`) within the instance the issuer names.
+        // The Identity Store user id (`sub`) within the instance the issuer names; the
+        // application is the audience, so no client claim is read.
         Preset::AwsIdentityCenter => Defaults {
             algorithms: &["RS256"],
             groups: None,
-            client: "aud",
+            client: "client_id",
             ..GENERIC
         },
         // Cognito access tokens carry the app client in `client_id` and no `aud`.
@@ -131,7 +133,7 @@ fn preset(p: Option<Preset>) -> Defaults {
             groups: Some("realm_access.roles"),
             name: "preferred_username|name",
             client: "azp",
-            service_when: ServiceWhen::ClaimPresent("client_id"),
+            service_when: ServiceWhen::ClaimPresent(&["client_id", "clientId"]),
             ..GENERIC
         },
         // CI job tokens are ID tokens minted for an audience the job chose. GitLab's `sub` and

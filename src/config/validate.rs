@@ -486,6 +486,25 @@ fn addr_problem(path: &str, value: &str) -> Problem {
 }
 
 fn validate_route(route: &Route, at: &str, p: &mut Vec<Problem>) {
+    for (j, protocol) in route.upgrades.iter().enumerate() {
+        let name = protocol.split('/').next().unwrap_or_default();
+        if name.eq_ignore_ascii_case("h2c") {
+            p.push(Problem::new(
+                format!("{at}.upgrades[{j}]"),
+                "h2c cannot be allowed: a client would speak HTTP/2 straight to the upstream, past every decision",
+                "remove it; to reach an HTTP/2 upstream, set upstream.protocol = \"http2\"",
+            ));
+        } else if protocol.is_empty()
+            || http::HeaderValue::from_str(protocol).is_err()
+            || protocol.contains([',', ' '])
+        {
+            p.push(Problem::new(
+                format!("{at}.upgrades[{j}]"),
+                format!("{protocol:?} is not a protocol name"),
+                "write one protocol as the Upgrade header names it, e.g. \"websocket\" or \"spdy/3.1\"",
+            ));
+        }
+    }
     if route.name.is_empty() {
         p.push(Problem::new(
             format!("{at}.name"),

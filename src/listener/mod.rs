@@ -8,7 +8,6 @@
 mod io;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +75,27 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<ReloadingTls>>, shared
     }
 }
 
+/// Methods whose request may change something at the upstream: served on a task of their own.
+/// Safe methods are cancelled with their client (recorded as 499).
+fn changes_something(method: &http::Method) -> bool {
+    !matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
+}
+
+/// A request the runtime stopped before it was answered (shutdown): hyper closes the stream.
+#[derive(Debug)]
+struct Unserved;
+
+impl std::fmt::Display for Unserved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request was stopped before it was answered")
+    }
+}
+
+impl std::error::Error for Unserved {}
+
 /// Resolves once shutdown has been signalled (or the sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -98,6 +118,9 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // as SETTINGS_MAX_HEADER_LIST_SIZE).
         .max_header_list_size(h2_codec_cap(limits))
         .max_concurrent_streams(256)
+        // Extended CONNECT (RFC 8441) reaches the stack, which refuses CONNECT with a record,
+        // instead of being reset by the codec unseen.
+        .enable_connect_protocol()
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }
@@ -184,14 +207,29 @@ async fn drive<S>(
     let proxy = shared.proxy.clone();
     let seen_by = conn.clone();
     let served = activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         let conn = conn.clone();
         let serving = served.serving();
+        if req.headers().contains_key(http::header::TRANSFER_ENCODING) && served.framed_twice() {
+            req.extensions_mut().insert(crate::proxy::FramedTwice);
+        }
         async move {
-            let response = proxy.handle(req, conn).await;
+            let mut response = if changes_something(req.method()) {
+                // On its own task: if the client leaves, the upstream exchange it started still
+                // completes (its action may already be under way) and is recorded with it.
+                let task = tokio::spawn(async move { proxy.handle(req, conn).await });
+                match task.await {
+                    Ok(response) => response,
+                    // Only when the runtime shuts down; the task's record is written as it drops.
+                    Err(_) => return Err(Unserved),
+                }
+            } else {
+                proxy.handle(req, conn).await
+            };
+            response.body_mut().delivered();
             drop(serving);
-            Ok::<_, Infallible>(response)
+            Ok::<_, Unserved>(response)
         }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

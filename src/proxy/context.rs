@@ -62,6 +62,10 @@ pub struct RequestCtx {
     pub authn_duration: Option<Duration>,
     /// Time from sending upstream to the upstream's response head.
     pub upstream_duration: Option<Duration>,
+    /// The upstream's status, once its response head arrived.
+    pub upstream_status: Option<u16>,
+    /// What the request body did on its way upstream (bytes, and whose fault a failure was).
+    pub tally: Option<Arc<crate::proxy::body::Tally>>,
     /// What the policy was asked and answered (protected routes).
     pub policy: Option<PolicyFields>,
     /// The trace the access span joins, and what the upstream is told of it.
@@ -88,6 +92,8 @@ impl RequestCtx {
             principal: None,
             authn_duration: None,
             upstream_duration: None,
+            upstream_status: None,
+            tally: None,
             policy: None,
             trace,
             act: None,

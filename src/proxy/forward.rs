@@ -1,7 +1,11 @@
 //! Forwarding an allowed request: strip, then inject headers; stream bodies both ways through a
-//! pooled hyper client; pass upgrades (WebSocket) through once the response says 101.
+//! pooled hyper client; pass upgrades through once the response says 101, and only for the
+//! protocols the route allows (WebSocket by default, with a valid handshake; never `h2c`, which
+//! would let a client speak HTTP/2 to the upstream past every decision).
 //!
-//! Untrusted input: every inbound header. The forwarder only runs with a [`Permit`].
+//! Untrusted input: every inbound header and the request body. The forwarder only runs with a
+//! [`Permit`]. A body that fails on the client's side is the client's fault (400, 408, 413 or
+//! 499), never reported as the upstream's.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -21,14 +25,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use crate::config::{self, UpstreamProtocol};
 use crate::decision::{Permit, Reason};
 use crate::error::ProxyError;
-use crate::proxy::body::{ProxyBody, UpstreamBody};
+use crate::proxy::body::{BodyFault, ClientBody, ProxyBody};
 use crate::proxy::context::RequestCtx;
 use crate::proxy::routes::Route;
 
 /// A route's upstream: where it is and the pooled client that reaches it.
 #[derive(Debug)]
 pub struct Upstream {
-    client: Client<FixedTarget<HttpsConnector<HttpConnector>>, UpstreamBody>,
+    client: Client<FixedTarget<HttpsConnector<HttpConnector>>, ClientBody>,
     scheme: Scheme,
     authority: Authority,
     version: Version,
@@ -202,6 +206,7 @@ pub fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, BuildE
 
 /// Sends an allowed request upstream and returns the upstream's response head with its body
 /// still streaming. The `Permit` is the decision point's proof; there is no other way in.
+/// `idle` is how long the client may leave the request body waiting.
 pub async fn forward(
     _permit: Permit,
     ctx: &mut RequestCtx,
@@ -209,6 +214,7 @@ pub async fn forward(
     mut req: Request<Incoming>,
     identity: Vec<(HeaderName, HeaderValue)>,
     strip_extra: &[String],
+    idle: Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let canonical = ctx
         .canonical
@@ -219,7 +225,8 @@ pub async fn forward(
     if limit > 0 && content_length(req.headers()).is_some_and(|len| len > limit) {
         return Err(too_large());
     }
-    let upgrade = requested_upgrade(&req);
+    framed_once(&req)?;
+    let upgrade = requested_upgrade(&req, &route.config.upgrades)?;
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();
@@ -258,14 +265,9 @@ pub async fn forward(
         .build()
         .map_err(|_| ProxyError::UpstreamUnavailable("could not build the upstream URI".into()))?;
 
-    let mut outbound = Request::new(http_body_util::Limited::new(
-        body,
-        if limit == 0 {
-            usize::MAX
-        } else {
-            usize::try_from(limit).unwrap_or(usize::MAX)
-        },
-    ));
+    let (body, tally) = ClientBody::new(body, limit, idle);
+    ctx.tally = Some(tally.clone());
+    let mut outbound = Request::new(body);
     *outbound.method_mut() = parts.method;
     *outbound.uri_mut() = uri;
     *outbound.version_mut() = upstream.version;
@@ -275,11 +277,18 @@ pub async fn forward(
     let result = tokio::time::timeout(route.config.timeout, upstream.client.request(outbound)).await;
     ctx.upstream_duration = Some(sent.elapsed());
     let mut response = match result {
+        // The upstream waited for a body the client stopped sending: the client's stall.
+        Err(_) if tally.waiting_on_client() => return Err(ProxyError::deny(Reason::BodyTimeout)),
         Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(e)) if exceeded_body_limit(&e) => return Err(too_large()),
-        Ok(Err(e)) => return Err(ProxyError::UpstreamUnavailable(describe(&e))),
+        Ok(Err(e)) => {
+            return Err(match tally.fault() {
+                Some(fault) => client_fault(fault),
+                None => ProxyError::UpstreamUnavailable(describe(&e)),
+            });
+        }
         Ok(Ok(response)) => response,
     };
+    ctx.upstream_status = Some(response.status().as_u16());
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(downstream), Some(protocol)) = (downstream_upgrade, upgrade) else {
@@ -287,6 +296,15 @@ pub async fn forward(
                 "upstream switched protocols unasked".into(),
             ));
         };
+        let agreed = response
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(protocol.as_bytes()));
+        if !agreed {
+            return Err(ProxyError::UpstreamUnavailable(
+                "upstream switched to another protocol than the one asked for".into(),
+            ));
+        }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
             if let (Ok(down), Ok(up)) = (downstream.await, upstream_upgrade.await) {
@@ -318,18 +336,88 @@ fn too_large() -> ProxyError {
     )
 }
 
+/// The answer for a request body that failed on the client's side.
+fn client_fault(fault: BodyFault) -> ProxyError {
+    match fault {
+        BodyFault::TooLarge => too_large(),
+        BodyFault::Malformed => ProxyError::deny(Reason::BadRequestBody),
+        BodyFault::Stalled => ProxyError::deny(Reason::BodyTimeout),
+        BodyFault::ClientClosed => ProxyError::ClientClosed,
+    }
+}
+
+/// One framing for an HTTP/1 body: `Transfer-Encoding` at most once and exactly `chunked`
+/// (hyper refuses other codings, and drops a `Content-Length` sent beside it, which the
+/// listener detects). Anything else is refused rather than re-framed for the upstream.
+fn framed_once(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let mut codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = codings.next() else {
+        return Ok(());
+    };
+    let single_chunked = first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked");
+    let twice = req.extensions().get::<crate::proxy::FramedTwice>().is_some();
+    if codings.next().is_some() || !single_chunked || twice {
+        return Err(ProxyError::denied(
+            Reason::BadRequestBody,
+            "the request body is framed more than one way",
+        ));
+    }
+    Ok(())
+}
+
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// The protocol a client asks to switch to, for HTTP/1.1 `Connection: upgrade` requests only.
-fn requested_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
+/// The protocol a client may switch to: an HTTP/1.1 `Connection: upgrade` request for one the
+/// route allows, WebSocket only with a valid handshake. An upgrade to anything else is not
+/// forwarded (the request goes on as a plain one, its `Upgrade` removed); `h2c` is never
+/// allowed (configuration refuses it). HTTP/2's extended CONNECT never gets here: CONNECT is
+/// refused with the canonical view.
+fn requested_upgrade(req: &Request<Incoming>, allowed: &[String]) -> Result<Option<HeaderValue>, ProxyError> {
     if req.version() != Version::HTTP_11
         || !connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
     {
-        return None;
+        return Ok(None);
     }
-    req.headers().get(header::UPGRADE).cloned()
+    let mut values = req.headers().get_all(header::UPGRADE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Ok(None);
+    };
+    let Ok(text) = value.to_str() else {
+        return Ok(None);
+    };
+    let wanted = text.trim();
+    let permitted = allowed.iter().any(|p| p.eq_ignore_ascii_case(wanted));
+    if !permitted || wanted.eq_ignore_ascii_case("h2c") {
+        return Ok(None);
+    }
+    if wanted.eq_ignore_ascii_case("websocket") && !websocket_handshake(req) {
+        return Err(ProxyError::denied(
+            Reason::MalformedRequest,
+            "not a valid WebSocket handshake (RFC 6455 4.2.1)",
+        ));
+    }
+    Ok(Some(value.clone()))
+}
+
+/// RFC 6455 §4.2.1: a GET with `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key` that is
+/// the base64 of 16 bytes.
+fn websocket_handshake(req: &Request<Incoming>) -> bool {
+    use base64::Engine as _;
+    let one = |name: &str| {
+        let mut values = req.headers().get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => Some(v.as_bytes().trim_ascii()),
+            _ => None,
+        }
+    };
+    let key_ok = one("sec-websocket-key").is_some_and(|key| {
+        base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+    });
+    req.method() == http::Method::GET && key_ok && one("sec-websocket-version") == Some(b"13")
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -340,17 +428,6 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-}
-
-fn exceeded_body_limit(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = error.source();
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// The error chain, for the operator's log only; never sent to the client.
@@ -365,7 +442,7 @@ fn describe(error: &hyper_util::client::legacy::Error) -> String {
     text
 }
 
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -374,23 +451,26 @@ const HOP_BY_HOP: [&str; 8] = [
     "te",
     "trailer",
     "transfer-encoding",
+    "http2-settings",
 ];
 
 /// Identity header families: the proxy's own (`x-portcullis-*`) and those of the products an
 /// upstream may have sat behind before (oauth2-proxy, Pomerium, Google IAP, AWS ALB, Cloudflare
 /// Access, Azure App Service, Authelia, Authentik, Grafana's auth proxy), which it may still
 /// trust. Judged on the normalized name, so `X_Goog_Iap_Jwt_Assertion` is one of them too.
-const IDENTITY_PREFIXES: [&str; 11] = [
+const IDENTITY_PREFIXES: [&str; 13] = [
     "x-portcullis-",
     "x-auth-request-",
     "x-pomerium-",
     "remote-",
     "x-remote-",
+    "x-authentik-",
     "x-goog-authenticated-",
     "x-goog-iap-",
     "x-amzn-oidc-",
     "cf-access-",
     "x-ms-client-principal",
+    "x-ms-token-",
     "x-webauth-",
 ];
 
@@ -455,7 +535,6 @@ fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
 fn must_strip(name: &str, trusted: bool, nominated: &[String], extra: &[String]) -> bool {
     HOP_BY_HOP.contains(&name)
         || name == "upgrade"
-        || name == "http2-settings"
         || name == "x-request-id"
         || is_identity(name)
         || is_method_override(name)

@@ -23,6 +23,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
@@ -39,6 +40,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::canonical::Canonical;
 use crate::proxy::context::{ConnInfo, RequestCtx};
 use crate::proxy::cors;
+use crate::proxy::exchange::{End, Ending, Exchange, Failure, Recorded, Seen};
 use crate::proxy::forward::{self, forward};
 use crate::proxy::routes::{Route, RouteTable};
 use crate::proxy::trace::TraceCtx;
@@ -61,18 +63,8 @@ pub struct Proxy {
     limits: crate::config::Limits,
     /// `server.strip_request_headers`, normalized.
     strip_extra: Vec<String>,
-}
-
-/// What the audit event needs from the request after the request itself has moved on.
-struct Seen {
-    method: Cow<'static, str>,
-    version: Version,
-    user_agent: Option<String>,
-    wants_html: bool,
-    /// For the CORS headers of the response, on routes with a CORS policy.
-    origin: Option<HeaderValue>,
-    time: SystemTime,
-    workflow: Vec<(&'static str, String)>,
+    /// The HTTPS listener's port, where a browser on plain HTTP is sent to sign in.
+    https_port: Option<u16>,
 }
 
 impl Proxy {
@@ -109,7 +101,21 @@ impl Proxy {
             minter,
             limits: config.server.limits.clone(),
             strip_extra: forward::normalize_extra(&config.server.strip_request_headers),
+            https_port: config
+                .server
+                .https
+                .as_deref()
+                .and_then(crate::config::socket_addr)
+                .map(|a| a.port()),
         }
+    }
+
+    /// The port the HTTPS listener actually bound (the configured one may be 0).
+    pub fn with_https_port(mut self, port: Option<u16>) -> Self {
+        if port.is_some() {
+            self.https_port = port;
+        }
+        self
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
@@ -120,10 +126,11 @@ impl Proxy {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
-    /// Serves one request. Never fails: every error becomes a response here.
-    pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ProxyBody> {
+    /// Serves one request. Never fails: every error becomes a response here. The response's
+    /// body writes the request's one audit record when the exchange ends (see `exchange`).
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Recorded> {
         let request_id = request_id(req.headers(), conn.trusted);
-        let mut ctx = RequestCtx::new(request_id, conn, TraceCtx::join(req.headers()));
+        let ctx = RequestCtx::new(request_id, conn, TraceCtx::join(req.headers()));
         let seen = Seen {
             method: method_name(req.method()),
             version: req.version(),
@@ -143,21 +150,40 @@ impl Proxy {
                 })
                 .collect(),
         };
+        // From here on, a request that is dropped (its client gone) is still recorded.
+        let mut exchange = Exchange::new(self.clone(), ctx, seen);
+        let Some(ctx) = exchange.ctx() else {
+            return Response::new(Recorded::new(crate::proxy::body::full(Bytes::new()), exchange));
+        };
 
         // Nothing is done that cannot be recorded (fail-closed audit, spool full).
         let outcome = if self.audit.admits() {
-            self.phases(&mut ctx, req).await
+            self.phases(ctx, req).await
         } else {
             Err(ProxyError::deny(Reason::AuditUnavailable))
         };
-
-        let (mut response, error) = match outcome {
+        let wants_html = exchange.seen().is_some_and(|s| s.wants_html);
+        let origin = exchange.seen().and_then(|s| s.origin.clone());
+        let Some(ctx) = exchange.ctx() else {
+            return Response::new(Recorded::new(crate::proxy::body::full(Bytes::new()), exchange));
+        };
+        let (mut response, failure) = match outcome {
             Ok(response) => (response, None),
             Err(error) => {
                 if let ProxyError::Denied { reason, .. } = &error {
                     ctx.decision = Some(Decision::Deny(*reason));
                 }
-                (rescue(&error, &ctx.request_id, seen.wants_html), Some(error))
+                if matches!(
+                    error,
+                    ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout
+                ) {
+                    let label = ctx.route.as_ref().map(|r| r.label.clone());
+                    tracing::warn!(request_id = %ctx.request_id, route = ?label, error = %error, "upstream failure");
+                }
+                (
+                    rescue(&error, &ctx.request_id, wants_html),
+                    Some(Failure::of(&error)),
+                )
             }
         };
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
@@ -169,10 +195,17 @@ impl Proxy {
         if let Some(cors) = ctx.route.as_ref().and_then(|r| r.config.cors.as_ref())
             && ctx.decision != Some(Decision::Allow(Reason::CorsPreflight))
         {
-            cors::decorate(cors, seen.origin.as_ref(), response.headers_mut());
+            cors::decorate(cors, origin.as_ref(), response.headers_mut());
         }
-        self.record(ctx, seen, response.status().as_u16(), error.as_ref());
-        response
+        // A body the proxy gave up reading leaves the connection's framing unknown: close it.
+        if failure.is_some_and(|f| f.code == "bad_request_body" || f.code == "body_timeout") {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        exchange.answer(response.status().as_u16(), failure);
+        let (parts, body) = response.into_parts();
+        Response::from_parts(parts, Recorded::new(body, exchange))
     }
 
     async fn phases(
@@ -223,9 +256,10 @@ impl Proxy {
                 request_id: &ctx.request_id,
                 trace: &ctx.trace.ids,
             };
+            let secure = sessions_secure(&ctx.conn, ctx.canonical.as_ref(), req.headers());
             let outcome = self
                 .authn
-                .authenticate(req.headers(), &route.providers, during)
+                .authenticate(req.headers(), &route.providers, during, secure)
                 .await;
             ctx.authn_duration = Some(started.elapsed());
             match outcome {
@@ -299,7 +333,8 @@ impl Proxy {
             // Replaces the client's Authorization, on the upstream side only.
             identity.push((header::AUTHORIZATION, value));
         }
-        forward(permit, ctx, &route, req, identity, &self.strip_extra).await
+        let idle = self.limits.idle_timeout;
+        forward(permit, ctx, &route, req, identity, &self.strip_extra, idle).await
     }
 
     /// `/.well-known/jwks.json` and `/.well-known/openid-configuration` on the issuer's own host,
@@ -416,7 +451,7 @@ impl Proxy {
     /// shown 401; an API call (a token, XHR, no HTML wanted) always gets the status.
     async fn refuse(
         &self,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         route: &Route,
         reason: Reason,
         headers: &http::HeaderMap,
@@ -434,6 +469,10 @@ impl Proxy {
         let options = browser.sign_in_options(&route.providers);
         if options.is_empty() {
             return Err(denied);
+        }
+        if !sessions_secure(&ctx.conn, Some(canonical), headers) {
+            let canonical = canonical.clone();
+            return self.to_https(ctx, &canonical);
         }
         browser
             .sign_in_redirect(canonical, headers, ctx.conn.trusted, &options)
@@ -458,6 +497,13 @@ impl Proxy {
         if !self.routes.serves_host(&canonical.host) {
             return Err(not_found());
         }
+        if !sessions_secure(&ctx.conn, Some(canonical), headers) {
+            let canonical = canonical.clone();
+            return self.to_https(ctx, &canonical);
+        }
+        let Some(canonical) = ctx.canonical.as_ref() else {
+            return Err(not_found());
+        };
         let browser = &self.authn.browser;
         let host = canonical.host.clone();
         let options = |path: &str| {
@@ -472,6 +518,38 @@ impl Proxy {
         ctx.decision = Some(Decision::Allow(served.reason));
         ctx.principal = served.principal;
         Ok(served.response)
+    }
+
+    /// A browser flow reached over plain HTTP: session cookies never cross the wire in clear, so
+    /// a page navigation is sent to the same URL over HTTPS when the proxy listens for it, and
+    /// anything else is refused with a page that says why.
+    fn to_https(
+        &self,
+        ctx: &mut RequestCtx,
+        canonical: &Canonical,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        ctx.decision = Some(Decision::Deny(Reason::InsecureTransport));
+        let Some(port) = self
+            .https_port
+            .filter(|_| canonical.method == Method::GET || canonical.method == Method::HEAD)
+        else {
+            return Err(ProxyError::deny(Reason::InsecureTransport));
+        };
+        let authority = if port == 443 {
+            canonical.host.clone()
+        } else {
+            format!("{}:{port}", canonical.host)
+        };
+        let location = format!("https://{authority}{}", canonical.wire_path_and_query());
+        let mut response = Response::new(crate::proxy::body::full(Bytes::new()));
+        *response.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_str(&location).map_err(|_| ProxyError::deny(Reason::InsecureTransport))?,
+        );
+        Ok(response)
     }
 
     /// A request head hyper refused while reading it (it answered 400, 414 or 431 itself), or
@@ -509,28 +587,47 @@ impl Proxy {
             time: SystemTime::now(),
             workflow: Vec::new(),
         };
-        self.record(ctx, seen, reason.status().as_u16(), None);
+        let end = End {
+            status: reason.status().as_u16(),
+            failure: None,
+            outcome: if reason == Reason::HeaderTimeout {
+                Ending::ClientClosed
+            } else {
+                Ending::Completed
+            },
+            upstream_status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+        };
+        self.record(ctx, seen, end);
     }
 
-    /// The decision point's single exit: one audit event and the request metrics.
-    fn record(&self, ctx: RequestCtx, seen: Seen, status: u16, error: Option<&ProxyError>) {
-        let decision = ctx.decision.unwrap_or(Decision::Deny(Reason::MalformedRequest));
+    /// The decision point's single exit: one audit event and the request metrics, when the
+    /// exchange is over (or, for a head hyper refused, at once).
+    pub(crate) fn record(&self, ctx: RequestCtx, seen: Seen, end: End) {
+        // A request whose client left before any decision: recorded as ended by the client.
+        let decision = ctx
+            .decision
+            .unwrap_or(Decision::Deny(if end.outcome == Ending::ClientClosed {
+                Reason::ClientClosed
+            } else {
+                Reason::MalformedRequest
+            }));
         let elapsed = ctx.started.elapsed();
         let label = ctx
             .route
             .as_ref()
             .map_or_else(|| self.metrics.no_route(), |r| r.label.clone());
-        if let Some(e @ (ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout)) = error {
-            self.metrics.upstream_error(&label, e.code());
-            tracing::warn!(request_id = %ctx.request_id, route = %label, error = %e, "upstream failure");
+        if let Some(failure) = end.failure.filter(|f| f.upstream) {
+            self.metrics.upstream_error(&label, failure.code);
         }
         self.metrics
-            .request(&label, decision.as_str(), status, elapsed.as_secs_f64());
+            .request(&label, decision.as_str(), end.status, elapsed.as_secs_f64());
         let (path, host, port) = match ctx.canonical {
             Some(c) => (Some(c.path), Some(c.host), c.port),
             None => (None, None, None),
         };
-        let error_type = error.filter(|e| !e.is_denial()).map(ProxyError::code);
+        let error_type = end.failure.filter(|f| !f.denial).map(|f| f.code);
         self.audit.emit(
             AccessEvent {
                 time: seen.time,
@@ -555,10 +652,14 @@ impl Proxy {
                 client_address: ctx.conn.peer.ip(),
                 protocol_version: version_str(seen.version),
                 user_agent: seen.user_agent,
-                status,
+                status: end.status,
                 // A 5xx the proxy made (not one the upstream sent) is the proxy failing.
-                failed: error.is_some() && status >= 500,
+                failed: end.failure.is_some() && (500..600).contains(&end.status),
                 error_type,
+                outcome: end.outcome.as_str(),
+                upstream_status: end.upstream_status,
+                request_bytes: end.request_bytes,
+                response_bytes: end.response_bytes,
                 policy: ctx.policy,
                 upstream_ms: ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
                 total: elapsed,
@@ -567,6 +668,29 @@ impl Proxy {
             .into(),
         );
     }
+}
+
+/// Whether session cookies may be set or read on this request: it came over TLS, from a trusted
+/// proxy that says the client used HTTPS, or for a loopback host (`localhost`, `*.localhost`,
+/// `127.0.0.0/8`, `[::1]`), which browsers treat as a secure context: for development.
+fn sessions_secure(conn: &ConnInfo, canonical: Option<&Canonical>, headers: &http::HeaderMap) -> bool {
+    if conn.tls {
+        return true;
+    }
+    let forwarded_https = conn.trusted
+        && headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    forwarded_https || canonical.is_some_and(|c| loopback_host(&c.host))
+}
+
+fn loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `X-Portcullis-Groups`: each group percent-encoded (every byte but letters, digits and

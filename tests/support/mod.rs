@@ -74,6 +74,20 @@ impl Recorder {
     }
 
     pub async fn with(handler: Handler) -> Recorder {
+        Self::answering_after(handler, Duration::ZERO).await
+    }
+
+    /// An upstream that records each request as it arrives and answers `delay` later (a slow
+    /// action: the test can tell "received" from "answered").
+    pub async fn slow(delay: Duration) -> Recorder {
+        Self::answering_after(
+            Arc::new(|_| Response::new(Full::new(Bytes::from_static(b"upstream ok")))),
+            delay,
+        )
+        .await
+    }
+
+    async fn answering_after(handler: Handler, delay: Duration) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -102,6 +116,7 @@ impl Recorder {
                             };
                             let response = handler(&seen);
                             log.lock().unwrap().push(seen);
+                            tokio::time::sleep(delay).await;
                             Ok::<_, Infallible>(response)
                         }
                     });
@@ -410,6 +425,9 @@ pub const IDENTITY_SPOOFS: &[&str] = &[
     "X-Pomerium-Jwt-Assertion",
     "x_pomerium_claim_email",
     "X-Webauth-User",
+    "X-Authentik-Username",
+    "x_authentik_groups",
+    "X-MS-TOKEN-AAD-ID-TOKEN",
     "X-Corp-Auth-User",
     "x_internal_role",
 ];
