@@ -59,6 +59,10 @@ fn event() -> Event {
         status: 200,
         error_type: None,
         failed: false,
+        outcome: "completed",
+        upstream_status: Some(200),
+        request_bytes: 0,
+        response_bytes: 11,
         upstream_ms: Some(3.25),
         total: Duration::from_micros(3400),
         policy: Some(PolicyFields {

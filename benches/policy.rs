@@ -36,7 +36,7 @@ fn policy_text() -> String {
         ));
     }
     for g in 0..200 {
-        csv.push_str(&format!("g, group:g{g}, role:r{}, *\n", g % 250));
+        csv.push_str(&format!("g, group:okta/g{g}, role:r{}, *\n", g % 250));
     }
     csv.push_str("g, role:r1, role:r2, *\n");
     csv
@@ -83,9 +83,9 @@ fn bench(c: &mut Criterion) {
 
     // group:gN holds role:rN, whose rules are team N's: team 0 is first in every partition,
     // team 199 near the end.
-    let early = Query::new(&["user:u", "group:g0"], "airflow", "obj:team0_x", "read");
-    let late = Query::new(&["user:u", "group:g199"], "airflow", "obj:team199_x", "pause");
-    let none = Query::new(&["user:u", "group:g199"], "airflow", "obj:nobody", "pause");
+    let early = Query::new(&["user:okta/u", "group:okta/g0"], "airflow", "obj:team0_x", "read");
+    let late = Query::new(&["user:okta/u", "group:okta/g199"], "airflow", "obj:team199_x", "pause");
+    let none = Query::new(&["user:okta/u", "group:okta/g199"], "airflow", "obj:nobody", "pause");
     for (name, q) in [
         ("early match", &early),
         ("late match", &late),
@@ -155,8 +155,8 @@ fn bench(c: &mut Criterion) {
         let m = std::cell::Cell::new(0u64);
         let fresh = || {
             m.set(m.get() + 1);
-            let who = format!("user:bench-{}", m.get());
-            Query::new(&[&who, "group:bench"], "bench", "/", "GET")
+            let who = format!("user:bench/bench-{}", m.get());
+            Query::new(&[&who, "group:bench/bench"], "bench", "/", "GET")
         };
         if let Ok(one) = one {
             percentiles(
@@ -176,8 +176,8 @@ fn bench(c: &mut Criterion) {
         "new caller each call (Authz::check: miss, evaluation, insert)",
         timed(&|| {
             n.set(n.get() + 1);
-            let who = format!("user:u{}", n.get());
-            let q = Query::new(&[&who, "group:g0"], "airflow", "obj:team0_x", "read");
+            let who = format!("user:okta/u{}", n.get());
+            let q = Query::new(&[&who, "group:okta/g0"], "airflow", "obj:team0_x", "read");
             runtime.block_on(authz.check(&q));
         }),
     );
