@@ -220,3 +220,149 @@ async fn an_id_token_is_not_a_bearer_token_unless_the_operator_says_so() {
         "only the operator-allowed ID token passed"
     );
 }
+
+/// Signs in through a test-controlled provider whose token endpoint answers with an ID token
+/// built by `forge` from the sign-in's nonce: the callback's status and the record's reason.
+async fn sign_in_with_forged_id_token(
+    issuer: &support::issuer::TestIssuer,
+    gw: &support::Gateway,
+    forge: impl Fn(&str) -> String,
+) -> u16 {
+    let html = [("host", "app.localhost"), ("accept", "text/html")];
+    let started = support::send(gw.http, http::Method::GET, "/dags", &html, bytes::Bytes::new()).await;
+    assert_eq!(started.status(), 302);
+    let location = started.headers()["location"].to_str().unwrap().to_string();
+    let login = started.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (state, nonce) = (
+        query_param(&location, "state").unwrap(),
+        query_param(&location, "nonce").unwrap(),
+    );
+    issuer.answer_code_exchange(serde_json::json!({
+        "access_token": "opaque-access-token",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "id_token": forge(&nonce),
+    }));
+    let callback = format!("/.portcullis/callback?state={state}&code=c-1");
+    let back = support::send(
+        gw.http,
+        http::Method::GET,
+        &callback,
+        &[
+            ("host", "app.localhost"),
+            ("accept", "text/html"),
+            ("cookie", &login),
+        ],
+        bytes::Bytes::new(),
+    )
+    .await;
+    back.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_s_id_token_is_held_to_the_bearer_path_s_strictness() {
+    let issuer = support::issuer::TestIssuer::start().await;
+    let upstream = support::Recorder::start().await;
+    let prebound = support::Gateway::prebind("").await;
+    let secret = prebound.dir.path().join("secret");
+    std::fs::write(&secret, "web-secret\n").unwrap();
+    let config = format!(
+        "{}[identity_providers.browser]\nclient_id = \"web\"\nclient_secret_file = {:?}\n\
+         [[routes]]\nname = \"app\"\nhosts = [\"app.localhost\"]\naccess = \"authenticated\"\n\
+         identity_providers = [\"test\"]\n[routes.upstream]\nurl = \"{}\"\n",
+        issuer
+            .provider_toml("test", "audiences = [\"web\"]")
+            .replace("audiences = [\"portcullis-tests\"]\n", ""),
+        secret.display().to_string(),
+        upstream.url()
+    );
+    let gw = prebound.start(&config).await;
+    gw.wait_ready().await;
+    let claims = |nonce: &str| {
+        let now = support::issuer::now();
+        serde_json::json!({"iss": issuer.issuer, "aud": "web", "sub": "alice", "iat": now, "exp": now + 300,
+                           "nonce": nonce, "email": "alice@example.test", "email_verified": true})
+    };
+    // The control: a well-formed ID token signs in.
+    assert_eq!(
+        sign_in_with_forged_id_token(&issuer, &gw, |n| issuer.sign(&claims(n))).await,
+        302
+    );
+    // A standard claim or header member twice: openidconnect refuses to parse such a token
+    // response at all, so the sign-in fails as `login_failed`; a member twice anywhere else is
+    // caught by name.
+    let cases: Vec<(&str, Box<dyn Fn(&str) -> String>)> = vec![
+        (
+            "login_failed",
+            Box::new(|n| {
+                let body = claims(n).to_string();
+                issuer.sign_raw(
+                    r#"{"alg":"ES256","kid":"k1"}"#,
+                    &format!("{{\"sub\":\"root\",{}", &body[1..]),
+                )
+            }),
+        ),
+        (
+            "duplicate_claim",
+            Box::new(|n| {
+                let body = claims(n).to_string();
+                let nested = r#"{"realm_access":{"roles":["viewer"],"roles":["admin"]},"#;
+                issuer.sign_raw(
+                    r#"{"alg":"ES256","kid":"k1"}"#,
+                    &format!("{nested}{}", &body[1..]),
+                )
+            }),
+        ),
+        (
+            "login_failed",
+            Box::new(|n| {
+                issuer.sign_raw(
+                    r#"{"alg":"ES256","kid":"nope","kid":"k1"}"#,
+                    &claims(n).to_string(),
+                )
+            }),
+        ),
+        (
+            "unknown_critical_header",
+            Box::new(|n| {
+                issuer.sign_raw(
+                    r#"{"alg":"ES256","kid":"k1","crit":["exp"]}"#,
+                    &claims(n).to_string(),
+                )
+            }),
+        ),
+        (
+            "wrong_token_type",
+            Box::new(|n| issuer.sign_with("k1", &claims(n), |h| h.typ = Some("logout+jwt".into()))),
+        ),
+        (
+            "issued_in_future",
+            Box::new(|n| {
+                let mut c = claims(n);
+                c["iat"] = serde_json::json!(support::issuer::now() + 600);
+                issuer.sign(&c)
+            }),
+        ),
+    ];
+    for (reason, forge) in &cases {
+        let status = sign_in_with_forged_id_token(&issuer, &gw, |n| forge(n)).await;
+        assert!(status == 401 || status == 403, "{reason}: {status}");
+    }
+    let events = gw.audit_events(2 * (cases.len() + 1)).await;
+    let callbacks: Vec<&str> = events
+        .iter()
+        .filter(|e| e["portcullis.act"] == "login")
+        .map(|e| e["portcullis.reason"].as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = std::iter::once("signed_in")
+        .chain(cases.iter().map(|(r, _)| *r))
+        .collect();
+    assert_eq!(callbacks, expected);
+    gw.stop().await;
+}

@@ -164,6 +164,29 @@ fn verify_id_token(
     let Some(id_token) = response.id_token() else {
         return Ok(None);
     };
+    // The same strictness as the bearer path, before the crate reads anything: no member
+    // named twice, no `crit` extension, and a `typ` that says "ID token" (none or `JWT`).
+    let compact = id_token.to_string();
+    let mut parts = compact.split('.');
+    let header = parts.next().unwrap_or_default();
+    let payload = parts.next().unwrap_or_default();
+    let read = |part: &str| {
+        super::claims::jws_part::<serde_json::Map<String, serde_json::Value>>(part).map_err(|e| match e {
+            super::claims::PartError::Duplicate => refused(Reason::DuplicateClaim),
+            super::claims::PartError::NotJson => refused(Reason::Malformed),
+        })
+    };
+    let jose = read(header)?;
+    read(payload)?;
+    if jose.contains_key("crit") {
+        return Err(refused(Reason::UnknownCriticalHeader));
+    }
+    if jose
+        .get("typ")
+        .is_some_and(|t| !t.as_str().is_some_and(|t| t.eq_ignore_ascii_case("jwt")))
+    {
+        return Err(refused(Reason::WrongTokenType));
+    }
     let client = rp.client().map_err(|_| refused(Reason::LoginFailed))?;
     let verifier = client
         .id_token_verifier()
@@ -187,16 +210,11 @@ fn verify_id_token(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     if u64::try_from(claims.issue_time().timestamp()).unwrap_or(u64::MAX) > latest {
-        return Err(refused(Reason::NotYetValid));
+        return Err(refused(Reason::IssuedInFuture));
     }
     // openidconnect's claims type keeps only the standard claims (groups and other custom
     // claims would be lost): read the payload of the token it has just verified.
-    let compact = id_token.to_string();
-    let map: serde_json::Map<String, serde_json::Value> = compact
-        .split('.')
-        .nth(1)
-        .and_then(|part| super::claims::jws_part(part).ok())
-        .ok_or(refused(Reason::Malformed))?;
+    let map = read(payload)?;
     if let Some(claim) = super::claims::unbound(&map, &provider.bound_claims) {
         tracing::info!(provider = %provider.name, claim, "ID token refused: a bound claim has another value");
         return Err(refused(Reason::ClaimsNotBound));

@@ -40,6 +40,8 @@ pub struct TestIssuer {
     pub jwks_fetches: Arc<AtomicUsize>,
     /// Once set, every request (also on connections already open) gets 503.
     down: Arc<AtomicBool>,
+    /// What the token endpoint answers next (a code exchange), as JSON.
+    token_answer: Arc<Mutex<Value>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -72,21 +74,35 @@ impl TestIssuer {
         let keys = Arc::new(Mutex::new(vec![new_key("k1")]));
         let jwks_fetches = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
+        let token_answer = Arc::new(Mutex::new(json!({"error": "invalid_grant"})));
         let (k, f, iss, d) = (keys.clone(), jwks_fetches.clone(), issuer.clone(), down.clone());
+        let t = token_answer.clone();
         let server = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let (k, f, iss, d) = (k.clone(), f.clone(), iss.clone(), d.clone());
+                let t = t.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let down = d.load(Ordering::SeqCst);
                         let body = match req.uri().path() {
                             _ if down => String::new(),
-                            "/.well-known/openid-configuration" => {
-                                json!({"issuer": iss, "jwks_uri": format!("{iss}/jwks")}).to_string()
-                            }
+                            // Enough of a provider for the browser path: it redirects to
+                            // /authorize (the test reads state and nonce from that URL) and
+                            // exchanges the code at /token, which answers what the test queued.
+                            "/.well-known/openid-configuration" => json!({
+                                "issuer": iss,
+                                "jwks_uri": format!("{iss}/jwks"),
+                                "authorization_endpoint": format!("{iss}/authorize"),
+                                "token_endpoint": format!("{iss}/token"),
+                                "response_types_supported": ["code"],
+                                "subject_types_supported": ["public"],
+                                "id_token_signing_alg_values_supported": ["ES256"],
+                            })
+                            .to_string(),
+                            "/token" => t.lock().unwrap().to_string(),
                             "/jwks" => {
                                 f.fetch_add(1, Ordering::SeqCst);
                                 jwks_of(&k).to_string()
@@ -94,6 +110,10 @@ impl TestIssuer {
                             _ => String::new(),
                         };
                         let mut response = Response::new(Full::new(Bytes::from(body)));
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
                         if down {
                             *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                         }
@@ -110,6 +130,7 @@ impl TestIssuer {
             keys,
             jwks_fetches,
             down,
+            token_answer,
             server,
         }
     }
@@ -122,6 +143,11 @@ impl TestIssuer {
     /// Publishes another signing key (rotation).
     pub fn add_key(&self, kid: &str) {
         self.keys.lock().unwrap().push(new_key(kid));
+    }
+
+    /// The token endpoint's next answer to a code exchange.
+    pub fn answer_code_exchange(&self, answer: Value) {
+        *self.token_answer.lock().unwrap() = answer;
     }
 
     /// The issuer is down: no new connections, and 503 on the ones already open.
