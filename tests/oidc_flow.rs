@@ -221,6 +221,9 @@ async fn an_id_token_is_not_a_bearer_token_unless_the_operator_says_so() {
     );
 }
 
+/// Builds an ID token from a sign-in's nonce.
+type Forge<'a> = Box<dyn Fn(&str) -> String + 'a>;
+
 /// Signs in through a test-controlled provider whose token endpoint answers with an ID token
 /// built by `forge` from the sign-in's nonce: the callback's status and the record's reason.
 async fn sign_in_with_forged_id_token(
@@ -297,7 +300,7 @@ async fn a_sign_in_s_id_token_is_held_to_the_bearer_path_s_strictness() {
     // A standard claim or header member twice: openidconnect refuses to parse such a token
     // response at all, so the sign-in fails as `login_failed`; a member twice anywhere else is
     // caught by name.
-    let cases: Vec<(&str, Box<dyn Fn(&str) -> String>)> = vec![
+    let cases: Vec<(&str, Forge<'_>)> = vec![
         (
             "login_failed",
             Box::new(|n| {
