@@ -77,6 +77,8 @@ fn event() -> Event {
             run: None,
             task: None,
             task_run: None,
+            decided: Vec::new(),
+            filtered: None,
         }),
         workflow: Vec::new(),
     }

@@ -83,9 +83,24 @@ fn bench(c: &mut Criterion) {
 
     // group:gN holds role:rN, whose rules are team N's: team 0 is first in every partition,
     // team 199 near the end.
-    let early = Query::new(&["user:okta/u", "group:okta/g0"], "airflow", "obj:team0_x", "read");
-    let late = Query::new(&["user:okta/u", "group:okta/g199"], "airflow", "obj:team199_x", "pause");
-    let none = Query::new(&["user:okta/u", "group:okta/g199"], "airflow", "obj:nobody", "pause");
+    let early = Query::new(
+        &["user:okta/u", "group:okta/g0"],
+        "airflow",
+        "obj:team0_x",
+        "read",
+    );
+    let late = Query::new(
+        &["user:okta/u", "group:okta/g199"],
+        "airflow",
+        "obj:team199_x",
+        "pause",
+    );
+    let none = Query::new(
+        &["user:okta/u", "group:okta/g199"],
+        "airflow",
+        "obj:nobody",
+        "pause",
+    );
     for (name, q) in [
         ("early match", &early),
         ("late match", &late),

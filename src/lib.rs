@@ -17,6 +17,7 @@ pub mod decision;
 pub mod demo;
 pub mod error;
 pub mod hex;
+pub mod json;
 pub mod listener;
 pub mod proxy;
 pub mod session;

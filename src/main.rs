@@ -125,6 +125,9 @@ enum PolicyCommand {
         /// The resource template, overriding the URL's route.
         #[arg(long)]
         resources: Option<String>,
+        /// The request's JSON body, for operations whose objects it names (Airflow's bulk calls).
+        #[arg(long)]
+        body: Option<String>,
     },
     /// List the decisions that change from OLD to NEW; exit 1 if any does.
     Diff {
@@ -163,6 +166,7 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
             config,
             domain,
             resources,
+            body,
         } => load(config).map(|c| {
             let ask = cli::Ask {
                 subject,
@@ -171,6 +175,7 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
                 url,
                 domain,
                 resources,
+                body,
             };
             // The same route table the proxy builds, over the configured routes alone.
             let table = c.as_ref().map(|c| {

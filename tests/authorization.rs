@@ -149,7 +149,7 @@ async fn a_group_claim_grants_its_role_at_request_time_and_both_answers_are_audi
     assert_eq!(allowed["portcullis.policy.domain"], "airflow");
     assert_eq!(allowed["portcullis.policy.object"], "dag:etl_daily");
     assert_eq!(allowed["portcullis.policy.action"], "trigger");
-    assert_eq!(allowed["portcullis.policy.rule"], "policy.csv:23");
+    assert_eq!(allowed["portcullis.policy.rule"], "policy.csv:29");
     assert_eq!(allowed["cicd.pipeline.name"], "etl_daily");
     let version = allowed["portcullis.policy.version"].as_str().unwrap();
     assert!(version.starts_with("sha256:"), "{version}");
@@ -504,7 +504,7 @@ fn the_policy_commands_test_explain_and_diff_a_change() {
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("decision: allow"), "{stdout}");
     assert!(
-        stdout.contains("policy.csv:23  p, role:deployer, airflow, dag:etl_*, trigger"),
+        stdout.contains("policy.csv:29  p, role:deployer, airflow, dag:etl_*, trigger"),
         "{stdout}"
     );
     assert!(
@@ -525,7 +525,7 @@ fn the_policy_commands_test_explain_and_diff_a_change() {
     ]);
     assert_eq!(code, 1);
     assert!(
-        stdout.contains("rule:     none") && stdout.contains("policy.csv:23"),
+        stdout.contains("rule:     none") && stdout.contains("policy.csv:29"),
         "{stdout}"
     );
 
@@ -696,5 +696,249 @@ async fn policy_explain_judges_the_path_the_proxy_would_forward_and_refuses_what
         let (status, _) = call(&gw, http::Method::POST, path, &deployer).await;
         assert_eq!(status, 400, "{path}");
     }
+    gw.stop().await;
+}
+
+/// `call` with a method, a raw body, and the caller's token (none: no Authorization).
+async fn call_with(
+    gw: &Gateway,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("host", "airflow.test"), ("content-type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    let response = support::send(
+        gw.http,
+        method,
+        path,
+        &headers,
+        bytes::Bytes::from(body.to_string()),
+    )
+    .await;
+    let status = response.status().as_u16();
+    use http_body_util::BodyExt;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_call_naming_a_dag_the_caller_may_not_change_is_refused_whole_and_nothing_is_forwarded() {
+    let World {
+        issuer,
+        upstream,
+        policy: _policy,
+        gw,
+    } = shipped_policy_world("").await;
+    let dev = token(&issuer, "dana", &["dev-team"]);
+    let bulk = "/api/v2/dags/etl_dev/dagRuns/r1/taskInstances";
+    let cross = r#"{"actions": [{"action": "update", "entities": [
+        {"task_id": "load", "new_state": "failed"},
+        {"dag_id": "etl_prod", "dag_run_id": "B", "task_id": "load", "new_state": "failed"}]}]}"#;
+    let (status, _) = call_with(&gw, http::Method::PATCH, bulk, Some(&dev), cross).await;
+    assert_eq!(status, 403);
+    // The same through the wildcard path, as a delete, and as a bulk run change.
+    let variants = [
+        (
+            "/api/v2/dags/~/dagRuns/~/taskInstances",
+            r#"{"actions": [{"action": "update", "entities": [{"dag_id": "etl_prod", "dag_run_id": "B", "task_id": "t"}]}]}"#,
+        ),
+        (
+            bulk,
+            r#"{"actions": [{"action": "delete", "entities": [{"dag_id": "etl_prod", "dag_run_id": "B", "task_id": "load"}]}]}"#,
+        ),
+        (
+            "/api/v2/dags/etl_dev/dagRuns",
+            r#"{"actions": [{"action": "update", "entities": [{"dag_id": "etl_prod", "dag_run_id": "B", "state": "failed"}]}]}"#,
+        ),
+        (
+            "/api/v2/dags/~/clearDagRuns",
+            r#"{"dry_run": false, "dag_runs": [{"dag_id": "etl_dev", "dag_run_id": "A"}, {"dag_id": "etl_prod", "dag_run_id": "B"}]}"#,
+        ),
+    ];
+    for (path, body) in variants {
+        let method = if path.ends_with("clearDagRuns") {
+            http::Method::POST
+        } else {
+            http::Method::PATCH
+        };
+        let (status, _) = call_with(&gw, method, path, Some(&dev), body).await;
+        assert_eq!(status, 403, "{path} {body}");
+    }
+    assert!(
+        upstream.requests().is_empty(),
+        "a refused bulk call reached the upstream"
+    );
+
+    // Only the team's own DAG: forwarded, with the body exactly as sent.
+    let own = r#"{"actions":[{"action":"update","entities":[{"task_id":"load","new_state":"success"},{"dag_id":"etl_dev","dag_run_id":"r2","task_id":"x"}]}]}"#;
+    let (status, _) = call_with(&gw, http::Method::PATCH, bulk, Some(&dev), own).await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.last().body, own.as_bytes());
+
+    let events = gw.audit_events(6).await;
+    let refused = &events[0];
+    assert_eq!(refused["portcullis.reason"], "forbidden");
+    assert_eq!(refused["portcullis.policy.object"], "dag:etl_prod");
+    assert_eq!(refused["portcullis.policy.action"], "set_state");
+    assert_eq!(
+        refused["portcullis.policy.decided"],
+        json!([
+            "set_state dag:etl_dev",
+            "set_state dag:etl_dev",
+            "set_state dag:etl_prod"
+        ])
+    );
+    assert_eq!(events[2]["portcullis.policy.action"], "delete");
+    let allowed = &events[5];
+    assert_eq!(allowed["portcullis.decision"], "allow");
+    assert_eq!(allowed["portcullis.policy.decided"].as_array().unwrap().len(), 3);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_policy_must_read_is_bounded_strict_json_or_refused() {
+    let World {
+        issuer,
+        upstream,
+        policy: _policy,
+        gw,
+    } = shipped_policy_world("").await;
+    let dev = token(&issuer, "dana", &["dev-team"]);
+    let bulk = "/api/v2/dags/etl_dev/dagRuns/r1/taskInstances";
+    let big = format!(
+        r#"{{"actions": [{{"action": "update", "entities": [{{"task_id": "{}"}}]}}]}}"#,
+        "x".repeat(1_100_000)
+    );
+    let cases = [
+        (big.as_str(), 413, "payload_too_large"),
+        ("not json", 400, "bad_request_body"),
+        (
+            r#"{"actions": [{"action": "update", "entities": [{"task_id": "t"}]}], "actions": [{"action": "update", "entities": [{"dag_id": "etl_prod", "task_id": "t"}]}]}"#,
+            400,
+            "bad_request_body",
+        ),
+        (
+            r#"{"actions": [{"action": "update", "entities": [{"dag_id": "etl_dev", "dag_id": "etl_prod", "task_id": "t"}]}]}"#,
+            400,
+            "bad_request_body",
+        ),
+    ];
+    for (body, status, reason) in cases {
+        let (got, json) = call_with(&gw, http::Method::PATCH, bulk, Some(&dev), body).await;
+        assert_eq!(got, status, "{}", &body[..body.len().min(80)]);
+        assert_eq!(json["error"], reason);
+    }
+    assert!(upstream.requests().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_response_keeps_only_what_the_caller_may_read() {
+    let issuer = TestIssuer::start().await;
+    let upstream = Recorder::with(Arc::new(|seen: &support::Seen| {
+        let body = if seen.target.starts_with("/ui/dags") || seen.target.starts_with("/api/v2/dags?") {
+            r#"{"dags": [{"dag_id": "etl_dev"}, {"dag_id": "etl_prod"}, {"dag_id": "reporting_dev"}], "total_entries": 3}"#
+        } else {
+            r#"{"dag_runs": [{"dag_id": "etl_prod", "dag_run_id": "r"}, {"dag_id": "etl_dev", "dag_run_id": "s"}], "total_entries": 2}"#
+        };
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)))
+    }))
+    .await;
+    let policy = tempfile::tempdir().unwrap();
+    copy_shipped_policy(policy.path());
+    let gw = airflow_gateway(&issuer, &upstream, &policy_dir_toml(policy.path())).await;
+    let dev = token(&issuer, "dana", &["dev-team"]);
+    let viewer = token(&issuer, "eve", &["engineering"]);
+
+    let (status, json) = call_with(&gw, http::Method::GET, "/ui/dags?limit=50", Some(&dev), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        json,
+        json!({"dags": [{"dag_id": "etl_dev"}, {"dag_id": "reporting_dev"}], "total_entries": 2})
+    );
+    let (_, json) = call_with(&gw, http::Method::GET, "/api/v2/dags?limit=50", Some(&viewer), "").await;
+    assert_eq!(json["total_entries"], 3, "a viewer of every DAG sees them all");
+    let (_, json) = call_with(
+        &gw,
+        http::Method::GET,
+        "/api/v2/dags/~/dagRuns?limit=5",
+        Some(&dev),
+        "",
+    )
+    .await;
+    assert_eq!(
+        json,
+        json!({"dag_runs": [{"dag_id": "etl_dev", "dag_run_id": "s"}], "total_entries": 1})
+    );
+    // Naming a DAG the caller may not read is refused outright.
+    let (status, _) = call_with(
+        &gw,
+        http::Method::GET,
+        "/ui/dags?dag_ids=etl_prod",
+        Some(&dev),
+        "",
+    )
+    .await;
+    assert_eq!(status, 403);
+    // No grant at all: no list.
+    let nobody = token(&issuer, "mallory", &[]);
+    let (status, _) = call_with(&gw, http::Method::GET, "/ui/dags", Some(&nobody), "").await;
+    assert_eq!(status, 403);
+
+    let events = gw.audit_events(5).await;
+    assert_eq!(events[0]["portcullis.policy.object"], "dags");
+    assert_eq!(events[0]["portcullis.policy.filtered"], 1);
+    assert_eq!(events[1]["portcullis.policy.filtered"], 0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_opens_what_the_api_leaves_open_and_closes_its_own_sign_in_to_everyone() {
+    let World {
+        issuer,
+        upstream,
+        policy: _policy,
+        gw,
+    } = shipped_policy_world("").await;
+    for path in ["/api/v2/version", "/api/v2/monitor/health", "/health"] {
+        let (status, _) = call_with(&gw, http::Method::GET, path, None, "").await;
+        assert_eq!(status, 200, "{path}");
+    }
+    // The UI's pages and static files: anyone signed in, without the policy.
+    let nobody = token(&issuer, "mallory", &[]);
+    for path in ["/", "/dags/etl_prod", "/static/assets/index.js"] {
+        assert_eq!(
+            call_with(&gw, http::Method::GET, path, Some(&nobody), "").await.0,
+            200,
+            "{path}"
+        );
+        assert_eq!(
+            call_with(&gw, http::Method::GET, path, None, "").await.0,
+            401,
+            "{path}"
+        );
+    }
+    let admin = token(&issuer, "root", &["platform-admins"]);
+    for (method, path) in [
+        (http::Method::POST, "/auth/token/cli"),
+        (http::Method::POST, "/auth/token"),
+        (http::Method::GET, "/api/v2/auth/login"),
+        (http::Method::POST, "/execution/task-instances/x/run"),
+    ] {
+        let (status, _) = call_with(&gw, method, path, Some(&admin), "{}").await;
+        assert_eq!(status, 403, "{path}");
+    }
+    let forwarded: Vec<String> = upstream.requests().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(forwarded.len(), 6);
+    assert!(
+        forwarded
+            .iter()
+            .all(|t| !t.contains("auth") && !t.contains("execution"))
+    );
     gw.stop().await;
 }

@@ -57,14 +57,14 @@ async fn call(gw: &Gateway, method: http::Method, path: &str, token: &str) -> u1
     .as_u16()
 }
 
-const CLEAR: &str = "/api/v2/dags/etl_daily/clearTaskInstances";
+const CLEAR: &str = "/api/v2/dags/etl_daily/dagRuns";
 const DELETE: &str = "/api/v2/dags/etl_daily";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_providers_with_the_same_sub_and_group_are_two_callers_and_the_record_names_each_provider() {
     let (okta, corp) = (TestIssuer::start().await, TestIssuer::start().await);
     let upstream = Recorder::start().await;
-    let csv = "p, role:operator, airflow, dag:*, clear\n\
+    let csv = "p, role:operator, airflow, dag:*, trigger\n\
                p, role:admin, airflow, dag:*, *\n\
                g, group:okta/sre, role:operator, airflow\n\
                g, user:corp/1234, role:admin, airflow\n";
@@ -89,7 +89,7 @@ async fn two_providers_with_the_same_sub_and_group_are_two_callers_and_the_recor
         200,
         "as admin"
     );
-    let clear_only = "p, role:operator, airflow, dag:*, clear\ng, group:okta/sre, role:operator, airflow\n";
+    let clear_only = "p, role:operator, airflow, dag:*, trigger\ng, group:okta/sre, role:operator, airflow\n";
     let (gw2, _p2) = gateway(&providers, &["okta", "corp"], clear_only, &upstream).await;
     assert_eq!(call(&gw2, http::Method::POST, CLEAR, &from_corp).await, 403);
     assert_eq!(call(&gw2, http::Method::POST, CLEAR, &from_okta).await, 200);
@@ -111,7 +111,7 @@ async fn two_providers_with_the_same_sub_and_group_are_two_callers_and_the_recor
 async fn an_email_names_a_caller_only_when_the_provider_verified_it() {
     let (okta, lax) = (TestIssuer::start().await, TestIssuer::start().await);
     let upstream = Recorder::start().await;
-    let csv = "p, role:operator, airflow, dag:*, clear\n\
+    let csv = "p, role:operator, airflow, dag:*, trigger\n\
                g, user:okta/alice@example.test, role:operator, airflow\n\
                g, user:lax/alice@example.test, role:operator, airflow\n";
     let providers = format!(
@@ -191,7 +191,7 @@ async fn ci_jobs_are_their_namespace_and_repository_ids_never_names_someone_coul
     let upstream = Recorder::start().await;
     // The policy grants the SRE namespace (id 72) and the octo-org owner (id 65), and Okta's
     // sre group: a job whose namespace or owner is merely *named* sre gets none of them.
-    let csv = "p, role:operator, airflow, dag:*, clear\n\
+    let csv = "p, role:operator, airflow, dag:*, trigger\n\
                g, group:gitlab/namespace:72, role:operator, airflow\n\
                g, group:github/owner:65, role:operator, airflow\n\
                g, group:okta/sre, role:operator, airflow\n";
@@ -249,7 +249,7 @@ async fn a_token_whose_bound_claims_do_not_hold_gets_403_claims_not_bound_before
     let upstream = Recorder::start().await;
     // The policy would allow the project's every job: the provider's bound claims narrow that
     // to protected refs of the two listed projects, whatever the policy says.
-    let csv = "p, role:operator, airflow, dag:*, clear\ng, group:gitlab/project:20, role:operator, airflow\n";
+    let csv = "p, role:operator, airflow, dag:*, trigger\ng, group:gitlab/project:20, role:operator, airflow\n";
     let providers = gitlab
         .provider_toml(
             "gitlab",
@@ -528,7 +528,7 @@ fn a_policy_naming_a_group_without_its_provider_is_refused_with_its_line_and_the
     std::fs::write(dir.path().join("model.conf"), MODEL).unwrap();
     std::fs::write(
         dir.path().join("policy.csv"),
-        "p, role:operator, airflow, dag:*, clear\ng, group:sre, role:operator, airflow\n",
+        "p, role:operator, airflow, dag:*, trigger\ng, group:sre, role:operator, airflow\n",
     )
     .unwrap();
     let out = std::process::Command::new(support::binary())

@@ -10,13 +10,21 @@
 
 use std::collections::BTreeMap;
 
-use portcullis::authz::resources::{Resource, Templates, Workflow};
+use portcullis::authz::resources::{Templates, Workflow};
+
+/// What a request must resolve to.
+#[derive(Debug, PartialEq, Eq)]
+struct Want {
+    object: String,
+    action: String,
+    workflow: Workflow,
+}
 
 /// One request shape and what it must resolve to.
 struct Case {
     method: &'static str,
     path: String,
-    want: Resource,
+    want: Want,
 }
 
 /// A case with no workflow attributes; add them with the builder methods.
@@ -24,7 +32,7 @@ fn case(method: &'static str, path: impl Into<String>, object: impl Into<String>
     Case {
         method,
         path: path.into(),
-        want: Resource {
+        want: Want {
             object: object.into(),
             action: action.to_string(),
             workflow: Workflow::default(),
@@ -64,7 +72,12 @@ fn check(template: &str, cases: &[Case]) {
     let failures: Vec<String> = cases
         .iter()
         .filter_map(|c| {
-            let got = t.resolve(c.method, &c.path);
+            let r = t.resolve(c.method, &c.path, None);
+            let got = Want {
+                object: r.object,
+                action: r.action,
+                workflow: r.workflow,
+            };
             (got != c.want)
                 .then(|| format!("{} {}\n    got  {got:?}\n    want {:?}", c.method, c.path, c.want))
         })
@@ -94,8 +107,9 @@ fn airflow_requests_name_the_dag_and_the_verb() {
     check(
         "airflow",
         &[
-            case("GET", "/api/v1/dags", "dag:*", "read"),
-            // PATCH /dags?dag_id_pattern=... pauses many DAGs; the query is not part of the path.
+            // A list: the response is filtered to the DAGs the caller may read.
+            case("GET", "/api/v1/dags", "dags", "list"),
+            // PATCH /dags?dag_id_pattern=... pauses many DAGs; a LIKE pattern names no DAG.
             case("PATCH", "/api/v1/dags", "dag:*", "pause"),
             case("GET", dag, "dag:etl_daily", "read").pipeline("etl_daily"),
             case("GET", format!("{dag}/details"), "dag:etl_daily", "read").pipeline("etl_daily"),
@@ -108,16 +122,17 @@ fn airflow_requests_name_the_dag_and_the_verb() {
                 .pipeline("etl_daily")
                 .run(RUN),
             // update_dag_run_state marks a run success, failed or queued.
-            case("PATCH", run.clone(), "dag:etl_daily", "clear")
+            case("PATCH", run.clone(), "dag:etl_daily", "set_state")
                 .pipeline("etl_daily")
                 .run(RUN),
             case("DELETE", run.clone(), "dag:etl_daily", "delete")
                 .pipeline("etl_daily")
                 .run(RUN),
-            case("POST", format!("{run}/clear"), "dag:etl_daily", "clear")
+            // Without a body saying `dry_run: false`, Airflow only reports what it would clear.
+            case("POST", format!("{run}/clear"), "dag:etl_daily", "read")
                 .pipeline("etl_daily")
                 .run(RUN),
-            case("PATCH", format!("{run}/setNote"), "dag:etl_daily", "clear")
+            case("PATCH", format!("{run}/setNote"), "dag:etl_daily", "set_state")
                 .pipeline("etl_daily")
                 .run(RUN),
             case(
@@ -126,27 +141,30 @@ fn airflow_requests_name_the_dag_and_the_verb() {
                 "dag:etl_daily",
                 "read",
             )
-            .pipeline("etl_daily"),
+            .pipeline("etl_daily")
+            .run(RUN),
             case(
                 "POST",
                 format!("{dag}/clearTaskInstances"),
                 "dag:etl_daily",
-                "clear",
+                "read",
             )
             .pipeline("etl_daily"),
             case(
                 "POST",
                 format!("{dag}/updateTaskInstancesState"),
                 "dag:etl_daily",
-                "clear",
+                "read",
             )
             .pipeline("etl_daily"),
-            case("GET", format!("{run}/taskInstances"), "dag:etl_daily", "read").pipeline("etl_daily"),
+            case("GET", format!("{run}/taskInstances"), "dag:etl_daily", "read")
+                .pipeline("etl_daily")
+                .run(RUN),
             case("GET", ti.clone(), "dag:etl_daily", "read")
                 .pipeline("etl_daily")
                 .run(RUN)
                 .task("extract"),
-            case("PATCH", ti.clone(), "dag:etl_daily", "clear")
+            case("PATCH", ti.clone(), "dag:etl_daily", "set_state")
                 .pipeline("etl_daily")
                 .run(RUN)
                 .task("extract"),
@@ -154,11 +172,11 @@ fn airflow_requests_name_the_dag_and_the_verb() {
                 .pipeline("etl_daily")
                 .run(RUN)
                 .task("extract"),
-            case("PATCH", format!("{ti}/3"), "dag:etl_daily", "clear")
+            case("PATCH", format!("{ti}/3"), "dag:etl_daily", "set_state")
                 .pipeline("etl_daily")
                 .run(RUN)
                 .task("extract"),
-            case("PATCH", format!("{ti}/setNote"), "dag:etl_daily", "clear")
+            case("PATCH", format!("{ti}/setNote"), "dag:etl_daily", "set_state")
                 .pipeline("etl_daily")
                 .run(RUN)
                 .task("extract"),
@@ -202,7 +220,7 @@ fn airflow_3_public_api_v2_requests_map_like_v1() {
     check(
         "airflow",
         &[
-            case("GET", "/api/v2/dags", "dag:*", "read"),
+            case("GET", "/api/v2/dags", "dags", "list"),
             case("PATCH", "/api/v2/dags", "dag:*", "pause"),
             case("GET", dag, "dag:etl_daily", "read").pipeline("etl_daily"),
             case("PATCH", dag, "dag:etl_daily", "pause").pipeline("etl_daily"),
@@ -211,28 +229,32 @@ fn airflow_3_public_api_v2_requests_map_like_v1() {
             case("GET", run.clone(), "dag:etl_daily", "read")
                 .pipeline("etl_daily")
                 .run(RUN),
-            case("GET", format!("{run}/watch"), "dag:etl_daily", "read").pipeline("etl_daily"),
-            case("PATCH", run.clone(), "dag:etl_daily", "clear")
+            case("GET", format!("{run}/wait"), "dag:etl_daily", "read")
                 .pipeline("etl_daily")
                 .run(RUN),
-            case("POST", format!("{run}/clear"), "dag:etl_daily", "clear")
+            case("PATCH", run.clone(), "dag:etl_daily", "set_state")
+                .pipeline("etl_daily")
+                .run(RUN),
+            case("POST", format!("{run}/clear"), "dag:etl_daily", "read")
                 .pipeline("etl_daily")
                 .run(RUN),
             case("DELETE", run.clone(), "dag:etl_daily", "delete")
                 .pipeline("etl_daily")
                 .run(RUN),
-            // Bulk update/delete of a run's task instances.
-            case("PATCH", format!("{run}/taskInstances"), "dag:etl_daily", "clear")
+            // Bulk update/delete of a run's task instances: the path's DAG, and (from the body)
+            // each entity's own, tested where bodies are.
+            case("PATCH", format!("{run}/taskInstances"), "dag:etl_daily", "set_state")
                 .pipeline("etl_daily")
                 .run(RUN),
             case(
                 "POST",
                 format!("{dag}/clearTaskInstances"),
                 "dag:etl_daily",
-                "clear",
+                "read",
             )
             .pipeline("etl_daily"),
-            case("PATCH", format!("{ti}/dry_run"), "dag:etl_daily", "clear")
+            // A dry run reports what a state change would touch: a read.
+            case("PATCH", format!("{ti}/dry_run"), "dag:etl_daily", "read")
                 .pipeline("etl_daily")
                 .run(RUN)
                 .task("extract"),
@@ -240,7 +262,8 @@ fn airflow_3_public_api_v2_requests_map_like_v1() {
                 .pipeline("etl_daily")
                 .run(RUN)
                 .task("extract"),
-            case("POST", format!("{ti}/xcomEntries"), "dag:etl_daily", "clear")
+            // XComs are what downstream tasks read: writing one is its own action.
+            case("POST", format!("{ti}/xcomEntries"), "dag:etl_daily", "write_xcom")
                 .pipeline("etl_daily")
                 .run(RUN)
                 .task("extract"),
@@ -248,7 +271,7 @@ fn airflow_3_public_api_v2_requests_map_like_v1() {
                 "DELETE",
                 format!("{ti}/xcomEntries/return_value"),
                 "dag:etl_daily",
-                "delete",
+                "write_xcom",
             )
             .pipeline("etl_daily")
             .run(RUN)
@@ -285,32 +308,35 @@ fn airflow_tilde_and_batch_list_requests_read_all_dags() {
     check(
         "airflow",
         &[
-            // A POST that only reads, over every DAG: not a trigger, not a DAG named `~`.
-            case("POST", "/api/v1/dags/~/dagRuns/list", "dag:*", "read").pipeline("*"),
-            case("POST", "/api/v2/dags/~/dagRuns/list", "dag:*", "read").pipeline("*"),
+            // A POST that only reads, over every DAG: not a trigger, not a DAG named `~`; a list,
+            // whose response is filtered to the DAGs the caller may read.
+            case("POST", "/api/v1/dags/~/dagRuns/list", "dags", "list").pipeline("*"),
+            case("POST", "/api/v2/dags/~/dagRuns/list", "dags", "list").pipeline("*"),
             case(
                 "POST",
                 "/api/v1/dags/~/dagRuns/~/taskInstances/list",
-                "dag:*",
-                "read",
+                "dags",
+                "list",
             )
             .pipeline("*")
             .run("*"),
             case(
                 "POST",
                 "/api/v2/dags/~/dagRuns/~/taskInstances/list",
-                "dag:*",
-                "read",
+                "dags",
+                "list",
             )
             .pipeline("*")
             .run("*"),
-            case("GET", "/api/v1/dags/~/dagRuns", "dag:*", "read").pipeline("*"),
-            case("GET", "/api/v1/dags/~/dagRuns/~/taskInstances", "dag:*", "read").pipeline("*"),
+            case("GET", "/api/v1/dags/~/dagRuns", "dags", "list").pipeline("*"),
+            case("GET", "/api/v1/dags/~/dagRuns/~/taskInstances", "dags", "list")
+                .pipeline("*")
+                .run("*"),
             case(
                 "GET",
                 "/api/v1/dags/~/dagRuns/~/taskInstances/~/xcomEntries",
-                "dag:*",
-                "read",
+                "dags",
+                "list",
             )
             .pipeline("*")
             .run("*")
@@ -321,16 +347,31 @@ fn airflow_tilde_and_batch_list_requests_read_all_dags() {
 
 // v1.yaml `/pools`, `/parseDagFile/{file_token}`; v2 backfills.py (the DAG id is in the body).
 #[test]
-fn airflow_unknown_paths_fall_back_to_path_and_method() {
+fn airflow_s_other_resources_have_objects_and_unknown_paths_are_asked_as_themselves() {
     check(
         "airflow",
         &[
-            unmatched("GET", "/api/v1/pools"),
-            unmatched("PUT", "/api/v1/parseDagFile/Ii9maWxlcy9kYWdzL2V0bC5weSI"),
-            unmatched("POST", "/api/v2/backfills"),
-            unmatched("GET", "/health"),
+            case("GET", "/api/v1/pools", "pools:*", "read"),
+            case("DELETE", "/api/v2/variables/db_password", "variables:db_password", "delete"),
+            case("GET", "/api/v2/connections/warehouse", "connections:warehouse", "read"),
+            case("GET", "/api/v2/config", "config", "read"),
+            case(
+                "PUT",
+                "/api/v1/parseDagFile/Ii9maWxlcy9kYWdzL2V0bC5weSI",
+                "dag_file:Ii9maWxlcy9kYWdzL2V0bC5weSI",
+                "reparse",
+            ),
+            // The body names the DAG (tested where bodies are); without one, every DAG.
+            case("POST", "/api/v2/backfills", "dag:*", "backfill"),
+            case("POST", "/api/v2/assets/7/materialize", "asset:7", "materialize"),
+            case("GET", "/health", "health", "read"),
             // A POST under a DAG that no rule names is not taken for a trigger or a read.
-            unmatched("POST", "/api/v2/dags/etl_daily/reparse"),
+            case(
+                "POST",
+                "/api/v2/dags/etl_daily/reparse",
+                "unmapped:/api/v2/dags/etl_daily/reparse",
+                "call",
+            ),
         ],
     );
 }

@@ -513,6 +513,12 @@ impl AccessEvent {
             a.str("portcullis.policy.version", p.version);
             a.opt("portcullis.policy.shadow_decision", p.shadow);
             a.int("portcullis.duration.authz_us", p.authz_us);
+            if !p.decided.is_empty() {
+                a.strings("portcullis.policy.decided", p.decided.into_iter());
+            }
+            if let Some(filtered) = p.filtered {
+                a.int("portcullis.policy.filtered", filtered);
+            }
             for (key, value) in [
                 ("cicd.pipeline.name", p.pipeline),
                 ("cicd.pipeline.run.id", p.run),
@@ -547,6 +553,11 @@ pub struct PolicyFields {
     pub run: Option<String>,
     pub task: Option<String>,
     pub task_run: Option<String>,
+    /// Every `action object` asked when the request named more than one (a bulk body, a list
+    /// of ids), in order, up to the one that decided.
+    pub decided: Vec<String>,
+    /// Items a response filter removed.
+    pub filtered: Option<u64>,
 }
 
 /// Who, in a record: the request's own principal, read where it is (never a token, and the

@@ -652,6 +652,8 @@ mod tests {
                 run: None,
                 task: None,
                 task_run: None,
+                decided: Vec::new(),
+                filtered: None,
             }),
             workflow: vec![("cicd.pipeline.name", "ignored".into()), ("x.y", "z".into())],
         };

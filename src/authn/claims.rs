@@ -65,68 +65,12 @@ pub fn jws_part<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, PartErr
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| PartError::NotJson)?;
-    match serde_json::from_slice::<Unique>(&bytes) {
-        Ok(Unique) => {}
-        Err(e) if e.to_string().starts_with(DUPLICATE) => return Err(PartError::Duplicate),
-        Err(_) => return Err(PartError::NotJson),
+    match crate::json::unique_members(&bytes) {
+        Ok(()) => {}
+        Err(crate::json::Strictness::Duplicate) => return Err(PartError::Duplicate),
+        Err(crate::json::Strictness::NotJson) => return Err(PartError::NotJson),
     }
     serde_json::from_slice(&bytes).map_err(|_| PartError::NotJson)
-}
-
-const DUPLICATE: &str = "duplicate member";
-
-/// Any JSON value whose objects never repeat a member name (checked, then thrown away).
-struct Unique;
-
-impl<'de> serde::Deserialize<'de> for Unique {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UniqueVisitor)
-    }
-}
-
-struct UniqueVisitor;
-
-impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
-    type Value = Unique;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
-        Ok(Unique)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
-        Ok(Unique)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
-        Ok(Unique)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
-        Ok(Unique)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
-        Ok(Unique)
-    }
-    fn visit_unit<E>(self) -> Result<Unique, E> {
-        Ok(Unique)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
-        while seq.next_element::<Unique>()?.is_some() {}
-        Ok(Unique)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key) {
-                return Err(serde::de::Error::custom(DUPLICATE));
-            }
-            map.next_value::<Unique>()?;
-        }
-        Ok(Unique)
-    }
 }
 
 /// A claim as text for a subject or group: strings as they are (empty counts as absent),

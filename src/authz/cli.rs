@@ -93,6 +93,8 @@ pub struct Ask {
     pub domain: Option<String>,
     /// Overrides the resource template the URL's host maps to.
     pub resources: Option<String>,
+    /// The request's JSON body, for operations whose template reads it.
+    pub body: Option<String>,
 }
 
 /// The configured route serving a host and path, as the proxy would choose it.
@@ -104,8 +106,8 @@ fn target(
     dir: &Path,
     route_of: Option<RouteOf<'_>>,
     templates: &Templates,
-) -> Result<(Target, String), String> {
-    let (host, path) = host_and_path(&ask.method, &ask.url)?;
+) -> Result<(Target, String, Option<String>), String> {
+    let (host, path, query) = host_and_path(&ask.method, &ask.url)?;
     let mut found = match route_of {
         Some(route_of) => match route_of(&host, &path) {
             Some(r) if r.access == Access::Protected => {
@@ -139,7 +141,7 @@ fn target(
     let target = found.ok_or_else(|| {
         format!("no protected route serves `{host}`: pass --config, add it to a tests/*.toml [hosts], or give --domain")
     })?;
-    Ok((target, path))
+    Ok((target, path, query))
 }
 
 /// `policy explain`: the decision for one request and the rule behind it, or why none matched.
@@ -158,21 +160,21 @@ pub async fn explain(
         Ok(s) => s,
         Err(e) => return failed(format!("--as: {e}")),
     };
-    let (target, path) = match target(ask, dir, route_of, &templates) {
+    let (target, path, url_query) = match target(ask, dir, route_of, &templates) {
         Ok(t) => t,
         Err(e) => return failed(e),
     };
     let method = ask.method.to_ascii_uppercase();
-    let resource = target.resource(&method, &path);
-    let query = Query {
-        subjects,
-        domain: target.domain.clone(),
-        object: resource.object,
-        action: resource.action,
+    let mut resource = target.resource(&method, &path, url_query.as_deref());
+    if let Err(e) = tables::apply_body(&mut resource, ask.body.as_deref()) {
+        return failed(format!("--body: {e}"));
+    }
+    let decided = match tables::decide_all(&engine, &subjects, &target.domain, &resource) {
+        Ok(d) => d,
+        Err(e) => return failed(e),
     };
-    let verdict = match engine.evaluate(&query) {
-        Ok(v) => v,
-        Err(e) => return failed(e.to_string()),
+    let Some((query, verdict)) = decided.last().cloned() else {
+        return failed("nothing was asked".into());
     };
     let mut text = String::new();
     let _ = writeln!(
@@ -198,6 +200,21 @@ pub async fn explain(
         "request:  domain {}, object {}, action {} (template {template})",
         query.domain, query.object, query.action
     );
+    if decided.len() > 1 || !resource.also.is_empty() {
+        let _ = writeln!(text, "objects:  every object the request names must be allowed:");
+        for (q, v) in &decided {
+            let _ = writeln!(
+                text,
+                "  {} {} {}",
+                if v.allowed { "allow" } else { "deny " },
+                q.action,
+                q.object
+            );
+        }
+    }
+    if resource.refused {
+        let _ = writeln!(text, "refused:  the template closes this operation to everyone");
+    }
     let _ = writeln!(text, "subjects: {}", query.subjects.join(" "));
     let roles = if verdict.roles.is_empty() {
         "none".to_string()
@@ -368,13 +385,16 @@ fn table_queries(dir: &Path, templates: &Templates) -> Vec<Query> {
     let mut out = Vec::new();
     for (_, file) in &tables.files {
         for case in &file.cases {
-            let Ok((host, path)) = host_and_path(&case.method, &case.url) else {
+            let Ok((host, path, query)) = host_and_path(&case.method, &case.url) else {
                 continue;
             };
             let Some(target) = targets.get(&host) else {
                 continue;
             };
-            let resource = target.resource(&case.method.to_ascii_uppercase(), &path);
+            let mut resource = target.resource(&case.method.to_ascii_uppercase(), &path, query.as_deref());
+            if tables::apply_body(&mut resource, case.body.as_deref()).is_err() {
+                continue;
+            }
             let Ok(subjects) = tables::subjects(&case.principal, &case.groups) else {
                 continue;
             };

@@ -1,6 +1,6 @@
-//! Resource templates: turn a request to a known API into a policy object and verb.
+//! Resource templates: turn a request to a known API into the policy objects and verbs it acts on.
 //!
-//! `POST /api/v1/dags/etl_daily/dagRuns` on an Airflow route becomes object `dag:etl_daily`,
+//! `POST /api/v2/dags/etl_daily/dagRuns` on an Airflow route becomes object `dag:etl_daily`,
 //! action `trigger`, so a policy reads `p, role:deployer, airflow, dag:etl_*, trigger` instead of
 //! path patterns. Built-in templates (Airflow, Tekton, GitLab, Conductor, Luigi) are written in
 //! `templates.toml` in the same form operators use in `[resource_templates.<name>]`.
@@ -9,12 +9,33 @@
 //! segments are literal, `{name}` (one non-empty segment) or `{name*}` (the rest, at least one
 //! segment). Parameters named `pipeline`, `run`, `task` and `task_run` also fill the audit event's
 //! workflow attributes. A request no rule matches keeps the canonical path as object and the
-//! HTTP method as action. Pure: the input is the canonical view's method and path.
+//! HTTP method as action.
+//!
+//! Objects and actions are expressions: literal text and `{…}` placeholders, each a list of
+//! sources tried in order (`|`), the first with a value winning:
+//!
+//! ```text
+//! {name}        a path parameter            {?name}   a query parameter (its first value)
+//! {/a/b}        a JSON pointer into the body (the rule then reads the body)
+//! {$1/dag_id}   within `each` and `filter`: a pointer from the item matched at the 1st `*`
+//! {=true}       a literal default
+//! ```
+//!
+//! A placeholder with no value becomes `*`, which only a grant on every object matches: a
+//! request that does not say what it touches is asked about all of it. A rule's `each` lists
+//! more objects that must all be allowed, one per JSON item of the body (`/actions/*/entities/*`)
+//! or per value of a query parameter; its `filter` removes from a JSON list response the items
+//! the caller may not see. `access = "public"` or `"authenticated"` opens an operation of a
+//! protected route the way the API itself does (Airflow's version and health), and
+//! `refuse = true` closes one for everyone.
+//!
+//! Pure: the input is the canonical view's method, path and query, and the body as JSON.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 const BUILTIN: &str = include_str!("templates.toml");
 
@@ -29,6 +50,24 @@ pub struct TemplateDef {
     #[serde(default)]
     pub any: Option<String>,
     pub rules: Vec<RuleDef>,
+    /// Operations of the API the template deliberately leaves to the default object (the
+    /// canonical path and the method), as `METHOD /path/{param}`; the coverage tests hold every
+    /// operation of the API's published description to be a rule or on this list.
+    #[serde(default)]
+    pub unmapped: Vec<String>,
+}
+
+/// Who may call an operation without the policy: a rule may open one of a protected route.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAccess {
+    /// The route's `access` decides (the policy, on protected routes).
+    #[default]
+    Route,
+    /// Anyone, without credentials (what the API itself leaves unauthenticated).
+    Public,
+    /// Any caller the route's providers vouch for, without the policy (static pages).
+    Authenticated,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -39,14 +78,83 @@ pub struct RuleDef {
     pub methods: Vec<String>,
     /// Path with `{name}` and `{name*}` parameters.
     pub path: String,
-    /// The object, with `{name}` filled from the path.
+    /// The object, an expression.
     pub object: String,
-    /// The verb, with `{name}` filled from the path.
+    /// The verb, an expression.
     pub action: String,
     /// Parameters that must take one of the listed values for this rule to match.
     #[serde(default)]
     pub only: BTreeMap<String, Vec<String>>,
+    /// Renames the action: `{ update = "set_state" }`; a value it does not list becomes `*`.
+    #[serde(default)]
+    pub actions: BTreeMap<String, String>,
+    #[serde(default)]
+    pub access: RuleAccess,
+    /// Refused whatever the policy says (an API's own login that would bypass the proxy).
+    #[serde(default)]
+    pub refuse: bool,
+    /// More objects, all of which must be allowed too.
+    #[serde(default)]
+    pub each: Vec<EachDef>,
+    /// Items of a JSON list response the caller may not see are removed.
+    #[serde(default)]
+    pub filter: Option<FilterDef>,
 }
+
+/// One object (and action) per item the body names, or per value of a query parameter.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EachDef {
+    /// A JSON pointer into the body with `*` for every element of an array:
+    /// `/actions/*/entities/*`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// A query parameter: each of its values (`dag_ids`).
+    #[serde(default)]
+    pub query: Option<String>,
+    pub object: String,
+    pub action: String,
+    #[serde(default)]
+    pub actions: BTreeMap<String, String>,
+}
+
+/// Which items of a JSON list response are decided, and how.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterDef {
+    /// A pointer ending in `*`: the list whose items are decided (`/dags/*`).
+    pub items: String,
+    pub object: String,
+    pub action: String,
+    /// A count to lower by the items removed (`/total_entries`).
+    #[serde(default)]
+    pub total: Option<String>,
+}
+
+/// Where a placeholder's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Param(String),
+    Query(String),
+    Body(Vec<String>),
+    /// From the item matched at this wildcard (0-based), then a pointer below it.
+    Item(usize, Vec<String>),
+    Literal(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Value(Vec<Source>),
+}
+
+/// An object or action expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Expr(Vec<Part>);
+
+/// A JSON pointer with `*` segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pattern(Vec<Option<String>>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -55,21 +163,42 @@ enum Segment {
     Rest(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
+enum Each {
+    Body(Pattern, Decide),
+    Query(String, Decide),
+}
+
+/// An object and an action to decide, with the map applied to the action.
+#[derive(Debug)]
+struct Decide {
+    object: Expr,
+    action: Expr,
+    actions: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
 struct CompiledRule {
     methods: Vec<String>,
     segments: Vec<Segment>,
-    object: String,
-    action: String,
+    decide: Decide,
     only: BTreeMap<String, Vec<String>>,
+    access: RuleAccess,
+    refuse: bool,
+    each: Vec<Each>,
+    filter: Option<Arc<ResponseFilter>>,
+    /// The rule's own object or action reads the body.
+    reads_body: bool,
 }
 
 /// A checked template, ready to match requests.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Template {
     pub name: String,
     any: Option<String>,
-    rules: Vec<CompiledRule>,
+    rules: Vec<Arc<CompiledRule>>,
+    /// `METHOD /path` operations deliberately left unmapped.
+    pub unmapped: Vec<String>,
 }
 
 /// Workflow attributes a template extracted, for the audit event.
@@ -86,11 +215,41 @@ pub struct Workflow {
 }
 
 /// What the policy is asked about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Resource {
     pub object: String,
     pub action: String,
     pub workflow: Workflow,
+    pub access: RuleAccess,
+    /// Refused for everyone (a `refuse` rule).
+    pub refused: bool,
+    /// More (object, action) pairs that must all be allowed: from query parameters, and from
+    /// the body once [`BodyPlan::apply`] has read it.
+    pub also: Vec<(String, String)>,
+    /// The rule needs the request body to name what it acts on.
+    pub body: Option<BodyPlan>,
+    /// Items of the response to decide and remove when refused.
+    pub filter: Option<Arc<ResponseFilter>>,
+    /// Whether a template rule matched (else the object is the path, the action the method).
+    pub matched: bool,
+}
+
+/// What is still to be read from a request's body.
+#[derive(Debug, Clone)]
+pub struct BodyPlan {
+    rule: Arc<CompiledRule>,
+    params: Vec<(String, String)>,
+    query: Option<String>,
+    any: Option<String>,
+}
+
+/// The rendering inputs of one request.
+struct Inputs<'a> {
+    params: &'a [(String, String)],
+    query: Option<&'a str>,
+    body: Option<&'a Value>,
+    anchors: &'a [&'a Value],
+    any: Option<&'a str>,
 }
 
 impl Template {
@@ -98,75 +257,562 @@ impl Template {
         let mut rules = Vec::with_capacity(def.rules.len());
         for (i, rule) in def.rules.iter().enumerate() {
             let at = |m: String| format!("rules[{i}]: {m}");
-            let segments = parse_path(&rule.path).map_err(at)?;
-            let names: Vec<&str> = segments
-                .iter()
-                .filter_map(|s| match s {
-                    Segment::Param(n) | Segment::Rest(n) => Some(n.as_str()),
-                    Segment::Literal(_) => None,
-                })
-                .collect();
-            let only = rule.only.keys().map(String::as_str);
-            for field in [&rule.object, &rule.action] {
-                for used in placeholders(field).into_iter().chain(only.clone()) {
-                    if !names.contains(&used) {
-                        return Err(at(format!(
-                            "`{{{used}}}` is not a parameter of path `{}`",
-                            rule.path
-                        )));
-                    }
-                }
-            }
-            if rule.object.is_empty() || rule.action.is_empty() {
-                return Err(at("object and action must not be empty".into()));
-            }
-            rules.push(CompiledRule {
-                methods: rule.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
-                segments,
-                object: rule.object.clone(),
-                action: rule.action.clone(),
-                only: rule.only.clone(),
+            rules.push(Arc::new(compile_rule(rule).map_err(at)?));
+        }
+        for (i, op) in def.unmapped.iter().enumerate() {
+            let ok = op.split_once(' ').is_some_and(|(m, p)| {
+                !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase() || b == b'*') && p.starts_with('/')
             });
+            if !ok {
+                return Err(format!(
+                    "unmapped[{i}]: write `METHOD /path`, e.g. \"GET /health\""
+                ));
+            }
         }
         Ok(Template {
             name: name.to_string(),
             any: def.any.clone(),
             rules,
+            unmapped: def.unmapped.clone(),
         })
     }
 
-    /// The object and action for a request; unmatched requests keep path and method.
-    pub fn resolve(&self, method: &str, path: &str) -> Resource {
+    /// The object and action for a request; unmatched requests keep path and method. `query`
+    /// is the raw query string.
+    pub fn resolve(&self, method: &str, path: &str, query: Option<&str>) -> Resource {
         let parts: Vec<&str> = path.split('/').skip(1).collect();
         for rule in &self.rules {
             if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m == method) {
                 continue;
             }
-            if let Some(params) = match_path(&rule.segments, &parts)
-                && rule
-                    .only
-                    .iter()
-                    .all(|(k, allowed)| params.iter().any(|(n, v)| n == k && allowed.contains(v)))
+            let Some(params) = match_path(&rule.segments, &parts) else {
+                continue;
+            };
+            if !rule
+                .only
+                .iter()
+                .all(|(k, allowed)| params.iter().any(|(n, v)| n == k && allowed.contains(v)))
             {
-                let value = |v: &str| match &self.any {
-                    Some(any) if v == any => "*".to_string(),
-                    _ => v.to_string(),
-                };
-                let params: Vec<(&str, String)> = params.into_iter().map(|(k, v)| (k, value(&v))).collect();
-                let get = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
-                return Resource {
-                    object: fill(&rule.object, &params),
-                    action: fill(&rule.action, &params),
-                    workflow: Workflow {
-                        pipeline: get("pipeline"),
-                        run: get("run"),
-                        task: get("task"),
-                        task_run: get("task_run"),
-                    },
-                };
+                continue;
             }
+            let any = self.any.as_deref();
+            let params: Vec<(String, String)> = params
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), mapped(any, v)))
+                .collect();
+            let inputs = Inputs {
+                params: &params,
+                query,
+                body: None,
+                anchors: &[],
+                any,
+            };
+            let (object, action) = rule.decide.render(&inputs);
+            let mut also = Vec::new();
+            for each in &rule.each {
+                if let Each::Query(name, decide) = each {
+                    for value in query_values(query, name) {
+                        let value = Value::String(value);
+                        let anchors = [&value];
+                        also.push(decide.render(&Inputs {
+                            anchors: &anchors,
+                            ..inputs
+                        }));
+                    }
+                }
+            }
+            let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            let needs_body = rule.reads_body || rule.each.iter().any(|e| matches!(e, Each::Body(..)));
+            return Resource {
+                object,
+                action,
+                workflow: Workflow {
+                    pipeline: get("pipeline"),
+                    run: get("run"),
+                    task: get("task"),
+                    task_run: get("task_run"),
+                },
+                access: rule.access,
+                refused: rule.refuse,
+                also,
+                body: needs_body.then(|| BodyPlan {
+                    rule: rule.clone(),
+                    params: params.clone(),
+                    query: query.map(str::to_string),
+                    any: self.any.clone(),
+                }),
+                filter: rule.filter.clone(),
+                matched: true,
+            };
         }
         path_resource(method, path)
+    }
+
+    pub fn any(&self) -> Option<&str> {
+        self.any.as_deref()
+    }
+
+    /// The rules' `METHOD /path` forms, for documentation and coverage.
+    pub fn operations(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let methods = if r.methods.is_empty() {
+                    "*".to_string()
+                } else {
+                    r.methods.join(",")
+                };
+                let path: Vec<String> = r
+                    .segments
+                    .iter()
+                    .map(|s| match s {
+                        Segment::Literal(l) => l.clone(),
+                        Segment::Param(p) => format!("{{{p}}}"),
+                        Segment::Rest(p) => format!("{{{p}*}}"),
+                    })
+                    .collect();
+                format!("{methods} /{}", path.join("/"))
+            })
+            .collect()
+    }
+}
+
+impl BodyPlan {
+    /// Finishes `resource` with the body: the rule's own object and action read again with
+    /// it, and one more pair per item its `each` selectors match. `body` is `Null` for an
+    /// empty body.
+    pub fn apply(&self, resource: &mut Resource, body: &Value) {
+        let inputs = Inputs {
+            params: &self.params,
+            query: self.query.as_deref(),
+            body: Some(body),
+            anchors: &[],
+            any: self.any.as_deref(),
+        };
+        if self.rule.reads_body {
+            let (object, action) = self.rule.decide.render(&inputs);
+            resource.object = object;
+            resource.action = action;
+        }
+        for each in &self.rule.each {
+            if let Each::Body(pattern, decide) = each {
+                for anchors in pattern.matches(body) {
+                    resource.also.push(decide.render(&Inputs {
+                        anchors: &anchors,
+                        ..inputs
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// The items of a JSON list response that are decided one by one.
+#[derive(Debug)]
+pub struct ResponseFilter {
+    items: Pattern,
+    decide: Decide,
+    total: Option<Vec<String>>,
+}
+
+impl ResponseFilter {
+    /// The (object, action) of each item of `doc`, in order.
+    pub fn questions(&self, doc: &Value, any: Option<&str>) -> Vec<(String, String)> {
+        self.items
+            .matches(doc)
+            .iter()
+            .map(|anchors| {
+                self.decide.render(&Inputs {
+                    params: &[],
+                    query: None,
+                    body: Some(doc),
+                    anchors,
+                    any,
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps the items whose `keep` is true (in the order of [`questions`](Self::questions)),
+    /// and lowers the total by the number removed. Returns how many were removed.
+    pub fn retain(&self, doc: &mut Value, keep: &[bool]) -> usize {
+        let prefix = self
+            .items
+            .0
+            .get(..self.items.0.len().saturating_sub(1))
+            .unwrap_or_default();
+        let Some(Value::Array(list)) = pointer_mut(doc, prefix) else {
+            return 0;
+        };
+        let before = list.len();
+        let mut flags = keep.iter();
+        list.retain(|_| flags.next().copied().unwrap_or(false));
+        let removed = before - list.len();
+        if let Some(total) = &self.total
+            && let Some(Value::Number(n)) =
+                pointer_mut(doc, &total.iter().map(|s| Some(s.clone())).collect::<Vec<_>>())
+            && let Some(count) = n.as_u64()
+        {
+            *n = serde_json::Number::from(count.saturating_sub(removed as u64));
+        }
+        removed
+    }
+}
+
+fn pointer_mut<'a>(doc: &'a mut Value, segments: &[Option<String>]) -> Option<&'a mut Value> {
+    let mut at = doc;
+    for segment in segments {
+        let key = segment.as_deref()?;
+        at = match at {
+            Value::Object(map) => map.get_mut(key)?,
+            Value::Array(list) => list.get_mut(key.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(at)
+}
+
+impl Decide {
+    fn render(&self, inputs: &Inputs<'_>) -> (String, String) {
+        let object = self.object.render(inputs);
+        let action = self.action.render(inputs);
+        let action = if self.actions.is_empty() {
+            action
+        } else {
+            self.actions.get(&action).cloned().unwrap_or_else(|| "*".into())
+        };
+        (object, action)
+    }
+}
+
+impl Expr {
+    fn render(&self, inputs: &Inputs<'_>) -> String {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Value(sources) => {
+                    let value = sources.iter().find_map(|s| source_value(s, inputs));
+                    out.push_str(&value.unwrap_or_else(|| "*".into()));
+                }
+            }
+        }
+        out
+    }
+
+    fn reads_body(&self) -> bool {
+        self.0
+            .iter()
+            .any(|p| matches!(p, Part::Value(s) if s.iter().any(|s| matches!(s, Source::Body(_)))))
+    }
+
+    fn max_item(&self) -> Option<usize> {
+        self.0
+            .iter()
+            .filter_map(|p| match p {
+                Part::Value(s) => s
+                    .iter()
+                    .filter_map(|s| match s {
+                        Source::Item(i, _) => Some(*i),
+                        _ => None,
+                    })
+                    .max(),
+                Part::Text(_) => None,
+            })
+            .max()
+    }
+}
+
+fn source_value(source: &Source, inputs: &Inputs<'_>) -> Option<String> {
+    let any = inputs.any;
+    match source {
+        Source::Param(name) => inputs
+            .params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone()),
+        Source::Query(name) => query_values(inputs.query, name).next().map(|v| mapped(any, v)),
+        Source::Body(pointer) => text(follow(inputs.body?, pointer)?).map(|v| mapped(any, v)),
+        Source::Item(i, pointer) => text(follow(inputs.anchors.get(*i)?, pointer)?).map(|v| mapped(any, v)),
+        Source::Literal(l) => Some(l.clone()),
+    }
+}
+
+/// A JSON value as the text of an object or action: strings (non-empty), integers, booleans.
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn follow<'a>(value: &'a Value, pointer: &[String]) -> Option<&'a Value> {
+    let mut at = value;
+    for key in pointer {
+        at = match at {
+            Value::Object(map) => map.get(key)?,
+            Value::Array(list) => list.get(key.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(at)
+}
+
+fn mapped(any: Option<&str>, value: String) -> String {
+    match any {
+        Some(any) if value == any => "*".into(),
+        _ => value,
+    }
+}
+
+fn query_values<'a>(query: Option<&'a str>, name: &'a str) -> impl Iterator<Item = String> + 'a {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(move |(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Result<Pattern, String> {
+        let rest = text
+            .strip_prefix('/')
+            .ok_or_else(|| format!("`{text}` is not a JSON pointer (it starts with `/`)"))?;
+        Ok(Pattern(
+            rest.split('/')
+                .map(|s| if s == "*" { None } else { Some(unescape(s)) })
+                .collect(),
+        ))
+    }
+
+    fn wildcards(&self) -> usize {
+        self.0.iter().filter(|s| s.is_none()).count()
+    }
+
+    /// For each match, the value at every `*`, in order.
+    fn matches<'a>(&self, doc: &'a Value) -> Vec<Vec<&'a Value>> {
+        let mut out = Vec::new();
+        walk(doc, &self.0, &mut Vec::new(), &mut out);
+        out
+    }
+}
+
+fn walk<'a>(
+    at: &'a Value,
+    rest: &[Option<String>],
+    anchors: &mut Vec<&'a Value>,
+    out: &mut Vec<Vec<&'a Value>>,
+) {
+    let Some((first, rest)) = rest.split_first() else {
+        out.push(anchors.clone());
+        return;
+    };
+    match first {
+        Some(key) => {
+            let next = match at {
+                Value::Object(map) => map.get(key),
+                Value::Array(list) => key.parse::<usize>().ok().and_then(|i| list.get(i)),
+                _ => None,
+            };
+            if let Some(next) = next {
+                walk(next, rest, anchors, out);
+            }
+        }
+        None => {
+            if let Value::Array(list) = at {
+                for item in list {
+                    anchors.push(item);
+                    walk(item, rest, anchors, out);
+                    anchors.pop();
+                }
+            }
+        }
+    }
+}
+
+/// RFC 6901: `~1` is `/`, `~0` is `~`.
+fn unescape(segment: &str) -> String {
+    segment.replace("~1", "/").replace("~0", "~")
+}
+
+fn compile_rule(rule: &RuleDef) -> Result<CompiledRule, String> {
+    let segments = parse_path(&rule.path)?;
+    let names: Vec<&str> = segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Param(n) | Segment::Rest(n) => Some(n.as_str()),
+            Segment::Literal(_) => None,
+        })
+        .collect();
+    for used in rule.only.keys() {
+        if !names.contains(&used.as_str()) {
+            return Err(format!("`{{{used}}}` is not a parameter of path `{}`", rule.path));
+        }
+    }
+    if rule.object.is_empty() || rule.action.is_empty() {
+        return Err("object and action must not be empty".into());
+    }
+    let decide = compile_decide(&rule.object, &rule.action, &rule.actions, &names, 0, &rule.path)?;
+    let reads_body = decide.object.reads_body() || decide.action.reads_body();
+    let mut each = Vec::new();
+    for (j, def) in rule.each.iter().enumerate() {
+        let at = |m: String| format!("each[{j}]: {m}");
+        match (&def.body, &def.query) {
+            (Some(pointer), None) => {
+                let pattern = Pattern::parse(pointer).map_err(at)?;
+                let decide = compile_decide(
+                    &def.object,
+                    &def.action,
+                    &def.actions,
+                    &names,
+                    pattern.wildcards(),
+                    &rule.path,
+                )
+                .map_err(at)?;
+                each.push(Each::Body(pattern, decide));
+            }
+            (None, Some(name)) => {
+                let decide = compile_decide(&def.object, &def.action, &def.actions, &names, 1, &rule.path)
+                    .map_err(at)?;
+                each.push(Each::Query(name.clone(), decide));
+            }
+            _ => {
+                return Err(at(
+                    "name exactly one of `body` (a JSON pointer) and `query` (a parameter)".into(),
+                ));
+            }
+        }
+    }
+    let filter = match &rule.filter {
+        Some(def) => {
+            let at = |m: String| format!("filter: {m}");
+            let items = Pattern::parse(&def.items).map_err(at)?;
+            if items.0.last() != Some(&None) || items.wildcards() != 1 {
+                return Err(at(format!(
+                    "`{}` must end in its one `*` (the list to filter)",
+                    def.items
+                )));
+            }
+            let decide =
+                compile_decide(&def.object, &def.action, &BTreeMap::new(), &[], 1, &rule.path).map_err(at)?;
+            let total = match &def.total {
+                Some(t) => Some(
+                    Pattern::parse(t)
+                        .map_err(at)?
+                        .0
+                        .into_iter()
+                        .map(|s| s.unwrap_or_default())
+                        .collect(),
+                ),
+                None => None,
+            };
+            Some(Arc::new(ResponseFilter { items, decide, total }))
+        }
+        None => None,
+    };
+    if rule.refuse && (rule.access != RuleAccess::Route || !rule.each.is_empty()) {
+        return Err("a `refuse` rule takes no `access` and no `each`".into());
+    }
+    Ok(CompiledRule {
+        methods: rule.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+        segments,
+        decide,
+        only: rule.only.clone(),
+        access: rule.access,
+        refuse: rule.refuse,
+        each,
+        filter,
+        reads_body,
+    })
+}
+
+fn compile_decide(
+    object: &str,
+    action: &str,
+    actions: &BTreeMap<String, String>,
+    params: &[&str],
+    items: usize,
+    path: &str,
+) -> Result<Decide, String> {
+    let object = parse_expr(object, params, items, path)?;
+    let action = parse_expr(action, params, items, path)?;
+    for expr in [&object, &action] {
+        if let Some(i) = expr.max_item()
+            && i >= items
+        {
+            return Err(format!("`${}` names no `*` of the item pointer", i + 1));
+        }
+    }
+    Ok(Decide {
+        object,
+        action,
+        actions: actions.clone(),
+    })
+}
+
+fn parse_expr(text: &str, params: &[&str], items: usize, path: &str) -> Result<Expr, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        if start > 0 {
+            parts.push(Part::Text(rest.get(..start).unwrap_or_default().to_string()));
+        }
+        let after = rest.get(start + 1..).unwrap_or_default();
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`{{` without `}}` in `{text}`"))?;
+        let inner = after.get(..end).unwrap_or_default();
+        let mut sources = Vec::new();
+        for alt in inner.split('|') {
+            sources.push(parse_source(alt, params, items, path)?);
+        }
+        parts.push(Part::Value(sources));
+        rest = after.get(end + 1..).unwrap_or_default();
+    }
+    if rest.contains('}') {
+        return Err(format!("`}}` without `{{` in `{text}`"));
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_string()));
+    }
+    Ok(Expr(parts))
+}
+
+fn parse_source(alt: &str, params: &[&str], items: usize, path: &str) -> Result<Source, String> {
+    let pointer = |p: &str| -> Vec<String> {
+        p.strip_prefix('/')
+            .map(|p| p.split('/').map(unescape).collect())
+            .unwrap_or_default()
+    };
+    if let Some(lit) = alt.strip_prefix('=') {
+        return Ok(Source::Literal(lit.to_string()));
+    }
+    if let Some(name) = alt.strip_prefix('?') {
+        return if name.is_empty() {
+            Err("`{?}` names no query parameter".into())
+        } else {
+            Ok(Source::Query(name.to_string()))
+        };
+    }
+    if alt.starts_with('/') {
+        return Ok(Source::Body(pointer(alt)));
+    }
+    if let Some(item) = alt.strip_prefix('$') {
+        let (n, below) = item.split_at(item.find('/').unwrap_or(item.len()));
+        let n: usize = n
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("`${n}` is not an item number ($1, $2, …)"))?;
+        if items == 0 {
+            return Err(format!("`${n}` is only meaningful in `each` and `filter`"));
+        }
+        return Ok(Source::Item(n - 1, pointer(below)));
+    }
+    if params.contains(&alt) {
+        Ok(Source::Param(alt.to_string()))
+    } else {
+        Err(format!("`{{{alt}}}` is not a parameter of path `{path}`"))
     }
 }
 
@@ -176,6 +822,12 @@ pub fn path_resource(method: &str, path: &str) -> Resource {
         object: path.to_string(),
         action: method.to_string(),
         workflow: Workflow::default(),
+        access: RuleAccess::Route,
+        refused: false,
+        also: Vec::new(),
+        body: None,
+        filter: None,
+        matched: false,
     }
 }
 
@@ -230,29 +882,6 @@ fn match_path<'a>(segments: &'a [Segment], parts: &[&str]) -> Option<Vec<(&'a st
         }
     }
     (parts.len() == segments.len()).then_some(params)
-}
-
-fn placeholders(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find('{') {
-        let Some(len) = rest.get(start..).and_then(|r| r.find('}')) else {
-            break;
-        };
-        if let Some(name) = rest.get(start + 1..start + len) {
-            out.push(name);
-        }
-        rest = rest.get(start + len + 1..).unwrap_or_default();
-    }
-    out
-}
-
-fn fill(text: &str, params: &[(&str, String)]) -> String {
-    let mut out = text.to_string();
-    for (name, value) in params {
-        out = out.replace(&format!("{{{name}}}"), value);
-    }
-    out
 }
 
 /// The built-in templates plus the operator's, by name.
@@ -316,36 +945,166 @@ mod tests {
         let t = template(
             "any = \"~\"\n[[rules]]\nmethods = [\"POST\"]\npath = \"/api/v1/dags/{pipeline}/dagRuns\"\nobject = \"dag:{pipeline}\"\naction = \"trigger\"\n",
         );
-        let r = t.resolve("POST", "/api/v1/dags/etl_daily/dagRuns");
+        let r = t.resolve("POST", "/api/v1/dags/etl_daily/dagRuns", None);
         assert_eq!(
             (r.object.as_str(), r.action.as_str()),
             ("dag:etl_daily", "trigger")
         );
         assert_eq!(r.workflow.pipeline.as_deref(), Some("etl_daily"));
-        assert_eq!(t.resolve("POST", "/api/v1/dags/~/dagRuns").object, "dag:*");
+        assert_eq!(t.resolve("POST", "/api/v1/dags/~/dagRuns", None).object, "dag:*");
         // Another method, a longer path or an empty segment falls back to path and method.
-        assert_eq!(t.resolve("GET", "/api/v1/dags/etl/dagRuns").action, "GET");
+        assert_eq!(t.resolve("GET", "/api/v1/dags/etl/dagRuns", None).action, "GET");
         assert_eq!(
-            t.resolve("POST", "/api/v1/dags/etl/dagRuns/x").object,
+            t.resolve("POST", "/api/v1/dags/etl/dagRuns/x", None).object,
             "/api/v1/dags/etl/dagRuns/x"
         );
-        assert_eq!(t.resolve("POST", "/api/v1/dags//dagRuns").action, "POST");
+        assert_eq!(t.resolve("POST", "/api/v1/dags//dagRuns", None).action, "POST");
     }
 
     #[test]
     fn a_rest_parameter_takes_the_remaining_segments() {
         let t =
             template("[[rules]]\npath = \"/files/{path*}\"\nobject = \"file:{path}\"\naction = \"read\"\n");
-        assert_eq!(t.resolve("GET", "/files/a/b/c").object, "file:a/b/c");
-        assert_eq!(t.resolve("GET", "/files").object, "/files");
+        assert_eq!(t.resolve("GET", "/files/a/b/c", None).object, "file:a/b/c");
+        assert_eq!(t.resolve("GET", "/files", None).object, "/files");
     }
 
     #[test]
     fn a_template_naming_an_unknown_parameter_is_refused() {
-        let def: TemplateDef =
-            toml::from_str("[[rules]]\npath = \"/x/{id}\"\nobject = \"x:{name}\"\naction = \"read\"\n")
-                .unwrap();
-        let error = Template::compile("t", &def).unwrap_err();
-        assert!(error.contains("rules[0]") && error.contains("{name}"), "{error}");
+        for (rules, want) in [
+            (
+                "[[rules]]\npath = \"/x/{id}\"\nobject = \"x:{name}\"\naction = \"read\"\n",
+                "{name}",
+            ),
+            (
+                "[[rules]]\npath = \"/x\"\nobject = \"x:{$1}\"\naction = \"read\"\n",
+                "each",
+            ),
+            (
+                "[[rules]]\npath = \"/x\"\nobject = \"x\"\naction = \"read\"\n[[rules.each]]\nbody = \"/a/*\"\nobject = \"{$2/id}\"\naction = \"read\"\n",
+                "$2",
+            ),
+            (
+                "[[rules]]\npath = \"/x\"\nobject = \"x\"\naction = \"read\"\n[rules.filter]\nitems = \"/a/*/b\"\nobject = \"{$1}\"\naction = \"read\"\n",
+                "end in",
+            ),
+        ] {
+            let def: TemplateDef = toml::from_str(rules).unwrap();
+            let error = Template::compile("t", &def).unwrap_err();
+            assert!(error.contains("rules[0]") && error.contains(want), "{error}");
+        }
+    }
+
+    const BULK: &str = r#"
+any = "~"
+[[rules]]
+methods = ["PATCH"]
+path = "/dags/{pipeline}/runs/{run}/tis"
+object = "dag:{pipeline}"
+action = "set_state"
+[[rules.each]]
+body = "/actions/*/entities/*"
+object = "dag:{$2/dag_id|pipeline}"
+action = "{$1/action}"
+actions = { update = "set_state", delete = "delete" }
+
+[[rules]]
+methods = ["POST"]
+path = "/dags/{pipeline}/clear"
+object = "dag:{pipeline}"
+action = "{/dry_run|=true}"
+actions = { "true" = "read", "false" = "clear" }
+
+[[rules]]
+methods = ["GET"]
+path = "/ui/dags"
+object = "dag:{?dag_id|=*}"
+action = "read"
+[[rules.each]]
+query = "dag_ids"
+object = "dag:{$1}"
+action = "read"
+[rules.filter]
+items = "/dags/*"
+object = "dag:{$1/dag_id}"
+action = "read"
+total = "/total_entries"
+"#;
+
+    #[test]
+    fn every_object_a_bulk_body_names_is_asked_about_with_its_own_action() {
+        let t = template(BULK);
+        let mut r = t.resolve("PATCH", "/dags/etl_dev/runs/A/tis", None);
+        assert_eq!(
+            (r.object.as_str(), r.action.as_str()),
+            ("dag:etl_dev", "set_state")
+        );
+        let plan = r.body.clone().unwrap();
+        let body: Value = serde_json::from_str(
+            r#"{"actions": [
+                {"action": "update", "entities": [{"task_id": "load"}, {"dag_id": "etl_prod", "dag_run_id": "B", "task_id": "load"}]},
+                {"action": "delete", "entities": ["load", {"dag_id": "~", "task_id": "x"}]},
+                {"action": "create", "entities": [{"task_id": "y"}]}
+            ]}"#,
+        )
+        .unwrap();
+        plan.apply(&mut r, &body);
+        let also: Vec<(&str, &str)> = r.also.iter().map(|(o, a)| (o.as_str(), a.as_str())).collect();
+        assert_eq!(
+            also,
+            [
+                ("dag:etl_dev", "set_state"),
+                ("dag:etl_prod", "set_state"),
+                ("dag:etl_dev", "delete"),
+                ("dag:*", "delete"),
+                // An action the map does not name needs a grant of every action.
+                ("dag:etl_dev", "*"),
+            ]
+        );
+        // A wildcard path with entities that name no DAG: every DAG.
+        let mut r = t.resolve("PATCH", "/dags/~/runs/~/tis", None);
+        r.body.clone().unwrap().apply(
+            &mut r,
+            &serde_json::json!({"actions": [{"action": "update", "entities": [{"task_id": "t"}]}]}),
+        );
+        assert_eq!(r.also, [("dag:*".to_string(), "set_state".to_string())]);
+    }
+
+    #[test]
+    fn an_action_read_from_the_body_defaults_as_the_api_does() {
+        let t = template(BULK);
+        let action = |body: Value| {
+            let mut r = t.resolve("POST", "/dags/etl/clear", None);
+            r.body.clone().unwrap().apply(&mut r, &body);
+            r.action
+        };
+        assert_eq!(action(serde_json::json!({"dry_run": false})), "clear");
+        assert_eq!(action(serde_json::json!({"dry_run": true})), "read");
+        assert_eq!(
+            action(serde_json::json!({})),
+            "read",
+            "Airflow's default is a dry run"
+        );
+        assert_eq!(action(Value::Null), "read");
+        assert_eq!(action(serde_json::json!({"dry_run": "no"})), "*");
+    }
+
+    #[test]
+    fn query_values_and_response_items_are_decided_one_by_one() {
+        let t = template(BULK);
+        let r = t.resolve("GET", "/ui/dags", Some("dag_ids=a&limit=5&dag_ids=b%20c"));
+        assert_eq!(r.object, "dag:*");
+        let also: Vec<&str> = r.also.iter().map(|(o, _)| o.as_str()).collect();
+        assert_eq!(also, ["dag:a", "dag:b c"]);
+        assert_eq!(t.resolve("GET", "/ui/dags", Some("dag_id=x")).object, "dag:x");
+        let filter = r.filter.unwrap();
+        let mut doc = serde_json::json!({"dags": [{"dag_id": "a"}, {"dag_id": "b"}, {"dag_id": "c"}], "total_entries": 7});
+        let questions: Vec<String> = filter.questions(&doc, None).into_iter().map(|(o, _)| o).collect();
+        assert_eq!(questions, ["dag:a", "dag:b", "dag:c"]);
+        assert_eq!(filter.retain(&mut doc, &[true, false, true]), 1);
+        assert_eq!(
+            doc,
+            serde_json::json!({"dags": [{"dag_id": "a"}, {"dag_id": "c"}], "total_entries": 6})
+        );
     }
 }

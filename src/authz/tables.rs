@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::authz::engine::{Engine, Query};
 use crate::authz::policy::{LoadError, Origin, Problem};
-use crate::authz::resources::{Resource, Template, Templates, path_resource};
+use crate::authz::resources::{Resource, RuleAccess, Template, Templates, path_resource};
 use crate::proxy::canonical::Canonical;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +62,9 @@ pub struct Case {
     /// `file.csv:line`, or the rule's text (`p, role:deployer, airflow, dag:etl_*, trigger`).
     #[serde(default)]
     pub rule: Option<String>,
+    /// The request's JSON body, for operations whose template reads it (Airflow's bulk calls).
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,9 +99,16 @@ impl Target {
         }
     }
 
-    pub fn resource(&self, method: &str, path: &str) -> Resource {
+    /// What a request asks; `query` is the raw query string. A body, when the matched rule
+    /// reads one, is applied by the caller ([`Resource::body`]).
+    /// The value that means "every one" in this template's paths (Airflow's `~`).
+    pub fn any(&self) -> Option<&str> {
+        self.template.as_ref().and_then(|t| t.any())
+    }
+
+    pub fn resource(&self, method: &str, path: &str, query: Option<&str>) -> Resource {
         match &self.template {
-            Some(t) => t.resolve(method, path),
+            Some(t) => t.resolve(method, path, query),
             None => path_resource(method, path),
         }
     }
@@ -156,6 +166,50 @@ pub fn subjects(principal: &str, groups: &[String]) -> Result<Vec<String>, Strin
     let mut subjects = vec![principal.to_string()];
     subjects.extend(groups.iter().map(|g| format!("group:{provider}/{g}")));
     Ok(subjects)
+}
+
+/// Reads the objects a request's body names (`body`: its JSON text), when its rule asks.
+pub fn apply_body(resource: &mut Resource, body: Option<&str>) -> Result<(), String> {
+    if let Some(plan) = resource.body.take() {
+        let json: serde_json::Value = match body {
+            Some(text) => serde_json::from_str(text).map_err(|e| format!("the body is not JSON: {e}"))?,
+            None => serde_json::Value::Null,
+        };
+        plan.apply(resource, &json);
+    }
+    Ok(())
+}
+
+/// Decides every (object, action) a request asks, the rule's own first, in order, until one is
+/// refused: the last entry decides (a `refuse` rule's is always refused).
+pub fn decide_all(
+    engine: &Engine,
+    subjects: &[String],
+    domain: &str,
+    resource: &Resource,
+) -> Result<Vec<(Query, crate::authz::engine::Verdict)>, String> {
+    let mut asked = vec![(resource.object.clone(), resource.action.clone())];
+    asked.extend(resource.also.iter().cloned());
+    let mut decided = Vec::new();
+    for (object, action) in asked {
+        let query = Query {
+            subjects: subjects.to_vec(),
+            domain: domain.to_string(),
+            object,
+            action,
+        };
+        let mut verdict = engine.evaluate(&query).map_err(|e| e.to_string())?;
+        if resource.refused {
+            verdict.allowed = false;
+            verdict.rule = None;
+        }
+        let refused = !verdict.allowed;
+        decided.push((query, verdict));
+        if refused {
+            break;
+        }
+    }
+    Ok(decided)
 }
 
 /// One failed case, said so an operator can fix the policy or the table.
@@ -221,7 +275,7 @@ impl Tables {
 /// view (one decoding, dot segments resolved, slashes merged), so a table or `policy explain`
 /// never judges a path other than the one the proxy would. A URL the proxy would refuse (400)
 /// is an error that says so.
-pub fn host_and_path(method: &str, url: &str) -> Result<(String, String), String> {
+pub fn host_and_path(method: &str, url: &str) -> Result<(String, String, Option<String>), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     if uri.host().is_none() {
         return Err(format!("`{url}` has no host"));
@@ -243,11 +297,11 @@ pub fn host_and_path(method: &str, url: &str) -> Result<(String, String), String
             e.code()
         )
     })?;
-    Ok((view.host, view.path))
+    Ok((view.host, view.path, view.query))
 }
 
 fn run_case(case: &Case, table: &TableFile, engine: &Engine, templates: &Templates) -> Result<(), String> {
-    let (host, path) = host_and_path(&case.method, &case.url)?;
+    let (host, path, query) = host_and_path(&case.method, &case.url)?;
     let def = table
         .hosts
         .get(&host)
@@ -259,14 +313,23 @@ fn run_case(case: &Case, table: &TableFile, engine: &Engine, templates: &Templat
     }
     let target = Target::new(&def.domain, def.resources.as_deref(), templates);
     let method = case.method.to_ascii_uppercase();
-    let resource = target.resource(&method, &path);
-    let query = Query {
-        subjects: subjects(&case.principal, &case.groups)?,
-        domain: target.domain,
-        object: resource.object,
-        action: resource.action,
+    let mut resource = target.resource(&method, &path, query.as_deref());
+    apply_body(&mut resource, case.body.as_deref())?;
+    let subjects = subjects(&case.principal, &case.groups)?;
+    if resource.access != RuleAccess::Route {
+        // The template opens this operation: the policy is not asked.
+        return match case.expect {
+            Expect::Allow if case.rule.is_none() => Ok(()),
+            _ => Err(format!(
+                "the template opens {} {} to every caller ({:?}): the policy is not asked",
+                method, path, resource.access
+            )),
+        };
+    }
+    let decided = decide_all(engine, &subjects, &target.domain, &resource)?;
+    let Some((query, verdict)) = decided.into_iter().last() else {
+        return Err("nothing was asked".into());
     };
-    let verdict = engine.evaluate(&query).map_err(|e| e.to_string())?;
     let got = if verdict.allowed {
         Expect::Allow
     } else {

@@ -103,7 +103,9 @@ pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 pub struct Assertion {
     /// The `aud` claim: what this upstream checks. Required.
     pub audience: String,
-    /// The request header carrying it. Default `X-Portcullis-Assertion`.
+    /// The request header carrying it. Default `X-Portcullis-Assertion`. `Authorization` sends
+    /// it as `Authorization: Bearer <assertion>`, in place of whatever the client sent there
+    /// (for upstreams that read only that header, such as Airflow 3).
     pub header: String,
     /// `exp - iat`. Default `60s`, at most `15m`. Cached per caller and route, minted again when
     /// less than a tenth of it is left.
@@ -113,7 +115,28 @@ pub struct Assertion {
     /// upstreams that cannot verify a JWT; anything the client sent by those names is removed
     /// first). Default false.
     pub identity_headers: bool,
+    /// Claims of this route's own, added to every assertion it sends (an upstream's role for
+    /// the callers the proxy lets through: Airflow's `role = "ADMIN"`). The standard and
+    /// Portcullis claims cannot be set here. Default none.
+    pub claims: std::collections::BTreeMap<String, String>,
 }
+
+/// Claims the proxy sets in every assertion, which `[routes.assertion] claims` may not name.
+pub const ASSERTION_CLAIMS: [&str; 13] = [
+    "iss",
+    "aud",
+    "sub",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "provider",
+    "email",
+    "name",
+    "groups",
+    "auth_method",
+    "principal_kind",
+];
 
 impl Default for Assertion {
     fn default() -> Self {
@@ -122,6 +145,7 @@ impl Default for Assertion {
             header: "X-Portcullis-Assertion".into(),
             lifetime: Duration::from_secs(60),
             identity_headers: false,
+            claims: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -507,6 +531,12 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Send the client's `Host` to the upstream instead of the upstream's own authority. Default false.
     pub preserve_host: bool,
+    /// Largest request body the policy reads, bytes, for operations whose template names its
+    /// objects in the body (Airflow's bulk calls); a larger one gets 413. Default 1048576 (1 MiB).
+    pub inspect_body_bytes: u64,
+    /// Largest response the template's `filter` reads to remove the items the caller may not
+    /// see, bytes; a larger one is not passed on (502). Default 8388608 (8 MiB).
+    pub filter_response_bytes: u64,
     /// Protocols a client may switch to with `Connection: upgrade` once its request is allowed
     /// (`websocket`, `spdy/3.1` for `kubectl exec`, …). WebSocket needs a valid handshake;
     /// `h2c` is never accepted. An `Upgrade` for anything else is removed and the request
@@ -651,6 +681,8 @@ impl Default for Route {
             timeout: Duration::from_secs(30),
             max_body_bytes: 10 * 1024 * 1024,
             preserve_host: false,
+            inspect_body_bytes: 1024 * 1024,
+            filter_response_bytes: 8 * 1024 * 1024,
             upgrades: vec!["websocket".into()],
             identity_providers: Vec::new(),
             cors: None,

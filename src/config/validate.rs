@@ -921,9 +921,24 @@ fn validate_tokens(config: &Config, p: &mut Vec<Problem>) {
             ));
         }
         let lower = a.header.to_ascii_lowercase();
+        if lower == "authorization" && route.upstream_credentials.is_some() {
+            p.push(Problem::new(
+                format!("{at}.header"),
+                "the route's brokered credential already replaces Authorization",
+                "send the assertion in another header, or drop [routes.upstream_credentials]",
+            ));
+        }
+        for name in a.claims.keys() {
+            if crate::config::ASSERTION_CLAIMS.contains(&name.as_str()) || name.is_empty() {
+                p.push(Problem::new(
+                    format!("{at}.claims.{name}"),
+                    format!("{name:?} is a claim the proxy sets itself"),
+                    "name a claim of the upstream's own, e.g. role",
+                ));
+            }
+        }
         if http::HeaderName::from_bytes(a.header.as_bytes()).is_err()
             || [
-                "authorization",
                 "cookie",
                 "host",
                 "connection",

@@ -109,9 +109,24 @@ impl Tally {
     }
 }
 
+/// A request body as the proxy holds it: still arriving, or already read whole (a body the
+/// policy had to read to know what the request acts on).
+#[derive(Debug)]
+pub enum Inbound {
+    Stream(Incoming),
+    Read(Bytes),
+}
+
+#[derive(Debug)]
+enum Source {
+    Stream(Incoming),
+    /// The bytes, until they are handed on.
+    Read(Option<Bytes>),
+}
+
 /// A request body on its way upstream.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: Source,
     tally: Arc<Tally>,
     /// Most bytes allowed; `u64::MAX` for no limit.
     limit: u64,
@@ -123,8 +138,17 @@ pub struct ClientBody {
 
 impl ClientBody {
     /// `limit` 0 means no limit.
-    pub fn new(inner: Incoming, limit: u64, idle: Duration) -> (Self, Arc<Tally>) {
+    pub fn new(inner: Inbound, limit: u64, idle: Duration) -> (Self, Arc<Tally>) {
         let tally = Arc::new(Tally::default());
+        let inner = match inner {
+            Inbound::Stream(body) => Source::Stream(body),
+            Inbound::Read(bytes) => {
+                tally
+                    .bytes
+                    .store(u64::try_from(bytes.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                Source::Read(Some(bytes))
+            }
+        };
         let body = ClientBody {
             inner,
             tally: tally.clone(),
@@ -188,7 +212,18 @@ impl Body for ClientBody {
         if this.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let incoming = match &mut this.inner {
+            Source::Stream(incoming) => incoming,
+            Source::Read(bytes) => {
+                let frame = bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)));
+                if frame.is_none() {
+                    this.done = true;
+                    this.tally.ended.store(true, Ordering::Relaxed);
+                }
+                return Poll::Ready(frame);
+            }
+        };
+        match Pin::new(incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.tally.waiting.store(false, Ordering::Relaxed);
                 if let Some(data) = frame.data_ref() {
@@ -232,10 +267,17 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.done
+            || match &self.inner {
+                Source::Stream(incoming) => incoming.is_end_stream(),
+                Source::Read(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+            }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Stream(incoming) => incoming.size_hint(),
+            Source::Read(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderName};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -25,7 +24,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use crate::config::{self, UpstreamProtocol};
 use crate::decision::{Permit, Reason};
 use crate::error::ProxyError;
-use crate::proxy::body::{BodyFault, ClientBody, ProxyBody};
+use crate::proxy::body::{BodyFault, ClientBody, Inbound, ProxyBody};
 use crate::proxy::context::RequestCtx;
 use crate::proxy::routes::Route;
 
@@ -211,7 +210,7 @@ pub async fn forward(
     _permit: Permit,
     ctx: &mut RequestCtx,
     route: &Route,
-    mut req: Request<Incoming>,
+    mut req: Request<Inbound>,
     identity: Vec<(HeaderName, HeaderValue)>,
     strip_extra: &[String],
     idle: Duration,
@@ -265,8 +264,12 @@ pub async fn forward(
         .build()
         .map_err(|_| ProxyError::UpstreamUnavailable("could not build the upstream URI".into()))?;
 
+    let read = matches!(body, Inbound::Read(_));
     let (body, tally) = ClientBody::new(body, limit, idle);
-    ctx.tally = Some(tally.clone());
+    // A body read for the policy was counted (and its faults judged) when it was read.
+    if !read || ctx.tally.is_none() {
+        ctx.tally = Some(tally.clone());
+    }
     let mut outbound = Request::new(body);
     *outbound.method_mut() = parts.method;
     *outbound.uri_mut() = uri;
@@ -337,7 +340,7 @@ fn too_large() -> ProxyError {
 }
 
 /// The answer for a request body that failed on the client's side.
-fn client_fault(fault: BodyFault) -> ProxyError {
+pub(crate) fn client_fault(fault: BodyFault) -> ProxyError {
     match fault {
         BodyFault::TooLarge => too_large(),
         BodyFault::Malformed => ProxyError::deny(Reason::BadRequestBody),
@@ -349,7 +352,7 @@ fn client_fault(fault: BodyFault) -> ProxyError {
 /// One framing for an HTTP/1 body: `Transfer-Encoding` at most once and exactly `chunked`
 /// (hyper refuses other codings, and drops a `Content-Length` sent beside it, which the
 /// listener detects). Anything else is refused rather than re-framed for the upstream.
-fn framed_once(req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn framed_once<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let mut codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
     let Some(first) = codings.next() else {
         return Ok(());
@@ -374,7 +377,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// forwarded (the request goes on as a plain one, its `Upgrade` removed); `h2c` is never
 /// allowed (configuration refuses it). HTTP/2's extended CONNECT never gets here: CONNECT is
 /// refused with the canonical view.
-fn requested_upgrade(req: &Request<Incoming>, allowed: &[String]) -> Result<Option<HeaderValue>, ProxyError> {
+fn requested_upgrade<B>(req: &Request<B>, allowed: &[String]) -> Result<Option<HeaderValue>, ProxyError> {
     if req.version() != Version::HTTP_11
         || !connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
     {
@@ -403,7 +406,7 @@ fn requested_upgrade(req: &Request<Incoming>, allowed: &[String]) -> Result<Opti
 
 /// RFC 6455 §4.2.1: a GET with `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key` that is
 /// the base64 of 16 bytes.
-fn websocket_handshake(req: &Request<Incoming>) -> bool {
+fn websocket_handshake<B>(req: &Request<B>) -> bool {
     use base64::Engine as _;
     let one = |name: &str| {
         let mut values = req.headers().get_all(name).iter();

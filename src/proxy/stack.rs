@@ -32,11 +32,12 @@ use crate::admin::Metrics;
 use crate::audit::{AccessEvent, AuditSink, PolicyFields, bounded};
 use crate::authn::browser::{RESERVED, is_navigation};
 use crate::authn::{AuthMethod, Authn, Outcome, Principal};
+use crate::authz::resources::{Resource, ResponseFilter, RuleAccess};
 use crate::authz::{self, Authz, Query};
 use crate::config::Access;
 use crate::decision::{Decision, PolicyAnswer, Reason, decide};
 use crate::error::{ProxyError, rescue, wants_html};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{ClientBody, Inbound, ProxyBody};
 use crate::proxy::canonical::Canonical;
 use crate::proxy::context::{ConnInfo, RequestCtx};
 use crate::proxy::cors;
@@ -249,45 +250,38 @@ impl Proxy {
             return Ok(response);
         }
 
-        let mut refused = None;
-        if route.config.access != Access::Public {
-            let started = Instant::now();
-            let during = crate::audit::During {
-                request_id: &ctx.request_id,
-                trace: &ctx.trace.ids,
-            };
-            let secure = sessions_secure(&ctx.conn, ctx.canonical.as_ref(), req.headers());
-            let outcome = self
-                .authn
-                .authenticate(req.headers(), &route.providers, during, secure)
-                .await;
-            ctx.authn_duration = Some(started.elapsed());
-            match outcome {
-                Outcome::Authenticated(principal) => ctx.principal = Some(principal),
-                Outcome::Session { session, moved } => {
-                    ctx.principal = Some(session.principal.clone());
-                    ctx.set_cookie = moved;
-                    ctx.session = Some(session);
-                }
-                Outcome::NotMine => {}
-                Outcome::Rejected(refusal) => {
-                    refused = Some(refusal.reason);
-                    ctx.refused_claim = refusal.claim;
-                }
-            }
-        }
+        // What the request acts on, by the route's template: it may also open an operation of a
+        // protected route (what the API leaves unauthenticated) or need the body to tell.
+        let mut resource = self.resource(&route, ctx.canonical.as_ref());
+        let access = match resource.as_ref().map(|r| r.access) {
+            Some(RuleAccess::Public) => Access::Public,
+            Some(RuleAccess::Authenticated) => Access::Authenticated,
+            _ => route.config.access,
+        };
+        let refused = if access == Access::Public {
+            None
+        } else {
+            self.authenticate(ctx, &route, req.headers()).await
+        };
 
-        let answer = match (&ctx.principal, refused) {
-            (Some(principal), None) if route.config.access == Access::Protected => {
-                let principal = principal.clone();
-                Some(self.authorize(ctx, &route, &principal).await)
+        let mut req = req.map(Inbound::Stream);
+        let answer = match (ctx.principal.clone(), refused, resource.as_mut()) {
+            (Some(principal), None, Some(resource)) if access == Access::Protected => {
+                if let Some(plan) = resource.body.take() {
+                    let (parts, body) = req.into_parts();
+                    let (bytes, json) = self.read_body(ctx, &route, body).await?;
+                    plan.apply(resource, &json);
+                    req = Request::from_parts(parts, Inbound::Read(bytes));
+                }
+                Some(self.authorize(ctx, &route, &principal, resource).await)
             }
+            (Some(_), None, None) if access == Access::Protected => Some(PolicyAnswer::Failed),
             _ => None,
         };
 
         let (decision, permit) = match refused {
             Some(reason) => (Decision::Deny(reason), None),
-            None => decide(route.config.access, ctx.principal.as_deref(), answer),
+            None => decide(access, ctx.principal.as_deref(), answer),
         };
         ctx.decision = Some(decision);
         let Some(permit) = permit else {
@@ -334,7 +328,11 @@ impl Proxy {
             identity.push((header::AUTHORIZATION, value));
         }
         let idle = self.limits.idle_timeout;
-        forward(permit, ctx, &route, req, identity, &self.strip_extra, idle).await
+        let response = forward(permit, ctx, &route, req, identity, &self.strip_extra, idle).await?;
+        match resource.and_then(|r| r.filter) {
+            Some(filter) => self.filter_response(ctx, &route, &filter, response).await,
+            None => Ok(response),
+        }
     }
 
     /// `/.well-known/jwks.json` and `/.well-known/openid-configuration` on the issuer's own host,
@@ -372,13 +370,15 @@ impl Proxy {
         };
         let minter = self.minter.as_ref().ok_or_else(|| failed(&"no signing keys"))?;
         let minted = minter
-            .mint(principal, audience, config.lifetime, &route.label)
+            .mint(principal, audience, config.lifetime, &route.label, &config.claims)
             .map_err(|e| failed(&e))?;
         let mut out = Vec::with_capacity(4);
-        out.push((
-            header.clone(),
-            HeaderValue::from_str(&minted.token).map_err(|e| failed(&e))?,
-        ));
+        let value = if *header == header::AUTHORIZATION {
+            HeaderValue::from_str(&format!("Bearer {}", minted.token))
+        } else {
+            HeaderValue::from_str(&minted.token)
+        };
+        out.push((header.clone(), value.map_err(|e| failed(&e))?));
         if config.identity_headers {
             let plain = [
                 (
@@ -398,34 +398,137 @@ impl Proxy {
         Ok(out)
     }
 
-    /// Asks the policy in force about this request; records question and answer for the audit.
-    async fn authorize(&self, ctx: &mut RequestCtx, route: &Route, principal: &Principal) -> PolicyAnswer {
-        let (Some(authz), Some(target), Some(canonical)) = (&self.authz, &route.policy, &ctx.canonical)
-        else {
+    /// The route's template's reading of the request (protected routes with a template, or a
+    /// policy and no template: path and method).
+    fn resource(&self, route: &Route, canonical: Option<&Canonical>) -> Option<Resource> {
+        let (target, canonical) = (route.policy.as_ref()?, canonical?);
+        (route.config.access == Access::Protected).then(|| {
+            target.resource(
+                canonical.method.as_str(),
+                &canonical.path,
+                canonical.query.as_deref(),
+            )
+        })
+    }
+
+    /// Runs the authenticator chain against the route's providers; the principal goes into the
+    /// context, a refusal is returned.
+    async fn authenticate(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        headers: &http::HeaderMap,
+    ) -> Option<Reason> {
+        let started = Instant::now();
+        let during = crate::audit::During {
+            request_id: &ctx.request_id,
+            trace: &ctx.trace.ids,
+        };
+        let secure = sessions_secure(&ctx.conn, ctx.canonical.as_ref(), headers);
+        let outcome = self
+            .authn
+            .authenticate(headers, &route.providers, during, secure)
+            .await;
+        ctx.authn_duration = Some(started.elapsed());
+        match outcome {
+            Outcome::Authenticated(principal) => ctx.principal = Some(principal),
+            Outcome::Session { session, moved } => {
+                ctx.principal = Some(session.principal.clone());
+                ctx.set_cookie = moved;
+                ctx.session = Some(session);
+            }
+            Outcome::NotMine => {}
+            Outcome::Rejected(refusal) => {
+                ctx.refused_claim = refusal.claim;
+                return Some(refusal.reason);
+            }
+        }
+        None
+    }
+
+    /// Reads a body the policy needs (up to the route's `inspect_body_bytes`): strict JSON (no
+    /// member named twice, which parsers would read two ways), or nothing. The bytes go upstream
+    /// as they came.
+    async fn read_body(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        body: Inbound,
+    ) -> Result<(Bytes, serde_json::Value), ProxyError> {
+        use http_body_util::BodyExt as _;
+        let (body, tally) = ClientBody::new(body, route.config.inspect_body_bytes, self.limits.idle_timeout);
+        ctx.tally = Some(tally);
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(fault) => return Err(forward::client_fault(fault)),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok((bytes, serde_json::Value::Null));
+        }
+        let malformed = || {
+            ProxyError::denied(
+                Reason::BadRequestBody,
+                "the request body must be JSON that names each member once",
+            )
+        };
+        crate::json::unique_members(&bytes).map_err(|_| malformed())?;
+        let json = serde_json::from_slice(&bytes).map_err(|_| malformed())?;
+        Ok((bytes, json))
+    }
+
+    /// Asks the policy in force about every object the request names, in order, until one is
+    /// refused; records the questions and the deciding answer for the audit.
+    async fn authorize(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        principal: &Principal,
+        resource: &Resource,
+    ) -> PolicyAnswer {
+        let (Some(authz), Some(target)) = (&self.authz, &route.policy) else {
             return PolicyAnswer::Failed;
         };
-        let resource = target.resource(canonical.method.as_str(), &canonical.path);
-        let query = Query {
-            subjects: authz::subjects(principal),
-            domain: target.domain.clone(),
-            object: resource.object,
-            action: resource.action,
-        };
-        let checked = authz.check(&query).await;
-        self.metrics.policy_decision(checked.cached);
-        let shadow = checked.shadow.map(|s| if s { "allow" } else { "deny" });
-        if checked.disagrees() {
-            self.metrics.policy_shadow_disagreement(&route.label);
-        }
-        let answer = match &checked.verdict {
-            Ok(v) if v.allowed => PolicyAnswer::Allow,
-            Ok(_) => PolicyAnswer::Deny,
-            Err(e) => {
-                tracing::error!(request_id = %ctx.request_id, error = %e, "policy evaluation failed; denied");
-                PolicyAnswer::Failed
+        let subjects = authz::subjects(principal);
+        let mut asked = Vec::with_capacity(1 + resource.also.len());
+        asked.push((resource.object.clone(), resource.action.clone()));
+        asked.extend(resource.also.iter().cloned());
+        let many = asked.len() > 1;
+        let mut decided = Vec::new();
+        let mut last = None;
+        for (object, action) in asked {
+            let query = Query {
+                subjects: subjects.clone(),
+                domain: target.domain.clone(),
+                object,
+                action,
+            };
+            let checked = authz.check(&query).await;
+            self.metrics.policy_decision(checked.cached);
+            if checked.disagrees() {
+                self.metrics.policy_shadow_disagreement(&route.label);
             }
+            let answer = match &checked.verdict {
+                Ok(v) if v.allowed && !resource.refused => PolicyAnswer::Allow,
+                Ok(_) => PolicyAnswer::Deny,
+                Err(e) => {
+                    tracing::error!(request_id = %ctx.request_id, error = %e, "policy evaluation failed; denied");
+                    PolicyAnswer::Failed
+                }
+            };
+            if many {
+                decided.push(bounded(&format!("{} {}", query.action, query.object), 256));
+            }
+            last = Some((query, checked, answer));
+            if answer != PolicyAnswer::Allow {
+                break;
+            }
+        }
+        let Some((query, checked, answer)) = last else {
+            return PolicyAnswer::Failed;
         };
-        let workflow = resource.workflow;
+        let shadow = checked.shadow.map(|s| if s { "allow" } else { "deny" });
+        let workflow = &resource.workflow;
+        let text = |v: &Option<String>| v.as_deref().map(|v| bounded(v, 256));
         ctx.policy = Some(PolicyFields {
             domain: query.domain,
             object: bounded(&query.object, 256),
@@ -434,17 +537,73 @@ impl Proxy {
                 .verdict
                 .as_ref()
                 .ok()
+                .filter(|_| !resource.refused)
                 .and_then(|v| v.rule.as_ref())
                 .map(|r| r.origin.to_string()),
             version: checked.version,
             shadow,
             authz_us: u64::try_from(checked.duration.as_micros()).unwrap_or(u64::MAX),
-            pipeline: workflow.pipeline.map(|v| bounded(&v, 256)),
-            run: workflow.run.map(|v| bounded(&v, 256)),
-            task: workflow.task.map(|v| bounded(&v, 256)),
-            task_run: workflow.task_run.map(|v| bounded(&v, 256)),
+            pipeline: text(&workflow.pipeline),
+            run: text(&workflow.run),
+            task: text(&workflow.task),
+            task_run: text(&workflow.task_run),
+            decided,
+            filtered: None,
         });
         answer
+    }
+
+    /// Removes from a JSON list response the items the caller may not see (the template's
+    /// `filter`), and lowers its total. A response that cannot be read whole (over the route's
+    /// `filter_response_bytes`, or not JSON) is not passed on: fail closed.
+    async fn filter_response(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        filter: &ResponseFilter,
+        response: Response<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        use http_body_util::BodyExt as _;
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        let (Some(authz), Some(target), Some(principal)) =
+            (&self.authz, &route.policy, ctx.principal.clone())
+        else {
+            return Err(ProxyError::deny(Reason::PolicyError));
+        };
+        let unfilterable =
+            |why: &str| ProxyError::UpstreamUnavailable(format!("the response could not be filtered: {why}"));
+        let (mut parts, body) = response.into_parts();
+        let limit = usize::try_from(route.config.filter_response_bytes).unwrap_or(usize::MAX);
+        let bytes = http_body_util::Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| unfilterable(&e.to_string()))?
+            .to_bytes();
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| unfilterable("not JSON"))?;
+        let subjects = authz::subjects(&principal);
+        let mut keep = Vec::new();
+        for (object, action) in filter.questions(&doc, target.any()) {
+            let query = Query {
+                subjects: subjects.clone(),
+                domain: target.domain.clone(),
+                object,
+                action,
+            };
+            let checked = authz.check(&query).await;
+            self.metrics.policy_decision(checked.cached);
+            keep.push(checked.verdict.is_ok_and(|v| v.allowed));
+        }
+        let removed = filter.retain(&mut doc, &keep);
+        if let Some(policy) = ctx.policy.as_mut() {
+            policy.filtered = Some(u64::try_from(removed).unwrap_or(u64::MAX));
+        }
+        let body = serde_json::to_vec(&doc).map_err(|e| unfilterable(&e.to_string()))?;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_ENCODING);
+        Ok(Response::from_parts(parts, crate::proxy::body::full(body)))
     }
 
     /// A denial. A person's browser without a usable session is sent to sign in rather than

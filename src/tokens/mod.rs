@@ -47,6 +47,10 @@ struct Claims<'a> {
     principal_kind: &'static str,
     /// The issuer that vouched for the caller.
     idp: &'a str,
+    /// The route's own claims (`[routes.assertion] claims`): what an upstream needs to read
+    /// (Airflow's `role`). Never one of the names above (configuration refuses them).
+    #[serde(flatten)]
+    extra: &'a std::collections::BTreeMap<String, String>,
     iat: u64,
     nbf: u64,
     exp: u64,
@@ -245,9 +249,12 @@ impl Minter {
         audience: &Arc<str>,
         lifetime: Duration,
         route: &Arc<String>,
+        extra: &std::collections::BTreeMap<String, String>,
     ) -> Result<Arc<Minted>, MintError> {
+        // The route is part of the key: two routes with one audience may add different claims.
         let who = format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            route,
             principal.issuer,
             principal.provider,
             principal.subject,
@@ -280,6 +287,7 @@ impl Minter {
             auth_method: principal.auth_method.as_str(),
             principal_kind: principal.kind.as_str(),
             idp: &principal.issuer,
+            extra,
             iat,
             nbf: iat,
             exp: iat + lifetime.as_secs(),
@@ -357,6 +365,7 @@ mod tests {
                     &audience,
                     Duration::from_secs(60),
                     &Arc::new("airflow".into()),
+                    &[("role".to_string(), "ADMIN".to_string())].into_iter().collect(),
                 )
                 .unwrap();
 
@@ -379,6 +388,7 @@ mod tests {
             assert_eq!(claims["provider"], principal.provider.as_str());
             assert_eq!(claims["groups"][0], "deployers");
             assert_eq!(claims["auth_method"], "session");
+            assert_eq!(claims["role"], "ADMIN");
         }
     }
 }

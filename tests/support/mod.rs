@@ -38,6 +38,8 @@ pub struct Seen {
     pub version: http::Version,
     pub headers: HeaderMap,
     pub body_len: usize,
+    /// The body as received.
+    pub body: Bytes,
 }
 
 impl Seen {
@@ -105,7 +107,8 @@ impl Recorder {
                         let handler = handler.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body_len = body.len();
                             let seen = Seen {
                                 method: parts.method.to_string(),
                                 target: target(&parts.uri),
@@ -113,6 +116,7 @@ impl Recorder {
                                 version: parts.version,
                                 headers: parts.headers,
                                 body_len,
+                                body,
                             };
                             let response = handler(&seen);
                             log.lock().unwrap().push(seen);
