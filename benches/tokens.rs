@@ -122,7 +122,13 @@ fn assertions(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             minter
-                .mint(&principal(format!("user-{n}")), &audience, lifetime, &route, &Default::default())
+                .mint(
+                    &principal(format!("user-{n}")),
+                    &audience,
+                    lifetime,
+                    &route,
+                    &Default::default(),
+                )
                 .unwrap()
         })
     });
@@ -132,18 +138,28 @@ fn assertions(c: &mut Criterion) {
             .map(|i| {
                 let who = principal(format!("p99-{i}"));
                 let t = std::time::Instant::now();
-                minter.mint(&who, &audience, lifetime, &route, &Default::default()).unwrap();
+                minter
+                    .mint(&who, &audience, lifetime, &route, &Default::default())
+                    .unwrap();
                 t.elapsed()
             })
             .collect();
         common::percentiles("assertion mint (new caller, ES256)", samples);
     }
     let known = principal("alice".into());
-    minter.mint(&known, &audience, lifetime, &route, &Default::default()).unwrap();
+    minter
+        .mint(&known, &audience, lifetime, &route, &Default::default())
+        .unwrap();
     c.bench_function("assertion: cached (same caller and route)", |b| {
         b.iter(|| {
             minter
-                .mint(black_box(&known), &audience, lifetime, &route, &Default::default())
+                .mint(
+                    black_box(&known),
+                    &audience,
+                    lifetime,
+                    &route,
+                    &Default::default(),
+                )
                 .unwrap()
         })
     });

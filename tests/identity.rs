@@ -249,7 +249,8 @@ async fn a_token_whose_bound_claims_do_not_hold_gets_403_claims_not_bound_before
     let upstream = Recorder::start().await;
     // The policy would allow the project's every job: the provider's bound claims narrow that
     // to protected refs of the two listed projects, whatever the policy says.
-    let csv = "p, role:operator, airflow, dag:*, trigger\ng, group:gitlab/project:20, role:operator, airflow\n";
+    let csv =
+        "p, role:operator, airflow, dag:*, trigger\ng, group:gitlab/project:20, role:operator, airflow\n";
     let providers = gitlab
         .provider_toml(
             "gitlab",

@@ -243,9 +243,14 @@ fn airflow_3_public_api_v2_requests_map_like_v1() {
                 .run(RUN),
             // Bulk update/delete of a run's task instances: the path's DAG, and (from the body)
             // each entity's own, tested where bodies are.
-            case("PATCH", format!("{run}/taskInstances"), "dag:etl_daily", "set_state")
-                .pipeline("etl_daily")
-                .run(RUN),
+            case(
+                "PATCH",
+                format!("{run}/taskInstances"),
+                "dag:etl_daily",
+                "set_state",
+            )
+            .pipeline("etl_daily")
+            .run(RUN),
             case(
                 "POST",
                 format!("{dag}/clearTaskInstances"),
@@ -352,8 +357,18 @@ fn airflow_s_other_resources_have_objects_and_unknown_paths_are_asked_as_themsel
         "airflow",
         &[
             case("GET", "/api/v1/pools", "pools:*", "read"),
-            case("DELETE", "/api/v2/variables/db_password", "variables:db_password", "delete"),
-            case("GET", "/api/v2/connections/warehouse", "connections:warehouse", "read"),
+            case(
+                "DELETE",
+                "/api/v2/variables/db_password",
+                "variables:db_password",
+                "delete",
+            ),
+            case(
+                "GET",
+                "/api/v2/connections/warehouse",
+                "connections:warehouse",
+                "read",
+            ),
             case("GET", "/api/v2/config", "config", "read"),
             case(
                 "PUT",
@@ -653,7 +668,7 @@ fn gitlab_unknown_paths_fall_back_to_path_and_method() {
     check(
         "gitlab",
         &[
-            unmatched("GET", "/api/v4/projects"),
+            case("GET", "/api/v4/projects", "project:*", "read"),
             unmatched("GET", "/api/v4/job"),
             unmatched("GET", "/api/v4/version"),
             unmatched("POST", "/api/v4/user/runners"),
@@ -883,8 +898,9 @@ fn conductor_unknown_paths_fall_back_to_path_and_method() {
         "conductor",
         &[
             unmatched("GET", "/health"),
-            unmatched("GET", "/api/admin/config"),
-            unmatched("POST", "/api/event"),
+            case("GET", "/api/admin/config", "admin", "read"),
+            case("POST", "/api/event", "event_handler:*", "define"),
+            unmatched("GET", "/api/secrets/db"),
             unmatched("POST", format!("/api/workflow/{WF}/upgrade")),
             unmatched("POST", "/api/workflow/bulk/archive"),
         ],
@@ -990,7 +1006,8 @@ fn luigi_unknown_paths_fall_back_to_path_and_method() {
         "luigi",
         &[
             unmatched("GET", "/api/"),
-            unmatched("GET", "/favicon.ico"),
+            case("GET", "/favicon.ico", "ui", "read"),
+            unmatched("GET", "/api.php"),
             unmatched("POST", "/history"),
             unmatched("GET", "/api/task_list/extra"),
         ],

@@ -51,8 +51,9 @@ pub struct TemplateDef {
     pub any: Option<String>,
     pub rules: Vec<RuleDef>,
     /// Operations of the API the template deliberately leaves to the default object (the
-    /// canonical path and the method), as `METHOD /path/{param}`; the coverage tests hold every
-    /// operation of the API's published description to be a rule or on this list.
+    /// canonical path and the method), as `METHOD /path/{param}` (`*` for any method, `/**` at
+    /// the end for every path below); the coverage tests hold every operation of the API's
+    /// published description to be a rule or on this list.
     #[serde(default)]
     pub unmapped: Vec<String>,
 }
@@ -265,7 +266,7 @@ impl Template {
             });
             if !ok {
                 return Err(format!(
-                    "unmapped[{i}]: write `METHOD /path`, e.g. \"GET /health\""
+                    "unmapped[{i}]: write `METHOD /path` (`*` for every method, a path ending in `/**` for everything below it), e.g. \"GET /health\""
                 ));
             }
         }

@@ -328,6 +328,10 @@ impl Proxy {
             identity.push((header::AUTHORIZATION, value));
         }
         let idle = self.limits.idle_timeout;
+        if resource.as_ref().is_some_and(|r| r.filter.is_some()) {
+            // A response the proxy must read is asked for uncompressed.
+            req.headers_mut().remove(header::ACCEPT_ENCODING);
+        }
         let response = forward(permit, ctx, &route, req, identity, &self.strip_extra, idle).await?;
         match resource.and_then(|r| r.filter) {
             Some(filter) => self.filter_response(ctx, &route, &filter, response).await,

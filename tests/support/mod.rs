@@ -7,9 +7,11 @@
     clippy::indexing_slicing
 )]
 
+pub mod airflow;
 pub mod collector;
 pub mod idp;
 pub mod issuer;
+pub mod luigi;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

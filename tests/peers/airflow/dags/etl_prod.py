@@ -1,0 +1,22 @@
+"""Test DAG for the Portcullis Airflow peer: three tasks, no schedule, never paused at creation."""
+
+from __future__ import annotations
+
+import pendulum
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG
+
+with DAG(
+    dag_id="etl_prod",
+    schedule=None,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    is_paused_upon_creation=False,
+    tags=["portcullis-test"],
+) as dag:
+    extract = EmptyOperator(task_id="extract")
+    transform = BashOperator(task_id="transform", bash_command="true")
+    load = EmptyOperator(task_id="load")
+    extract >> transform >> load

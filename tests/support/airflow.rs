@@ -1,0 +1,476 @@
+//! A real Apache Airflow 3 behind Portcullis, shared by every test of one test binary
+//! (tests/airflow.rs): Airflow takes ~10 s to start and ~720 MiB, so it starts once, on first use.
+//!
+//! The world, started on a dedicated thread with its own multi-thread tokio runtime (a
+//! `#[tokio::test]` runtime ends with its test; these servers must outlive every test):
+//! - a [`TestIssuer`] as the identity provider `okta` (tokens: [`AirflowWorld::token`]);
+//! - the proxy, in-process: `[tokens]` with `issuer = "http://<its http address>"` and a 0700
+//!   `key_dir`, `[policy] dir` = a copy of `tests/fixtures/airflow-policy/`, and one protected route
+//!   `airflow` for host [`HOST`] (`path_prefix = "/"`, `resources = "airflow"`,
+//!   `policy_domain = "airflow"`, `identity_providers = ["okta"]`, [`ASSERTION_TOML`], upstream =
+//!   Airflow's api-server);
+//! - Airflow from `tests/peers/airflow/start.sh` (api-server, scheduler, dag-processor; SQLite,
+//!   LocalExecutor) on a free 127.0.0.1 port, trusting the proxy's JWKS
+//!   (`PORTCULLIS_JWKS_URL = <issuer>/.well-known/jwks.json`, `PORTCULLIS_ISSUER = <issuer>`,
+//!   `PORTCULLIS_AUDIENCE = "airflow"`, `AIRFLOW_PEER_AUTH_MANAGER =` [`AUTH_MANAGER`]).
+//!
+//! Order: Airflow's port is picked first, the proxy starts pointing at it (and serves its JWKS),
+//! then Airflow starts pointing at the proxy's JWKS. The world is ready once `GET /api/v2/dags`
+//! through the proxy answers 200 for `okta/admin`.
+//!
+//! Reading Airflow's state as an admin, past the proxy: [`AirflowWorld::direct`] sends a token
+//! Airflow issued itself (`POST /auth/token` as admin/admin, start.sh's passwords file; signed with
+//! Airflow's own key, which start.sh's jwks_merge.py publishes beside the proxy's).
+//!
+//! Shutdown: Rust runs no destructor for a static at exit, so Airflow's lifetime is tied to the
+//! test binary's process instead: start.sh gets `AIRFLOW_PEER_PARENT_PID` = this process and
+//! starts a watchdog (a shell loop in its own session) that runs stop.sh within ~0.5 s of this
+//! process ending, however it ends (all tests done, a panic, SIGKILL), then removes the world's
+//! temporary directory (`AIRFLOW_PEER_REMOVE_ON_EXIT`): SIGTERM to each process group, SIGKILL
+//! after 2 s, so nothing is left 1–3 s after the binary ends. If the binary dies while start.sh
+//! still runs, the watchdog kills start.sh and its children first.
+//!
+//! If the Airflow venv is missing every test using the world fails, naming `.ci/install-peers`.
+//! The time to start is printed once to stderr (`cargo test --test airflow -- --nocapture`).
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use super::Gateway;
+use super::issuer::TestIssuer;
+
+/// The host the proxy's Airflow route serves.
+pub const HOST: &str = "airflow.test";
+/// The assertion's `aud`, and the `jwt_audience` Airflow checks.
+pub const AUDIENCE: &str = "airflow";
+/// The DAGs in `tests/peers/airflow/dags/`, sorted.
+pub const DAGS: [&str; 5] = ["approvals", "etl_daily", "etl_dev", "etl_prod", "reporting"];
+/// The route's `[routes.assertion]` table: how the proxy's identity reaches Airflow. Stock
+/// Airflow reads its caller's JWT from `Authorization: Bearer` and wants a `role`: the proxy
+/// decided, so every caller it lets through is an Airflow admin (README, "In front of Airflow").
+pub const ASSERTION_TOML: &str =
+    "[routes.assertion]\naudience = \"airflow\"\nheader = \"Authorization\"\nclaims = { role = \"ADMIN\" }\n";
+/// start.sh's `AIRFLOW_PEER_AUTH_MANAGER`: `simple` is stock Airflow's SimpleAuthManager.
+pub const AUTH_MANAGER: &str = "simple";
+
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/airflow");
+const POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/airflow-policy");
+/// Where the migrated empty DB that start.sh copies instead of migrating (−3 s) is kept.
+const TARGET_TMP: &str = env!("CARGO_TARGET_TMPDIR");
+/// start.sh's own deadline; generous, CI may run other test binaries' peers meanwhile.
+const START_TIMEOUT_S: u32 = 180;
+
+/// A real Airflow behind the proxy; see the module documentation.
+pub struct AirflowWorld {
+    pub issuer: TestIssuer,
+    pub gateway: Gateway,
+    airflow: SocketAddr,
+    airflow_home: PathBuf,
+    admin_token: String,
+    /// From the first use to Airflow answering through the proxy.
+    pub startup: Duration,
+    /// Of which start.sh (migrate or copy the DB, start, DAGs parsed).
+    pub start_sh: Duration,
+    /// Owns the proxy's and the issuer's tasks; never dropped (statics are not).
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// A response through the proxy or from Airflow directly.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    /// The body as JSON (`Value::Null` when it is not JSON; then see `text`).
+    pub json: Value,
+    pub text: String,
+    /// The proxy's `X-Request-Id` (empty for direct calls).
+    pub request_id: String,
+}
+
+static WORLD: OnceLock<Result<AirflowWorld, String>> = OnceLock::new();
+
+impl AirflowWorld {
+    /// The world of this test binary, started on first use (by whichever test comes first; the
+    /// others wait). Panics with the reason when it could not start, in every test that asks.
+    pub async fn shared() -> &'static AirflowWorld {
+        match tokio::task::spawn_blocking(Self::get_or_start).await.unwrap() {
+            Ok(world) => world,
+            Err(why) => panic!("the Airflow world did not start: {why}"),
+        }
+    }
+
+    /// [`Self::shared`] for code outside a tokio runtime.
+    pub fn shared_blocking() -> &'static AirflowWorld {
+        match Self::get_or_start() {
+            Ok(world) => world,
+            Err(why) => panic!("the Airflow world did not start: {why}"),
+        }
+    }
+
+    fn get_or_start() -> Result<&'static AirflowWorld, &'static str> {
+        WORLD
+            .get_or_init(|| {
+                let started = Instant::now();
+                // A thread of its own: a runtime cannot be started, or block, inside a test's runtime.
+                std::thread::Builder::new()
+                    .name("airflow-world".into())
+                    .spawn(move || Self::start(Path::new(POLICY), started))
+                    .unwrap()
+                    .join()
+                    .unwrap_or_else(|panic| {
+                        Err(format!(
+                            "starting the Airflow world panicked: {}",
+                            panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default()
+                        ))
+                    })
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// Starts a world with the policy in `policy_dir` (model.conf, policy.csv); blocking, and not
+    /// from inside a tokio runtime.
+    pub fn start(policy_dir: &Path, started: Instant) -> Result<AirflowWorld, String> {
+        let venv_airflow = Path::new(PEER).join(".venv/bin/airflow");
+        if !is_executable(&venv_airflow) {
+            return Err(format!(
+                "the Airflow test peer is not installed: {} is missing. Run .ci/install-peers \
+                 (CI runs it before the tests; it builds tests/peers/airflow/.venv from \
+                 requirements.txt in about 40 s)",
+                venv_airflow.display()
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("airflow-world-rt")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+
+        // 1. Airflow's port; 2. the proxy in front of it; 3. Airflow trusting the proxy's keys.
+        let airflow = free_port();
+        let (issuer, gateway, issuer_url) = runtime.block_on(async {
+            let issuer = TestIssuer::start().await;
+            let prebound = Gateway::prebind("").await;
+            let root = prebound.dir.path().to_path_buf();
+            let issuer_url = format!("http://{}", prebound.http);
+            let keys = root.join("keys");
+            std::fs::create_dir(&keys).unwrap();
+            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
+            let policy = root.join("policy");
+            std::fs::create_dir(&policy).unwrap();
+            for file in ["model.conf", "policy.csv"] {
+                std::fs::copy(policy_dir.join(file), policy.join(file))
+                    .unwrap_or_else(|e| panic!("{}: {e}", policy_dir.join(file).display()));
+            }
+            let config = format!(
+                "{}[tokens]\nissuer = \"{issuer_url}\"\nkey_dir = {:?}\n\
+                 [policy]\ndir = {:?}\n\
+                 [[routes]]\nname = \"airflow\"\nhosts = [\"{HOST}\", \"127.0.0.1\"]\npath_prefix = \"/\"\naccess = \"protected\"\n\
+                 identity_providers = [\"okta\"]\npolicy_domain = \"airflow\"\nresources = \"airflow\"\n\
+                 [routes.upstream]\nurl = \"http://{airflow}\"\n{ASSERTION_TOML}",
+                issuer.provider_toml("okta", ""),
+                keys.display().to_string(),
+                policy.display().to_string(),
+            );
+            let gateway = prebound.start(&config).await;
+            gateway.wait_ready().await;
+            (issuer, gateway, issuer_url)
+        });
+        let root = gateway.dir.path().to_path_buf();
+        let airflow_home = root.join("airflow");
+
+        let t_start_sh = Instant::now();
+        let out = Command::new(Path::new(PEER).join("start.sh"))
+            .env("AIRFLOW_HOME", &airflow_home)
+            .env("AIRFLOW_PEER_PORT", airflow.port().to_string())
+            .env(
+                "PORTCULLIS_JWKS_URL",
+                format!("{issuer_url}/.well-known/jwks.json"),
+            )
+            .env("PORTCULLIS_ISSUER", &issuer_url)
+            .env("PORTCULLIS_AUDIENCE", AUDIENCE)
+            .env("AIRFLOW_PEER_AUTH_MANAGER", AUTH_MANAGER)
+            .env("AIRFLOW_PEER_TIMEOUT", START_TIMEOUT_S.to_string())
+            .env("AIRFLOW_PEER_DB_TEMPLATE", db_template())
+            .env("AIRFLOW_PEER_PARENT_PID", std::process::id().to_string())
+            .env("AIRFLOW_PEER_REMOVE_ON_EXIT", &root)
+            // Airflow's JWKS client (httpx) honours proxy variables; everything here is loopback.
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("start.sh: {e}"))?;
+        let start_sh = t_start_sh.elapsed();
+        if !out.status.success() {
+            return Err(format!(
+                "tests/peers/airflow/start.sh failed ({}):\n{}{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                log_tails(&airflow_home)
+            ));
+        }
+
+        let admin_token = runtime.block_on(async {
+            let reply = send(
+                airflow,
+                &format!("127.0.0.1:{}", airflow.port()),
+                Method::POST,
+                "/auth/token",
+                &[("content-type", "application/json")],
+                Some(json!({"username": "admin", "password": "admin"})),
+            )
+            .await;
+            match reply.json["access_token"].as_str() {
+                Some(token) if reply.status.is_success() => Ok(token.to_string()),
+                _ => Err(format!(
+                    "Airflow's POST /auth/token as admin: {} {}",
+                    reply.status, reply.text
+                )),
+            }
+        })?;
+
+        let world = AirflowWorld {
+            issuer,
+            gateway,
+            airflow,
+            airflow_home,
+            admin_token,
+            startup: Duration::ZERO,
+            start_sh,
+            _runtime: runtime,
+        };
+        // Ready = Airflow answers through the proxy (it fetches the proxy's keys on this first call).
+        let admin = world.token("admin", &[]);
+        let ready = world._runtime.block_on(async {
+            let mut last = None;
+            for _ in 0..150 {
+                let reply = world.via_proxy(Method::GET, "/api/v2/dags", &admin, None).await;
+                if reply.status == StatusCode::OK {
+                    return Ok(());
+                }
+                last = Some(reply);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(format!(
+                "Airflow never answered GET /api/v2/dags through the proxy: {last:?}"
+            ))
+        });
+        if let Err(why) = ready {
+            return Err(format!("{why}\n{}", log_tails(&world.airflow_home)));
+        }
+        let world = AirflowWorld {
+            startup: started.elapsed(),
+            ..world
+        };
+        eprintln!(
+            "airflow world: ready through the proxy {:.1}s after first use (start.sh {:.1}s); \
+             proxy http://{}, Airflow http://{}, AIRFLOW_HOME {}",
+            world.startup.as_secs_f64(),
+            world.start_sh.as_secs_f64(),
+            world.gateway.http,
+            world.airflow,
+            world.airflow_home.display()
+        );
+        Ok(world)
+    }
+
+    /// The proxy's HTTP listener (send `Host: airflow.test`).
+    pub fn http(&self) -> SocketAddr {
+        self.gateway.http
+    }
+
+    /// The proxy's issuer URL (`[tokens] issuer`, the assertions' `iss`).
+    pub fn assertion_issuer(&self) -> String {
+        format!("http://{}", self.gateway.http)
+    }
+
+    /// A bearer token from the `okta` issuer for `sub` with exactly `groups`; the policy sees
+    /// `user:okta/<sub>` and `group:okta/<group>`.
+    pub fn token(&self, sub: &str, groups: &[&str]) -> String {
+        let mut claims = self.issuer.claims(sub);
+        claims["groups"] = json!(groups);
+        self.issuer.sign(&claims)
+    }
+
+    /// Airflow's api-server, straight (no proxy).
+    pub fn airflow_direct_url(&self) -> String {
+        format!("http://{}", self.airflow)
+    }
+
+    pub fn airflow_addr(&self) -> SocketAddr {
+        self.airflow
+    }
+
+    /// Airflow's own admin token (from its `/auth/token`), for [`Self::direct`].
+    pub fn airflow_admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// `$AIRFLOW_HOME`: `env.sh` (for `airflow` CLI commands), `*.log`, `airflow.db`.
+    pub fn airflow_home(&self) -> &Path {
+        &self.airflow_home
+    }
+
+    /// `method path` through the proxy as `Host: airflow.test` with `Authorization: Bearer
+    /// <token>` (none when `token` is empty), `body` as JSON.
+    pub async fn via_proxy(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Reply {
+        let bearer = format!("Bearer {token}");
+        let mut headers = vec![("content-type", "application/json")];
+        if !token.is_empty() {
+            headers.push(("authorization", bearer.as_str()));
+        }
+        send(self.gateway.http, HOST, method, path, &headers, body).await
+    }
+
+    /// `method path` straight to Airflow as its admin (Airflow's own token), `body` as JSON.
+    pub async fn direct(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let bearer = format!("Bearer {}", self.admin_token);
+        let host = format!("127.0.0.1:{}", self.airflow.port());
+        send(
+            self.airflow,
+            &host,
+            method,
+            path,
+            &[("content-type", "application/json"), ("authorization", &bearer)],
+            body,
+        )
+        .await
+    }
+
+    /// Access records written so far by the proxy (every test's: filter), waiting briefly for
+    /// `at_least` of them.
+    pub async fn audit_events(&self, at_least: usize) -> Vec<Value> {
+        self.gateway.audit_events(at_least).await
+    }
+
+    /// The access record of the request with this `X-Request-Id`, waiting up to 5 s for it.
+    pub async fn audit_event(&self, request_id: &str) -> Value {
+        for _ in 0..250 {
+            if let Some(event) = self
+                .gateway
+                .audit_events(0)
+                .await
+                .into_iter()
+                .find(|e| e["portcullis.request.id"] == request_id)
+            {
+                return event;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no access record for request {request_id:?}");
+    }
+
+    /// The last lines of each component's log, for failure messages.
+    pub fn log_tails(&self) -> String {
+        log_tails(&self.airflow_home)
+    }
+}
+
+/// One request over a fresh HTTP/1.1 connection.
+pub async fn send(
+    addr: SocketAddr,
+    host: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
+    let mut all = vec![("host", host)];
+    all.extend_from_slice(headers);
+    let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    // Airflow on SQLite answers 500 "Database error" when the scheduler holds the database lock
+    // past SQLite's busy timeout (tests run side by side); the transaction was rolled back, so
+    // the same request is sent again. Production deployments use PostgreSQL or MySQL.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let response = super::send(addr, method.clone(), path, &all, body.clone()).await;
+        let status = response.status();
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let reply = Reply {
+            status,
+            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            request_id,
+        };
+        if status == http::StatusCode::INTERNAL_SERVER_ERROR
+            && reply.text.contains("Database error")
+            && attempt < 4
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        return reply;
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A migrated empty airflow.db for the installed Airflow (named after requirements.txt's
+/// content, so a new lock never reuses an old schema); start.sh writes it on first use.
+fn db_template() -> PathBuf {
+    let lock = std::fs::read(Path::new(PEER).join("requirements.txt")).unwrap_or_default();
+    // FNV-1a: stable across runs and toolchains.
+    let hash = lock.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    PathBuf::from(TARGET_TMP).join(format!("airflow-peer-db-{hash:016x}.sqlite"))
+}
+
+fn log_tails(home: &Path) -> String {
+    let mut out = String::new();
+    for name in [
+        "migrate",
+        "jwks-merge",
+        "api-server",
+        "scheduler",
+        "dag-processor",
+        "triggerer",
+    ] {
+        let path = home.join(format!("{name}.log"));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            out.push_str(&format!(
+                "--- {} (last {} lines)\n{}\n",
+                path.display(),
+                tail.len(),
+                tail.join("\n")
+            ));
+        }
+    }
+    out
+}
