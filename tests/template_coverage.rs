@@ -209,3 +209,103 @@ fn every_conductor_operation_is_mapped_or_listed_as_unmapped() {
 fn every_luigi_scheduler_operation_is_mapped_or_listed_as_unmapped() {
     check("luigi", &fixture("luigi-operations.tsv"), false);
 }
+
+/// One template's API as the operations document lists it.
+struct Api {
+    template: &'static str,
+    source: &'static str,
+    operations: Vec<(String, String)>,
+}
+
+/// The operations document: every operation of every template's API, with the object and
+/// action it is asked as (path parameters shown by name). Generated from the templates; the test
+/// below keeps `docs/templates.md` equal to it.
+fn operations_document(apis: &[Api]) -> String {
+    let templates = Templates::load(&BTreeMap::new()).unwrap();
+    let mut out = String::from(
+        "# Every operation, as the built-in templates ask about it\n\n\
+         Generated from `src/authz/templates.toml` and each API's published description by\n\
+         `tests/template_coverage.rs` (`UPDATE_DOCS=1 cargo test --test template_coverage`\n\
+         writes it again; the test fails while this file and the templates disagree). A name in\n\
+         braces is the request's own value; `*` in an object means every one (Airflow's `~`, or\n\
+         a request that does not name it). \"Unmapped\" operations keep the canonical path as\n\
+         object and the method as action: only a grant on every object (`**`) reaches them.\n\
+         docs/policy.md explains templates, objects and actions.\n",
+    );
+    for Api {
+        template: name,
+        source,
+        operations,
+    } in apis
+    {
+        let template = templates.get(name).unwrap();
+        out.push_str(&format!("\n## `{name}`\n\n{source}\n\n| method | path | object | action | notes |\n|---|---|---|---|---|\n"));
+        let mut ops = operations.clone();
+        ops.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+        ops.dedup();
+        for (method, path) in ops {
+            let r = template.resolve(&method, &path, None);
+            let (object, action, notes) = if !r.matched || r.object.starts_with("unmapped:") {
+                (String::new(), String::new(), "unmapped".to_string())
+            } else {
+                let notes = template
+                    .matching_rule(&method, &path)
+                    .map(|rule| rule.notes().join("; "))
+                    .unwrap_or_default();
+                (format!("`{}`", r.object), format!("`{}`", r.action), notes)
+            };
+            out.push_str(&format!(
+                "| {method} | `{path}` | {object} | {action} | {} |\n",
+                notes.replace('|', "\\|")
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn docs_templates_md_lists_every_operation_as_the_templates_ask_about_it() {
+    let mut airflow = installed_airflow_operations();
+    airflow.extend(
+        fixture("airflow-operations.tsv")
+            .into_iter()
+            .filter(|(_, p)| p.starts_with("/api/v1/")),
+    );
+    let apis = [
+        Api {
+            template: "airflow",
+            source: "Apache Airflow 3.3 (REST API `/api/v2`, the UI's `/ui`, sign-in `/auth`) and Airflow 2's `/api/v1`.",
+            operations: airflow,
+        },
+        Api {
+            template: "tekton",
+            source: "Tekton's resources through the Kubernetes API (`tekton.dev` v1 and v1beta1).",
+            operations: fixture("tekton-operations.tsv"),
+        },
+        Api {
+            template: "gitlab",
+            source: "GitLab's REST API v4, CI/CD and projects.",
+            operations: fixture("gitlab-operations.tsv"),
+        },
+        Api {
+            template: "conductor",
+            source: "Conductor's REST API (conductor-oss, and the Orkes SDK's operations).",
+            operations: fixture("conductor-operations.tsv"),
+        },
+        Api {
+            template: "luigi",
+            source: "Luigi's central scheduler (`luigid`).",
+            operations: fixture("luigi-operations.tsv"),
+        },
+    ];
+    let want = operations_document(&apis);
+    let path = format!("{ROOT}/docs/templates.md");
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/templates.md is not what the templates say: run `UPDATE_DOCS=1 cargo test --test template_coverage` and review the change"
+    );
+}

@@ -102,6 +102,46 @@ pub struct RuleDef {
     pub filter: Option<FilterDef>,
 }
 
+impl RuleDef {
+    /// What the rule does beyond its object and action, in a few words each: who it opens the
+    /// operation to, what else it asks about, what it filters.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        match self.access {
+            RuleAccess::Public => notes.push("open to anyone".to_string()),
+            RuleAccess::Authenticated => notes.push("open to anyone signed in".to_string()),
+            RuleAccess::Route => {}
+        }
+        if self.refuse {
+            notes.push("refused to everyone".into());
+        }
+        if !self.actions.is_empty() {
+            let map: Vec<String> = self.actions.iter().map(|(k, v)| format!("{k} → {v}")).collect();
+            notes.push(format!("action by `{}`: {}", self.action, map.join(", ")));
+        }
+        for each in &self.each {
+            let from = match (&each.body, &each.query) {
+                (Some(pointer), _) => format!("each body item `{pointer}`"),
+                (_, Some(name)) => format!("each `{name}` query value"),
+                _ => continue,
+            };
+            let mut note = format!("{from}: {} {}", each.action, each.object);
+            if !each.actions.is_empty() {
+                let map: Vec<String> = each.actions.iter().map(|(k, v)| format!("{k} → {v}")).collect();
+                note.push_str(&format!(" ({})", map.join(", ")));
+            }
+            notes.push(note);
+        }
+        if let Some(filter) = &self.filter {
+            notes.push(format!(
+                "response items `{}` filtered by {} {}",
+                filter.items, filter.action, filter.object
+            ));
+        }
+        notes
+    }
+}
+
 /// One object (and action) per item the body names, or per value of a query parameter.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +220,8 @@ struct Decide {
 
 #[derive(Debug)]
 struct CompiledRule {
+    /// As written, for documentation.
+    def: RuleDef,
     methods: Vec<String>,
     segments: Vec<Segment>,
     decide: Decide,
@@ -282,20 +324,7 @@ impl Template {
     /// is the raw query string.
     pub fn resolve(&self, method: &str, path: &str, query: Option<&str>) -> Resource {
         let parts: Vec<&str> = path.split('/').skip(1).collect();
-        for rule in &self.rules {
-            if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m == method) {
-                continue;
-            }
-            let Some(params) = match_path(&rule.segments, &parts) else {
-                continue;
-            };
-            if !rule
-                .only
-                .iter()
-                .all(|(k, allowed)| params.iter().any(|(n, v)| n == k && allowed.contains(v)))
-            {
-                continue;
-            }
+        if let Some((rule, params)) = self.first_match(method, &parts) {
             let any = self.any.as_deref();
             let params: Vec<(String, String)> = params
                 .into_iter()
@@ -351,6 +380,27 @@ impl Template {
 
     pub fn any(&self) -> Option<&str> {
         self.any.as_deref()
+    }
+
+    /// The rule a request matches, as written (for documentation and `policy explain`).
+    pub fn matching_rule(&self, method: &str, path: &str) -> Option<&RuleDef> {
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        self.first_match(method, &parts).map(|(rule, _)| &rule.def)
+    }
+
+    /// The first rule (in file order) whose method, path and `only` values all match, with the
+    /// path's parameters.
+    fn first_match(&self, method: &str, parts: &[&str]) -> Option<(&Arc<CompiledRule>, PathParams<'_>)> {
+        self.rules.iter().find_map(|rule| {
+            if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m == method) {
+                return None;
+            }
+            let params = match_path(&rule.segments, parts)?;
+            rule.only
+                .iter()
+                .all(|(k, allowed)| params.iter().any(|(n, v)| n == k && allowed.contains(v)))
+                .then_some((rule, params))
+        })
     }
 
     /// The rules' `METHOD /path` forms, for documentation and coverage.
@@ -715,6 +765,7 @@ fn compile_rule(rule: &RuleDef) -> Result<CompiledRule, String> {
         return Err("a `refuse` rule takes no `access` and no `each`".into());
     }
     Ok(CompiledRule {
+        def: rule.clone(),
         methods: rule.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
         segments,
         decide,
@@ -864,7 +915,10 @@ fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
         .collect()
 }
 
-fn match_path<'a>(segments: &'a [Segment], parts: &[&str]) -> Option<Vec<(&'a str, String)>> {
+/// A path's parameters by name, as the request wrote them.
+type PathParams<'a> = Vec<(&'a str, String)>;
+
+fn match_path<'a>(segments: &'a [Segment], parts: &[&str]) -> Option<PathParams<'a>> {
     let mut params = Vec::new();
     for (i, segment) in segments.iter().enumerate() {
         match segment {
