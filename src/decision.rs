@@ -25,6 +25,9 @@ pub enum Reason {
     Forbidden,
     /// Denied: the policy could not be evaluated (fail closed, 500).
     PolicyError,
+    /// Denied (403): what the request acts on had to be looked up on the upstream (a
+    /// backfill's DAG, the DAG that produces an asset) and the answer did not say.
+    ObjectUnresolved,
     /// Denied: a protected route and no accepted credentials.
     NoCredentials,
     /// Denied: no route serves this host and path.
@@ -140,6 +143,7 @@ impl Reason {
             Reason::Authorized => "authorized",
             Reason::Forbidden => "forbidden",
             Reason::PolicyError => "policy_error",
+            Reason::ObjectUnresolved => "object_unresolved",
             Reason::Malformed => "malformed",
             Reason::BadSignature => "bad_signature",
             Reason::Expired => "expired",
@@ -201,6 +205,9 @@ impl Reason {
             Reason::RouteNotFound => "no route serves this host and path",
             Reason::Forbidden => "you are signed in, but the policy does not allow this request",
             Reason::PolicyError => "the access policy could not be evaluated; the request was refused",
+            Reason::ObjectUnresolved => {
+                "what this request acts on could not be determined, so the policy could not allow it"
+            }
             Reason::PayloadTooLarge => "the request body is larger than this route accepts",
             Reason::BadRequestBody => "the request body is malformed",
             Reason::BodyTimeout => "the request body stopped arriving",
@@ -248,6 +255,7 @@ impl Reason {
             Reason::StateMismatch
             | Reason::CorsRefused
             | Reason::Forbidden
+            | Reason::ObjectUnresolved
             | Reason::ClaimsNotBound
             | Reason::InsecureTransport => StatusCode::FORBIDDEN,
             Reason::PolicyError | Reason::AssertionFailed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -313,6 +321,8 @@ pub enum PolicyAnswer {
     Deny,
     /// The policy could not be evaluated.
     Failed,
+    /// The policy allowed what the request names, but what it acts on could not be looked up.
+    Unresolved,
 }
 
 /// The decision for a request that has a route. Pure: every input is plain data.
@@ -334,6 +344,9 @@ pub fn decide(
             (Decision::Allow(Reason::Authorized), permit())
         }
         (Access::Protected, Some(_), Some(PolicyAnswer::Deny)) => (Decision::Deny(Reason::Forbidden), None),
+        (Access::Protected, Some(_), Some(PolicyAnswer::Unresolved)) => {
+            (Decision::Deny(Reason::ObjectUnresolved), None)
+        }
         (Access::Protected, Some(_), Some(PolicyAnswer::Failed) | None) => {
             (Decision::Deny(Reason::PolicyError), None)
         }
@@ -371,6 +384,10 @@ mod tests {
             (Some(PolicyAnswer::Allow), Decision::Allow(Reason::Authorized)),
             (Some(PolicyAnswer::Deny), Decision::Deny(Reason::Forbidden)),
             (Some(PolicyAnswer::Failed), Decision::Deny(Reason::PolicyError)),
+            (
+                Some(PolicyAnswer::Unresolved),
+                Decision::Deny(Reason::ObjectUnresolved),
+            ),
             (None, Decision::Deny(Reason::PolicyError)),
         ];
         for (answer, expected) in cases {

@@ -128,6 +128,10 @@ enum PolicyCommand {
         /// The request's JSON body, for operations whose objects it names (Airflow's bulk calls).
         #[arg(long)]
         body: Option<String>,
+        /// The upstream's answer (JSON) to what the template looks up for this operation (an
+        /// Airflow backfill's DAG, the DAGs an asset starts).
+        #[arg(long)]
+        lookup: Option<String>,
     },
     /// List the decisions that change from OLD to NEW; exit 1 if any does.
     Diff {
@@ -167,6 +171,7 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
             domain,
             resources,
             body,
+            lookup,
         } => load(config).map(|c| {
             let ask = cli::Ask {
                 subject,
@@ -176,6 +181,7 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
                 domain,
                 resources,
                 body,
+                lookup,
             };
             // The same route table the proxy builds, over the configured routes alone.
             let table = c.as_ref().map(|c| {

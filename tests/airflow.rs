@@ -569,3 +569,80 @@ async fn airflow_s_version_and_health_answer_without_a_token_and_its_own_sign_in
         .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
 }
+
+/// A backfill as Airflow has it, read as its admin past the proxy.
+async fn backfill_in_airflow(world: &AirflowWorld, id: u64) -> Value {
+    let reply = world
+        .direct(Method::GET, &format!("/api/v2/backfills/{id}"), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.json
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_is_managed_only_by_who_may_backfill_its_dag_which_the_proxy_looks_up() {
+    let world = AirflowWorld::shared().await;
+    let ops = world.token("olga", &["daily-ops"]);
+    let dev = world.token("dana", &["dev-team"]);
+    let backfill = |dag: &str| json!({"dag_id": dag, "from_date": "2024-01-01T00:00:00Z", "to_date": "2024-01-03T00:00:00Z", "max_active_runs": 1});
+
+    // Creating one names its DAG in the body: the team that may backfill etl_dev may not
+    // backfill etl_daily; its operators may.
+    let reply = world
+        .via_proxy(
+            Method::POST,
+            "/api/v2/backfills",
+            &dev,
+            Some(backfill("etl_daily")),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
+    let reply = world
+        .via_proxy(
+            Method::POST,
+            "/api/v2/backfills",
+            &ops,
+            Some(backfill("etl_daily")),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let id = reply.json["id"].as_u64().unwrap();
+
+    // Pausing it by id: the request names only the backfill. The dev team's grant on backfills
+    // meets etl_daily when the proxy looks the backfill up, and Airflow never sees the pause.
+    let pause = format!("/api/v2/backfills/{id}/pause");
+    let reply = world.via_proxy(Method::PUT, &pause, &dev, None).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
+    let refused = world.audit_event(&reply.request_id).await;
+    assert_eq!(refused["portcullis.reason"], "forbidden", "{refused}");
+    assert_eq!(
+        refused["portcullis.policy.decided"],
+        json!([format!("pause backfill:{id}"), "backfill dag:etl_daily"])
+    );
+    assert!(
+        refused.get("portcullis.upstream.status_code").is_none(),
+        "{refused}"
+    );
+    assert_eq!(backfill_in_airflow(world, id).await["is_paused"], false);
+
+    // Its operators pause it, and Airflow did.
+    let reply = world.via_proxy(Method::PUT, &pause, &ops, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(backfill_in_airflow(world, id).await["is_paused"], true);
+
+    // A backfill Airflow does not have: nothing says which DAG, so refused.
+    let reply = world
+        .via_proxy(Method::PUT, "/api/v2/backfills/987654/pause", &ops, None)
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
+    let unresolved = world.audit_event(&reply.request_id).await;
+    assert_eq!(
+        unresolved["portcullis.reason"], "object_unresolved",
+        "{unresolved}"
+    );
+
+    let reply = world
+        .via_proxy(Method::PUT, &format!("/api/v2/backfills/{id}/cancel"), &ops, None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}

@@ -942,3 +942,126 @@ async fn a_template_opens_what_the_api_leaves_open_and_closes_its_own_sign_in_to
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_request_acts_on_is_looked_up_on_the_upstream_and_decided_before_anything_is_forwarded() {
+    let issuer = TestIssuer::start().await;
+    // Airflow's answers: backfill 7 runs etl_daily, 8 runs billing_prod, 9 does not exist;
+    // asset 3 is produced by etl_prod and starts etl_report and finance_close.
+    let upstream = Recorder::with(Arc::new(|seen: &support::Seen| {
+        let (status, body) = match (seen.method.as_str(), seen.target.as_str()) {
+            ("GET", "/api/v2/backfills/7") => (200, r#"{"id": 7, "dag_id": "etl_daily"}"#),
+            ("GET", "/api/v2/backfills/8") => (200, r#"{"id": 8, "dag_id": "billing_prod"}"#),
+            ("GET", "/api/v2/backfills/10") => (200, r#"{"id": 10}"#),
+            ("GET", "/api/v2/backfills/11") => (200, "<html>not json</html>"),
+            ("GET", "/api/v2/assets/3") => (
+                200,
+                r#"{"id": 3, "producing_tasks": [{"dag_id": "etl_prod", "task_id": "t"}],
+                    "scheduled_dags": [{"dag_id": "etl_report"}, {"dag_id": "finance_close"}]}"#,
+            ),
+            ("GET", _) => (404, r#"{"detail": "Not Found"}"#),
+            _ => (200, "{}"),
+        };
+        let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        response
+    }))
+    .await;
+    let policy = tempfile::tempdir().unwrap();
+    copy_shipped_policy(policy.path());
+    let gw = airflow_gateway(&issuer, &upstream, &policy_dir_toml(policy.path())).await;
+    let deployer = token(&issuer, "carol", &["data-eng"]);
+    let contractor = token(&issuer, "cole", &["data-eng", "contractors"]);
+    let dev = token(&issuer, "dana", &["dev-team"]);
+    // (request, body, caller, status, what reached the upstream)
+    let cases: [(&str, &str, &str, u16, &[&str]); 8] = [
+        // A backfill of a DAG the deployer may backfill: looked up, then forwarded.
+        (
+            "PUT /api/v2/backfills/7/pause",
+            "",
+            &deployer,
+            200,
+            &["GET /api/v2/backfills/7", "PUT /api/v2/backfills/7/pause"],
+        ),
+        // Of a DAG outside etl_*: looked up, refused, nothing else sent.
+        (
+            "PUT /api/v2/backfills/8/cancel",
+            "",
+            &deployer,
+            403,
+            &["GET /api/v2/backfills/8"],
+        ),
+        // No right on backfills at all: not even looked up.
+        ("PUT /api/v2/backfills/7/pause", "", &dev, 403, &[]),
+        // Answers that do not say which DAG: refused.
+        (
+            "PUT /api/v2/backfills/9/pause",
+            "",
+            &deployer,
+            403,
+            &["GET /api/v2/backfills/9"],
+        ),
+        (
+            "PUT /api/v2/backfills/10/pause",
+            "",
+            &deployer,
+            403,
+            &["GET /api/v2/backfills/10"],
+        ),
+        (
+            "PUT /api/v2/backfills/11/pause",
+            "",
+            &deployer,
+            403,
+            &["GET /api/v2/backfills/11"],
+        ),
+        // Materialising runs the producing DAG: a contractor may not start production runs.
+        (
+            "POST /api/v2/assets/3/materialize",
+            "",
+            &contractor,
+            403,
+            &["GET /api/v2/assets/3"],
+        ),
+        // An event starts every DAG scheduled on the asset; finance_close is not the deployer's.
+        (
+            "POST /api/v2/assets/events",
+            r#"{"asset_id": 3}"#,
+            &deployer,
+            403,
+            &["GET /api/v2/assets/3"],
+        ),
+    ];
+    for (request, body, token, status, reached) in cases {
+        let (method, path) = request.split_once(' ').unwrap();
+        let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+        let before = upstream.requests().len();
+        let (got, json) = call_with(&gw, method, path, Some(token), body).await;
+        assert_eq!(got, status, "{request}: {json}");
+        let seen: Vec<String> = upstream.requests()[before..]
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.target))
+            .collect();
+        assert_eq!(seen, reached, "{request}");
+    }
+    // The lookup carries nothing of the client's: not its token, not its body.
+    let lookup = &upstream.requests()[0];
+    assert_eq!(lookup.header("authorization"), None);
+    assert_eq!(lookup.body_len, 0);
+
+    let events = gw.audit_events(8).await;
+    assert_eq!(
+        events[0]["portcullis.policy.decided"],
+        json!(["pause backfill:7", "backfill dag:etl_daily"])
+    );
+    assert_eq!(events[1]["portcullis.policy.object"], "dag:billing_prod");
+    assert_eq!(events[2]["portcullis.policy.object"], "backfill:7");
+    for unresolved in &events[3..6] {
+        assert_eq!(unresolved["portcullis.reason"], "object_unresolved");
+        assert_eq!(unresolved["http.response.status_code"], 403);
+    }
+    assert_eq!(events[6]["portcullis.policy.object"], "dag:etl_prod");
+    assert_eq!(events[6]["portcullis.policy.action"], "trigger");
+    assert_eq!(events[7]["portcullis.policy.object"], "dag:finance_close");
+    gw.stop().await;
+}

@@ -20,7 +20,11 @@ pub struct Report {
     pub code: u8,
 }
 
-fn failed(text: String) -> Report {
+/// A command that could not run: the text says why, on lines of its own.
+fn failed(mut text: String) -> Report {
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
     Report { text, code: 2 }
 }
 
@@ -95,6 +99,8 @@ pub struct Ask {
     pub resources: Option<String>,
     /// The request's JSON body, for operations whose template reads it.
     pub body: Option<String>,
+    /// The upstream's answer to the template's lookup, for operations that need one.
+    pub lookup: Option<String>,
 }
 
 /// The configured route serving a host and path, as the proxy would choose it.
@@ -168,6 +174,9 @@ pub async fn explain(
     let mut resource = target.resource(&method, &path, url_query.as_deref());
     if let Err(e) = tables::apply_body(&mut resource, ask.body.as_deref()) {
         return failed(format!("--body: {e}"));
+    }
+    if let Err(e) = tables::apply_lookup(&mut resource, ask.lookup.as_deref()) {
+        return failed(format!("--lookup: {e}"));
     }
     let decided = match tables::decide_all(&engine, &subjects, &target.domain, &resource) {
         Ok(d) => d,
@@ -392,18 +401,25 @@ fn table_queries(dir: &Path, templates: &Templates) -> Vec<Query> {
                 continue;
             };
             let mut resource = target.resource(&case.method.to_ascii_uppercase(), &path, query.as_deref());
-            if tables::apply_body(&mut resource, case.body.as_deref()).is_err() {
+            if tables::apply_body(&mut resource, case.body.as_deref()).is_err()
+                || tables::apply_lookup(&mut resource, case.lookup.as_deref()).is_err()
+            {
                 continue;
             }
             let Ok(subjects) = tables::subjects(&case.principal, &case.groups) else {
                 continue;
             };
-            out.push(Query {
-                subjects,
-                domain: target.domain.clone(),
-                object: resource.object,
-                action: resource.action,
-            });
+            // Every object the request names: a change that only moves a bulk entry's DAG
+            // shows too.
+            let asked = std::iter::once((resource.object, resource.action)).chain(resource.also);
+            for (object, action) in asked {
+                out.push(Query {
+                    subjects: subjects.clone(),
+                    domain: target.domain.clone(),
+                    object,
+                    action,
+                });
+            }
         }
     }
     out

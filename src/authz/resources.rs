@@ -100,6 +100,11 @@ pub struct RuleDef {
     /// Items of a JSON list response the caller may not see are removed.
     #[serde(default)]
     pub filter: Option<FilterDef>,
+    /// A path on the same upstream to read (GET, as the caller) when the request does not name
+    /// what it acts on: a backfill's DAG, the DAG that produces an asset. Its `each` items with
+    /// `lookup` pointers are decided from the answer.
+    #[serde(default)]
+    pub lookup: Option<String>,
 }
 
 impl RuleDef {
@@ -120,9 +125,13 @@ impl RuleDef {
             notes.push(format!("action by `{}`: {}", self.action, map.join(", ")));
         }
         for each in &self.each {
-            let from = match (&each.body, &each.query) {
-                (Some(pointer), _) => format!("each body item `{pointer}`"),
-                (_, Some(name)) => format!("each `{name}` query value"),
+            let from = match (&each.body, &each.query, &each.lookup) {
+                (Some(pointer), _, _) => format!("each body item `{pointer}`"),
+                (_, Some(name), _) => format!("each `{name}` query value"),
+                (_, _, Some(pointer)) => format!(
+                    "each `{pointer}` of GET `{}`",
+                    self.lookup.as_deref().unwrap_or_default()
+                ),
                 _ => continue,
             };
             let mut note = format!("{from}: {} {}", each.action, each.object);
@@ -153,6 +162,9 @@ pub struct EachDef {
     /// A query parameter: each of its values (`dag_ids`).
     #[serde(default)]
     pub query: Option<String>,
+    /// A JSON pointer (with `*`) into the answer to the rule's `lookup`.
+    #[serde(default)]
+    pub lookup: Option<String>,
     pub object: String,
     pub action: String,
     #[serde(default)]
@@ -208,6 +220,7 @@ enum Segment {
 enum Each {
     Body(Pattern, Decide),
     Query(String, Decide),
+    Lookup(Pattern, Decide),
 }
 
 /// An object and an action to decide, with the map applied to the action.
@@ -230,7 +243,9 @@ struct CompiledRule {
     refuse: bool,
     each: Vec<Each>,
     filter: Option<Arc<ResponseFilter>>,
-    /// The rule's own object or action reads the body.
+    /// The path to look up, an expression.
+    lookup: Option<Expr>,
+    /// The rule's own object or action, or its lookup path, reads the body.
     reads_body: bool,
 }
 
@@ -271,6 +286,8 @@ pub struct Resource {
     pub also: Vec<(String, String)>,
     /// The rule needs the request body to name what it acts on.
     pub body: Option<BodyPlan>,
+    /// The rule needs the upstream's answer to a lookup to name what it acts on.
+    pub lookup: Option<LookupPlan>,
     /// Items of the response to decide and remove when refused.
     pub filter: Option<Arc<ResponseFilter>>,
     /// Whether a template rule matched (else the object is the path, the action the method).
@@ -283,6 +300,16 @@ pub struct BodyPlan {
     rule: Arc<CompiledRule>,
     params: Vec<(String, String)>,
     query: Option<String>,
+    any: Option<String>,
+}
+
+/// What is still to be looked up on the upstream.
+#[derive(Debug, Clone)]
+pub struct LookupPlan {
+    /// The path to GET; `None` when the request does not name a value it needs (nothing to look
+    /// up, so nothing can be decided: refused).
+    pub path: Option<String>,
+    rule: Arc<CompiledRule>,
     any: Option<String>,
 }
 
@@ -353,6 +380,11 @@ impl Template {
             }
             let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
             let needs_body = rule.reads_body || rule.each.iter().any(|e| matches!(e, Each::Body(..)));
+            let lookup = rule.lookup.as_ref().map(|path| LookupPlan {
+                path: path.render_path(&inputs),
+                rule: rule.clone(),
+                any: self.any.clone(),
+            });
             return Resource {
                 object,
                 action,
@@ -372,6 +404,7 @@ impl Template {
                     any: self.any.clone(),
                 }),
                 filter: rule.filter.clone(),
+                lookup,
                 matched: true,
             };
         }
@@ -445,6 +478,9 @@ impl BodyPlan {
             resource.object = object;
             resource.action = action;
         }
+        if let (Some(plan), Some(path)) = (resource.lookup.as_mut(), &self.rule.lookup) {
+            plan.path = path.render_path(&inputs);
+        }
         for each in &self.rule.each {
             if let Each::Body(pattern, decide) = each {
                 for anchors in pattern.matches(body) {
@@ -455,6 +491,32 @@ impl BodyPlan {
                 }
             }
         }
+    }
+}
+
+impl LookupPlan {
+    /// Finishes `resource` with the upstream's answer: one more pair per item the rule's
+    /// `lookup` selectors match. A selector with `*` may match nothing (an asset no DAG is
+    /// scheduled on); one without must find its value, or the answer does not say what the
+    /// request acts on: `false`, refused.
+    pub fn apply(&self, resource: &mut Resource, answer: &Value) -> bool {
+        let mut resolved = true;
+        for each in &self.rule.each {
+            if let Each::Lookup(pattern, decide) = each {
+                let matches = pattern.matches(answer);
+                resolved &= pattern.wildcards() > 0 || !matches.is_empty();
+                for anchors in matches {
+                    resource.also.push(decide.render(&Inputs {
+                        params: &[],
+                        query: None,
+                        body: None,
+                        anchors: &anchors,
+                        any: self.any.as_deref(),
+                    }));
+                }
+            }
+        }
+        resolved
     }
 }
 
@@ -551,6 +613,25 @@ impl Expr {
         out
     }
 
+    /// A path on the upstream: every value present (not `*`), each percent-encoded as one path
+    /// segment, so a value cannot change which resource is read (`../variables`).
+    fn render_path(&self, inputs: &Inputs<'_>) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Value(sources) => {
+                    let value = sources
+                        .iter()
+                        .find_map(|s| source_value(s, inputs))
+                        .filter(|v| v != "*")?;
+                    out.extend(percent_encoding::utf8_percent_encode(&value, PATH_SEGMENT));
+                }
+            }
+        }
+        Some(out)
+    }
+
     fn reads_body(&self) -> bool {
         self.0
             .iter()
@@ -573,6 +654,13 @@ impl Expr {
             .max()
     }
 }
+
+/// What a path segment leaves as it is: RFC 3986's unreserved characters.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 fn source_value(source: &Source, inputs: &Inputs<'_>) -> Option<String> {
     let any = inputs.any;
@@ -600,15 +688,7 @@ fn text(value: &Value) -> Option<String> {
 }
 
 fn follow<'a>(value: &'a Value, pointer: &[String]) -> Option<&'a Value> {
-    let mut at = value;
-    for key in pointer {
-        at = match at {
-            Value::Object(map) => map.get(key)?,
-            Value::Array(list) => list.get(key.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(at)
+    pointer.iter().try_fold(value, |at, key| child(at, key))
 }
 
 fn mapped(any: Option<&str>, value: String) -> String {
@@ -640,7 +720,14 @@ impl Pattern {
         self.0.iter().filter(|s| s.is_none()).count()
     }
 
-    /// For each match, the value at every `*`, in order.
+    /// How many values a match anchors: one per `*`, and the value the pointer ends at when it
+    /// ends in a name (`/dag_id`: `$1` is the DAG's id).
+    fn items(&self) -> usize {
+        self.wildcards() + usize::from(matches!(self.0.last(), Some(Some(_))))
+    }
+
+    /// For each match, the value at every `*`, in order, then the value the pointer ends at if
+    /// it ends in a name.
     fn matches<'a>(&self, doc: &'a Value) -> Vec<Vec<&'a Value>> {
         let mut out = Vec::new();
         walk(doc, &self.0, &mut Vec::new(), &mut out);
@@ -660,12 +747,15 @@ fn walk<'a>(
     };
     match first {
         Some(key) => {
-            let next = match at {
-                Value::Object(map) => map.get(key),
-                Value::Array(list) => key.parse::<usize>().ok().and_then(|i| list.get(i)),
-                _ => None,
+            let Some(next) = child(at, key) else {
+                return;
             };
-            if let Some(next) = next {
+            if rest.is_empty() {
+                // The pointer ends in a name: its value is the match's last anchor.
+                anchors.push(next);
+                out.push(anchors.clone());
+                anchors.pop();
+            } else {
                 walk(next, rest, anchors, out);
             }
         }
@@ -678,6 +768,15 @@ fn walk<'a>(
                 }
             }
         }
+    }
+}
+
+/// A member of an object, or an element of an array by its index.
+fn child<'a>(at: &'a Value, key: &str) -> Option<&'a Value> {
+    match at {
+        Value::Object(map) => map.get(key),
+        Value::Array(list) => list.get(key.parse::<usize>().ok()?),
+        _ => None,
     }
 }
 
@@ -704,32 +803,61 @@ fn compile_rule(rule: &RuleDef) -> Result<CompiledRule, String> {
         return Err("object and action must not be empty".into());
     }
     let decide = compile_decide(&rule.object, &rule.action, &rule.actions, &names, 0, &rule.path)?;
-    let reads_body = decide.object.reads_body() || decide.action.reads_body();
+    let lookup = match &rule.lookup {
+        Some(path) if path.starts_with('/') => Some(parse_expr(path, &names, 0, &rule.path)?),
+        Some(path) => return Err(format!("lookup `{path}` must be a path (`/api/…`)")),
+        None => None,
+    };
+    let reads_body = decide.object.reads_body()
+        || decide.action.reads_body()
+        || lookup.as_ref().is_some_and(Expr::reads_body);
     let mut each = Vec::new();
     for (j, def) in rule.each.iter().enumerate() {
         let at = |m: String| format!("each[{j}]: {m}");
-        match (&def.body, &def.query) {
-            (Some(pointer), None) => {
+        match (&def.body, &def.query, &def.lookup) {
+            (None, None, Some(pointer)) => {
+                if lookup.is_none() {
+                    return Err(at("a `lookup` item needs the rule's `lookup` path".into()));
+                }
+                let pattern = Pattern::parse(pointer).map_err(at)?;
+                // Only the looked-up document is in scope: `$1`, `$2`, … below its items.
+                let decide = compile_decide(
+                    &def.object,
+                    &def.action,
+                    &def.actions,
+                    &[],
+                    pattern.items(),
+                    &rule.path,
+                )
+                .map_err(at)?;
+                if decide.object.reads_body() || decide.action.reads_body() {
+                    return Err(at(
+                        "a `lookup` item reads the answer through `$1`, not the request body".into(),
+                    ));
+                }
+                each.push(Each::Lookup(pattern, decide));
+            }
+            (Some(pointer), None, None) => {
                 let pattern = Pattern::parse(pointer).map_err(at)?;
                 let decide = compile_decide(
                     &def.object,
                     &def.action,
                     &def.actions,
                     &names,
-                    pattern.wildcards(),
+                    pattern.items(),
                     &rule.path,
                 )
                 .map_err(at)?;
                 each.push(Each::Body(pattern, decide));
             }
-            (None, Some(name)) => {
+            (None, Some(name), None) => {
                 let decide = compile_decide(&def.object, &def.action, &def.actions, &names, 1, &rule.path)
                     .map_err(at)?;
                 each.push(Each::Query(name.clone(), decide));
             }
             _ => {
                 return Err(at(
-                    "name exactly one of `body` (a JSON pointer) and `query` (a parameter)".into(),
+                    "name exactly one of `body` (a JSON pointer), `query` (a parameter) and `lookup` (a JSON pointer into the lookup's answer)".into(),
                 ));
             }
         }
@@ -764,6 +892,9 @@ fn compile_rule(rule: &RuleDef) -> Result<CompiledRule, String> {
     if rule.refuse && (rule.access != RuleAccess::Route || !rule.each.is_empty()) {
         return Err("a `refuse` rule takes no `access` and no `each`".into());
     }
+    if lookup.is_some() && !each.iter().any(|e| matches!(e, Each::Lookup(..))) {
+        return Err("a `lookup` path needs an `each` item with a `lookup` pointer to decide".into());
+    }
     Ok(CompiledRule {
         def: rule.clone(),
         methods: rule.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
@@ -774,6 +905,7 @@ fn compile_rule(rule: &RuleDef) -> Result<CompiledRule, String> {
         refuse: rule.refuse,
         each,
         filter,
+        lookup,
         reads_body,
     })
 }
@@ -879,6 +1011,7 @@ pub fn path_resource(method: &str, path: &str) -> Resource {
         also: Vec::new(),
         body: None,
         filter: None,
+        lookup: None,
         matched: false,
     }
 }
@@ -1043,6 +1176,18 @@ mod tests {
                 "[[rules]]\npath = \"/x\"\nobject = \"x\"\naction = \"read\"\n[rules.filter]\nitems = \"/a/*/b\"\nobject = \"{$1}\"\naction = \"read\"\n",
                 "end in",
             ),
+            (
+                "[[rules]]\npath = \"/x\"\nobject = \"x\"\naction = \"read\"\nlookup = \"/y\"\n",
+                "needs an `each`",
+            ),
+            (
+                "[[rules]]\npath = \"/x\"\nobject = \"x\"\naction = \"read\"\n[[rules.each]]\nlookup = \"/id\"\nobject = \"{$1}\"\naction = \"read\"\n",
+                "the rule's `lookup` path",
+            ),
+            (
+                "[[rules]]\npath = \"/x\"\nobject = \"x\"\naction = \"read\"\nlookup = \"/y\"\n[[rules.each]]\nlookup = \"/id\"\nobject = \"{/dag_id}\"\naction = \"read\"\n",
+                "not the request body",
+            ),
         ] {
             let def: TemplateDef = toml::from_str(rules).unwrap();
             let error = Template::compile("t", &def).unwrap_err();
@@ -1069,6 +1214,22 @@ path = "/dags/{pipeline}/clear"
 object = "dag:{pipeline}"
 action = "{/dry_run|=true}"
 actions = { "true" = "read", "false" = "clear" }
+
+[[rules]]
+methods = ["PUT"]
+path = "/backfills/{id}/pause"
+object = "backfill:{id}"
+action = "pause"
+lookup = "/backfills/{id}"
+each = [{ lookup = "/dag_id", object = "dag:{$1}", action = "backfill" }]
+
+[[rules]]
+methods = ["POST"]
+path = "/events"
+object = "asset:{/asset_id}"
+action = "create_event"
+lookup = "/assets/{/asset_id}"
+each = [{ lookup = "/scheduled_dags/*", object = "dag:{$1/dag_id}", action = "trigger" }]
 
 [[rules]]
 methods = ["GET"]
@@ -1160,6 +1321,67 @@ total = "/total_entries"
         assert_eq!(
             doc,
             serde_json::json!({"dags": [{"dag_id": "a"}, {"dag_id": "c"}], "total_entries": 6})
+        );
+    }
+
+    #[test]
+    fn a_lookup_reads_the_upstream_at_a_path_no_value_can_redirect() {
+        let t = template(BULK);
+        let r = t.resolve("PUT", "/backfills/7/pause", None);
+        assert_eq!(r.lookup.as_ref().unwrap().path.as_deref(), Some("/backfills/7"));
+        // Path parameters arrive decoded: a value is one segment again on the way out.
+        let r = t.resolve("PUT", "/backfills/a b?c#/pause", None);
+        assert_eq!(r.lookup.unwrap().path.as_deref(), Some("/backfills/a%20b%3Fc%23"));
+        let lookup_path = |body: Value| {
+            let mut r = t.resolve("POST", "/events", None);
+            r.body.clone().unwrap().apply(&mut r, &body);
+            r.lookup.unwrap().path
+        };
+        assert_eq!(
+            lookup_path(serde_json::json!({"asset_id": 3})).as_deref(),
+            Some("/assets/3")
+        );
+        assert_eq!(
+            lookup_path(serde_json::json!({"asset_id": "../variables/secret"})).as_deref(),
+            Some("/assets/..%2Fvariables%2Fsecret")
+        );
+        // Nothing named, or every one (`~`): nothing to look up.
+        assert_eq!(lookup_path(serde_json::json!({})), None);
+        assert_eq!(lookup_path(serde_json::json!({"asset_id": "~"})), None);
+    }
+
+    #[test]
+    fn a_lookup_answer_must_name_what_the_request_acts_on() {
+        let t = template(BULK);
+        let answered = |method: &str, path: &str, answer: Value| {
+            let mut r = t.resolve(method, path, None);
+            let resolved = r.lookup.clone().unwrap().apply(&mut r, &answer);
+            (resolved, r.also)
+        };
+        let pair = |o: &str, a: &str| (o.to_string(), a.to_string());
+        assert_eq!(
+            answered("PUT", "/backfills/7/pause", serde_json::json!({"dag_id": "etl"})),
+            (true, vec![pair("dag:etl", "backfill")])
+        );
+        // A backfill's answer without its DAG does not say.
+        assert!(!answered("PUT", "/backfills/7/pause", serde_json::json!({"id": 7})).0);
+        // An empty one asks about every DAG.
+        assert_eq!(
+            answered("PUT", "/backfills/7/pause", serde_json::json!({"dag_id": ""})),
+            (true, vec![pair("dag:*", "backfill")])
+        );
+        // A list may be empty: an asset no DAG is scheduled on starts nothing.
+        assert_eq!(
+            answered("POST", "/events", serde_json::json!({"scheduled_dags": []})),
+            (true, vec![])
+        );
+        assert_eq!(
+            answered(
+                "POST",
+                "/events",
+                serde_json::json!({"scheduled_dags": [{"dag_id": "a"}, {"dag_id": "~"}]})
+            ),
+            (true, vec![pair("dag:a", "trigger"), pair("dag:*", "trigger")])
         );
     }
 }

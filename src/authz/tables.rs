@@ -65,6 +65,10 @@ pub struct Case {
     /// The request's JSON body, for operations whose template reads it (Airflow's bulk calls).
     #[serde(default)]
     pub body: Option<String>,
+    /// The upstream's answer (JSON text) to the template's lookup, for operations whose rule
+    /// looks up what they act on (an Airflow backfill's DAG, the DAGs an asset starts).
+    #[serde(default)]
+    pub lookup: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +180,29 @@ pub fn apply_body(resource: &mut Resource, body: Option<&str>) -> Result<(), Str
             None => serde_json::Value::Null,
         };
         plan.apply(resource, &json);
+    }
+    Ok(())
+}
+
+/// Reads the objects the upstream's answer to the rule's lookup names (`answer`: its JSON
+/// text), when its rule has one. Offline there is no upstream: the answer must be given.
+pub fn apply_lookup(resource: &mut Resource, answer: Option<&str>) -> Result<(), String> {
+    let Some(plan) = resource.lookup.take() else {
+        return Ok(());
+    };
+    let path = plan
+        .path
+        .as_deref()
+        .unwrap_or("(a path the request does not complete)");
+    let text = answer.ok_or_else(|| {
+        format!("the proxy asks the upstream GET {path} what this request acts on: give that answer (JSON)")
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the lookup answer is not JSON: {e}"))?;
+    if plan.path.is_none() || !plan.apply(resource, &json) {
+        return Err(format!(
+            "the proxy would refuse this request (object_unresolved): GET {path} does not say what it acts on"
+        ));
     }
     Ok(())
 }
@@ -315,6 +342,7 @@ fn run_case(case: &Case, table: &TableFile, engine: &Engine, templates: &Templat
     let method = case.method.to_ascii_uppercase();
     let mut resource = target.resource(&method, &path, query.as_deref());
     apply_body(&mut resource, case.body.as_deref())?;
+    apply_lookup(&mut resource, case.lookup.as_deref())?;
     let subjects = subjects(&case.principal, &case.groups)?;
     if resource.access != RuleAccess::Route {
         // The template opens this operation: the policy is not asked.

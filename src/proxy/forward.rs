@@ -25,6 +25,7 @@ use crate::config::{self, UpstreamProtocol};
 use crate::decision::{Permit, Reason};
 use crate::error::ProxyError;
 use crate::proxy::body::{BodyFault, ClientBody, Inbound, ProxyBody};
+use crate::proxy::canonical::Canonical;
 use crate::proxy::context::RequestCtx;
 use crate::proxy::routes::Route;
 
@@ -337,6 +338,63 @@ fn too_large() -> ProxyError {
         Reason::PayloadTooLarge,
         "the request body is larger than this route accepts",
     )
+}
+
+/// Reads what a request acts on from the route's upstream (a template rule's `lookup`): GET
+/// `path` with the identity the request itself would carry, nothing of the client's. `Ok(None)`
+/// when the upstream answered but not with a JSON document of at most `limit` bytes; an upstream
+/// that cannot be reached is the same error as for the request. The answer only feeds the
+/// decision: it never reaches the client.
+pub async fn look_up(
+    route: &Route,
+    canonical: &Canonical,
+    path: &str,
+    identity: Vec<(HeaderName, HeaderValue)>,
+    limit: usize,
+) -> Result<Option<serde_json::Value>, ProxyError> {
+    use http_body_util::BodyExt as _;
+    let upstream = &route.upstream;
+    let authority = if route.config.preserve_host {
+        Authority::try_from(canonical.authority())
+            .map_err(|_| ProxyError::UpstreamUnavailable("could not build the upstream URI".into()))?
+    } else {
+        upstream.authority.clone()
+    };
+    let uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| ProxyError::UpstreamUnavailable("could not build the lookup URI".into()))?;
+    let (body, _) = ClientBody::new(Inbound::Read(bytes::Bytes::new()), 0, route.config.timeout);
+    let mut request = Request::new(body);
+    *request.uri_mut() = uri;
+    *request.version_mut() = upstream.version;
+    let headers = request.headers_mut();
+    for (name, value) in identity {
+        headers.insert(name, value);
+    }
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    let response = match tokio::time::timeout(route.config.timeout, upstream.client.request(request)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) => return Err(ProxyError::UpstreamUnavailable(describe(&e))),
+        Ok(Ok(response)) => response,
+    };
+    if !response.status().is_success() {
+        return Ok(None);
+    }
+    let collected = tokio::time::timeout(
+        route.config.timeout,
+        http_body_util::Limited::new(response.into_body(), limit).collect(),
+    )
+    .await;
+    Ok(match collected {
+        Ok(Ok(body)) => serde_json::from_slice(&body.to_bytes()).ok(),
+        _ => None,
+    })
 }
 
 /// The answer for a request body that failed on the client's side.

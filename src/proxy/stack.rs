@@ -32,7 +32,7 @@ use crate::admin::Metrics;
 use crate::audit::{AccessEvent, AuditSink, PolicyFields, bounded};
 use crate::authn::browser::{RESERVED, is_navigation};
 use crate::authn::{AuthMethod, Authn, Outcome, Principal};
-use crate::authz::resources::{Resource, ResponseFilter, RuleAccess};
+use crate::authz::resources::{LookupPlan, Resource, ResponseFilter, RuleAccess};
 use crate::authz::{self, Authz, Query};
 use crate::config::Access;
 use crate::decision::{Decision, PolicyAnswer, Reason, decide};
@@ -273,7 +273,15 @@ impl Proxy {
                     plan.apply(resource, &json);
                     req = Request::from_parts(parts, Inbound::Read(bytes));
                 }
-                Some(self.authorize(ctx, &route, &principal, resource).await)
+                let mut answer = self.authorize(ctx, &route, &principal, resource).await;
+                if answer == PolicyAnswer::Allow
+                    && let Some(plan) = resource.lookup.take()
+                {
+                    answer = self
+                        .look_up(ctx, &route, &principal, resource, &plan, req.headers())
+                        .await?;
+                }
+                Some(answer)
             }
             (Some(_), None, None) if access == Access::Protected => Some(PolicyAnswer::Failed),
             _ => None,
@@ -300,33 +308,7 @@ impl Proxy {
             return self.refuse(ctx, &route, decision.reason(), req.headers()).await;
         };
 
-        let mut identity = self.identity(ctx, &route)?;
-        if let Some(broker) = &route.credentials {
-            let principal = ctx.principal.as_deref();
-            // The caller's own token, for token exchange: the bearer token the bearer path
-            // verified, or the session's access token.
-            let own = match principal.map(|p| p.auth_method) {
-                Some(AuthMethod::Bearer) => crate::authn::bearer::presented(req.headers()),
-                Some(AuthMethod::Session) => ctx
-                    .session
-                    .as_ref()
-                    .and_then(|s| s.access_token.as_ref())
-                    .map(Secret::expose),
-                None => None,
-            };
-            let caller = Caller {
-                principal,
-                token: own,
-            };
-            let token = broker.token(caller).await.map_err(|e| {
-                tracing::error!(request_id = %ctx.request_id, route = %route.label, error = %e, "no brokered upstream credential; refused");
-                ProxyError::deny(Reason::UpstreamCredentialUnavailable)
-            })?;
-            let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| ProxyError::deny(Reason::UpstreamCredentialUnavailable))?;
-            // Replaces the client's Authorization, on the upstream side only.
-            identity.push((header::AUTHORIZATION, value));
-        }
+        let identity = self.upstream_identity(ctx, &route, req.headers()).await?;
         let idle = self.limits.idle_timeout;
         if resource.as_ref().is_some_and(|r| r.filter.is_some()) {
             // A response the proxy must read is asked for uncompressed.
@@ -337,6 +319,73 @@ impl Proxy {
             Some(filter) => self.filter_response(ctx, &route, &filter, response).await,
             None => Ok(response),
         }
+    }
+
+    /// The identity the upstream is told (the assertion, identity headers) and the route's
+    /// brokered credential, if it has one.
+    async fn upstream_identity(
+        &self,
+        ctx: &RequestCtx,
+        route: &Route,
+        headers: &http::HeaderMap,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
+        let mut identity = self.identity(ctx, route)?;
+        let Some(broker) = &route.credentials else {
+            return Ok(identity);
+        };
+        let principal = ctx.principal.as_deref();
+        // The caller's own token, for token exchange: the bearer token the bearer path
+        // verified, or the session's access token.
+        let own = match principal.map(|p| p.auth_method) {
+            Some(AuthMethod::Bearer) => crate::authn::bearer::presented(headers),
+            Some(AuthMethod::Session) => ctx
+                .session
+                .as_ref()
+                .and_then(|s| s.access_token.as_ref())
+                .map(Secret::expose),
+            None => None,
+        };
+        let caller = Caller {
+            principal,
+            token: own,
+        };
+        let token = broker.token(caller).await.map_err(|e| {
+            tracing::error!(request_id = %ctx.request_id, route = %route.label, error = %e, "no brokered upstream credential; refused");
+            ProxyError::deny(Reason::UpstreamCredentialUnavailable)
+        })?;
+        let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| ProxyError::deny(Reason::UpstreamCredentialUnavailable))?;
+        // Replaces the client's Authorization, on the upstream side only.
+        identity.push((header::AUTHORIZATION, value));
+        Ok(identity)
+    }
+
+    /// What the request acts on, read from the upstream when the request does not name it (a
+    /// backfill's DAG, the DAGs that produce an asset), then every question asked again with it.
+    /// Asked only once the policy allowed what the request itself names, so a caller with no
+    /// right to that cannot make the proxy read anything. An answer that does not say is
+    /// `Unresolved`: refused.
+    async fn look_up(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        principal: &Principal,
+        resource: &mut Resource,
+        plan: &LookupPlan,
+        headers: &http::HeaderMap,
+    ) -> Result<PolicyAnswer, ProxyError> {
+        let (Some(path), Some(canonical)) = (plan.path.as_deref(), ctx.canonical.clone()) else {
+            return Ok(PolicyAnswer::Unresolved);
+        };
+        let identity = self.upstream_identity(ctx, route, headers).await?;
+        let limit = usize::try_from(route.config.filter_response_bytes).unwrap_or(usize::MAX);
+        let Some(answer) = forward::look_up(route, &canonical, path, identity, limit).await? else {
+            return Ok(PolicyAnswer::Unresolved);
+        };
+        if !plan.apply(resource, &answer) {
+            return Ok(PolicyAnswer::Unresolved);
+        }
+        Ok(self.authorize(ctx, route, principal, resource).await)
     }
 
     /// `/.well-known/jwks.json` and `/.well-known/openid-configuration` on the issuer's own host,
@@ -860,20 +909,29 @@ fn loopback_host(host: &str) -> bool {
 /// `-._~:/@!$&'()*+;=`), joined by commas, so a group named `dev,admins` (LDAP DNs hold commas)
 /// can never read as two. Upstreams split on `,` and percent-decode each item.
 pub fn groups_header(groups: &[String]) -> String {
-    let mut out = String::new();
-    for (i, group) in groups.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        for b in group.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~:/@!$&'()*+;=".contains(&b) {
-                out.push(char::from(b));
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-    }
-    out
+    const KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b':')
+        .remove(b'/')
+        .remove(b'@')
+        .remove(b'!')
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'\'')
+        .remove(b'(')
+        .remove(b')')
+        .remove(b'*')
+        .remove(b'+')
+        .remove(b';')
+        .remove(b'=');
+    let encoded: Vec<String> = groups
+        .iter()
+        .map(|g| percent_encoding::utf8_percent_encode(g, KEPT).to_string())
+        .collect();
+    encoded.join(",")
 }
 
 /// RFC 9113's measure of a header list: each field's name and value, plus this.
