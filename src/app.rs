@@ -48,6 +48,8 @@ pub enum StartError {
     Watch(#[from] notify::Error),
     #[error("{key}: {message}")]
     Secret { key: String, message: String },
+    #[error("{key}: {message}")]
+    Read { key: String, message: String },
     #[error("policy.dir: the policy did not load: {0}")]
     Policy(crate::authz::LoadError),
     #[error("resource_templates: {0}")]
@@ -286,6 +288,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
     };
 
     let mut routes = Vec::with_capacity(config.routes.len());
+    let mut upstream_keys = std::collections::HashMap::new();
     for (i, route) in config.routes.iter().enumerate() {
         let upstream = Upstream::build(&route.upstream, &provider).map_err(|source| StartError::Build {
             key: format!("routes[{i}].upstream"),
@@ -326,6 +329,13 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             }
             None => None,
         };
+        if let Some(path) = route.assertion.as_ref().and_then(|a| a.upstream_jwks.as_deref()) {
+            let keys = crate::config::read_public_jwks(path).map_err(|message| StartError::Read {
+                key: format!("routes[{i}].assertion.upstream_jwks"),
+                message,
+            })?;
+            upstream_keys.insert(route.name.clone(), Arc::from(keys));
+        }
         routes.push(Arc::new(
             Route::new(route.clone(), upstream, accepted, target).with_credentials(credentials),
         ));
@@ -340,7 +350,8 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             metrics.clone(),
             minter.clone(),
         )
-        .with_https_port(bound.https_addr().map(|a| a.port())),
+        .with_https_port(bound.https_addr().map(|a| a.port()))
+        .with_upstream_keys(upstream_keys),
     );
 
     let tls = match (&config.server.tls, bound.https.is_some()) {

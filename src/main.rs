@@ -376,9 +376,16 @@ fn keys_command(command: KeysCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let active = ring.active().map(|k| k.kid.clone());
     for key in ring.keys() {
         let state = match key.retired {
-            None => "active".to_string(),
+            None if key.pending => format!(
+                "published, signs from {}",
+                humantime::format_rfc3339_seconds(key.activates)
+            ),
+            None if active.as_ref() == Some(&key.kid) => "active".to_string(),
+            // A newer key took over; the proxy marks this one retired at its next check.
+            None => "retiring".to_string(),
             Some(at) => format!("retired {}", humantime::format_rfc3339_seconds(at)),
         };
         println!(

@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::jwk::JwkSet;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::idp::verify_jwt;
 use support::issuer::TestIssuer;
 use support::{Gateway, Recorder, get};
@@ -747,5 +747,97 @@ async fn a_group_whose_name_holds_a_comma_reaches_the_upstream_as_one_group() {
         })
         .collect();
     assert_eq!(decoded, groups);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_s_jwks_adds_the_upstream_s_own_keys_which_no_other_jwks_carries() {
+    let idp = TestIssuer::start().await;
+    let (a, b) = (Recorder::start().await, Recorder::start().await);
+    let prebound = Gateway::prebind("").await;
+    let issuer_url = format!("http://{}", prebound.http);
+    let keys = private_dir(prebound.dir.path());
+    let own = json!({"kty": "OKP", "crv": "Ed25519", "x": "yQaPxaNJChrfAqalU8bNjepvRzX3gf3QWWIsG--T_2E", "kid": "upstream-own", "alg": "EdDSA"});
+    let file = prebound.dir.path().join("upstream-jwks.json");
+    std::fs::write(&file, json!({ "keys": [own] }).to_string()).unwrap();
+    let with_keys = |file: &Path| {
+        config(&issuer_url, &keys, &idp, &a.url(), &b.url(), "").replace(
+            "identity_headers = true\n",
+            &format!(
+                "identity_headers = true\nupstream_jwks = {:?}\n",
+                file.display().to_string()
+            ),
+        )
+    };
+    let text = with_keys(&file);
+    let gw = prebound.start(&text).await;
+    gw.wait_ready().await;
+    let host = issuer_url.trim_start_matches("http://");
+
+    let (status, body) = get(gw.http, "/.well-known/jwks/a.json", &[("host", host)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let route: Value = serde_json::from_str(&body).unwrap();
+    let issuer = jwks(gw.http, host).await;
+    let kids = |set: &Value| -> Vec<String> {
+        set["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut expected: Vec<String> = issuer
+        .keys
+        .iter()
+        .map(|k| k.common.key_id.clone().unwrap())
+        .collect();
+    expected.push("upstream-own".into());
+    assert_eq!(kids(&route), expected, "the proxy's keys, then the upstream's");
+    // The issuer's JWKS, and a route without upstream keys, never carry them.
+    assert!(issuer.find("upstream-own").is_none());
+    for path in ["/.well-known/jwks/b.json", "/.well-known/jwks/nope.json"] {
+        let (status, body) = get(gw.http, path, &[("host", host)]).await;
+        assert_ne!(status, StatusCode::OK, "{path}: {body}");
+    }
+    // Only on the issuer's host.
+    let (status, _) = get(gw.http, "/.well-known/jwks/a.json", &[("host", "a.test")]).await;
+    assert_ne!(status, StatusCode::OK);
+
+    // A file with private key material, or a key without a kid, is refused with the key path.
+    for (bad, says) in [
+        (
+            json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AA", "d": "BB", "kid": "k"}]}),
+            "private",
+        ),
+        (
+            json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "k"}]}),
+            "private",
+        ),
+        (
+            json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AA"}]}),
+            "kid",
+        ),
+        (json!({"not": "a jwks"}), "not a JWKS"),
+    ] {
+        let file = gw.dir.path().join("bad-jwks.json");
+        std::fs::write(&file, bad.to_string()).unwrap();
+        let config = gw.dir.path().join("bad.toml");
+        std::fs::write(&config, with_keys(&file)).unwrap();
+        let out = std::process::Command::new(support::binary())
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            text.contains("routes[0].assertion.upstream_jwks") && text.contains(says),
+            "{bad}: {text}"
+        );
+    }
     gw.stop().await;
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::authz::engine::{Engine, Query, Verdict};
 use crate::authz::pattern;
-use crate::authz::resources::Templates;
+use crate::authz::resources::{RuleAccess, Templates};
 use crate::authz::tables::{self, Target, host_and_path};
 use crate::authz::{load_engine, policy};
 use crate::config::{Access, Config};
@@ -178,6 +178,22 @@ pub async fn explain(
     if let Err(e) = tables::apply_lookup(&mut resource, ask.lookup.as_deref()) {
         return failed(format!("--lookup: {e}"));
     }
+    let template = target.template.as_ref().map_or("none", |t| t.name.as_str());
+    let opened_to = match resource.access {
+        RuleAccess::Route => None,
+        RuleAccess::Public => Some("anyone, without credentials (public)"),
+        RuleAccess::Authenticated => Some("anyone the route's identity providers vouch for (authenticated)"),
+    };
+    if let Some(whom) = opened_to {
+        // As the proxy does: an operation the template opens is not the policy's to decide.
+        let text = format!(
+            "decision: allow\n\
+             rule:     none: the {template} template opens {method} {path} to {whom}; the policy is not asked\n\
+             request:  domain {}, object {}, action {} (template {template})\n",
+            target.domain, resource.object, resource.action
+        );
+        return Report { text, code: 0 };
+    }
     let decided = match tables::decide_all(&engine, &subjects, &target.domain, &resource) {
         Ok(d) => d,
         Err(e) => return failed(e),
@@ -203,7 +219,6 @@ pub async fn explain(
             );
         }
     }
-    let template = target.template.as_ref().map_or("none", |t| t.name.as_str());
     let _ = writeln!(
         text,
         "request:  domain {}, object {}, action {} (template {template})",

@@ -168,7 +168,13 @@ pub fn subjects(principal: &str, groups: &[String]) -> Result<Vec<String>, Strin
         format!("`{principal}` is a role: name a caller (user:, svc:, ci:) with its provider")
     })?;
     let mut subjects = vec![principal.to_string()];
-    subjects.extend(groups.iter().map(|g| format!("group:{provider}/{g}")));
+    // `--groups ""` names no group.
+    subjects.extend(
+        groups
+            .iter()
+            .filter(|g| !g.trim().is_empty())
+            .map(|g| format!("group:{provider}/{g}")),
+    );
     Ok(subjects)
 }
 

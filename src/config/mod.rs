@@ -63,6 +63,11 @@ pub struct Tokens {
     /// assertion it signed has expired. Default `24h`.
     #[serde(with = "humantime_serde")]
     pub rotate_every: Duration,
+    /// How long before it signs the next key is published, so that upstreams that fetch the
+    /// JWKS seldom (Airflow: hourly) know it in time; at most half of `rotate_every`.
+    /// Default `2h`.
+    #[serde(with = "humantime_serde")]
+    pub publish_ahead: Duration,
 }
 
 impl Default for Tokens {
@@ -72,6 +77,7 @@ impl Default for Tokens {
             key_dir: None,
             algorithm: SigningAlgorithm::Es256,
             rotate_every: Duration::from_secs(24 * 3600),
+            publish_ahead: Duration::from_secs(2 * 3600),
         }
     }
 }
@@ -119,10 +125,47 @@ pub struct Assertion {
     /// the callers the proxy lets through: Airflow's `role = "ADMIN"`). The standard and
     /// Portcullis claims cannot be set here. Default none.
     pub claims: std::collections::BTreeMap<String, String>,
+    /// A JWKS file of public keys the upstream signs its own tokens with, served beside the
+    /// proxy's keys at `<issuer>/.well-known/jwks/<route name>.json`, for an upstream that checks
+    /// every token against one JWKS URL (Airflow 3's `[api_auth] trusted_jwks_url`, which also
+    /// verifies the task tokens Airflow signs itself). Only that route's JWKS carries them: other
+    /// upstreams never trust them. Default none.
+    pub upstream_jwks: Option<PathBuf>,
+}
+
+/// The public keys of a JWKS file (`[routes.assertion] upstream_jwks`): each with a `kid`, none
+/// holding private or symmetric key material.
+pub fn read_public_jwks(path: &Path) -> Result<Vec<serde_json::Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let keys = doc
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| format!("{}: not a JWKS (no \"keys\" list)", path.display()))?;
+    for (i, key) in keys.iter().enumerate() {
+        let Some(key) = key.as_object() else {
+            return Err(format!("{}: keys[{i}] is not an object", path.display()));
+        };
+        // RSA and EC private parts, and symmetric keys (`k`): never published.
+        if let Some(private) = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
+            .iter()
+            .find(|m| key.contains_key(**m))
+        {
+            return Err(format!(
+                "{}: keys[{i}] holds {private:?}, private or secret key material",
+                path.display()
+            ));
+        }
+        if !key.get("kid").is_some_and(serde_json::Value::is_string) {
+            return Err(format!("{}: keys[{i}] has no \"kid\"", path.display()));
+        }
+    }
+    Ok(keys.clone())
 }
 
 /// Claims the proxy sets in every assertion, which `[routes.assertion] claims` may not name.
-pub const ASSERTION_CLAIMS: [&str; 13] = [
+pub const ASSERTION_CLAIMS: [&str; 14] = [
     "iss",
     "aud",
     "sub",
@@ -136,6 +179,7 @@ pub const ASSERTION_CLAIMS: [&str; 13] = [
     "groups",
     "auth_method",
     "principal_kind",
+    "idp",
 ];
 
 impl Default for Assertion {
@@ -146,6 +190,7 @@ impl Default for Assertion {
             lifetime: Duration::from_secs(60),
             identity_headers: false,
             claims: std::collections::BTreeMap::new(),
+            upstream_jwks: None,
         }
     }
 }

@@ -928,6 +928,15 @@ fn validate_tokens(config: &Config, p: &mut Vec<Problem>) {
                 "send the assertion in another header, or drop [routes.upstream_credentials]",
             ));
         }
+        if let Some(path) = &a.upstream_jwks
+            && let Err(e) = crate::config::read_public_jwks(path)
+        {
+            p.push(Problem::new(
+                format!("{at}.upstream_jwks"),
+                e,
+                "name a JWKS file holding only the upstream's public keys, each with its kid",
+            ));
+        }
         for name in a.claims.keys() {
             if crate::config::ASSERTION_CLAIMS.contains(&name.as_str()) || name.is_empty() {
                 p.push(Problem::new(

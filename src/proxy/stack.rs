@@ -19,6 +19,7 @@
 //! each needs what the previous ones learned and the audit event must see every exit.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -66,6 +67,8 @@ pub struct Proxy {
     strip_extra: Vec<String>,
     /// The HTTPS listener's port, where a browser on plain HTTP is sent to sign in.
     https_port: Option<u16>,
+    /// Route name → the upstream's own public keys (`[routes.assertion] upstream_jwks`).
+    upstream_keys: HashMap<String, Arc<[serde_json::Value]>>,
 }
 
 impl Proxy {
@@ -108,7 +111,14 @@ impl Proxy {
                 .as_deref()
                 .and_then(crate::config::socket_addr)
                 .map(|a| a.port()),
+            upstream_keys: HashMap::new(),
         }
+    }
+
+    /// Routes' own JWKS: the proxy's keys and each upstream's, by route name.
+    pub fn with_upstream_keys(mut self, keys: HashMap<String, Arc<[serde_json::Value]>>) -> Self {
+        self.upstream_keys = keys;
+        self
     }
 
     /// The port the HTTPS listener actually bound (the configured one may be 0).
@@ -401,6 +411,16 @@ impl Proxy {
         let same = host.eq_ignore_ascii_case(&canonical.host) && (port.is_none() || port == canonical.port);
         if !same {
             return None;
+        }
+        if let Some(name) = canonical
+            .path
+            .strip_prefix("/.well-known/jwks/")
+            .and_then(|rest| rest.strip_suffix(".json"))
+        {
+            return self
+                .upstream_keys
+                .get(name)
+                .map(|keys| route_jwks(&minter.jwks(), keys).to_string());
         }
         crate::admin::issuer_document(&canonical.path, minter)
     }
@@ -932,6 +952,24 @@ pub fn groups_header(groups: &[String]) -> String {
         .map(|g| percent_encoding::utf8_percent_encode(g, KEPT).to_string())
         .collect();
     encoded.join(",")
+}
+
+/// A route's JWKS: the proxy's keys, then the upstream's own (any whose `kid` is one of the
+/// proxy's left out, so a file cannot shadow a signing key).
+fn route_jwks(proxy: &serde_json::Value, upstream: &[serde_json::Value]) -> serde_json::Value {
+    let mut keys: Vec<serde_json::Value> = proxy
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let ours: Vec<serde_json::Value> = keys.iter().filter_map(|k| k.get("kid").cloned()).collect();
+    keys.extend(
+        upstream
+            .iter()
+            .filter(|k| k.get("kid").is_none_or(|kid| !ours.contains(kid)))
+            .cloned(),
+    );
+    serde_json::json!({ "keys": keys })
 }
 
 /// RFC 9113's measure of a header list: each field's name and value, plus this.

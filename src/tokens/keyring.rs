@@ -1,5 +1,6 @@
-//! The signing key ring: one active key, and retired keys kept (and published) until every
-//! assertion they signed has expired. Persisted one file per key in a directory only the
+//! The signing key ring: one active key, the next key published ahead of signing (so verifiers
+//! that fetch keys seldom know it before it signs), and retired keys kept (and published) until
+//! every assertion they signed has expired. Persisted one file per key in a directory only the
 //! proxy's user may read, so a restart keeps the ring and `portcullis keys rotate` can act on a
 //! running proxy (which reloads the directory).
 //!
@@ -50,6 +51,9 @@ struct Stored {
     kid: String,
     alg: String,
     created: u64,
+    /// When it starts signing; absent: when it was created.
+    #[serde(default)]
+    activates: Option<u64>,
     retired: Option<u64>,
     pkcs8: String,
 }
@@ -78,6 +82,10 @@ pub struct Key {
     pub kid: String,
     pub algorithm: Algorithm,
     pub created: SystemTime,
+    /// When it starts (or started) signing.
+    pub activates: SystemTime,
+    /// Published ahead, not signing yet (as of when the ring was read).
+    pub pending: bool,
     pub retired: Option<SystemTime>,
     pub signer: Arc<Signer>,
     /// The JWS protected header of the tokens this key signs, base64url-encoded once.
@@ -92,6 +100,8 @@ impl std::fmt::Debug for Key {
             .field("kid", &self.kid)
             .field("algorithm", &self.algorithm)
             .field("created", &self.created)
+            .field("activates", &self.activates)
+            .field("pending", &self.pending)
             .field("retired", &self.retired)
             .finish_non_exhaustive()
     }
@@ -106,7 +116,7 @@ fn at(s: u64) -> SystemTime {
 }
 
 impl Key {
-    fn from_stored(stored: &Stored, path: &Path) -> Result<Key, KeyError> {
+    fn from_stored(stored: &Stored, path: &Path, now: SystemTime) -> Result<Key, KeyError> {
         let damaged = |detail: &str| KeyError::Damaged {
             path: path.display().to_string(),
             detail: detail.to_string(),
@@ -143,10 +153,13 @@ impl Key {
             other => return Err(damaged(&format!("unknown algorithm {other:?}"))),
         };
         let header = serde_json::json!({"alg": stored.alg, "kid": stored.kid, "typ": "JWT"});
+        let activates = at(stored.activates.unwrap_or(stored.created));
         Ok(Key {
             kid: stored.kid.clone(),
             algorithm,
             created: at(stored.created),
+            activates,
+            pending: stored.retired.is_none() && now < activates,
             retired: stored.retired.map(at),
             signer: Arc::new(signer),
             header: Arc::from(URL_SAFE_NO_PAD.encode(header.to_string())),
@@ -155,7 +168,7 @@ impl Key {
     }
 }
 
-fn generate(algorithm: SigningAlgorithm, now: SystemTime) -> Result<Stored, KeyError> {
+fn generate(algorithm: SigningAlgorithm, now: SystemTime, activates: SystemTime) -> Result<Stored, KeyError> {
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let (der, public) = match algorithm {
         SigningAlgorithm::Es256 => {
@@ -184,6 +197,7 @@ fn generate(algorithm: SigningAlgorithm, now: SystemTime) -> Result<Stored, KeyE
         kid,
         alg: algorithm.as_str().into(),
         created: secs(now),
+        activates: Some(secs(activates)),
         retired: None,
         pkcs8: STANDARD.encode(der),
     })
@@ -209,13 +223,34 @@ pub enum Change {
 #[derive(Debug, Clone)]
 pub struct KeyRing {
     dir: PathBuf,
-    /// Newest first; the first unretired one signs.
+    /// Newest first; the first unretired one not pending signs.
     keys: Vec<Key>,
+}
+
+/// When keys change: `rotate_every` after the active key began signing a new one takes over,
+/// published `publish_ahead` earlier (at most half of `rotate_every`); a retired key is removed
+/// `keep` after it retired (when every assertion it signed has expired).
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub rotate_every: Duration,
+    pub publish_ahead: Duration,
+    pub keep: Duration,
+}
+
+impl Schedule {
+    fn lead(&self) -> Duration {
+        self.publish_ahead.min(self.rotate_every / 2)
+    }
 }
 
 impl KeyRing {
     /// Opens `dir` (creating it with mode 0700), refusing it if group or others may read it.
     pub fn open(dir: &Path) -> Result<KeyRing, KeyError> {
+        Self::open_at(dir, SystemTime::now())
+    }
+
+    /// [`open`](Self::open), judging which keys are still pending as of `now`.
+    pub fn open_at(dir: &Path, now: SystemTime) -> Result<KeyRing, KeyError> {
         if !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -248,7 +283,7 @@ impl KeyRing {
                 path: path.display().to_string(),
                 detail: e.to_string(),
             })?;
-            keys.push(Key::from_stored(&stored, &path)?);
+            keys.push(Key::from_stored(&stored, &path, now)?);
         }
         keys.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.kid.cmp(&a.kid)));
         Ok(KeyRing {
@@ -263,7 +298,12 @@ impl KeyRing {
 
     /// The key that signs.
     pub fn active(&self) -> Option<&Key> {
-        self.keys.iter().find(|k| k.retired.is_none())
+        self.keys.iter().find(|k| k.retired.is_none() && !k.pending)
+    }
+
+    /// The key published ahead that signs next.
+    pub fn pending(&self) -> Option<&Key> {
+        self.keys.iter().find(|k| k.pending)
     }
 
     fn write(&self, stored: &Stored) -> Result<(), KeyError> {
@@ -295,44 +335,101 @@ impl KeyRing {
         Ok(stored)
     }
 
-    /// A new active key; the previous one retires now. The new key is written first, so a crash
-    /// between the two writes leaves two unretired keys, and the newer signs.
+    /// A new active key at once; every other unretired key (the active one, one pending)
+    /// retires now. The new key is written first, so a crash between the writes leaves two
+    /// unretired keys, and the newer signs. Not published ahead: for a key that must go now, or
+    /// an algorithm change.
     pub fn rotate(&mut self, algorithm: SigningAlgorithm, now: SystemTime) -> Result<Change, KeyError> {
-        let stored = generate(algorithm, now)?;
+        let stored = generate(algorithm, now, now)?;
         self.write(&stored)?;
         let previous = self.active().map(|k| k.kid.clone());
-        for key in self.keys.iter_mut().filter(|k| k.retired.is_none()) {
-            key.retired = Some(now);
-        }
-        for key in self.keys.iter().filter(|k| k.retired == Some(now)) {
-            let path = self.dir.join(format!("{}.json", key.kid));
-            let updated = Self::stored(key, &path)?;
-            self.write(&updated)?;
-        }
+        self.retire_all(now)?;
         let path = self.dir.join(format!("{}.json", stored.kid));
-        self.keys.insert(0, Key::from_stored(&stored, &path)?);
+        self.keys.insert(0, Key::from_stored(&stored, &path, now)?);
         Ok(Change::Rotated {
             active: stored.kid,
             retired: previous,
         })
     }
 
-    /// Rotates when the active key is older than `rotate_every` (or there is none), and removes
-    /// retired keys once every assertion they signed has expired (`keep` after retiring).
+    /// Retires every unretired key but `except`, on disk and in the ring.
+    fn retire_all_but(&mut self, except: Option<&str>, now: SystemTime) -> Result<(), KeyError> {
+        for key in self.keys.iter_mut() {
+            if key.retired.is_none() && Some(key.kid.as_str()) != except {
+                key.retired = Some(now);
+                key.pending = false;
+            }
+        }
+        for key in self.keys.iter().filter(|k| k.retired == Some(now)) {
+            let path = self.dir.join(format!("{}.json", key.kid));
+            let updated = Self::stored(key, &path)?;
+            self.write(&updated)?;
+        }
+        Ok(())
+    }
+
+    fn retire_all(&mut self, now: SystemTime) -> Result<(), KeyError> {
+        self.retire_all_but(None, now)
+    }
+
+    /// Publishes the next key, to sign from `activates`.
+    fn publish_next(
+        &mut self,
+        algorithm: SigningAlgorithm,
+        now: SystemTime,
+        activates: SystemTime,
+    ) -> Result<(), KeyError> {
+        let stored = generate(algorithm, now, activates)?;
+        self.write(&stored)?;
+        let path = self.dir.join(format!("{}.json", stored.kid));
+        self.keys.insert(0, Key::from_stored(&stored, &path, now)?);
+        Ok(())
+    }
+
+    /// The pending key whose time has come starts signing; the one before retires.
+    fn activate_due(&mut self, now: SystemTime) -> Result<Option<Change>, KeyError> {
+        let Some(next) = self
+            .keys
+            .iter()
+            .find(|k| k.pending && k.activates <= now)
+            .map(|k| k.kid.clone())
+        else {
+            return Ok(None);
+        };
+        let previous = self.active().map(|k| k.kid.clone());
+        self.retire_all_but(Some(&next), now)?;
+        for key in self.keys.iter_mut().filter(|k| k.kid == next) {
+            key.pending = false;
+        }
+        Ok(Some(Change::Rotated {
+            active: next,
+            retired: previous,
+        }))
+    }
+
+    /// Keeps the ring on its [`Schedule`]: the next key published ahead, then signing in its
+    /// turn; a key at once when there is none or the algorithm changed (or the next key's time
+    /// passed unseen); retired keys removed once every assertion they signed has expired.
     pub fn maintain(
         &mut self,
         algorithm: SigningAlgorithm,
-        rotate_every: Duration,
-        keep: Duration,
+        schedule: Schedule,
         now: SystemTime,
     ) -> Result<Vec<Change>, KeyError> {
         let mut changes = Vec::new();
-        let due = self
-            .active()
-            .is_none_or(|k| k.created + rotate_every <= now || k.algorithm != jwt_algorithm(algorithm));
-        if due {
-            changes.push(self.rotate(algorithm, now)?);
+        changes.extend(self.activate_due(now)?);
+        let wanted = jwt_algorithm(algorithm);
+        match self.active() {
+            Some(k) if k.algorithm == wanted && now < k.activates + schedule.rotate_every => {
+                let next_at = k.activates + schedule.rotate_every;
+                let pending_ok = self.pending().is_some_and(|p| p.algorithm == wanted);
+                if !pending_ok && now + schedule.lead() >= next_at {
+                    self.publish_next(algorithm, now, next_at)?;
+                }
+            }
+            _ => changes.push(self.rotate(algorithm, now)?),
         }
+        let keep = schedule.keep;
         let expired: Vec<String> = self
             .keys
             .iter()
@@ -408,16 +505,13 @@ mod tests {
         let dir = private_dir();
         let t0 = SystemTime::now();
         let mut ring = KeyRing::open(dir.path()).unwrap();
-        // Rotate every 100 s, keep retired keys 10 s.
-        let step = |ring: &mut KeyRing, at| {
-            ring.maintain(
-                SigningAlgorithm::Es256,
-                Duration::from_secs(100),
-                Duration::from_secs(10),
-                at,
-            )
-            .unwrap()
+        // Rotate every 100 s, nothing published ahead, keep retired keys 10 s.
+        let schedule = Schedule {
+            rotate_every: Duration::from_secs(100),
+            publish_ahead: Duration::ZERO,
+            keep: Duration::from_secs(10),
         };
+        let step = |ring: &mut KeyRing, at| ring.maintain(SigningAlgorithm::Es256, schedule, at).unwrap();
         let changes = step(&mut ring, t0);
         assert!(matches!(&changes[..], [Change::Rotated { retired: None, .. }]));
         let first = ring.active().unwrap().kid.clone();
@@ -430,7 +524,7 @@ mod tests {
         assert_eq!(published, [second.as_str(), first.as_str()]);
 
         // A restart reads the same ring back.
-        let reopened = KeyRing::open(dir.path()).unwrap();
+        let reopened = KeyRing::open_at(dir.path(), t1).unwrap();
         assert_eq!(reopened.active().unwrap().kid, second);
         assert_eq!(reopened.keys().len(), 2);
 
@@ -438,6 +532,62 @@ mod tests {
         assert_eq!(changes, [Change::Removed { kid: first }]);
         assert_eq!(ring.keys().len(), 1);
         assert_eq!(KeyRing::open(dir.path()).unwrap().keys().len(), 1);
+    }
+
+    #[test]
+    fn the_next_key_is_published_ahead_and_signs_in_its_turn_on_this_ring_and_after_a_restart() {
+        let dir = private_dir();
+        let t0 = SystemTime::now();
+        let schedule = Schedule {
+            rotate_every: Duration::from_secs(100),
+            publish_ahead: Duration::from_secs(30),
+            keep: Duration::from_secs(10),
+        };
+        let mut ring = KeyRing::open_at(dir.path(), t0).unwrap();
+        let step = |ring: &mut KeyRing, at| ring.maintain(SigningAlgorithm::Es256, schedule, at).unwrap();
+        step(&mut ring, t0);
+        let first = ring.active().unwrap().kid.clone();
+        assert!(ring.pending().is_none());
+
+        // 30 s before its turn the next key is published, and does not sign yet.
+        assert!(step(&mut ring, t0 + Duration::from_secs(69)).is_empty());
+        assert!(ring.pending().is_none());
+        assert!(step(&mut ring, t0 + Duration::from_secs(70)).is_empty());
+        let next = ring.pending().unwrap().kid.clone();
+        assert_eq!(ring.active().unwrap().kid, first);
+        let published: Vec<&str> = ring.keys().iter().map(|k| k.kid.as_str()).collect();
+        assert_eq!(published, [next.as_str(), first.as_str()]);
+        // A restart meanwhile reads it back as pending.
+        let reopened = KeyRing::open_at(dir.path(), t0 + Duration::from_secs(80)).unwrap();
+        assert_eq!(reopened.active().unwrap().kid, first);
+        assert_eq!(reopened.pending().unwrap().kid, next);
+        // Its turn: it signs, the first retires; no second key is published meanwhile.
+        let mut ring = reopened;
+        assert!(step(&mut ring, t0 + Duration::from_secs(99)).is_empty());
+        let changes = step(&mut ring, t0 + Duration::from_secs(100));
+        assert_eq!(
+            changes,
+            [Change::Rotated {
+                active: next.clone(),
+                retired: Some(first.clone())
+            }]
+        );
+        assert_eq!(ring.active().unwrap().kid, next);
+        assert!(ring.pending().is_none());
+        let reopened = KeyRing::open_at(dir.path(), t0 + Duration::from_secs(101)).unwrap();
+        assert_eq!(reopened.active().unwrap().kid, next);
+
+        // At most half the rotation period ahead.
+        let short = Schedule {
+            publish_ahead: Duration::from_secs(3600),
+            ..schedule
+        };
+        ring.maintain(SigningAlgorithm::Es256, short, t0 + Duration::from_secs(149))
+            .unwrap();
+        assert!(ring.pending().is_none());
+        ring.maintain(SigningAlgorithm::Es256, short, t0 + Duration::from_secs(150))
+            .unwrap();
+        assert!(ring.pending().is_some());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::audit::{AuditSink, TokenEvent};
 use crate::authn::Principal;
 use crate::config::{MAX_ASSERTION_LIFETIME, SigningAlgorithm, Tokens};
-pub use keyring::{Change, KeyError, KeyRing};
+pub use keyring::{Change, KeyError, KeyRing, Schedule};
 
 /// Clock skew the verifiers of our assertions may allow: retired keys are kept this much longer.
 const LEEWAY: Duration = Duration::from_secs(60);
@@ -98,7 +98,7 @@ pub enum MintError {
 pub struct Minter {
     issuer: String,
     algorithm: SigningAlgorithm,
-    rotate_every: Duration,
+    schedule: Schedule,
     ring: ArcSwap<KeyRing>,
     /// Assertions by (route audience, caller): every claim that differs between callers is in
     /// the key, so a cached assertion never names anyone but its caller.
@@ -119,16 +119,16 @@ impl Minter {
         audit: Arc<dyn AuditSink>,
     ) -> Result<Self, KeyError> {
         let mut ring = KeyRing::open(dir)?;
-        let changes = ring.maintain(
-            config.algorithm,
-            config.rotate_every,
-            MAX_ASSERTION_LIFETIME + LEEWAY,
-            SystemTime::now(),
-        )?;
+        let schedule = Schedule {
+            rotate_every: config.rotate_every,
+            publish_ahead: config.publish_ahead,
+            keep: MAX_ASSERTION_LIFETIME + LEEWAY,
+        };
+        let changes = ring.maintain(config.algorithm, schedule, SystemTime::now())?;
         let minter = Minter {
             issuer: issuer.trim_end_matches('/').to_string(),
             algorithm: config.algorithm,
-            rotate_every: config.rotate_every,
+            schedule,
             ring: ArcSwap::from_pointee(ring),
             cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -174,7 +174,7 @@ impl Minter {
         let before = loaded.active().map(|k| k.kid.clone());
         // Keys gone from the directory before their time were revoked by another process.
         let now = SystemTime::now();
-        let keep = MAX_ASSERTION_LIFETIME + LEEWAY;
+        let keep = self.schedule.keep;
         let revoked: Vec<String> = loaded
             .keys()
             .iter()
@@ -183,7 +183,7 @@ impl Minter {
             .map(|k| k.kid.clone())
             .collect();
         drop(loaded);
-        match ring.maintain(self.algorithm, self.rotate_every, keep, now) {
+        match ring.maintain(self.algorithm, self.schedule, now) {
             Ok(mut changes) => {
                 let after = ring.active().map(|k| k.kid.clone());
                 // Another process rotated: still this proxy's act to report, once.

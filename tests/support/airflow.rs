@@ -7,12 +7,14 @@
 //! - the proxy, in-process: `[tokens]` with `issuer = "http://<its http address>"` and a 0700
 //!   `key_dir`, `[policy] dir` = a copy of `tests/fixtures/airflow-policy/`, and one protected route
 //!   `airflow` for host [`HOST`] (`path_prefix = "/"`, `resources = "airflow"`,
-//!   `policy_domain = "airflow"`, `identity_providers = ["okta"]`, [`ASSERTION_TOML`], upstream =
-//!   Airflow's api-server);
+//!   `policy_domain = "airflow"`, `identity_providers = ["okta"]`, [`ASSERTION_TOML`] with
+//!   `upstream_jwks` = Airflow's own public key, upstream = Airflow's api-server);
+//! - Airflow's signing key, made before either starts, and its public JWKS written by
+//!   `examples/airflow/public-jwks.py`, as the README has an operator do it;
 //! - Airflow from `tests/peers/airflow/start.sh` (api-server, scheduler, dag-processor; SQLite,
-//!   LocalExecutor) on a free 127.0.0.1 port, trusting the proxy's JWKS
-//!   (`PORTCULLIS_JWKS_URL = <issuer>/.well-known/jwks.json`, `PORTCULLIS_ISSUER = <issuer>`,
-//!   `PORTCULLIS_AUDIENCE = "airflow"`, `AIRFLOW_PEER_AUTH_MANAGER =` [`AUTH_MANAGER`]).
+//!   LocalExecutor) on a free 127.0.0.1 port, signing with that key and trusting the route's JWKS
+//!   (`PORTCULLIS_JWKS_URL = <issuer>/.well-known/jwks/airflow.json`, `PORTCULLIS_ISSUER =
+//!   <issuer>`, `PORTCULLIS_AUDIENCE = "airflow"`, `AIRFLOW_PEER_AUTH_MANAGER =` [`AUTH_MANAGER`]).
 //!
 //! Order: Airflow's port is picked first, the proxy starts pointing at it (and serves its JWKS),
 //! then Airflow starts pointing at the proxy's JWKS. The world is ready once `GET /api/v2/dags`
@@ -20,7 +22,7 @@
 //!
 //! Reading Airflow's state as an admin, past the proxy: [`AirflowWorld::direct`] sends a token
 //! Airflow issued itself (`POST /auth/token` as admin/admin, start.sh's passwords file; signed with
-//! Airflow's own key, which start.sh's jwks_merge.py publishes beside the proxy's).
+//! Airflow's own key, which the route's JWKS serves beside the proxy's).
 //!
 //! Shutdown: Rust runs no destructor for a static at exit, so Airflow's lifetime is tied to the
 //! test binary's process instead: start.sh gets `AIRFLOW_PEER_PARENT_PID` = this process and
@@ -68,6 +70,42 @@ pub const ASSERTION_TOML: &str =
     "[routes.assertion]\naudience = \"airflow\"\nheader = \"Authorization\"\nclaims = { role = \"ADMIN\" }\n";
 /// start.sh's `AIRFLOW_PEER_AUTH_MANAGER`: `simple` is stock Airflow's SimpleAuthManager.
 pub const AUTH_MANAGER: &str = "simple";
+/// Airflow's own signing key (in the world's directory) and its kid.
+const SIGNING_KEY: &str = "airflow-signing.pem";
+const SIGNING_KID: &str = "airflow-own";
+
+/// Makes Airflow's signing key in `dir` the way the README has an operator make it (an Ed25519
+/// PEM), and its public JWKS with `examples/airflow/public-jwks.py`; returns the JWKS's path.
+fn airflow_signing_key(dir: &Path) -> PathBuf {
+    let python = Path::new(PEER).join(".venv/bin/python");
+    let pem = dir.join(SIGNING_KEY);
+    let made = Command::new(&python)
+        .args([
+            "-c",
+            "import sys\n\
+             from cryptography.hazmat.primitives import serialization as s\n\
+             from cryptography.hazmat.primitives.asymmetric import ed25519\n\
+             k = ed25519.Ed25519PrivateKey.generate()\n\
+             open(sys.argv[1], 'wb').write(k.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))",
+        ])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let jwks = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/airflow/public-jwks.py"
+        ))
+        .arg(&pem)
+        .arg(SIGNING_KID)
+        .output()
+        .unwrap();
+    assert!(jwks.status.success(), "{}", String::from_utf8_lossy(&jwks.stderr));
+    let path = dir.join("airflow-jwks.json");
+    std::fs::write(&path, &jwks.stdout).unwrap();
+    path
+}
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/airflow");
 const POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/airflow-policy");
@@ -178,6 +216,7 @@ impl AirflowWorld {
             std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
             let policy = root.join("policy");
             std::fs::create_dir(&policy).unwrap();
+            let upstream_jwks = airflow_signing_key(&root);
             for file in ["model.conf", "policy.csv"] {
                 std::fs::copy(policy_dir.join(file), policy.join(file))
                     .unwrap_or_else(|e| panic!("{}: {e}", policy_dir.join(file).display()));
@@ -187,10 +226,11 @@ impl AirflowWorld {
                  [policy]\ndir = {:?}\n\
                  [[routes]]\nname = \"airflow\"\nhosts = [\"{HOST}\", \"127.0.0.1\"]\npath_prefix = \"/\"\naccess = \"protected\"\n\
                  identity_providers = [\"okta\"]\npolicy_domain = \"airflow\"\nresources = \"airflow\"\n\
-                 [routes.upstream]\nurl = \"http://{airflow}\"\n{ASSERTION_TOML}",
+                 [routes.upstream]\nurl = \"http://{airflow}\"\n{ASSERTION_TOML}upstream_jwks = {:?}\n",
                 issuer.provider_toml("okta", ""),
                 keys.display().to_string(),
                 policy.display().to_string(),
+                upstream_jwks.display().to_string(),
             );
             let gateway = prebound.start(&config).await;
             gateway.wait_ready().await;
@@ -205,8 +245,10 @@ impl AirflowWorld {
             .env("AIRFLOW_PEER_PORT", airflow.port().to_string())
             .env(
                 "PORTCULLIS_JWKS_URL",
-                format!("{issuer_url}/.well-known/jwks.json"),
+                format!("{issuer_url}/.well-known/jwks/airflow.json"),
             )
+            .env("AIRFLOW_PEER_SIGNING_KEY", root.join(SIGNING_KEY))
+            .env("AIRFLOW_PEER_SIGNING_KID", SIGNING_KID)
             .env("PORTCULLIS_ISSUER", &issuer_url)
             .env("PORTCULLIS_AUDIENCE", AUDIENCE)
             .env("AIRFLOW_PEER_AUTH_MANAGER", AUTH_MANAGER)
@@ -399,9 +441,10 @@ pub async fn send(
     let mut all = vec![("host", host)];
     all.extend_from_slice(headers);
     let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-    // Airflow on SQLite answers 500 "Database error" when the scheduler holds the database lock
-    // past SQLite's busy timeout (tests run side by side); the transaction was rolled back, so
-    // the same request is sent again. Production deployments use PostgreSQL or MySQL.
+    // Airflow on SQLite answers 500 "Database error" (503 "Database is locked" for a backfill)
+    // when the scheduler holds the database lock past SQLite's busy timeout (tests run side by
+    // side); the transaction was rolled back, so the same request is sent again. Production
+    // deployments use PostgreSQL or MySQL.
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -419,10 +462,10 @@ pub async fn send(
             text: String::from_utf8_lossy(&bytes).into_owned(),
             request_id,
         };
-        if status == http::StatusCode::INTERNAL_SERVER_ERROR
-            && reply.text.contains("Database error")
-            && attempt < 4
-        {
+        let locked = (status == http::StatusCode::INTERNAL_SERVER_ERROR
+            && reply.text.contains("Database error"))
+            || (status == http::StatusCode::SERVICE_UNAVAILABLE && reply.text.contains("Database is locked"));
+        if locked && attempt < 6 {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }

@@ -7,8 +7,10 @@
 #   PORTCULLIS_JWKS_URL   optional: trust JWTs signed by these keys (http(s) URL, or a local file path)
 #   PORTCULLIS_ISSUER     with PORTCULLIS_JWKS_URL: the `iss` Airflow requires
 #   PORTCULLIS_AUDIENCE   with PORTCULLIS_JWKS_URL: the `aud` Airflow requires
-#   AIRFLOW_PEER_JWKS_MERGE 1 (default): trust the proxy's keys AND Airflow's own (see below); 0: only the
-#                         proxy's (then tasks cannot run: their execution-API tokens are Airflow-signed)
+#   AIRFLOW_PEER_SIGNING_KEY with PORTCULLIS_JWKS_URL, optional: Airflow's own signing key (PEM), whose
+#                         public key the JWKS at PORTCULLIS_JWKS_URL must hold (see below); default: a new
+#                         Ed25519 key (then tasks cannot run: their execution-API tokens are Airflow-signed)
+#   AIRFLOW_PEER_SIGNING_KID the kid Airflow signs with (default airflow-peer-own)
 #   AIRFLOW_PEER_AUTH_MANAGER simple (default): stock SimpleAuthManager: the caller's JWT must come as
 #                         `Authorization: Bearer` and carry `role` (ADMIN, OP, USER or VIEWER);
 #                         portcullis: portcullis_auth_manager.py beside this script: also takes the JWT
@@ -31,9 +33,9 @@
 #   AIRFLOW_PEER_REMOVE_ON_EXIT optional, with AIRFLOW_PEER_PARENT_PID: a directory the watchdog deletes
 #                         (rm -rf) after stopping Airflow, e.g. the temporary directory holding AIRFLOW_HOME
 #
-# With PORTCULLIS_JWKS_URL set, Airflow's own keys (the Ed25519 key it signs task-execution tokens and
-# /auth/token tokens with) are merged with the proxy's keys by jwks_merge.py, which serves the union on
-# 127.0.0.1 (see README.md): Airflow accepts only ONE trusted_jwks_url for every token it checks.
+# Airflow accepts only ONE trusted_jwks_url for every token it checks, its own included (task-execution
+# tokens, /auth/token tokens): PORTCULLIS_JWKS_URL must serve the proxy's keys and Airflow's own public
+# key (the proxy's route JWKS with `[routes.assertion] upstream_jwks`; see README.md).
 #
 # Output: $AIRFLOW_HOME/pids, one "name pid" line per process; every pid leads its own process group,
 # so `kill -TERM -- -PID` stops a component with its children (stop.sh does that for all of them).
@@ -108,32 +110,21 @@ esac
 if [ -n "${PORTCULLIS_JWKS_URL:-}" ]; then
   : "${PORTCULLIS_ISSUER:?set PORTCULLIS_ISSUER with PORTCULLIS_JWKS_URL}"
   : "${PORTCULLIS_AUDIENCE:?set PORTCULLIS_AUDIENCE with PORTCULLIS_JWKS_URL}"
-  # Airflow's own signing key (task-execution tokens, /auth/token tokens): Ed25519, with a fixed kid.
-  "$py" - "$AIRFLOW_HOME/airflow-signing.pem" <<'EOF'
+  # Airflow's own signing key (task-execution tokens, /auth/token tokens), with a fixed kid.
+  key="${AIRFLOW_PEER_SIGNING_KEY:-$AIRFLOW_HOME/airflow-signing.pem}"
+  [ -f "$key" ] || "$py" - "$key" <<'EOF'
 import sys
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 k = ed25519.Ed25519PrivateKey.generate()
 open(sys.argv[1], "wb").write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 EOF
-  export AIRFLOW__API_AUTH__JWT_PRIVATE_KEY_PATH="$AIRFLOW_HOME/airflow-signing.pem"
-  export AIRFLOW__API_AUTH__JWT_KID=airflow-peer-own
+  export AIRFLOW__API_AUTH__JWT_PRIVATE_KEY_PATH="$key"
+  export AIRFLOW__API_AUTH__JWT_KID="${AIRFLOW_PEER_SIGNING_KID:-airflow-peer-own}"
   export AIRFLOW__API_AUTH__JWT_ISSUER="$PORTCULLIS_ISSUER"
   export AIRFLOW__API_AUTH__JWT_AUDIENCE="$PORTCULLIS_AUDIENCE"
   unset AIRFLOW__API_AUTH__JWT_SECRET
-  if [ "${AIRFLOW_PEER_JWKS_MERGE:-1}" = 1 ]; then
-    # The union of the proxy's keys (fetched live at every request) and Airflow's own public key.
-    setsid "$py" "$here/jwks_merge.py" "$AIRFLOW_HOME/jwks-merge.port" "$PORTCULLIS_JWKS_URL" \
-      "$AIRFLOW_HOME/airflow-signing.pem" airflow-peer-own > "$AIRFLOW_HOME/jwks-merge.log" 2>&1 < /dev/null &
-    echo "jwks-merge $!" >> "$AIRFLOW_HOME/pids"
-    for _ in $(seq 100); do [ -s "$AIRFLOW_HOME/jwks-merge.port" ] && break; sleep 0.05; done
-    [ -s "$AIRFLOW_HOME/jwks-merge.port" ] || { echo "start.sh: jwks_merge.py did not start; see $AIRFLOW_HOME/jwks-merge.log" >&2; exit 1; }
-    export AIRFLOW__API_AUTH__TRUSTED_JWKS_URL="http://127.0.0.1:$(cat "$AIRFLOW_HOME/jwks-merge.port")/jwks.json"
-  else
-    # Only the proxy's keys: Airflow's own tokens (tasks' execution-API tokens, /auth/token) are refused,
-    # so the tasks of triggered runs fail; the REST API and the UI work through the proxy.
-    export AIRFLOW__API_AUTH__TRUSTED_JWKS_URL="$PORTCULLIS_JWKS_URL"
-  fi
+  export AIRFLOW__API_AUTH__TRUSTED_JWKS_URL="$PORTCULLIS_JWKS_URL"
 fi
 
 # The variables above, for a shell that wants to run `airflow ...` CLI commands against this home.
