@@ -8,7 +8,7 @@
 )]
 
 use http::{HeaderMap, Method, Uri, Version};
-use portcullis::proxy::canonical::{Canonical, canonical_path};
+use portcullis::canonical::{Canonical, canonical_path};
 use proptest::prelude::*;
 
 /// Paths built from the pieces that path-confusion attacks are made of.
