@@ -385,7 +385,7 @@ impl Proxy {
             // A response the proxy must read is asked for uncompressed.
             req.headers_mut().remove(header::ACCEPT_ENCODING);
         }
-        let idle = self.limits.idle_timeout;
+        let idle = self.limits.idle_timeout.get();
         let response = forward(permit, ctx, route, req, identity, &self.strip_extra, idle).await?;
         match filter {
             Some(filter) => self.filter_response(ctx, route, &filter, response).await,
@@ -591,7 +591,11 @@ impl Proxy {
         body: Inbound,
     ) -> Result<(Bytes, serde_json::Value), ProxyError> {
         use http_body_util::BodyExt as _;
-        let (body, tally) = ClientBody::new(body, route.config.inspect_body_bytes, self.limits.idle_timeout);
+        let (body, tally) = ClientBody::new(
+            body,
+            route.config.inspect_body_bytes,
+            self.limits.idle_timeout.get(),
+        );
         ctx.tally = Some(tally);
         let bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -1094,7 +1098,7 @@ fn http2_head_over(limits: &crate::config::Limits, req: &Request<Incoming>) -> b
         }
         fields += 1;
     }
-    fields > limits.max_headers || bytes > limits.max_header_bytes
+    fields > limits.max_headers.get() || bytes > limits.max_header_bytes
 }
 
 /// Standard methods as static strings, so recording one allocates nothing.
