@@ -28,6 +28,7 @@ use crate::error::ProxyError;
 use crate::pem::{self, BuildError};
 use crate::proxy::body::{BodyFault, ClientBody, Inbound};
 use crate::proxy::context::RequestCtx;
+use crate::proxy::cookies::outbound_cookies;
 use crate::proxy::routes::Route;
 
 /// A route's upstream: where it is and the pooled client that reaches it.
@@ -584,7 +585,7 @@ pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx, strip_extra: &
     for name in doomed {
         headers.remove(name);
     }
-    crate::authn::browser::outbound_cookies(&mut headers);
+    outbound_cookies(&mut headers);
 
     let canonical = ctx.canonical.as_ref();
     let conn = &ctx.conn;
