@@ -20,7 +20,7 @@ use crate::authn::browser::{Browser, BrowserClient};
 use crate::authn::{Authn, Provider};
 use crate::authz::resources::Templates;
 use crate::authz::{Authz, Reloaded, Settings, Target, Which};
-use crate::config::{Access, Config};
+use crate::config::{Access, Config, Sessions, StoreKind};
 use crate::listener::{self, ReloadingTls, Shared};
 use crate::metrics::Metrics;
 use crate::outbound::HttpsClient;
@@ -29,7 +29,7 @@ use crate::proxy::UpstreamKeys;
 use crate::proxy::forward::Upstream;
 use crate::proxy::routes::{Route, RouteTable};
 use crate::secret::Secret;
-use crate::session::MemoryStore;
+use crate::session::{Lifetimes, MemoryStore, RedisSecrets, RedisStore, Sealer, SessionStore, parse_key};
 use crate::tokens::Minter;
 use crate::tokens::broker::Broker;
 
@@ -292,14 +292,95 @@ pub fn build_authn(
         providers.push(idp);
     }
     let s = &config.sessions;
-    let store = Arc::new(MemoryStore::with_login_timeout(
-        s.max_sessions.get(),
-        s.idle_timeout.get(),
-        s.lifetime.get(),
-        s.login_timeout.get(),
-    ));
+    let store = build_session_store(s)?;
     let browser = Browser::new(store, browser_clients, s.clone(), metrics.clone(), audit.clone());
     Ok(Authn::new(providers, browser))
+}
+
+/// Where sessions live: this process's memory, or the Redis `[sessions.redis]` names, with its
+/// password, keys and TLS files read here.
+fn build_session_store(s: &Sessions) -> Result<Arc<dyn SessionStore>, StartError> {
+    let redis = match (s.store, &s.redis) {
+        (StoreKind::Redis, Some(redis)) => redis,
+        _ => {
+            return Ok(Arc::new(MemoryStore::with_login_timeout(
+                s.max_sessions.get(),
+                s.idle_timeout.get(),
+                s.lifetime.get(),
+                s.login_timeout.get(),
+            )));
+        }
+    };
+    let at = "sessions.redis";
+    let secret = |what: &str, env: &Option<String>, file: &Option<std::path::PathBuf>| {
+        read_secret(what, env.as_ref(), file.as_ref()).map_err(secret_error(at))
+    };
+    let key = |what: &str, text: Option<Secret>| -> Result<Option<[u8; 32]>, StartError> {
+        text.map(|t| {
+            parse_key(t.expose()).map_err(|problem| StartError::Secret {
+                key: format!("{at}.{what}"),
+                message: format!("the key {problem}"),
+            })
+        })
+        .transpose()
+    };
+    let current = secret(
+        "encryption_key",
+        &redis.encryption_key_env,
+        &redis.encryption_key_file,
+    )?;
+    let Some(current) = key("encryption_key_env", current)? else {
+        return Err(StartError::Secret {
+            key: format!("{at}.encryption_key_env"),
+            message: "is missing (fix: set encryption_key_env or encryption_key_file)".into(),
+        });
+    };
+    let previous = secret(
+        "previous_encryption_key",
+        &redis.previous_encryption_key_env,
+        &redis.previous_encryption_key_file,
+    )?;
+    let previous = key("previous_encryption_key_env", previous)?;
+    let sealer = Sealer::new(&current, previous.as_ref()).map_err(|e| StartError::Secret {
+        key: format!("{at}.encryption_key_env"),
+        message: e.to_string(),
+    })?;
+    let read = |key: &str, path: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, StartError> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read(p).map_err(|e| StartError::Read {
+                    key: format!("{at}.{key}"),
+                    message: format!(
+                        "cannot read {}: {e} (fix: point it at a readable PEM file)",
+                        p.display()
+                    ),
+                })
+            })
+            .transpose()
+    };
+    let client = match (
+        read("client_cert", &redis.client_cert)?,
+        read("client_key", &redis.client_key)?,
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        _ => None,
+    };
+    let secrets = RedisSecrets {
+        password: secret("password", &redis.password_env, &redis.password_file)?,
+        sealer,
+        ca: read("ca", &redis.ca)?,
+        client,
+    };
+    let lifetimes = Lifetimes {
+        idle: s.idle_timeout.get(),
+        absolute: s.lifetime.get(),
+        login: s.login_timeout.get(),
+    };
+    let store = RedisStore::new(redis, secrets, lifetimes).map_err(|e| StartError::Read {
+        key: e.key,
+        message: e.message,
+    })?;
+    Ok(Arc::new(store))
 }
 
 /// The policy in force, when some route is protected; its loading is audited like a reload.

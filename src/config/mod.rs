@@ -968,13 +968,195 @@ pub struct Sessions {
     pub idle_timeout: Positive,
     /// A session ends this long after sign-in however much it is used. Default `12h`.
     pub lifetime: Positive,
-    /// Most sessions held in memory; the least recently used go first. Default 100000.
+    /// Most sessions held in memory (the memory store); the least recently used go first.
+    /// Default 100000.
     pub max_sessions: NonZeroU64,
     /// The access token is refreshed this long before it expires. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub refresh_before: Duration,
     /// A sign-in must complete within this time. Default `10m`.
     pub login_timeout: Positive,
+    /// Where sessions and sign-ins in progress live: `"memory"` (default: in this process, so
+    /// a restart signs everyone out and each replica has its own) or `"redis"` (shared by every
+    /// replica through `[sessions.redis]`).
+    pub store: StoreKind,
+    /// The shared store, with `store = "redis"`.
+    pub redis: Option<Redis>,
+}
+
+/// Which session store `[sessions] store` names.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+/// Sessions in Redis (or anything speaking its protocol, such as Valkey), encrypted at rest.
+/// Secrets (the password, the encryption keys) are read from the environment or a file, never
+/// from this file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Redis {
+    /// The server, `redis://host:port/db` or `rediss://host:port/db` for TLS; with `cluster`,
+    /// any node of the cluster. A user name may be given here (`redis://portcullis@host`),
+    /// a password may not: use `password_env` or `password_file`.
+    pub url: Option<String>,
+    /// The URL names a node of a Redis Cluster; the others are found from it. Default false.
+    pub cluster: bool,
+    /// Nodes of a Redis Cluster to start from, instead of `url` (implies `cluster`).
+    pub nodes: Vec<String>,
+    /// The ACL user, when the URL does not name one. Default: none (the `default` user).
+    pub username: Option<String>,
+    /// Environment variable holding the password (of `username`, or of the default user).
+    pub password_env: Option<String>,
+    /// File holding the password (surrounding whitespace ignored).
+    pub password_file: Option<PathBuf>,
+    /// Every key this proxy writes starts with this, so several deployments can share a Redis.
+    /// Default `"portcullis:"`.
+    pub key_prefix: String,
+    /// Connections kept open to the server (each carries many requests at once). Default 2.
+    pub pool_size: NonZeroUsize,
+    /// Connecting (TCP, TLS, authentication) gives up after this long. Default `2s`.
+    pub connect_timeout: Positive,
+    /// A session read or write gives up after this long; the request then gets 503
+    /// `session_store_unavailable`. Default `1s`.
+    pub command_timeout: Positive,
+    /// PEM CA bundle that signs the server's certificate (`rediss://`); default: the system roots.
+    pub ca: Option<PathBuf>,
+    /// Name checked against the server's certificate and sent as SNI, when the URL's host is
+    /// another (an IP address); default: the URL's host. Not with a cluster, whose nodes are
+    /// checked against the addresses they announce.
+    pub server_name: Option<String>,
+    /// PEM client certificate, when the server asks for one (`tls-auth-clients`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key for `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Environment variable holding the key that seals sessions (AES-256-GCM): 32 bytes, as
+    /// 64 hex digits or in base64 (`openssl rand -base64 32`). Required, or `encryption_key_file`.
+    pub encryption_key_env: Option<String>,
+    /// File holding the encryption key, in the same forms.
+    pub encryption_key_file: Option<PathBuf>,
+    /// The key before the last rotation, accepted for reading only: sessions sealed with it
+    /// keep working, and are sealed with the new key when next written.
+    pub previous_encryption_key_env: Option<String>,
+    /// File holding the previous key.
+    pub previous_encryption_key_file: Option<PathBuf>,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Redis {
+            url: None,
+            cluster: false,
+            nodes: Vec::new(),
+            username: None,
+            password_env: None,
+            password_file: None,
+            key_prefix: "portcullis:".into(),
+            pool_size: at_least_one::<2>(),
+            connect_timeout: secs::<2>(),
+            command_timeout: secs::<1>(),
+            ca: None,
+            server_name: None,
+            client_cert: None,
+            client_key: None,
+            encryption_key_env: None,
+            encryption_key_file: None,
+            previous_encryption_key_env: None,
+            previous_encryption_key_file: None,
+        }
+    }
+}
+
+/// A Redis URL as this proxy accepts it: `redis://` or `rediss://`, a host, and nothing that
+/// belongs elsewhere (a password, options that turn certificate checks off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub db: i64,
+    pub username: Option<String>,
+}
+
+impl RedisUrl {
+    /// The URL, or what is wrong with it and how to fix it.
+    pub fn parse(text: &str) -> Result<RedisUrl, (String, &'static str)> {
+        let example = "write e.g. \"redis://redis.internal:6379/0\" or \"rediss://redis.internal:6380\"";
+        let Some(url) = redis::parse_redis_url(text) else {
+            return Err((format!("{text:?} is not a Redis URL"), example));
+        };
+        let tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => return Err((format!("the scheme {other:?} is not redis or rediss"), example)),
+        };
+        if url.password().is_some() {
+            return Err((
+                "carries a password, which must not be in the config file".into(),
+                "remove it from the URL and set password_env or password_file",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err((
+                "has a query or fragment (options such as #insecure are not accepted)".into(),
+                "remove everything after the path; TLS settings are keys of [sessions.redis]",
+            ));
+        }
+        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+            return Err((format!("{text:?} names no host"), example));
+        };
+        let db = match url.path().trim_start_matches('/') {
+            "" => 0,
+            n => match n.parse::<i64>() {
+                Ok(db) if db >= 0 => db,
+                _ => {
+                    return Err((
+                        format!("the path {n:?} is not a database number"),
+                        "use a number, e.g. /0",
+                    ));
+                }
+            },
+        };
+        let username = Some(url.username()).filter(|u| !u.is_empty()).map(|u| {
+            percent_encoding::percent_decode_str(u)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
+        Ok(RedisUrl {
+            tls,
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port: url.port().unwrap_or(6379),
+            db,
+            username,
+        })
+    }
+}
+
+impl Redis {
+    /// The cluster's starting nodes, or `None` for a single server.
+    pub fn cluster_nodes(&self) -> Option<Vec<&str>> {
+        if !self.nodes.is_empty() {
+            Some(self.nodes.iter().map(String::as_str).collect())
+        } else if self.cluster {
+            Some(self.url.iter().map(String::as_str).collect())
+        } else {
+            None
+        }
+    }
+
+    /// Every URL this store is configured with, by key path.
+    pub fn urls(&self) -> Vec<(String, &str)> {
+        let url = self
+            .url
+            .iter()
+            .map(|u| ("sessions.redis.url".to_string(), u.as_str()));
+        let nodes =
+            (self.nodes.iter().enumerate()).map(|(i, u)| (format!("sessions.redis.nodes[{i}]"), u.as_str()));
+        url.chain(nodes).collect()
+    }
 }
 
 impl Default for Sessions {
@@ -985,6 +1167,8 @@ impl Default for Sessions {
             max_sessions: at_least_one_u64::<100_000>(),
             refresh_before: Duration::from_secs(60),
             login_timeout: secs::<600>(),
+            store: StoreKind::Memory,
+            redis: None,
         }
     }
 }

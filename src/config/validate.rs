@@ -331,11 +331,157 @@ fn validate_browser(b: &crate::config::BrowserClient, at: &str, p: &mut Vec<Prob
 }
 
 fn validate_sessions(s: &crate::config::Sessions, p: &mut Vec<Problem>) {
+    use crate::config::StoreKind;
     if s.idle_timeout > s.lifetime {
         p.push(Problem::new(
             "sessions.idle_timeout",
             "is longer than sessions.lifetime, so it never applies",
             "make it shorter than the lifetime",
+        ));
+    }
+    match (s.store, &s.redis) {
+        (StoreKind::Redis, None) => p.push(Problem::new(
+            "sessions.redis",
+            "store = \"redis\" needs a [sessions.redis] table",
+            "add [sessions.redis] with url and encryption_key_env (or encryption_key_file)",
+        )),
+        (StoreKind::Memory, Some(_)) => p.push(Problem::new(
+            "sessions.store",
+            "[sessions.redis] is set but the store is \"memory\", so it would be ignored",
+            "set store = \"redis\", or remove [sessions.redis]",
+        )),
+        (StoreKind::Redis, Some(redis)) => validate_redis(redis, p),
+        (StoreKind::Memory, None) => {}
+    }
+}
+
+fn validate_redis(r: &crate::config::Redis, p: &mut Vec<Problem>) {
+    use crate::config::RedisUrl;
+    let at = |key: &str| format!("sessions.redis.{key}");
+    match (&r.url, r.nodes.is_empty()) {
+        (None, true) => p.push(Problem::new(
+            at("url"),
+            "is missing",
+            "set url = \"redis://host:6379\" (or nodes = [...] for a cluster)",
+        )),
+        (Some(_), false) => p.push(Problem::new(
+            at("nodes"),
+            "url and nodes are both set",
+            "keep nodes for a cluster, or url for a single server",
+        )),
+        _ => {}
+    }
+    let mut parsed = Vec::new();
+    for (path, text) in r.urls() {
+        match RedisUrl::parse(text) {
+            Ok(url) => parsed.push((path, url)),
+            Err((message, hint)) => p.push(Problem::new(path, message, hint)),
+        }
+    }
+    let tls = parsed.first().is_some_and(|(_, u)| u.tls);
+    if parsed.iter().any(|(_, u)| u.tls != tls) {
+        p.push(Problem::new(
+            at("nodes"),
+            "mixes redis:// and rediss:// nodes",
+            "use rediss:// for every node of a cluster with TLS, redis:// for every node without",
+        ));
+    }
+    let cluster = r.cluster_nodes().is_some();
+    if cluster {
+        for (path, url) in &parsed {
+            if url.db != 0 {
+                p.push(Problem::new(
+                    path.clone(),
+                    "names a database, but a Redis Cluster has only database 0",
+                    "remove the /database part of the URL",
+                ));
+            }
+        }
+        if r.server_name.is_some() {
+            p.push(Problem::new(
+                at("server_name"),
+                "does not apply to a cluster: its nodes are checked against the addresses they announce",
+                "remove server_name, and give each node a certificate for the address it announces",
+            ));
+        }
+    }
+    if !tls && !parsed.is_empty() {
+        for (key, set) in [
+            ("ca", r.ca.is_some()),
+            ("server_name", r.server_name.is_some()),
+            ("client_cert", r.client_cert.is_some()),
+        ] {
+            if set {
+                p.push(Problem::new(
+                    at(key),
+                    "is a TLS setting, but the URL is redis:// (no TLS)",
+                    "use a rediss:// URL, or remove it",
+                ));
+            }
+        }
+    }
+    if r.client_cert.is_some() != r.client_key.is_some() {
+        p.push(Problem::new(
+            at(if r.client_cert.is_some() {
+                "client_key"
+            } else {
+                "client_cert"
+            }),
+            "client_cert and client_key go together",
+            "set both (a PEM certificate and its private key), or neither",
+        ));
+    }
+    if r.server_name
+        .as_deref()
+        .is_some_and(|n| rustls::pki_types::ServerName::try_from(n).is_err())
+    {
+        p.push(Problem::new(
+            at("server_name"),
+            "is not a DNS name or IP address",
+            "write the name the server's certificate is issued for, e.g. \"redis.internal\"",
+        ));
+    }
+    let username_in_url = parsed.iter().any(|(_, u)| u.username.is_some());
+    if r.username.is_some() && username_in_url {
+        p.push(Problem::new(
+            at("username"),
+            "is set, and the URL names a user too",
+            "keep one of them",
+        ));
+    }
+    if r.password_env.is_some() && r.password_file.is_some() {
+        p.push(Problem::new(
+            at("password_env"),
+            "password_env and password_file are both set",
+            "keep one of them",
+        ));
+    }
+    if r.key_prefix.contains(['{', '}']) {
+        p.push(Problem::new(
+            at("key_prefix"),
+            "contains { or }, which would put every session in one cluster slot",
+            "use letters, digits and separators such as \"portcullis:\"",
+        ));
+    }
+    match (r.encryption_key_env.is_some(), r.encryption_key_file.is_some()) {
+        (false, false) => p.push(Problem::new(
+            at("encryption_key_env"),
+            "is missing: sessions hold refresh tokens and are encrypted in Redis",
+            "set encryption_key_env or encryption_key_file to 32 random bytes in base64 or hex \
+             (openssl rand -base64 32)",
+        )),
+        (true, true) => p.push(Problem::new(
+            at("encryption_key_env"),
+            "encryption_key_env and encryption_key_file are both set",
+            "keep one of them",
+        )),
+        _ => {}
+    }
+    if r.previous_encryption_key_env.is_some() && r.previous_encryption_key_file.is_some() {
+        p.push(Problem::new(
+            at("previous_encryption_key_env"),
+            "previous_encryption_key_env and previous_encryption_key_file are both set",
+            "keep one of them",
         ));
     }
 }
@@ -1003,6 +1149,75 @@ mod tests {
                 "routes[0].path_prefix",
                 "routes[0].upstream.url"
             ]
+        );
+    }
+
+    #[test]
+    fn a_redis_store_s_mistakes_are_each_reported_at_their_key_path_with_a_fix() {
+        let routes = "[[routes]]\nname = \"a\"\nhosts = [\"a.example\"]\n[routes.upstream]\nurl = \"http://127.0.0.1:1\"\n";
+        let problems = |sessions: &str| -> Vec<(String, String)> {
+            let config = parse(&format!("{routes}[sessions]\n{sessions}")).unwrap();
+            validate(&config)
+                .into_iter()
+                .map(|p| (p.path, format!("{} (fix: {})", p.message, p.hint)))
+                .collect()
+        };
+        let paths =
+            |sessions: &str| -> Vec<String> { problems(sessions).into_iter().map(|(p, _)| p).collect() };
+
+        assert_eq!(paths("store = \"redis\""), ["sessions.redis"]);
+        assert_eq!(
+            paths("[sessions.redis]\nurl = \"redis://r\"\nencryption_key_env = \"K\""),
+            ["sessions.store"],
+            "a Redis table the memory store would ignore"
+        );
+        let good = "store = \"redis\"\n[sessions.redis]\nencryption_key_env = \"K\"\n";
+        assert!(paths(&format!("{good}url = \"rediss://redis.internal:6380/2\"")).is_empty());
+        assert!(paths(&format!("{good}nodes = [\"redis://a:7000\", \"redis://b:7000\"]")).is_empty());
+
+        let secret_in_file = problems(&format!("{good}url = \"redis://user:hunter2@r\""));
+        assert_eq!(secret_in_file.len(), 1);
+        assert_eq!(secret_in_file[0].0, "sessions.redis.url");
+        assert!(secret_in_file[0].1.contains("password_env"), "{secret_in_file:?}");
+        assert!(
+            !secret_in_file[0].1.contains("hunter2"),
+            "the password was repeated"
+        );
+
+        assert_eq!(
+            paths(&format!(
+                "{good}url = \"redis://r/1\"\ncluster = true\nca = \"ca.pem\"\nclient_key = \"k.pem\"\n\
+                 password_env = \"P\"\npassword_file = \"p\"\nkey_prefix = \"{{pc}}:\"\n\
+                 previous_encryption_key_env = \"A\"\nprevious_encryption_key_file = \"b\""
+            )),
+            [
+                "sessions.redis.url",
+                "sessions.redis.ca",
+                "sessions.redis.client_cert",
+                "sessions.redis.password_env",
+                "sessions.redis.key_prefix",
+                "sessions.redis.previous_encryption_key_env",
+            ]
+        );
+        assert_eq!(
+            paths(
+                "store = \"redis\"\n[sessions.redis]\nurl = \"rediss://r#insecure\"\n\
+                 nodes = [\"http://n\", \"redis://m\"]\nserver_name = \"bad name\""
+            ),
+            [
+                "sessions.redis.nodes",
+                "sessions.redis.url",
+                "sessions.redis.nodes[0]",
+                // Not with a cluster, not without TLS, and not a name.
+                "sessions.redis.server_name",
+                "sessions.redis.server_name",
+                "sessions.redis.server_name",
+                "sessions.redis.encryption_key_env",
+            ]
+        );
+        assert_eq!(
+            paths("store = \"redis\"\n[sessions.redis]\nencryption_key_env = \"K\""),
+            ["sessions.redis.url"]
         );
     }
 

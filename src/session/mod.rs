@@ -1,10 +1,14 @@
 //! Browser sessions: an opaque random id in the cookie, everything else on the server.
 //!
-//! `SessionStore` is the one interface; `MemoryStore` (moka) is the default, and a shared store
-//! (Redis) joins behind the same trait. Every store passes the same conformance suite
-//! (`conformance` below). Tokens kept in a session are wrapped in `Secret`, which never prints.
+//! `SessionStore` is the one interface; `MemoryStore` (moka) is the default, and `RedisStore`
+//! is shared by every replica. Every store passes the same conformance suite (`conformance`
+//! below). Tokens kept in a session are wrapped in `Secret`, which never prints; a shared store
+//! keeps them sealed (`seal.rs`) in their stored form (`codec.rs`).
 
+mod codec;
 mod memory;
+mod redis;
+mod seal;
 
 use std::fmt;
 use std::future::Future;
@@ -18,6 +22,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::identity::Principal;
 use crate::secret::Secret;
 pub use memory::MemoryStore;
+pub use redis::{BuildError, Lifetimes, RedisSecrets, RedisStore};
+pub use seal::{Sealer, parse_key};
 
 /// A session id: 256 random bits. The cookie carries it base64url-encoded; logs and audit
 /// events carry only [`SessionId::hash`].

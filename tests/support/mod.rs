@@ -12,6 +12,7 @@ pub mod collector;
 pub mod idp;
 pub mod issuer;
 pub mod luigi;
+pub mod redis;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,0 +1,699 @@
+//! The shared session store: Redis (or Valkey), standalone or a Redis Cluster, so that any
+//! replica serves any session and a restart signs nobody out.
+//!
+//! What Redis holds is of no use to whoever reads it: values are sealed (`seal.rs`) with the
+//! session id or sign-in state as associated data, and keys are SHA-256 of that id or state, so
+//! the keyspace names no cookie that could be replayed. Lifetimes are Redis expiries (the idle
+//! one renewed on every read, `GETEX`), and the absolute lifetime is checked on every read
+//! against the sign-in time inside the sealed value. A sign-in is taken with `GETDEL`, so two
+//! callbacks with the same state cannot both find it, whichever replicas they reach.
+//!
+//! Connections are opened lazily and again after a failure, so the proxy starts while Redis is
+//! down and recovers by itself when it returns; meanwhile every call fails within
+//! `command_timeout` and browser routes answer 503 `session_store_unavailable`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+
+use super::seal::Sealer;
+use super::{PendingLogin, Session, SessionId, SessionStore, StoreError, StoreFuture, codec};
+use crate::config::{Redis, RedisUrl};
+use crate::secret::Secret;
+
+/// What `[sessions.redis]` names that is not in the config file: the password, the key
+/// material, and the contents of the TLS files.
+pub struct RedisSecrets {
+    pub password: Option<Secret>,
+    pub sealer: Sealer,
+    /// PEM CA bundle; `None` for the system roots.
+    pub ca: Option<Vec<u8>>,
+    /// PEM client certificate and key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Idle, absolute and sign-in lifetimes, as `[sessions]` sets them.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub idle: Duration,
+    pub absolute: Duration,
+    pub login: Duration,
+}
+
+/// A store that could not be built from its configuration, with the key path at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct BuildError {
+    pub key: String,
+    pub message: String,
+}
+
+pub struct RedisStore {
+    links: Vec<Link>,
+    next: AtomicUsize,
+    sealer: Sealer,
+    prefix: String,
+    lifetimes: Lifetimes,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// The store `config` describes. Nothing is connected yet: the first call connects.
+    pub fn new(
+        config: &Redis,
+        secrets: RedisSecrets,
+        lifetimes: Lifetimes,
+    ) -> Result<RedisStore, BuildError> {
+        let target = Target::new(config, &secrets)?;
+        let links = (0..config.pool_size.get())
+            .map(|_| Link {
+                target: target.clone(),
+                live: ArcSwapOption::empty(),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect();
+        Ok(RedisStore {
+            links,
+            next: AtomicUsize::new(0),
+            sealer: secrets.sealer,
+            prefix: config.key_prefix.clone(),
+            lifetimes,
+            timeout: config.command_timeout.get(),
+        })
+    }
+
+    fn link(&self) -> Result<&Link, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.links.len().max(1);
+        self.links
+            .get(i)
+            .ok_or_else(|| StoreError::Unavailable("no connection configured".into()))
+    }
+
+    /// Runs `cmd` on the next connection of the pool, within the command timeout.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let link = self.link()?;
+        match tokio::time::timeout(self.timeout, link.query(cmd)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
+            Err(_) => {
+                // A connection that does not answer in time is not trusted with the next call.
+                link.drop_connection();
+                Err(StoreError::Unavailable(format!(
+                    "redis did not answer within {:?}",
+                    self.timeout
+                )))
+            }
+        }
+    }
+
+    /// The Redis key of a session: a hash of its id, never the id itself.
+    fn session_key(&self, id: &SessionId) -> String {
+        self.key("s", &id.0)
+    }
+
+    fn login_key(&self, state: &str) -> String {
+        self.key("l", state.as_bytes())
+    }
+
+    fn key(&self, kind: &str, name: &[u8]) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name);
+        format!("{}{kind}:{}", self.prefix, crate::hex::encode(digest.as_ref()))
+    }
+
+    /// How long a session written now may live: the idle lifetime, cut short by what is left
+    /// of the absolute one.
+    fn ttl(&self, created: SystemTime) -> Duration {
+        let age = SystemTime::now().duration_since(created).unwrap_or_default();
+        self.lifetimes
+            .idle
+            .min(self.lifetimes.absolute.saturating_sub(age))
+    }
+
+    fn within_lifetime(&self, session: &Session) -> bool {
+        let age = SystemTime::now()
+            .duration_since(session.created)
+            .unwrap_or_default();
+        age < self.lifetimes.absolute
+    }
+}
+
+/// The associated data a session is sealed with: it opens under this id only.
+fn session_aad(id: &SessionId) -> Vec<u8> {
+    [b"portcullis session ".as_slice(), &id.0].concat()
+}
+
+fn login_aad(state: &str) -> Vec<u8> {
+    [b"portcullis sign-in ".as_slice(), state.as_bytes()].concat()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn sealing_failed<E>(_: E) -> StoreError {
+    StoreError::Unavailable("the session could not be sealed".into())
+}
+
+impl SessionStore for RedisStore {
+    fn get<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, Option<Arc<Session>>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("GETEX");
+            cmd.arg(self.session_key(id))
+                .arg("PX")
+                .arg(millis(self.lifetimes.idle).max(1));
+            let Some(sealed) = self.run::<Option<Vec<u8>>>(&cmd).await? else {
+                return Ok(None);
+            };
+            let Some(session) = self
+                .sealer
+                .open(&session_aad(id), &sealed)
+                .and_then(|plain| codec::decode_session(&plain))
+            else {
+                // Sealed with a key this replica does not have, or not for this id: no
+                // session, as with a forged cookie.
+                tracing::warn!(session = %id.hash(), "a stored session did not open: refused");
+                return Ok(None);
+            };
+            Ok(self.within_lifetime(&session).then(|| Arc::new(session)))
+        })
+    }
+
+    fn put<'a>(&'a self, id: SessionId, session: Session) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let key = self.session_key(&id);
+            let ttl = millis(self.ttl(session.created));
+            if ttl == 0 {
+                // Past its absolute lifetime already: nothing to keep, and any older value goes.
+                return self.run::<()>(redis::cmd("DEL").arg(key)).await;
+            }
+            let plain = codec::encode_session(&session).map_err(sealing_failed)?;
+            let sealed = self
+                .sealer
+                .seal(&session_aad(&id), &plain)
+                .map_err(sealing_failed)?;
+            self.run::<()>(redis::cmd("SET").arg(key).arg(sealed).arg("PX").arg(ttl))
+                .await
+        })
+    }
+
+    fn remove<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.run::<()>(redis::cmd("DEL").arg(self.session_key(id))).await })
+    }
+
+    fn put_login<'a>(&'a self, state: &'a str, login: PendingLogin) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let plain = codec::encode_login(&login).map_err(sealing_failed)?;
+            let sealed = self
+                .sealer
+                .seal(&login_aad(state), &plain)
+                .map_err(sealing_failed)?;
+            let ttl = millis(self.lifetimes.login).max(1);
+            self.run::<()>(
+                redis::cmd("SET")
+                    .arg(self.login_key(state))
+                    .arg(sealed)
+                    .arg("PX")
+                    .arg(ttl),
+            )
+            .await
+        })
+    }
+
+    fn take_login<'a>(&'a self, state: &'a str) -> StoreFuture<'a, Option<PendingLogin>> {
+        Box::pin(async move {
+            let taken = self
+                .run::<Option<Vec<u8>>>(redis::cmd("GETDEL").arg(self.login_key(state)))
+                .await?;
+            Ok(taken.and_then(|sealed| {
+                let plain = self.sealer.open(&login_aad(state), &sealed)?;
+                codec::decode_login(&plain)
+            }))
+        })
+    }
+}
+
+/// How to reach the store: one server, or a cluster (each node found from the first ones).
+#[derive(Clone)]
+enum Target {
+    Single {
+        client: Client,
+        config: AsyncConnectionConfig,
+    },
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Target {
+    fn new(config: &Redis, secrets: &RedisSecrets) -> Result<Target, BuildError> {
+        let build = |key: &str, e: redis::RedisError| BuildError {
+            key: format!("sessions.redis.{key}"),
+            message: format!("{e}"),
+        };
+        let mut urls = Vec::new();
+        for (key, text) in config.urls() {
+            let url = RedisUrl::parse(text).map_err(|(message, hint)| BuildError {
+                key,
+                message: format!("{message} (fix: {hint})"),
+            })?;
+            urls.push(url);
+        }
+        let username = config
+            .username
+            .clone()
+            .or_else(|| urls.iter().find_map(|u| u.username.clone()));
+        let settings = |db: i64| {
+            let mut s = RedisConnectionInfo::default().set_db(db);
+            if let Some(user) = &username {
+                s = s.set_username(user);
+            }
+            if let Some(password) = &secrets.password {
+                s = s.set_password(password.expose());
+            }
+            s
+        };
+        let certificates = || redis::TlsCertificates {
+            client_tls: secrets.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: secrets.ca.clone(),
+        };
+        let connect = config.connect_timeout.get();
+        let respond = config.command_timeout.get();
+
+        if config.cluster_nodes().is_some() {
+            let tls = urls.first().is_some_and(|u| u.tls);
+            let nodes = urls
+                .iter()
+                .map(|u| addr(u, &u.host).into_connection_info())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| build("nodes", e))?;
+            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(connect)
+                .response_timeout(respond);
+            if let Some(user) = &username {
+                builder = builder.username(user);
+            }
+            if let Some(password) = &secrets.password {
+                builder = builder.password(password.expose());
+            }
+            if tls {
+                builder = builder.tls(redis::TlsMode::Secure).certs(certificates());
+            }
+            return builder
+                .build()
+                .map(Target::Cluster)
+                .map_err(|e| build("nodes", e));
+        }
+
+        let Some(url) = urls.first() else {
+            return Err(BuildError {
+                key: "sessions.redis.url".into(),
+                message: "is missing".into(),
+            });
+        };
+        // The certificate is checked against `server_name` when set; the connection still goes
+        // to the URL's host, through a resolver that knows the name stands for it.
+        let name = config.server_name.as_deref().unwrap_or(&url.host);
+        let info = addr(url, name)
+            .into_connection_info()
+            .map_err(|e| build("url", e))?
+            .set_redis_settings(settings(url.db));
+        let client = if url.tls {
+            Client::build_with_tls(info, certificates())
+        } else {
+            Client::open(info)
+        }
+        .map_err(|e| build("url", e))?;
+        let mut async_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(respond));
+        if config.server_name.is_some() {
+            async_config = async_config.set_dns_resolver(Resolver {
+                host: url.host.clone(),
+            });
+        }
+        Ok(Target::Single {
+            client,
+            config: async_config,
+        })
+    }
+
+    async fn connect(&self) -> redis::RedisResult<Conn> {
+        match self {
+            Target::Single { client, config } => client
+                .get_multiplexed_async_connection_with_config(config)
+                .await
+                .map(Conn::Single),
+            Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+}
+
+fn addr(url: &RedisUrl, host: &str) -> ConnectionAddr {
+    if url.tls {
+        ConnectionAddr::TcpTls {
+            host: host.to_string(),
+            port: url.port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host.to_string(), url.port)
+    }
+}
+
+/// Resolves `server_name` to the URL's host, whatever name it is asked for: the only name a
+/// single-server client asks for is the one it connects to.
+struct Resolver {
+    host: String,
+}
+
+impl redis::io::AsyncDNSResolver for Resolver {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        _name: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((self.host.as_str(), port)).await?;
+            let found: Box<dyn Iterator<Item = SocketAddr> + Send> =
+                Box::new(found.collect::<Vec<_>>().into_iter());
+            Ok(found)
+        })
+    }
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+/// One connection of the pool, opened when first needed and again after it failed.
+struct Link {
+    target: Target,
+    live: ArcSwapOption<Conn>,
+    /// One connection attempt at a time; the others wait for its outcome instead of piling on.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Link {
+    async fn connection(&self) -> redis::RedisResult<Arc<Conn>> {
+        if let Some(conn) = self.live.load_full() {
+            return Ok(conn);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(conn) = self.live.load_full() {
+            return Ok(conn);
+        }
+        let conn = Arc::new(self.target.connect().await?);
+        self.live.store(Some(conn.clone()));
+        tracing::info!("connected to the session store");
+        Ok(conn)
+    }
+
+    fn drop_connection(&self) {
+        self.live.store(None);
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
+        let conn = self.connection().await?;
+        let result = match &*conn {
+            Conn::Single(c) => run(&mut c.clone(), cmd).await,
+            Conn::Cluster(c) => run(&mut c.clone(), cmd).await,
+        };
+        if let Err(e) = &result
+            && broken(e)
+        {
+            // Only the connection that failed goes; another caller may have replaced it already.
+            let _ = self.live.compare_and_swap(&Some(conn), None);
+        }
+        result
+    }
+}
+
+async fn run<T: redis::FromRedisValue>(conn: &mut impl ConnectionLike, cmd: &Cmd) -> redis::RedisResult<T> {
+    cmd.query_async(conn).await
+}
+
+/// An error after which the connection is not used again: the next call opens a new one.
+fn broken(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
+#[cfg(test)]
+#[path = "../../tests/support/redis.rs"]
+mod server;
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::server::{Pki, RedisCluster, RedisServer};
+    use super::*;
+    use crate::config::Positive;
+    use crate::session::conformance;
+
+    const KEY: [u8; 32] = [7; 32];
+    const IDLE: Duration = Duration::from_millis(300);
+    const ABSOLUTE: Duration = Duration::from_millis(900);
+
+    fn lifetimes() -> Lifetimes {
+        Lifetimes {
+            idle: IDLE,
+            absolute: ABSOLUTE,
+            login: Duration::from_secs(60),
+        }
+    }
+
+    fn config(url: &str) -> Redis {
+        Redis {
+            url: Some(url.into()),
+            pool_size: NonZeroUsize::new(2).unwrap(),
+            command_timeout: Positive::new(Duration::from_secs(2)).unwrap(),
+            ..Redis::default()
+        }
+    }
+
+    fn secrets(password: Option<&str>, key: [u8; 32], previous: Option<[u8; 32]>) -> RedisSecrets {
+        RedisSecrets {
+            password: password.map(Secret::new),
+            sealer: Sealer::new(&key, previous.as_ref()).unwrap(),
+            ca: None,
+            client: None,
+        }
+    }
+
+    fn store(config: &Redis, secrets: RedisSecrets) -> RedisStore {
+        RedisStore::new(config, secrets, lifetimes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_standalone_redis_with_a_password_passes_the_session_store_conformance_suite() {
+        let server = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
+        let s = store(&config(&server.url()), secrets(Some("s3cret-pw"), KEY, None));
+        conformance::run(&s, IDLE, ABSOLUTE).await;
+
+        let wrong = store(&config(&server.url()), secrets(Some("wrong"), KEY, None));
+        let id = SessionId::random().unwrap();
+        assert!(
+            matches!(wrong.get(&id).await, Err(StoreError::Unavailable(_))),
+            "a refused password is an unavailable store, never an empty one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_three_master_redis_cluster_passes_the_session_store_conformance_suite() {
+        let cluster = RedisCluster::start(3);
+        let config = Redis {
+            url: None,
+            nodes: cluster.urls().into_iter().take(1).collect(),
+            ..config("")
+        };
+        let s = store(&config, secrets(None, KEY, None));
+        conformance::run(&s, IDLE, ABSOLUTE).await;
+
+        // Sessions are spread over the masters, by the hash of their id.
+        for _ in 0..30 {
+            let session = conformance::session(SystemTime::now());
+            s.put(SessionId::random().unwrap(), session).await.unwrap();
+        }
+        let holding = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.cli(&["DBSIZE"]).trim() != "0")
+            .count();
+        assert_eq!(holding, 3, "every master holds some sessions");
+    }
+
+    #[tokio::test]
+    async fn through_mutual_tls_with_an_acl_user_the_store_passes_the_conformance_suite() {
+        let pki = Pki::new();
+        let server = RedisServer::start_tls(&pki, true);
+        server.cli(&[
+            "ACL",
+            "SETUSER",
+            "portcullis",
+            "on",
+            ">acl-pw",
+            "~portcullis:*",
+            "+@all",
+        ]);
+        // The certificate names redis.test; the URL is the loopback address it is served on.
+        let config = Redis {
+            username: Some("portcullis".into()),
+            server_name: Some("redis.test".into()),
+            ..config(&server.url())
+        };
+        let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+        let tls_secrets = || RedisSecrets {
+            ca: Some(read(&pki.ca)),
+            client: Some((read(&pki.client_cert), read(&pki.client_key))),
+            ..secrets(Some("acl-pw"), KEY, None)
+        };
+        let s = store(&config, tls_secrets());
+        conformance::run(&s, IDLE, ABSOLUTE).await;
+
+        // Without server_name the certificate does not match 127.0.0.1: nothing is sent.
+        let unnamed = store(
+            &Redis {
+                server_name: None,
+                ..config.clone()
+            },
+            tls_secrets(),
+        );
+        assert!(unnamed.get(&SessionId::random().unwrap()).await.is_err());
+        // Without a client certificate the server does not let us in.
+        let anonymous = store(
+            &config,
+            RedisSecrets {
+                client: None,
+                ..tls_secrets()
+            },
+        );
+        assert!(anonymous.get(&SessionId::random().unwrap()).await.is_err());
+        // The ACL user may use its own prefix only.
+        let elsewhere = store(
+            &Redis {
+                key_prefix: "other:".into(),
+                ..config.clone()
+            },
+            tls_secrets(),
+        );
+        assert!(
+            elsewhere
+                .put(
+                    SessionId::random().unwrap(),
+                    conformance::session(SystemTime::now())
+                )
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_holds_neither_ids_nor_tokens_and_a_value_copied_to_another_id_does_not_open() {
+        let server = RedisServer::start();
+        let s = store(&config(&server.url()), secrets(None, KEY, None));
+        let (a, b) = (SessionId::random().unwrap(), SessionId::random().unwrap());
+        s.put(a.clone(), conformance::session(SystemTime::now()))
+            .await
+            .unwrap();
+        s.put(b.clone(), conformance::session(SystemTime::now()))
+            .await
+            .unwrap();
+        s.put_login("state-xyz", login()).await.unwrap();
+
+        let dump = server.dump();
+        assert_eq!(dump.len(), 3, "{dump:?}");
+        let text = format!("{dump:?}");
+        for clear in [
+            "at-secret".to_string(),
+            "rt-secret".into(),
+            "verifier".into(),
+            "alice".into(),
+            "deployers".into(),
+            "state-xyz".into(),
+            a.cookie_value(),
+            crate::hex::encode(&a.0),
+        ] {
+            assert!(!text.contains(&clear), "{clear} is readable in Redis: {text}");
+        }
+        assert!(dump.iter().all(|(k, _)| k.starts_with("portcullis:")));
+
+        // Someone with write access copies a's value over b's key: b does not become a.
+        server.cli(&["COPY", &s.session_key(&a), &s.session_key(&b), "REPLACE"]);
+        assert!(s.get(&b).await.unwrap().is_none(), "a moved value opened");
+        assert!(s.get(&a).await.unwrap().is_some());
+        // A session's value put where a sign-in is kept is no sign-in either.
+        server.cli(&["COPY", &s.session_key(&a), &s.login_key("state-xyz"), "REPLACE"]);
+        assert!(s.take_login("state-xyz").await.unwrap().is_none());
+    }
+
+    fn login() -> PendingLogin {
+        PendingLogin {
+            provider: "idp".into(),
+            pkce_verifier: Secret::new("verifier"),
+            nonce: Secret::new("nonce"),
+            return_to: "/".into(),
+            redirect_url: "https://app.example/.portcullis/callback".into(),
+            binding: "b".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_key_rotation_sessions_sealed_with_the_previous_key_still_open() {
+        let server = RedisServer::start();
+        let url = server.url();
+        let before = store(&config(&url), secrets(None, KEY, None));
+        let id = SessionId::random().unwrap();
+        before
+            .put(id.clone(), conformance::session(SystemTime::now()))
+            .await
+            .unwrap();
+
+        let new_key = [9; 32];
+        let rotated = store(&config(&url), secrets(None, new_key, Some(KEY)));
+        let session = rotated.get(&id).await.unwrap().expect("still signed in");
+        // Written again (a refresh), it is sealed with the new key only.
+        rotated.put(id.clone(), (*session).clone()).await.unwrap();
+        let only_new = store(&config(&url), secrets(None, new_key, None));
+        assert!(only_new.get(&id).await.unwrap().is_some());
+        assert!(
+            before.get(&id).await.unwrap().is_none(),
+            "the old key opened a new value"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_redis_down_every_call_fails_within_the_timeout_and_works_again_when_it_returns() {
+        let mut server = RedisServer::start();
+        let s = store(&config(&server.url()), secrets(None, KEY, None));
+        let id = SessionId::random().unwrap();
+        s.put(id.clone(), conformance::session(SystemTime::now()))
+            .await
+            .unwrap();
+
+        server.kill();
+        for _ in 0..4 {
+            let started = std::time::Instant::now();
+            assert!(matches!(s.get(&id).await, Err(StoreError::Unavailable(_))));
+            assert!(started.elapsed() < Duration::from_secs(3));
+        }
+        server.restart();
+        // The append-only file kept the session; the pool reconnects by itself.
+        let got = s.get(&id).await.unwrap();
+        assert!(got.is_some(), "the session did not survive the restart");
+    }
+}
