@@ -1,0 +1,343 @@
+//! Stories of replicas sharing their sessions through a real Redis: a person signs in at a real
+//! OpenID Provider through one replica and is served by another; what Redis holds is of no use
+//! to whoever reads it; Redis going away fails browser routes closed while bearer and public
+//! routes keep serving, and its return needs no restart of the proxy.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
+use portcullis::session::{SessionId, SessionStore};
+use support::idp::Idp;
+use support::redis::RedisServer;
+use support::{Gateway, Recorder};
+
+const CALLBACK: &str = "http://app.localhost/.portcullis/callback";
+const SIGNED_OUT: &str = "http://app.localhost/.portcullis/signed_out";
+const HTML: &str = "text/html,application/xhtml+xml";
+const SESSION: &str = "__Host-portcullis_session";
+const LOGIN: &str = "__Host-portcullis_login";
+const KEY_HEX: &str = "8f3a6c0d2b9e4f1a7c5d3e2b1a0f9e8d7c6b5a49382716f5e4d3c2b1a0f9e8d7";
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn location(&self) -> String {
+        self.headers["location"].to_str().unwrap().to_string()
+    }
+
+    /// The value `Set-Cookie` gives `name`.
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .find_map(|c| c.strip_prefix(&format!("{name}=")))
+            .map(|rest| rest.split(';').next().unwrap().to_string())
+    }
+}
+
+/// A request to `host` (loopback names count as secure contexts, so sessions work over HTTP).
+async fn fetch(gw: &Gateway, host: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut headers = headers.to_vec();
+    headers.push(("host", host));
+    let response = support::send(gw.http, Method::GET, target, &headers, Bytes::new()).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A page navigation on `app.localhost`, with `cookie` when not empty.
+async fn page(gw: &Gateway, target: &str, cookie: &str) -> Reply {
+    let mut headers = vec![("accept", HTML)];
+    if !cookie.is_empty() {
+        headers.push(("cookie", cookie));
+    }
+    fetch(gw, "app.localhost", target, &headers).await
+}
+
+async fn api_call(gw: &Gateway, target: &str, cookie: &str) -> Reply {
+    fetch(
+        gw,
+        "app.localhost",
+        target,
+        &[("accept", "application/json"), ("cookie", cookie)],
+    )
+    .await
+}
+
+fn target_of(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    rest[rest.find('/').unwrap()..].to_string()
+}
+
+/// A replica of the proxy in front of `upstream`, keeping its sessions in `redis`: the `app`
+/// route on `app.localhost` (browser sessions and bearer tokens of `idp`) and a public route on
+/// `open.localhost`.
+async fn replica(idp: &Idp, upstream: &Recorder, redis_url: &str, key_file: &Path) -> Gateway {
+    let prebound = Gateway::prebind("").await;
+    let secret = prebound.dir.path().join("web-secret");
+    let app = idp.browser_config(&secret, "app", "app.localhost", &upstream.url());
+    let config = format!(
+        r#"[sessions]
+store = "redis"
+[sessions.redis]
+url = "{redis_url}"
+encryption_key_file = {key:?}
+command_timeout = "500ms"
+connect_timeout = "500ms"
+{app}
+[[routes]]
+name = "open"
+hosts = ["open.localhost"]
+access = "public"
+[routes.upstream]
+url = "{upstream}"
+"#,
+        key = key_file.display().to_string(),
+        upstream = upstream.url(),
+    );
+    let gw = prebound.start(&config).await;
+    gw.wait_ready().await;
+    gw
+}
+
+fn key_file(dir: &Path) -> PathBuf {
+    let path = dir.join("session-key");
+    std::fs::write(&path, format!("{KEY_HEX}\n")).unwrap();
+    path
+}
+
+async fn provider() -> Idp {
+    Idp::start_with(&["--redirect", CALLBACK, "--post-logout-redirect", SIGNED_OUT]).await
+}
+
+/// Starts a sign-in at `start`, goes through the provider's pages as `login`, and brings the
+/// callback to `finish`: returns the session cookie pair.
+async fn sign_in(idp: &Idp, start: &Gateway, finish: &Gateway, target: &str, login: &str) -> String {
+    let first = page(start, target, "").await;
+    assert_eq!(first.status, StatusCode::FOUND, "{}", first.body);
+    let binding = first.cookie(LOGIN).unwrap();
+    let callback = idp.sign_in_without_browser(&first.location(), login).await;
+    assert!(callback.starts_with(CALLBACK), "{callback}");
+    let back = page(finish, &target_of(&callback), &format!("{LOGIN}={binding}")).await;
+    assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
+    assert_eq!(back.location(), target);
+    format!("{SESSION}={}", back.cookie(SESSION).unwrap())
+}
+
+/// The store as a replica builds it from the same settings: the test reads what a session
+/// holds through it.
+fn same_store(redis_url: &str, key_file: &Path) -> portcullis::session::RedisStore {
+    let text = format!(
+        "[sessions]\nstore = \"redis\"\n[sessions.redis]\nurl = \"{redis_url}\"\nencryption_key_file = {:?}\n",
+        key_file.display().to_string()
+    );
+    let config = portcullis::config::parse(&text).unwrap();
+    let redis = config.sessions.redis.unwrap();
+    let key = portcullis::session::parse_key(KEY_HEX).unwrap();
+    portcullis::session::RedisStore::new(
+        &redis,
+        portcullis::session::RedisSecrets {
+            password: None,
+            sealer: portcullis::session::Sealer::new(&key, None).unwrap(),
+            ca: None,
+            client: None,
+        },
+        portcullis::session::Lifetimes {
+            idle: Duration::from_secs(3600),
+            absolute: Duration::from_secs(12 * 3600),
+            login: Duration::from_secs(600),
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_begun_on_one_replica_completes_on_another_and_the_session_serves_on_both() {
+    let redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    let a = replica(&idp, &upstream, &redis.url(), &key).await;
+    let b = replica(&idp, &upstream, &redis.url(), &key).await;
+
+    // The sign-in starts on A (state, PKCE verifier and nonce go to Redis) and its callback
+    // lands on B, which finds them there.
+    let session = sign_in(&idp, &a, &b, "/dags/etl?tab=runs", "alice").await;
+
+    // Either replica serves the session, and the upstream sees both requests.
+    for gw in [&a, &b, &a] {
+        let app = page(gw, "/dags/etl?tab=runs", &session).await;
+        assert_eq!(app.status, StatusCode::OK, "{}", app.body);
+        assert_eq!(app.body, "upstream ok");
+    }
+    assert_eq!(upstream.requests().len(), 3);
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.target == "/dags/etl?tab=runs")
+    );
+    let allowed = a.audit_events(1).await;
+    let last = allowed.last().unwrap();
+    assert_eq!(last["portcullis.auth.method"], "session");
+    assert_eq!(last["enduser.id"], "alice");
+
+    // Sign-out on B ends the session for A too.
+    let out = page(&b, "/.portcullis/sign_out", &session).await;
+    assert_eq!(out.status, StatusCode::FOUND);
+    let api = api_call(&a, "/api/v1/dags", &session).await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+    assert!(api.body.contains("session_expired"), "{}", api.body);
+    assert_eq!(upstream.requests().len(), 3, "nothing more was forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_keyspace_dump_shows_no_token_no_cookie_and_no_name_in_clear_text() {
+    let redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    let gw = replica(&idp, &upstream, &redis.url(), &key).await;
+    let session = sign_in(&idp, &gw, &gw, "/", "alice").await;
+    // A second sign-in stays in progress: its state, verifier and nonce are in Redis too.
+    let pending = page(&gw, "/other", "").await;
+    assert_eq!(pending.status, StatusCode::FOUND);
+
+    // What the session holds, read the way a replica reads it (with the key).
+    let cookie = session.split_once('=').unwrap().1;
+    let id = SessionId::parse(cookie).unwrap();
+    let stored = same_store(&redis.url(), &key).get(&id).await.unwrap().unwrap();
+    let tokens: Vec<String> = [&stored.access_token, &stored.refresh_token, &stored.id_token]
+        .into_iter()
+        .flatten()
+        .map(|t| t.expose().to_string())
+        .collect();
+    assert_eq!(tokens.len(), 3, "access, refresh and ID tokens are kept");
+
+    let dump = redis.dump();
+    assert_eq!(dump.len(), 2, "one session and one sign-in in progress: {dump:?}");
+    let text = format!("{dump:?}");
+    let state = pending
+        .location()
+        .split_once("state=")
+        .unwrap()
+        .1
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut clear: Vec<String> = tokens.clone();
+    clear.extend([
+        cookie.to_string(),
+        state,
+        "alice".into(),
+        "eyJ".into(),
+        KEY_HEX.into(),
+    ]);
+    // Tokens are long: a piece of one would give it away as much as the whole.
+    clear.extend(
+        tokens
+            .iter()
+            .filter(|t| t.len() > 24)
+            .map(|t| t[8..24].to_string()),
+    );
+    for secret in &clear {
+        assert!(!text.contains(secret.as_str()), "{secret} is readable in Redis");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_routes_serve_and_it_recovers_by_itself()
+ {
+    let mut redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    let gw = replica(&idp, &upstream, &redis.url(), &key).await;
+    let session = sign_in(&idp, &gw, &gw, "/", "alice").await;
+    assert_eq!(page(&gw, "/", &session).await.status, StatusCode::OK);
+    let token = idp
+        .client_credentials_token("ci-bot", "ci-bot-secret", None)
+        .await;
+    let bearer = format!("Bearer {token}");
+
+    redis.kill();
+
+    // A signed-in browser is not let through, nor sent to sign in again: 503, audited.
+    let app = api_call(&gw, "/api/v1/dags", &session).await;
+    assert_eq!(app.status, StatusCode::SERVICE_UNAVAILABLE, "{}", app.body);
+    assert!(app.body.contains("session_store_unavailable"), "{}", app.body);
+    let shown = page(&gw, "/dags", &session).await;
+    assert_eq!(shown.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        shown.body.contains("<html") || shown.body.contains("<!DOCTYPE"),
+        "{}",
+        shown.body
+    );
+    // Starting a sign-in needs the store too.
+    let start = page(&gw, "/dags", "").await;
+    assert_eq!(start.status, StatusCode::SERVICE_UNAVAILABLE, "{}", start.body);
+    let records = gw.audit_events(1).await;
+    let refused = records
+        .iter()
+        .filter(|r| r["portcullis.reason"] == "session_store_unavailable")
+        .count();
+    assert!(refused >= 3, "{records:#?}");
+    let forwarded = upstream.requests().len();
+
+    // Bearer tokens and public routes do not need the store.
+    let api = fetch(
+        &gw,
+        "app.localhost",
+        "/api/v1/dags",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(api.status, StatusCode::OK, "{}", api.body);
+    let open = fetch(&gw, "open.localhost", "/status", &[]).await;
+    assert_eq!(open.status, StatusCode::OK, "{}", open.body);
+    assert_eq!(upstream.requests().len(), forwarded + 2);
+    assert_eq!(upstream.last().target, "/status");
+
+    // Redis comes back with its data: the same session works again, the proxy untouched.
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let again = page(&gw, "/dags", &session).await;
+        if again.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still {} after Redis returned: {}",
+            again.status,
+            again.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(upstream.last().target, "/dags");
+}
