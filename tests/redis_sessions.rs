@@ -301,12 +301,24 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
     // Starting a sign-in needs the store too.
     let start = page(&gw, "/dags", "").await;
     assert_eq!(start.status, StatusCode::SERVICE_UNAVAILABLE, "{}", start.body);
-    let records = gw.audit_events(1).await;
-    let refused = records
-        .iter()
-        .filter(|r| r["portcullis.reason"] == "session_store_unavailable")
-        .count();
-    assert!(refused >= 3, "{records:#?}");
+    // A record is written when its exchange is over: the last ones may still be on their way.
+    let started = Instant::now();
+    loop {
+        let records = gw.audit_events(1).await;
+        let refused = records
+            .iter()
+            .filter(|r| r["portcullis.reason"] == "session_store_unavailable")
+            .filter(|r| r["http.response.status_code"] == 503)
+            .count();
+        if refused == 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{refused} refusals audited: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let forwarded = upstream.requests().len();
 
     // Bearer tokens and public routes do not need the store.
