@@ -212,7 +212,7 @@ pub async fn build(config: &Config, https_port: Option<u16>) -> Result<Built, St
         Templates::load(&config.resource_templates).map_err(|e| StartError::Templates(e.join("; ")))?;
     let authz = build_authz(config, &templates, &metrics, &*audit).await?;
     let minter = build_tokens(config, &audit)?;
-    let (routes, upstream_keys) = build_routes(config, &authn, &templates, &crypto, &audit)?;
+    let (routes, upstream_keys) = build_routes(config, &authn, &templates, &crypto, &audit, &metrics)?;
     let proxy = Proxy::new(
         routes,
         authn.clone(),
@@ -309,8 +309,11 @@ pub fn build_authn(
         let kept = unchanged
             .filter(|(_, names)| names.contains(&idp_config.name))
             .and_then(|(authn, _)| authn.provider(&idp_config.name).cloned());
-        let idp =
-            kept.unwrap_or_else(|| Arc::new(Provider::new(idp_config.resolved(), client.clone(), hmac)));
+        let idp = kept.unwrap_or_else(|| {
+            let idp = Provider::new(idp_config.resolved(), client.clone(), hmac);
+            idp.keys.observe(metrics.clone(), &idp_config.name);
+            Arc::new(idp)
+        });
         if let Some(browser) = &idp_config.browser {
             let secret = read_secret(
                 "client_secret",
@@ -385,6 +388,7 @@ pub fn build_routes(
     templates: &Templates,
     crypto: &Arc<CryptoProvider>,
     audit: &Arc<dyn AuditSink>,
+    metrics: &Arc<Metrics>,
 ) -> Result<(RouteTable, UpstreamKeys), StartError> {
     let mut routes = Vec::with_capacity(config.routes.len());
     let mut upstream_keys = UpstreamKeys::new();
@@ -401,13 +405,17 @@ pub fn build_routes(
         let target = (route.access == Access::Protected)
             .then(|| Target::new(route.domain(), route.resources.as_deref(), templates));
         let credentials = match &route.upstream_credentials {
-            Some(c) => Some(build_broker(
-                &format!("routes[{i}].upstream_credentials"),
-                c,
-                route,
-                crypto,
-                audit,
-            )?),
+            Some(c) => Some(
+                build_broker(
+                    &format!("routes[{i}].upstream_credentials"),
+                    c,
+                    route,
+                    crypto,
+                    audit,
+                )?
+                .observed(metrics.clone())
+                .into(),
+            ),
             None => None,
         };
         if let Some(path) = route.assertion.as_ref().and_then(|a| a.upstream_jwks.as_deref()) {
@@ -417,9 +425,9 @@ pub fn build_routes(
             })?;
             upstream_keys.insert(route.name.clone(), Arc::from(keys));
         }
-        routes.push(Arc::new(
-            Route::new(route.clone(), upstream, accepted, target).with_credentials(credentials),
-        ));
+        let built = Route::new(route.clone(), upstream, accepted, target).with_credentials(credentials);
+        metrics.route_known(&built.label, built.credentials.is_some(), built.policy.is_some());
+        routes.push(Arc::new(built));
     }
     Ok((RouteTable::new(routes), upstream_keys))
 }
@@ -431,7 +439,7 @@ fn build_broker(
     route: &crate::config::Route,
     crypto: &Arc<CryptoProvider>,
     audit: &Arc<dyn AuditSink>,
-) -> Result<Arc<Broker>, StartError> {
+) -> Result<Broker, StartError> {
     let secret = read_secret(
         "client_secret",
         c.client_secret_env.as_ref(),
@@ -446,13 +454,13 @@ fn build_broker(
         key: key.to_string(),
         source,
     })?;
-    Ok(Arc::new(Broker::new(
+    Ok(Broker::new(
         c.clone(),
         secret,
         http,
         Arc::new(route.name.clone()),
         audit.clone(),
-    )))
+    ))
 }
 
 fn secret_error(key: &str) -> impl FnOnce(String) -> StartError {
@@ -633,8 +641,14 @@ pub async fn reload(
         &built.store,
         Some((current.authn(), &unchanged)),
     )?;
-    let (routes, upstream_keys) =
-        build_routes(&applied, &authn, &built.templates, &built.crypto, &built.audit)?;
+    let (routes, upstream_keys) = build_routes(
+        &applied,
+        &authn,
+        &built.templates,
+        &built.crypto,
+        &built.audit,
+        &built.metrics,
+    )?;
     for idp in authn.providers() {
         if idp.needs_jwks() && !unchanged.contains(&idp.config.name) {
             idp.keys.spawn_refresher();

@@ -14,7 +14,11 @@ mod demo;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "An identity-aware access proxy")]
+#[command(
+    name = "portcullis",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("PORTCULLIS_COMMIT"), ")"),
+    about = "An identity-aware access proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

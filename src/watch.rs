@@ -45,7 +45,8 @@ pub fn watch<'a>(
 }
 
 /// Watches one file, as editors and config management replace it (written beside it, then
-/// renamed over it): the directory is watched and only events naming the file count.
+/// renamed over it): the directory is watched and only events naming the file count, or naming
+/// `..data`, the link Kubernetes swaps to update every file of a mounted ConfigMap at once.
 pub fn watch_file(path: &Path, settle: Duration) -> notify::Result<(RecommendedWatcher, Changes)> {
     let (tx, rx) = mpsc::channel::<()>(1);
     let name = path.file_name().map(std::ffi::OsStr::to_os_string);
@@ -55,10 +56,10 @@ pub fn watch_file(path: &Path, settle: Duration) -> notify::Result<(RecommendedW
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        let names_it = event
-            .paths
-            .iter()
-            .any(|p| p.file_name().map(std::ffi::OsStr::to_os_string) == name);
+        let names_it = event.paths.iter().any(|p| {
+            let file = p.file_name().map(std::ffi::OsStr::to_os_string);
+            file == name || file.as_deref() == Some(std::ffi::OsStr::new("..data"))
+        });
         if names_it && !event.kind.is_access() {
             let _ = tx.try_send(());
         }

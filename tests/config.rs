@@ -135,11 +135,22 @@ fn serve_refuses_a_bad_config_without_starting() {
 }
 
 #[test]
-fn version_prints_the_crate_version() {
+fn version_prints_the_crate_version_and_the_commit_it_was_built_from() {
     let output = Command::new(support::binary()).arg("--version").output().unwrap();
     assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_string(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        );
     assert_eq!(
-        String::from_utf8(output.stdout).unwrap().trim(),
-        format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+        printed.trim(),
+        format!("portcullis {} (commit {head})", env!("CARGO_PKG_VERSION"))
     );
 }

@@ -41,7 +41,30 @@ impl Ready {
         self.listening.store(ready, Ordering::Release);
     }
     pub fn get(&self) -> bool {
-        self.listening.load(Ordering::Acquire) && self.proxy.load().ready()
+        self.listening.load(Ordering::Acquire)
+    }
+
+    /// The readiness answer: ready while serving, whatever one identity provider is doing (a
+    /// route whose provider has no keys answers 503 `idp_unavailable` itself, audited, and the
+    /// other routes serve); each provider's key state is listed for the operator.
+    pub fn report(&self) -> (StatusCode, String) {
+        let mut text = String::new();
+        let status = if self.get() {
+            text.push_str("ready\n");
+            StatusCode::OK
+        } else {
+            text.push_str("not ready: not serving (starting or shutting down)\n");
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        for (provider, has_keys) in self.proxy.load().key_states() {
+            let state = if has_keys {
+                "signing keys in hand"
+            } else {
+                "no signing keys yet: its routes answer 503 idp_unavailable"
+            };
+            text.push_str(&format!("identity provider {provider}: {state}\n"));
+        }
+        (status, text)
     }
 }
 
@@ -102,12 +125,10 @@ fn answer(
 fn match_probe(path: &str, metrics: &Metrics, ready: &Ready) -> (StatusCode, &'static str, String) {
     match path {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" if ready.get() => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".to_string(),
-        ),
+        "/readyz" => {
+            let (status, text) = ready.report();
+            (status, "text/plain", text)
+        }
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -143,9 +143,9 @@ impl Proxy {
         &self.authn
     }
 
-    /// Every identity provider of this configuration has its signing keys.
-    pub fn ready(&self) -> bool {
-        self.authn.ready()
+    /// Each identity provider of this configuration, and whether it has its signing keys.
+    pub fn key_states(&self) -> Vec<(String, bool)> {
+        self.authn.key_states()
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
@@ -954,6 +954,9 @@ impl Proxy {
         }
         self.metrics
             .request(&label, decision.as_str(), end.status, elapsed.as_secs_f64());
+        if let Decision::Deny(reason) = decision {
+            self.metrics.denial(&label, reason.as_str());
+        }
         let (path, host, port) = match ctx.canonical {
             Some(c) => (Some(c.path), Some(c.host), c.port),
             None => (None, None, None),

@@ -231,10 +231,11 @@ impl Gateway {
         }
     }
 
-    /// Waits until `/readyz` is green (identity providers' keys fetched), or panics.
+    /// Waits until `/readyz` is green and lists every identity provider with its keys, or panics.
     pub async fn wait_ready(&self) {
         for _ in 0..200 {
-            if get(self.admin, "/readyz", &[]).await.0 == StatusCode::OK {
+            let (status, body) = get(self.admin, "/readyz", &[]).await;
+            if status == StatusCode::OK && !body.contains("no signing keys yet") {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
