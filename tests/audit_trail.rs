@@ -2,12 +2,7 @@
 //! collector (rotel), nothing lost while the collector is down, a spool that survives SIGTERM
 //! and verifies, the operator's fail-closed or fail-open choice, the Lightstep preset over TLS,
 //! and no secret in any attribute.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 

@@ -1,12 +1,7 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 //! Authorization stories: a real gateway, tokens from a test issuer, the Casbin policy from a
 //! directory the test owns (a copy of `policies/`, or a small one written here), and what the
 //! upstream, the client, the metrics and the audit trail saw.
+#![cfg(test)]
 
 mod support;
 

@@ -2,12 +2,7 @@
 //! `tests/peers/browser/signin.mjs`) opens a protected page over HTTPS, is sent to the real
 //! OpenID Provider, signs in, lands back on the page and sees the upstream's answer; then signs
 //! out and is refused: the next visit goes to the provider's login page, not the app.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 

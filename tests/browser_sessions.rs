@@ -1,12 +1,7 @@
 //! Stories of people signing in through the proxy with a real OpenID Provider, driven over
 //! HTTP (the provider's login pages are filled in by `sign_in_without_browser`); the same
 //! journey in a real browser is in `browser_chromium.rs`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 

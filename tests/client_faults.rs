@@ -2,12 +2,7 @@
 //! the client's: a client that leaves (HTTP/1 close, HTTP/2 `RST_STREAM`) before the answer or
 //! during it, a malformed or stalled request body, a head that frames its body two ways, and
 //! upgrades a route does not allow (`h2c` above all).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 

@@ -1,11 +1,6 @@
 //! Configuration as operators meet it: the shipped examples load, and `check-config` reports
 //! every problem at once with its key path and a fix.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 

@@ -1,11 +1,6 @@
 //! The browser path's first steps against a real OpenID Provider: discovery through our own
 //! HTTP client, and an authorization request (PKCE S256, state, nonce) that the provider accepts.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 

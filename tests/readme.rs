@@ -1,12 +1,7 @@
 //! The README's "In front of Airflow" section, as written: its configuration loads, the proxy
 //! decides as the text says, and the Airflow settings it gives agree with the proxy's. The same
 //! route and assertion run in front of a real Airflow in tests/airflow.rs.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 

@@ -34,13 +34,6 @@
 //!
 //! If the Airflow venv is missing every test using the world fails, naming `.ci/install-peers`.
 //! The time to start is printed once to stderr (`cargo test --test airflow -- --nocapture`).
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;

@@ -20,13 +20,6 @@
 //! loopback port, gRPC passed through to rotel's gRPC port, `/v1/traces` and
 //! `/traces/otlp/v0.9` to its HTTP port, and a JSON access log with the `lightstep-access-token`
 //! request header of each request.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -1,13 +1,6 @@
 //! A real OpenID Provider for story tests: panva's `oidc-provider` run by Node from
 //! `tests/peers/oidc/provider.mjs` (installed by `.ci/install-peers`), on 127.0.0.1 and a free
 //! port. Its clients, resources and claims are described at the top of that script.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};

@@ -1,13 +1,6 @@
 //! A small OpenID issuer the tests control: real discovery and JWKS over HTTP on loopback,
 //! with ES256 keys the test holds, so it can mint tokens the real IdP never would (expired,
 //! not yet valid, mistyped claims) and rotate or withdraw keys at will.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -14,13 +14,6 @@
 //!
 //! luigid is stopped (stop.sh) when the world is dropped, also when a test panics, and by
 //! start.sh's watchdog (`LUIGI_PEER_PARENT_PID` = this process) if the test binary dies first.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;

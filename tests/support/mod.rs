@@ -1,11 +1,5 @@
 //! Story-test scaffolding: a recording upstream, the proxy on port 0, raw and hyper clients.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(dead_code)]
 
 pub mod airflow;
 pub mod collector;
