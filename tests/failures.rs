@@ -8,47 +8,34 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Gateway, Recorder, get, public_route, raw, raw_get};
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use support::serve::{Serve, Server, serve};
+use support::{Config, Gateway, Recorder, Route, get, public_route, raw, raw_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use toml::Value;
 
 /// A recording upstream behind a public route, the proxy started with these `[server.limits]`.
-async fn limited(limits: &str) -> (Recorder, Gateway) {
+async fn limited<const N: usize>(limits: [(&str, Value); N]) -> (Recorder, Gateway) {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(
-        &format!("[server.limits]\n{limits}"),
-        &public_route(&upstream.url()),
-    )
-    .await;
+    let config = limits
+        .into_iter()
+        .fold(public_route(&upstream), |c, (key, value)| {
+            c.set_path(&["server", "limits", key], value)
+        });
+    let gw = Gateway::start(config).await;
     (upstream, gw)
 }
 
-/// An HTTP/1.1 upstream that answers every request after `delay`.
-async fn slow_upstream(delay: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow")
-                    .await;
-            });
-        }
-    });
-    addr
+/// An HTTP/1.1 upstream that answers every request `slow` after `delay`.
+async fn slow_upstream(delay: Duration) -> Server {
+    serve(Serve::http1(), move |_, _| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(Full::new(Bytes::from_static(b"slow")))
+    })
+    .await
 }
 
 /// A loopback port with nothing listening on it.
@@ -60,7 +47,7 @@ async fn closed_port() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_answers_502_and_is_audited_as_an_allowed_request_that_failed() {
     let down = closed_port().await;
-    let gw = Gateway::start(&public_route(&format!("http://{down}"))).await;
+    let gw = Gateway::start(public_route(down)).await;
     let (status, body) = get(gw.http, "/x", &[]).await;
     assert_eq!(status, 502);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -85,9 +72,11 @@ async fn an_unreachable_upstream_answers_502_and_is_audited_as_an_allowed_reques
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upstream_answers_504_after_the_route_timeout() {
     let slow = slow_upstream(Duration::from_secs(5)).await;
-    let route = public_route(&format!("http://{slow}"))
-        .replace("access = \"public\"", "access = \"public\"\ntimeout = \"300ms\"");
-    let gw = Gateway::start(&route).await;
+    let route = Route::public("app")
+        .host("app.test")
+        .upstream(&slow)
+        .set("timeout", "300ms");
+    let gw = Gateway::start(Config::new().route(route)).await;
     let started = Instant::now();
     let (status, body) = get(gw.http, "/x", &[]).await;
     assert_eq!(status, 504, "{body}");
@@ -98,7 +87,7 @@ async fn a_slow_upstream_answers_504_after_the_route_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_cut_off_audited_and_nothing_is_forwarded() {
-    let (upstream, gw) = limited("header_read_timeout = \"300ms\"").await;
+    let (upstream, gw) = limited([("header_read_timeout", "300ms".into())]).await;
     let mut stream = TcpStream::connect(gw.http).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ")
@@ -144,7 +133,11 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_audited_and_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let (_upstream, gw) = limited("idle_timeout = \"400ms\"\nheader_read_timeout = \"30s\"").await;
+    let (_upstream, gw) = limited([
+        ("idle_timeout", "400ms".into()),
+        ("header_read_timeout", "30s".into()),
+    ])
+    .await;
     let mut stream = TcpStream::connect(gw.http).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
@@ -191,7 +184,11 @@ fn has_goaway(received: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() {
     // The header read timeout also bounds how long a peer may ignore the GOAWAY.
-    let (upstream, gw) = limited("idle_timeout = \"400ms\"\nheader_read_timeout = \"300ms\"").await;
+    let (upstream, gw) = limited([
+        ("idle_timeout", "400ms".into()),
+        ("header_read_timeout", "300ms".into()),
+    ])
+    .await;
     let (mut reader, mut writer) = h2_opened(gw.http).await.into_split();
     // Bytes keep moving both ways (PING and its ACK every 100 ms), but no request ever begins.
     let pinger = tokio::spawn(async move {
@@ -225,7 +222,11 @@ async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_with_no_request_within_the_header_read_timeout_gets_a_goaway() {
-    let (upstream, gw) = limited("header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"").await;
+    let (upstream, gw) = limited([
+        ("header_read_timeout", "300ms".into()),
+        ("idle_timeout", "60s".into()),
+    ])
+    .await;
     let mut stream = h2_opened(gw.http).await;
     let started = Instant::now();
     let mut received = Vec::new();
@@ -252,7 +253,7 @@ async fn an_http2_connection_with_no_request_within_the_header_read_timeout_gets
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_or_too_many_headers_are_refused_before_routing() {
-    let (upstream, gw) = limited("max_headers = 20\nmax_header_bytes = 8192").await;
+    let (upstream, gw) = limited([("max_headers", 20.into()), ("max_header_bytes", 8192.into())]).await;
     let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
     let (status, _) = raw(
         gw.http,
@@ -306,7 +307,7 @@ async fn h2_get(gw: &Gateway, headers: &[(&str, String)]) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_heads_over_the_limits_get_431_each_audited_with_its_method() {
-    let (upstream, gw) = limited("max_headers = 20\nmax_header_bytes = 8192").await;
+    let (upstream, gw) = limited([("max_headers", 20.into()), ("max_header_bytes", 8192.into())]).await;
     // Within the limits: 19 fields, and 30 cookie crumbs that are one Cookie header.
     let mut fine: Vec<(&str, String)> = (0..18).map(|i| ("x-h", format!("v{i}"))).collect();
     fine.extend((0..30).map(|i| ("cookie", format!("c{i}=1"))));
@@ -348,8 +349,8 @@ async fn http2_heads_over_the_limits_get_431_each_audited_with_its_method() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protected_route_fails_closed_with_401_and_forwards_nothing() {
     let upstream = Recorder::start().await;
-    let route = public_route(&upstream.url()).replace("access = \"public\"", "access = \"protected\"");
-    let gw = Gateway::start(&route).await;
+    let route = Route::protected("app").host("app.test").upstream(&upstream);
+    let gw = Gateway::start(Config::new().route(route)).await;
     let response = support::send(
         gw.http,
         http::Method::POST,
@@ -380,7 +381,7 @@ async fn a_protected_route_fails_closed_with_401_and_forwards_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_yields_exactly_one_audit_event_with_its_request_id() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let mut ids = Vec::new();
     for target in ["/a", "/b%2fc", "/d", "/e;x"] {
         let (_, text) = raw_get(gw.http, "app.test", target).await;
@@ -463,16 +464,12 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
     let dir = tempfile::tempdir().unwrap();
     let (http, admin) = (free_port(), free_port());
     let config = dir.path().join("portcullis.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nhttp = \"127.0.0.1:{http}\"\nshutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [audit]\npath = {:?}\n{}",
-            dir.path().join("audit.jsonl").display().to_string(),
-            public_route(&format!("http://{slow}"))
-        ),
-    )
-    .unwrap();
+    public_route(&slow)
+        .server("http", format!("127.0.0.1:{http}"))
+        .server("shutdown_grace", "10s")
+        .set("admin.listen", format!("127.0.0.1:{admin}"))
+        .set("audit.path", dir.path().join("audit.jsonl"))
+        .write(&config);
     let child = Child(
         Command::new(support::binary())
             .args(["serve", "--config"])
@@ -520,7 +517,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
-    let (upstream, gw) = limited("max_connections = 1").await;
+    let (upstream, gw) = limited([("max_connections", 1.into())]).await;
     let mut first = TcpStream::connect(gw.http).await.unwrap();
     first
         .write_all(b"GET /first HTTP/1.1\r\nHost: app.test\r\n\r\n")

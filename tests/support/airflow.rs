@@ -7,7 +7,7 @@
 //! - the proxy, in-process: `[tokens]` with `issuer = "http://<its http address>"` and a 0700
 //!   `key_dir`, `[policy] dir` = a copy of `tests/fixtures/airflow-policy/`, and one protected route
 //!   `airflow` for host [`HOST`] (`path_prefix = "/"`, `resources = "airflow"`,
-//!   `policy_domain = "airflow"`, `identity_providers = ["okta"]`, [`ASSERTION_TOML`] with
+//!   `policy_domain = "airflow"`, `identity_providers = ["okta"]`, [`assertion`] with
 //!   `upstream_jwks` = Airflow's own public key, upstream = Airflow's api-server);
 //! - Airflow's signing key, made before either starts, and its public JWKS written by
 //!   `examples/airflow/public-jwks.py`, as the README has an operator do it;
@@ -47,8 +47,8 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::Gateway;
 use super::issuer::TestIssuer;
+use super::{Config, Gateway, Route};
 
 /// The host the proxy's Airflow route serves.
 pub const HOST: &str = "airflow.test";
@@ -59,8 +59,13 @@ pub const DAGS: [&str; 5] = ["approvals", "etl_daily", "etl_dev", "etl_prod", "r
 /// The route's `[routes.assertion]` table: how the proxy's identity reaches Airflow. Stock
 /// Airflow reads its caller's JWT from `Authorization: Bearer` and wants a `role`: the proxy
 /// decided, so every caller it lets through is an Airflow admin (README, "In front of Airflow").
-pub const ASSERTION_TOML: &str =
-    "[routes.assertion]\naudience = \"airflow\"\nheader = \"Authorization\"\nclaims = { role = \"ADMIN\" }\n";
+pub fn assertion() -> toml::Table {
+    toml::toml! {
+        audience = "airflow"
+        header = "Authorization"
+        claims = { role = "ADMIN" }
+    }
+}
 /// start.sh's `AIRFLOW_PEER_AUTH_MANAGER`: `simple` is stock Airflow's SimpleAuthManager.
 pub const AUTH_MANAGER: &str = "simple";
 /// Airflow's own signing key (in the world's directory) and its kid.
@@ -201,7 +206,7 @@ impl AirflowWorld {
         let airflow = free_port();
         let (issuer, gateway, issuer_url) = runtime.block_on(async {
             let issuer = TestIssuer::start().await;
-            let prebound = Gateway::prebind("").await;
+            let prebound = Gateway::prebind(Config::new()).await;
             let root = prebound.dir.path().to_path_buf();
             let issuer_url = format!("http://{}", prebound.http);
             let keys = root.join("keys");
@@ -214,18 +219,22 @@ impl AirflowWorld {
                 std::fs::copy(policy_dir.join(file), policy.join(file))
                     .unwrap_or_else(|e| panic!("{}: {e}", policy_dir.join(file).display()));
             }
-            let config = format!(
-                "{}[tokens]\nissuer = \"{issuer_url}\"\nkey_dir = {:?}\n\
-                 [policy]\ndir = {:?}\n\
-                 [[routes]]\nname = \"airflow\"\nhosts = [\"{HOST}\", \"127.0.0.1\"]\npath_prefix = \"/\"\naccess = \"protected\"\n\
-                 identity_providers = [\"okta\"]\npolicy_domain = \"airflow\"\nresources = \"airflow\"\n\
-                 [routes.upstream]\nurl = \"http://{airflow}\"\n{ASSERTION_TOML}upstream_jwks = {:?}\n",
-                issuer.provider_toml("okta", ""),
-                keys.display().to_string(),
-                policy.display().to_string(),
-                upstream_jwks.display().to_string(),
-            );
-            let gateway = prebound.start(&config).await;
+            let config = Config::new()
+                .provider(issuer.provider("okta"))
+                .tokens(&issuer_url, &keys)
+                .policy_dir(&policy)
+                .route(
+                    Route::protected("airflow")
+                        .hosts([HOST, "127.0.0.1"])
+                        .set("path_prefix", "/")
+                        .providers(["okta"])
+                        .set("policy_domain", "airflow")
+                        .resources("airflow")
+                        .upstream(airflow)
+                        .set("assertion", assertion())
+                        .set("assertion.upstream_jwks", &upstream_jwks),
+                );
+            let gateway = prebound.start(config).await;
             gateway.wait_ready().await;
             (issuer, gateway, issuer_url)
         });

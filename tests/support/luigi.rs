@@ -25,8 +25,8 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::Gateway;
 use super::issuer::TestIssuer;
+use super::{Config, Gateway, Route};
 
 /// The host the proxy's Luigi route serves besides `127.0.0.1` (the visualiser's, say).
 pub const HOST: &str = "luigi.test";
@@ -109,15 +109,18 @@ impl LuigiWorld {
         for file in ["model.conf", "policy.csv"] {
             std::fs::copy(Path::new(POLICY).join(file), policy.join(file)).unwrap();
         }
-        let config = format!(
-            "{}[policy]\ndir = {:?}\n\
-             [[routes]]\nname = \"luigi\"\nhosts = [\"{HOST}\", \"127.0.0.1\"]\naccess = \"protected\"\n\
-             identity_providers = [\"okta\"]\npolicy_domain = \"luigi\"\nresources = \"luigi\"\n\
-             [routes.upstream]\nurl = \"http://{port}\"\n",
-            issuer.provider_toml("okta", ""),
-            policy.display().to_string(),
-        );
-        let gateway = Gateway::start(&config).await;
+        let config = Config::new()
+            .provider(issuer.provider("okta"))
+            .policy_dir(&policy)
+            .route(
+                Route::protected("luigi")
+                    .hosts([HOST, "127.0.0.1"])
+                    .providers(["okta"])
+                    .set("policy_domain", "luigi")
+                    .resources("luigi")
+                    .upstream(port),
+            );
+        let gateway = Gateway::start(config).await;
         gateway.wait_ready().await;
         LuigiWorld {
             issuer,

@@ -3,11 +3,14 @@
 
 pub mod airflow;
 pub mod collector;
+pub mod config;
 pub mod idp;
 pub mod issuer;
 pub mod luigi;
+pub mod otlp;
+pub mod pki;
+pub mod serve;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,11 +20,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+
+pub use config::{Config, Route};
+use serve::{Serve, Server};
 
 /// What one request looked like when it reached the upstream.
 #[derive(Debug, Clone)]
@@ -61,6 +66,7 @@ pub type Handler = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
 pub struct Recorder {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    server: Server,
 }
 
 impl Recorder {
@@ -86,47 +92,34 @@ impl Recorder {
     }
 
     async fn answering_after(handler: Handler, delay: Duration) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
+        let server = serve::serve(Serve::auto(), move |_, req: Request<Incoming>| {
+            let (log, handler) = (log.clone(), handler.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let seen = Seen {
+                    method: parts.method.to_string(),
+                    target: target(&parts.uri),
+                    authority: parts.uri.authority().map(|a| a.to_string()),
+                    version: parts.version,
+                    headers: parts.headers,
+                    body_len: body.len(),
+                    body,
                 };
-                let log = log.clone();
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let log = log.clone();
-                        let handler = handler.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let body_len = body.len();
-                            let seen = Seen {
-                                method: parts.method.to_string(),
-                                target: target(&parts.uri),
-                                authority: parts.uri.authority().map(|a| a.to_string()),
-                                version: parts.version,
-                                headers: parts.headers,
-                                body_len,
-                                body,
-                            };
-                            let response = handler(&seen);
-                            log.lock().unwrap().push(seen);
-                            tokio::time::sleep(delay).await;
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                let response = handler(&seen);
+                log.lock().unwrap().push(seen);
+                tokio::time::sleep(delay).await;
+                response
             }
-        });
-        Recorder { addr, seen }
+        })
+        .await;
+        Recorder {
+            addr: server.addr,
+            seen,
+            server,
+        }
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -154,30 +147,27 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// `routes_toml` holds `[[routes]]` tables (and any other sections but server/admin/audit).
-    pub async fn start(routes_toml: &str) -> Gateway {
-        Self::start_with("", routes_toml).await
+    /// Starts the proxy with `config` on top of its basics: the listeners on port 0 and the audit
+    /// log in a temp dir.
+    pub async fn start(config: impl Into<Config>) -> Gateway {
+        let config = config.into();
+        Self::prebind(&config).await.start(config).await
     }
 
-    /// `server_toml` is extra keys for the `[server]` table.
-    pub async fn start_with(server_toml: &str, routes_toml: &str) -> Gateway {
-        Self::prebind(server_toml).await.start(routes_toml).await
-    }
-
-    /// Binds the listeners (port 0) before the rest of the config is written, for configs
-    /// that must name the proxy's own address (an IdP's redirect URI).
-    pub async fn prebind(server_toml: &str) -> Prebound {
+    /// Binds the listeners (port 0, with the `[server]` keys of `config`) before the rest of
+    /// the config is written, for configs that must name the proxy's own address (an IdP's
+    /// redirect URI, the token issuer).
+    pub async fn prebind(config: impl Into<Config>) -> Prebound {
         let dir = tempfile::tempdir().unwrap();
         let audit_path = dir.path().join("audit.jsonl");
-        let head = format!(
-            "[server]\nhttp = \"127.0.0.1:0\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\npath = {:?}\n",
-            audit_path.display().to_string()
-        );
-        let config = match portcullis::config::parse(&head) {
-            Ok(c) => c,
-            Err(p) => panic!("config did not parse: {p:?}\n{head}"),
-        };
-        let bound = portcullis::app::bind(&config).await.unwrap();
+        let mut head = Config::new()
+            .server("http", "127.0.0.1:0")
+            .set("admin.listen", "127.0.0.1:0")
+            .set("audit.path", audit_path.as_path());
+        if let Some(server) = config.into().table().get("server") {
+            head = head.merge(Config::new().set("server", server.clone()));
+        }
+        let bound = portcullis::app::bind(&parse(&head.to_toml())).await.unwrap();
         Prebound {
             http: bound.http_addr().unwrap(),
             https: bound.https_addr(),
@@ -186,15 +176,6 @@ impl Gateway {
             dir,
             audit_path,
         }
-    }
-
-    pub async fn start_config(
-        config: portcullis::config::Config,
-        dir: tempfile::TempDir,
-        audit_path: PathBuf,
-    ) -> Gateway {
-        let bound = portcullis::app::bind(&config).await.unwrap();
-        Self::run(config, bound, dir, audit_path)
     }
 
     fn run(
@@ -302,22 +283,25 @@ pub struct Prebound {
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     bound: portcullis::app::Bound,
-    head: String,
+    head: Config,
     pub dir: tempfile::TempDir,
     audit_path: PathBuf,
 }
 
 impl Prebound {
     /// Starts the proxy with the rest of the config (routes, providers, …).
-    pub async fn start(self, rest_toml: &str) -> Gateway {
-        let text = format!("{}{rest_toml}", self.head);
-        let config = match portcullis::config::parse(&text) {
-            Ok(c) => c,
-            Err(p) => panic!("config did not parse: {p:?}\n{text}"),
-        };
+    pub async fn start(self, rest: impl Into<Config>) -> Gateway {
+        let config = parse(&self.head.merge(rest).to_toml());
         let problems = portcullis::config::validate(&config);
         assert!(problems.is_empty(), "config problems: {problems:?}");
         Gateway::run(config, self.bound, self.dir, self.audit_path)
+    }
+}
+
+fn parse(text: &str) -> portcullis::config::Config {
+    match portcullis::config::parse(text) {
+        Ok(c) => c,
+        Err(p) => panic!("config did not parse: {p:?}\n{text}"),
     }
 }
 
@@ -433,7 +417,9 @@ pub const IDENTITY_SPOOFS: &[&str] = &[
 ];
 
 /// The `[server]` key that makes the last two of [`IDENTITY_SPOOFS`] identity headers too.
-pub const STRIP_EXTRA: &str = "strip_request_headers = [\"x-corp-auth-*\", \"X-Internal-Role\"]";
+pub fn strip_extra() -> Config {
+    Config::new().server("strip_request_headers", ["x-corp-auth-*", "X-Internal-Role"])
+}
 
 /// Every [`IDENTITY_SPOOFS`] header as `name: spoofed-by-client` lines of a raw request.
 pub fn spoofed_identity_lines() -> String {
@@ -465,10 +451,25 @@ pub fn assert_no_client_identity(seen: &Seen, own: &[&str]) {
 }
 
 /// One public route named `app` for host `app.test` in front of `upstream`.
-pub fn public_route(upstream: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"app\"\nhosts = [\"app.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"{upstream}\"\n"
-    )
+pub fn public_route(upstream: impl config::UpstreamUrl) -> Config {
+    Config::new().route(Route::public("app").host("app.test").upstream(upstream))
+}
+
+/// The shipped Casbin model.
+pub const MODEL: &str = include_str!("../../policies/model.conf");
+
+/// A policy directory `dir` with the shipped model and `csv` as its only rules.
+pub fn write_policy(dir: &std::path::Path, csv: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("model.conf"), MODEL).unwrap();
+    std::fs::write(dir.join("policy.csv"), csv).unwrap();
+}
+
+/// A temp dir holding the shipped model and `csv` as its only rules.
+pub fn policy(csv: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), csv);
+    dir
 }
 
 /// Path of the built `portcullis` binary.
