@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::audit::record::{Sealer, parse_line};
 use portcullis::audit::{AccessEvent, Event, PolicyFields, TraceIds};
-use portcullis::authn::{AuthMethod, Principal, PrincipalKind};
+use portcullis::identity::{AuthMethod, Principal, PrincipalKind};
 
 // The binary's allocator, so allocation-heavy code costs here what it costs in the proxy.
 #[global_allocator]

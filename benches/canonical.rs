@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method, Uri, Version, header};
-use portcullis::proxy::canonical::{Canonical, canonical_path};
+use portcullis::canonical::{Canonical, canonical_path};
 use portcullis::proxy::forward::Upstream;
 use portcullis::proxy::routes::{Route, RouteTable};
 

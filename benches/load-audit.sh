@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Audit export benchmark (issue #5): Portcullis with audit records written to the JSON-lines file
+# Audit export benchmark: Portcullis with audit records written to the JSON-lines file
 # (export OFF, benches/load/portcullis.toml, as in load.sh) against the same binary exporting them
 # over OTLP to a local collector (export ON: rotel, gRPC and HTTP/protobuf), in one run, on the same
 # core, consecutively. Then paced runs at a fixed request rate (default 22,000 req/s) to check

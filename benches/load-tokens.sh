@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Identity-assertion load benchmark (issue #6): Portcullis on the bearer bench's protected route,
-# with and without [routes.assertion], one binary, run after run. Companion of benches/load-bearer.sh
-# (same layout, tokens, issuer and measurement).
+# Identity-assertion load benchmark: Portcullis on the bearer bench's protected route, with and
+# without [routes.assertion], one binary, run after run. Companion of benches/load-bearer.sh (same
+# layout, tokens, issuer and measurement).
 #
-#   PORTCULLIS=/tmp/portcullis-tokens-bench benches/load-tokens.sh   # use an existing binary, no build
-#   benches/load-tokens.sh                                           # builds target/release/portcullis first
-#   OUT=tokens.md benches/load-tokens.sh                             # also write the report to a file
+#   PORTCULLIS=target/release/portcullis benches/load-tokens.sh   # use an existing binary, no build
+#   benches/load-tokens.sh                                        # builds target/release/portcullis first
+#   OUT=tokens.md benches/load-tokens.sh                          # also write the report to a file
 #
 # Runs, each in a fresh Portcullis process alone on CPU 0 (wrk and the backend nginx on CPU 1), in
 # ROUNDS rounds (a b c d, then d c b a, ...); the report gives every run and the medians:

@@ -83,8 +83,8 @@ impl portcullis::audit::AuditSink for Discard {
     fn flush(&self) {}
 }
 
-fn principal(subject: String) -> portcullis::authn::Principal {
-    portcullis::authn::Principal {
+fn principal(subject: String) -> portcullis::identity::Principal {
+    portcullis::identity::Principal {
         kind: portcullis::config::PrincipalKind::User,
         subject,
         issuer: "https://idp.example".into(),
@@ -92,7 +92,7 @@ fn principal(subject: String) -> portcullis::authn::Principal {
         email: Some("alice@example.com".into()),
         name: Some("Alice".into()),
         groups: vec!["data-eng".into(), "sre".into()],
-        auth_method: portcullis::authn::AuthMethod::Bearer,
+        auth_method: portcullis::identity::AuthMethod::Bearer,
         client_id: None,
         token_id: None,
         session_id_hash: None,

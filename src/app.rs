@@ -8,23 +8,30 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustls::crypto::CryptoProvider;
+
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::admin::{self, Metrics, Ready};
+use crate::admin::{self, Ready};
 use crate::audit::PolicyEvent;
 use crate::audit::{AuditSink, JsonlSink};
 use crate::authn::browser::{Browser, BrowserClient};
-use crate::authn::http::IdpClient;
 use crate::authn::{Authn, Provider};
 use crate::authz::resources::Templates;
 use crate::authz::{Authz, Reloaded, Settings, Target, Which};
 use crate::config::{Access, Config};
 use crate::listener::{self, ReloadingTls, Shared};
+use crate::metrics::Metrics;
+use crate::outbound::HttpsClient;
 use crate::proxy::Proxy;
+use crate::proxy::UpstreamKeys;
 use crate::proxy::forward::Upstream;
 use crate::proxy::routes::{Route, RouteTable};
-use crate::session::{MemoryStore, Secret};
+use crate::secret::Secret;
+use crate::session::MemoryStore;
+use crate::tokens::Minter;
+use crate::tokens::broker::Broker;
 
 /// Start-up failures, each naming where in the config the problem lies.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +45,7 @@ pub enum StartError {
     #[error("{key}: {source}")]
     Build {
         key: String,
-        source: crate::proxy::forward::BuildError,
+        source: crate::pem::BuildError,
     },
     #[error("audit.path: cannot open {path}: {source}")]
     Audit { path: String, source: std::io::Error },
@@ -141,6 +148,12 @@ impl Bound {
     }
 }
 
+/// Reads, parses and checks a configuration file as `serve` would: every key, and the resource
+/// templates it defines and names, all problems at once.
+pub fn load_config(path: &std::path::Path) -> Result<Config, Vec<crate::config::Problem>> {
+    crate::config::load_with(path, crate::authz::resources::template_problems)
+}
+
 pub async fn bind(config: &Config) -> Result<Bound, StartError> {
     async fn one(key: &'static str, addr: &str) -> Result<Option<TcpListener>, StartError> {
         if addr.is_empty() {
@@ -162,57 +175,118 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
     })
 }
 
-/// Runs the proxy until `shutdown` resolves, then stops accepting, lets in-flight requests
-/// finish within `server.shutdown_grace`, and flushes the audit sink.
-pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+/// What serving needs, built from a validated config without opening a socket: the steps below
+/// read files, keys and secrets, and fail with the config key that named them.
+pub struct Built {
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<dyn AuditSink>,
+    pub authn: Arc<Authn>,
+    pub authz: Option<Arc<Authz>>,
+    pub minter: Option<Arc<Minter>>,
+    pub proxy: Arc<Proxy>,
+}
+
+/// The one crypto provider (aws-lc-rs), passed explicitly to every TLS user.
+fn crypto_provider() -> Arc<CryptoProvider> {
     // Crates that build their own TLS config look for a process default; ours is the only one.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
 
+/// Builds every part in dependency order. `https_port` is the bound HTTPS port, for redirects.
+pub async fn build(config: &Config, https_port: Option<u16>) -> Result<Built, StartError> {
+    let crypto = crypto_provider();
     let metrics = Arc::new(Metrics::new());
+    let audit = build_audit(config, &metrics, &crypto)?;
+    let authn = Arc::new(build_authn(config, &crypto, &metrics, &audit)?);
+    let templates =
+        Templates::load(&config.resource_templates).map_err(|e| StartError::Templates(e.join("; ")))?;
+    let authz = build_authz(config, &templates, &metrics, &*audit).await?;
+    let minter = build_tokens(config, &audit)?;
+    let (routes, upstream_keys) = build_routes(config, &authn, &templates, &crypto, &audit)?;
+    let proxy = Proxy::new(
+        routes,
+        authn.clone(),
+        authz.clone(),
+        config,
+        audit.clone(),
+        metrics.clone(),
+        minter.clone(),
+    )
+    .with_https_port(https_port)
+    .with_upstream_keys(upstream_keys);
+    Ok(Built {
+        metrics,
+        audit,
+        authn,
+        authz,
+        minter,
+        proxy: Arc::new(proxy),
+    })
+}
+
+/// The audit sink: the OTLP pipeline when an exporter is configured, else the JSON-lines file.
+pub fn build_audit(
+    config: &Config,
+    metrics: &Metrics,
+    crypto: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn AuditSink>, StartError> {
     // `service.instance.id`: each process numbers and chains its own records.
     let instance = uuid::Uuid::new_v4().to_string();
-    let audit: Arc<dyn AuditSink> = if config.audit.otlp.is_some() {
-        crate::audit::pipeline::start(&config.audit, &instance, metrics.audit_stats(), provider.clone())?
-    } else {
-        JsonlSink::open(&config.audit.path, &instance).map_err(|source| StartError::Audit {
-            path: config.audit.path.clone(),
-            source,
-        })?
-    };
+    if config.audit.otlp.is_some() {
+        return Ok(crate::audit::pipeline::start(
+            &config.audit,
+            &instance,
+            metrics.audit_stats(),
+            crypto.clone(),
+        )?);
+    }
+    let sink = JsonlSink::open(&config.audit.path, &instance).map_err(|source| StartError::Audit {
+        path: config.audit.path.clone(),
+        source,
+    })?;
+    Ok(sink)
+}
 
+/// The identity providers (with their HMAC keys and browser clients) and the session store.
+/// Signing keys are not fetched here: [`run`] starts their refreshers.
+pub fn build_authn(
+    config: &Config,
+    crypto: &Arc<CryptoProvider>,
+    metrics: &Arc<Metrics>,
+    audit: &Arc<dyn AuditSink>,
+) -> Result<Authn, StartError> {
     let mut providers = Vec::with_capacity(config.identity_providers.len());
     let mut browser_clients = Vec::new();
     for (i, idp_config) in config.identity_providers.iter().enumerate() {
-        let key = || format!("identity_providers[{i}]");
-        let client = IdpClient::new(idp_config.ca.as_deref(), &provider)
-            .map_err(|source| StartError::Build { key: key(), source })?;
-        let secret_error = |at: String| move |message| StartError::Secret { key: at, message };
+        let key = format!("identity_providers[{i}]");
+        let client =
+            HttpsClient::new(idp_config.ca.as_deref(), crypto).map_err(|source| StartError::Build {
+                key: key.clone(),
+                source,
+            })?;
         let hmac = read_secret(
             "hmac_secret",
             idp_config.hmac_secret_env.as_ref(),
             idp_config.hmac_secret_file.as_ref(),
         )
-        .map_err(secret_error(key()))?;
+        .map_err(secret_error(&key))?;
+        // Only here is the secret's value known: validation sees the keys that name it.
         if hmac.as_ref().is_some_and(|s| s.expose().len() < 32) {
             return Err(StartError::Secret {
-                key: key(),
+                key,
                 message: "the HMAC secret is shorter than 32 bytes (fix: use at least 32 random bytes)"
                     .into(),
             });
         }
         let idp = Arc::new(Provider::new(idp_config.resolved(), client.clone(), hmac));
-        // Keys are fetched before /readyz turns green, then refreshed in the background.
-        if idp.needs_jwks() {
-            idp.keys.spawn_refresher();
-        }
         if let Some(browser) = &idp_config.browser {
             let secret = read_secret(
                 "client_secret",
                 browser.client_secret_env.as_ref(),
                 browser.client_secret_file.as_ref(),
             )
-            .map_err(secret_error(format!("{}.browser", key())))?;
+            .map_err(secret_error(&format!("{key}.browser")))?;
             browser_clients.push(Arc::new(BrowserClient::new(idp.clone(), browser, secret, client)));
         }
         providers.push(idp);
@@ -225,72 +299,67 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
         s.login_timeout,
     ));
     let browser = Browser::new(store, browser_clients, s.clone(), metrics.clone(), audit.clone());
-    let authn = Arc::new(Authn::new(providers, browser));
+    Ok(Authn::new(providers, browser))
+}
 
-    let templates =
-        Templates::load(&config.resource_templates).map_err(|e| StartError::Templates(e.join("; ")))?;
-    let authz = if config.needs_policy() {
-        let p = &config.policy;
-        let settings = Settings {
-            dir: p.dir.clone(),
-            shadow_dir: p.shadow_dir.clone(),
-            run_tests: p.run_tests,
-            cache_capacity: p.cache_capacity,
-            show_missing_permission: p.show_missing_permission,
-        };
-        let authz = Arc::new(
-            Authz::load(settings, templates.clone())
-                .await
-                .map_err(StartError::Policy)?,
-        );
-        let version = authz.version();
-        let loaded = Reloaded {
-            which: Which::Enforced,
-            outcome: Ok(version.clone()),
-            in_force: Some(version),
-        };
-        report_reload(loaded, &metrics, &*audit);
-        Some(authz)
-    } else {
-        None
+/// The policy in force, when some route is protected; its loading is audited like a reload.
+pub async fn build_authz(
+    config: &Config,
+    templates: &Templates,
+    metrics: &Metrics,
+    audit: &dyn AuditSink,
+) -> Result<Option<Arc<Authz>>, StartError> {
+    if !config.needs_policy() {
+        return Ok(None);
+    }
+    let p = &config.policy;
+    let settings = Settings {
+        dir: p.dir.clone(),
+        shadow_dir: p.shadow_dir.clone(),
+        run_tests: p.run_tests,
+        cache_capacity: p.cache_capacity,
+        show_missing_permission: p.show_missing_permission,
     };
-    let _policy_watchers = match &authz {
-        Some(authz) if config.policy.watch => {
-            let (metrics, audit) = (metrics.clone(), audit.clone());
-            Some(authz.watch(move |reloaded| report_reload(reloaded, &metrics, &*audit))?)
-        }
-        _ => None,
+    let authz = Authz::load(settings, templates.clone())
+        .await
+        .map_err(StartError::Policy)?;
+    let version = authz.version();
+    let loaded = Reloaded {
+        which: Which::Enforced,
+        outcome: Ok(version.clone()),
+        in_force: Some(version),
     };
+    report_reload(loaded, metrics, audit);
+    Ok(Some(Arc::new(authz)))
+}
 
-    // The proxy as an issuer, when some route sends identity assertions.
-    let minter = match (&config.tokens.issuer, &config.tokens.key_dir) {
-        (Some(issuer), Some(dir)) if config.routes.iter().any(|r| r.assertion.is_some()) => {
-            let minter = Arc::new(crate::tokens::Minter::open(
-                &config.tokens,
-                issuer,
-                dir,
-                audit.clone(),
-            )?);
-            let (keys, dir) = (minter.clone(), dir.clone());
-            // Rotation on schedule, pruning, and keys `portcullis keys rotate` wrote meanwhile.
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let (keys, dir) = (keys.clone(), dir.clone());
-                    let _ = tokio::task::spawn_blocking(move || keys.maintain(&dir)).await;
-                }
-            });
-            Some(minter)
-        }
-        _ => None,
+/// The proxy as an issuer, when some route sends identity assertions.
+pub fn build_tokens(config: &Config, audit: &Arc<dyn AuditSink>) -> Result<Option<Arc<Minter>>, StartError> {
+    let asserting = config.routes.iter().any(|r| r.assertion.is_some());
+    let (Some(issuer), Some(dir), true) = (&config.tokens.issuer, &config.tokens.key_dir, asserting) else {
+        return Ok(None);
     };
+    Ok(Some(Arc::new(Minter::open(
+        &config.tokens,
+        issuer,
+        dir,
+        audit.clone(),
+    )?)))
+}
 
+/// The route table (upstream clients, accepted providers, policy targets, brokers) and the
+/// upstream public keys each route's JWKS document serves beside the proxy's.
+pub fn build_routes(
+    config: &Config,
+    authn: &Authn,
+    templates: &Templates,
+    crypto: &Arc<CryptoProvider>,
+    audit: &Arc<dyn AuditSink>,
+) -> Result<(RouteTable, UpstreamKeys), StartError> {
     let mut routes = Vec::with_capacity(config.routes.len());
-    let mut upstream_keys = std::collections::HashMap::new();
+    let mut upstream_keys = UpstreamKeys::new();
     for (i, route) in config.routes.iter().enumerate() {
-        let upstream = Upstream::build(&route.upstream, &provider).map_err(|source| StartError::Build {
+        let upstream = Upstream::build(&route.upstream, crypto).map_err(|source| StartError::Build {
             key: format!("routes[{i}].upstream"),
             source,
         })?;
@@ -300,33 +369,15 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             .filter_map(|name| authn.provider(name).cloned())
             .collect();
         let target = (route.access == Access::Protected)
-            .then(|| Target::new(route.domain(), route.resources.as_deref(), &templates));
+            .then(|| Target::new(route.domain(), route.resources.as_deref(), templates));
         let credentials = match &route.upstream_credentials {
-            Some(c) => {
-                let key = format!("routes[{i}].upstream_credentials");
-                let secret = read_secret(
-                    "client_secret",
-                    c.client_secret_env.as_ref(),
-                    c.client_secret_file.as_ref(),
-                )
-                .map_err(|message| StartError::Secret {
-                    key: key.clone(),
-                    message,
-                })?
-                .ok_or_else(|| StartError::Secret {
-                    key: key.clone(),
-                    message: "needs client_secret_env or client_secret_file".into(),
-                })?;
-                let http = IdpClient::new(c.ca.as_deref(), &provider)
-                    .map_err(|source| StartError::Build { key, source })?;
-                Some(Arc::new(crate::tokens::broker::Broker::new(
-                    c.clone(),
-                    secret,
-                    http,
-                    Arc::new(route.name.clone()),
-                    audit.clone(),
-                )))
-            }
+            Some(c) => Some(build_broker(
+                &format!("routes[{i}].upstream_credentials"),
+                c,
+                route,
+                crypto,
+                audit,
+            )?),
             None => None,
         };
         if let Some(path) = route.assertion.as_ref().and_then(|a| a.upstream_jwks.as_deref()) {
@@ -340,46 +391,122 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
             Route::new(route.clone(), upstream, accepted, target).with_credentials(credentials),
         ));
     }
-    let proxy = Arc::new(
-        Proxy::new(
-            RouteTable::new(routes),
-            authn.clone(),
-            authz,
-            &config,
-            audit.clone(),
-            metrics.clone(),
-            minter.clone(),
-        )
-        .with_https_port(bound.https_addr().map(|a| a.port()))
-        .with_upstream_keys(upstream_keys),
-    );
+    Ok((RouteTable::new(routes), upstream_keys))
+}
 
-    let tls = match (&config.server.tls, bound.https.is_some()) {
-        (Some(tls), true) => {
-            Some(
-                ReloadingTls::load(tls, provider.clone()).map_err(|source| StartError::Build {
-                    key: "server.tls".into(),
-                    source,
-                })?,
-            )
+/// A route's token broker: its client secret and its own HTTPS client to the token endpoint.
+fn build_broker(
+    key: &str,
+    c: &crate::config::UpstreamCredentials,
+    route: &crate::config::Route,
+    crypto: &Arc<CryptoProvider>,
+    audit: &Arc<dyn AuditSink>,
+) -> Result<Arc<Broker>, StartError> {
+    let secret = read_secret(
+        "client_secret",
+        c.client_secret_env.as_ref(),
+        c.client_secret_file.as_ref(),
+    )
+    .map_err(secret_error(key))?
+    .ok_or_else(|| StartError::Secret {
+        key: key.to_string(),
+        message: "needs client_secret_env or client_secret_file".into(),
+    })?;
+    let http = HttpsClient::new(c.ca.as_deref(), crypto).map_err(|source| StartError::Build {
+        key: key.to_string(),
+        source,
+    })?;
+    Ok(Arc::new(Broker::new(
+        c.clone(),
+        secret,
+        http,
+        Arc::new(route.name.clone()),
+        audit.clone(),
+    )))
+}
+
+fn secret_error(key: &str) -> impl FnOnce(String) -> StartError {
+    let key = key.to_string();
+    move |message| StartError::Secret { key, message }
+}
+
+/// The background work a built proxy needs while it serves: signing-key refreshers for the
+/// identity providers, the policy watcher, and the signing key ring's rotation. Everything it
+/// starts stops with the runtime; the returned watchers must live as long as serving does.
+fn start_background(config: &Config, built: &Built) -> Result<Vec<notify::RecommendedWatcher>, StartError> {
+    // Keys are fetched before /readyz turns green, then refreshed in the background.
+    for idp in built.authn.providers() {
+        if idp.needs_jwks() {
+            idp.keys.spawn_refresher();
         }
-        _ => None,
-    };
-    let _watcher = match &tls {
-        Some(tls) => Some(tls.watch(metrics.clone())?),
-        None => None,
-    };
+    }
+    if let (Some(minter), Some(dir)) = (&built.minter, &config.tokens.key_dir) {
+        let (keys, dir) = (minter.clone(), dir.clone());
+        // Rotation on schedule, pruning, and keys `portcullis keys rotate` wrote meanwhile.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (keys, dir) = (keys.clone(), dir.clone());
+                let _ = tokio::task::spawn_blocking(move || keys.maintain(&dir)).await;
+            }
+        });
+    }
+    match &built.authz {
+        Some(authz) if config.policy.watch => {
+            let (metrics, audit) = (built.metrics.clone(), built.audit.clone());
+            Ok(authz.watch(move |reloaded| report_reload(reloaded, &metrics, &*audit))?)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
 
+/// The HTTPS listener's certificate, reloaded when its files change.
+fn build_tls(
+    config: &Config,
+    bound: &Bound,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<(Arc<ReloadingTls>, notify::RecommendedWatcher)>, StartError> {
+    let (Some(tls), true) = (&config.server.tls, bound.https.is_some()) else {
+        return Ok(None);
+    };
+    let tls = ReloadingTls::load(tls, crypto_provider()).map_err(|source| StartError::Build {
+        key: "server.tls".into(),
+        source,
+    })?;
+    let watcher = tls.watch(metrics.clone())?;
+    Ok(Some((tls, watcher)))
+}
+
+/// Runs the proxy until `shutdown` resolves, then stops accepting, lets in-flight requests
+/// finish within `server.shutdown_grace`, and flushes the audit sink.
+pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let built = build(&config, bound.https_addr().map(|a| a.port())).await?;
+    let _watchers = start_background(&config, &built)?;
+    let tls = build_tls(&config, &bound, &built.metrics)?;
+    serve(&config, bound, built, tls.map(|(tls, _watcher)| tls), shutdown).await;
+    Ok(())
+}
+
+/// Accepts on the bound listeners until `shutdown`, then drains.
+async fn serve(
+    config: &Config,
+    bound: Bound,
+    built: Built,
+    tls: Option<Arc<ReloadingTls>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop, stopped) = watch::channel(false);
     let max = config.server.limits.max_connections;
     let shared = Shared {
-        proxy,
-        metrics: metrics.clone(),
+        proxy: built.proxy,
+        metrics: built.metrics.clone(),
         limits: config.server.limits.clone(),
         connections: Arc::new(Semaphore::new(max)),
         shutdown: stopped.clone(),
     };
-    let ready = Arc::new(Ready::new(authn.clone()));
+    let ready = Arc::new(Ready::new(built.authn.clone()));
     let mut tasks = Vec::new();
     if let Some(l) = bound.http {
         tasks.push(tokio::spawn(listener::serve(l, None, shared.clone())));
@@ -390,9 +517,9 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
     if let Some(l) = bound.admin {
         tokio::spawn(admin::serve(
             l,
-            metrics.clone(),
+            built.metrics.clone(),
             ready.clone(),
-            minter.clone(),
+            built.minter.clone(),
             stopped.clone(),
         ));
     }
@@ -413,6 +540,5 @@ pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()
     {
         tracing::warn!("shutdown grace period ended with requests still in flight");
     }
-    audit.flush();
-    Ok(())
+    built.audit.flush();
 }

@@ -8,8 +8,16 @@ use std::fmt;
 
 use http::StatusCode;
 
-use crate::authn::Principal;
 use crate::config::Access;
+use crate::identity::Principal;
+
+/// nginx's status for a request whose client closed the connection before the answer.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// [`CLIENT_CLOSED`] as a status code.
+pub fn client_closed_status() -> http::StatusCode {
+    http::StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(http::StatusCode::BAD_REQUEST)
+}
 
 /// Why a request was allowed or denied. A closed set: it chooses the status code and is the
 /// audit record's `portcullis.reason`.
@@ -269,7 +277,7 @@ impl Reason {
             Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BadRequestBody => StatusCode::BAD_REQUEST,
             Reason::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Reason::ClientClosed => crate::proxy::exchange::client_closed_status(),
+            Reason::ClientClosed => client_closed_status(),
             Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::UriTooLong => StatusCode::URI_TOO_LONG,
             Reason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -375,7 +383,7 @@ mod tests {
             email: None,
             name: None,
             groups: vec![],
-            auth_method: crate::authn::AuthMethod::Bearer,
+            auth_method: crate::identity::AuthMethod::Bearer,
             client_id: None,
             token_id: None,
             session_id_hash: None,

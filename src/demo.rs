@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::proxy::body::{ProxyBody, full};
+use portcullis::body::{ProxyBody, full};
 
 pub async fn serve(listener: TcpListener) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
+use crate::body::ProxyBody;
 use crate::decision::Reason;
-use crate::proxy::body::ProxyBody;
 
 /// A request that did not get an upstream response.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ClientClosed => crate::proxy::exchange::client_closed_status(),
+            ProxyError::ClientClosed => crate::decision::client_closed_status(),
         }
     }
 

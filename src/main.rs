@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
+
 // The request path allocates small, short-lived buffers on every request; mimalloc's
 // thread-local free lists make that measurably cheaper than glibc's malloc (BENCHMARKS.md).
 #[global_allocator]
@@ -146,16 +148,12 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
     use portcullis::authz::cli;
     let load = |path: Option<PathBuf>| match path {
         None => Ok(None),
-        Some(path) => portcullis::config::load(&path).map(Some).map_err(|problems| {
+        Some(path) => portcullis::app::load_config(&path).map(Some).map_err(|problems| {
             report(&path, &problems);
         }),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(1) else {
+        return ExitCode::FAILURE;
     };
     let result = match command {
         PolicyCommand::Test { dir, config } => {
@@ -236,12 +234,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::CheckConfig { config } => match portcullis::config::load(&config) {
+        Command::CheckConfig { config } => match portcullis::app::load_config(&config) {
             Ok(c) => {
                 if c.needs_policy() {
                     // The policy is part of what `serve` would refuse to start with.
-                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-                    let Ok(runtime) = runtime else {
+                    let Some(runtime) = runtime(1) else {
                         return ExitCode::FAILURE;
                     };
                     let report = runtime.block_on(portcullis::authz::cli::test(&c.policy.dir, Some(&c)));
@@ -260,30 +257,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config: path } => {
-            let config = match portcullis::config::load(&path) {
+            let config = match portcullis::app::load_config(&path) {
                 Ok(c) => c,
                 Err(problems) => {
                     report(&path, &problems);
                     return ExitCode::FAILURE;
                 }
             };
-            // One worker means one core: a current-thread runtime skips the work-stealing
-            // machinery that only pays off with several workers.
-            let mut runtime = match config.runtime.worker_threads {
-                1 => tokio::runtime::Builder::new_current_thread(),
-                0 => tokio::runtime::Builder::new_multi_thread(),
-                n => {
-                    let mut b = tokio::runtime::Builder::new_multi_thread();
-                    b.worker_threads(n);
-                    b
-                }
-            };
-            let runtime = match runtime.enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime(config.runtime.worker_threads) else {
+                return ExitCode::FAILURE;
             };
             let result = runtime.block_on(async {
                 let bound = portcullis::app::bind(&config).await?;
@@ -306,30 +288,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Probe { url } => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            match runtime.map(|r| r.block_on(portcullis::demo::probe(&url))) {
-                Ok(true) => ExitCode::SUCCESS,
-                _ => ExitCode::FAILURE,
-            }
-        }
+        Command::Probe { url } => match runtime(1).map(|r| r.block_on(demo::probe(&url))) {
+            Some(true) => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        },
         Command::DemoUpstream { listen } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime(1) else {
+                return ExitCode::FAILURE;
             };
             runtime.block_on(async {
                 match tokio::net::TcpListener::bind(&listen).await {
                     Ok(l) => {
                         tracing::info!(%listen, "demo upstream listening");
-                        portcullis::demo::serve(l).await;
+                        demo::serve(l).await;
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
@@ -342,10 +313,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// The runtime a command runs on: `workers` threads (0: one per core). One worker means one
+/// core, and a current-thread runtime skips the work-stealing machinery that only pays off with
+/// several. `None` (said on stderr) when the OS refuses one.
+fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("cannot start the runtime: {e}"))
+        .ok()
+}
+
 fn keys_command(command: KeysCommand) -> ExitCode {
     let (KeysCommand::List { config } | KeysCommand::Rotate { config } | KeysCommand::Revoke { config, .. }) =
         &command;
-    let loaded = match portcullis::config::load(config) {
+    let loaded = match portcullis::app::load_config(config) {
         Ok(c) => c,
         Err(problems) => {
             report(config, &problems);

@@ -3,7 +3,7 @@
 #![cfg(test)]
 
 use http::{HeaderMap, Method, Uri, Version};
-use portcullis::proxy::canonical::{Canonical, canonical_path};
+use portcullis::canonical::{Canonical, canonical_path};
 use proptest::prelude::*;
 
 /// Paths built from the pieces that path-confusion attacks are made of.

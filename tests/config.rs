@@ -15,7 +15,7 @@ fn every_example_config_loads_and_validates() {
     for entry in top.chain(providers).chain(audit) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            if let Err(problems) = portcullis::config::load(&path) {
+            if let Err(problems) = portcullis::app::load_config(&path) {
                 panic!("{}: {problems:#?}", path.display());
             }
             checked += 1;
@@ -37,7 +37,7 @@ fn the_benchmark_configs_load_and_validate() {
         "benches/load/tokens/portcullis.toml",
         "benches/load/tokens/portcullis-assertion.toml",
     ] {
-        if let Err(problems) = portcullis::config::load(std::path::Path::new(path)) {
+        if let Err(problems) = portcullis::app::load_config(std::path::Path::new(path)) {
             panic!("{path}: {problems:#?}");
         }
     }

@@ -6,9 +6,9 @@ mod support;
 
 use std::sync::Arc;
 
-use portcullis::authn::http::IdpClient;
 use portcullis::authn::oidc::{RelyingParty, discover, start_login};
-use portcullis::session::Secret;
+use portcullis::outbound::HttpsClient;
+use portcullis::secret::Secret;
 use support::idp::Idp;
 
 const CALLBACK: &str = "http://127.0.0.1:8080/.portcullis/callback";
@@ -22,9 +22,9 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 }
 
 /// The real provider (with our callback registered for the `web` client) and its discovered metadata.
-async fn provider_and_metadata() -> (Idp, IdpClient, portcullis::authn::oidc::Metadata) {
+async fn provider_and_metadata() -> (Idp, HttpsClient, portcullis::authn::oidc::Metadata) {
     let idp = Idp::start_with(&["--redirect", CALLBACK]).await;
-    let http = IdpClient::new(None, &Arc::new(rustls::crypto::aws_lc_rs::default_provider())).unwrap();
+    let http = HttpsClient::new(None, &Arc::new(rustls::crypto::aws_lc_rs::default_provider())).unwrap();
     let metadata = discover(&idp.issuer, &http).await.unwrap();
     (idp, http, metadata)
 }

@@ -1,5 +1,5 @@
 //! What the benches share: percentiles of individually timed calls (criterion reports
-//! estimates of the mean and median; the issues ask for p50 and p99).
+//! estimates of the mean and median; p50 and p99 are the figures BENCHMARKS.md reports).
 
 use std::time::Duration;
 

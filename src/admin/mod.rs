@@ -3,8 +3,6 @@
 //! `/.well-known/openid-configuration` and `/.well-known/jwks.json`. Separate from the proxy listeners so probes
 //! are never routed, audited or exposed to clients.
 
-pub mod metrics;
-
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,10 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use metrics::Metrics;
+pub use crate::metrics::Metrics;
 
 use crate::authn::Authn;
-use crate::proxy::body::{ProxyBody, full};
+use crate::body::{ProxyBody, full};
 use crate::tokens::Minter;
 
 /// Readiness: every listener is bound, every identity provider's keys are in hand, and
@@ -84,7 +82,7 @@ fn answer(
     minter: Option<&Minter>,
 ) -> Response<ProxyBody> {
     let (status, content_type, body) = match (req.uri().path(), minter) {
-        (path, Some(m)) if path.starts_with("/.well-known/") => match issuer_document(path, m) {
+        (path, Some(m)) if path.starts_with("/.well-known/") => match m.document(path) {
             Some(doc) => (StatusCode::OK, "application/json", doc),
             None => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
         },
@@ -96,15 +94,6 @@ fn answer(
         response.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     response
-}
-
-/// The issuer's discovery document or its JWK Set, for upstreams verifying assertions.
-pub fn issuer_document(path: &str, minter: &Minter) -> Option<String> {
-    match path {
-        "/.well-known/jwks.json" => Some(minter.jwks().to_string()),
-        "/.well-known/openid-configuration" => Some(minter.discovery().to_string()),
-        _ => None,
-    }
 }
 
 fn match_probe(path: &str, metrics: &Metrics, ready: &Ready) -> (StatusCode, &'static str, String) {

@@ -25,9 +25,9 @@ use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry::{Array, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData};
 
-use crate::authn::Principal;
+use crate::identity::Principal;
 
-pub use pipeline::AuditStats;
+pub use crate::metrics::AuditStats;
 pub use record::SpanMeta;
 pub use sink::{Intake, JsonlSink};
 
@@ -643,7 +643,7 @@ mod tests {
 
     #[test]
     fn claims_in_a_record_are_capped_and_their_control_characters_escaped() {
-        let mut principal = crate::session::conformance::session(std::time::SystemTime::now()).principal;
+        let mut principal = std::sync::Arc::new(crate::identity::Principal::example());
         let p = Arc::make_mut(&mut principal);
         p.subject = "alice\r\n\u{1b}[31mroot".into();
         p.email = Some("x".repeat(300));

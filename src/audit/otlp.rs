@@ -20,9 +20,9 @@ use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
 use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 
-use crate::authn::http::IdpClient;
 use crate::config::{Audit, OtlpHeader, OtlpProtocol};
-use crate::session::Secret;
+use crate::outbound::HttpsClient;
+use crate::secret::Secret;
 
 /// Why the exporter could not be built; each names its config key.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,7 @@ pub fn build(
             builder.build()
         }
         OtlpProtocol::HttpProtobuf => {
-            let client = IdpClient::new(otlp.ca.as_deref(), provider)
+            let client = HttpsClient::new(otlp.ca.as_deref(), provider)
                 .map_err(|e| fail("audit.otlp.ca", e.to_string()))?
                 .with_timeout(otlp.timeout);
             let headers: HashMap<String, String> = headers
@@ -185,7 +185,7 @@ pub fn build(
 
 /// OTLP/HTTP through the proxy's own HTTPS client.
 #[derive(Debug)]
-struct OtlpHttp(IdpClient);
+struct OtlpHttp(HttpsClient);
 
 type HttpResult = Result<http::Response<Bytes>, opentelemetry_http::HttpError>;
 

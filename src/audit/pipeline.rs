@@ -25,8 +25,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use super::otlp;
@@ -34,25 +32,7 @@ use super::record::parse_line;
 use super::sink::{Delivery, Intake, Sealed};
 use super::spool::{Chunk, Spool, SpoolError};
 use crate::config::{Audit, WhenFull};
-
-/// The pipeline's counters, registered in `/metrics` by `admin::Metrics`.
-#[derive(Debug, Clone, Default)]
-pub struct AuditStats {
-    /// Records the collector accepted from memory.
-    pub exported: Counter,
-    /// Records written to the spool.
-    pub spooled: Counter,
-    /// Records the collector accepted from the spool.
-    pub replayed: Counter,
-    /// Records lost: the spool was full in fail-open mode (or for refusals beyond the
-    /// fail-closed reserve), the disk failed, or a spooled line was damaged.
-    pub dropped: Counter,
-    /// Export requests that failed.
-    pub export_failures: Counter,
-    pub spool_bytes: Gauge,
-    /// 1 while the spool is full.
-    pub spool_full: Gauge,
-}
+use crate::metrics::AuditStats;
 
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]

@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, header};
 
+use super::Outcome;
 use super::claims::{PartError, jws_part};
 use super::provider::{Header, Provider, Verified};
-use super::{Outcome, Principal};
 use crate::decision::Reason;
+use crate::identity::Principal;
 
 /// Longest a verified token stays cached, whatever its `exp`.
 const MAX_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -67,7 +68,7 @@ impl BearerAuthenticator {
             Some(Err(reason)) => return Outcome::Rejected(reason.into()),
             Some(Ok(token)) => token,
         };
-        let digest = sha256(token);
+        let digest = crate::secret::fingerprint(token);
         if let Some(hit) = self.verified.get(&digest)
             && hit.exp > now_secs()
         {
@@ -155,13 +156,6 @@ fn peek(token: &str) -> Result<(Header, String), Reason> {
     let header: Header = jws_part(h).map_err(refused)?;
     let payload: RawIssuer = jws_part(p).map_err(refused)?;
     Ok((header, payload.iss))
-}
-
-pub(crate) fn sha256(token: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 fn now_secs() -> u64 {

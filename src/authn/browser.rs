@@ -20,16 +20,17 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use openidconnect::url::form_urlencoded;
 
-use super::http::IdpClient;
 use super::oidc::{self, IdTokenError, RefreshError, RelyingParty};
 use super::{Outcome, Provider};
-use crate::admin::Metrics;
+use crate::body::{ProxyBody, full};
+use crate::canonical::Canonical;
 use crate::config::{BrowserClient as ClientConfig, Sessions};
 use crate::decision::Reason;
 use crate::error::{ProxyError, html_escape};
-use crate::proxy::body::{ProxyBody, full};
-use crate::proxy::canonical::Canonical;
-use crate::session::{PendingLogin, Secret, Session, SessionId, SessionStore, StoreError};
+use crate::metrics::Metrics;
+use crate::outbound::HttpsClient;
+use crate::secret::Secret;
+use crate::session::{PendingLogin, Session, SessionId, SessionStore, StoreError};
 
 /// The reserved path prefix; no upstream ever sees a request under it.
 pub const RESERVED: &str = "/.portcullis/";
@@ -45,7 +46,7 @@ pub struct BrowserClient {
     client_secret: Option<Secret>,
     scopes: Vec<String>,
     pub display_name: String,
-    http: IdpClient,
+    http: HttpsClient,
     metadata: ArcSwapOption<Discovered>,
     discovering: tokio::sync::Mutex<()>,
 }
@@ -60,7 +61,7 @@ impl BrowserClient {
         provider: Arc<Provider>,
         config: &ClientConfig,
         secret: Option<Secret>,
-        http: IdpClient,
+        http: HttpsClient,
     ) -> Self {
         let scopes = config.scopes.clone().unwrap_or_else(|| {
             ["openid", "email", "profile", "offline_access"]
@@ -164,7 +165,7 @@ impl Origin {
 pub struct Served {
     pub response: Response<ProxyBody>,
     pub reason: Reason,
-    pub principal: Option<Arc<super::Principal>>,
+    pub principal: Option<Arc<crate::identity::Principal>>,
 }
 
 impl Browser {

@@ -10,8 +10,8 @@ use arc_swap::ArcSwapOption;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use super::http::{FetchError, IdpClient};
 use crate::decision::Reason;
+use crate::outbound::{FetchError, HttpsClient};
 
 /// A verification key from the issuer's JWKS.
 pub struct Key {
@@ -30,7 +30,7 @@ impl Key {
 pub struct Jwks {
     issuer: String,
     jwks_uri: Option<String>,
-    client: IdpClient,
+    client: HttpsClient,
     keys: ArcSwapOption<Vec<Arc<Key>>>,
     /// Held while fetching; holds when the last fetch started.
     fetching: tokio::sync::Mutex<Option<Instant>>,
@@ -43,7 +43,7 @@ impl Jwks {
     pub fn new(
         issuer: &str,
         jwks_uri: Option<String>,
-        client: IdpClient,
+        client: HttpsClient,
         refresh: Duration,
         min_refetch: Duration,
     ) -> Self {

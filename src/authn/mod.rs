@@ -11,7 +11,6 @@
 pub mod bearer;
 pub mod browser;
 mod claims;
-pub mod http;
 pub mod jwks;
 pub mod oidc;
 pub mod provider;
@@ -21,54 +20,9 @@ use std::sync::Arc;
 
 use ::http::HeaderMap;
 
-pub use crate::config::PrincipalKind;
 pub use provider::{Provider, Refusal};
 
-/// How the caller proved who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    Bearer,
-    Session,
-}
-
-impl AuthMethod {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            AuthMethod::Bearer => "bearer",
-            AuthMethod::Session => "session",
-        }
-    }
-}
-
-impl PrincipalKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            PrincipalKind::User => "user",
-            PrincipalKind::Service => "service",
-            PrincipalKind::CiJob => "ci_job",
-        }
-    }
-}
-
-/// The authenticated caller, as authorization and audit see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub kind: PrincipalKind,
-    pub subject: String,
-    /// The issuer URL, exactly as in the token.
-    pub issuer: String,
-    /// The configured provider's name.
-    pub provider: String,
-    pub email: Option<String>,
-    pub name: Option<String>,
-    pub groups: Vec<String>,
-    pub auth_method: AuthMethod,
-    pub client_id: Option<String>,
-    /// The token's `jti`, when it has one.
-    pub token_id: Option<String>,
-    /// A hash of the browser session id (sessions arrive with the browser path).
-    pub session_id_hash: Option<String>,
-}
+use crate::identity::Principal;
 
 /// One authenticator's answer.
 #[derive(Debug)]
@@ -121,6 +75,10 @@ impl Authn {
     /// Every provider has signing keys: protected routes can be served.
     pub fn ready(&self) -> bool {
         self.providers.iter().all(|p| !p.needs_jwks() || p.keys.ready())
+    }
+
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
     }
 
     pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {

@@ -12,12 +12,12 @@ use openidconnect::{
     ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse,
 };
 
-use super::http::IdpClient;
 use super::provider::principal_from_claims;
-use super::{AuthMethod, Principal};
 use crate::config::ResolvedProvider;
 use crate::decision::Reason;
-use crate::session::Secret;
+use crate::identity::{AuthMethod, Principal};
+use crate::outbound::HttpsClient;
+use crate::secret::Secret;
 
 /// A provider's discovery document, with the RP-initiated logout endpoint when it has one.
 pub type Metadata = ProviderMetadataWithLogout;
@@ -34,7 +34,7 @@ pub enum OidcError {
 
 /// Reads `<issuer>/.well-known/openid-configuration`; the crate checks that the document's
 /// `issuer` is exactly the configured one.
-pub async fn discover(issuer: &str, http: &IdpClient) -> Result<Metadata, OidcError> {
+pub async fn discover(issuer: &str, http: &HttpsClient) -> Result<Metadata, OidcError> {
     let issuer_url =
         IssuerUrl::new(issuer.to_string()).map_err(|_| OidcError::BadIssuer(issuer.to_string()))?;
     Metadata::discover_async(issuer_url, http)
@@ -111,7 +111,7 @@ pub enum IdTokenError {
 /// Redeems the authorization code with the PKCE verifier.
 pub async fn redeem_code(
     rp: &RelyingParty<'_>,
-    http: &IdpClient,
+    http: &HttpsClient,
     code: &str,
     pkce_verifier: &Secret,
 ) -> Result<CoreTokenResponse, Reason> {
@@ -248,7 +248,7 @@ pub enum RefreshError {
 pub async fn refresh(
     rp: &RelyingParty<'_>,
     provider: &ResolvedProvider,
-    http: &IdpClient,
+    http: &HttpsClient,
     refresh_token: &Secret,
     subject: &str,
 ) -> Result<Refreshed, RefreshError> {

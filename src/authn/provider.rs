@@ -8,12 +8,12 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::claims;
-use super::http::IdpClient;
 use super::jwks::Jwks;
-use super::{AuthMethod, Principal, PrincipalKind};
 use crate::config::{ResolvedProvider, ServiceWhen, TokenType};
 use crate::decision::Reason;
-use crate::session::Secret;
+use crate::identity::{AuthMethod, Principal, PrincipalKind};
+use crate::outbound::HttpsClient;
+use crate::secret::Secret;
 
 pub struct Provider {
     pub config: ResolvedProvider,
@@ -66,7 +66,7 @@ impl From<Reason> for Refusal {
 }
 
 impl Provider {
-    pub fn new(config: ResolvedProvider, client: IdpClient, hmac_secret: Option<Secret>) -> Self {
+    pub fn new(config: ResolvedProvider, client: HttpsClient, hmac_secret: Option<Secret>) -> Self {
         let validations = config
             .algorithms
             .iter()

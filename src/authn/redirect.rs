@@ -5,7 +5,7 @@
 //! leave the origin, so anything that is not plainly a path on this host is refused, and what
 //! is accepted is re-issued in canonical form.
 
-use crate::proxy::canonical::canonical_path;
+use crate::canonical::canonical_path;
 
 const MAX_LEN: usize = 2048;
 

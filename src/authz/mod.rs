@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::authn::Principal;
-use crate::config::PrincipalKind;
+use crate::identity::{Principal, PrincipalKind};
 pub use engine::{Engine, Query, Verdict};
 pub use policy::LoadError;
 use resources::Templates;

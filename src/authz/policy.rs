@@ -325,13 +325,7 @@ fn parse_line(line: &str, origin: &Origin, has_effect: bool) -> Result<Option<Li
 /// Namespaces whose subjects name the identity provider that vouched for them.
 pub const PROVIDER_NAMESPACES: [&str; 4] = ["user:", "group:", "svc:", "ci:"];
 
-/// A provider name as `identity_providers[].name` allows it.
-pub fn is_provider_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-}
+pub use crate::config::is_provider_name;
 
 /// The provider a subject names (`okta` in `user:okta/alice`), if it is of a provider namespace
 /// and names one.

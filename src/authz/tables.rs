@@ -29,7 +29,7 @@ use serde::Deserialize;
 use crate::authz::engine::{Engine, Query};
 use crate::authz::policy::{LoadError, Origin, Problem};
 use crate::authz::resources::{Resource, RuleAccess, Template, Templates, path_resource};
-use crate::proxy::canonical::Canonical;
+use crate::canonical::Canonical;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,6 +7,7 @@
 
 pub mod claims;
 mod presets;
+pub mod templates;
 mod validate;
 
 use std::net::SocketAddr;
@@ -40,7 +41,7 @@ pub struct Config {
     /// The Casbin policy `protected` routes are checked against.
     pub policy: Policy,
     /// Resource templates added to (or replacing) the built-in ones, by name.
-    pub resource_templates: std::collections::BTreeMap<String, crate::authz::resources::TemplateDef>,
+    pub resource_templates: std::collections::BTreeMap<String, templates::TemplateDef>,
     /// The proxy as an issuer: the signing keys of identity assertions.
     pub tokens: Tokens,
 }
@@ -1092,8 +1093,22 @@ fn normalize_path(path: &str) -> String {
     if out.is_empty() { "(root)".into() } else { out }
 }
 
+/// A provider name as `identity_providers[].name` allows it.
+pub fn is_provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
 /// Reads, parses and validates a config file, returning every problem found.
 pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
+    load_with(path, |_| Vec::new())
+}
+
+/// [`load`], with `more` checks of the parsed configuration that belong to the features
+/// reading it (resource templates compile): all problems come out of one run.
+pub fn load_with(path: &Path, more: impl Fn(&Config) -> Vec<Problem>) -> Result<Config, Vec<Problem>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![Problem::new(
             "(file)",
@@ -1102,7 +1117,8 @@ pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
         )]
     })?;
     let config = parse(&text)?;
-    let problems = validate(&config);
+    let mut problems = validate(&config);
+    problems.extend(more(&config));
     if problems.is_empty() {
         Ok(config)
     } else {

@@ -109,16 +109,6 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
-    let templates = crate::authz::resources::Templates::load(&config.resource_templates);
-    if let Err(errors) = &templates {
-        for e in errors {
-            p.push(Problem::new(
-                format!("resource_templates.{e}"),
-                "this template rule is not valid",
-                "see docs/policy.md#resource-templates",
-            ));
-        }
-    }
     if config.policy.cache_capacity == 0 {
         p.push(Problem::new(
             "policy.cache_capacity",
@@ -142,19 +132,6 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
         if let Some(cors) = &route.cors {
             validate_cors(cors, &format!("{at}.cors"), &mut p);
-        }
-        if let (Some(name), Ok(templates)) = (&route.resources, &templates)
-            && templates.get(name).is_none()
-        {
-            let known: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
-            p.push(Problem::new(
-                format!("{at}.resources"),
-                format!("no resource template is named {name:?}"),
-                format!(
-                    "use one of {}, or define it under [resource_templates.{name}]",
-                    known.join(", ")
-                ),
-            ));
         }
         if let Some(domain) = &route.policy_domain
             && (domain.is_empty()
@@ -217,7 +194,7 @@ fn validate_provider(idp: &crate::config::IdentityProvider, at: &str, p: &mut Ve
             "is missing",
             "name the provider, e.g. name = \"okta\"",
         ));
-    } else if !crate::authz::policy::is_provider_name(&idp.name) {
+    } else if !crate::config::is_provider_name(&idp.name) {
         p.push(Problem::new(
             format!("{at}.name"),
             format!(

@@ -20,8 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::Metrics;
 use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::proxy::context::ConnInfo;
 use io::{Activity, Tracked};

@@ -12,9 +12,9 @@ use arc_swap::ArcSwap;
 use notify::RecursiveMode;
 use rustls::ServerConfig;
 
-use crate::admin::Metrics;
 use crate::config::Tls;
-use crate::proxy::forward::{BuildError, read_certs, read_key};
+use crate::metrics::Metrics;
+use crate::pem::{BuildError, read_certs, read_key};
 
 pub struct ReloadingTls {
     current: ArcSwap<ServerConfig>,

@@ -14,16 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-
-/// Every response the proxy sends downstream: the upstream's streamed body or one it made.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
-
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
-}
 
 /// Why a request body did not arrive whole. The first fault is the one kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::audit::PolicyFields;
-use crate::authn::Principal;
+use crate::canonical::Canonical;
 use crate::decision::Decision;
-use crate::proxy::canonical::Canonical;
+use crate::identity::Principal;
 use crate::proxy::routes::Route;
 use crate::proxy::trace::TraceCtx;
 

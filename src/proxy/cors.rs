@@ -9,10 +9,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
+use crate::body::ProxyBody;
 use crate::config::Cors;
 use crate::decision::Reason;
 use crate::error::ProxyError;
-use crate::proxy::body::ProxyBody;
 
 /// An `OPTIONS` request a browser sends before a cross-origin request.
 pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {

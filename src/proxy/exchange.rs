@@ -18,18 +18,11 @@ use bytes::Bytes;
 use http::Version;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::body::ProxyBody;
+use crate::decision::CLIENT_CLOSED;
 use crate::error::ProxyError;
 use crate::proxy::Proxy;
-use crate::proxy::body::ProxyBody;
 use crate::proxy::context::RequestCtx;
-
-/// nginx's status for a request whose client closed the connection before the answer.
-pub const CLIENT_CLOSED: u16 = 499;
-
-/// [`CLIENT_CLOSED`] as a status code.
-pub fn client_closed_status() -> http::StatusCode {
-    http::StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(http::StatusCode::BAD_REQUEST)
-}
 
 /// What the audit event needs from the request after the request itself has moved on.
 #[derive(Debug)]

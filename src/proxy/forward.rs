@@ -18,14 +18,15 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilde
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 
+use crate::body::ProxyBody;
+use crate::canonical::Canonical;
 use crate::config::{self, UpstreamProtocol};
 use crate::decision::{Permit, Reason};
 use crate::error::ProxyError;
-use crate::proxy::body::{BodyFault, ClientBody, Inbound, ProxyBody};
-use crate::proxy::canonical::Canonical;
+use crate::pem::{self, BuildError};
+use crate::proxy::body::{BodyFault, ClientBody, Inbound};
 use crate::proxy::context::RequestCtx;
 use crate::proxy::routes::Route;
 
@@ -62,27 +63,6 @@ impl<C: tower::Service<Uri>> tower::Service<Uri> for FixedTarget<C> {
     }
 }
 
-/// Why an upstream client could not be built (files named by the config).
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("{path}: cannot read {what} ({source})")]
-    Read {
-        path: String,
-        what: &'static str,
-        source: std::io::Error,
-    },
-    #[error("{path}: {what} is not valid PEM ({detail})")]
-    Pem {
-        path: String,
-        what: &'static str,
-        detail: String,
-    },
-    #[error("TLS setup: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("{0}")]
-    Invalid(String),
-}
-
 impl Upstream {
     pub fn build(
         cfg: &config::Upstream,
@@ -98,26 +78,17 @@ impl Upstream {
             .cloned()
             .ok_or_else(|| BuildError::Invalid("upstream url has no host".into()))?;
 
-        let mut roots = rustls::RootCertStore::empty();
-        match &cfg.ca {
-            Some(ca) => {
-                for cert in read_certs(ca, "upstream CA")? {
-                    roots.add(cert)?;
-                }
-            }
-            None if scheme == Scheme::HTTPS => {
-                // A route to a public HTTPS service trusts the system's roots.
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            }
-            None => {}
-        }
+        // A route to a public HTTPS service trusts the system's roots; plain HTTP needs none.
+        let roots = match (&cfg.ca, scheme == Scheme::HTTPS) {
+            (None, false) => rustls::RootCertStore::empty(),
+            (ca, _) => pem::trust_roots(ca.as_deref(), "upstream CA")?,
+        };
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
         let tls = match (&cfg.client_cert, &cfg.client_key) {
-            (Some(cert), Some(key)) => {
-                builder.with_client_auth_cert(read_certs(cert, "client certificate")?, read_key(key)?)?
-            }
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(pem::read_certs(cert, "client certificate")?, pem::read_key(key)?)?,
             _ => builder.with_no_client_auth(),
         };
 
@@ -163,45 +134,6 @@ impl Upstream {
             version,
         })
     }
-}
-
-fn read_pem(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, BuildError> {
-    std::fs::read(path).map_err(|source| BuildError::Read {
-        path: path.display().to_string(),
-        what,
-        source,
-    })
-}
-
-pub fn read_certs(
-    path: &std::path::Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, BuildError> {
-    let pem = read_pem(path, what)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| BuildError::Pem {
-            path: path.display().to_string(),
-            what,
-            detail: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(BuildError::Pem {
-            path: path.display().to_string(),
-            what,
-            detail: "no certificate found".into(),
-        });
-    }
-    Ok(certs)
-}
-
-pub fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, BuildError> {
-    let pem = read_pem(path, "private key")?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| BuildError::Pem {
-        path: path.display().to_string(),
-        what: "private key",
-        detail: e.to_string(),
-    })
 }
 
 /// Sends an allowed request upstream and returns the upstream's response head with its body
@@ -323,7 +255,7 @@ pub async fn forward(
         parts.headers.insert(header::UPGRADE, protocol);
         return Ok(Response::from_parts(
             parts,
-            crate::proxy::body::full(bytes::Bytes::new()),
+            crate::body::full(bytes::Bytes::new()),
         ));
     }
 

@@ -1,7 +1,6 @@
 //! The request path. `stack.rs` composes it; the other modules are its phases.
 
 pub mod body;
-pub mod canonical;
 pub mod context;
 pub mod cors;
 pub mod exchange;
@@ -10,7 +9,7 @@ pub mod routes;
 mod stack;
 pub mod trace;
 
-pub use stack::{H2_FIELD_OVERHEAD, Proxy};
+pub use stack::{H2_FIELD_OVERHEAD, Proxy, UpstreamKeys};
 
 /// Set on an HTTP/1 request whose head carried both `Content-Length` and `Transfer-Encoding`
 /// (hyper keeps only the latter): the forwarder refuses it instead of re-framing it.

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::admin::metrics::RouteLabel;
 use crate::authn::Provider;
 use crate::authz::Target;
 use crate::config;
+use crate::metrics::RouteLabel;
 use crate::proxy::forward::Upstream;
 
 /// A route ready to serve: its config and its upstream client.

@@ -29,25 +29,31 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
-use crate::admin::Metrics;
 use crate::audit::{AccessEvent, AuditSink, PolicyFields, bounded};
 use crate::authn::browser::{RESERVED, is_navigation};
-use crate::authn::{AuthMethod, Authn, Outcome, Principal};
+use crate::authn::{Authn, Outcome};
 use crate::authz::resources::{LookupPlan, Resource, ResponseFilter, RuleAccess};
 use crate::authz::{self, Authz, Query};
+use crate::body::ProxyBody;
+use crate::canonical::Canonical;
 use crate::config::Access;
 use crate::decision::{Decision, PolicyAnswer, Reason, decide};
 use crate::error::{ProxyError, rescue, wants_html};
-use crate::proxy::body::{ClientBody, Inbound, ProxyBody};
-use crate::proxy::canonical::Canonical;
+use crate::identity::{AuthMethod, Principal};
+use crate::metrics::Metrics;
+use crate::proxy::body::{ClientBody, Inbound};
 use crate::proxy::context::{ConnInfo, RequestCtx};
 use crate::proxy::cors;
 use crate::proxy::exchange::{End, Ending, Exchange, Failure, Recorded, Seen};
 use crate::proxy::forward::{self, forward};
 use crate::proxy::routes::{Route, RouteTable};
 use crate::proxy::trace::TraceCtx;
-use crate::session::Secret;
+use crate::secret::Secret;
 use crate::tokens::broker::Caller;
+
+/// Route name → the upstream's own public keys (`[routes.assertion] upstream_jwks`), served in
+/// the route's JWKS beside the proxy's.
+pub type UpstreamKeys = HashMap<String, Arc<[serde_json::Value]>>;
 
 pub struct Proxy {
     routes: RouteTable,
@@ -67,8 +73,7 @@ pub struct Proxy {
     strip_extra: Vec<String>,
     /// The HTTPS listener's port, where a browser on plain HTTP is sent to sign in.
     https_port: Option<u16>,
-    /// Route name → the upstream's own public keys (`[routes.assertion] upstream_jwks`).
-    upstream_keys: HashMap<String, Arc<[serde_json::Value]>>,
+    upstream_keys: UpstreamKeys,
 }
 
 impl Proxy {
@@ -116,7 +121,7 @@ impl Proxy {
     }
 
     /// Routes' own JWKS: the proxy's keys and each upstream's, by route name.
-    pub fn with_upstream_keys(mut self, keys: HashMap<String, Arc<[serde_json::Value]>>) -> Self {
+    pub fn with_upstream_keys(mut self, keys: UpstreamKeys) -> Self {
         self.upstream_keys = keys;
         self
     }
@@ -164,7 +169,7 @@ impl Proxy {
         // From here on, a request that is dropped (its client gone) is still recorded.
         let mut exchange = Exchange::new(self.clone(), ctx, seen);
         let Some(ctx) = exchange.ctx() else {
-            return Response::new(Recorded::new(crate::proxy::body::full(Bytes::new()), exchange));
+            return Response::new(Recorded::new(crate::body::full(Bytes::new()), exchange));
         };
 
         // Nothing is done that cannot be recorded (fail-closed audit, spool full).
@@ -176,7 +181,7 @@ impl Proxy {
         let wants_html = exchange.seen().is_some_and(|s| s.wants_html);
         let origin = exchange.seen().and_then(|s| s.origin.clone());
         let Some(ctx) = exchange.ctx() else {
-            return Response::new(Recorded::new(crate::proxy::body::full(Bytes::new()), exchange));
+            return Response::new(Recorded::new(crate::body::full(Bytes::new()), exchange));
         };
         let (mut response, failure) = match outcome {
             Ok(response) => (response, None),
@@ -240,7 +245,7 @@ impl Proxy {
         if let Some(document) = self.issuer_document(&canonical) {
             ctx.canonical = Some(canonical);
             ctx.decision = Some(Decision::Allow(Reason::IssuerMetadata));
-            let mut response = Response::new(crate::proxy::body::full(document));
+            let mut response = Response::new(crate::body::full(document));
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -422,7 +427,7 @@ impl Proxy {
                 .get(name)
                 .map(|keys| route_jwks(&minter.jwks(), keys).to_string());
         }
-        crate::admin::issuer_document(&canonical.path, minter)
+        minter.document(&canonical.path)
     }
 
     /// The identity the upstream is told: the signed assertion and, if the route asks, plain
@@ -676,7 +681,7 @@ impl Proxy {
         let body = serde_json::to_vec(&doc).map_err(|e| unfilterable(&e.to_string()))?;
         parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.remove(header::CONTENT_ENCODING);
-        Ok(Response::from_parts(parts, crate::proxy::body::full(body)))
+        Ok(Response::from_parts(parts, crate::body::full(body)))
     }
 
     /// A denial. A person's browser without a usable session is sent to sign in rather than
@@ -773,7 +778,7 @@ impl Proxy {
             format!("{}:{port}", canonical.host)
         };
         let location = format!("https://{authority}{}", canonical.wire_path_and_query());
-        let mut response = Response::new(crate::proxy::body::full(Bytes::new()));
+        let mut response = Response::new(crate::body::full(Bytes::new()));
         *response.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

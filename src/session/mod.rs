@@ -15,7 +15,8 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::authn::Principal;
+use crate::identity::Principal;
+use crate::secret::Secret;
 pub use memory::MemoryStore;
 
 /// A session id: 256 random bits. The cookie carries it base64url-encoded; logs and audit
@@ -53,25 +54,6 @@ impl SessionId {
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SessionId({})", self.hash())
-    }
-}
-
-/// A value that must never reach a log, a span or an error body.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
     }
 }
 
@@ -132,23 +114,10 @@ pub(crate) mod conformance {
     use std::time::Duration;
 
     use super::*;
-    use crate::authn::{AuthMethod, PrincipalKind};
 
     pub fn session(created: SystemTime) -> Session {
         Session {
-            principal: Arc::new(Principal {
-                kind: PrincipalKind::User,
-                subject: "alice".into(),
-                issuer: "https://idp.example".into(),
-                provider: "idp".into(),
-                email: Some("alice@example.com".into()),
-                name: None,
-                groups: vec!["deployers".into()],
-                auth_method: AuthMethod::Session,
-                client_id: Some("web".into()),
-                token_id: None,
-                session_id_hash: None,
-            }),
+            principal: Arc::new(Principal::example()),
             created,
             access_token: Some(Secret::new("at-secret")),
             access_token_expires: None,

@@ -21,10 +21,10 @@ use openidconnect::url::form_urlencoded;
 use tokio::sync::Mutex;
 
 use crate::audit::{AuditSink, TokenEvent};
-use crate::authn::Principal;
-use crate::authn::http::IdpClient;
 use crate::config::{ClientAuth, CredentialKind, SubjectTokenType, UpstreamCredentials};
-use crate::session::Secret;
+use crate::identity::Principal;
+use crate::outbound::HttpsClient;
+use crate::secret::Secret;
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// Exchanged tokens kept at once (one per caller token); the least used go first.
@@ -65,7 +65,7 @@ type Slot = Arc<Mutex<Option<Cached>>>;
 pub struct Broker {
     config: UpstreamCredentials,
     secret: Secret,
-    http: IdpClient,
+    http: HttpsClient,
     route: Arc<String>,
     token_url: Mutex<Option<String>>,
     /// client_credentials: the route's one token.
@@ -91,7 +91,7 @@ impl Broker {
     pub fn new(
         config: UpstreamCredentials,
         secret: Secret,
-        http: IdpClient,
+        http: HttpsClient,
         route: Arc<String>,
         audit: Arc<dyn AuditSink>,
     ) -> Self {
@@ -132,7 +132,7 @@ impl Broker {
                 }
                 let slot = self
                     .exchanged
-                    .get_with(crate::authn::bearer::sha256(subject), Slot::default);
+                    .get_with(crate::secret::fingerprint(subject), Slot::default);
                 let form = [
                     ("grant_type", TOKEN_EXCHANGE),
                     ("subject_token", subject),

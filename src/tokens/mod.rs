@@ -19,8 +19,8 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::audit::{AuditSink, TokenEvent};
-use crate::authn::Principal;
 use crate::config::{MAX_ASSERTION_LIFETIME, SigningAlgorithm, Tokens};
+use crate::identity::Principal;
 pub use keyring::{Change, KeyError, KeyRing, Schedule};
 
 /// Clock skew the verifiers of our assertions may allow: retired keys are kept this much longer.
@@ -147,6 +147,16 @@ impl Minter {
     /// The JWK Set to publish.
     pub fn jwks(&self) -> serde_json::Value {
         self.ring.load().jwks()
+    }
+
+    /// The issuer's discovery document or its JWK Set at `path`, for upstreams verifying
+    /// assertions.
+    pub fn document(&self, path: &str) -> Option<String> {
+        match path {
+            "/.well-known/jwks.json" => Some(self.jwks().to_string()),
+            "/.well-known/openid-configuration" => Some(self.discovery().to_string()),
+            _ => None,
+        }
     }
 
     /// The discovery document: enough for any OIDC library to find the keys.
@@ -357,7 +367,7 @@ mod tests {
             };
             let issuer = "https://portcullis.example.com";
             let minter = Minter::open(&config, issuer, dir.path(), Arc::new(Discard)).unwrap();
-            let principal = crate::session::conformance::session(SystemTime::now()).principal;
+            let principal = std::sync::Arc::new(crate::identity::Principal::example());
             let audience: Arc<str> = Arc::from("https://airflow.example.com");
             let minted = minter
                 .mint(

@@ -47,7 +47,7 @@ pub struct Metrics {
     policy_in_force: Family<PolicyLabels, Gauge>,
     policy_decisions: Family<ResultLabels, Counter>,
     policy_shadow_disagreements: Family<RouteLabels, Counter>,
-    audit: crate::audit::AuditStats,
+    audit: AuditStats,
     no_route: RouteLabel,
 }
 
@@ -141,7 +141,7 @@ impl Metrics {
             records.clone(),
         );
         let outcome = |outcome| records.get_or_create(&OutcomeLabels { outcome }).clone();
-        let audit = crate::audit::AuditStats {
+        let audit = AuditStats {
             exported: outcome("exported"),
             spooled: outcome("spooled"),
             replayed: outcome("replayed"),
@@ -181,7 +181,7 @@ impl Metrics {
     }
 
     /// The audit pipeline's counters (registered here, counted there).
-    pub fn audit_stats(&self) -> crate::audit::AuditStats {
+    pub fn audit_stats(&self) -> AuditStats {
         self.audit.clone()
     }
 
@@ -264,4 +264,23 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The audit pipeline's counters, registered in `/metrics` with the rest.
+#[derive(Debug, Clone, Default)]
+pub struct AuditStats {
+    /// Records the collector accepted from memory.
+    pub exported: Counter,
+    /// Records written to the spool.
+    pub spooled: Counter,
+    /// Records the collector accepted from the spool.
+    pub replayed: Counter,
+    /// Records lost: the spool was full in fail-open mode (or for refusals beyond the
+    /// fail-closed reserve), the disk failed, or a spooled line was damaged.
+    pub dropped: Counter,
+    /// Export requests that failed.
+    pub export_failures: Counter,
+    pub spool_bytes: Gauge,
+    /// 1 while the spool is full.
+    pub spool_full: Gauge,
 }

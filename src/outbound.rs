@@ -1,5 +1,6 @@
-//! A small HTTPS client for talking to identity providers (discovery, JWKS): bounded in time
-//! and size, no redirects, rustls with the system roots or a configured CA.
+//! The outbound HTTPS client for the proxy's own calls (identity providers' discovery, JWKS and
+//! token endpoints, the OTLP collector, token brokers): bounded in time and size, no redirects,
+//! rustls with the system roots or a configured CA.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::proxy::forward::{BuildError, read_certs};
+use crate::pem::{self, BuildError};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BODY: usize = 1024 * 1024;
@@ -23,27 +24,17 @@ pub enum FetchError {
 }
 
 #[derive(Clone, Debug)]
-pub struct IdpClient {
+pub struct HttpsClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
-impl IdpClient {
+impl HttpsClient {
     pub fn new(
         ca: Option<&std::path::Path>,
         provider: &Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<Self, BuildError> {
-        let mut roots = rustls::RootCertStore::empty();
-        match ca {
-            Some(ca) => {
-                for cert in read_certs(ca, "identity provider CA")? {
-                    roots.add(cert)?;
-                }
-            }
-            None => {
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            }
-        }
+        let roots = pem::trust_roots(ca, "CA bundle")?;
         let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
@@ -56,7 +47,7 @@ impl IdpClient {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        Ok(IdpClient {
+        Ok(HttpsClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: TIMEOUT,
         })
@@ -110,8 +101,8 @@ impl IdpClient {
 }
 
 /// openidconnect's flows call the provider through this: one HTTP stack, one TLS provider, and a
-/// boxed `Send` future (a closure over `&IdpClient` would not be `Send` for every lifetime).
-impl<'c> openidconnect::AsyncHttpClient<'c> for IdpClient {
+/// boxed `Send` future (a closure over `&HttpsClient` would not be `Send` for every lifetime).
+impl<'c> openidconnect::AsyncHttpClient<'c> for HttpsClient {
     type Error = FetchError;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<http::Response<Vec<u8>>, FetchError>> + Send + 'c>,
