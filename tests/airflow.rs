@@ -423,11 +423,7 @@ async fn python(code: &str, env: &[(&str, &str)]) -> (bool, String) {
     let mut command = std::process::Command::new(python);
     command.args(["-c", code]).envs(env.iter().copied());
     let out = output(command).await;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     (out.status.success(), text)
 }
 
@@ -487,14 +483,7 @@ with ac.ApiClient(cfg) as api:
                 .env("AIRFLOW_HOME", &home)
                 .env("AIRFLOW_CLI_TOKEN", &dev);
             let out = output(command).await;
-            (
-                out.status.success(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            )
+            (out.status.success(), support::output_text(&out))
         }
     };
     let (ok, text) = ctl(vec![

@@ -10,7 +10,7 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use support::collector::Collector;
 use support::issuer::TestIssuer;
 use support::otlp::{Attr, ReceivedSpan, Receiver, SpanKind, SpanStatus};
 use support::pki::Ca;
-use support::{Config, Gateway, Recorder, Route, get};
+use support::{Binary, Config, Gateway, Recorder, Route, get};
 use tokio::net::TcpStream;
 
 /// What a client saw for one request: its id (from `X-Request-Id`) and status.
@@ -349,68 +349,6 @@ async fn a_collector_stopped_for_30_seconds_under_load_receives_every_span_after
     gw.stop().await;
 }
 
-/// The real binary, killed on drop.
-struct Proxy(std::process::Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `portcullis serve` on fresh ports with `rest` beside the server/admin sections.
-async fn spawn_proxy(dir: &Path, rest: &Config, env: &[(&str, &str)]) -> (Proxy, SocketAddr, SocketAddr) {
-    let (http, admin) = (free_port(), free_port());
-    let config = dir.join("portcullis.toml");
-    Config::new()
-        .server("http", format!("127.0.0.1:{http}"))
-        .set("admin.listen", format!("127.0.0.1:{admin}"))
-        .merge(rest)
-        .write(&config);
-    let mut cmd = Command::new(support::binary());
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = Proxy(cmd.spawn().unwrap());
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    for _ in 0..400 {
-        if TcpStream::connect(admin).await.is_ok() && get(admin, "/readyz", &[]).await.0 == StatusCode::OK {
-            return (child, format!("127.0.0.1:{http}").parse().unwrap(), admin);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the proxy never became ready");
-}
-
-async fn sigterm(mut proxy: Proxy) {
-    let pid = proxy.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let exit = tokio::task::spawn_blocking(move || proxy.0.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "{exit:?}");
-}
-
 async fn public_requests(addr: SocketAddr, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -445,9 +383,9 @@ async fn with_the_collector_gone_sigterm_leaves_every_record_in_the_spool_which_
     let rest = support::public_route(&upstream)
         .otlp(&collector.grpc_endpoint(), &spool)
         .set("audit.otlp.timeout", "1s");
-    let (proxy, http, _) = spawn_proxy(dir.path(), &rest, &[]).await;
-    let ids = public_requests(http, 300).await;
-    sigterm(proxy).await;
+    let proxy = Binary::serve(dir.path(), &rest, &[]).await;
+    let ids = public_requests(proxy.http, 300).await;
+    proxy.sigterm().await;
 
     let (ok, report) = verify(&spool);
     assert!(ok, "{report}");
@@ -471,8 +409,8 @@ async fn with_the_collector_gone_sigterm_leaves_every_record_in_the_spool_which_
 
     // The collector is back and the proxy restarts on the same spool: the old records go first.
     collector.restart().await;
-    let (proxy, http, _) = spawn_proxy(dir.path(), &rest, &[]).await;
-    let later = public_requests(http, 5).await;
+    let proxy = Binary::serve(dir.path(), &rest, &[]).await;
+    let later = public_requests(proxy.http, 5).await;
     let spans = collector.wait_for(305, Duration::from_secs(60)).await;
     let map = by_request(&spans);
     for id in ids.iter().chain(&later) {
@@ -486,7 +424,7 @@ async fn with_the_collector_gone_sigterm_leaves_every_record_in_the_spool_which_
     let first_run = map[&ids[0]][0].resource_attr("service.instance.id").cloned();
     let second_run = map[&later[0]][0].resource_attr("service.instance.id").cloned();
     assert_ne!(first_run, second_run);
-    sigterm(proxy).await;
+    proxy.sigterm().await;
 }
 
 fn support_read_spool(dir: &Path) -> String {
@@ -626,8 +564,8 @@ async fn the_lightstep_preset_sends_its_access_token_over_tls() {
         .set("audit.otlp.endpoint", collector.grpc_endpoint())
         .set("audit.otlp.ca", ca.write(dir.path(), "ca.pem"))
         .set("audit.spool.dir", dir.path().join("spool"));
-    let (proxy, http, _) = spawn_proxy(dir.path(), &rest, &[("LS_ACCESS_TOKEN", "ls-token-5f2c9e")]).await;
-    let ids = public_requests(http, 3).await;
+    let proxy = Binary::serve(dir.path(), &rest, &[("LS_ACCESS_TOKEN", "ls-token-5f2c9e")]).await;
+    let ids = public_requests(proxy.http, 3).await;
     let spans = collector.wait_for(3, Duration::from_secs(30)).await;
     let map = by_request(&spans);
     assert!(ids.iter().all(|id| map.contains_key(id)));
@@ -650,7 +588,7 @@ async fn the_lightstep_preset_sends_its_access_token_over_tls() {
             .unwrap()
             .contains("ls-token-5f2c9e")
     );
-    sigterm(proxy).await;
+    proxy.sigterm().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

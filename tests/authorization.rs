@@ -653,11 +653,7 @@ async fn policy_explain_judges_the_path_the_proxy_would_forward_and_refuses_what
             .args(["--method", "POST", "--url", url])
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = support::output_text(&out);
         (out.status.code().unwrap(), text)
     };
     let deployer = token(&issuer, "alice", &["data-eng"]);

@@ -37,13 +37,8 @@ async fn call(gw: &Gateway, token: &str) -> (u16, String) {
         bytes::Bytes::new(),
     )
     .await;
-    let status = response.status();
-    let challenge = response
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status.as_u16(), challenge)
+    let challenge = support::header_text(response.headers(), "www-authenticate");
+    (response.status().as_u16(), challenge)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

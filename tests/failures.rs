@@ -5,27 +5,21 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
 use support::serve::{Serve, Server, serve};
-use support::{Config, Gateway, Recorder, Route, get, public_route, raw, raw_get};
+use support::{Binary, Config, Gateway, Recorder, Route, get, public_route, raw, raw_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use toml::Value;
+use toml::toml;
 
 /// A recording upstream behind a public route, the proxy started with these `[server.limits]`.
-async fn limited<const N: usize>(limits: [(&str, Value); N]) -> (Recorder, Gateway) {
+async fn limited(limits: toml::Table) -> (Recorder, Gateway) {
     let upstream = Recorder::start().await;
-    let config = limits
-        .into_iter()
-        .fold(public_route(&upstream), |c, (key, value)| {
-            c.set_path(&["server", "limits", key], value)
-        });
-    let gw = Gateway::start(config).await;
+    let gw = Gateway::start(public_route(&upstream).set("server.limits", limits)).await;
     (upstream, gw)
 }
 
@@ -87,7 +81,7 @@ async fn a_slow_upstream_answers_504_after_the_route_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_cut_off_audited_and_nothing_is_forwarded() {
-    let (upstream, gw) = limited([("header_read_timeout", "300ms".into())]).await;
+    let (upstream, gw) = limited(toml! { header_read_timeout = "300ms" }).await;
     let mut stream = TcpStream::connect(gw.http).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ")
@@ -131,21 +125,25 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_audited_and_nothing
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let (_upstream, gw) = limited([
-        ("idle_timeout", "400ms".into()),
-        ("header_read_timeout", "30s".into()),
-    ])
-    .await;
-    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+/// A keep-alive HTTP/1.1 connection to `addr` on which `GET target` for app.test was answered
+/// 200, left open.
+async fn kept_alive(addr: SocketAddr, target: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .write_all(format!("GET {target} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let (_upstream, gw) = limited(toml! { idle_timeout = "400ms" header_read_timeout = "30s" }).await;
+    let mut stream = kept_alive(gw.http, "/").await;
+    let mut buf = vec![0u8; 4096];
     let started = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
     assert!(
@@ -184,11 +182,7 @@ fn has_goaway(received: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() {
     // The header read timeout also bounds how long a peer may ignore the GOAWAY.
-    let (upstream, gw) = limited([
-        ("idle_timeout", "400ms".into()),
-        ("header_read_timeout", "300ms".into()),
-    ])
-    .await;
+    let (upstream, gw) = limited(toml! { idle_timeout = "400ms" header_read_timeout = "300ms" }).await;
     let (mut reader, mut writer) = h2_opened(gw.http).await.into_split();
     // Bytes keep moving both ways (PING and its ACK every 100 ms), but no request ever begins.
     let pinger = tokio::spawn(async move {
@@ -222,11 +216,7 @@ async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_with_no_request_within_the_header_read_timeout_gets_a_goaway() {
-    let (upstream, gw) = limited([
-        ("header_read_timeout", "300ms".into()),
-        ("idle_timeout", "60s".into()),
-    ])
-    .await;
+    let (upstream, gw) = limited(toml! { header_read_timeout = "300ms" idle_timeout = "60s" }).await;
     let mut stream = h2_opened(gw.http).await;
     let started = Instant::now();
     let mut received = Vec::new();
@@ -253,7 +243,7 @@ async fn an_http2_connection_with_no_request_within_the_header_read_timeout_gets
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_or_too_many_headers_are_refused_before_routing() {
-    let (upstream, gw) = limited([("max_headers", 20.into()), ("max_header_bytes", 8192.into())]).await;
+    let (upstream, gw) = limited(toml! { max_headers = 20 max_header_bytes = 8192 }).await;
     let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
     let (status, _) = raw(
         gw.http,
@@ -307,7 +297,7 @@ async fn h2_get(gw: &Gateway, headers: &[(&str, String)]) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_heads_over_the_limits_get_431_each_audited_with_its_method() {
-    let (upstream, gw) = limited([("max_headers", 20.into()), ("max_header_bytes", 8192.into())]).await;
+    let (upstream, gw) = limited(toml! { max_headers = 20 max_header_bytes = 8192 }).await;
     // Within the limits: 19 fields, and 30 cookie crumbs that are one Cookie header.
     let mut fine: Vec<(&str, String)> = (0..18).map(|i| ("x-h", format!("v{i}"))).collect();
     fine.extend((0..30).map(|i| ("cookie", format!("c{i}=1"))));
@@ -424,74 +414,19 @@ async fn every_request_yields_exactly_one_audit_event_with_its_request_id() {
     gw.stop().await;
 }
 
-/// The real binary with a config; killed on drop.
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_healthy(admin: SocketAddr) {
-    for _ in 0..200 {
-        if let Ok(mut s) = TcpStream::connect(admin).await {
-            let _ = s
-                .write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-                .await;
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out).await;
-            if out.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the proxy never became ready");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() {
     let slow = slow_upstream(Duration::from_millis(1500)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (http, admin) = (free_port(), free_port());
-    let config = dir.path().join("portcullis.toml");
-    public_route(&slow)
-        .server("http", format!("127.0.0.1:{http}"))
+    let config = public_route(&slow)
         .server("shutdown_grace", "10s")
-        .set("admin.listen", format!("127.0.0.1:{admin}"))
-        .set("audit.path", dir.path().join("audit.jsonl"))
-        .write(&config);
-    let child = Child(
-        Command::new(support::binary())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    wait_healthy(format!("127.0.0.1:{admin}").parse().unwrap()).await;
+        .set("audit.path", dir.path().join("audit.jsonl"));
+    let child = Binary::serve(dir.path(), &config, &[]).await;
+    let http = child.http;
 
     let in_flight = tokio::spawn(async move { raw_get(http, "app.test", "/slow").await });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let pid = child.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    child.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         TcpStream::connect(http).await.is_err(),
@@ -501,11 +436,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
     let (status, text) = in_flight.await.unwrap();
     assert_eq!(status, 200, "{text}");
     assert!(text.ends_with("slow"));
-    let mut child = child;
-    let exit = tokio::task::spawn_blocking(move || child.0.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = child.exit().await;
     assert!(exit.success());
     let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
     assert_eq!(
@@ -517,15 +448,8 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
-    let (upstream, gw) = limited([("max_connections", 1.into())]).await;
-    let mut first = TcpStream::connect(gw.http).await.unwrap();
-    first
-        .write_all(b"GET /first HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = first.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (upstream, gw) = limited(toml! { max_connections = 1 }).await;
+    let first = kept_alive(gw.http, "/first").await;
 
     // The first connection stays open (keep-alive), so the second is not served yet.
     let second = tokio::spawn(async move { raw_get(gw.http, "app.test", "/second").await });

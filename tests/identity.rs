@@ -516,11 +516,7 @@ fn a_policy_naming_a_group_without_its_provider_is_refused_with_its_line_and_the
         .arg(dir.path())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("policy.csv:2"), "{text}");
     assert!(text.contains("`group:<provider>/sre`"), "{text}");

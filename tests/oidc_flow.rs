@@ -95,11 +95,7 @@ async fn a_sign_in_starts_with_pkce_state_and_nonce_and_the_provider_accepts_it(
         .send(http::Request::get(&without_pkce).body(Vec::new()).unwrap())
         .await
         .unwrap();
-    let location = response
-        .headers()
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let location = support::header_text(response.headers(), "location");
     assert!(location.contains("error="), "{} {location}", response.status());
 }
 

@@ -6,7 +6,6 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -556,63 +555,6 @@ async fn bulk_upstream() -> Server {
     .await
 }
 
-/// The proxy binary as a child process, killed when dropped (also when the test fails).
-struct ProxyProcess {
-    child: Child,
-    stderr: std::path::PathBuf,
-}
-
-impl ProxyProcess {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Peak resident set size, from /proc.
-    fn vm_hwm_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .expect("VmHWM in /proc/<pid>/status");
-        let kib: u64 = line
-            .trim_start_matches("VmHWM:")
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .unwrap();
-        kib * 1024
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-async fn wait_healthy(proxy: &mut ProxyProcess, admin: SocketAddr) {
-    for _ in 0..200 {
-        if let Some(status) = proxy.child.try_wait().unwrap() {
-            panic!("the proxy exited with {status}:\n{}", proxy.log());
-        }
-        if TcpStream::connect(admin).await.is_ok() {
-            let (status, _) = support::get(admin, "/healthz", &[]).await;
-            if status == StatusCode::OK {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the proxy did not become healthy:\n{}", proxy.log());
-}
-
 async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<StreamedBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -626,12 +568,7 @@ async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Stre
 async fn a_100_mib_body_streams_each_way_through_the_binary_with_bounded_memory() {
     let upstream = bulk_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config_path = dir.path().join("portcullis.toml");
-    Config::new()
-        .server("http", http.to_string())
-        .set("admin.listen", admin.to_string())
+    let config = Config::new()
         .set("audit.path", dir.path().join("audit.jsonl"))
         .route(
             Route::public("bulk")
@@ -639,21 +576,9 @@ async fn a_100_mib_body_streams_each_way_through_the_binary_with_bounded_memory(
                 .upstream(&upstream)
                 .set("max_body_bytes", 0)
                 .set("timeout", "60s"),
-        )
-        .write(&config_path);
-    let stderr = dir.path().join("stderr.log");
-    let child = Command::new(support::binary())
-        .arg("serve")
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut proxy = ProxyProcess { child, stderr };
-    wait_healthy(&mut proxy, admin).await;
+        );
+    let proxy = support::Binary::serve(dir.path(), &config, &[("RUST_LOG", "warn")]).await;
+    let http = proxy.http;
 
     // Upload: chunked, generated as it is sent; the upstream counts what arrives.
     let mut sender = http1(http).await;

@@ -69,11 +69,7 @@ fn portcullis(args: &[&str]) -> (bool, String) {
         .env("OKTA_CLIENT_SECRET", "not-a-real-secret")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     (out.status.success(), text)
 }
 

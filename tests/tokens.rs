@@ -61,6 +61,19 @@ fn caller_route(name: &str, upstream: impl UpstreamUrl) -> Route {
         .upstream(upstream)
 }
 
+/// The proxy signing assertions as its own HTTP address (keys in its temp dir), with
+/// `server`'s `[server]` keys and [`config`]'s routes to `a` and `b`, ready; and its issuer URL.
+async fn signing_gateway(server: Config, idp: &TestIssuer, a: &Recorder, b: &Recorder) -> (Gateway, String) {
+    let prebound = Gateway::prebind(server).await;
+    let issuer_url = format!("http://{}", prebound.http);
+    let keys = private_dir(prebound.dir.path());
+    let gw = prebound
+        .start(config(&issuer_url, &keys, idp, route_a(a), b))
+        .await;
+    gw.wait_ready().await;
+    (gw, issuer_url)
+}
+
 async fn jwks(addr: SocketAddr, host: &str) -> JwkSet {
     let (status, body) = get(addr, "/.well-known/jwks.json", &[("host", host)]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -71,13 +84,7 @@ async fn jwks(addr: SocketAddr, host: &str) -> JwkSet {
 async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_for_its_own_audience() {
     let idp = TestIssuer::start().await;
     let (a, b) = (Recorder::start().await, Recorder::start().await);
-    let prebound = Gateway::prebind(support::strip_extra()).await;
-    let issuer_url = format!("http://{}", prebound.http);
-    let keys = private_dir(prebound.dir.path());
-    let gw = prebound
-        .start(config(&issuer_url, &keys, &idp, route_a(&a), &b))
-        .await;
-    gw.wait_ready().await;
+    let (gw, issuer_url) = signing_gateway(support::strip_extra(), &idp, &a, &b).await;
     let token = idp.token("alice");
 
     let bearer = format!("Bearer {token}");
@@ -681,13 +688,7 @@ async fn a_revoked_key_leaves_the_jwks_at_once_and_the_proxy_stops_sending_what_
 async fn a_group_whose_name_holds_a_comma_reaches_the_upstream_as_one_group() {
     let idp = TestIssuer::start().await;
     let (a, b) = (Recorder::start().await, Recorder::start().await);
-    let prebound = Gateway::prebind(Config::new()).await;
-    let issuer_url = format!("http://{}", prebound.http);
-    let keys = private_dir(prebound.dir.path());
-    let gw = prebound
-        .start(config(&issuer_url, &keys, &idp, route_a(&a), &b))
-        .await;
-    gw.wait_ready().await;
+    let (gw, _) = signing_gateway(Config::new(), &idp, &a, &b).await;
     let groups = ["CN=dev,OU=admins", "ops", "100%", "équipe"];
     let mut claims = idp.claims("alice");
     claims["groups"] = serde_json::json!(groups);
@@ -792,11 +793,7 @@ async fn a_route_s_jwks_adds_the_upstream_s_own_keys_which_no_other_jwks_carries
             .arg(&config)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let text = support::output_text(&out);
         assert!(!out.status.success(), "{bad}");
         assert!(
             text.contains("routes[0].assertion.upstream_jwks") && text.contains(says),

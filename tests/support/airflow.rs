@@ -35,7 +35,7 @@
 //! If the Airflow venv is missing every test using the world fails, naming `.ci/install-peers`.
 //! The time to start is printed once to stderr (`cargo test --test airflow -- --nocapture`).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,11 +44,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use super::issuer::TestIssuer;
-use super::{Config, Gateway, Route};
+use super::{Config, Gateway, Reply, Route};
 
 /// The host the proxy's Airflow route serves.
 pub const HOST: &str = "airflow.test";
@@ -127,17 +126,6 @@ pub struct AirflowWorld {
     _runtime: tokio::runtime::Runtime,
 }
 
-/// A response through the proxy or from Airflow directly.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    /// The body as JSON (`Value::Null` when it is not JSON; then see `text`).
-    pub json: Value,
-    pub text: String,
-    /// The proxy's `X-Request-Id` (empty for direct calls).
-    pub request_id: String,
-}
-
 static WORLD: OnceLock<Result<AirflowWorld, String>> = OnceLock::new();
 
 impl AirflowWorld {
@@ -203,7 +191,7 @@ impl AirflowWorld {
             .map_err(|e| format!("tokio runtime: {e}"))?;
 
         // 1. Airflow's port; 2. the proxy in front of it; 3. Airflow trusting the proxy's keys.
-        let airflow = free_port();
+        let airflow = super::free_addr();
         let (issuer, gateway, issuer_url) = runtime.block_on(async {
             let issuer = TestIssuer::start().await;
             let prebound = Gateway::prebind(Config::new()).await;
@@ -267,10 +255,9 @@ impl AirflowWorld {
         let start_sh = t_start_sh.elapsed();
         if !out.status.success() {
             return Err(format!(
-                "tests/peers/airflow/start.sh failed ({}):\n{}{}\n{}",
+                "tests/peers/airflow/start.sh failed ({}):\n{}\n{}",
                 out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
+                super::output_text(&out),
                 log_tails(&airflow_home)
             ));
         }
@@ -410,19 +397,7 @@ impl AirflowWorld {
 
     /// The access record of the request with this `X-Request-Id`, waiting up to 5 s for it.
     pub async fn audit_event(&self, request_id: &str) -> Value {
-        for _ in 0..250 {
-            if let Some(event) = self
-                .gateway
-                .audit_events(0)
-                .await
-                .into_iter()
-                .find(|e| e["portcullis.request.id"] == request_id)
-            {
-                return event;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no access record for request {request_id:?}");
+        self.gateway.audit_event(request_id).await
     }
 
     /// The last lines of each component's log, for failure messages.
@@ -450,20 +425,8 @@ pub async fn send(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let response = super::send(addr, method.clone(), path, &all, body.clone()).await;
-        let status = response.status();
-        let request_id = response
-            .headers()
-            .get("x-request-id")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let reply = Reply {
-            status,
-            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-            request_id,
-        };
+        let reply = Reply::read(super::send(addr, method.clone(), path, &all, body.clone()).await).await;
+        let status = reply.status;
         let locked = (status == http::StatusCode::INTERNAL_SERVER_ERROR
             && reply.text.contains("Database error"))
             || (status == http::StatusCode::SERVICE_UNAVAILABLE && reply.text.contains("Database is locked"));
@@ -473,11 +436,6 @@ pub async fn send(
         }
         return reply;
     }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 fn is_executable(path: &Path) -> bool {

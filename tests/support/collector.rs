@@ -5,7 +5,6 @@
 //! to an in-process [`Receiver`], where the test reads the spans as typed values.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -37,7 +36,7 @@ impl Collector {
         let mut last_failure = String::new();
         // A free port can be taken by someone else between our probe and rotel's bind: retry.
         for _ in 0..5 {
-            let (grpc_port, http_port) = (free_port(), free_port());
+            let (grpc_port, http_port) = (super::free_addr().port(), super::free_addr().port());
             let dir = tempfile::tempdir().unwrap();
             let mut cmd = Command::new(&agent);
             cmd.args(["--log-format", "json", "start"])
@@ -153,12 +152,4 @@ pub fn agent_path() -> PathBuf {
             lib.display()
         )
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

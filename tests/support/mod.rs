@@ -224,6 +224,19 @@ impl Gateway {
             .await
     }
 
+    /// The access record of the request with this `X-Request-Id`, waiting up to 5 s for it.
+    pub async fn audit_event(&self, request_id: &str) -> serde_json::Value {
+        let events = self
+            .wait_for(1, |e| {
+                e.get("http.request.method").is_some() && e["portcullis.request.id"] == request_id
+            })
+            .await;
+        events
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no access record for request {request_id:?}"))
+    }
+
     /// The proxy's own acts that are not requests (policy loads, session refreshes), waiting
     /// briefly for `at_least`.
     pub async fn acts(&self, at_least: usize) -> Vec<serde_json::Value> {
@@ -332,6 +345,39 @@ pub async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> (S
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    /// The body as JSON (`Value::Null` when it is not JSON; then see `text`).
+    pub json: serde_json::Value,
+    pub text: String,
+    /// The proxy's `X-Request-Id` (empty when there is none, as from a peer called directly).
+    pub request_id: String,
+}
+
+impl Reply {
+    pub async fn read(response: Response<Incoming>) -> Reply {
+        let status = response.status();
+        let request_id = header_text(response.headers(), "x-request-id");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            json: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            text: String::from_utf8_lossy(&body).into_owned(),
+            request_id,
+        }
+    }
+}
+
+/// Header `name` as text, empty when absent.
+pub fn header_text(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
 }
 
 /// An HTTP/2 connection with prior knowledge (h2c) to `addr`.
@@ -475,4 +521,138 @@ pub fn policy(csv: &str) -> tempfile::TempDir {
 /// Path of the built `portcullis` binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+/// What a command printed: its stdout, then its stderr.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A free loopback address (a port nothing listens on now).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The real binary, `portcullis serve`, in a child process: `config` with `[server] http` and
+/// `[admin] listen` on fresh ports, written to `dir/portcullis.toml`; stderr to
+/// `dir/portcullis.stderr`. Killed when dropped.
+pub struct Binary {
+    child: Option<std::process::Child>,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    stderr: PathBuf,
+}
+
+impl Binary {
+    /// Starts it with `env` added to the environment and waits until `/readyz` is green.
+    pub async fn serve(dir: &std::path::Path, config: &Config, env: &[(&str, &str)]) -> Binary {
+        let (http, admin) = (free_addr(), free_addr());
+        let path = dir.join("portcullis.toml");
+        Config::new()
+            .server("http", http.to_string())
+            .set("admin.listen", admin.to_string())
+            .merge(config)
+            .write(&path);
+        let stderr = dir.join("portcullis.stderr");
+        let child = std::process::Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proxy = Binary {
+            child: Some(child),
+            http,
+            admin,
+            stderr,
+        };
+        for _ in 0..400 {
+            if let Some(status) = proxy.child_mut().try_wait().unwrap() {
+                panic!("the proxy exited with {status}:\n{}", proxy.log());
+            }
+            if TcpStream::connect(admin).await.is_ok() && get(admin, "/readyz", &[]).await.0 == StatusCode::OK
+            {
+                return proxy;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the proxy never became ready:\n{}", proxy.log());
+    }
+
+    fn child_mut(&mut self) -> &mut std::process::Child {
+        self.child.as_mut().expect("the proxy has exited")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the proxy has exited").id()
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Peak resident set size, from /proc.
+    pub fn vm_hwm_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM in /proc/<pid>/status");
+        let kib: u64 = line
+            .trim_start_matches("VmHWM:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kib * 1024
+    }
+
+    /// Sends SIGTERM (a graceful stop) and returns at once.
+    pub fn terminate(&self) {
+        let pid = self.pid().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits for it to exit; its exit status.
+    pub async fn exit(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the proxy has exited");
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// SIGTERM, and it exits successfully.
+    pub async fn sigterm(self) {
+        self.terminate();
+        let exit = self.exit().await;
+        assert!(exit.success(), "{exit:?}");
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
