@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use support::serve::{Serve, Server, serve};
 use support::{Binary, Config, Gateway, Recorder, Route, get, public_route, raw, raw_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -281,7 +281,8 @@ async fn oversized_or_too_many_headers_are_refused_before_routing() {
     gw.stop().await;
 }
 
-/// An HTTP/2 GET for `/` on app.test with `headers`, and its status (no answer fails the test).
+/// An HTTP/2 GET for `/` on app.test with `headers`, and its status once the whole answer has
+/// arrived (the access record is written when the body ends); no answer fails the test.
 async fn h2_get(gw: &Gateway, headers: &[(&str, String)]) -> u16 {
     let mut sender = support::h2c(gw.http).await;
     let mut req = http::Request::builder().uri("http://app.test/");
@@ -290,7 +291,11 @@ async fn h2_get(gw: &Gateway, headers: &[(&str, String)]) -> u16 {
     }
     let req = req.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
     match sender.send_request(req).await {
-        Ok(response) => response.status().as_u16(),
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let _ = response.into_body().collect().await;
+            status
+        }
         Err(e) => panic!("the HTTP/2 request failed instead of getting an answer: {e}"),
     }
 }
