@@ -671,9 +671,16 @@ async fn the_span_joins_the_caller_s_trace_even_unsampled_and_the_upstream_gets_
 /// key path and a fix.
 #[test]
 fn an_exporter_without_a_spool_directory_is_refused_with_the_key_and_a_fix() {
-    let text = "[audit.otlp]\npreset = \"collector\"\n[audit.header_attributes]\n\"cicd.pipeline.run.id\" = \"Authorization\"\n\"enduser.id\" = \"X-User\"\n[[routes]]\nname = \"a\"\nhosts = [\"a.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"http://127.0.0.1:1\"\n";
-    let config = portcullis::config::parse(text).unwrap();
-    let problems = portcullis::config::validate(&config);
+    let problems = support::problems(
+        Config::new()
+            .set("audit.otlp.preset", "collector")
+            .set_path(
+                &["audit", "header_attributes", "cicd.pipeline.run.id"],
+                "Authorization",
+            )
+            .set_path(&["audit", "header_attributes", "enduser.id"], "X-User")
+            .route(Route::public("a").host("a.test").upstream("http://127.0.0.1:1")),
+    );
     let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
     assert!(paths.contains(&"audit.spool.dir"), "{problems:?}");
     assert!(

@@ -126,8 +126,7 @@ async fn each_kind_of_bad_token_gets_401_with_its_reason_and_nothing_is_forwarde
     let good = issuer.claims("deploy-bot");
     let valid = issuer.token("deploy-bot");
     let sig = valid.rsplit('.').next().unwrap().to_string();
-    let attacker = rcgen::KeyPair::generate().unwrap();
-    let attacker_key = EncodingKey::from_ec_pem(attacker.serialize_pem().as_bytes()).unwrap();
+    let attacker_key = EncodingKey::from_ec_pem(support::pki::signing_key_pem().as_bytes()).unwrap();
     let with = |f: &dyn Fn(&mut serde_json::Value)| {
         let mut c = good.clone();
         f(&mut c);
@@ -589,12 +588,15 @@ async fn hmac_tokens_pass_only_with_the_operators_shared_secret_never_a_jwks_key
     assert_eq!(upstream.requests().len(), 2);
 
     // Without a secret, HS256 is a configuration error that names the fix.
-    let config = portcullis::config::parse(
-        "[[identity_providers]]\nname = \"x\"\nissuer = \"https://x.example\"\naudiences = [\"a\"]\n\
-         algorithms = [\"HS256\"]\n[[routes]]\nname = \"r\"\nhosts = [\"a.test\"]\n[routes.upstream]\nurl = \"http://127.0.0.1:1\"\n"
-    )
-    .unwrap();
-    let problems = portcullis::config::validate(&config);
+    let problems = support::problems(
+        Config::new()
+            .provider(
+                Provider::new("x", "https://x.example")
+                    .audiences(["a"])
+                    .set("algorithms", ["HS256"]),
+            )
+            .route(Route::new("r").host("a.test").upstream("http://127.0.0.1:1")),
+    );
     assert!(
         problems
             .iter()

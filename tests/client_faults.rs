@@ -15,7 +15,7 @@ use http_body_util::StreamBody;
 use hyper::body::Frame;
 use serde_json::Value;
 use support::serve::{Serve, Server, serve};
-use support::{Gateway, Recorder, Route, public_route, raw};
+use support::{Config, Gateway, Recorder, Route, public_route, raw};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -519,12 +519,14 @@ async fn http2_extended_connect_is_refused_and_recorded() {
 
 #[test]
 fn a_route_that_allows_h2c_upgrades_is_refused_with_its_key_path() {
-    let config = portcullis::config::parse(
-        "[[routes]]\nname = \"a\"\nhosts = [\"a.test\"]\naccess = \"public\"\nupgrades = [\"websocket\", \"h2c\"]\n\
-         [routes.upstream]\nurl = \"http://127.0.0.1:9\"\n",
-    )
-    .unwrap();
-    let problems = portcullis::config::validate(&config);
+    let problems = support::problems(
+        Config::new().route(
+            Route::public("a")
+                .host("a.test")
+                .set("upgrades", ["websocket", "h2c"])
+                .upstream("http://127.0.0.1:9"),
+        ),
+    );
     assert!(
         problems
             .iter()

@@ -37,8 +37,7 @@ pub struct TestIssuer {
 }
 
 fn new_key(kid: &str) -> SigningKey {
-    let pair = rcgen::KeyPair::generate().unwrap();
-    let encoding = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let encoding = EncodingKey::from_ec_pem(super::pki::signing_key_pem().as_bytes()).unwrap();
     let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap()).unwrap();
     jwk["kid"] = json!(kid);
     jwk["use"] = json!("sig");

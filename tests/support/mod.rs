@@ -318,6 +318,11 @@ fn parse(text: &str) -> portcullis::config::Config {
     }
 }
 
+/// What `config::validate` finds wrong with `config` (which must parse).
+pub fn problems(config: impl Into<Config>) -> Vec<portcullis::config::Problem> {
+    portcullis::config::validate(&parse(&config.into().to_toml()))
+}
+
 /// Sends raw bytes and returns the status and the whole response text (the proxy is asked to
 /// close the connection afterwards). Lets tests send targets no HTTP library would build.
 pub async fn raw(addr: SocketAddr, request: &str) -> (u16, String) {

@@ -1,5 +1,5 @@
-//! Certificates for the tests (rcgen, ECDSA P-256): a CA, server certificates for names,
-//! client certificates, and the rustls configs that use them.
+//! Keys and certificates for the tests (rcgen, ECDSA P-256): a CA, server certificates for
+//! names, client certificates, the rustls configs that use them, and token signing keys.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +13,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 /// The crypto provider the proxy uses, for the tests' own TLS clients and servers.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A fresh ECDSA P-256 private key, as PKCS#8 PEM (an ES256 token signing key).
+pub fn signing_key_pem() -> String {
+    KeyPair::generate().unwrap().serialize_pem()
 }
 
 pub struct Ca {
