@@ -293,10 +293,10 @@ pub fn build_authn(
     }
     let s = &config.sessions;
     let store = Arc::new(MemoryStore::with_login_timeout(
-        s.max_sessions,
-        s.idle_timeout,
-        s.lifetime,
-        s.login_timeout,
+        s.max_sessions.get(),
+        s.idle_timeout.get(),
+        s.lifetime.get(),
+        s.login_timeout.get(),
     ));
     let browser = Browser::new(store, browser_clients, s.clone(), metrics.clone(), audit.clone());
     Ok(Authn::new(providers, browser))
@@ -317,7 +317,7 @@ pub async fn build_authz(
         dir: p.dir.clone(),
         shadow_dir: p.shadow_dir.clone(),
         run_tests: p.run_tests,
-        cache_capacity: p.cache_capacity,
+        cache_capacity: p.cache_capacity.get(),
         show_missing_permission: p.show_missing_permission,
     };
     let authz = Authz::load(settings, templates.clone())
@@ -498,7 +498,7 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopped) = watch::channel(false);
-    let max = config.server.limits.max_connections;
+    let max = config.server.limits.max_connections.get();
     let shared = Shared {
         proxy: built.proxy,
         metrics: built.metrics.clone(),

@@ -287,6 +287,36 @@ impl Reason {
     }
 }
 
+/// Whose fault it is that a request did not get the upstream's answer: what the audit record's
+/// `failed` and the upstream error metrics count. Said by each reason and error, not read back
+/// from a status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client's request or credentials: a refusal, not a failure.
+    Downstream,
+    /// The route's upstream could not be reached, timed out, or answered what the proxy could
+    /// not pass on.
+    Upstream,
+    /// The proxy could not do its part: the policy, the audit trail, an identity provider or the
+    /// session store was unavailable, or signing failed.
+    Internal,
+}
+
+impl Reason {
+    /// Whose fault a denial with this reason is.
+    pub const fn fault(self) -> Fault {
+        match self {
+            Reason::PolicyError
+            | Reason::AssertionFailed
+            | Reason::IdpUnavailable
+            | Reason::SessionStoreUnavailable
+            | Reason::AuditUnavailable
+            | Reason::UpstreamCredentialUnavailable => Fault::Internal,
+            _ => Fault::Downstream,
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -364,6 +394,42 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_the_client_s_fault_and_an_unavailable_dependency_is_the_proxy_s() {
+        let downstream = [
+            Reason::NoCredentials,
+            Reason::Forbidden,
+            Reason::ObjectUnresolved,
+            Reason::MalformedRequest,
+            Reason::PayloadTooLarge,
+            Reason::ClientClosed,
+            Reason::ClaimsNotBound,
+        ];
+        for reason in downstream {
+            assert_eq!(reason.fault(), Fault::Downstream, "{reason}");
+            assert!(
+                reason.status().as_u16() < 500,
+                "{reason} is the client's yet answers 5xx"
+            );
+        }
+        let internal = [
+            Reason::PolicyError,
+            Reason::AssertionFailed,
+            Reason::IdpUnavailable,
+            Reason::SessionStoreUnavailable,
+            Reason::AuditUnavailable,
+            Reason::UpstreamCredentialUnavailable,
+        ];
+        for reason in internal {
+            assert_eq!(reason.fault(), Fault::Internal, "{reason}");
+            assert!(
+                reason.status().is_server_error(),
+                "{reason} is the proxy's yet answers {}",
+                reason.status()
+            );
+        }
+    }
 
     #[test]
     fn a_protected_route_is_denied_without_a_permit() {

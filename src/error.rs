@@ -9,18 +9,20 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use crate::body::ProxyBody;
-use crate::decision::Reason;
+use crate::decision::{Fault, Reason};
 
 /// A request that did not get an upstream response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The decision point refused the request; `detail` is a fixed, client-safe explanation.
+    /// When the policy refused a known caller, `missing` names the permission (`trigger on
+    /// dag:etl_daily in airflow`) if the operator allows telling the caller.
     #[error("denied ({reason}): {detail}")]
-    Denied { reason: Reason, detail: &'static str },
-    /// The policy refused a known caller. `missing` names the permission (`trigger on
-    /// dag:etl_daily in airflow`) when the operator allows telling the caller.
-    #[error("denied (forbidden)")]
-    Forbidden { missing: Option<String> },
+    Denied {
+        reason: Reason,
+        detail: &'static str,
+        missing: Option<String>,
+    },
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
@@ -35,7 +37,20 @@ pub enum ProxyError {
 
 impl ProxyError {
     pub fn denied(reason: Reason, detail: &'static str) -> Self {
-        ProxyError::Denied { reason, detail }
+        ProxyError::Denied {
+            reason,
+            detail,
+            missing: None,
+        }
+    }
+
+    /// The policy's refusal, naming the missing permission when the operator allows it.
+    pub fn forbidden(missing: Option<String>) -> Self {
+        ProxyError::Denied {
+            reason: Reason::Forbidden,
+            detail: Reason::Forbidden.message(),
+            missing,
+        }
     }
 
     /// A refusal with the reason's own client-facing message.
@@ -46,7 +61,6 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Denied { reason, .. } => reason.status(),
-            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientClosed => crate::decision::client_closed_status(),
@@ -55,14 +69,22 @@ impl ProxyError {
 
     /// Whether this is the decision point's refusal rather than a failure to forward.
     pub fn is_denial(&self) -> bool {
-        matches!(self, ProxyError::Denied { .. } | ProxyError::Forbidden { .. })
+        matches!(self, ProxyError::Denied { .. })
+    }
+
+    /// Whose fault it is: the client's, the upstream's, or the proxy's own.
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::Denied { reason, .. } => reason.fault(),
+            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout => Fault::Upstream,
+            ProxyError::ClientClosed => Fault::Downstream,
+        }
     }
 
     /// Stable, machine-readable code for the response body, metrics and the audit event's `error.type`.
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::Denied { reason, .. } => reason.as_str(),
-            ProxyError::Forbidden { .. } => Reason::Forbidden.as_str(),
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::ClientClosed => "client_closed",
@@ -73,7 +95,6 @@ impl ProxyError {
     fn public_message(&self) -> &'static str {
         match self {
             ProxyError::Denied { detail, .. } => detail,
-            ProxyError::Forbidden { .. } => Reason::Forbidden.message(),
             ProxyError::UpstreamUnavailable(_) => "the upstream service could not be reached",
             ProxyError::UpstreamTimeout => "the upstream service did not answer in time",
             ProxyError::ClientClosed => "the client closed the request",
@@ -86,7 +107,7 @@ impl ProxyError {
 pub fn rescue(error: &ProxyError, request_id: &str, wants_html: bool) -> Response<ProxyBody> {
     let status = error.status();
     let missing = match error {
-        ProxyError::Forbidden { missing } => missing.as_deref(),
+        ProxyError::Denied { missing, .. } => missing.as_deref(),
         _ => None,
     };
     let (content_type, body) = if wants_html {

@@ -541,7 +541,7 @@ impl AccessEvent {
 
 #[derive(Debug, Clone)]
 pub struct PolicyFields {
-    pub domain: String,
+    pub domain: Arc<str>,
     pub object: String,
     pub action: String,
     /// `file:line` of the rule that decided; absent when no rule matched.

@@ -143,7 +143,7 @@ pub fn build(
             let mut builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint.clone())
-                .with_timeout(otlp.timeout)
+                .with_timeout(otlp.timeout.get())
                 .with_metadata(metadata)
                 // The pipeline retries (and spools meanwhile); a retry inside one export would
                 // only hold the queue up.
@@ -162,7 +162,7 @@ pub fn build(
         OtlpProtocol::HttpProtobuf => {
             let client = HttpsClient::new(otlp.ca.as_deref(), provider)
                 .map_err(|e| fail("audit.otlp.ca", e.to_string()))?
-                .with_timeout(otlp.timeout);
+                .with_timeout(otlp.timeout.get());
             let headers: HashMap<String, String> = headers
                 .iter()
                 .map(|(k, v)| (k.clone(), v.expose().to_string()))
@@ -171,7 +171,7 @@ pub fn build(
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(endpoint)
-                .with_timeout(otlp.timeout)
+                .with_timeout(otlp.timeout.get())
                 .with_headers(headers)
                 .with_retry_policy(RetryPolicy::disabled())
                 .with_http_client(OtlpHttp(client))

@@ -286,8 +286,8 @@ pub fn start(
         batch_size: otlp.batch_size,
         when_full: audit.spool.when_full,
         max_bytes: audit.spool.max_bytes,
-        drain: otlp.timeout.min(Duration::from_secs(5)),
-        timeout: otlp.timeout,
+        drain: otlp.timeout.get().min(Duration::from_secs(5)),
+        timeout: otlp.timeout.get(),
     });
     shared.update_admission(&mut shared.lock(), false);
 

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::authz::engine::{Engine, Query, Verdict};
 use crate::authz::pattern;
@@ -134,7 +135,7 @@ fn target(
     };
     if let Some(domain) = &ask.domain {
         let t = found.get_or_insert_with(|| Target::new(domain, None, templates));
-        t.domain = domain.clone();
+        t.domain = Arc::from(domain.as_str());
     }
     if let Some(name) = &ask.resources {
         let template = templates
@@ -271,7 +272,7 @@ fn near_misses(engine: &Engine, query: &Query) -> Vec<String> {
         .rules()
         .iter()
         .filter(|r| r.effect == policy::Effect::Allow)
-        .filter(|r| r.domain == "*" || r.domain == query.domain)
+        .filter(|r| r.domain == "*" || *r.domain == *query.domain)
         .filter(|r| r.action == "*" || r.action == query.action)
         .filter(|r| pattern::matches(&query.object, &r.object))
         .take(5)
@@ -382,7 +383,7 @@ fn request_space(engine: &Engine) -> BTreeSet<Query> {
                 for a in actions {
                     out.insert(Query {
                         subjects: vec![s.clone()],
-                        domain: domain.clone(),
+                        domain: Arc::from(domain.as_str()),
                         object: o.clone(),
                         action: a.clone(),
                     });

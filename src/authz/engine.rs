@@ -48,7 +48,7 @@ fn portcullis_rule(src: Dynamic) -> Dynamic {
 pub struct Query {
     /// The caller's subjects before roles: `user:<provider>/<sub>`, `group:<provider>/<g>`, `svc:…`, `ci:…`.
     pub subjects: Vec<String>,
-    pub domain: String,
+    pub domain: Arc<str>,
     pub object: String,
     pub action: String,
 }
@@ -207,7 +207,7 @@ impl Engine {
             };
             let query = Query {
                 subjects: vec![rule.subject.clone()],
-                domain: rule.domain.clone(),
+                domain: Arc::from(rule.domain.as_str()),
                 object,
                 action: rule.action.clone(),
             };

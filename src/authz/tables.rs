@@ -89,7 +89,8 @@ pub struct Tables {
 /// Where a request goes in policy terms: the domain and the template of its route.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub domain: String,
+    /// Shared by every query of the route: asked per request, never copied.
+    pub domain: Arc<str>,
     pub template: Option<Arc<Template>>,
 }
 
@@ -98,7 +99,7 @@ impl Target {
     /// unknown template name means none (configuration validation refuses those).
     pub fn new(domain: &str, resources: Option<&str>, templates: &Templates) -> Target {
         Target {
-            domain: domain.to_string(),
+            domain: Arc::from(domain),
             template: resources.and_then(|n| templates.get(n)).cloned(),
         }
     }
@@ -227,7 +228,7 @@ pub fn decide_all(
     for (object, action) in asked {
         let query = Query {
             subjects: subjects.to_vec(),
-            domain: domain.to_string(),
+            domain: Arc::from(domain),
             object,
             action,
         };

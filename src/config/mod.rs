@@ -3,7 +3,10 @@
 //! Loading is two steps. [`load`] parses the text (collecting *every* unknown key with its path
 //! instead of stopping at the first) and [`validate`] checks the meaning of the tree without doing
 //! any I/O. Both report [`Problem`]s that name the key path and a fix, so `check-config` can print
-//! all of them at once. Files named by the config (certificates, keys) are read later, by `app`.
+//! all of them at once. What a type can say is said by the type, so the reader refuses it at its
+//! key path and nothing checks it again: durations that must be positive are [`Positive`], counts
+//! of at least one are `NonZero*`. Files and secrets named by the config (certificates, keys, HMAC
+//! secrets) are read later, by `app`, which checks what only their contents can tell.
 
 pub mod claims;
 mod presets;
@@ -11,6 +14,7 @@ pub mod templates;
 mod validate;
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +22,70 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use presets::{ResolvedProvider, ServiceWhen};
+
+/// A duration longer than zero. A zero is refused while the file is read, at its key path, so
+/// nothing after parsing checks it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Positive(Duration);
+
+impl Positive {
+    /// `None` for zero.
+    pub const fn new(duration: Duration) -> Option<Positive> {
+        if duration.is_zero() {
+            None
+        } else {
+            Some(Positive(duration))
+        }
+    }
+
+    pub const fn secs(secs: NonZeroU64) -> Positive {
+        Positive(Duration::from_secs(secs.get()))
+    }
+
+    pub const fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Positive {
+    type Target = Duration;
+    fn deref(&self) -> &Duration {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let duration: Duration = humantime_serde::deserialize(de)?;
+        Positive::new(duration).ok_or_else(|| {
+            serde::de::Error::custom("must be positive, e.g. \"30s\" (zero would never let anything through)")
+        })
+    }
+}
+
+/// A positive default of `N` seconds: a zero does not compile.
+const fn secs<const N: u64>() -> Positive {
+    const { assert!(N > 0, "a positive default is zero") };
+    Positive(Duration::from_secs(N))
+}
+
+/// A count default of at least one: a zero does not compile.
+const fn at_least_one<const N: usize>() -> NonZeroUsize {
+    const { assert!(N > 0, "a count default is zero") };
+    match NonZeroUsize::new(N) {
+        Some(n) => n,
+        None => NonZeroUsize::MIN,
+    }
+}
+
+/// A count default of at least one: a zero does not compile.
+const fn at_least_one_u64<const N: u64>() -> NonZeroU64 {
+    const { assert!(N > 0, "a count default is zero") };
+    match NonZeroU64::new(N) {
+        Some(n) => n,
+        None => NonZeroU64::MIN,
+    }
+}
 pub use validate::validate;
 
 /// The whole configuration file.
@@ -219,7 +287,7 @@ pub struct Policy {
     /// event and a metric, never enforced. Default none.
     pub shadow_dir: Option<PathBuf>,
     /// Decisions cached per policy version, entries. Default 100000.
-    pub cache_capacity: u64,
+    pub cache_capacity: NonZeroU64,
     /// Tell a refused caller which permission was missing (domain, action, object). Default false:
     /// the 403 names only the request id.
     pub show_missing_permission: bool,
@@ -232,7 +300,7 @@ impl Default for Policy {
             watch: true,
             run_tests: true,
             shadow_dir: None,
-            cache_capacity: 100_000,
+            cache_capacity: at_least_one_u64::<100_000>(),
             show_missing_permission: false,
         }
     }
@@ -294,28 +362,26 @@ pub struct Tls {
 #[serde(default)]
 pub struct Limits {
     /// Connections served at once; further ones wait in the kernel backlog. Default 10000.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Largest request head (request line and headers), bytes. Default 65536; at least 8192.
     pub max_header_bytes: usize,
     /// Most header fields in one request. Default 100.
-    pub max_headers: usize,
+    pub max_headers: NonZeroUsize,
     /// A client must send its whole request head within this time. Default `10s`.
-    #[serde(with = "humantime_serde")]
-    pub header_read_timeout: Duration,
+    pub header_read_timeout: Positive,
     /// A connection with no bytes moving, or with no request served, begun or answered, is
     /// closed (gracefully) after this. Default `60s`.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
+    pub idle_timeout: Positive,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 10_000,
+            max_connections: at_least_one::<10_000>(),
             max_header_bytes: 64 * 1024,
-            max_headers: 100,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
+            max_headers: at_least_one::<100>(),
+            header_read_timeout: secs::<10>(),
+            idle_timeout: secs::<60>(),
         }
     }
 }
@@ -413,8 +479,7 @@ pub struct Otlp {
     /// Lightstep presets: a file holding the access token (instead of the env variable).
     pub access_token_file: Option<PathBuf>,
     /// One export's deadline. Default `10s`.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
+    pub timeout: Positive,
     /// Spans per export request. Default 1024.
     pub batch_size: usize,
 }
@@ -429,7 +494,7 @@ impl Default for Otlp {
             headers: Vec::new(),
             access_token_env: None,
             access_token_file: None,
-            timeout: Duration::from_secs(10),
+            timeout: secs::<10>(),
             batch_size: 1024,
         }
     }
@@ -571,8 +636,7 @@ pub struct Route {
     /// Where allowed requests go.
     pub upstream: Upstream,
     /// Time from sending the request to receiving the upstream's response head. Default `30s`.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
+    pub timeout: Positive,
     /// Largest request body, bytes; larger requests get 413. Default 10485760 (10 MiB); 0 = no limit.
     pub max_body_bytes: u64,
     /// Send the client's `Host` to the upstream instead of the upstream's own authority. Default false.
@@ -724,7 +788,7 @@ impl Default for Route {
             path_prefix: "/".into(),
             access: Access::Protected,
             upstream: Upstream::default(),
-            timeout: Duration::from_secs(30),
+            timeout: secs::<30>(),
             max_body_bytes: 10 * 1024 * 1024,
             preserve_host: false,
             inspect_body_bytes: 1024 * 1024,
@@ -901,29 +965,26 @@ pub struct BrowserClient {
 #[serde(default)]
 pub struct Sessions {
     /// A session unused for this long ends. Default `1h`.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
+    pub idle_timeout: Positive,
     /// A session ends this long after sign-in however much it is used. Default `12h`.
-    #[serde(with = "humantime_serde")]
-    pub lifetime: Duration,
+    pub lifetime: Positive,
     /// Most sessions held in memory; the least recently used go first. Default 100000.
-    pub max_sessions: u64,
+    pub max_sessions: NonZeroU64,
     /// The access token is refreshed this long before it expires. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub refresh_before: Duration,
     /// A sign-in must complete within this time. Default `10m`.
-    #[serde(with = "humantime_serde")]
-    pub login_timeout: Duration,
+    pub login_timeout: Positive,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
         Sessions {
-            idle_timeout: Duration::from_secs(3600),
-            lifetime: Duration::from_secs(12 * 3600),
-            max_sessions: 100_000,
+            idle_timeout: secs::<3600>(),
+            lifetime: secs::<{ 12 * 3600 }>(),
+            max_sessions: at_least_one_u64::<100_000>(),
             refresh_before: Duration::from_secs(60),
-            login_timeout: Duration::from_secs(600),
+            login_timeout: secs::<600>(),
         }
     }
 }

@@ -44,39 +44,11 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         p.push(addr_problem("admin.listen", &config.admin.listen));
     }
     let l = &s.limits;
-    if l.max_connections == 0 {
-        p.push(Problem::new(
-            "server.limits.max_connections",
-            "must be at least 1",
-            "use e.g. 10000",
-        ));
-    }
     if l.max_header_bytes < 8192 {
         p.push(Problem::new(
             "server.limits.max_header_bytes",
             format!("{} is below the minimum of 8192", l.max_header_bytes),
             "use at least 8192 (default 65536)",
-        ));
-    }
-    if l.max_headers == 0 {
-        p.push(Problem::new(
-            "server.limits.max_headers",
-            "must be at least 1",
-            "use e.g. 100",
-        ));
-    }
-    if l.header_read_timeout.is_zero() {
-        p.push(Problem::new(
-            "server.limits.header_read_timeout",
-            "must be positive",
-            "use e.g. \"10s\"",
-        ));
-    }
-    if l.idle_timeout.is_zero() {
-        p.push(Problem::new(
-            "server.limits.idle_timeout",
-            "must be positive",
-            "use e.g. \"60s\"",
         ));
     }
     if config.audit.path.is_empty() {
@@ -108,13 +80,6 @@ pub fn validate(config: &Config) -> Vec<Problem> {
                 "give every identity provider a unique name",
             ));
         }
-    }
-    if config.policy.cache_capacity == 0 {
-        p.push(Problem::new(
-            "policy.cache_capacity",
-            "must be positive",
-            "use e.g. 100000",
-        ));
     }
     let mut names = HashSet::new();
     let mut matchers = HashSet::new();
@@ -366,31 +331,11 @@ fn validate_browser(b: &crate::config::BrowserClient, at: &str, p: &mut Vec<Prob
 }
 
 fn validate_sessions(s: &crate::config::Sessions, p: &mut Vec<Problem>) {
-    for (key, value) in [
-        ("idle_timeout", s.idle_timeout),
-        ("lifetime", s.lifetime),
-        ("login_timeout", s.login_timeout),
-    ] {
-        if value.is_zero() {
-            p.push(Problem::new(
-                format!("sessions.{key}"),
-                "must be positive",
-                "use e.g. \"1h\"",
-            ));
-        }
-    }
     if s.idle_timeout > s.lifetime {
         p.push(Problem::new(
             "sessions.idle_timeout",
             "is longer than sessions.lifetime, so it never applies",
             "make it shorter than the lifetime",
-        ));
-    }
-    if s.max_sessions == 0 {
-        p.push(Problem::new(
-            "sessions.max_sessions",
-            "must be positive",
-            "use e.g. 100000",
         ));
     }
 }
@@ -530,13 +475,6 @@ fn validate_route(route: &Route, at: &str, p: &mut Vec<Problem>) {
             format!("{at}.path_prefix"),
             format!("{:?} is not a canonical path prefix", route.path_prefix),
             "start with '/', no '//', dot segments, '%', '?' or '#', e.g. \"/api/v1\"",
-        ));
-    }
-    if route.timeout.is_zero() {
-        p.push(Problem::new(
-            format!("{at}.timeout"),
-            "must be positive",
-            "use e.g. \"30s\"",
         ));
     }
     let up = &route.upstream;
@@ -705,13 +643,6 @@ fn validate_audit(audit: &crate::config::Audit, p: &mut Vec<Problem>) {
                 "use e.g. \"https://ingest.lightstep.com:443\"",
             )),
         },
-    }
-    if otlp.timeout.is_zero() {
-        p.push(Problem::new(
-            "audit.otlp.timeout",
-            "must be positive",
-            "use e.g. \"10s\"",
-        ));
     }
     if otlp.batch_size == 0 || otlp.batch_size > 8192 {
         p.push(Problem::new(
@@ -947,6 +878,39 @@ fn validate_tokens(config: &Config, p: &mut Vec<Problem>) {
 mod tests {
     use super::*;
     use crate::config::parse;
+
+    #[test]
+    fn a_zero_duration_or_count_is_refused_while_reading_at_its_key_path() {
+        let cases = [
+            (
+                "[server.limits]\nidle_timeout = \"0s\"",
+                "server.limits.idle_timeout",
+                "must be positive",
+            ),
+            (
+                "[server.limits]\nmax_connections = 0",
+                "server.limits.max_connections",
+                "nonzero",
+            ),
+            (
+                "[sessions]\nlogin_timeout = \"0s\"",
+                "sessions.login_timeout",
+                "must be positive",
+            ),
+            ("[policy]\ncache_capacity = 0", "policy.cache_capacity", "nonzero"),
+        ];
+        for (text, key, message) in cases {
+            let problems = parse(text).err().unwrap_or_default();
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.path == key && p.message.contains(message)),
+                "{text:?} gave {problems:?}"
+            );
+        }
+        // One second is fine: only zero is refused.
+        assert!(parse("[server.limits]\nidle_timeout = \"1s\"").is_ok());
+    }
 
     #[test]
     fn token_exchange_never_sends_a_caller_s_token_to_an_endpoint_that_did_not_issue_it() {

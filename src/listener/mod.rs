@@ -106,9 +106,9 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(limits.header_read_timeout.get())
         .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
+        .max_headers(limits.max_headers.get())
         .keep_alive(true);
     builder
         .http2()
@@ -128,6 +128,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 fn h2_codec_cap(limits: &Limits) -> u32 {
     let fields = limits
         .max_headers
+        .get()
         .saturating_add(4)
         .saturating_mul(crate::proxy::H2_FIELD_OVERHEAD);
     let cap = limits.max_header_bytes.saturating_add(fields).saturating_mul(2);
@@ -167,7 +168,7 @@ async fn connection(
         Some(config) => {
             // A client that never finishes its handshake is a slow client too.
             let handshake = TlsAcceptor::from(config).accept(stream);
-            match tokio::time::timeout(shared.limits.header_read_timeout, handshake).await {
+            match tokio::time::timeout(shared.limits.header_read_timeout.get(), handshake).await {
                 Ok(Ok(tls_stream)) => {
                     drive(
                         Tracked::new(tls_stream, activity.clone()),
@@ -234,8 +235,8 @@ async fn drive<S>(
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let idle_limit = shared.limits.idle_timeout;
-    let head_limit = shared.limits.header_read_timeout;
+    let idle_limit = shared.limits.idle_timeout.get();
+    let head_limit = shared.limits.header_read_timeout.get();
     let period = |limit: Duration| (limit / 4).max(Duration::from_millis(1));
     let mut tick = tokio::time::interval(period(idle_limit));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -19,7 +19,7 @@ use http::Version;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::ProxyBody;
-use crate::decision::CLIENT_CLOSED;
+use crate::decision::{CLIENT_CLOSED, Fault};
 use crate::error::ProxyError;
 use crate::proxy::Proxy;
 use crate::proxy::context::RequestCtx;
@@ -64,8 +64,7 @@ pub struct Failure {
     pub code: &'static str,
     /// A refusal of the decision point (not a failure to forward).
     pub denial: bool,
-    /// The upstream could not be reached or timed out (counted in the upstream metrics).
-    pub upstream: bool,
+    pub fault: Fault,
 }
 
 impl Failure {
@@ -73,10 +72,7 @@ impl Failure {
         Failure {
             code: error.code(),
             denial: error.is_denial(),
-            upstream: matches!(
-                error,
-                ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout
-            ),
+            fault: error.fault(),
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::error::ProxyError;
 use crate::pem::{self, BuildError};
 use crate::proxy::body::{BodyFault, ClientBody, Inbound};
 use crate::proxy::context::RequestCtx;
+use crate::proxy::cookies::outbound_cookies;
 use crate::proxy::routes::Route;
 
 /// A route's upstream: where it is and the pooled client that reaches it.
@@ -210,7 +211,7 @@ pub async fn forward(
     *outbound.headers_mut() = headers;
 
     let sent = Instant::now();
-    let result = tokio::time::timeout(route.config.timeout, upstream.client.request(outbound)).await;
+    let result = tokio::time::timeout(route.config.timeout.get(), upstream.client.request(outbound)).await;
     ctx.upstream_duration = Some(sent.elapsed());
     let mut response = match result {
         // The upstream waited for a body the client stopped sending: the client's stall.
@@ -298,7 +299,7 @@ pub async fn look_up(
         .path_and_query(path)
         .build()
         .map_err(|_| ProxyError::UpstreamUnavailable("could not build the lookup URI".into()))?;
-    let (body, _) = ClientBody::new(Inbound::Read(bytes::Bytes::new()), 0, route.config.timeout);
+    let (body, _) = ClientBody::new(Inbound::Read(bytes::Bytes::new()), 0, route.config.timeout.get());
     let mut request = Request::new(body);
     *request.uri_mut() = uri;
     *request.version_mut() = upstream.version;
@@ -310,16 +311,17 @@ pub async fn look_up(
         headers.insert(header::HOST, host);
     }
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    let response = match tokio::time::timeout(route.config.timeout, upstream.client.request(request)).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(e)) => return Err(ProxyError::UpstreamUnavailable(describe(&e))),
-        Ok(Ok(response)) => response,
-    };
+    let response =
+        match tokio::time::timeout(route.config.timeout.get(), upstream.client.request(request)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(e)) => return Err(ProxyError::UpstreamUnavailable(describe(&e))),
+            Ok(Ok(response)) => response,
+        };
     if !response.status().is_success() {
         return Ok(None);
     }
     let collected = tokio::time::timeout(
-        route.config.timeout,
+        route.config.timeout.get(),
         http_body_util::Limited::new(response.into_body(), limit).collect(),
     )
     .await;
@@ -583,7 +585,7 @@ pub fn outbound_headers(mut headers: HeaderMap, ctx: &RequestCtx, strip_extra: &
     for name in doomed {
         headers.remove(name);
     }
-    crate::authn::browser::outbound_cookies(&mut headers);
+    outbound_cookies(&mut headers);
 
     let canonical = ctx.canonical.as_ref();
     let conn = &ctx.conn;

@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod context;
+mod cookies;
 pub mod cors;
 pub mod exchange;
 pub mod forward;

@@ -1,22 +1,27 @@
-//! The one place the request path is composed, read top to bottom:
+//! The one place the request path is composed, read top to bottom. [`Proxy::handle`] takes the
+//! request id (from a trusted hop, or generated) and opens the exchange that records it; then
+//! `phases` runs, each a method below:
 //!
-//! 1. request id: taken from a trusted hop or generated;
-//!    an HTTP/2 head over the header limits gets 431 (hyper refuses HTTP/1 ones while reading);
-//! 2. canonical view: one method, authority and path, or 400;
-//!    (`/.portcullis/…` is the proxy's own: sign-in, callback, sign-out; never forwarded);
-//! 3. route: host then path prefix, or 404 (nothing is forwarded);
-//!    a CORS preflight on a route with a CORS policy is answered here, before authentication;
-//! 4. authenticate (protected routes): the authenticator chain against the route's providers,
-//!    or 401/503 with the reason;
-//! 5. authorize (protected routes): the route's resource template names the object and verb, and
-//!    the policy in force answers in the route's domain (cached per policy version);
-//! 6. decision: allow with a `Permit`, or deny with a reason: 401, 403 `forbidden`, 500 when the
-//!    policy cannot be evaluated; a denied page navigation that could sign in is sent to sign in;
-//! 7. forward: strip, then inject headers; stream to the upstream;
+//! 1. `canonical_view`: one method, authority and path, or 400; an HTTP/2 head over the header
+//!    limits is 431 (hyper refuses HTTP/1 ones while reading). `/.portcullis/…` is the proxy's
+//!    own (`reserved`: sign-in, callback, sign-out; never forwarded), and so are the issuer's
+//!    documents (`own_document`);
+//! 2. `find_route`: host then path prefix, or 404 (nothing is forwarded); `preflight` answers a
+//!    CORS preflight on a route with a CORS policy, before authentication;
+//! 3. `authenticate` (all but public access): the authenticator chain against the route's
+//!    providers, or 401/503 with the reason;
+//! 4. `authorize` (protected access): the route's resource template names the objects and verb
+//!    (reading the body, or looking the object up, when it must), and the policy in force answers
+//!    in the route's domain (cached per policy version);
+//! 5. `decide`: a `Permit`, or a reason; `refuse` turns the reason into 401, 403 or 500, or sends
+//!    a page navigation that could sign in to sign in;
+//! 6. `broker_credentials`: the identity assertion and the route's brokered token;
+//! 7. `forward`: strip, then inject headers; stream to the upstream; filter a listed answer;
 //!
 //! and, whatever happened, `error::rescue` makes the error response and exactly one audit event
-//! is emitted. Phases are plain async calls on one `RequestCtx` rather than tower layers, because
-//! each needs what the previous ones learned and the audit event must see every exit.
+//! is emitted, its `failed` taken from the error's [`Fault`] (the client's, the upstream's, or
+//! the proxy's own). Phases are plain async calls on one `RequestCtx` rather than tower layers,
+//! because each needs what the previous ones learned and the audit event must see every exit.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -37,7 +42,7 @@ use crate::authz::{self, Authz, Query};
 use crate::body::ProxyBody;
 use crate::canonical::Canonical;
 use crate::config::Access;
-use crate::decision::{Decision, PolicyAnswer, Reason, decide};
+use crate::decision::{Decision, Fault, PolicyAnswer, Reason, decide};
 use crate::error::{ProxyError, rescue, wants_html};
 use crate::identity::{AuthMethod, Principal};
 use crate::metrics::Metrics;
@@ -189,10 +194,7 @@ impl Proxy {
                 if let ProxyError::Denied { reason, .. } = &error {
                     ctx.decision = Some(Decision::Deny(*reason));
                 }
-                if matches!(
-                    error,
-                    ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout
-                ) {
+                if error.fault() == Fault::Upstream {
                     let label = ctx.route.as_ref().map(|r| r.label.clone());
                     tracing::warn!(request_id = %ctx.request_id, route = ?label, error = %error, "upstream failure");
                 }
@@ -224,121 +226,176 @@ impl Proxy {
         Response::from_parts(parts, Recorded::new(body, exchange))
     }
 
+    /// The phases, in order; each returns early with a response or an error.
     async fn phases(
         &self,
         ctx: &mut RequestCtx,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        if req.version() == Version::HTTP_2 && http2_head_over(&self.limits, &req) {
+        let canonical = self.canonical_view(ctx, &req)?;
+        if canonical.path.starts_with(RESERVED) {
+            return self.reserved(ctx, canonical, req.headers()).await;
+        }
+        if let Some(document) = self.issuer_document(&canonical) {
+            return Ok(self.own_document(ctx, canonical, document));
+        }
+        let route = self.find_route(ctx, canonical)?;
+        if let Some(response) = self.preflight(ctx, &route, &req)? {
+            return Ok(response);
+        }
+        // What the request acts on, by the route's template: it may also open an operation of a
+        // protected route (what the API leaves unauthenticated) or need the body to tell.
+        let mut resource = self.resource(&route, ctx.canonical.as_ref());
+        let access = effective_access(&route, resource.as_ref());
+        let refused = match access {
+            Access::Public => None,
+            _ => self.authenticate(ctx, &route, req.headers()).await,
+        };
+        let mut req = req.map(Inbound::Stream);
+        let answer = match (refused, resource.as_mut()) {
+            (None, resource) if access == Access::Protected => {
+                Some(self.authorize(ctx, &route, resource, &mut req).await?)
+            }
+            _ => None,
+        };
+        let permit = match self.decide(ctx, access, refused, answer) {
+            Ok(permit) => permit,
+            Err(reason) => return self.refuse(ctx, &route, reason, req.headers()).await,
+        };
+        let identity = self.broker_credentials(ctx, &route, req.headers()).await?;
+        self.forward(permit, ctx, &route, req, identity, resource).await
+    }
+
+    /// The one view of what the request is for, or 400; an HTTP/2 head over the header limits
+    /// is 431 (hyper refuses HTTP/1 ones while reading).
+    fn canonical_view(&self, ctx: &RequestCtx, req: &Request<Incoming>) -> Result<Canonical, ProxyError> {
+        if req.version() == Version::HTTP_2 && http2_head_over(&self.limits, req) {
             return Err(ProxyError::deny(Reason::HeadersTooLarge));
         }
-        let canonical = Canonical::build(
+        Canonical::build(
             req.method(),
             req.uri(),
             req.version(),
             req.headers(),
             ctx.conn.tls,
-        )?;
-        if canonical.path.starts_with(RESERVED) {
-            return self.reserved(ctx, canonical, req.headers()).await;
-        }
-        if let Some(document) = self.issuer_document(&canonical) {
-            ctx.canonical = Some(canonical);
-            ctx.decision = Some(Decision::Allow(Reason::IssuerMetadata));
-            let mut response = Response::new(crate::body::full(document));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            return Ok(response);
-        }
-        let route = self.routes.find(&canonical.host, &canonical.path).cloned();
-        let route = route.ok_or_else(|| ProxyError::deny(Reason::RouteNotFound));
+        )
+    }
+
+    /// The proxy's own issuer documents (JWKS, discovery), answered without a route.
+    fn own_document(
+        &self,
+        ctx: &mut RequestCtx,
+        canonical: Canonical,
+        document: String,
+    ) -> Response<ProxyBody> {
         ctx.canonical = Some(canonical);
-        let route = route?;
+        ctx.decision = Some(Decision::Allow(Reason::IssuerMetadata));
+        let mut response = Response::new(crate::body::full(document));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+
+    /// Host, then path prefix; no route is 404 and nothing is forwarded.
+    fn find_route(&self, ctx: &mut RequestCtx, canonical: Canonical) -> Result<Arc<Route>, ProxyError> {
+        let route = self.routes.find(&canonical.host, &canonical.path).cloned();
+        ctx.canonical = Some(canonical);
+        let route = route.ok_or_else(|| ProxyError::deny(Reason::RouteNotFound))?;
         ctx.route = Some(route.clone());
+        Ok(route)
+    }
 
-        if let Some(policy) = &route.config.cors
-            && cors::is_preflight(req.method(), req.headers())
-        {
-            let response = cors::preflight(policy, req.headers())?;
-            ctx.decision = Some(Decision::Allow(Reason::CorsPreflight));
-            return Ok(response);
+    /// A CORS preflight on a route with a CORS policy, answered before authentication.
+    fn preflight(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        req: &Request<Incoming>,
+    ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
+        let Some(policy) = &route.config.cors else {
+            return Ok(None);
+        };
+        if !cors::is_preflight(req.method(), req.headers()) {
+            return Ok(None);
         }
+        let response = cors::preflight(policy, req.headers())?;
+        ctx.decision = Some(Decision::Allow(Reason::CorsPreflight));
+        Ok(Some(response))
+    }
 
-        // What the request acts on, by the route's template: it may also open an operation of a
-        // protected route (what the API leaves unauthenticated) or need the body to tell.
-        let mut resource = self.resource(&route, ctx.canonical.as_ref());
-        let access = match resource.as_ref().map(|r| r.access) {
-            Some(RuleAccess::Public) => Access::Public,
-            Some(RuleAccess::Authenticated) => Access::Authenticated,
-            _ => route.config.access,
+    /// The policy's answer for an authenticated caller on a protected route: the body read first
+    /// when the template needs it, then every object the request names, then what a lookup finds.
+    /// No principal or no resource is `Failed`: fail closed.
+    async fn authorize(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        resource: Option<&mut Resource>,
+        req: &mut Request<Inbound>,
+    ) -> Result<PolicyAnswer, ProxyError> {
+        let (Some(principal), Some(resource)) = (ctx.principal.clone(), resource) else {
+            return Ok(PolicyAnswer::Failed);
         };
-        let refused = if access == Access::Public {
-            None
-        } else {
-            self.authenticate(ctx, &route, req.headers()).await
-        };
-
-        let mut req = req.map(Inbound::Stream);
-        let answer = match (ctx.principal.clone(), refused, resource.as_mut()) {
-            (Some(principal), None, Some(resource)) if access == Access::Protected => {
-                if let Some(plan) = resource.body.take() {
-                    let (parts, body) = req.into_parts();
-                    let (bytes, json) = self.read_body(ctx, &route, body).await?;
-                    plan.apply(resource, &json);
-                    req = Request::from_parts(parts, Inbound::Read(bytes));
-                }
-                let mut answer = self.authorize(ctx, &route, &principal, resource).await;
-                if answer == PolicyAnswer::Allow
-                    && let Some(plan) = resource.lookup.take()
-                {
-                    answer = self
-                        .look_up(ctx, &route, &principal, resource, &plan, req.headers())
-                        .await?;
-                }
-                Some(answer)
+        if let Some(plan) = resource.body.take() {
+            let body = std::mem::replace(req.body_mut(), Inbound::Read(Bytes::new()));
+            let (bytes, json) = self.read_body(ctx, route, body).await?;
+            plan.apply(resource, &json);
+            *req.body_mut() = Inbound::Read(bytes);
+        }
+        let answer = self.ask_policy(ctx, route, &principal, resource).await;
+        match resource.lookup.take() {
+            Some(plan) if answer == PolicyAnswer::Allow => {
+                self.look_up(ctx, route, &principal, resource, &plan, req.headers())
+                    .await
             }
-            (Some(_), None, None) if access == Access::Protected => Some(PolicyAnswer::Failed),
-            _ => None,
-        };
+            _ => Ok(answer),
+        }
+    }
 
+    /// The decision point: a `Permit`, or the reason for the denial. Records the decision.
+    fn decide(
+        &self,
+        ctx: &mut RequestCtx,
+        access: Access,
+        refused: Option<Reason>,
+        answer: Option<PolicyAnswer>,
+    ) -> Result<crate::decision::Permit, Reason> {
         let (decision, permit) = match refused {
             Some(reason) => (Decision::Deny(reason), None),
             None => decide(access, ctx.principal.as_deref(), answer),
         };
         ctx.decision = Some(decision);
-        let Some(permit) = permit else {
-            if decision.reason() == Reason::Forbidden {
-                let missing = ctx
-                    .policy
-                    .as_ref()
-                    .filter(|_| {
-                        self.authz
-                            .as_ref()
-                            .is_some_and(|a| a.settings.show_missing_permission)
-                    })
-                    .map(|p| format!("{} on {} in {}", p.action, p.object, p.domain));
-                return Err(ProxyError::Forbidden { missing });
-            }
-            return self.refuse(ctx, &route, decision.reason(), req.headers()).await;
-        };
+        permit.ok_or(decision.reason())
+    }
 
-        let identity = self.upstream_identity(ctx, &route, req.headers()).await?;
-        let idle = self.limits.idle_timeout;
-        if resource.as_ref().is_some_and(|r| r.filter.is_some()) {
+    /// Forwards with the permit and, when the template filters the answer, removes what the
+    /// caller may not see.
+    async fn forward(
+        &self,
+        permit: crate::decision::Permit,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        mut req: Request<Inbound>,
+        identity: Vec<(HeaderName, HeaderValue)>,
+        resource: Option<Resource>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let filter = resource.and_then(|r| r.filter);
+        if filter.is_some() {
             // A response the proxy must read is asked for uncompressed.
             req.headers_mut().remove(header::ACCEPT_ENCODING);
         }
-        let response = forward(permit, ctx, &route, req, identity, &self.strip_extra, idle).await?;
-        match resource.and_then(|r| r.filter) {
-            Some(filter) => self.filter_response(ctx, &route, &filter, response).await,
+        let idle = self.limits.idle_timeout.get();
+        let response = forward(permit, ctx, route, req, identity, &self.strip_extra, idle).await?;
+        match filter {
+            Some(filter) => self.filter_response(ctx, route, &filter, response).await,
             None => Ok(response),
         }
     }
 
-    /// The identity the upstream is told (the assertion, identity headers) and the route's
+    /// What the upstream is told: the identity (the assertion, identity headers) and the route's
     /// brokered credential, if it has one.
-    async fn upstream_identity(
+    async fn broker_credentials(
         &self,
         ctx: &RequestCtx,
         route: &Route,
@@ -392,7 +449,7 @@ impl Proxy {
         let (Some(path), Some(canonical)) = (plan.path.as_deref(), ctx.canonical.clone()) else {
             return Ok(PolicyAnswer::Unresolved);
         };
-        let identity = self.upstream_identity(ctx, route, headers).await?;
+        let identity = self.broker_credentials(ctx, route, headers).await?;
         let limit = usize::try_from(route.config.filter_response_bytes).unwrap_or(usize::MAX);
         let Some(answer) = forward::look_up(route, &canonical, path, identity, limit).await? else {
             return Ok(PolicyAnswer::Unresolved);
@@ -400,7 +457,7 @@ impl Proxy {
         if !plan.apply(resource, &answer) {
             return Ok(PolicyAnswer::Unresolved);
         }
-        Ok(self.authorize(ctx, route, principal, resource).await)
+        Ok(self.ask_policy(ctx, route, principal, resource).await)
     }
 
     /// `/.well-known/jwks.json` and `/.well-known/openid-configuration` on the issuer's own host,
@@ -534,7 +591,11 @@ impl Proxy {
         body: Inbound,
     ) -> Result<(Bytes, serde_json::Value), ProxyError> {
         use http_body_util::BodyExt as _;
-        let (body, tally) = ClientBody::new(body, route.config.inspect_body_bytes, self.limits.idle_timeout);
+        let (body, tally) = ClientBody::new(
+            body,
+            route.config.inspect_body_bytes,
+            self.limits.idle_timeout.get(),
+        );
         ctx.tally = Some(tally);
         let bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -556,7 +617,7 @@ impl Proxy {
 
     /// Asks the policy in force about every object the request names, in order, until one is
     /// refused; records the questions and the deciding answer for the audit.
-    async fn authorize(
+    async fn ask_policy(
         &self,
         ctx: &mut RequestCtx,
         route: &Route,
@@ -693,6 +754,9 @@ impl Proxy {
         reason: Reason,
         headers: &http::HeaderMap,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        if reason == Reason::Forbidden {
+            return Err(ProxyError::forbidden(self.missing_permission(ctx)));
+        }
         let denied = ProxyError::deny(reason);
         let (Reason::NoCredentials | Reason::SessionExpired, Some(canonical)) = (reason, &ctx.canonical)
         else {
@@ -714,6 +778,19 @@ impl Proxy {
         browser
             .sign_in_redirect(canonical, headers, ctx.conn.trusted, &options)
             .await
+    }
+
+    /// The permission a forbidden caller lacks, when the operator allows telling them.
+    fn missing_permission(&self, ctx: &RequestCtx) -> Option<String> {
+        let show = self
+            .authz
+            .as_ref()
+            .is_some_and(|a| a.settings.show_missing_permission);
+        let policy = ctx.policy.as_ref().filter(|_| show)?;
+        Some(format!(
+            "{} on {} in {}",
+            policy.action, policy.object, policy.domain
+        ))
     }
 
     /// `/.portcullis/…` on a host this proxy serves.
@@ -855,7 +932,7 @@ impl Proxy {
             .route
             .as_ref()
             .map_or_else(|| self.metrics.no_route(), |r| r.label.clone());
-        if let Some(failure) = end.failure.filter(|f| f.upstream) {
+        if let Some(failure) = end.failure.filter(|f| f.fault == Fault::Upstream) {
             self.metrics.upstream_error(&label, failure.code);
         }
         self.metrics
@@ -890,8 +967,8 @@ impl Proxy {
                 protocol_version: version_str(seen.version),
                 user_agent: seen.user_agent,
                 status: end.status,
-                // A 5xx the proxy made (not one the upstream sent) is the proxy failing.
-                failed: end.failure.is_some() && (500..600).contains(&end.status),
+                // The upstream's own 5xx passed on is its answer, not a failure of this request.
+                failed: end.failure.is_some_and(|f| f.fault != Fault::Downstream),
                 error_type,
                 outcome: end.outcome.as_str(),
                 upstream_status: end.upstream_status,
@@ -904,6 +981,16 @@ impl Proxy {
             }
             .into(),
         );
+    }
+}
+
+/// The access a request gets: the route's, unless its template opens the operation (what the
+/// API itself leaves unauthenticated or open to any signed-in caller).
+fn effective_access(route: &Route, resource: Option<&Resource>) -> Access {
+    match resource.map(|r| r.access) {
+        Some(RuleAccess::Public) => Access::Public,
+        Some(RuleAccess::Authenticated) => Access::Authenticated,
+        _ => route.config.access,
     }
 }
 
@@ -1011,7 +1098,7 @@ fn http2_head_over(limits: &crate::config::Limits, req: &Request<Incoming>) -> b
         }
         fields += 1;
     }
-    fields > limits.max_headers || bytes > limits.max_header_bytes
+    fields > limits.max_headers.get() || bytes > limits.max_header_bytes
 }
 
 /// Standard methods as static strings, so recording one allocates nothing.
