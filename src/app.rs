@@ -484,8 +484,9 @@ fn build_tls(
 pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let built = build(&config, bound.https_addr().map(|a| a.port())).await?;
     let _watchers = start_background(&config, &built)?;
-    let tls = build_tls(&config, &bound, &built.metrics)?;
-    serve(&config, bound, built, tls.map(|(tls, _watcher)| tls), shutdown).await;
+    // The certificate's watcher must live while serving: dropped, it reloads nothing.
+    let (tls, _tls_watcher) = build_tls(&config, &bound, &built.metrics)?.unzip();
+    serve(&config, bound, built, tls, shutdown).await;
     Ok(())
 }
 
