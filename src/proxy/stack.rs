@@ -615,6 +615,31 @@ impl Proxy {
         Ok((bytes, json))
     }
 
+    /// One question to the policy in force, counted in the metrics (cache hits, shadow
+    /// disagreements).
+    async fn ask(
+        &self,
+        authz: &Authz,
+        route: &Route,
+        target: &authz::Target,
+        subjects: &[String],
+        object: String,
+        action: String,
+    ) -> (Query, authz::Checked) {
+        let query = Query {
+            subjects: subjects.to_vec(),
+            domain: target.domain.clone(),
+            object,
+            action,
+        };
+        let checked = authz.check(&query).await;
+        self.metrics.policy_decision(checked.cached);
+        if checked.disagrees() {
+            self.metrics.policy_shadow_disagreement(&route.label);
+        }
+        (query, checked)
+    }
+
     /// Asks the policy in force about every object the request names, in order, until one is
     /// refused; records the questions and the deciding answer for the audit.
     async fn ask_policy(
@@ -635,17 +660,7 @@ impl Proxy {
         let mut decided = Vec::new();
         let mut last = None;
         for (object, action) in asked {
-            let query = Query {
-                subjects: subjects.clone(),
-                domain: target.domain.clone(),
-                object,
-                action,
-            };
-            let checked = authz.check(&query).await;
-            self.metrics.policy_decision(checked.cached);
-            if checked.disagrees() {
-                self.metrics.policy_shadow_disagreement(&route.label);
-            }
+            let (query, checked) = self.ask(authz, route, target, &subjects, object, action).await;
             let answer = match &checked.verdict {
                 Ok(v) if v.allowed && !resource.refused => PolicyAnswer::Allow,
                 Ok(_) => PolicyAnswer::Deny,
@@ -725,14 +740,7 @@ impl Proxy {
         let subjects = authz::subjects(&principal);
         let mut keep = Vec::new();
         for (object, action) in filter.questions(&doc, target.any()) {
-            let query = Query {
-                subjects: subjects.clone(),
-                domain: target.domain.clone(),
-                object,
-                action,
-            };
-            let checked = authz.check(&query).await;
-            self.metrics.policy_decision(checked.cached);
+            let (_, checked) = self.ask(authz, route, target, &subjects, object, action).await;
             keep.push(checked.verdict.is_ok_and(|v| v.allowed));
         }
         let removed = filter.retain(&mut doc, &keep);
