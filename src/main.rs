@@ -278,7 +278,7 @@ fn main() -> ExitCode {
                         tracing::info!(listener = name, %addr, "listening");
                     }
                 }
-                portcullis::app::run(config, bound, shutdown_signal()).await
+                portcullis::app::run_file(&path, config, bound, shutdown_signal()).await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -16,29 +16,32 @@ use tokio::sync::watch;
 
 pub use crate::metrics::Metrics;
 
-use crate::authn::Authn;
+use arc_swap::ArcSwap;
+
 use crate::body::{ProxyBody, full};
+use crate::proxy::Proxy;
 use crate::tokens::Minter;
 
 /// Readiness: every listener is bound, every identity provider's keys are in hand, and
 /// shutdown has not begun.
 pub struct Ready {
     listening: AtomicBool,
-    authn: Arc<Authn>,
+    proxy: Arc<ArcSwap<Proxy>>,
 }
 
 impl Ready {
-    pub fn new(authn: Arc<Authn>) -> Self {
+    /// Ready as the proxy in force is: a reloaded configuration's new providers count too.
+    pub fn new(proxy: Arc<ArcSwap<Proxy>>) -> Self {
         Ready {
             listening: AtomicBool::new(false),
-            authn,
+            proxy,
         }
     }
     pub fn set(&self, ready: bool) {
         self.listening.store(ready, Ordering::Release);
     }
     pub fn get(&self) -> bool {
-        self.listening.load(Ordering::Acquire) && self.authn.ready()
+        self.listening.load(Ordering::Acquire) && self.proxy.load().ready()
     }
 }
 

@@ -148,28 +148,34 @@ impl Jwks {
         Ok(())
     }
 
-    /// Fetches now (retrying with backoff until it succeeds), then every `refresh`.
+    /// Fetches now (retrying with backoff until it succeeds), then every `refresh`, for as long
+    /// as the key set is in use: a provider a configuration reload removed stops being fetched.
     pub fn spawn_refresher(self: &Arc<Self>) {
-        let this = self.clone();
+        let keys = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
             loop {
+                let Some(this) = keys.upgrade() else { return };
                 let ok = {
                     let mut last = this.fetching.lock().await;
                     *last = Some(Instant::now());
                     this.fetch().await
                 };
-                match ok {
+                let wait = match ok {
                     Ok(()) => {
                         backoff = Duration::from_millis(250);
-                        tokio::time::sleep(this.refresh).await;
+                        this.refresh
                     }
                     Err(e) => {
                         tracing::warn!(issuer = %this.issuer, error = %e, "JWKS refresh failed; keeping the keys we have");
-                        tokio::time::sleep(backoff).await;
+                        let wait = backoff;
                         backoff = (backoff * 2).min(this.refresh).min(Duration::from_secs(30));
+                        wait
                     }
-                }
+                };
+                // Not held while waiting: a removed provider is dropped, and this loop ends.
+                drop(this);
+                tokio::time::sleep(wait).await;
             }
         });
     }

@@ -139,6 +139,15 @@ impl Proxy {
         self
     }
 
+    pub fn authn(&self) -> &Authn {
+        &self.authn
+    }
+
+    /// Every identity provider of this configuration has its signing keys.
+    pub fn ready(&self) -> bool {
+        self.authn.ready()
+    }
+
     pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
