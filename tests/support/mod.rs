@@ -553,22 +553,32 @@ pub struct Binary {
     pub http: SocketAddr,
     pub admin: SocketAddr,
     stderr: PathBuf,
+    /// The listeners every version of its config file starts with.
+    basics: Config,
 }
 
 impl Binary {
     /// Starts it with `env` added to the environment and waits until `/readyz` is green.
     pub async fn serve(dir: &std::path::Path, config: &Config, env: &[(&str, &str)]) -> Binary {
+        Self::serve_file(&dir.join("portcullis.toml"), dir, config, env).await
+    }
+
+    /// As [`Binary::serve`], the config file at `path` (through a symlink, the link's target).
+    pub async fn serve_file(
+        path: &std::path::Path,
+        dir: &std::path::Path,
+        config: &Config,
+        env: &[(&str, &str)],
+    ) -> Binary {
         let (http, admin) = (free_addr(), free_addr());
-        let path = dir.join("portcullis.toml");
-        Config::new()
+        let basics = Config::new()
             .server("http", http.to_string())
-            .set("admin.listen", admin.to_string())
-            .merge(config)
-            .write(&path);
+            .set("admin.listen", admin.to_string());
+        std::fs::write(path, basics.clone().merge(config).to_toml()).unwrap();
         let stderr = dir.join("portcullis.stderr");
         let child = std::process::Command::new(binary())
             .args(["serve", "--config"])
-            .arg(&path)
+            .arg(path)
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -580,6 +590,7 @@ impl Binary {
             http,
             admin,
             stderr,
+            basics,
         };
         for _ in 0..400 {
             if let Some(status) = proxy.child_mut().try_wait().unwrap() {
@@ -592,6 +603,11 @@ impl Binary {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("the proxy never became ready:\n{}", proxy.log());
+    }
+
+    /// The text of a config file for it: `config` on the listeners it serves on.
+    pub fn config_text(&self, config: &Config) -> String {
+        self.basics.clone().merge(config).to_toml()
     }
 
     fn child_mut(&mut self) -> &mut std::process::Child {
@@ -626,10 +642,15 @@ impl Binary {
 
     /// Sends SIGTERM (a graceful stop) and returns at once.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`, …) and returns at once.
+    pub fn signal(&self, name: &str) {
         let pid = self.pid().to_string();
         assert!(
             std::process::Command::new("kill")
-                .args(["-TERM", &pid])
+                .args([format!("-{name}").as_str(), &pid])
                 .status()
                 .unwrap()
                 .success()
