@@ -542,21 +542,14 @@ async fn run_with(
 ) -> Result<(), StartError> {
     let built = build(&config, bound.https_addr().map(|a| a.port())).await?;
     let _watchers = start_background(&config, &built)?;
-    let tls = build_tls(&config, &bound, &built.metrics)?;
+    // The certificate's watcher must live while serving: dropped, it reloads nothing.
+    let (tls, _tls_watcher) = build_tls(&config, &bound, &built.metrics)?.unzip();
     let live = Arc::new(ArcSwap::from(built.proxy.clone()));
     let _reloading = match path {
         Some(path) => Some(spawn_reloader(path, config.clone(), built.clone(), live.clone())?),
         None => None,
     };
-    serve(
-        &config,
-        bound,
-        built,
-        live,
-        tls.map(|(tls, _watcher)| tls),
-        shutdown,
-    )
-    .await;
+    serve(&config, bound, built, live, tls, shutdown).await;
     Ok(())
 }
 

@@ -1,116 +1,62 @@
 //! Changing the configuration of a running proxy, told as stories with the real binary: a route
 //! added to the file serves within two seconds while a long download on another route goes on; a
 //! broken edit changes nothing and the log says why; SIGHUP reloads a file the watcher cannot see.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg(test)]
 
 mod support;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::Response;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use support::Recorder;
+use support::config::UpstreamUrl;
+use support::serve::{Serve, Server, serve};
+use support::{Binary, Config, Recorder, Route};
 
 /// Chunks the slow upstream sends, one every `CHUNK_GAP`: the download lasts about two seconds.
 const CHUNKS: usize = 10;
 const CHUNK_GAP: Duration = Duration::from_millis(200);
 
 /// An upstream that answers every request with a body sent slowly, chunk by chunk.
-async fn slow_download() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 4096];
-                let _ = stream.read(&mut head).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-                    .await;
-                for i in 0..CHUNKS {
-                    tokio::time::sleep(CHUNK_GAP).await;
-                    let chunk = format!("chunk-{i};");
-                    let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
-                    if stream.write_all(framed.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = stream.write_all(b"0\r\n\r\n").await;
-            });
-        }
-    });
-    addr
+async fn slow_download() -> Server {
+    serve(Serve::http1(), |_, _| async {
+        let chunks = futures_util::stream::unfold(0, |i| async move {
+            if i == CHUNKS {
+                return None;
+            }
+            tokio::time::sleep(CHUNK_GAP).await;
+            let chunk = Frame::data(Bytes::from(format!("chunk-{i};")));
+            Some((Ok::<_, Infallible>(chunk), i + 1))
+        });
+        Response::new(StreamBody::new(chunks))
+    })
+    .await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A public route `NAME` for host `NAME.test`.
+fn route(name: &str, upstream: impl UpstreamUrl) -> Route {
+    Route::public(name)
+        .host(&format!("{name}.test"))
+        .upstream(upstream)
 }
 
-fn route(name: &str, upstream: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"{upstream}\"\n"
+/// `routes`, with the audit log in `dir`.
+fn config(dir: &Path, routes: impl IntoIterator<Item = Route>) -> Config {
+    routes.into_iter().fold(
+        Config::new().set("audit.path", dir.join("audit.jsonl")),
+        Config::route,
     )
 }
 
-struct Running {
-    child: Child,
-    http: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl Running {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `portcullis serve --config <path>`, waited for until its admin listener says ready.
-async fn serve(path: &Path, dir: &Path, http: u16, admin: u16) -> Running {
-    let log = dir.join("portcullis.log");
-    let child = Command::new(support::binary())
-        .args(["serve", "--config"])
-        .arg(path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let running = Running {
-        child,
-        http: SocketAddr::from(([127, 0, 0, 1], http)),
-        log,
-    };
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
-    for _ in 0..400 {
-        if TcpStream::connect(admin).await.is_ok() && support::get(admin, "/readyz", &[]).await.0 == 200 {
-            return running;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the proxy never became ready:\n{}", running.log());
-}
-
-fn head(dir: &Path, http: u16, admin: u16) -> String {
-    format!(
-        "[server]\nhttp = \"127.0.0.1:{http}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[audit]\npath = {:?}\n",
-        dir.join("audit.jsonl").display().to_string()
-    )
-}
+const INFO: &[(&str, &str)] = &[("RUST_LOG", "info")];
 
 /// Writes the way editors and config management do: a new file renamed over the old one.
 fn replace(path: &Path, text: &str) {
@@ -135,18 +81,11 @@ async fn until_status(proxy: SocketAddr, host: &str, want: u16, limit: Duration)
 #[tokio::test]
 async fn a_route_added_to_the_file_serves_within_two_seconds_while_a_download_on_another_route_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, admin) = (free_port(), free_port());
     let app = Recorder::start().await;
     let slow = slow_download().await;
+    let first = config(dir.path(), [route("stream", &slow), route("a", &app)]);
+    let proxy = Binary::serve(dir.path(), &first, INFO).await;
     let path = dir.path().join("portcullis.toml");
-    let first = format!(
-        "{}{}{}",
-        head(dir.path(), http, admin),
-        route("stream", &format!("http://{slow}")),
-        route("a", &app.url())
-    );
-    std::fs::write(&path, &first).unwrap();
-    let proxy = serve(&path, dir.path(), http, admin).await;
     assert_eq!(
         support::raw_get(proxy.http, "b.test", "/").await.0,
         404,
@@ -166,7 +105,7 @@ async fn a_route_added_to_the_file_serves_within_two_seconds_while_a_download_on
     });
     tokio::time::sleep(CHUNK_GAP).await;
 
-    replace(&path, &format!("{first}{}", route("b", &app.url())));
+    replace(&path, &proxy.config_text(&first.route(route("b", &app))));
     let took = until_status(proxy.http, "b.test", 200, Duration::from_secs(2)).await;
     assert!(
         took.is_some(),
@@ -196,16 +135,16 @@ async fn a_route_added_to_the_file_serves_within_two_seconds_while_a_download_on
 #[tokio::test]
 async fn a_broken_edit_keeps_the_configuration_in_force_and_the_log_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, admin) = (free_port(), free_port());
     let app = Recorder::start().await;
+    let good = config(dir.path(), [route("a", &app)]);
+    let proxy = Binary::serve(dir.path(), &good, INFO).await;
     let path = dir.path().join("portcullis.toml");
-    let good = format!("{}{}", head(dir.path(), http, admin), route("a", &app.url()));
-    std::fs::write(&path, &good).unwrap();
-    let proxy = serve(&path, dir.path(), http, admin).await;
 
     // A typo in a key, and a route with no upstream URL: both refused, nothing applied.
-    let broken = format!(
-        "{good}[[routes]]\nname = \"b\"\nhosts = [\"b.test\"]\nacess = \"public\"\n[routes.upstream]\nurl = \"\"\n"
+    let broken = proxy.config_text(
+        &good
+            .clone()
+            .route(Route::new("b").host("b.test").set("acess", "public").upstream("")),
     );
     replace(&path, &broken);
     let mut refused = false;
@@ -231,7 +170,7 @@ async fn a_broken_edit_keeps_the_configuration_in_force_and_the_log_names_the_ke
     );
 
     // Fixed, it applies.
-    replace(&path, &format!("{good}{}", route("b", &app.url())));
+    replace(&path, &proxy.config_text(&good.route(route("b", &app))));
     let took = until_status(proxy.http, "b.test", 200, Duration::from_secs(2)).await;
     assert!(took.is_some(), "the fixed file did not apply:\n{}", proxy.log());
 }
@@ -240,28 +179,17 @@ async fn a_broken_edit_keeps_the_configuration_in_force_and_the_log_names_the_ke
 async fn sighup_reloads_a_file_the_watcher_does_not_see_and_a_removed_route_stops_serving() {
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    let (http, admin) = (free_port(), free_port());
     let app = Recorder::start().await;
     // The config path is a symlink into another directory: editing the target there is not an
     // event in the directory the proxy watches, so only the signal can make it read the file.
     let real = elsewhere.path().join("real.toml");
     let path = dir.path().join("portcullis.toml");
-    let both = format!(
-        "{}{}{}",
-        head(dir.path(), http, admin),
-        route("a", &app.url()),
-        route("b", &app.url())
-    );
-    std::fs::write(&real, &both).unwrap();
     std::os::unix::fs::symlink(&real, &path).unwrap();
-    let proxy = serve(&path, dir.path(), http, admin).await;
+    let both = config(dir.path(), [route("a", &app), route("b", &app)]);
+    let proxy = Binary::serve_file(&path, dir.path(), &both, INFO).await;
     assert_eq!(support::raw_get(proxy.http, "b.test", "/").await.0, 200);
 
-    std::fs::write(
-        &real,
-        format!("{}{}", head(dir.path(), http, admin), route("a", &app.url())),
-    )
-    .unwrap();
+    std::fs::write(&real, proxy.config_text(&config(dir.path(), [route("a", &app)]))).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         support::raw_get(proxy.http, "b.test", "/").await.0,
@@ -269,12 +197,7 @@ async fn sighup_reloads_a_file_the_watcher_does_not_see_and_a_removed_route_stop
         "nothing reloads without the signal"
     );
 
-    let pid = i32::try_from(proxy.child.id()).unwrap();
-    let status = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proxy.signal("HUP");
     let took = until_status(proxy.http, "b.test", 404, Duration::from_secs(2)).await;
     assert!(
         took.is_some(),
