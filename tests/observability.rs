@@ -1,19 +1,15 @@
 //! What an operator watches: after a short mixed load, `/metrics` holds every metric the shipped
 //! Grafana dashboard queries, denials are counted by reason, the identity provider's key fetches
 //! and the process's own figures are there.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 
 use std::collections::BTreeSet;
 
+use support::config::Provider;
 use support::issuer::TestIssuer;
-use support::{Gateway, Recorder, get, raw_get};
+use support::{Config, Gateway, Recorder, Route, get, raw_get};
 
 /// Every metric name a dashboard expression names, as its family (without `_total`, `_bucket`…).
 fn queried_families(dashboard: &serde_json::Value) -> BTreeSet<String> {
@@ -45,23 +41,34 @@ async fn every_metric_the_dashboard_queries_exists_after_a_short_mixed_load() {
     // upstream gets a brokered token (never asked for here: its series start at zero).
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), "broker-secret").unwrap();
-    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
-    let iss = issuer.provider_toml("test", "");
-    let config = format!(
-        "{iss}[policy]\ndir = {policies:?}\n\
-         [[routes]]\nname = \"api\"\nhosts = [\"api.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"test\"]\n\
-         [routes.upstream]\nurl = \"{url}\"\n\
-         [[routes]]\nname = \"airflow\"\nhosts = [\"airflow.test\"]\nidentity_providers = [\"test\"]\nresources = \"airflow\"\n\
-         [routes.upstream]\nurl = \"{url}\"\n\
-         [[routes]]\nname = \"brokered\"\nhosts = [\"brokered.test\"]\naccess = \"public\"\n\
-         [routes.upstream]\nurl = \"{url}\"\n\
-         [routes.upstream_credentials]\nissuer = \"http://127.0.0.1:9\"\ntoken_url = \"http://127.0.0.1:9/token\"\n\
-         client_id = \"portcullis\"\nclient_secret_file = {secret:?}\n{public}",
-        url = upstream.url(),
-        secret = secret.path().display().to_string(),
-        public = support::public_route(&upstream.url()),
-    );
-    let gw = Gateway::start(&config).await;
+    let policies = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
+    let config = Config::new()
+        .provider(issuer.provider("test"))
+        .policy_dir(policies)
+        .route(Route::public("app").host("app.test").upstream(&upstream))
+        .route(
+            Route::authenticated("api")
+                .host("api.test")
+                .providers(["test"])
+                .upstream(&upstream),
+        )
+        .route(
+            Route::protected("airflow")
+                .host("airflow.test")
+                .providers(["test"])
+                .resources("airflow")
+                .upstream(&upstream),
+        )
+        .route(
+            Route::public("brokered")
+                .host("brokered.test")
+                .upstream(&upstream)
+                .set("upstream_credentials.issuer", "http://127.0.0.1:9")
+                .set("upstream_credentials.token_url", "http://127.0.0.1:9/token")
+                .set("upstream_credentials.client_id", "portcullis")
+                .set("upstream_credentials.client_secret_file", secret.path()),
+        );
+    let gw = Gateway::start(config).await;
     gw.wait_ready().await;
 
     // Allowed (public and bearer), refused (no token, a bad token), and no route.
@@ -125,11 +132,10 @@ async fn readyz_lists_an_identity_provider_without_keys_and_stays_ready() {
         .local_addr()
         .unwrap();
     let upstream = Recorder::start().await;
-    let config = format!(
-        "[[identity_providers]]\nname = \"down\"\nissuer = \"http://{down}\"\naudiences = [\"api\"]\n{}",
-        support::public_route(&upstream.url())
-    );
-    let gw = Gateway::start(&config).await;
+    let config = Config::new()
+        .provider(Provider::new("down", &format!("http://{down}")).audiences(["api"]))
+        .route(Route::public("app").host("app.test").upstream(&upstream));
+    let gw = Gateway::start(config).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (status, body) = get(gw.admin, "/readyz", &[]).await;
     assert_eq!(status, 200, "{body}");
