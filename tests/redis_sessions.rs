@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 use portcullis::session::{SessionId, SessionStore};
+use support::config::{Config, Route};
 use support::idp::Idp;
 use support::redis::RedisServer;
 use support::{Gateway, Recorder};
@@ -94,29 +95,20 @@ fn target_of(url: &str) -> String {
 /// route on `app.localhost` (browser sessions and bearer tokens of `idp`) and a public route on
 /// `open.localhost`.
 async fn replica(idp: &Idp, upstream: &Recorder, redis_url: &str, key_file: &Path) -> Gateway {
-    let prebound = Gateway::prebind("").await;
+    let prebound = Gateway::prebind(Config::new()).await;
     let secret = prebound.dir.path().join("web-secret");
-    let app = idp.browser_config(&secret, "app", "app.localhost", &upstream.url());
-    let config = format!(
-        r#"[sessions]
-store = "redis"
-[sessions.redis]
-url = "{redis_url}"
-encryption_key_file = {key:?}
-command_timeout = "500ms"
-connect_timeout = "500ms"
-{app}
-[[routes]]
-name = "open"
-hosts = ["open.localhost"]
-access = "public"
-[routes.upstream]
-url = "{upstream}"
-"#,
-        key = key_file.display().to_string(),
-        upstream = upstream.url(),
-    );
-    let gw = prebound.start(&config).await;
+    let app = Route::authenticated("app")
+        .host("app.localhost")
+        .upstream(upstream);
+    let config = idp
+        .browser_config(&secret, app)
+        .route(Route::public("open").host("open.localhost").upstream(upstream))
+        .set("sessions.store", "redis")
+        .set("sessions.redis.url", redis_url)
+        .set("sessions.redis.encryption_key_file", key_file)
+        .set("sessions.redis.command_timeout", "500ms")
+        .set("sessions.redis.connect_timeout", "500ms");
+    let gw = prebound.start(config).await;
     gw.wait_ready().await;
     gw
 }
