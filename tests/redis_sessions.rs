@@ -312,6 +312,15 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let forwarded = upstream.requests().len();
+    // The replica stays in the balancer (bearer and public routes serve), and says why browser
+    // routes do not.
+    let (status, readiness) = support::get(gw.admin, "/readyz", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{readiness}");
+    assert!(
+        readiness.contains("session store: redis, unreachable")
+            && readiness.contains("session_store_unavailable"),
+        "{readiness}"
+    );
 
     // Bearer tokens and public routes do not need the store.
     let api = fetch(
@@ -344,4 +353,9 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(upstream.last().target, "/dags");
+    let (_, readiness) = support::get(gw.admin, "/readyz", &[]).await;
+    assert!(
+        readiness.contains("session store: redis, reachable"),
+        "{readiness}"
+    );
 }

@@ -46,7 +46,8 @@ impl Ready {
 
     /// The readiness answer: ready while serving, whatever one identity provider is doing (a
     /// route whose provider has no keys answers 503 `idp_unavailable` itself, audited, and the
-    /// other routes serve); each provider's key state is listed for the operator.
+    /// other routes serve); each provider's key state and the session store's are listed for
+    /// the operator.
     pub fn report(&self) -> (StatusCode, String) {
         let mut text = String::new();
         let status = if self.get() {
@@ -64,6 +65,10 @@ impl Ready {
             };
             text.push_str(&format!("identity provider {provider}: {state}\n"));
         }
+        // Listed, not counted against readiness: without Redis only browser routes stop, and
+        // taking every replica out of the balancer would stop bearer and public routes too.
+        text.push_str(self.proxy.load().session_store_health().describe());
+        text.push('\n');
         (status, text)
     }
 }

@@ -148,6 +148,10 @@ impl Proxy {
         self.authn.key_states()
     }
 
+    pub fn session_store_health(&self) -> crate::session::Health {
+        self.authn.browser.store_health()
+    }
+
     pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

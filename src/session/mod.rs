@@ -100,6 +100,33 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// How a store is doing, as `/readyz` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// In this process: always there.
+    InMemory,
+    /// A shared store not called yet.
+    NotYetUsed,
+    /// A shared store whose last call was answered.
+    Reachable,
+    /// A shared store whose last call failed: browser routes answer 503 until one succeeds.
+    Unreachable,
+}
+
+impl Health {
+    /// The line `/readyz` shows.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Health::InMemory => "session store: in memory",
+            Health::NotYetUsed => "session store: redis, not used yet",
+            Health::Reachable => "session store: redis, reachable at its last use",
+            Health::Unreachable => {
+                "session store: redis, unreachable at its last use: browser routes answer 503 session_store_unavailable"
+            }
+        }
+    }
+}
+
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// Where sessions live. Lifetimes are the store's to enforce: `get` never returns a session
@@ -112,6 +139,10 @@ pub trait SessionStore: Send + Sync + 'static {
     fn put_login<'a>(&'a self, state: &'a str, login: PendingLogin) -> StoreFuture<'a, ()>;
     /// Takes a sign-in in progress out of the store: a second take of the same state finds nothing.
     fn take_login<'a>(&'a self, state: &'a str) -> StoreFuture<'a, Option<PendingLogin>>;
+    /// How the store is doing, for `/readyz`.
+    fn health(&self) -> Health {
+        Health::InMemory
+    }
 }
 
 /// The behaviour every store must show; run by each store's tests.

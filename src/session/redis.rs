@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -23,7 +23,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::seal::Sealer;
-use super::{PendingLogin, Session, SessionId, SessionStore, StoreError, StoreFuture, codec};
+use super::{Health, PendingLogin, Session, SessionId, SessionStore, StoreError, StoreFuture, codec};
 use crate::config::{Redis, RedisUrl};
 use crate::secret::Secret;
 
@@ -61,6 +61,8 @@ pub struct RedisStore {
     prefix: String,
     lifetimes: Lifetimes,
     timeout: Duration,
+    /// The last call's outcome (a [`Health`] as a number), for `/readyz`.
+    health: AtomicU8,
 }
 
 impl RedisStore {
@@ -85,6 +87,7 @@ impl RedisStore {
             prefix: config.key_prefix.clone(),
             lifetimes,
             timeout: config.command_timeout.get(),
+            health: AtomicU8::new(NOT_YET_USED),
         })
     }
 
@@ -97,6 +100,13 @@ impl RedisStore {
 
     /// Runs `cmd` on the next connection of the pool, within the command timeout.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let result = self.run_once(cmd).await;
+        let health = if result.is_ok() { REACHABLE } else { UNREACHABLE };
+        self.health.store(health, Ordering::Relaxed);
+        result
+    }
+
+    async fn run_once<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         let link = self.link()?;
         match tokio::time::timeout(self.timeout, link.query(cmd)).await {
             Ok(Ok(value)) => Ok(value),
@@ -142,6 +152,10 @@ impl RedisStore {
         age < self.lifetimes.absolute
     }
 }
+
+const NOT_YET_USED: u8 = 0;
+const REACHABLE: u8 = 1;
+const UNREACHABLE: u8 = 2;
 
 /// The associated data a session is sealed with: it opens under this id only.
 fn session_aad(id: &SessionId) -> Vec<u8> {
@@ -223,6 +237,14 @@ impl SessionStore for RedisStore {
             )
             .await
         })
+    }
+
+    fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            REACHABLE => Health::Reachable,
+            UNREACHABLE => Health::Unreachable,
+            _ => Health::NotYetUsed,
+        }
     }
 
     fn take_login<'a>(&'a self, state: &'a str) -> StoreFuture<'a, Option<PendingLogin>> {

@@ -179,6 +179,11 @@ impl Browser {
         self.clients.iter().find(|c| c.name() == provider)
     }
 
+    /// How the session store is doing, for `/readyz`.
+    pub fn store_health(&self) -> crate::session::Health {
+        self.store.health()
+    }
+
     /// The providers of `accepted` that people can sign in with.
     pub fn sign_in_options(&self, accepted: &[Arc<Provider>]) -> Vec<Arc<BrowserClient>> {
         accepted
