@@ -398,6 +398,11 @@ fn build_session_store(s: &Sessions) -> Result<Arc<dyn SessionStore>, StartError
     };
     let secrets = RedisSecrets {
         password: secret("password", &redis.password_env, &redis.password_file)?,
+        sentinel_password: secret(
+            "sentinel_password",
+            &redis.sentinel_password_env,
+            &redis.sentinel_password_file,
+        )?,
         sealer,
         ca: read("ca", &redis.ca)?,
         client,

@@ -151,6 +151,7 @@ fn same_store(redis_url: &str, key_file: &Path) -> portcullis::session::RedisSto
         &redis,
         portcullis::session::RedisSecrets {
             password: None,
+            sentinel_password: None,
             sealer: portcullis::session::Sealer::new(&key, None).unwrap(),
             ca: None,
             client: None,

@@ -1000,13 +1000,23 @@ pub enum StoreKind {
 #[serde(default)]
 pub struct Redis {
     /// The server, `redis://host:port/db` or `rediss://host:port/db` for TLS; with `cluster`,
-    /// any node of the cluster. A user name may be given here (`redis://portcullis@host`),
+    /// any node of the cluster. Or `nodes` (a cluster), or `sentinels` (Redis Sentinel). A user name may be given here (`redis://portcullis@host`),
     /// a password may not: use `password_env` or `password_file`.
     pub url: Option<String>,
     /// The URL names a node of a Redis Cluster; the others are found from it. Default false.
     pub cluster: bool,
     /// Nodes of a Redis Cluster to start from, instead of `url` (implies `cluster`).
     pub nodes: Vec<String>,
+    /// Redis Sentinel nodes (`redis://host:26379`, or `rediss://` for TLS to them and to the
+    /// master), instead of `url`: the master is asked of them, and again after a failover.
+    pub sentinels: Vec<String>,
+    /// The name the Sentinels know the master by (`sentinel monitor <name> …`). Required with
+    /// `sentinels`.
+    pub sentinel_master: Option<String>,
+    /// Environment variable holding the Sentinels' own password, when they have one.
+    pub sentinel_password_env: Option<String>,
+    /// File holding the Sentinels' password.
+    pub sentinel_password_file: Option<PathBuf>,
     /// The ACL user, when the URL does not name one. Default: none (the `default` user).
     pub username: Option<String>,
     /// Environment variable holding the password (of `username`, or of the default user).
@@ -1051,6 +1061,10 @@ impl Default for Redis {
             url: None,
             cluster: false,
             nodes: Vec::new(),
+            sentinels: Vec::new(),
+            sentinel_master: None,
+            sentinel_password_env: None,
+            sentinel_password_file: None,
             username: None,
             password_env: None,
             password_file: None,
@@ -1155,7 +1169,9 @@ impl Redis {
             .map(|u| ("sessions.redis.url".to_string(), u.as_str()));
         let nodes =
             (self.nodes.iter().enumerate()).map(|(i, u)| (format!("sessions.redis.nodes[{i}]"), u.as_str()));
-        url.chain(nodes).collect()
+        let sentinels = (self.sentinels.iter().enumerate())
+            .map(|(i, u)| (format!("sessions.redis.sentinels[{i}]"), u.as_str()));
+        url.chain(nodes).chain(sentinels).collect()
     }
 }
 

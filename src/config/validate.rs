@@ -358,18 +358,52 @@ fn validate_sessions(s: &crate::config::Sessions, p: &mut Vec<Problem>) {
 fn validate_redis(r: &crate::config::Redis, p: &mut Vec<Problem>) {
     use crate::config::RedisUrl;
     let at = |key: &str| format!("sessions.redis.{key}");
-    match (&r.url, r.nodes.is_empty()) {
-        (None, true) => p.push(Problem::new(
+    let ways = [r.url.is_some(), !r.nodes.is_empty(), !r.sentinels.is_empty()];
+    match ways.iter().filter(|w| **w).count() {
+        0 => p.push(Problem::new(
             at("url"),
             "is missing",
-            "set url = \"redis://host:6379\" (or nodes = [...] for a cluster)",
+            "set url = \"redis://host:6379\" (or nodes = [...] for a cluster, sentinels = [...] for Sentinel)",
         )),
-        (Some(_), false) => p.push(Problem::new(
-            at("nodes"),
-            "url and nodes are both set",
-            "keep nodes for a cluster, or url for a single server",
+        1 => {}
+        _ => p.push(Problem::new(
+            at(if r.sentinels.is_empty() { "nodes" } else { "sentinels" }),
+            "more than one of url, nodes and sentinels is set",
+            "keep url for a single server, nodes for a cluster, or sentinels for Redis Sentinel",
+        )),
+    }
+    let sentinel = !r.sentinels.is_empty();
+    match (sentinel, &r.sentinel_master) {
+        (true, None) => p.push(Problem::new(
+            at("sentinel_master"),
+            "is required with sentinels",
+            "set it to the name in the Sentinels' `sentinel monitor <name> ...` line",
+        )),
+        (false, Some(_)) => p.push(Problem::new(
+            at("sentinel_master"),
+            "is set without sentinels",
+            "add sentinels = [\"redis://sentinel:26379\", ...], or remove it",
+        )),
+        (true, Some(name)) if name.trim().is_empty() => p.push(Problem::new(
+            at("sentinel_master"),
+            "is empty",
+            "set it to the name in the Sentinels' `sentinel monitor <name> ...` line",
         )),
         _ => {}
+    }
+    if sentinel && r.cluster {
+        p.push(Problem::new(
+            at("cluster"),
+            "a Redis Cluster is not found through Sentinels",
+            "remove cluster, or use nodes instead of sentinels",
+        ));
+    }
+    if r.sentinel_password_env.is_some() && r.sentinel_password_file.is_some() {
+        p.push(Problem::new(
+            at("sentinel_password_env"),
+            "sentinel_password_env and sentinel_password_file are both set",
+            "keep one of them",
+        ));
     }
     let mut parsed = Vec::new();
     for (path, text) in r.urls() {
@@ -381,10 +415,32 @@ fn validate_redis(r: &crate::config::Redis, p: &mut Vec<Problem>) {
     let tls = parsed.first().is_some_and(|(_, u)| u.tls);
     if parsed.iter().any(|(_, u)| u.tls != tls) {
         p.push(Problem::new(
-            at("nodes"),
+            at(if r.sentinels.is_empty() {
+                "nodes"
+            } else {
+                "sentinels"
+            }),
             "mixes redis:// and rediss:// nodes",
-            "use rediss:// for every node of a cluster with TLS, redis:// for every node without",
+            "use rediss:// for every node (or Sentinel) with TLS, redis:// for every one without",
         ));
+    }
+    if sentinel {
+        for (path, url) in parsed.iter().filter(|(path, _)| path.contains("sentinels")) {
+            if url.db != 0 {
+                p.push(Problem::new(
+                    path.clone(),
+                    "names a database, but the store keeps its sessions in the master's database 0",
+                    "remove the /database part of the URL",
+                ));
+            }
+        }
+        if r.server_name.is_some() {
+            p.push(Problem::new(
+                at("server_name"),
+                "does not apply with sentinels: the master is checked against the address they give",
+                "remove server_name, and give the master (and each replica) a certificate for its address",
+            ));
+        }
     }
     let cluster = r.cluster_nodes().is_some();
     if cluster {
@@ -1218,6 +1274,32 @@ mod tests {
         assert_eq!(
             paths("store = \"redis\"\n[sessions.redis]\nencryption_key_env = \"K\""),
             ["sessions.redis.url"]
+        );
+
+        assert!(
+            paths(&format!(
+                "{good}sentinels = [\"redis://s1:26379\"]\nsentinel_master = \"mymaster\""
+            ))
+            .is_empty()
+        );
+        assert_eq!(
+            paths(&format!(
+                "{good}url = \"redis://r\"\nsentinels = [\"redis://s1:26379/3\"]\ncluster = true\n\
+                 sentinel_password_env = \"S\"\nsentinel_password_file = \"s\""
+            )),
+            [
+                "sessions.redis.sentinels",
+                "sessions.redis.sentinel_master",
+                "sessions.redis.cluster",
+                "sessions.redis.sentinel_password_env",
+                "sessions.redis.sentinels[0]",
+                // With cluster = true it is read as a cluster seed too, which has only database 0.
+                "sessions.redis.sentinels[0]",
+            ]
+        );
+        assert_eq!(
+            paths(&format!("{good}url = \"redis://r\"\nsentinel_master = \"m\"")),
+            ["sessions.redis.sentinel_master"]
         );
     }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::seal::Sealer;
@@ -31,6 +32,8 @@ use crate::secret::Secret;
 /// material, and the contents of the TLS files.
 pub struct RedisSecrets {
     pub password: Option<Secret>,
+    /// The Sentinels' own password, when they have one.
+    pub sentinel_password: Option<Secret>,
     pub sealer: Sealer,
     /// PEM CA bundle; `None` for the system roots.
     pub ca: Option<Vec<u8>>,
@@ -108,7 +111,16 @@ impl RedisStore {
 
     async fn run_once<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         let link = self.link()?;
-        match tokio::time::timeout(self.timeout, link.query(cmd)).await {
+        let query = async {
+            match link.query(cmd).await {
+                // A connection lost under the call (a failover, a restart, a slot moved with its
+                // node) is opened again once, within the same timeout, so the request does not
+                // fail for it.
+                Err(e) if broken(&e) => link.query(cmd).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, query).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
             Err(_) => {
@@ -260,7 +272,8 @@ impl SessionStore for RedisStore {
     }
 }
 
-/// How to reach the store: one server, or a cluster (each node found from the first ones).
+/// How to reach the store: one server, a cluster (each node found from the first ones), or
+/// the master that Sentinels name (asked again at each new connection, so after a failover).
 #[derive(Clone)]
 enum Target {
     Single {
@@ -268,6 +281,10 @@ enum Target {
         config: AsyncConnectionConfig,
     },
     Cluster(redis::cluster::ClusterClient),
+    Sentinel {
+        client: Arc<tokio::sync::Mutex<SentinelClient>>,
+        config: AsyncConnectionConfig,
+    },
 }
 
 impl Target {
@@ -333,6 +350,37 @@ impl Target {
                 .map_err(|e| build("nodes", e));
         }
 
+        if let Some(master) = &config.sentinel_master {
+            let tls = urls.first().is_some_and(|u| u.tls);
+            let sentinels = urls.iter().map(|u| addr(u, &u.host));
+            let mut builder = SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)
+                .map_err(|e| build("sentinels", e))?
+                .set_client_to_redis_db(0);
+            if let Some(user) = &username {
+                builder = builder.set_client_to_redis_username(user);
+            }
+            if let Some(password) = &secrets.password {
+                builder = builder.set_client_to_redis_password(password.expose());
+            }
+            if let Some(password) = &secrets.sentinel_password {
+                builder = builder.set_client_to_sentinel_password(password.expose());
+            }
+            if tls {
+                builder = builder
+                    .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                    .set_client_to_redis_certificates(certificates())
+                    .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+                    .set_client_to_sentinel_certificates(certificates());
+            }
+            let client = builder.build().map_err(|e| build("sentinels", e))?;
+            return Ok(Target::Sentinel {
+                client: Arc::new(tokio::sync::Mutex::new(client)),
+                config: AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(Some(respond)),
+            });
+        }
+
         let Some(url) = urls.first() else {
             return Err(BuildError {
                 key: "sessions.redis.url".into(),
@@ -373,6 +421,12 @@ impl Target {
                 .await
                 .map(Conn::Single),
             Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            Target::Sentinel { client, config } => client
+                .lock()
+                .await
+                .get_async_connection_with_config(config)
+                .await
+                .map(Conn::Single),
         }
     }
 }
@@ -482,7 +536,7 @@ mod server;
 mod tests {
     use std::num::NonZeroUsize;
 
-    use super::server::{Pki, RedisCluster, RedisServer};
+    use super::server::{Pki, RedisCluster, RedisSentinel, RedisServer};
     use super::*;
     use crate::config::Positive;
     use crate::session::conformance;
@@ -511,6 +565,7 @@ mod tests {
     fn secrets(password: Option<&str>, key: [u8; 32], previous: Option<[u8; 32]>) -> RedisSecrets {
         RedisSecrets {
             password: password.map(Secret::new),
+            sentinel_password: None,
             sealer: Sealer::new(&key, previous.as_ref()).unwrap(),
             ca: None,
             client: None,
@@ -618,6 +673,54 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn through_redis_sentinel_the_store_passes_the_conformance_suite_and_follows_a_failover() {
+        let sentinel = RedisSentinel::start();
+        let config = Redis {
+            url: None,
+            sentinels: vec![sentinel.url()],
+            sentinel_master: Some("mymaster".into()),
+            ..config("")
+        };
+        let s = store(&config, secrets(None, KEY, None));
+        conformance::run(&s, IDLE, ABSOLUTE).await;
+
+        let long = Lifetimes {
+            idle: Duration::from_secs(60),
+            absolute: Duration::from_secs(600),
+            ..lifetimes()
+        };
+        let s = RedisStore::new(&config, secrets(None, KEY, None), long).unwrap();
+        let id = SessionId::random().unwrap();
+        s.put(id.clone(), conformance::session(SystemTime::now()))
+            .await
+            .unwrap();
+        // Kept on the replica before the master steps down.
+        let replica_has_it = || sentinel.replica.cli(&["DBSIZE"]).trim() != "0";
+        let started = std::time::Instant::now();
+        while !replica_has_it() {
+            assert!(started.elapsed() < Duration::from_secs(10), "never replicated");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        sentinel.fail_over();
+        // The old master is a replica now: the store's connections to it find out at their
+        // next write and ask the Sentinel again, within the same call.
+        for link in 0..config.pool_size.get() {
+            let got = s.get(&id).await;
+            assert!(
+                matches!(got, Ok(Some(_))),
+                "call {link} after the failover: {got:?}"
+            );
+        }
+        let after = SessionId::random().unwrap();
+        s.put(after.clone(), conformance::session(SystemTime::now()))
+            .await
+            .unwrap();
+        assert!(s.get(&after).await.unwrap().is_some());
+        assert_ne!(sentinel.master_port(), sentinel.master.port);
     }
 
     #[tokio::test]

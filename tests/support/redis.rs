@@ -310,3 +310,109 @@ impl Pki {
         }
     }
 }
+
+/// A master, one replica of it, and one Sentinel watching them as `mymaster`.
+pub struct RedisSentinel {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl RedisSentinel {
+    pub fn start() -> RedisSentinel {
+        let master = RedisServer::start();
+        let master_port = master.port.to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]);
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        // Sentinel rewrites its config file as it learns the topology: it lives in the temp dir.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile sentinel.log\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 10000\n",
+                dir = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs as a Sentinel");
+        let sentinel = RedisSentinel {
+            master,
+            replica,
+            port,
+            dir,
+            child,
+        };
+        // A failover needs a replica the Sentinel knows of, learnt from the master's INFO.
+        sentinel.wait_for(Duration::from_secs(30), "the Sentinel to see the replica", |s| {
+            s.cli(&["SENTINEL", "REPLICAS", "mymaster"]).contains("slave")
+        });
+        sentinel
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let port = self.port.to_string();
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The port of the server the Sentinel names as master now.
+    pub fn master_port(&self) -> u16 {
+        let out = self.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"]);
+        out.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Promotes the replica, as the Sentinel would if the master failed, and waits until it
+    /// serves writes.
+    pub fn fail_over(&self) {
+        let ok = self.cli(&["SENTINEL", "FAILOVER", "mymaster"]);
+        assert!(ok.contains("OK"), "{ok}");
+        let promoted = self.replica.port;
+        self.wait_for(Duration::from_secs(30), "the replica to be promoted", |s| {
+            s.master_port() == promoted && s.replica.cli(&["ROLE"]).starts_with("master")
+        });
+    }
+
+    fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&RedisSentinel) -> bool) {
+        let started = Instant::now();
+        while !done(self) {
+            assert!(
+                started.elapsed() < limit,
+                "waited {limit:?} for {what}: {}",
+                std::fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
