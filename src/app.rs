@@ -346,10 +346,12 @@ fn build_session_store(s: &Sessions) -> Result<Arc<dyn SessionStore>, StartError
     let secret = |what: &str, env: &Option<String>, file: &Option<std::path::PathBuf>| {
         read_secret(what, env.as_ref(), file.as_ref()).map_err(secret_error(at))
     };
-    let key = |what: &str, text: Option<Secret>| -> Result<Option<[u8; 32]>, StartError> {
+    // The key path names where the key came from, the variable or the file.
+    let key = |what: &str, from_env: bool, text: Option<Secret>| -> Result<Option<[u8; 32]>, StartError> {
+        let source = if from_env { "env" } else { "file" };
         text.map(|t| {
             parse_key(t.expose()).map_err(|problem| StartError::Secret {
-                key: format!("{at}.{what}"),
+                key: format!("{at}.{what}_{source}"),
                 message: format!("the key {problem}"),
             })
         })
@@ -360,7 +362,7 @@ fn build_session_store(s: &Sessions) -> Result<Arc<dyn SessionStore>, StartError
         &redis.encryption_key_env,
         &redis.encryption_key_file,
     )?;
-    let Some(current) = key("encryption_key_env", current)? else {
+    let Some(current) = key("encryption_key", redis.encryption_key_env.is_some(), current)? else {
         return Err(StartError::Secret {
             key: format!("{at}.encryption_key_env"),
             message: "is missing (fix: set encryption_key_env or encryption_key_file)".into(),
@@ -371,7 +373,11 @@ fn build_session_store(s: &Sessions) -> Result<Arc<dyn SessionStore>, StartError
         &redis.previous_encryption_key_env,
         &redis.previous_encryption_key_file,
     )?;
-    let previous = key("previous_encryption_key_env", previous)?;
+    let previous = key(
+        "previous_encryption_key",
+        redis.previous_encryption_key_env.is_some(),
+        previous,
+    )?;
     let sealer = Sealer::new(&current, previous.as_ref()).map_err(|e| StartError::Secret {
         key: format!("{at}.encryption_key_env"),
         message: e.to_string(),

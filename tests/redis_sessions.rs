@@ -360,3 +360,34 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
         "{readiness}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_does_not_start_with_an_encryption_key_that_is_not_32_bytes_and_says_which_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short-key");
+    std::fs::write(&short, "0123456789abcdef\n").unwrap();
+    let text = Config::new()
+        .route(
+            Route::public("open")
+                .host("open.localhost")
+                .upstream("http://127.0.0.1:1"),
+        )
+        .set("sessions.store", "redis")
+        .set("sessions.redis.url", "redis://127.0.0.1:1")
+        .set("sessions.redis.encryption_key_file", short.as_path())
+        .to_toml();
+    let config = portcullis::config::parse(&text).unwrap();
+    assert!(portcullis::config::validate(&config).is_empty());
+    let Err(e) = portcullis::app::build(&config, None).await else {
+        panic!("started with a 16-byte key");
+    };
+    let message = e.to_string();
+    assert!(
+        message.starts_with("sessions.redis.encryption_key_file: ") && message.contains("32 bytes"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("0123456789abcdef"),
+        "the key was repeated: {message}"
+    );
+}

@@ -1,5 +1,5 @@
-//! The shared session store: Redis (or Valkey), standalone or a Redis Cluster, so that any
-//! replica serves any session and a restart signs nobody out.
+//! The shared session store: Redis (or Valkey), standalone, behind Sentinel, or a Redis
+//! Cluster, so that any replica serves any session and a restart signs nobody out.
 //!
 //! What Redis holds is of no use to whoever reads it: values are sealed (`seal.rs`) with the
 //! session id or sign-in state as associated data, and keys are SHA-256 of that id or state, so
@@ -8,8 +8,9 @@
 //! against the sign-in time inside the sealed value. A sign-in is taken with `GETDEL`, so two
 //! callbacks with the same state cannot both find it, whichever replicas they reach.
 //!
-//! Connections are opened lazily and again after a failure, so the proxy starts while Redis is
-//! down and recovers by itself when it returns; meanwhile every call fails within
+//! Connections are opened lazily and again after a failure (a call that meets a broken one is
+//! made once more on a new one), so the proxy starts while Redis is down, follows a failover,
+//! and recovers by itself when Redis returns; meanwhile every call fails within
 //! `command_timeout` and browser routes answer 503 `session_store_unavailable`.
 
 use std::net::SocketAddr;
