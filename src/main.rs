@@ -28,10 +28,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Check a configuration file and print every problem with its key path and a fix.
+    /// Check a configuration file and print every problem with its key path and a fix, then the
+    /// warnings; exit 1 if there is a problem (warnings alone exit 0).
     CheckConfig {
+        /// TOML configuration file; relative paths in it are taken from its directory.
         #[arg(long, short)]
         config: PathBuf,
+        /// Do not look for the secrets the file names (`*_env` variables, `*_file` files): for
+        /// checking a file on another machine than the one that will serve it.
+        #[arg(long)]
+        offline: bool,
     },
     /// Test, explain and diff the Casbin policy (see docs/policy.md).
     Policy {
@@ -234,28 +240,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::CheckConfig { config } => match portcullis::app::load_config(&config) {
-            Ok(c) => {
-                if c.needs_policy() {
-                    // The policy is part of what `serve` would refuse to start with.
-                    let Some(runtime) = runtime(1) else {
-                        return ExitCode::FAILURE;
-                    };
-                    let report = runtime.block_on(portcullis::authz::cli::test(&c.policy.dir, Some(&c)));
-                    if report.code != 0 {
-                        eprintln!("{}: policy.dir {}:", config.display(), c.policy.dir.display());
-                        eprint!("{}", report.text);
-                        return ExitCode::FAILURE;
-                    }
-                }
-                println!("{}: ok ({} routes)", config.display(), c.routes.len());
-                ExitCode::SUCCESS
-            }
-            Err(problems) => {
-                report(&config, &problems);
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { config, offline } => check_config(&config, offline),
         Command::Serve { config: path } => {
             let config = match portcullis::app::load_config(&path) {
                 Ok(c) => c,
@@ -264,6 +249,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            for warning in portcullis::config::warnings(&config) {
+                tracing::warn!(key = %warning.path, fix = %warning.hint, "{}", warning.message);
+            }
             let Some(runtime) = runtime(config.runtime.worker_threads) else {
                 return ExitCode::FAILURE;
             };
@@ -389,11 +377,66 @@ fn keys_command(command: KeysCommand) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn report(path: &std::path::Path, problems: &[portcullis::config::Problem]) {
-    eprintln!("{}: {} problem(s)", path.display(), problems.len());
-    for p in problems {
-        eprintln!("  {}: {}\n      fix: {}", p.path, p.message, p.hint);
+/// `check-config`: every problem of the file, then its warnings, then the policy it names (which
+/// `serve` would also refuse to start with). Exit 1 on any problem; warnings alone exit 0.
+fn check_config(path: &std::path::Path, offline: bool) -> ExitCode {
+    let checked = portcullis::app::check_config(path, offline);
+    let mut ok = !checked.has_errors();
+    if !checked.problems.is_empty() {
+        report(path, &checked.problems);
     }
+    let Some(config) = checked.config else {
+        return ExitCode::FAILURE;
+    };
+    // Only the file as written says which policy it means: with a value replaced by its default
+    // (a mistyped `access` reads as protected), or with templates or a policy directory that are
+    // wrong themselves, the policy's report would only repeat those problems.
+    let policy_checkable = checked.as_written
+        && !checked.problems.iter().any(|p| {
+            p.is_error() && (p.path.starts_with("policy") || p.path.starts_with("resource_templates"))
+        });
+    if config.needs_policy() && policy_checkable {
+        let Some(runtime) = runtime(1) else {
+            return ExitCode::FAILURE;
+        };
+        let policy = runtime.block_on(portcullis::authz::cli::test(&config.policy.dir, Some(&config)));
+        if policy.code != 0 {
+            eprintln!("{}: policy.dir {}:", path.display(), config.policy.dir.display());
+            eprint!("{}", policy.text);
+            ok = false;
+        }
+    }
+    if !ok {
+        return ExitCode::FAILURE;
+    }
+    let warnings = checked.problems.len();
+    let routes = config.routes.len();
+    match warnings {
+        0 => println!("{}: ok ({routes} routes)", path.display()),
+        n => println!("{}: ok ({routes} routes, {n} warning(s))", path.display()),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Problems first, then warnings; each with its key path, its line and a fix.
+fn report(path: &std::path::Path, problems: &[portcullis::config::Problem]) {
+    let (errors, warnings): (Vec<_>, Vec<_>) = problems.iter().partition(|p| p.is_error());
+    match (errors.len(), warnings.len()) {
+        (n, 0) => eprintln!("{}: {n} problem(s)", path.display()),
+        (0, w) => eprintln!("{}: {w} warning(s)", path.display()),
+        (n, w) => eprintln!("{}: {n} problem(s), {w} warning(s)", path.display()),
+    }
+    for p in errors {
+        eprintln!("  {}", line(p));
+    }
+    for p in warnings {
+        eprintln!("  warning: {}", line(p));
+    }
+}
+
+fn line(p: &portcullis::config::Problem) -> String {
+    let at = p.line.map(|l| format!(" (line {l})")).unwrap_or_default();
+    format!("{}: {}{at}\n      fix: {}", p.path, p.message, p.hint)
 }
 
 async fn shutdown_signal() {
