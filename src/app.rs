@@ -6,7 +6,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use rustls::crypto::CryptoProvider;
 
@@ -29,7 +32,7 @@ use crate::proxy::UpstreamKeys;
 use crate::proxy::forward::Upstream;
 use crate::proxy::routes::{Route, RouteTable};
 use crate::secret::Secret;
-use crate::session::MemoryStore;
+use crate::session::{MemoryStore, SessionStore};
 use crate::tokens::Minter;
 use crate::tokens::broker::Broker;
 
@@ -191,7 +194,12 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
 
 /// What serving needs, built from a validated config without opening a socket: the steps below
 /// read files, keys and secrets, and fail with the config key that named them.
+#[derive(Clone)]
 pub struct Built {
+    pub crypto: Arc<CryptoProvider>,
+    pub store: Arc<dyn SessionStore>,
+    pub templates: Templates,
+    pub https_port: Option<u16>,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<dyn AuditSink>,
     pub authn: Arc<Authn>,
@@ -212,12 +220,13 @@ pub async fn build(config: &Config, https_port: Option<u16>) -> Result<Built, St
     let crypto = crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let audit = build_audit(config, &metrics, &crypto)?;
-    let authn = Arc::new(build_authn(config, &crypto, &metrics, &audit)?);
+    let store = build_store(config);
+    let authn = Arc::new(build_authn(config, &crypto, &metrics, &audit, &store, None)?);
     let templates =
         Templates::load(&config.resource_templates).map_err(|e| StartError::Templates(e.join("; ")))?;
     let authz = build_authz(config, &templates, &metrics, &*audit).await?;
     let minter = build_tokens(config, &audit)?;
-    let (routes, upstream_keys) = build_routes(config, &authn, &templates, &crypto, &audit)?;
+    let (routes, upstream_keys) = build_routes(config, &authn, &templates, &crypto, &audit, &metrics)?;
     let proxy = Proxy::new(
         routes,
         authn.clone(),
@@ -230,6 +239,10 @@ pub async fn build(config: &Config, https_port: Option<u16>) -> Result<Built, St
     .with_https_port(https_port)
     .with_upstream_keys(upstream_keys);
     Ok(Built {
+        crypto,
+        store,
+        templates,
+        https_port,
         metrics,
         audit,
         authn,
@@ -262,13 +275,27 @@ pub fn build_audit(
     Ok(sink)
 }
 
-/// The identity providers (with their HMAC keys and browser clients) and the session store.
-/// Signing keys are not fetched here: [`run`] starts their refreshers.
+/// Where browser sessions and sign-ins in progress are kept.
+pub fn build_store(config: &Config) -> Arc<dyn SessionStore> {
+    let s = &config.sessions;
+    Arc::new(MemoryStore::with_login_timeout(
+        s.max_sessions.get(),
+        s.idle_timeout.get(),
+        s.lifetime.get(),
+        s.login_timeout.get(),
+    ))
+}
+
+/// The identity providers (with their HMAC keys and browser clients) over the session store.
+/// Signing keys are not fetched here: [`run`] starts their refreshers. `unchanged` names the
+/// providers a reload keeps as they are (their keys in hand), with the chain they come from.
 pub fn build_authn(
     config: &Config,
     crypto: &Arc<CryptoProvider>,
     metrics: &Arc<Metrics>,
     audit: &Arc<dyn AuditSink>,
+    store: &Arc<dyn SessionStore>,
+    unchanged: Option<(&Authn, &[String])>,
 ) -> Result<Authn, StartError> {
     let mut providers = Vec::with_capacity(config.identity_providers.len());
     let mut browser_clients = Vec::new();
@@ -293,7 +320,14 @@ pub fn build_authn(
                     .into(),
             });
         }
-        let idp = Arc::new(Provider::new(idp_config.resolved(), client.clone(), hmac));
+        let kept = unchanged
+            .filter(|(_, names)| names.contains(&idp_config.name))
+            .and_then(|(authn, _)| authn.provider(&idp_config.name).cloned());
+        let idp = kept.unwrap_or_else(|| {
+            let idp = Provider::new(idp_config.resolved(), client.clone(), hmac);
+            idp.keys.observe(metrics.clone(), &idp_config.name);
+            Arc::new(idp)
+        });
         if let Some(browser) = &idp_config.browser {
             let secret = read_secret(
                 "client_secret",
@@ -305,14 +339,13 @@ pub fn build_authn(
         }
         providers.push(idp);
     }
-    let s = &config.sessions;
-    let store = Arc::new(MemoryStore::with_login_timeout(
-        s.max_sessions.get(),
-        s.idle_timeout.get(),
-        s.lifetime.get(),
-        s.login_timeout.get(),
-    ));
-    let browser = Browser::new(store, browser_clients, s.clone(), metrics.clone(), audit.clone());
+    let browser = Browser::new(
+        store.clone(),
+        browser_clients,
+        config.sessions.clone(),
+        metrics.clone(),
+        audit.clone(),
+    );
     Ok(Authn::new(providers, browser))
 }
 
@@ -369,6 +402,7 @@ pub fn build_routes(
     templates: &Templates,
     crypto: &Arc<CryptoProvider>,
     audit: &Arc<dyn AuditSink>,
+    metrics: &Arc<Metrics>,
 ) -> Result<(RouteTable, UpstreamKeys), StartError> {
     let mut routes = Vec::with_capacity(config.routes.len());
     let mut upstream_keys = UpstreamKeys::new();
@@ -385,13 +419,17 @@ pub fn build_routes(
         let target = (route.access == Access::Protected)
             .then(|| Target::new(route.domain(), route.resources.as_deref(), templates));
         let credentials = match &route.upstream_credentials {
-            Some(c) => Some(build_broker(
-                &format!("routes[{i}].upstream_credentials"),
-                c,
-                route,
-                crypto,
-                audit,
-            )?),
+            Some(c) => Some(
+                build_broker(
+                    &format!("routes[{i}].upstream_credentials"),
+                    c,
+                    route,
+                    crypto,
+                    audit,
+                )?
+                .observed(metrics.clone())
+                .into(),
+            ),
             None => None,
         };
         if let Some(path) = route.assertion.as_ref().and_then(|a| a.upstream_jwks.as_deref()) {
@@ -401,9 +439,9 @@ pub fn build_routes(
             })?;
             upstream_keys.insert(route.name.clone(), Arc::from(keys));
         }
-        routes.push(Arc::new(
-            Route::new(route.clone(), upstream, accepted, target).with_credentials(credentials),
-        ));
+        let built = Route::new(route.clone(), upstream, accepted, target).with_credentials(credentials);
+        metrics.route_known(&built.label, built.credentials.is_some(), built.policy.is_some());
+        routes.push(Arc::new(built));
     }
     Ok((RouteTable::new(routes), upstream_keys))
 }
@@ -415,7 +453,7 @@ fn build_broker(
     route: &crate::config::Route,
     crypto: &Arc<CryptoProvider>,
     audit: &Arc<dyn AuditSink>,
-) -> Result<Arc<Broker>, StartError> {
+) -> Result<Broker, StartError> {
     let secret = read_secret(
         "client_secret",
         c.client_secret_env.as_ref(),
@@ -430,13 +468,13 @@ fn build_broker(
         key: key.to_string(),
         source,
     })?;
-    Ok(Arc::new(Broker::new(
+    Ok(Broker::new(
         c.clone(),
         secret,
         http,
         Arc::new(route.name.clone()),
         audit.clone(),
-    )))
+    ))
 }
 
 fn secret_error(key: &str) -> impl FnOnce(String) -> StartError {
@@ -496,11 +534,188 @@ fn build_tls(
 /// Runs the proxy until `shutdown` resolves, then stops accepting, lets in-flight requests
 /// finish within `server.shutdown_grace`, and flushes the audit sink.
 pub async fn run(config: Config, bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    run_with(config, None, bound, shutdown).await
+}
+
+/// [`run`] for a configuration read from `path`: when the file changes, or on SIGHUP, its
+/// routes and identity providers are read again and replace the running ones (see [`reload`]).
+pub async fn run_file(
+    path: &Path,
+    config: Config,
+    bound: Bound,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    run_with(config, Some(path.to_path_buf()), bound, shutdown).await
+}
+
+async fn run_with(
+    config: Config,
+    path: Option<PathBuf>,
+    bound: Bound,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let built = build(&config, bound.https_addr().map(|a| a.port())).await?;
     let _watchers = start_background(&config, &built)?;
-    let tls = build_tls(&config, &bound, &built.metrics)?;
-    serve(&config, bound, built, tls.map(|(tls, _watcher)| tls), shutdown).await;
+    // The certificate's watcher must live while serving: dropped, it reloads nothing.
+    let (tls, _tls_watcher) = build_tls(&config, &bound, &built.metrics)?.unzip();
+    let live = Arc::new(ArcSwap::from(built.proxy.clone()));
+    let _reloading = match path {
+        Some(path) => Some(spawn_reloader(path, config.clone(), built.clone(), live.clone())?),
+        None => None,
+    };
+    serve(&config, bound, built, live, tls, shutdown).await;
     Ok(())
+}
+
+/// Sections a reload does not apply: they are read once, at start, and a change to them is
+/// logged as needing a restart while the routes and identity providers are applied.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let sections = [
+        ("runtime", old.runtime == new.runtime),
+        ("server", old.server == new.server),
+        ("admin", old.admin == new.admin),
+        ("audit", old.audit == new.audit),
+        ("sessions", old.sessions == new.sessions),
+        ("policy", old.policy == new.policy),
+        (
+            "resource_templates",
+            old.resource_templates == new.resource_templates,
+        ),
+        ("tokens", old.tokens == new.tokens),
+    ];
+    sections
+        .into_iter()
+        .filter_map(|(name, same)| (!same).then_some(name))
+        .collect()
+}
+
+/// Why a reload was refused; the configuration in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<crate::config::Problem>),
+    #[error("{0}")]
+    Start(#[from] StartError),
+    #[error("{0} (fix: restart Portcullis to add it)")]
+    NeedsStart(&'static str),
+}
+
+/// Builds the proxy for the configuration now in `path` and makes it the one in force: the
+/// routes and identity providers come from the file; everything else (listeners, audit, policy,
+/// sessions, keys) stays as started. Providers whose settings did not change are kept with the
+/// keys they hold; a new provider's keys are fetched in the background, its routes answering
+/// 503 `idp_unavailable` until they arrive. A file that does not load, or does not validate,
+/// changes nothing. Returns the sections that changed but need a restart.
+pub async fn reload(
+    path: &Path,
+    running: &Config,
+    built: &Built,
+    live: &ArcSwap<Proxy>,
+) -> Result<(Config, Vec<&'static str>), ReloadError> {
+    let new = load_config(path).map_err(ReloadError::Invalid)?;
+    let restart = needs_restart(running, &new);
+    let mut applied = running.clone();
+    applied.routes = new.routes;
+    applied.identity_providers = new.identity_providers;
+    // The parts kept from the start must fit the routes: a policy and an issuer exist only if
+    // some route needed them then.
+    let problems = crate::config::validate(&applied);
+    if !problems.is_empty() {
+        return Err(ReloadError::Invalid(problems));
+    }
+    if applied.needs_policy() && built.authz.is_none() {
+        return Err(ReloadError::NeedsStart(
+            "routes: a protected route needs the policy, which is loaded at start only when some route is protected",
+        ));
+    }
+    if applied.routes.iter().any(|r| r.assertion.is_some()) && built.minter.is_none() {
+        return Err(ReloadError::NeedsStart(
+            "routes: an assertion route needs the token issuer, which starts only when some route sends assertions",
+        ));
+    }
+    let current = live.load_full();
+    let unchanged: Vec<String> = applied
+        .identity_providers
+        .iter()
+        .filter(|idp| running.identity_providers.iter().any(|old| old == *idp))
+        .map(|idp| idp.name.clone())
+        .collect();
+    let authn = build_authn(
+        &applied,
+        &built.crypto,
+        &built.metrics,
+        &built.audit,
+        &built.store,
+        Some((current.authn(), &unchanged)),
+    )?;
+    let (routes, upstream_keys) = build_routes(
+        &applied,
+        &authn,
+        &built.templates,
+        &built.crypto,
+        &built.audit,
+        &built.metrics,
+    )?;
+    for idp in authn.providers() {
+        if idp.needs_jwks() && !unchanged.contains(&idp.config.name) {
+            idp.keys.spawn_refresher();
+        }
+    }
+    let proxy = Proxy::new(
+        routes,
+        Arc::new(authn),
+        built.authz.clone(),
+        &applied,
+        built.audit.clone(),
+        built.metrics.clone(),
+        built.minter.clone(),
+    )
+    .with_https_port(built.https_port)
+    .with_upstream_keys(upstream_keys);
+    live.store(Arc::new(proxy));
+    Ok((applied, restart))
+}
+
+/// Reloads on SIGHUP and when the file changes; the watcher lives as long as the returned value.
+fn spawn_reloader(
+    path: PathBuf,
+    config: Config,
+    built: Built,
+    live: Arc<ArcSwap<Proxy>>,
+) -> Result<notify::RecommendedWatcher, StartError> {
+    let (watcher, mut changes) = crate::watch::watch_file(&path, std::time::Duration::from_millis(250))?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| {
+        StartError::Read {
+            key: "(SIGHUP)".into(),
+            message: format!("cannot listen for SIGHUP: {e}"),
+        }
+    })?;
+    tokio::spawn(async move {
+        let mut running = config;
+        loop {
+            let why = tokio::select! {
+                changed = changes.next() => if changed { "file changed" } else { return },
+                signal = hangup.recv() => if signal.is_some() { "SIGHUP" } else { return },
+            };
+            match reload(&path, &running, &built, &live).await {
+                Ok((applied, restart)) => {
+                    running = applied;
+                    tracing::info!(
+                        trigger = why,
+                        routes = running.routes.len(),
+                        "configuration reloaded: routes and identity providers in force"
+                    );
+                    if !restart.is_empty() {
+                        tracing::warn!(sections = ?restart, "these sections changed but are read only at start; restart to apply them");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(trigger = why, error = %e, "configuration reload refused; the configuration in force stays");
+                }
+            }
+        }
+    });
+    Ok(watcher)
 }
 
 /// Accepts on the bound listeners until `shutdown`, then drains.
@@ -508,19 +723,20 @@ async fn serve(
     config: &Config,
     bound: Bound,
     built: Built,
+    live: Arc<ArcSwap<Proxy>>,
     tls: Option<Arc<ReloadingTls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopped) = watch::channel(false);
     let max = config.server.limits.max_connections.get();
     let shared = Shared {
-        proxy: built.proxy,
+        proxy: live.clone(),
         metrics: built.metrics.clone(),
         limits: config.server.limits.clone(),
         connections: Arc::new(Semaphore::new(max)),
         shutdown: stopped.clone(),
     };
-    let ready = Arc::new(Ready::new(built.authn.clone()));
+    let ready = Arc::new(Ready::new(live));
     let mut tasks = Vec::new();
     if let Some(l) = bound.http {
         tasks.push(tokio::spawn(listener::serve(l, None, shared.clone())));

@@ -14,7 +14,11 @@ mod demo;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "An identity-aware access proxy")]
+#[command(
+    name = "portcullis",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("PORTCULLIS_COMMIT"), ")"),
+    about = "An identity-aware access proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -266,7 +270,7 @@ fn main() -> ExitCode {
                         tracing::info!(listener = name, %addr, "listening");
                     }
                 }
-                portcullis::app::run(config, bound, shutdown_signal()).await
+                portcullis::app::run_file(&path, config, bound, shutdown_signal()).await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,

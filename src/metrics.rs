@@ -35,6 +35,39 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DenialLabels {
+    route: RouteLabel,
+    reason: &'static str,
+}
+
+/// An identity provider by its configured name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderResultLabels {
+    provider: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteResultLabels {
+    route: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// The commit the binary was built from, or "unknown" (see build.rs).
+pub const COMMIT: &str = env!("PORTCULLIS_COMMIT");
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -47,6 +80,10 @@ pub struct Metrics {
     policy_in_force: Family<PolicyLabels, Gauge>,
     policy_decisions: Family<ResultLabels, Counter>,
     policy_shadow_disagreements: Family<RouteLabels, Counter>,
+    denials: Family<DenialLabels, Counter>,
+    key_fetches: Family<ProviderResultLabels, Counter>,
+    keys_updated: Family<ProviderLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    broker_refreshes: Family<RouteResultLabels, Counter>,
     audit: AuditStats,
     no_route: RouteLabel,
 }
@@ -134,6 +171,42 @@ impl Metrics {
             "Requests the shadow policy decided differently from the enforced one, by route",
             policy_shadow_disagreements.clone(),
         );
+        let denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "denials",
+            "Denied requests by route and reason (the audit record's portcullis.reason)",
+            denials.clone(),
+        );
+        let key_fetches = Family::<ProviderResultLabels, Counter>::default();
+        registry.register(
+            "idp_key_fetches",
+            "Discovery and JWKS fetches of identity providers' signing keys, by provider and result (ok, error)",
+            key_fetches.clone(),
+        );
+        let keys_updated = Family::<ProviderLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "idp_keys_updated_timestamp_seconds",
+            "When each identity provider's signing keys were last fetched successfully (Unix time; the age is time() minus this)",
+            keys_updated.clone(),
+        );
+        let broker_refreshes = Family::<RouteResultLabels, Counter>::default();
+        registry.register(
+            "broker_token_fetches",
+            "Brokered upstream tokens fetched from token endpoints, by route and result (ok, error)",
+            broker_refreshes.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which build is running",
+            build.clone(),
+        );
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: COMMIT,
+            })
+            .set(1);
         let records = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "audit_records",
@@ -159,10 +232,31 @@ impl Metrics {
             audit.spool_bytes.clone(),
         );
         registry.register(
+            "audit_queued",
+            "Audit records sealed and waiting in memory for the exporter",
+            audit.queued.clone(),
+        );
+        registry.register(
+            "audit_export_duration_seconds",
+            "Time of each OTLP export request, successful or not",
+            audit.export_seconds.clone(),
+        );
+        registry.register(
             "audit_spool_full",
             "1 while the audit spool is full (fail_closed: requests are refused; fail_open: records are dropped)",
             audit.spool_full.clone(),
         );
+        // Known label values start at zero, so a dashboard or an alert sees the series before
+        // the first event rather than "no data".
+        for result in ["ok", "error"] {
+            let _ = tls_reloads.get_or_create(&ResultLabels { result });
+        }
+        for result in ["ok", "refused", "unreachable"] {
+            let _ = session_refreshes.get_or_create(&ResultLabels { result });
+        }
+        for result in ["cache", "evaluated"] {
+            let _ = policy_decisions.get_or_create(&ResultLabels { result });
+        }
         Metrics {
             audit,
             registry,
@@ -170,6 +264,10 @@ impl Metrics {
             policy_in_force,
             policy_decisions,
             policy_shadow_disagreements,
+            denials,
+            key_fetches,
+            keys_updated,
+            broker_refreshes,
             session_refreshes,
             requests,
             duration,
@@ -251,10 +349,78 @@ impl Metrics {
             .inc();
     }
 
+    /// A route's series that count failures, at zero from the start: its upstream errors, its
+    /// brokered token fetches when it has a broker, its shadow disagreements when it is protected.
+    pub fn route_known(&self, route: &RouteLabel, brokered: bool, protected: bool) {
+        for kind in ["upstream_unavailable", "upstream_timeout"] {
+            let _ = self.upstream_errors.get_or_create(&UpstreamErrorLabels {
+                route: route.clone(),
+                kind,
+            });
+        }
+        if brokered {
+            for result in ["ok", "error"] {
+                let _ = self.broker_refreshes.get_or_create(&RouteResultLabels {
+                    route: Arc::from(route.as_str()),
+                    result,
+                });
+            }
+        }
+        if protected {
+            let _ = self
+                .policy_shadow_disagreements
+                .get_or_create(&RouteLabels { route: route.clone() });
+        }
+    }
+
+    pub fn denial(&self, route: &RouteLabel, reason: &'static str) {
+        let labels = DenialLabels {
+            route: route.clone(),
+            reason,
+        };
+        self.denials.get_or_create(&labels).inc();
+    }
+
+    /// A fetch of a provider's discovery document and keys: `ok` also stamps the key set's age.
+    pub fn key_fetch(&self, provider: &Arc<str>, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        let labels = ProviderResultLabels {
+            provider: provider.clone(),
+            result,
+        };
+        self.key_fetches.get_or_create(&labels).inc();
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.keys_updated
+                .get_or_create(&ProviderLabels {
+                    provider: provider.clone(),
+                })
+                .set(now);
+        }
+    }
+
+    pub fn broker_fetch(&self, route: &Arc<str>, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        let labels = RouteResultLabels {
+            route: route.clone(),
+            result,
+        };
+        self.broker_refreshes.get_or_create(&labels).inc();
+    }
+
+    /// The registry's metrics, then the process's own (`process_*`, read from `/proc`), which
+    /// every Prometheus dashboard expects under those standard names.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
+        }
+        let process = crate::metrics::process::encode();
+        match out.rfind("# EOF") {
+            Some(end) => out.insert_str(end, &process),
+            None => out.push_str(&process),
         }
         out
     }
@@ -267,7 +433,7 @@ impl Default for Metrics {
 }
 
 /// The audit pipeline's counters, registered in `/metrics` with the rest.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuditStats {
     /// Records the collector accepted from memory.
     pub exported: Counter,
@@ -281,6 +447,102 @@ pub struct AuditStats {
     /// Export requests that failed.
     pub export_failures: Counter,
     pub spool_bytes: Gauge,
+    /// Records waiting in memory for the exporter.
+    pub queued: Gauge,
+    /// Time of each export request.
+    pub export_seconds: Histogram,
     /// 1 while the spool is full.
     pub spool_full: Gauge,
+}
+
+impl Default for AuditStats {
+    fn default() -> Self {
+        AuditStats {
+            exported: Counter::default(),
+            spooled: Counter::default(),
+            replayed: Counter::default(),
+            dropped: Counter::default(),
+            export_failures: Counter::default(),
+            spool_bytes: Gauge::default(),
+            queued: Gauge::default(),
+            export_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            spool_full: Gauge::default(),
+        }
+    }
+}
+
+/// The process's own metrics under their standard names, read from `/proc/self` (Linux); on a
+/// system without it they are left out rather than reported as zero.
+mod process {
+    use std::fmt::Write as _;
+
+    /// Clock ticks per second of `/proc/<pid>/stat` times: 100 on every Linux architecture
+    /// Portcullis builds for (USER_HZ is fixed by the kernel ABI, whatever CONFIG_HZ is).
+    const TICKS_PER_SECOND: f64 = 100.0;
+    const PAGE_SIZE: u64 = 4096;
+
+    pub fn encode() -> String {
+        let mut out = String::new();
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(user), Some(system)) = (field(14), field(15)) {
+            let seconds = (user + system) as f64 / TICKS_PER_SECOND;
+            metric(
+                &mut out,
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time",
+                seconds,
+            );
+        }
+        if let Some(pages) = field(24) {
+            let bytes = (pages * PAGE_SIZE) as f64;
+            metric(
+                &mut out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory",
+                bytes,
+            );
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let open = fds.count() as f64;
+            metric(
+                &mut out,
+                "process_open_fds",
+                "gauge",
+                "Open file descriptors",
+                open,
+            );
+        }
+        if let Some(max) = max_fds() {
+            metric(
+                &mut out,
+                "process_max_fds",
+                "gauge",
+                "Limit of open file descriptors",
+                max,
+            );
+        }
+        out
+    }
+
+    fn max_fds() -> Option<f64> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse().ok()
+    }
+
+    fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        let _ = write!(
+            out,
+            "# HELP {family} {help}.\n# TYPE {family} {kind}\n{name} {value}\n"
+        );
+    }
 }

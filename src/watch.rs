@@ -43,3 +43,27 @@ pub fn watch<'a>(
     }
     Ok((watcher, Changes { rx, settle }))
 }
+
+/// Watches one file, as editors and config management replace it (written beside it, then
+/// renamed over it): the directory is watched and only events naming the file count, or naming
+/// `..data`, the link Kubernetes swaps to update every file of a mounted ConfigMap at once.
+pub fn watch_file(path: &Path, settle: Duration) -> notify::Result<(RecommendedWatcher, Changes)> {
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let name = path.file_name().map(std::ffi::OsStr::to_os_string);
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let names_it = event.paths.iter().any(|p| {
+            let file = p.file_name().map(std::ffi::OsStr::to_os_string);
+            file == name || file.as_deref() == Some(std::ffi::OsStr::new("..data"))
+        });
+        if names_it && !event.kind.is_access() {
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok((watcher, Changes { rx, settle }))
+}

@@ -2,12 +2,7 @@
 //! binary, started by the first test that asks; needs `.ci/install-peers`). Callers authenticate
 //! at the proxy with their IdP's bearer token; the policy (tests/fixtures/airflow-policy) decides
 //! with the `airflow` resource template; Airflow trusts the proxy's identity assertion.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 
@@ -428,11 +423,7 @@ async fn python(code: &str, env: &[(&str, &str)]) -> (bool, String) {
     let mut command = std::process::Command::new(python);
     command.args(["-c", code]).envs(env.iter().copied());
     let out = output(command).await;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     (out.status.success(), text)
 }
 
@@ -492,14 +483,7 @@ with ac.ApiClient(cfg) as api:
                 .env("AIRFLOW_HOME", &home)
                 .env("AIRFLOW_CLI_TOKEN", &dev);
             let out = output(command).await;
-            (
-                out.status.success(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            )
+            (out.status.success(), support::output_text(&out))
         }
     };
     let (ok, text) = ctl(vec![

@@ -1,12 +1,7 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 //! Authorization stories: a real gateway, tokens from a test issuer, the Casbin policy from a
 //! directory the test owns (a copy of `policies/`, or a small one written here), and what the
 //! upstream, the client, the metrics and the audit trail saw.
+#![cfg(test)]
 
 mod support;
 
@@ -17,9 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::issuer::TestIssuer;
-use support::{Gateway, Recorder};
-
-const MODEL: &str = include_str!("../policies/model.conf");
+use support::{Config, Gateway, Recorder, Route, write_policy};
 
 /// Copies `policies/` (model, rules, decision tables) into `dir`.
 fn copy_shipped_policy(dir: &Path) {
@@ -36,23 +29,20 @@ fn copy_shipped_policy(dir: &Path) {
     }
 }
 
-/// A policy directory with the shipped model, `csv` as its only rules, and no tables.
-fn write_policy(dir: &Path, csv: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("model.conf"), MODEL).unwrap();
-    std::fs::write(dir.join("policy.csv"), csv).unwrap();
-}
-
-/// A gateway with one protected Airflow route (`airflow.test`) checked against `policy_dir`.
-async fn airflow_gateway(issuer: &TestIssuer, upstream: &Recorder, policy: &str) -> Gateway {
-    let config = format!(
-        "{}[policy]\n{policy}\n\
-         [[routes]]\nname = \"airflow\"\nhosts = [\"airflow.test\"]\nidentity_providers = [\"okta\"]\n\
-         resources = \"airflow\"\n[routes.upstream]\nurl = \"{}\"\n",
-        issuer.provider_toml("okta", ""),
-        upstream.url()
-    );
-    let gw = Gateway::start(&config).await;
+/// A gateway with one protected Airflow route (`airflow.test`) checked against the policy of
+/// `policy_dir`, with `more` config (other `[policy]` keys).
+async fn airflow_gateway(
+    issuer: &TestIssuer,
+    upstream: &Recorder,
+    policy_dir: &Path,
+    more: Config,
+) -> Gateway {
+    let config = Config::new()
+        .provider(issuer.provider("okta"))
+        .policy_dir(policy_dir)
+        .route(airflow_route(upstream))
+        .merge(more);
+    let gw = Gateway::start(config).await;
     gw.wait_ready().await;
     gw
 }
@@ -79,8 +69,13 @@ async fn call(gw: &Gateway, method: http::Method, path: &str, token: &str) -> (u
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-fn policy_dir_toml(dir: &Path) -> String {
-    format!("dir = {:?}", dir.display().to_string())
+/// The protected Airflow route for `airflow.test`, open to Okta's callers.
+fn airflow_route(upstream: impl support::config::UpstreamUrl) -> Route {
+    Route::new("airflow")
+        .host("airflow.test")
+        .providers(["okta"])
+        .resources("airflow")
+        .upstream(upstream)
 }
 
 /// An issuer, an upstream, a copy of the shipped policy and a gateway using it.
@@ -91,14 +86,13 @@ struct World {
     gw: Gateway,
 }
 
-/// `extra`: more keys for the `[policy]` table.
-async fn shipped_policy_world(extra: &str) -> World {
+/// `more`: more config (other `[policy]` keys).
+async fn shipped_policy_world(more: Config) -> World {
     let issuer = TestIssuer::start().await;
     let upstream = Recorder::start().await;
     let policy = tempfile::tempdir().unwrap();
     copy_shipped_policy(policy.path());
-    let toml = format!("{}\n{extra}", policy_dir_toml(policy.path()));
-    let gw = airflow_gateway(&issuer, &upstream, &toml).await;
+    let gw = airflow_gateway(&issuer, &upstream, policy.path(), more).await;
     World {
         issuer,
         upstream,
@@ -114,7 +108,7 @@ async fn a_group_claim_grants_its_role_at_request_time_and_both_answers_are_audi
         upstream,
         policy: _policy,
         gw,
-    } = shipped_policy_world("").await;
+    } = shipped_policy_world(Config::new()).await;
 
     let deployer = token(&issuer, "alice", &["data-eng"]);
     let (status, _) = call(
@@ -177,7 +171,7 @@ async fn names_that_look_like_roles_or_other_namespaces_grant_nothing() {
         upstream,
         policy: _policy,
         gw,
-    } = shipped_policy_world("").await;
+    } = shipped_policy_world(Config::new()).await;
     for (sub, groups) in [
         ("role:admin", vec![]),
         ("group:platform-admins", vec![]),
@@ -207,7 +201,13 @@ async fn names_that_look_like_roles_or_other_namespaces_grant_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_may_show_the_missing_permission_in_the_403() {
-    let World { issuer, gw, .. } = shipped_policy_world("show_missing_permission = true").await;
+    // The upstream lives as long as the gateway: dropping it would stop it.
+    let World {
+        issuer,
+        gw,
+        upstream: _upstream,
+        ..
+    } = shipped_policy_world(Config::new().set("policy.show_missing_permission", true)).await;
     let t = token(&issuer, "alice", &["data-eng"]);
     let (status, body) = call(&gw, http::Method::POST, "/api/v1/dags/reporting/dagRuns", &t).await;
     assert_eq!(status, 403);
@@ -266,7 +266,7 @@ async fn a_bad_policy_on_reload_keeps_the_old_one_and_says_where() {
         upstream: _upstream,
         policy: tmp,
         gw,
-    } = shipped_policy_world("").await;
+    } = shipped_policy_world(Config::new()).await;
     let deployer = token(&issuer, "alice", &["data-eng"]);
     assert_eq!(
         call(&gw, http::Method::POST, "/api/v1/dags/etl_a/dagRuns", &deployer)
@@ -322,7 +322,7 @@ async fn a_policy_whose_decision_tables_fail_is_not_put_in_force() {
         upstream: _upstream,
         policy: tmp,
         gw,
-    } = shipped_policy_world("").await;
+    } = shipped_policy_world(Config::new()).await;
     // Valid Casbin, but it takes trigger away from data-eng, which airflow.toml expects.
     let csv = tmp.path().join("policy.csv");
     let text = std::fs::read_to_string(&csv).unwrap().replace(
@@ -355,7 +355,7 @@ async fn a_revoke_under_load_causes_no_5xx_and_no_allow_once_it_has_loaded() {
     let granted =
         "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:okta/data-eng, role:deployer, airflow\n";
     write_policy(tmp.path(), granted);
-    let gw = Arc::new(airflow_gateway(&issuer, &upstream, &policy_dir_toml(tmp.path())).await);
+    let gw = Arc::new(airflow_gateway(&issuer, &upstream, tmp.path(), Config::new()).await);
     let deployer = token(&issuer, "alice", &["data-eng"]);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -432,12 +432,8 @@ async fn shadow_disagreements_are_recorded_and_never_enforced() {
         shadow.path(),
         "p, role:deployer, airflow, dag:etl_*, trigger\ng, group:okta/data-eng, role:deployer, airflow\n",
     );
-    let policy = format!(
-        "{}\nshadow_dir = {:?}",
-        policy_dir_toml(enforced.path()),
-        shadow.path().display().to_string()
-    );
-    let gw = airflow_gateway(&issuer, &upstream, &policy).await;
+    let shadow_dir = Config::new().set("policy.shadow_dir", shadow.path());
+    let gw = airflow_gateway(&issuer, &upstream, enforced.path(), shadow_dir).await;
     let t = token(&issuer, "alice", &["data-eng"]);
     assert_eq!(
         call(&gw, http::Method::POST, "/api/v1/dags/etl_a/dagRuns", &t)
@@ -533,14 +529,21 @@ fn the_policy_commands_test_explain_and_diff_a_change() {
     // route wins on its prefix, the protected route (its own domain name) takes the rest.
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("portcullis.toml");
-    std::fs::write(
-        &config,
-        "[[routes]]\nname = \"health\"\nhosts = [\"*.example.com\"]\npath_prefix = \"/health\"\naccess = \"public\"\n\
-         [routes.upstream]\nurl = \"http://127.0.0.1:9\"\n\
-         [[routes]]\nname = \"api\"\nhosts = [\"*.example.com\"]\npolicy_domain = \"airflow\"\nresources = \"airflow\"\n\
-         [routes.upstream]\nurl = \"http://127.0.0.1:9\"\n",
-    )
-    .unwrap();
+    Config::new()
+        .route(
+            Route::public("health")
+                .host("*.example.com")
+                .set("path_prefix", "/health")
+                .upstream("http://127.0.0.1:9"),
+        )
+        .route(
+            Route::new("api")
+                .host("*.example.com")
+                .set("policy_domain", "airflow")
+                .resources("airflow")
+                .upstream("http://127.0.0.1:9"),
+        )
+        .write(&config);
     let config = config.display().to_string();
     let explain = |url: &str| {
         run(&[
@@ -610,15 +613,15 @@ fn check_config_refuses_an_invalid_regex_in_the_policy_with_file_and_line() {
         "p, role:viewer, airflow, dag:*, read\np, role:viewer, airflow, regex:dag:[etl, read\n",
     );
     let config = tmp.path().join("portcullis.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[policy]\ndir = {:?}\n[[routes]]\nname = \"airflow\"\nhosts = [\"airflow.test\"]\nresources = \"airflow\"\n\
-             [routes.upstream]\nurl = \"http://127.0.0.1:9\"\n",
-            policy.display().to_string()
-        ),
-    )
-    .unwrap();
+    Config::new()
+        .policy_dir(&policy)
+        .route(
+            Route::new("airflow")
+                .host("airflow.test")
+                .resources("airflow")
+                .upstream("http://127.0.0.1:9"),
+        )
+        .write(&config);
     let out = std::process::Command::new(support::binary())
         .args(["check-config", "--config"])
         .arg(&config)
@@ -636,7 +639,7 @@ async fn policy_explain_judges_the_path_the_proxy_would_forward_and_refuses_what
         upstream,
         policy: _policy,
         gw,
-    } = shipped_policy_world("").await;
+    } = shipped_policy_world(Config::new()).await;
     let explain = |url: &str| {
         let out = std::process::Command::new(support::binary())
             .args([
@@ -650,11 +653,7 @@ async fn policy_explain_judges_the_path_the_proxy_would_forward_and_refuses_what
             .args(["--method", "POST", "--url", url])
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = support::output_text(&out);
         (out.status.code().unwrap(), text)
     };
     let deployer = token(&issuer, "alice", &["data-eng"]);
@@ -733,7 +732,7 @@ async fn a_bulk_call_naming_a_dag_the_caller_may_not_change_is_refused_whole_and
         upstream,
         policy: _policy,
         gw,
-    } = shipped_policy_world("").await;
+    } = shipped_policy_world(Config::new()).await;
     let dev = token(&issuer, "dana", &["dev-team"]);
     let bulk = "/api/v2/dags/etl_dev/dagRuns/r1/taskInstances";
     let cross = r#"{"actions": [{"action": "update", "entities": [
@@ -807,7 +806,7 @@ async fn a_body_the_policy_must_read_is_bounded_strict_json_or_refused() {
         upstream,
         policy: _policy,
         gw,
-    } = shipped_policy_world("").await;
+    } = shipped_policy_world(Config::new()).await;
     let dev = token(&issuer, "dana", &["dev-team"]);
     let bulk = "/api/v2/dags/etl_dev/dagRuns/r1/taskInstances";
     let big = format!(
@@ -851,7 +850,7 @@ async fn a_list_response_keeps_only_what_the_caller_may_read() {
     .await;
     let policy = tempfile::tempdir().unwrap();
     copy_shipped_policy(policy.path());
-    let gw = airflow_gateway(&issuer, &upstream, &policy_dir_toml(policy.path())).await;
+    let gw = airflow_gateway(&issuer, &upstream, policy.path(), Config::new()).await;
     let dev = token(&issuer, "dana", &["dev-team"]);
     let viewer = token(&issuer, "eve", &["engineering"]);
 
@@ -904,7 +903,7 @@ async fn a_template_opens_what_the_api_leaves_open_and_closes_its_own_sign_in_to
         upstream,
         policy: _policy,
         gw,
-    } = shipped_policy_world("").await;
+    } = shipped_policy_world(Config::new()).await;
     for path in ["/api/v2/version", "/api/v2/monitor/health", "/health"] {
         let (status, _) = call_with(&gw, http::Method::GET, path, None, "").await;
         assert_eq!(status, 200, "{path}");
@@ -969,7 +968,7 @@ async fn what_a_request_acts_on_is_looked_up_on_the_upstream_and_decided_before_
     .await;
     let policy = tempfile::tempdir().unwrap();
     copy_shipped_policy(policy.path());
-    let gw = airflow_gateway(&issuer, &upstream, &policy_dir_toml(policy.path())).await;
+    let gw = airflow_gateway(&issuer, &upstream, policy.path(), Config::new()).await;
     let deployer = token(&issuer, "carol", &["data-eng"]);
     let contractor = token(&issuer, "cole", &["data-eng", "contractors"]);
     let dev = token(&issuer, "dana", &["dev-team"]);

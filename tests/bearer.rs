@@ -1,11 +1,6 @@
 //! The bearer path, told as stories: services and CI jobs present JWTs, and each kind of bad
 //! token gets 401 with `invalid_token`, nothing forwarded, and one audit event naming the reason.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 
@@ -15,16 +10,19 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::idp::{API_AUDIENCE, Idp, OTHER_AUDIENCE, decode_jwt_unverified};
+use support::config::Provider;
+use support::idp::{Idp, OTHER_AUDIENCE, decode_jwt_unverified};
 use support::issuer::{AUDIENCE, TestIssuer, now};
-use support::{Gateway, Recorder, get};
+use support::{Config, Gateway, Recorder, Route, get};
 
-fn protected_route(upstream: &str, providers: &[&str]) -> String {
-    let list: Vec<String> = providers.iter().map(|p| format!("\"{p}\"")).collect();
-    format!(
-        "[[routes]]\nname = \"api\"\nhosts = [\"app.test\"]\naccess = \"authenticated\"\nidentity_providers = [{}]\n\
-         [routes.upstream]\nurl = \"{upstream}\"\n",
-        list.join(", ")
+/// `provider` and the route `app.test` open to its callers alone, in front of `upstream`.
+fn api_for(provider: Provider, upstream: &Recorder) -> Config {
+    let name = provider.name();
+    Config::new().provider(provider).route(
+        Route::authenticated("api")
+            .host("app.test")
+            .providers([name.as_str()])
+            .upstream(upstream),
     )
 }
 
@@ -39,29 +37,18 @@ async fn call(gw: &Gateway, token: &str) -> (u16, String) {
         bytes::Bytes::new(),
     )
     .await;
-    let status = response.status();
-    let challenge = response
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status.as_u16(), challenge)
+    let challenge = support::header_text(response.headers(), "www-authenticate");
+    (response.status().as_u16(), challenge)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_from_a_real_idp_in_rs256_es256_and_eddsa_are_accepted_and_audited() {
     let idp = Idp::start().await;
     let upstream = Recorder::start().await;
-    let providers = format!(
-        "[[identity_providers]]\nname = \"oidc\"\nissuer = \"{}\"\naudiences = [\"{API_AUDIENCE}\"]\n\
-         algorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n",
-        idp.issuer
-    );
-    let gw = Gateway::start(&format!(
-        "{providers}{}",
-        protected_route(&upstream.url(), &["oidc"])
-    ))
-    .await;
+    let provider = idp
+        .provider("oidc")
+        .set("algorithms", ["RS256", "ES256", "EdDSA"]);
+    let gw = Gateway::start(api_for(provider, &upstream)).await;
     gw.wait_ready().await;
 
     let rs256 = idp
@@ -113,14 +100,14 @@ async fn tokens_from_a_real_idp_in_rs256_es256_and_eddsa_are_accepted_and_audite
     gw.stop().await;
 }
 
-/// One gateway in front of a test-controlled issuer, for the bad-token table.
-async fn gateway_for(issuer: &TestIssuer, upstream: &Recorder, extra: &str) -> Gateway {
-    let config = format!(
-        "{}{}",
-        issuer.provider_toml("test", extra),
-        protected_route(&upstream.url(), &["test"])
-    );
-    let gw = Gateway::start(&config).await;
+/// One gateway in front of a test-controlled issuer (as provider `test`, `tweak`ed), for the
+/// bad-token table.
+async fn gateway_for(
+    issuer: &TestIssuer,
+    upstream: &Recorder,
+    tweak: impl FnOnce(Provider) -> Provider,
+) -> Gateway {
+    let gw = Gateway::start(api_for(tweak(issuer.provider("test")), upstream)).await;
     gw.wait_ready().await;
     gw
 }
@@ -135,12 +122,11 @@ fn forged(header: serde_json::Value, claims: &serde_json::Value, signature: &str
 async fn each_kind_of_bad_token_gets_401_with_its_reason_and_nothing_is_forwarded() {
     let issuer = TestIssuer::start().await;
     let upstream = Recorder::start().await;
-    let gw = gateway_for(&issuer, &upstream, "").await;
+    let gw = gateway_for(&issuer, &upstream, |p| p).await;
     let good = issuer.claims("deploy-bot");
     let valid = issuer.token("deploy-bot");
     let sig = valid.rsplit('.').next().unwrap().to_string();
-    let attacker = rcgen::KeyPair::generate().unwrap();
-    let attacker_key = EncodingKey::from_ec_pem(attacker.serialize_pem().as_bytes()).unwrap();
+    let attacker_key = EncodingKey::from_ec_pem(support::pki::signing_key_pem().as_bytes()).unwrap();
     let with = |f: &dyn Fn(&mut serde_json::Value)| {
         let mut c = good.clone();
         f(&mut c);
@@ -346,7 +332,7 @@ async fn each_kind_of_bad_token_gets_401_with_its_reason_and_nothing_is_forwarde
 async fn no_token_gets_a_plain_challenge_and_another_scheme_is_not_a_token() {
     let issuer = TestIssuer::start().await;
     let upstream = Recorder::start().await;
-    let gw = gateway_for(&issuer, &upstream, "").await;
+    let gw = gateway_for(&issuer, &upstream, |p| p).await;
     let (status, body) = get(gw.http, "/x", &[]).await;
     assert_eq!(status, 401);
     assert!(body.contains("no_credentials"));
@@ -372,13 +358,8 @@ async fn a_token_from_an_issuer_the_route_does_not_accept_is_refused() {
     let accepted = TestIssuer::start().await;
     let other = TestIssuer::start().await;
     let upstream = Recorder::start().await;
-    let config = format!(
-        "{}{}{}",
-        accepted.provider_toml("accepted", ""),
-        other.provider_toml("other", ""),
-        protected_route(&upstream.url(), &["accepted"])
-    );
-    let gw = Gateway::start(&config).await;
+    let config = api_for(accepted.provider("accepted"), &upstream).provider(other.provider("other"));
+    let gw = Gateway::start(config).await;
     gw.wait_ready().await;
     assert_eq!(call(&gw, &accepted.token("a")).await.0, 200);
     let (status, challenge) = call(&gw, &other.token("b")).await;
@@ -392,7 +373,7 @@ async fn a_token_from_an_issuer_the_route_does_not_accept_is_refused() {
 async fn a_rotated_key_is_fetched_once_and_a_flood_of_unknown_kids_costs_at_most_one_fetch() {
     let issuer = TestIssuer::start().await;
     let upstream = Recorder::start().await;
-    let gw = gateway_for(&issuer, &upstream, "jwks_min_refetch = \"1s\"").await;
+    let gw = gateway_for(&issuer, &upstream, |p| p.set("jwks_min_refetch", "1s")).await;
     // Past the refetch interval since the start-up fetch, a new kid may trigger one fetch.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let initial = issuer.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst);
@@ -443,7 +424,7 @@ async fn a_rotated_key_is_fetched_once_and_a_flood_of_unknown_kids_costs_at_most
 async fn cached_keys_keep_serving_while_the_issuer_is_down() {
     let issuer = TestIssuer::start().await;
     let upstream = Recorder::start().await;
-    let gw = gateway_for(&issuer, &upstream, "jwks_min_refetch = \"100ms\"").await;
+    let gw = gateway_for(&issuer, &upstream, |p| p.set("jwks_min_refetch", "100ms")).await;
     let token = issuer.token("while-down");
     issuer.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -470,20 +451,23 @@ async fn cached_keys_keep_serving_while_the_issuer_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_issuer_down_at_cold_start_keeps_readyz_red_and_protected_requests_get_503() {
+async fn an_issuer_down_at_cold_start_leaves_the_proxy_ready_and_its_routes_answer_503() {
     let down = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
         .local_addr()
         .unwrap();
     let upstream = Recorder::start().await;
-    let config = format!(
-        "[[identity_providers]]\nname = \"down\"\nissuer = \"http://{down}\"\naudiences = [\"{AUDIENCE}\"]\n{}",
-        protected_route(&upstream.url(), &["down"])
-    );
-    let gw = Gateway::start(&config).await;
+    let provider = Provider::new("down", &format!("http://{down}")).audiences([AUDIENCE]);
+    let gw = Gateway::start(api_for(provider, &upstream)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(get(gw.admin, "/readyz", &[]).await.0, 503);
+    // Ready: one provider's outage must not take the other routes out of a load balancer.
+    let (status, readiness) = get(gw.admin, "/readyz", &[]).await;
+    assert_eq!(status, 200, "{readiness}");
+    assert!(
+        readiness.contains("identity provider down: no signing keys yet"),
+        "{readiness}"
+    );
     let token = forged(
         json!({"alg": "RS256", "kid": "x"}),
         &json!({"iss": format!("http://{down}"), "sub": "s"}),
@@ -503,11 +487,9 @@ async fn keys_rotated_at_the_idp_during_load_fail_no_request() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let issuer = Arc::new(TestIssuer::start().await);
     let upstream = Recorder::start().await;
-    let gw = gateway_for(
-        &issuer,
-        &upstream,
-        "jwks_refresh = \"1s\"\njwks_min_refetch = \"1s\"",
-    )
+    let gw = gateway_for(&issuer, &upstream, |p| {
+        p.set("jwks_refresh", "1s").set("jwks_min_refetch", "1s")
+    })
     .await;
     let use_new_key = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -580,14 +562,11 @@ async fn hmac_tokens_pass_only_with_the_operators_shared_secret_never_a_jwks_key
     let secret = "0123456789abcdef0123456789abcdef-shared";
     let secret_file = dir.path().join("hmac");
     std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
-    let gw = Gateway::start(&format!(
-        "[[identity_providers]]\nname = \"test\"\nissuer = \"{}\"\naudiences = [\"{AUDIENCE}\"]\n\
-         algorithms = [\"ES256\", \"HS256\"]\nhmac_secret_file = \"{}\"\n{}",
-        issuer.issuer,
-        secret_file.display(),
-        protected_route(&upstream.url(), &["test"])
-    ))
-    .await;
+    let provider = issuer
+        .provider("test")
+        .set("algorithms", ["ES256", "HS256"])
+        .set("hmac_secret_file", &secret_file);
+    let gw = Gateway::start(api_for(provider, &upstream)).await;
     gw.wait_ready().await;
 
     let claims = issuer.claims("svc-hmac");
@@ -615,12 +594,15 @@ async fn hmac_tokens_pass_only_with_the_operators_shared_secret_never_a_jwks_key
     assert_eq!(upstream.requests().len(), 2);
 
     // Without a secret, HS256 is a configuration error that names the fix.
-    let config = portcullis::config::parse(
-        "[[identity_providers]]\nname = \"x\"\nissuer = \"https://x.example\"\naudiences = [\"a\"]\n\
-         algorithms = [\"HS256\"]\n[[routes]]\nname = \"r\"\nhosts = [\"a.test\"]\n[routes.upstream]\nurl = \"http://127.0.0.1:1\"\n"
-    )
-    .unwrap();
-    let problems = portcullis::config::validate(&config);
+    let problems = support::problems(
+        Config::new()
+            .provider(
+                Provider::new("x", "https://x.example")
+                    .audiences(["a"])
+                    .set("algorithms", ["HS256"]),
+            )
+            .route(Route::new("r").host("a.test").upstream("http://127.0.0.1:1")),
+    );
     assert!(
         problems
             .iter()
@@ -633,7 +615,7 @@ async fn hmac_tokens_pass_only_with_the_operators_shared_secret_never_a_jwks_key
 async fn a_provider_that_requires_at_jwt_refuses_every_other_type() {
     let issuer = TestIssuer::start().await;
     let upstream = Recorder::start().await;
-    let gw = gateway_for(&issuer, &upstream, "require_at_jwt = true").await;
+    let gw = gateway_for(&issuer, &upstream, |p| p.set("require_at_jwt", true)).await;
     let claims = issuer.claims("deploy-bot");
     for (typ, status) in [
         (None, 401),

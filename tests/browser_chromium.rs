@@ -2,12 +2,7 @@
 //! `tests/peers/browser/signin.mjs`) opens a protected page over HTTPS, is sent to the real
 //! OpenID Provider, signs in, lands back on the page and sees the upstream's answer; then signs
 //! out and is refused: the next visit goes to the provider's login page, not the app.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 
@@ -19,7 +14,7 @@ use http::Response;
 use http_body_util::Full;
 use serde_json::Value;
 use support::idp::Idp;
-use support::{Gateway, Recorder};
+use support::{Config, Gateway, Recorder, Route};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/browser/signin.mjs");
 const MODULES: &str = concat!(
@@ -85,9 +80,12 @@ fn cookie<'a>(page: &'a Value, name: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_with_a_real_browser_sees_the_app_then_signs_out_and_is_refused() {
-    let prebound = Gateway::prebind(&format!(
-        "https = \"127.0.0.1:0\"\ntls = {{ cert = {CERT:?}, key = {KEY:?} }}"
-    ))
+    let prebound = Gateway::prebind(
+        Config::new()
+            .server("https", "127.0.0.1:0")
+            .set("server.tls.cert", CERT)
+            .set("server.tls.key", KEY),
+    )
     .await;
     let origin = format!("https://localhost:{}", prebound.https.unwrap().port());
     let idp = Idp::start_with(&[
@@ -102,8 +100,10 @@ async fn a_person_signs_in_with_a_real_browser_sees_the_app_then_signs_out_and_i
     }))
     .await;
     let secret = prebound.dir.path().join("web-secret");
-    let config = idp.browser_config(&secret, "airflow", "localhost", &upstream.url());
-    let gw = prebound.start(&config).await;
+    let route = Route::authenticated("airflow")
+        .host("localhost")
+        .upstream(&upstream);
+    let gw = prebound.start(idp.browser_config(&secret, route)).await;
     gw.wait_ready().await;
 
     let app = format!("{origin}/home?tab=dags");

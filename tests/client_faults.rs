@@ -2,12 +2,7 @@
 //! the client's: a client that leaves (HTTP/1 close, HTTP/2 `RST_STREAM`) before the answer or
 //! during it, a malformed or stalled request body, a head that frames its body two ways, and
 //! upgrades a route does not allow (`h2c` above all).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 
@@ -15,8 +10,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Response;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
 use serde_json::Value;
-use support::{Gateway, Recorder, public_route, raw};
+use support::serve::{Serve, Server, serve};
+use support::{Config, Gateway, Recorder, Route, public_route, raw};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -60,11 +59,20 @@ fn h2_request(method: &str, path: &str) -> http::Request<()> {
         .unwrap()
 }
 
+/// The client's fault is never counted as the upstream's.
+async fn assert_no_upstream_error(gw: &Gateway) {
+    let metrics = gw.metrics().await;
+    assert!(
+        !metrics.contains("portcullis_upstream_errors_total{"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_whose_client_leaves_before_the_answer_completes_upstream_and_is_recorded_once_as_client_closed()
  {
     let upstream = Recorder::slow(Duration::from_secs(2)).await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
 
     // HTTP/1.1: the client closes its connection 0.3 s after sending the whole request.
     let mut tcp = TcpStream::connect(gw.http).await.unwrap();
@@ -102,18 +110,14 @@ async fn a_post_whose_client_leaves_before_the_answer_completes_upstream_and_is_
     }
     let received: Vec<String> = upstream.requests().iter().map(|s| s.target.clone()).collect();
     assert_eq!(received, ["/h1/dags/etl/dagRuns", "/h2/dags/etl/dagRuns"]);
-    let metrics = gw.metrics().await;
-    assert!(
-        !metrics.contains("portcullis_upstream_errors_total{"),
-        "{metrics}"
-    );
+    assert_no_upstream_error(&gw).await;
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_client_leaves_is_cancelled_upstream_and_recorded_once() {
     let upstream = Recorder::slow(Duration::from_secs(2)).await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let mut tcp = TcpStream::connect(gw.http).await.unwrap();
     tcp.write_all(b"GET /h1/dags HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await
@@ -139,44 +143,30 @@ async fn a_read_whose_client_leaves_is_cancelled_upstream_and_recorded_once() {
 }
 
 /// An upstream that answers a 1 MB body slowly (64 KiB every 20 ms).
-async fn slow_download() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n";
-                if stream.write_all(head).await.is_err() {
-                    return;
-                }
-                let chunk = vec![b'x'; 65536];
-                for _ in 0..16 {
-                    if stream.write_all(&chunk).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            });
-        }
-    });
-    addr
+async fn slow_download() -> Server {
+    serve(Serve::http1(), |_, _| async {
+        let chunks = futures_util::stream::unfold(0, |i| async move {
+            if i == 16 {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let chunk = Frame::data(Bytes::from(vec![b'x'; 65536]));
+            Some((Ok::<_, std::convert::Infallible>(chunk), i + 1))
+        });
+        Response::builder()
+            .header("content-length", "1048576")
+            .body(StreamBody::new(chunks))
+            .unwrap()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_the_client_cuts_off_is_recorded_once_with_the_bytes_it_got() {
     let upstream = slow_download().await;
-    let gw = Gateway::start(&public_route(&format!("http://{upstream}"))).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
 
     let mut tcp = TcpStream::connect(gw.http).await.unwrap();
     tcp.write_all(b"GET /h1/artifact HTTP/1.1\r\nHost: app.test\r\n\r\n")
@@ -224,7 +214,7 @@ async fn a_response_the_client_cuts_off_is_recorded_once_with_the_bytes_it_got()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_request_reset_before_its_body_ends_is_recorded_once() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let mut client = h2_client(gw.http).await;
     // HEADERS without END_STREAM, then RST_STREAM: at once, after some DATA, after a pause.
     for (i, (data, pause)) in [(0usize, 0u64), (100, 0), (100, 200), (0, 200)]
@@ -248,18 +238,14 @@ async fn an_http2_request_reset_before_its_body_ends_is_recorded_once() {
         assert_eq!(records[0]["http.response.status_code"], 499, "{path}");
         assert_eq!(records[0]["portcullis.outcome"], "client_closed", "{path}");
     }
-    let metrics = gw.metrics().await;
-    assert!(
-        !metrics.contains("portcullis_upstream_errors_total{"),
-        "{metrics}"
-    );
+    assert_no_upstream_error(&gw).await;
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_chunked_body_is_the_client_s_400_never_an_upstream_failure() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let long_extension = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(20_000));
     let bodies = [
         ("bare-lf", "5\nhello\r\n0\r\n\r\n".to_string()),
@@ -298,22 +284,14 @@ async fn a_malformed_chunked_body_is_the_client_s_400_never_an_upstream_failure(
     assert_eq!(records[0]["http.response.status_code"], 499);
     assert_eq!(records[0]["portcullis.outcome"], "client_closed");
     assert_eq!(records[0]["http.request.body.size"], 10);
-    let metrics = gw.metrics().await;
-    assert!(
-        !metrics.contains("portcullis_upstream_errors_total{"),
-        "{metrics}"
-    );
+    assert_no_upstream_error(&gw).await;
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_gets_408_body_timeout_after_the_idle_timeout_on_both_protocols() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(
-        "[server.limits]\nidle_timeout = \"700ms\"",
-        &public_route(&upstream.url()),
-    )
-    .await;
+    let gw = Gateway::start(public_route(&upstream).set("server.limits.idle_timeout", "700ms")).await;
     let started = std::time::Instant::now();
     let (status, text) = raw(
         gw.http,
@@ -349,18 +327,14 @@ async fn a_stalled_body_gets_408_body_timeout_after_the_idle_timeout_on_both_pro
         assert_eq!(records[0]["portcullis.reason"], "body_timeout", "{path}");
         assert_eq!(records[0]["http.response.status_code"], 408, "{path}");
     }
-    let metrics = gw.metrics().await;
-    assert!(
-        !metrics.contains("portcullis_upstream_errors_total{"),
-        "{metrics}"
-    );
+    assert_no_upstream_error(&gw).await;
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_that_frames_its_body_two_ways_is_refused_with_400_and_forwards_nothing() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let heads = [
         (
             "cl-then-te",
@@ -436,7 +410,7 @@ async fn h2c_upgrading_upstream() -> (SocketAddr, std::sync::Arc<std::sync::Mute
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_is_never_forwarded_and_an_upstream_that_switches_anyway_gets_no_tunnel() {
     let (upstream, heads) = h2c_upgrading_upstream().await;
-    let gw = Gateway::start(&public_route(&format!("http://{upstream}"))).await;
+    let gw = Gateway::start(public_route(upstream)).await;
     let variants = [
         "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n",
         "Connection: upgrade\r\nUpgrade: H2C\r\n",
@@ -474,13 +448,11 @@ async fn an_h2c_upgrade_is_never_forwarded_and_an_upstream_that_switches_anyway_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_needs_a_valid_handshake_and_a_route_that_allows_it() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&format!(
-        "{}[[routes]]\nname = \"plain\"\nhosts = [\"plain.test\"]\naccess = \"public\"\nupgrades = []\n\
-         [routes.upstream]\nurl = \"{}\"\n",
-        public_route(&upstream.url()),
-        upstream.url()
-    ))
-    .await;
+    let plain = Route::public("plain")
+        .host("plain.test")
+        .set("upgrades", Vec::<&str>::new())
+        .upstream(&upstream);
+    let gw = Gateway::start(public_route(&upstream).route(plain)).await;
     let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     let broken = [
         ("no-key", "Sec-WebSocket-Version: 13\r\n".to_string(), "GET"),
@@ -519,7 +491,7 @@ async fn a_websocket_upgrade_needs_a_valid_handshake_and_a_route_that_allows_it(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_extended_connect_is_refused_and_recorded() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let mut client = h2_client(gw.http).await;
     for protocol in ["websocket", "h2c"] {
         let mut request = http::Request::builder()
@@ -547,12 +519,14 @@ async fn http2_extended_connect_is_refused_and_recorded() {
 
 #[test]
 fn a_route_that_allows_h2c_upgrades_is_refused_with_its_key_path() {
-    let config = portcullis::config::parse(
-        "[[routes]]\nname = \"a\"\nhosts = [\"a.test\"]\naccess = \"public\"\nupgrades = [\"websocket\", \"h2c\"]\n\
-         [routes.upstream]\nurl = \"http://127.0.0.1:9\"\n",
-    )
-    .unwrap();
-    let problems = portcullis::config::validate(&config);
+    let problems = support::problems(
+        Config::new().route(
+            Route::public("a")
+                .host("a.test")
+                .set("upgrades", ["websocket", "h2c"])
+                .upstream("http://127.0.0.1:9"),
+        ),
+    );
     assert!(
         problems
             .iter()

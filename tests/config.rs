@@ -1,15 +1,24 @@
 //! Configuration as operators meet it: the shipped examples load, and `check-config` reports
 //! every problem at once with its key path and a fix.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 
 use std::process::Command;
+
+/// Runs `portcullis <command> --config FILE` on `text` written to a file; whether it succeeded,
+/// and its stderr.
+fn run_on(command: &str, text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.toml");
+    std::fs::write(&file, text).unwrap();
+    let output = Command::new(support::binary())
+        .args([command, "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    (output.status.success(), String::from_utf8(output.stderr).unwrap())
+}
 
 #[test]
 fn every_example_config_loads_and_validates() {
@@ -50,10 +59,8 @@ fn the_benchmark_configs_load_and_validate() {
 
 #[test]
 fn check_config_reports_several_problems_at_once_each_with_its_key_path_and_exits_non_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.toml");
-    std::fs::write(
-        &file,
+    let (ok, text) = run_on(
+        "check-config",
         r#"
 [server]
 http = "localhost"
@@ -75,15 +82,8 @@ hosts = ["*bad"]
 url = "http://tekton:9097"
 client_cert = "c.pem"
 "#,
-    )
-    .unwrap();
-    let output = Command::new(support::binary())
-        .args(["check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let text = String::from_utf8(output.stderr).unwrap();
+    );
+    assert!(!ok);
     for path in [
         "server.http:",
         "server.tls:",
@@ -102,20 +102,11 @@ client_cert = "c.pem"
 
 #[test]
 fn check_config_names_every_unknown_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("typo.toml");
-    std::fs::write(
-        &file,
+    let (ok, text) = run_on(
+        "check-config",
         "[server]\nhttps_port = 1\n[[routes]]\nname = \"a\"\nupstream_url = \"x\"\n",
-    )
-    .unwrap();
-    let output = Command::new(support::binary())
-        .args(["check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let text = String::from_utf8(output.stderr).unwrap();
+    );
+    assert!(!ok);
     assert!(text.contains("server.https_port: unknown key"), "{text}");
     assert!(text.contains("routes[0].upstream_url: unknown key"), "{text}");
 }
@@ -478,24 +469,28 @@ fn relative_paths_are_found_beside_the_config_file_whatever_the_working_director
 
 #[test]
 fn serve_refuses_a_bad_config_without_starting() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.toml");
-    std::fs::write(&file, "[[routes]]\nname = \"x\"\n").unwrap();
-    let output = Command::new(support::binary())
-        .args(["serve", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("routes[0].hosts"));
+    let (ok, text) = run_on("serve", "[[routes]]\nname = \"x\"\n");
+    assert!(!ok);
+    assert!(text.contains("routes[0].hosts"));
 }
 
 #[test]
-fn version_prints_the_crate_version() {
+fn version_prints_the_crate_version_and_the_commit_it_was_built_from() {
     let output = Command::new(support::binary()).arg("--version").output().unwrap();
     assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_string(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        );
     assert_eq!(
-        String::from_utf8(output.stdout).unwrap().trim(),
-        format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+        printed.trim(),
+        format!("portcullis {} (commit {head})", env!("CARGO_PKG_VERSION"))
     );
 }

@@ -1,15 +1,10 @@
 //! Strip, then inject: what a client may not tell the upstream never reaches it.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 
-use support::{Gateway, Recorder, get, public_route, raw};
-use support::{STRIP_EXTRA, assert_no_client_identity, spoofed_identity_lines};
+use support::{Config, Gateway, Recorder, Route, get, public_route, raw};
+use support::{assert_no_client_identity, spoofed_identity_lines, strip_extra};
 
 const SPOOFED_IDENTITY: &[&str] = &[
     "X-Portcullis-User",
@@ -73,7 +68,7 @@ fn request_with(headers: &[&str], extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_identity_headers_in_any_spelling_never_reach_the_upstream() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let (status, _) = raw(gw.http, &request_with(SPOOFED_IDENTITY, "")).await;
     assert_eq!(status, 200);
     let seen = upstream.last();
@@ -97,10 +92,10 @@ async fn spoofed_identity_headers_in_any_spelling_never_reach_the_upstream() {
 async fn every_identity_header_family_is_stripped_on_a_public_route_even_from_a_trusted_hop() {
     let upstream = Recorder::start().await;
     for server in [
-        STRIP_EXTRA.to_string(),
-        format!("{STRIP_EXTRA}\ntrusted_proxies = [\"127.0.0.0/8\"]"),
+        strip_extra(),
+        strip_extra().server("trusted_proxies", ["127.0.0.0/8"]),
     ] {
-        let gw = Gateway::start_with(&server, &public_route(&upstream.url())).await;
+        let gw = Gateway::start(server.clone().merge(public_route(&upstream))).await;
         let request = format!(
             "GET /ok HTTP/1.1\r\nHost: app.test\r\n{}Connection: close\r\n\r\n",
             spoofed_identity_lines()
@@ -111,7 +106,7 @@ async fn every_identity_header_family_is_stripped_on_a_public_route_even_from_a_
         gw.stop().await;
     }
     // Without the operator's list, its names are ordinary headers.
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let (status, _) = raw(
         gw.http,
         "GET /ok HTTP/1.1\r\nHost: app.test\r\nX-Internal-Role: kept\r\nConnection: close\r\n\r\n",
@@ -125,7 +120,7 @@ async fn every_identity_header_family_is_stripped_on_a_public_route_even_from_a_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_from_an_untrusted_client_are_replaced_by_the_proxys_own() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let (status, _) = raw(
         gw.http,
         &request_with(SPOOFED_FORWARDING, "X-Request-Id: forged-id\r\n"),
@@ -155,11 +150,7 @@ async fn forwarding_headers_from_an_untrusted_client_are_replaced_by_the_proxys_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_hop_extends_the_forwarding_chain_and_keeps_its_request_id() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(
-        "trusted_proxies = [\"127.0.0.0/8\"]",
-        &public_route(&upstream.url()),
-    )
-    .await;
+    let gw = Gateway::start(public_route(&upstream).server("trusted_proxies", ["127.0.0.0/8"])).await;
     let request = "GET /ok HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\
                    Forwarded: for=203.0.113.7;proto=https\r\nX-Request-Id: edge-42\r\nConnection: close\r\n\r\n";
     let (status, text) = raw(gw.http, request).await;
@@ -179,11 +170,7 @@ async fn a_trusted_hop_extends_the_forwarding_chain_and_keeps_its_request_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_hop_cannot_inject_a_malformed_request_id() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(
-        "trusted_proxies = [\"127.0.0.1/32\"]",
-        &public_route(&upstream.url()),
-    )
-    .await;
+    let gw = Gateway::start(public_route(&upstream).server("trusted_proxies", ["127.0.0.1/32"])).await;
     let (status, _) = get(gw.http, "/ok", &[("x-request-id", "a b\"<script>")]).await;
     assert_eq!(status, 200);
     assert_ne!(upstream.last().header("x-request-id").unwrap(), "a b\"<script>");
@@ -193,7 +180,7 @@ async fn a_trusted_hop_cannot_inject_a_malformed_request_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_named_in_connection_and_hop_by_hop_headers_are_removed() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let request = "GET /ok HTTP/1.1\r\nHost: app.test\r\nConnection: close, X-Secret-Hop, x_other_hop\r\nX-Secret-Hop: 1\r\n\
                    X-Other-Hop: 2\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\n\
                    TE: gzip\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\r\n";
@@ -219,7 +206,7 @@ async fn headers_named_in_connection_and_hop_by_hop_headers_are_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_override_headers_are_dropped_so_the_decided_method_is_the_one_served() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let (status, _) = raw(gw.http, &request_with(METHOD_OVERRIDES, "")).await;
     assert_eq!(status, 200);
     let seen = upstream.last();
@@ -235,14 +222,16 @@ async fn method_override_headers_are_dropped_so_the_decided_method_is_the_one_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_gets_its_own_host_unless_the_route_preserves_the_clients() {
     let upstream = Recorder::start().await;
-    let plain = Gateway::start(&public_route(&upstream.url())).await;
+    let plain = Gateway::start(public_route(&upstream)).await;
     get(plain.http, "/ok", &[]).await;
     assert_eq!(upstream.last().header("host").unwrap(), upstream.addr.to_string());
     plain.stop().await;
 
-    let route = public_route(&upstream.url())
-        .replace("access = \"public\"", "access = \"public\"\npreserve_host = true");
-    let preserving = Gateway::start(&route).await;
+    let route = Route::public("app")
+        .host("app.test")
+        .upstream(&upstream)
+        .set("preserve_host", true);
+    let preserving = Gateway::start(Config::new().route(route)).await;
     get(preserving.http, "/ok", &[]).await;
     assert_eq!(upstream.last().header("host").unwrap(), "app.test");
     preserving.stop().await;
@@ -251,7 +240,7 @@ async fn the_upstream_gets_its_own_host_unless_the_route_preserves_the_clients()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_cookie_header_without_the_proxys_own() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&public_route(&upstream.url())).await;
+    let gw = Gateway::start(public_route(&upstream)).await;
     let mut sender = support::h2c(gw.http).await;
     let request = http::Request::builder()
         .uri("http://app.test/")
@@ -272,7 +261,7 @@ async fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_cookie_header_withou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_http2_too_no_identity_or_trusted_hop_header_from_a_client_reaches_the_upstream() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start_with(STRIP_EXTRA, &public_route(&upstream.url())).await;
+    let gw = Gateway::start(strip_extra().merge(public_route(&upstream))).await;
     let mut sender = support::h2c(gw.http).await;
     let mut request = http::Request::builder()
         .uri("http://app.test/ok")

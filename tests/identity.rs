@@ -3,44 +3,39 @@
 //! callers; an email is an identity only when verified; CI jobs are their immutable ids; bound
 //! claims are checked before any policy; and each preset reads a vendor-shaped token into the
 //! subjects and groups docs/authentication.md promises.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 
 use serde_json::{Value, json};
+use support::config::Provider;
 use support::issuer::{TestIssuer, now};
-use support::{Gateway, Recorder};
-
-const MODEL: &str = include_str!("../policies/model.conf");
+use support::{Config, Gateway, Recorder, Route};
 
 /// A gateway with one protected Airflow route (`airflow.test`) accepting `providers`, checked
-/// against a policy of `csv` alone. `providers_toml` holds their `[[identity_providers]]`.
-async fn gateway(
-    providers_toml: &str,
-    providers: &[&str],
-    csv: &str,
-    upstream: &Recorder,
-) -> (Gateway, tempfile::TempDir) {
-    let policy = tempfile::tempdir().unwrap();
-    std::fs::write(policy.path().join("model.conf"), MODEL).unwrap();
-    std::fs::write(policy.path().join("policy.csv"), csv).unwrap();
-    let list: Vec<String> = providers.iter().map(|p| format!("{p:?}")).collect();
-    let config = format!(
-        "{providers_toml}[policy]\ndir = {:?}\n\
-         [[routes]]\nname = \"airflow\"\nhosts = [\"airflow.test\"]\nidentity_providers = [{}]\n\
-         resources = \"airflow\"\n[routes.upstream]\nurl = \"{}\"\n",
-        policy.path().display().to_string(),
-        list.join(", "),
-        upstream.url()
+/// against a policy of `csv` alone.
+async fn gateway(providers: &[Provider], csv: &str, upstream: &Recorder) -> (Gateway, tempfile::TempDir) {
+    let policy = support::policy(csv);
+    let names: Vec<String> = providers.iter().map(Provider::name).collect();
+    let config = providers.iter().cloned().fold(Config::new(), Config::provider);
+    let config = config.policy_dir(policy.path()).route(
+        Route::new("airflow")
+            .host("airflow.test")
+            .set("identity_providers", names)
+            .resources("airflow")
+            .upstream(upstream),
     );
-    let gw = Gateway::start(&config).await;
+    let gw = Gateway::start(config).await;
     gw.wait_ready().await;
     (gw, policy)
+}
+
+/// A route `name` for `host` open to any caller of `provider`, in front of `upstream`.
+fn authenticated(name: &str, host: &str, provider: &str, upstream: &Recorder) -> Route {
+    Route::authenticated(name)
+        .host(host)
+        .providers([provider])
+        .upstream(upstream)
 }
 
 async fn call(gw: &Gateway, method: http::Method, path: &str, token: &str) -> u16 {
@@ -68,12 +63,8 @@ async fn two_providers_with_the_same_sub_and_group_are_two_callers_and_the_recor
                p, role:admin, airflow, dag:*, *\n\
                g, group:okta/sre, role:operator, airflow\n\
                g, user:corp/1234, role:admin, airflow\n";
-    let providers = format!(
-        "{}{}",
-        okta.provider_toml("okta", ""),
-        corp.provider_toml("corp", "")
-    );
-    let (gw, _policy) = gateway(&providers, &["okta", "corp"], csv, &upstream).await;
+    let providers = [okta.provider("okta"), corp.provider("corp")];
+    let (gw, _policy) = gateway(&providers, csv, &upstream).await;
     let token = |issuer: &TestIssuer| {
         let mut claims = issuer.claims("1234");
         claims["groups"] = json!(["sre"]);
@@ -90,7 +81,7 @@ async fn two_providers_with_the_same_sub_and_group_are_two_callers_and_the_recor
         "as admin"
     );
     let clear_only = "p, role:operator, airflow, dag:*, trigger\ng, group:okta/sre, role:operator, airflow\n";
-    let (gw2, _p2) = gateway(&providers, &["okta", "corp"], clear_only, &upstream).await;
+    let (gw2, _p2) = gateway(&providers, clear_only, &upstream).await;
     assert_eq!(call(&gw2, http::Method::POST, CLEAR, &from_corp).await, 403);
     assert_eq!(call(&gw2, http::Method::POST, CLEAR, &from_okta).await, 200);
     assert_eq!(upstream.requests().len(), 3);
@@ -114,12 +105,11 @@ async fn an_email_names_a_caller_only_when_the_provider_verified_it() {
     let csv = "p, role:operator, airflow, dag:*, trigger\n\
                g, user:okta/alice@example.test, role:operator, airflow\n\
                g, user:lax/alice@example.test, role:operator, airflow\n";
-    let providers = format!(
-        "{}{}",
-        okta.provider_toml("okta", ""),
-        lax.provider_toml("lax", "trust_unverified_email = true")
-    );
-    let (gw, _policy) = gateway(&providers, &["okta", "lax"], csv, &upstream).await;
+    let providers = [
+        okta.provider("okta"),
+        lax.provider("lax").set("trust_unverified_email", true),
+    ];
+    let (gw, _policy) = gateway(&providers, csv, &upstream).await;
     let with_verified = |issuer: &TestIssuer, verified: Option<Value>| {
         let mut claims = issuer.claims("u-1");
         claims["email"] = json!("alice@example.test");
@@ -195,19 +185,17 @@ async fn ci_jobs_are_their_namespace_and_repository_ids_never_names_someone_coul
                g, group:gitlab/namespace:72, role:operator, airflow\n\
                g, group:github/owner:65, role:operator, airflow\n\
                g, group:okta/sre, role:operator, airflow\n";
-    let providers = format!(
-        "{}{}",
-        gitlab.provider_toml(
-            "gitlab",
-            "preset = \"gitlab_ci\"\naudiences = [\"https://vault.example.com\"]"
-        ),
-        github.provider_toml(
-            "github",
-            "preset = \"github_actions\"\naudiences = [\"https://github.com/octo-org\"]"
-        ),
-    )
-    .replace("audiences = [\"portcullis-tests\"]\n", "");
-    let (gw, _policy) = gateway(&providers, &["gitlab", "github"], csv, &upstream).await;
+    let providers = [
+        gitlab
+            .provider("gitlab")
+            .preset("gitlab_ci")
+            .audiences(["https://vault.example.com"]),
+        github
+            .provider("github")
+            .preset("github_actions")
+            .audiences(["https://github.com/octo-org"]),
+    ];
+    let (gw, _policy) = gateway(&providers, csv, &upstream).await;
 
     let (mut job, typ) = fixture("gitlab-ci", &gitlab);
     job["namespace_path"] = json!("sre");
@@ -251,14 +239,15 @@ async fn a_token_whose_bound_claims_do_not_hold_gets_403_claims_not_bound_before
     // to protected refs of the two listed projects, whatever the policy says.
     let csv =
         "p, role:operator, airflow, dag:*, trigger\ng, group:gitlab/project:20, role:operator, airflow\n";
-    let providers = gitlab
-        .provider_toml(
-            "gitlab",
-            "preset = \"gitlab_ci\"\naudiences = [\"https://vault.example.com\"]\n\
-             bound_claims = { ref_protected = \"true\", project_id = [\"20\", \"21\"], ref_path = \"refs/heads/*\" }",
-        )
-        .replace("audiences = [\"portcullis-tests\"]\n", "");
-    let (gw, _policy) = gateway(&providers, &["gitlab"], csv, &upstream).await;
+    let gitlab_ci = gitlab
+        .provider("gitlab")
+        .preset("gitlab_ci")
+        .audiences(["https://vault.example.com"])
+        .set(
+            "bound_claims",
+            toml::toml! { ref_protected = "true" project_id = ["20", "21"] ref_path = "refs/heads/*" },
+        );
+    let (gw, _policy) = gateway(&[gitlab_ci], csv, &upstream).await;
     let (mut job, typ) = fixture("gitlab-ci", &gitlab);
     for (tweak, status) in [
         (json!({"ref_protected": "false"}), 403),
@@ -435,27 +424,22 @@ const PRESETS: &[Expect] = &[
 async fn each_preset_reads_its_vendor_s_token_into_the_documented_subject_and_groups() {
     let upstream = Recorder::start().await;
     let mut issuers = Vec::new();
-    let mut config = String::new();
+    let mut config = Config::new();
     for (i, e) in PRESETS.iter().enumerate() {
         let issuer = TestIssuer::start().await;
         let name = format!("p{i}");
-        config.push_str(
-            &issuer
-                .provider_toml(
-                    &name,
-                    &format!("preset = {:?}\naudiences = [{:?}]", e.preset, e.audience),
-                )
-                .replace("audiences = [\"portcullis-tests\"]\n", ""),
-        );
-        // One route per provider: a token is accepted only where its own provider is.
-        config.push_str(&format!(
-            "[[routes]]\nname = \"r{i}\"\nhosts = [\"r{i}.test\"]\naccess = \"authenticated\"\n\
-             identity_providers = [\"{name}\"]\n[routes.upstream]\nurl = \"{}\"\n",
-            upstream.url()
-        ));
+        config = config
+            .provider(issuer.provider(&name).preset(e.preset).audiences([e.audience]))
+            // One route per provider: a token is accepted only where its own provider is.
+            .route(authenticated(
+                &format!("r{i}"),
+                &format!("r{i}.test"),
+                &name,
+                &upstream,
+            ));
         issuers.push(issuer);
     }
-    let gw = Gateway::start(&config).await;
+    let gw = Gateway::start(config).await;
     gw.wait_ready().await;
     let send = |host: String, token: String| {
         let gw_http = gw.http;
@@ -525,23 +509,14 @@ async fn each_preset_reads_its_vendor_s_token_into_the_documented_subject_and_gr
 
 #[test]
 fn a_policy_naming_a_group_without_its_provider_is_refused_with_its_line_and_the_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("model.conf"), MODEL).unwrap();
-    std::fs::write(
-        dir.path().join("policy.csv"),
-        "p, role:operator, airflow, dag:*, trigger\ng, group:sre, role:operator, airflow\n",
-    )
-    .unwrap();
+    let dir =
+        support::policy("p, role:operator, airflow, dag:*, trigger\ng, group:sre, role:operator, airflow\n");
     let out = std::process::Command::new(support::binary())
         .args(["policy", "test", "--dir"])
         .arg(dir.path())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("policy.csv:2"), "{text}");
     assert!(text.contains("`group:<provider>/sre`"), "{text}");
@@ -551,13 +526,10 @@ fn a_policy_naming_a_group_without_its_provider_is_refused_with_its_line_and_the
 async fn a_bearer_caller_s_identity_headers_never_reach_the_upstream_beside_the_proxy_s_own() {
     let issuer = TestIssuer::start().await;
     let upstream = Recorder::start().await;
-    let config = format!(
-        "{}[[routes]]\nname = \"api\"\nhosts = [\"app.test\"]\naccess = \"authenticated\"\n\
-         identity_providers = [\"okta\"]\n[routes.upstream]\nurl = \"{}\"\n",
-        issuer.provider_toml("okta", ""),
-        upstream.url()
-    );
-    let gw = Gateway::start_with(support::STRIP_EXTRA, &config).await;
+    let config = support::strip_extra()
+        .provider(issuer.provider("okta"))
+        .route(authenticated("api", "app.test", "okta", &upstream));
+    let gw = Gateway::start(config).await;
     gw.wait_ready().await;
     let request = format!(
         "GET /ok HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {}\r\n{}Connection: close\r\n\r\n",
@@ -575,13 +547,10 @@ async fn claims_with_control_characters_are_escaped_and_capped_in_records_and_a_
 {
     let issuer = TestIssuer::start().await;
     let upstream = Recorder::start().await;
-    let config = format!(
-        "{}[[routes]]\nname = \"api\"\nhosts = [\"airflow.test\"]\naccess = \"authenticated\"\n\
-         identity_providers = [\"okta\"]\n[routes.upstream]\nurl = \"{}\"\n",
-        issuer.provider_toml("okta", ""),
-        upstream.url()
-    );
-    let gw = Gateway::start(&config).await;
+    let config = Config::new()
+        .provider(issuer.provider("okta"))
+        .route(authenticated("api", "airflow.test", "okta", &upstream));
+    let gw = Gateway::start(config).await;
     gw.wait_ready().await;
     let mut claims = issuer.claims("alice");
     claims["email"] = json!("alice@example.test\r\n{\"forged\":1}");

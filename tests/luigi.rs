@@ -1,12 +1,7 @@
 //! A real Luigi central scheduler (luigid) behind the proxy, one per test
 //! (tests/support/luigi.rs; needs `.ci/install-peers`): real `luigi` workers and the visualiser's
 //! API calls, decided by the `luigi` resource template and tests/fixtures/luigi-policy.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 

@@ -1,11 +1,6 @@
 //! The canonical request view, end to end: for each raw request target, either the exact path the
 //! upstream received and the route that served it, or a 400 with nothing forwarded.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 
@@ -14,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
-use support::{Gateway, Recorder, raw, raw_get};
+use support::{Config, Gateway, Recorder, Route, raw, raw_get};
 
 /// Each upstream names itself in its body, so a response tells which route served it.
 async fn named(name: &'static str) -> Recorder {
@@ -94,37 +89,17 @@ const TABLE: &[(&str, Expect)] = &[
 async fn every_path_in_the_table_is_forwarded_exactly_canonical_or_refused() {
     let api = named("api").await;
     let root = named("root").await;
-    let routes = format!(
-        r#"
-[[routes]]
-name = "api"
-hosts = ["app.test"]
-path_prefix = "/api"
-access = "public"
-[routes.upstream]
-url = "{}"
-
-[[routes]]
-name = "admin"
-hosts = ["app.test"]
-path_prefix = "/admin"
-access = "protected"
-[routes.upstream]
-url = "{}"
-
-[[routes]]
-name = "root"
-hosts = ["app.test"]
-path_prefix = "/"
-access = "public"
-[routes.upstream]
-url = "{}"
-"#,
-        api.url(),
-        api.url(),
-        root.url()
-    );
-    let gw = Gateway::start(&routes).await;
+    let under = |route: Route, prefix: &str, upstream: &Recorder| {
+        route
+            .host("app.test")
+            .set("path_prefix", prefix)
+            .upstream(upstream)
+    };
+    let routes = Config::new()
+        .route(under(Route::public("api"), "/api", &api))
+        .route(under(Route::protected("admin"), "/admin", &api))
+        .route(under(Route::public("root"), "/", &root));
+    let gw = Gateway::start(routes).await;
     let mut failures = Vec::new();
     for (target, expect) in TABLE {
         let before = api.requests().len() + root.requests().len();
@@ -165,7 +140,7 @@ url = "{}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_host_gets_404_and_nothing_is_forwarded_anywhere() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&support::public_route(&upstream.url())).await;
+    let gw = Gateway::start(support::public_route(&upstream)).await;
     for host in ["other.test", "app.test.evil", "xapp.test", "[::1]", "127.0.0.1"] {
         let (status, body) = raw_get(gw.http, host, "/").await;
         assert_eq!(status, 404, "{host}");
@@ -186,13 +161,10 @@ async fn an_unknown_host_gets_404_and_nothing_is_forwarded_anywhere() {
 async fn hosts_match_exactly_or_by_wildcard_case_insensitively_and_ignore_the_port() {
     let exact = named("exact").await;
     let wild = named("wild").await;
-    let routes = format!(
-        "[[routes]]\nname = \"exact\"\nhosts = [\"a.example.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"{}\"\n\
-         [[routes]]\nname = \"wild\"\nhosts = [\"*.example.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"{}\"\n",
-        exact.url(),
-        wild.url()
-    );
-    let gw = Gateway::start(&routes).await;
+    let routes = Config::new()
+        .route(Route::public("exact").host("a.example.test").upstream(&exact))
+        .route(Route::public("wild").host("*.example.test").upstream(&wild));
+    let gw = Gateway::start(routes).await;
     for (host, expect) in [
         ("a.example.test", Some("exact")),
         ("A.EXAMPLE.TEST:8080", Some("exact")),
@@ -212,7 +184,7 @@ async fn hosts_match_exactly_or_by_wildcard_case_insensitively_and_ignore_the_po
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_authorities_and_connect_are_refused_with_400() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&support::public_route(&upstream.url())).await;
+    let gw = Gateway::start(support::public_route(&upstream)).await;
     let cases = [
         "GET http://other.test/ HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
         "GET http://app.test/ HTTP/1.1\r\nHost: app.test:444\r\nConnection: close\r\n\r\n",
@@ -240,7 +212,7 @@ async fn conflicting_authorities_and_connect_are_refused_with_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_authority_and_host_header_that_disagree_are_refused_with_400() {
     let upstream = Recorder::start().await;
-    let gw = Gateway::start(&support::public_route(&upstream.url())).await;
+    let gw = Gateway::start(support::public_route(&upstream)).await;
     let mut sender = support::h2c(gw.http).await;
     let mut send = |authority: &str, host: Option<&str>| {
         let mut req = http::Request::builder().uri(format!("http://{authority}/ok"));

@@ -1,12 +1,11 @@
 //! Protocols through the proxy: HTTP/1.1 and HTTP/2 on both sides, gRPC with trailers,
 //! WebSocket upgrades, very large streamed bodies and the request body limit.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg(test)]
+
 mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,22 +15,13 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use support::h2c;
-
-/// A public route for `host` in front of `url`; `route_extra` goes in the route table and
-/// `upstream_extra` in its `[routes.upstream]` table.
-fn route(name: &str, host: &str, url: &str, route_extra: &str, upstream_extra: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\nhosts = [\"{host}\"]\naccess = \"public\"\n{route_extra}\n\
-         [routes.upstream]\nurl = \"{url}\"\n{upstream_extra}\n"
-    )
-}
+use support::serve::{Serve, Server, serve};
+use support::{Config, Route, h2c};
 
 // ---------------------------------------------------------------------------------------------
 // HTTP/1.1 and HTTP/2
@@ -44,7 +34,7 @@ const CANONICAL_TARGET: &str = "/a/b/d%20e?x=1&y=%2F";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http1_client_reaches_an_http1_upstream_at_the_canonical_path() {
     let upstream = support::Recorder::start().await;
-    let gw = support::Gateway::start(&support::public_route(&upstream.url())).await;
+    let gw = support::Gateway::start(support::public_route(&upstream)).await;
 
     let (status, body) = support::get(gw.http, RAW_TARGET, &[]).await;
 
@@ -61,7 +51,7 @@ async fn an_http1_client_reaches_an_http1_upstream_at_the_canonical_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_prior_knowledge_client_reaches_an_http1_upstream_at_the_canonical_path() {
     let upstream = support::Recorder::start().await;
-    let gw = support::Gateway::start(&support::public_route(&upstream.url())).await;
+    let gw = support::Gateway::start(support::public_route(&upstream)).await;
     let mut sender = h2c(gw.http).await;
 
     // Several streams on the one connection, each answered and each forwarded once.
@@ -97,22 +87,18 @@ async fn version_echo() -> support::Recorder {
     .await
 }
 
-/// The proxy with one route to `upstream` over HTTP/2 prior knowledge.
-async fn http2_upstream_gateway(upstream: &support::Recorder, route_extra: &str) -> support::Gateway {
-    support::Gateway::start(&route(
-        "h2",
-        "app.test",
-        &upstream.url(),
-        route_extra,
-        "protocol = \"http2\"",
-    ))
-    .await
+/// A public route `app.test` to `upstream` spoken to in HTTP/2 (prior knowledge in clear text).
+fn http2_route(name: &str, host: &str, upstream: impl support::config::UpstreamUrl) -> Route {
+    Route::public(name)
+        .host(host)
+        .upstream(upstream)
+        .set("upstream.protocol", "http2")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upstream_is_spoken_to_in_http2_from_http1_and_http2_clients() {
     let upstream = version_echo().await;
-    let gw = http2_upstream_gateway(&upstream, "").await;
+    let gw = support::Gateway::start(Config::new().route(http2_route("h2", "app.test", &upstream))).await;
 
     let (status, body) = support::get(gw.http, "/from/h1", &[]).await;
     assert_eq!(status, StatusCode::OK);
@@ -143,7 +129,8 @@ async fn an_http2_upstream_is_spoken_to_in_http2_from_http1_and_http2_clients() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_preserve_host_an_http2_upstream_gets_the_clients_host_as_authority_and_host_alike() {
     let upstream = version_echo().await;
-    let gw = http2_upstream_gateway(&upstream, "preserve_host = true").await;
+    let route = http2_route("h2", "app.test", &upstream).set("preserve_host", true);
+    let gw = support::Gateway::start(Config::new().route(route)).await;
     let (status, body) = support::get(gw.http, "/kept", &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "HTTP/2.0");
@@ -200,7 +187,7 @@ struct GrpcSeen {
 }
 
 struct GrpcServer {
-    addr: SocketAddr,
+    server: Server,
     seen: Arc<Mutex<Vec<GrpcSeen>>>,
     /// The streaming method sends its next message only after a `()` arrives here, so a proxy
     /// that buffered the response would stall the call.
@@ -210,32 +197,15 @@ struct GrpcServer {
 /// `/echo.Echo/Unary` answers `hello, <name>`; `/echo.Echo/Stream` answers `<name> #0..#4`,
 /// one at a time; both end with `grpc-status: 0` trailers.
 async fn grpc_server() -> GrpcServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (next, next_rx) = mpsc::unbounded_channel::<()>();
     let next_rx = Arc::new(tokio::sync::Mutex::new(next_rx));
     let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let log = log.clone();
-            let next_rx = next_rx.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let log = log.clone();
-                    let next_rx = next_rx.clone();
-                    async move { Ok::<_, Infallible>(grpc_call(req, log, next_rx).await) }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    GrpcServer { addr, seen, next }
+    let server = serve(Serve::http2(), move |_, req| {
+        grpc_call(req, log.clone(), next_rx.clone())
+    })
+    .await;
+    GrpcServer { server, seen, next }
 }
 
 async fn grpc_call(
@@ -316,14 +286,8 @@ fn grpc_request(path: &str, message: &[u8]) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-fn grpc_route(server: &GrpcServer) -> String {
-    route(
-        "grpc",
-        "grpc.test",
-        &format!("http://{}", server.addr),
-        "",
-        "protocol = \"http2\"",
-    )
+fn grpc_route(server: &GrpcServer) -> Config {
+    Config::new().route(http2_route("grpc", "grpc.test", &server.server))
 }
 
 /// Reads a gRPC response body to its end, calling `on_message` as each message completes.
@@ -358,7 +322,7 @@ async fn read_grpc(body: Incoming, mut on_message: impl FnMut(&[u8])) -> (Vec<Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_call_returns_one_message_and_the_status_trailers() {
     let server = grpc_server().await;
-    let gw = support::Gateway::start(&grpc_route(&server)).await;
+    let gw = support::Gateway::start(grpc_route(&server)).await;
     let mut sender = h2c(gw.http).await;
 
     let response = sender
@@ -396,7 +360,7 @@ async fn grpc_unary_call_returns_one_message_and_the_status_trailers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_server_streaming_keeps_every_message_and_the_trailers() {
     let server = grpc_server().await;
-    let gw = support::Gateway::start(&grpc_route(&server)).await;
+    let gw = support::Gateway::start(grpc_route(&server)).await;
     let mut sender = h2c(gw.http).await;
 
     let response = sender
@@ -430,50 +394,58 @@ async fn grpc_server_streaming_keeps_every_message_and_the_trailers() {
 // WebSocket
 // ---------------------------------------------------------------------------------------------
 
-/// A WebSocket echo server that counts TCP connections and records each handshake's target.
-#[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
-async fn ws_echo_server() -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
+/// A WebSocket echo server (an HTTP/1.1 upgrade) that records each handshake's target; its
+/// [`Server`] counts TCP connections.
+async fn ws_echo_server() -> (Server, Arc<Mutex<Vec<String>>>) {
     let targets = Arc::new(Mutex::new(Vec::new()));
-    let (count, log) = (connections.clone(), targets.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
+    let log = targets.clone();
+    let server = serve(Serve::http1(), move |_, mut req: Request<Incoming>| {
+        log.lock().unwrap().push(support::target(req.uri()));
+        let key = req
+            .headers()
+            .get("sec-websocket-key")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(""));
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else {
                 return;
             };
-            count.fetch_add(1, Ordering::SeqCst);
-            let log = log.clone();
-            tokio::spawn(async move {
-                let callback =
-                    move |req: &tungstenite::handshake::server::Request,
-                          resp: tungstenite::handshake::server::Response| {
-                        log.lock().unwrap().push(support::target(req.uri()));
-                        Ok(resp)
-                    };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() || message.is_binary() {
-                        if ws.send(message).await.is_err() {
-                            return;
-                        }
-                    } else if message.is_close() {
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_text() || message.is_binary() {
+                    if ws.send(message).await.is_err() {
                         return;
                     }
+                } else if message.is_close() {
+                    return;
                 }
-            });
+            }
+        });
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        async move {
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .body(Full::new(Bytes::new()))
+                .unwrap()
         }
-    });
-    (addr, connections, targets)
+    })
+    .await;
+    (server, targets)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_text_and_binary_messages_echo_through_the_proxy() {
-    let (addr, connections, targets) = ws_echo_server().await;
-    let gw = support::Gateway::start(&support::public_route(&format!("http://{addr}"))).await;
+    let (upstream, targets) = ws_echo_server().await;
+    let gw = support::Gateway::start(support::public_route(&upstream)).await;
 
     let stream = TcpStream::connect(gw.http).await.unwrap();
     let (mut ws, response) = tokio_tungstenite::client_async("ws://app.test/chat?room=1", stream)
@@ -500,19 +472,18 @@ async fn websocket_text_and_binary_messages_echo_through_the_proxy() {
     }
     ws.close(None).await.unwrap();
 
-    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.connections(), 1);
     assert_eq!(*targets.lock().unwrap(), vec!["/chat?room=1".to_string()]);
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_to_a_protected_route_gets_401_and_never_reaches_the_upstream() {
-    let (addr, connections, targets) = ws_echo_server().await;
-    let routes = format!(
-        "[[routes]]\nname = \"closed\"\nhosts = [\"app.test\"]\naccess = \"protected\"\n\
-         [routes.upstream]\nurl = \"http://{addr}\"\n"
-    );
-    let gw = support::Gateway::start(&routes).await;
+    let (upstream, targets) = ws_echo_server().await;
+    let gw = support::Gateway::start(
+        Config::new().route(Route::protected("closed").host("app.test").upstream(&upstream)),
+    )
+    .await;
 
     let stream = TcpStream::connect(gw.http).await.unwrap();
     let result = tokio_tungstenite::client_async("ws://app.test/chat", stream).await;
@@ -526,11 +497,7 @@ async fn an_upgrade_to_a_protected_route_gets_401_and_never_reaches_the_upstream
     }
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        connections.load(Ordering::SeqCst),
-        0,
-        "the upstream saw a connection"
-    );
+    assert_eq!(upstream.connections(), 0, "the upstream saw a connection");
     assert!(targets.lock().unwrap().is_empty());
     gw.stop().await;
 }
@@ -571,93 +538,21 @@ async fn count_bytes(body: Incoming) -> u64 {
 }
 
 /// `POST /upload` answers with the number of bytes it received; `GET /download` streams 100 MiB.
-async fn bulk_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let response = match req.uri().path() {
-                        "/upload" => {
-                            let n = count_bytes(req.into_body()).await;
-                            Response::new(BodyExt::boxed(Full::new(Bytes::from(n.to_string()))))
-                        }
-                        "/download" => Response::new(generated_body(HUNDRED_MIB)),
-                        _ => Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(BodyExt::boxed(Full::new(Bytes::new())))
-                            .unwrap(),
-                    };
-                    Ok::<_, Infallible>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// The proxy binary as a child process, killed when dropped (also when the test fails).
-struct ProxyProcess {
-    child: Child,
-    stderr: std::path::PathBuf,
-}
-
-impl ProxyProcess {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Peak resident set size, from /proc.
-    fn vm_hwm_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .expect("VmHWM in /proc/<pid>/status");
-        let kib: u64 = line
-            .trim_start_matches("VmHWM:")
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .unwrap();
-        kib * 1024
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-async fn wait_healthy(proxy: &mut ProxyProcess, admin: SocketAddr) {
-    for _ in 0..200 {
-        if let Some(status) = proxy.child.try_wait().unwrap() {
-            panic!("the proxy exited with {status}:\n{}", proxy.log());
-        }
-        if TcpStream::connect(admin).await.is_ok() {
-            let (status, _) = support::get(admin, "/healthz", &[]).await;
-            if status == StatusCode::OK {
-                return;
+async fn bulk_upstream() -> Server {
+    serve(Serve::http1(), |_, req: Request<Incoming>| async move {
+        match req.uri().path() {
+            "/upload" => {
+                let n = count_bytes(req.into_body()).await;
+                Response::new(BodyExt::boxed(Full::new(Bytes::from(n.to_string()))))
             }
+            "/download" => Response::new(generated_body(HUNDRED_MIB)),
+            _ => Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(BodyExt::boxed(Full::new(Bytes::new())))
+                .unwrap(),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the proxy did not become healthy:\n{}", proxy.log());
+    })
+    .await
 }
 
 async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<StreamedBody> {
@@ -673,34 +568,17 @@ async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Stre
 async fn a_100_mib_body_streams_each_way_through_the_binary_with_bounded_memory() {
     let upstream = bulk_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        "[server]\nhttp = \"{http}\"\n[admin]\nlisten = \"{admin}\"\n[audit]\npath = {:?}\n{}",
-        dir.path().join("audit.jsonl").display().to_string(),
-        route(
-            "bulk",
-            "app.test",
-            &format!("http://{upstream}"),
-            "max_body_bytes = 0\ntimeout = \"60s\"",
-            ""
-        )
-    );
-    let config_path = dir.path().join("portcullis.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let stderr = dir.path().join("stderr.log");
-    let child = Command::new(support::binary())
-        .arg("serve")
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut proxy = ProxyProcess { child, stderr };
-    wait_healthy(&mut proxy, admin).await;
+    let config = Config::new()
+        .set("audit.path", dir.path().join("audit.jsonl"))
+        .route(
+            Route::public("bulk")
+                .host("app.test")
+                .upstream(&upstream)
+                .set("max_body_bytes", 0)
+                .set("timeout", "60s"),
+        );
+    let proxy = support::Binary::serve(dir.path(), &config, &[("RUST_LOG", "warn")]).await;
+    let http = proxy.http;
 
     // Upload: chunked, generated as it is sent; the upstream counts what arrives.
     let mut sender = http1(http).await;
@@ -751,14 +629,19 @@ async fn a_100_mib_body_streams_each_way_through_the_binary_with_bounded_memory(
 // The request body limit
 // ---------------------------------------------------------------------------------------------
 
-fn limited_route(upstream: &support::Recorder) -> String {
-    route("small", "app.test", &upstream.url(), "max_body_bytes = 1024", "")
+fn limited_route(upstream: &support::Recorder) -> Config {
+    Config::new().route(
+        Route::public("small")
+            .host("app.test")
+            .upstream(upstream)
+            .set("max_body_bytes", 1024),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_limit_with_content_length_gets_413_and_never_reaches_the_upstream() {
     let upstream = support::Recorder::start().await;
-    let gw = support::Gateway::start(&limited_route(&upstream)).await;
+    let gw = support::Gateway::start(limited_route(&upstream)).await;
 
     let response = support::send(
         gw.http,
@@ -810,7 +693,7 @@ async fn post_chunked(addr: SocketAddr, chunks: usize, size: usize) -> StatusCod
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_body_over_the_limit_gets_413() {
     let upstream = support::Recorder::start().await;
-    let gw = support::Gateway::start(&limited_route(&upstream)).await;
+    let gw = support::Gateway::start(limited_route(&upstream)).await;
 
     assert_eq!(
         post_chunked(gw.http, 4, 1000).await,

@@ -1,10 +1,5 @@
 //! The README's first command, run as a newcomer would (with the test build of the binary).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 

@@ -1,12 +1,7 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 //! The built-in resource templates against request shapes taken from each API's published
 //! reference: every case names the exact object, action and audit workflow attributes a request
 //! resolves to. Paths are canonical (percent-decoded once, no query string), as `resolve` sees them.
+#![cfg(test)]
 
 use std::collections::BTreeMap;
 

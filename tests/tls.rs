@@ -1,118 +1,25 @@
 //! TLS on both sides: the HTTPS listener (versions, ALPN, certificate hot reload) and HTTPS
 //! upstreams (custom CA, server name override, client certificates).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg(test)]
+
 mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::net::{TcpListener, TcpStream};
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::pki::{Ca, Leaf, LeafSpec, provider};
+use support::serve::{Serve, Server, serve};
+use support::{Config, Route};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-
-// ---------------------------------------------------------------------------------------------
-// Certificates
-// ---------------------------------------------------------------------------------------------
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-struct Ca {
-    der: CertificateDer<'static>,
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn new_ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        der: cert.der().clone(),
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// A leaf certificate signed by `ca`.
-struct Leaf {
-    der: CertificateDer<'static>,
-    cert_pem: String,
-    key_pem: String,
-    key_der: Vec<u8>,
-}
-
-impl Leaf {
-    fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
-    }
-}
-
-fn new_leaf(
-    ca: &Ca,
-    dns_name: &str,
-    common_name: &str,
-    serial: u64,
-    purpose: ExtendedKeyUsagePurpose,
-) -> Leaf {
-    let mut params = CertificateParams::new(vec![dns_name.to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.serial_number = Some(serial.into());
-    params.use_authority_key_identifier_extension = true;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![purpose];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    Leaf {
-        der: cert.der().clone(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        key_der: key.serialize_der(),
-    }
-}
-
-fn server_leaf(ca: &Ca, dns_name: &str, common_name: &str, serial: u64) -> Leaf {
-    new_leaf(
-        ca,
-        dns_name,
-        common_name,
-        serial,
-        ExtendedKeyUsagePurpose::ServerAuth,
-    )
-}
-
-fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
-
-/// A path as a TOML string.
-fn toml_path(path: &Path) -> String {
-    format!("{:?}", path.display().to_string())
-}
 
 // ---------------------------------------------------------------------------------------------
 // Clients of the HTTPS listener
@@ -123,12 +30,10 @@ fn client_config(
     version: &'static rustls::SupportedProtocolVersion,
     alpn: &[&[u8]],
 ) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der.clone()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[version])
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(ca.roots())
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
@@ -172,12 +77,22 @@ async fn get_over(tls: TlsStream<TcpStream>, path: &str) -> (StatusCode, Version
     (status, version, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn https_server_toml(cert: &Path, key: &Path) -> String {
-    format!(
-        "https = \"127.0.0.1:0\"\ntls = {{ cert = {}, key = {} }}",
-        toml_path(cert),
-        toml_path(key)
+/// The proxy with an HTTPS listener presenting `leaf` (written to `dir`) and the public route to
+/// `upstream`; returns the certificate and key paths too.
+async fn https_gateway(
+    dir: &Path,
+    leaf: &Leaf,
+    upstream: &support::Recorder,
+) -> (support::Gateway, PathBuf, PathBuf) {
+    let (cert, key) = leaf.write(dir, "server");
+    let gw = support::Gateway::start(
+        support::public_route(upstream)
+            .server("https", "127.0.0.1:0")
+            .set("server.tls.cert", &cert)
+            .set("server.tls.key", &key),
     )
+    .await;
+    (gw, cert, key)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -187,16 +102,10 @@ fn https_server_toml(cert: &Path, key: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_https_listener_serves_tls13_and_tls12_and_negotiates_h2_and_http11() {
     let certs = tempfile::tempdir().unwrap();
-    let ca = new_ca("Portcullis Test CA");
-    let leaf = server_leaf(&ca, "localhost", "localhost", 1);
-    let cert = write(certs.path(), "server.pem", &leaf.cert_pem);
-    let key = write(certs.path(), "server.key", &leaf.key_pem);
+    let ca = Ca::new("Portcullis Test CA");
+    let leaf = ca.issue(LeafSpec::server(["localhost"]).serial(1));
     let upstream = support::Recorder::start().await;
-    let gw = support::Gateway::start_with(
-        &https_server_toml(&cert, &key),
-        &support::public_route(&upstream.url()),
-    )
-    .await;
+    let (gw, _, _) = https_gateway(certs.path(), &leaf, &upstream).await;
     let https = gw.https.expect("the HTTPS listener is bound");
 
     let versions = [
@@ -234,16 +143,10 @@ async fn the_https_listener_serves_tls13_and_tls12_and_negotiates_h2_and_http11(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_https_listener_prefers_h2_and_serves_http11_to_a_client_without_alpn() {
     let certs = tempfile::tempdir().unwrap();
-    let ca = new_ca("Portcullis Test CA");
-    let leaf = server_leaf(&ca, "localhost", "localhost", 1);
-    let cert = write(certs.path(), "server.pem", &leaf.cert_pem);
-    let key = write(certs.path(), "server.key", &leaf.key_pem);
+    let ca = Ca::new("Portcullis Test CA");
+    let leaf = ca.issue(LeafSpec::server(["localhost"]).serial(1));
     let upstream = support::Recorder::start().await;
-    let gw = support::Gateway::start_with(
-        &https_server_toml(&cert, &key),
-        &support::public_route(&upstream.url()),
-    )
-    .await;
+    let (gw, _, _) = https_gateway(certs.path(), &leaf, &upstream).await;
     let https = gw.https.unwrap();
 
     // A client that offers http/1.1 first still gets h2: the server's preference wins.
@@ -285,18 +188,20 @@ fn reloads(metrics: &str, result: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_certificate_serves_new_handshakes_and_a_broken_one_keeps_the_last_good_one() {
     let certs = tempfile::tempdir().unwrap();
-    let ca = new_ca("Portcullis Test CA");
-    let a = server_leaf(&ca, "localhost", "portcullis-a", 1001);
-    let b = server_leaf(&ca, "localhost", "portcullis-b", 2002);
+    let ca = Ca::new("Portcullis Test CA");
+    let a = ca.issue(
+        LeafSpec::server(["localhost"])
+            .common_name("portcullis-a")
+            .serial(1001),
+    );
+    let b = ca.issue(
+        LeafSpec::server(["localhost"])
+            .common_name("portcullis-b")
+            .serial(2002),
+    );
     assert_ne!(a.der, b.der);
-    let cert = write(certs.path(), "server.pem", &a.cert_pem);
-    let key = write(certs.path(), "server.key", &a.key_pem);
     let upstream = support::Recorder::start().await;
-    let gw = support::Gateway::start_with(
-        &https_server_toml(&cert, &key),
-        &support::public_route(&upstream.url()),
-    )
-    .await;
+    let (gw, cert, key) = https_gateway(certs.path(), &a, &upstream).await;
     let https = gw.https.unwrap();
     assert_eq!(presented(https, &ca).await, a.der, "cert A serves at start");
 
@@ -354,78 +259,29 @@ struct TlsSeen {
 }
 
 struct TlsUpstream {
-    addr: SocketAddr,
+    server: Server,
     seen: Arc<Mutex<Vec<TlsSeen>>>,
-    failed_handshakes: Arc<AtomicUsize>,
 }
 
 /// An HTTPS upstream that requires a client certificate signed by `client_ca`.
 async fn tls_upstream(leaf: &Leaf, client_ca: &Ca) -> TlsUpstream {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(client_ca.der.clone()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![leaf.der.clone()], leaf.key())
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let failed_handshakes = Arc::new(AtomicUsize::new(0));
-    let (log, failed) = (seen.clone(), failed_handshakes.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let (log, failed) = (log.clone(), failed.clone());
-            tokio::spawn(async move {
-                let tls = match acceptor.accept(stream).await {
-                    Ok(tls) => tls,
-                    Err(_) => {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                };
-                let session = tls.get_ref().1;
-                let client_cert = session.peer_certificates().and_then(|c| c.first().cloned());
-                let sni = session.server_name().map(str::to_string);
-                let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let log = log.clone();
-                    let seen = TlsSeen {
-                        client_cert: client_cert.clone(),
-                        sni: sni.clone(),
-                        alpn: alpn.clone(),
-                        version: req.version(),
-                        target: support::target(req.uri()),
-                    };
-                    async move {
-                        log.lock().unwrap().push(seen);
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                            b"secure upstream",
-                        ))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+    let log = seen.clone();
+    let server = serve(
+        Serve::auto().tls(leaf.server_config(Some(client_ca))),
+        move |conn, req| {
+            log.lock().unwrap().push(TlsSeen {
+                client_cert: conn.client_cert.clone(),
+                sni: conn.sni.clone(),
+                alpn: conn.alpn.clone(),
+                version: req.version(),
+                target: support::target(req.uri()),
             });
-        }
-    });
-    TlsUpstream {
-        addr,
-        seen,
-        failed_handshakes,
-    }
+            async { Response::new(Full::new(Bytes::from_static(b"secure upstream"))) }
+        },
+    )
+    .await;
+    TlsUpstream { server, seen }
 }
 
 /// The PKI for the upstream tests, written to a temp dir.
@@ -442,21 +298,20 @@ struct UpstreamPki {
 
 fn upstream_pki() -> UpstreamPki {
     let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca("Upstream CA");
-    let other = new_ca("Some Other CA");
-    let server = server_leaf(&ca, "upstream.internal", "upstream.internal", 7);
-    let client = new_leaf(
-        &ca,
-        "portcullis.client",
-        "portcullis",
-        8,
-        ExtendedKeyUsagePurpose::ClientAuth,
+    let ca = Ca::new("Upstream CA");
+    let other = Ca::new("Some Other CA");
+    let server = ca.issue(LeafSpec::server(["upstream.internal"]).serial(7));
+    let client = ca.issue(
+        LeafSpec::client(["portcullis.client"])
+            .common_name("portcullis")
+            .serial(8),
     );
+    let (client_cert, client_key) = client.write(dir.path(), "client");
     UpstreamPki {
-        ca_path: write(dir.path(), "ca.pem", &ca.pem),
-        other_ca_path: write(dir.path(), "other-ca.pem", &other.pem),
-        client_cert: write(dir.path(), "client.pem", &client.cert_pem),
-        client_key: write(dir.path(), "client.key", &client.key_pem),
+        ca_path: ca.write(dir.path(), "ca.pem"),
+        other_ca_path: other.write(dir.path(), "other-ca.pem"),
+        client_cert,
+        client_key,
         _dir: dir,
         ca,
         server,
@@ -464,35 +319,27 @@ fn upstream_pki() -> UpstreamPki {
     }
 }
 
-/// A public route for `host` to `https://<addr>` with the given TLS keys in its upstream table.
-fn tls_route(name: &str, host: &str, addr: SocketAddr, upstream_tls: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\nhosts = [\"{host}\"]\naccess = \"public\"\n\
-         [routes.upstream]\nurl = \"https://{addr}\"\nserver_name = \"upstream.internal\"\n{upstream_tls}\n"
-    )
-}
-
-/// The upstream table's TLS keys: trust `ca`, present the proxy's client certificate.
-fn mtls_keys(ca: &Path, pki: &UpstreamPki) -> String {
-    format!(
-        "ca = {}\nclient_cert = {}\nclient_key = {}",
-        toml_path(ca),
-        toml_path(&pki.client_cert),
-        toml_path(&pki.client_key)
-    )
+/// A public route for `host` to the TLS upstream `server`, trusting `ca`, presenting the
+/// proxy's client certificate when `mtls`.
+fn tls_route(name: &str, upstream: &TlsUpstream, ca: &Path, client: Option<&UpstreamPki>) -> Config {
+    let mut route = Route::public(name)
+        .host("secure.test")
+        .upstream(&upstream.server)
+        .set("upstream.server_name", "upstream.internal")
+        .set("upstream.ca", ca);
+    if let Some(pki) = client {
+        route = route
+            .set("upstream.client_cert", &pki.client_cert)
+            .set("upstream.client_key", &pki.client_key);
+    }
+    Config::new().route(route)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_is_reached_with_a_custom_ca_a_server_name_override_and_a_client_certificate() {
     let pki = upstream_pki();
     let upstream = tls_upstream(&pki.server, &pki.ca).await;
-    let gw = support::Gateway::start(&tls_route(
-        "secure",
-        "secure.test",
-        upstream.addr,
-        &mtls_keys(&pki.ca_path, &pki),
-    ))
-    .await;
+    let gw = support::Gateway::start(tls_route("secure", &upstream, &pki.ca_path, Some(&pki))).await;
 
     let (status, body) = support::get(gw.http, "/over/tls?q=1", &[("host", "secure.test")]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -514,7 +361,7 @@ async fn an_https_upstream_is_reached_with_a_custom_ca_a_server_name_override_an
     // `protocol = "auto"` over https offers h2 first in ALPN.
     assert_eq!(seen[0].alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(seen[0].version, Version::HTTP_2);
-    assert_eq!(upstream.failed_handshakes.load(Ordering::SeqCst), 0);
+    assert_eq!(upstream.server.failed_handshakes(), 0);
     gw.stop().await;
 }
 
@@ -522,13 +369,7 @@ async fn an_https_upstream_is_reached_with_a_custom_ca_a_server_name_override_an
 async fn an_https_upstream_the_configured_ca_did_not_sign_gets_502_and_no_request() {
     let pki = upstream_pki();
     let upstream = tls_upstream(&pki.server, &pki.ca).await;
-    let gw = support::Gateway::start(&tls_route(
-        "wrong-ca",
-        "secure.test",
-        upstream.addr,
-        &mtls_keys(&pki.other_ca_path, &pki),
-    ))
-    .await;
+    let gw = support::Gateway::start(tls_route("wrong-ca", &upstream, &pki.other_ca_path, Some(&pki))).await;
 
     let (status, body) = support::get(gw.http, "/over/tls", &[("host", "secure.test")]).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
@@ -548,13 +389,7 @@ async fn an_https_upstream_the_configured_ca_did_not_sign_gets_502_and_no_reques
 async fn an_https_upstream_that_requires_a_client_certificate_refuses_a_proxy_without_one_with_502() {
     let pki = upstream_pki();
     let upstream = tls_upstream(&pki.server, &pki.ca).await;
-    let gw = support::Gateway::start(&tls_route(
-        "no-client-cert",
-        "secure.test",
-        upstream.addr,
-        &format!("ca = {}", toml_path(&pki.ca_path)),
-    ))
-    .await;
+    let gw = support::Gateway::start(tls_route("no-client-cert", &upstream, &pki.ca_path, None)).await;
 
     let (status, body) = support::get(gw.http, "/over/tls", &[("host", "secure.test")]).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
@@ -564,11 +399,11 @@ async fn an_https_upstream_that_requires_a_client_certificate_refuses_a_proxy_wi
     );
     // The upstream counts its side of the failed handshake a moment after the proxy gave up.
     for _ in 0..100 {
-        if upstream.failed_handshakes.load(Ordering::SeqCst) >= 1 {
+        if upstream.server.failed_handshakes() >= 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(upstream.failed_handshakes.load(Ordering::SeqCst) >= 1);
+    assert!(upstream.server.failed_handshakes() >= 1);
     gw.stop().await;
 }

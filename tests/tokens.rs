@@ -1,17 +1,11 @@
 //! Identity assertions as an upstream sees them: a JWT it verifies with a standard library
 //! against the keys the proxy publishes, for its own audience only, from a key ring that
 //! rotates under load without a single failed verification and survives a restart.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod support;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -20,17 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::{Value, json};
+use support::config::UpstreamUrl;
 use support::idp::verify_jwt;
 use support::issuer::TestIssuer;
-use support::{Gateway, Recorder, get};
-use tokio::net::TcpListener;
+use support::serve::{Serve, Server, serve};
+use support::{Config, Gateway, Recorder, Route, get};
 
 fn private_dir(parent: &Path) -> std::path::PathBuf {
     let dir = parent.join("keys");
@@ -39,25 +31,47 @@ fn private_dir(parent: &Path) -> std::path::PathBuf {
     dir
 }
 
-/// `[tokens]` and two routes that send assertions, with audiences `https://a.test` and
-/// `https://b.test`, in front of `upstream_a` and `upstream_b`.
-fn config(
-    issuer_url: &str,
-    keys: &Path,
-    idp: &TestIssuer,
-    upstream_a: &str,
-    upstream_b: &str,
-    extra: &str,
-) -> String {
-    format!(
-        "{}[tokens]\nissuer = \"{issuer_url}\"\nkey_dir = {:?}\n{extra}\n\
-         [[routes]]\nname = \"a\"\nhosts = [\"a.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"test\"]\n\
-         [routes.upstream]\nurl = \"{upstream_a}\"\n[routes.assertion]\naudience = \"https://a.test\"\nidentity_headers = true\n\
-         [[routes]]\nname = \"b\"\nhosts = [\"b.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"test\"]\n\
-         [routes.upstream]\nurl = \"{upstream_b}\"\n[routes.assertion]\naudience = \"https://b.test\"\nlifetime = \"120s\"\n",
-        idp.provider_toml("test", ""),
-        keys.display().to_string()
-    )
+/// `[tokens]` and two routes that send assertions: `a` (see [`route_a`]), and `b` with
+/// audience `https://b.test` and a 120 s lifetime, in front of `upstream_b`.
+fn config(issuer_url: &str, keys: &Path, idp: &TestIssuer, a: Route, upstream_b: impl UpstreamUrl) -> Config {
+    Config::new()
+        .provider(idp.provider("test"))
+        .tokens(issuer_url, keys)
+        .route(a)
+        .route(
+            caller_route("b", upstream_b)
+                .set("assertion.audience", "https://b.test")
+                .set("assertion.lifetime", "120s"),
+        )
+}
+
+/// Route `a`: assertions with audience `https://a.test` and identity headers, in front of
+/// `upstream`.
+fn route_a(upstream: impl UpstreamUrl) -> Route {
+    caller_route("a", upstream)
+        .set("assertion.audience", "https://a.test")
+        .set("assertion.identity_headers", true)
+}
+
+/// An authenticated route `name` for `name.test` open to the `test` provider's callers.
+fn caller_route(name: &str, upstream: impl UpstreamUrl) -> Route {
+    Route::authenticated(name)
+        .host(&format!("{name}.test"))
+        .providers(["test"])
+        .upstream(upstream)
+}
+
+/// The proxy signing assertions as its own HTTP address (keys in its temp dir), with
+/// `server`'s `[server]` keys and [`config`]'s routes to `a` and `b`, ready; and its issuer URL.
+async fn signing_gateway(server: Config, idp: &TestIssuer, a: &Recorder, b: &Recorder) -> (Gateway, String) {
+    let prebound = Gateway::prebind(server).await;
+    let issuer_url = format!("http://{}", prebound.http);
+    let keys = private_dir(prebound.dir.path());
+    let gw = prebound
+        .start(config(&issuer_url, &keys, idp, route_a(a), b))
+        .await;
+    gw.wait_ready().await;
+    (gw, issuer_url)
 }
 
 async fn jwks(addr: SocketAddr, host: &str) -> JwkSet {
@@ -70,13 +84,7 @@ async fn jwks(addr: SocketAddr, host: &str) -> JwkSet {
 async fn an_upstream_verifies_the_assertion_against_the_published_keys_and_only_for_its_own_audience() {
     let idp = TestIssuer::start().await;
     let (a, b) = (Recorder::start().await, Recorder::start().await);
-    let prebound = Gateway::prebind(support::STRIP_EXTRA).await;
-    let issuer_url = format!("http://{}", prebound.http);
-    let keys = private_dir(prebound.dir.path());
-    let gw = prebound
-        .start(&config(&issuer_url, &keys, &idp, &a.url(), &b.url(), ""))
-        .await;
-    gw.wait_ready().await;
+    let (gw, issuer_url) = signing_gateway(support::strip_extra(), &idp, &a, &b).await;
     let token = idp.token("alice");
 
     let bearer = format!("Bearer {token}");
@@ -230,7 +238,7 @@ impl Keys {
 /// fetched again when a token names an unknown key. `header` carries the token (`authorization`
 /// with a `Bearer ` prefix, or the assertion header).
 struct VerifyingUpstream {
-    addr: SocketAddr,
+    server: Server,
     verified: Arc<AtomicUsize>,
     failures: Arc<Mutex<Vec<String>>>,
     kids: Arc<Mutex<HashMap<String, usize>>>,
@@ -244,73 +252,51 @@ async fn verifying_upstream(
     issuer: String,
     audience: &'static str,
 ) -> VerifyingUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let verified = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let kids = Arc::new(Mutex::new(HashMap::new()));
     let claims = Arc::new(Mutex::new(Vec::new()));
     let cache: Arc<tokio::sync::Mutex<Option<JwkSet>>> = Arc::new(tokio::sync::Mutex::new(None));
     let (v, f, k, c) = (verified.clone(), failures.clone(), kids.clone(), claims.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (v, f, k, c, cache, issuer, source) = (
-                v.clone(),
-                f.clone(),
-                k.clone(),
-                c.clone(),
-                cache.clone(),
-                issuer.clone(),
-                keys_from.clone(),
-            );
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let (v, f, k, c, cache, issuer, source) = (
-                        v.clone(),
-                        f.clone(),
-                        k.clone(),
-                        c.clone(),
-                        cache.clone(),
-                        issuer.clone(),
-                        source.clone(),
-                    );
-                    async move {
-                        let value = req
-                            .headers()
-                            .get(header)
-                            .and_then(|t| t.to_str().ok())
-                            .unwrap_or("");
-                        let token = value.strip_prefix("Bearer ").unwrap_or(value).to_string();
-                        let kid = jsonwebtoken::decode_header(&token)
-                            .ok()
-                            .and_then(|h| h.kid)
-                            .unwrap_or_default();
-                        let mut keys = cache.lock().await;
-                        if keys.as_ref().is_none_or(|set| set.find(&kid).is_none()) {
-                            *keys = Some(source.fetch().await);
-                        }
-                        match verify_jwt(&token, keys.as_ref().unwrap(), &issuer, audience) {
-                            Ok(verified) => {
-                                v.fetch_add(1, Ordering::Relaxed);
-                                *k.lock().unwrap().entry(kid).or_default() += 1;
-                                c.lock().unwrap().push(verified);
-                            }
-                            Err(e) => f.lock().unwrap().push(format!("{kid}: {e}")),
-                        }
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    let server = serve(Serve::auto(), move |_, req| {
+        let (v, f, k, c, cache, issuer, source) = (
+            v.clone(),
+            f.clone(),
+            k.clone(),
+            c.clone(),
+            cache.clone(),
+            issuer.clone(),
+            keys_from.clone(),
+        );
+        async move {
+            let value = req
+                .headers()
+                .get(header)
+                .and_then(|t| t.to_str().ok())
+                .unwrap_or("");
+            let token = value.strip_prefix("Bearer ").unwrap_or(value).to_string();
+            let kid = jsonwebtoken::decode_header(&token)
+                .ok()
+                .and_then(|h| h.kid)
+                .unwrap_or_default();
+            let mut keys = cache.lock().await;
+            if keys.as_ref().is_none_or(|set| set.find(&kid).is_none()) {
+                *keys = Some(source.fetch().await);
+            }
+            match verify_jwt(&token, keys.as_ref().unwrap(), &issuer, audience) {
+                Ok(verified) => {
+                    v.fetch_add(1, Ordering::Relaxed);
+                    *k.lock().unwrap().entry(kid).or_default() += 1;
+                    c.lock().unwrap().push(verified);
+                }
+                Err(e) => f.lock().unwrap().push(format!("{kid}: {e}")),
+            }
+            Response::new(Full::new(Bytes::from_static(b"ok")))
         }
-    });
+    })
+    .await;
     VerifyingUpstream {
-        addr,
+        server,
         verified,
         failures,
         kids,
@@ -326,9 +312,9 @@ async fn keys_rotated_under_load_fail_no_verification_at_the_upstream_and_a_rest
     let keys = private_dir(dir.path());
 
     // A first run makes the ring.
-    let prebound = Gateway::prebind("").await;
+    let prebound = Gateway::prebind(Config::new()).await;
     let issuer_url = format!("http://{}", prebound.http);
-    let text = config(&issuer_url, &keys, &idp, "http://127.0.0.1:1", &b.url(), "");
+    let text = config(&issuer_url, &keys, &idp, route_a("http://127.0.0.1:1"), &b);
     let gw = prebound.start(&text).await;
     gw.wait_ready().await;
     gw.stop().await;
@@ -341,7 +327,7 @@ async fn keys_rotated_under_load_fail_no_verification_at_the_upstream_and_a_rest
 
     // The second run on the same directory rotates every 2 s, in front of an upstream that
     // verifies every assertion with keys it fetches from the issuer's own URL.
-    let prebound = Gateway::prebind("").await;
+    let prebound = Gateway::prebind(Config::new()).await;
     let issuer_url = format!("http://{}", prebound.http);
     let host = issuer_url.trim_start_matches("http://").to_string();
     let keys_from = Keys::Proxy {
@@ -355,19 +341,9 @@ async fn keys_rotated_under_load_fail_no_verification_at_the_upstream_and_a_rest
         "https://a.test",
     )
     .await;
-    let text = config(
-        &issuer_url,
-        &keys,
-        &idp,
-        &format!("http://{}", verifier.addr),
-        &b.url(),
-        "rotate_every = \"2s\"",
-    )
     // Assertions are cached for their lifetime: a short one shows each new key within seconds.
-    .replace(
-        "audience = \"https://a.test\"\n",
-        "audience = \"https://a.test\"\nlifetime = \"2s\"\n",
-    );
+    let a = route_a(&verifier.server).set("assertion.lifetime", "2s");
+    let text = config(&issuer_url, &keys, &idp, a, &b).set("tokens.rotate_every", "2s");
     let gw = prebound.start(&text).await;
     gw.wait_ready().await;
     assert!(
@@ -377,7 +353,7 @@ async fn keys_rotated_under_load_fail_no_verification_at_the_upstream_and_a_rest
 
     // `portcullis keys rotate` acts on the same directory from outside, twice, during the load.
     let cli_config = dir.path().join("keys-cli.toml");
-    std::fs::write(&cli_config, &text).unwrap();
+    text.write(&cli_config);
     let token = format!("Bearer {}", idp.token("alice"));
     let started = Instant::now();
     let (mut sent, mut rotated) = (0, 0u64);
@@ -435,18 +411,11 @@ async fn a_key_directory_that_others_may_read_is_refused_at_start_up_with_the_fi
     let keys = dir.path().join("keys");
     std::fs::create_dir(&keys).unwrap();
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let text = format!(
-        "[server]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\npath = {:?}\n{}",
-        dir.path().join("audit.jsonl").display().to_string(),
-        config(
-            "http://127.0.0.1:1",
-            &keys,
-            &idp,
-            &upstream.url(),
-            &upstream.url(),
-            ""
-        )
-    );
+    let text = config("http://127.0.0.1:1", &keys, &idp, route_a(&upstream), &upstream)
+        .server("http", "127.0.0.1:0")
+        .set("admin.listen", "127.0.0.1:0")
+        .set("audit.path", dir.path().join("audit.jsonl"))
+        .to_toml();
     let config = portcullis::config::parse(&text).unwrap();
     assert!(portcullis::config::validate(&config).is_empty());
     let bound = portcullis::app::bind(&config).await.unwrap();
@@ -509,15 +478,22 @@ async fn a_brokered_client_credentials_token_is_refreshed_before_expiry_and_the_
     let api = "https://api.portcullis.test";
     let (idp, verifier, _dir, secret) =
         provider_and_verifier(&["--access-token-ttl", "4"], api, "ci-bot").await;
-    let routes = format!(
-        "[[routes]]\nname = \"api\"\nhosts = [\"app.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"http://{}\"\n\
-         [routes.upstream_credentials]\nissuer = \"{}\"\nclient_id = \"ci-bot\"\nclient_secret_file = {:?}\n\
-         auth_method = \"client_secret_post\"\nscopes = [\"read\"]\nresource = \"{api}\"\nrefresh_before = \"2s\"\n",
-        verifier.addr,
-        idp.issuer,
-        secret.display().to_string()
-    );
-    let gw = Gateway::start(&routes).await;
+    let route = Route::public("api")
+        .host("app.test")
+        .upstream(&verifier.server)
+        .set(
+            "upstream_credentials",
+            toml::toml! {
+                client_id = "ci-bot"
+                auth_method = "client_secret_post"
+                scopes = ["read"]
+                refresh_before = "2s"
+            },
+        )
+        .set("upstream_credentials.issuer", &idp.issuer)
+        .set("upstream_credentials.client_secret_file", &secret)
+        .set("upstream_credentials.resource", api);
+    let gw = Gateway::start(Config::new().route(route)).await;
     gw.wait_ready().await;
 
     // Over three token lifetimes, with the client's own Authorization replaced every time.
@@ -551,22 +527,22 @@ async fn each_caller_s_token_is_exchanged_for_its_own_upstream_token_refreshed_b
     let other = "https://other.portcullis.test";
     let (idp, verifier, _dir, secret) =
         provider_and_verifier(&["--exchanged-token-ttl", "3"], other, "exchanger").await;
-    let config = format!(
-        "[[identity_providers]]\nname = \"oidc\"\nissuer = \"{issuer}\"\naudiences = [\"{api}\"]\n\
-         [[routes]]\nname = \"deploy\"\nhosts = [\"app.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"oidc\"]\n\
-         [routes.upstream]\nurl = \"http://{upstream}\"\n\
-         [routes.upstream_credentials]\nkind = \"token_exchange\"\nissuer = \"{issuer}\"\nclient_id = \"exchanger\"\n\
-         client_secret_file = {secret:?}\naudience = \"{other}\"\nrefresh_before = \"1s\"\n\
-         [[routes]]\nname = \"elsewhere\"\nhosts = [\"elsewhere.test\"]\naccess = \"authenticated\"\nidentity_providers = [\"oidc\"]\n\
-         [routes.upstream]\nurl = \"http://{upstream}\"\n\
-         [routes.upstream_credentials]\nkind = \"token_exchange\"\nissuer = \"{issuer}\"\nclient_id = \"exchanger\"\n\
-         client_secret_file = {secret:?}\naudience = \"https://unknown.test\"\n",
-        issuer = idp.issuer,
-        api = support::idp::API_AUDIENCE,
-        upstream = verifier.addr,
-        secret = secret.display().to_string(),
-    );
-    let gw = Gateway::start(&config).await;
+    let exchange = |name: &str, host: &str, audience: &str| {
+        Route::authenticated(name)
+            .host(host)
+            .providers(["oidc"])
+            .upstream(&verifier.server)
+            .set("upstream_credentials.kind", "token_exchange")
+            .set("upstream_credentials.issuer", &idp.issuer)
+            .set("upstream_credentials.client_id", "exchanger")
+            .set("upstream_credentials.client_secret_file", &secret)
+            .set("upstream_credentials.audience", audience)
+    };
+    let config = Config::new()
+        .provider(idp.provider("oidc"))
+        .route(exchange("deploy", "app.test", other).set("upstream_credentials.refresh_before", "1s"))
+        .route(exchange("elsewhere", "elsewhere.test", "https://unknown.test"));
+    let gw = Gateway::start(config).await;
     gw.wait_ready().await;
 
     // Two CI callers with their own tokens (audience: the proxy's API), over several lifetimes of
@@ -648,9 +624,9 @@ async fn a_revoked_key_leaves_the_jwks_at_once_and_the_proxy_stops_sending_what_
     let (a, b) = (Recorder::start().await, Recorder::start().await);
     let dir = tempfile::tempdir().unwrap();
     let keys = private_dir(dir.path());
-    let prebound = Gateway::prebind("").await;
+    let prebound = Gateway::prebind(Config::new()).await;
     let issuer_url = format!("http://{}", prebound.http);
-    let text = config(&issuer_url, &keys, &idp, &a.url(), &b.url(), "");
+    let text = config(&issuer_url, &keys, &idp, route_a(&a), &b);
     let gw = prebound.start(&text).await;
     gw.wait_ready().await;
     let token = format!("Bearer {}", idp.token("alice"));
@@ -662,7 +638,7 @@ async fn a_revoked_key_leaves_the_jwks_at_once_and_the_proxy_stops_sending_what_
 
     // The active key is revoked from outside, as after a leak.
     let cli_config = dir.path().join("keys-cli.toml");
-    std::fs::write(&cli_config, &text).unwrap();
+    text.write(&cli_config);
     let out = std::process::Command::new(support::binary())
         .args(["keys", "revoke", "--config"])
         .arg(&cli_config)
@@ -712,13 +688,7 @@ async fn a_revoked_key_leaves_the_jwks_at_once_and_the_proxy_stops_sending_what_
 async fn a_group_whose_name_holds_a_comma_reaches_the_upstream_as_one_group() {
     let idp = TestIssuer::start().await;
     let (a, b) = (Recorder::start().await, Recorder::start().await);
-    let prebound = Gateway::prebind("").await;
-    let issuer_url = format!("http://{}", prebound.http);
-    let keys = private_dir(prebound.dir.path());
-    let gw = prebound
-        .start(&config(&issuer_url, &keys, &idp, &a.url(), &b.url(), ""))
-        .await;
-    gw.wait_ready().await;
+    let (gw, _) = signing_gateway(Config::new(), &idp, &a, &b).await;
     let groups = ["CN=dev,OU=admins", "ops", "100%", "équipe"];
     let mut claims = idp.claims("alice");
     claims["groups"] = serde_json::json!(groups);
@@ -754,20 +724,15 @@ async fn a_group_whose_name_holds_a_comma_reaches_the_upstream_as_one_group() {
 async fn a_route_s_jwks_adds_the_upstream_s_own_keys_which_no_other_jwks_carries() {
     let idp = TestIssuer::start().await;
     let (a, b) = (Recorder::start().await, Recorder::start().await);
-    let prebound = Gateway::prebind("").await;
+    let prebound = Gateway::prebind(Config::new()).await;
     let issuer_url = format!("http://{}", prebound.http);
     let keys = private_dir(prebound.dir.path());
     let own = json!({"kty": "OKP", "crv": "Ed25519", "x": "yQaPxaNJChrfAqalU8bNjepvRzX3gf3QWWIsG--T_2E", "kid": "upstream-own", "alg": "EdDSA"});
     let file = prebound.dir.path().join("upstream-jwks.json");
     std::fs::write(&file, json!({ "keys": [own] }).to_string()).unwrap();
     let with_keys = |file: &Path| {
-        config(&issuer_url, &keys, &idp, &a.url(), &b.url(), "").replace(
-            "identity_headers = true\n",
-            &format!(
-                "identity_headers = true\nupstream_jwks = {:?}\n",
-                file.display().to_string()
-            ),
-        )
+        let a = route_a(&a).set("assertion.upstream_jwks", file);
+        config(&issuer_url, &keys, &idp, a, &b)
     };
     let text = with_keys(&file);
     let gw = prebound.start(&text).await;
@@ -822,17 +787,13 @@ async fn a_route_s_jwks_adds_the_upstream_s_own_keys_which_no_other_jwks_carries
         let file = gw.dir.path().join("bad-jwks.json");
         std::fs::write(&file, bad.to_string()).unwrap();
         let config = gw.dir.path().join("bad.toml");
-        std::fs::write(&config, with_keys(&file)).unwrap();
+        with_keys(&file).write(&config);
         let out = std::process::Command::new(support::binary())
             .args(["check-config", "--config"])
             .arg(&config)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let text = support::output_text(&out);
         assert!(!out.status.success(), "{bad}");
         assert!(
             text.contains("routes[0].assertion.upstream_jwks") && text.contains(says),

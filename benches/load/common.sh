@@ -206,8 +206,8 @@ parse_wrk() {
 
 # launch_portcullis CONF [readyz]: a fresh Portcullis serving CONF on PROXY_CPU (log in
 # $TMP/portcullis; sets PORTCULLIS_PID). With `readyz` it first waits, 10 s at most, for the admin
-# /readyz (200 once the issuer's keys are fetched); then until GET / answers "ok" (with ONE_TOKEN
-# when the sourcing script set one).
+# /readyz (200 once serving); then until GET / answers "ok" (with ONE_TOKEN when the sourcing
+# script set one: that is once the issuer's keys are fetched).
 launch_portcullis() {
     local conf=$1 dir="$TMP/portcullis" i code
     mkdir -p "$dir"

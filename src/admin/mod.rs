@@ -16,29 +16,55 @@ use tokio::sync::watch;
 
 pub use crate::metrics::Metrics;
 
-use crate::authn::Authn;
+use arc_swap::ArcSwap;
+
 use crate::body::{ProxyBody, full};
+use crate::proxy::Proxy;
 use crate::tokens::Minter;
 
 /// Readiness: every listener is bound, every identity provider's keys are in hand, and
 /// shutdown has not begun.
 pub struct Ready {
     listening: AtomicBool,
-    authn: Arc<Authn>,
+    proxy: Arc<ArcSwap<Proxy>>,
 }
 
 impl Ready {
-    pub fn new(authn: Arc<Authn>) -> Self {
+    /// Ready as the proxy in force is: a reloaded configuration's new providers count too.
+    pub fn new(proxy: Arc<ArcSwap<Proxy>>) -> Self {
         Ready {
             listening: AtomicBool::new(false),
-            authn,
+            proxy,
         }
     }
     pub fn set(&self, ready: bool) {
         self.listening.store(ready, Ordering::Release);
     }
     pub fn get(&self) -> bool {
-        self.listening.load(Ordering::Acquire) && self.authn.ready()
+        self.listening.load(Ordering::Acquire)
+    }
+
+    /// The readiness answer: ready while serving, whatever one identity provider is doing (a
+    /// route whose provider has no keys answers 503 `idp_unavailable` itself, audited, and the
+    /// other routes serve); each provider's key state is listed for the operator.
+    pub fn report(&self) -> (StatusCode, String) {
+        let mut text = String::new();
+        let status = if self.get() {
+            text.push_str("ready\n");
+            StatusCode::OK
+        } else {
+            text.push_str("not ready: not serving (starting or shutting down)\n");
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        for (provider, has_keys) in self.proxy.load().key_states() {
+            let state = if has_keys {
+                "signing keys in hand"
+            } else {
+                "no signing keys yet: its routes answer 503 idp_unavailable"
+            };
+            text.push_str(&format!("identity provider {provider}: {state}\n"));
+        }
+        (status, text)
     }
 }
 
@@ -99,12 +125,10 @@ fn answer(
 fn match_probe(path: &str, metrics: &Metrics, ready: &Ready) -> (StatusCode, &'static str, String) {
     match path {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" if ready.get() => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".to_string(),
-        ),
+        "/readyz" => {
+            let (status, text) = ready.report();
+            (status, "text/plain", text)
+        }
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -209,6 +209,7 @@ impl Delivery for ToExporter {
         let mut flow = shared.lock();
         if !flow.spooling && !flow.stopped && flow.queue.len() + batch.len() <= shared.queue_size {
             flow.queue.extend(batch);
+            shared.stats.queued.set(gauge(flow.queue.len()));
             drop(flow);
             shared.wake.notify_one();
             return;
@@ -235,6 +236,7 @@ impl Delivery for ToExporter {
             if left.is_zero() {
                 // The export thread is gone or stuck: keep what memory holds on disk ourselves.
                 let records: Vec<Sealed> = flow.queue.drain(..).collect();
+                shared.stats.queued.set(0);
                 shared.spool(&mut flow, &records, true);
                 break;
             }
@@ -366,6 +368,7 @@ async fn export_loop(
             Work::Stop => {
                 let mut flow = shared.lock();
                 let records: Vec<Sealed> = flow.queue.drain(..).collect();
+                shared.stats.queued.set(0);
                 shared.spool(&mut flow, &records, true);
                 if let Err(e) = flow.spool.sync() {
                     tracing::error!(error = %e, "audit spool fsync failed");
@@ -389,7 +392,7 @@ async fn export_loop(
                 // The spans go to the exporter; the lines stay here for the spool.
                 let mut taken = batch;
                 let spans: Vec<SpanData> = taken.iter_mut().filter_map(|s| s.span.take()).collect();
-                if export(&exporter, spans, shared.timeout).await {
+                if export(&exporter, spans, shared.timeout, &shared.stats.export_seconds).await {
                     shared.stats.exported.inc_by(n);
                     false
                 } else {
@@ -397,6 +400,7 @@ async fn export_loop(
                     let mut flow = shared.lock();
                     let mut taken = taken;
                     taken.extend(flow.queue.drain(..));
+                    shared.stats.queued.set(0);
                     flow.spooling = true;
                     shared.spool(&mut flow, &taken, true);
                     true
@@ -428,7 +432,9 @@ async fn export_loop(
                     resource_of = instance;
                 }
                 let n = spans.len() as u64;
-                if spans.is_empty() || export(&exporter, spans, shared.timeout).await {
+                if spans.is_empty()
+                    || export(&exporter, spans, shared.timeout, &shared.stats.export_seconds).await
+                {
                     shared.stats.replayed.inc_by(n);
                     let mut flow = shared.lock();
                     if let Err(e) = flow.spool.commit(&chunk.ticket) {
@@ -466,7 +472,9 @@ fn next_work(shared: &Shared) -> Work {
     }
     if !flow.queue.is_empty() {
         let n = shared.batch_size.min(flow.queue.len());
-        return Work::Memory(flow.queue.drain(..n).collect());
+        let batch = flow.queue.drain(..n).collect();
+        shared.stats.queued.set(gauge(flow.queue.len()));
+        return Work::Memory(batch);
     }
     match flow.spool.read(shared.batch_size) {
         Ok(Some(chunk)) => Work::Disk(chunk),
@@ -485,8 +493,12 @@ async fn export(
     exporter: &opentelemetry_otlp::SpanExporter,
     spans: Vec<SpanData>,
     timeout: Duration,
+    took: &prometheus_client::metrics::histogram::Histogram,
 ) -> bool {
-    match tokio::time::timeout(timeout + Duration::from_secs(1), exporter.export(spans)).await {
+    let started = Instant::now();
+    let result = tokio::time::timeout(timeout + Duration::from_secs(1), exporter.export(spans)).await;
+    took.observe(started.elapsed().as_secs_f64());
+    match result {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "audit export failed; records go to the spool");
@@ -497,4 +509,9 @@ async fn export(
             false
         }
     }
+}
+
+/// A length as a gauge's value.
+fn gauge(len: usize) -> i64 {
+    i64::try_from(len).unwrap_or(i64::MAX)
 }

@@ -11,6 +11,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::decision::Reason;
+use crate::metrics::Metrics;
 use crate::outbound::{FetchError, HttpsClient};
 
 /// A verification key from the issuer's JWKS.
@@ -37,6 +38,8 @@ pub struct Jwks {
     unknown_kids: moka::sync::Cache<String, ()>,
     min_refetch: Duration,
     refresh: Duration,
+    /// Where fetches are counted, under the provider's name.
+    observer: std::sync::OnceLock<(Arc<Metrics>, Arc<str>)>,
 }
 
 impl Jwks {
@@ -59,7 +62,13 @@ impl Jwks {
                 .build(),
             min_refetch,
             refresh,
+            observer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Counts this key set's fetches in `metrics` as `provider`'s.
+    pub fn observe(&self, metrics: Arc<Metrics>, provider: &str) {
+        let _ = self.observer.set((metrics, Arc::from(provider)));
     }
 
     pub fn ready(&self) -> bool {
@@ -110,7 +119,16 @@ impl Jwks {
     }
 
     /// Fetches discovery (unless the JWKS URL is configured) and the key set, and swaps it in.
+    /// Fetches the keys (through discovery when no `jwks_uri` is configured) and counts it.
     pub async fn fetch(&self) -> Result<(), FetchError> {
+        let fetched = self.fetch_keys().await;
+        if let Some((metrics, provider)) = self.observer.get() {
+            metrics.key_fetch(provider, fetched.is_ok());
+        }
+        fetched
+    }
+
+    async fn fetch_keys(&self) -> Result<(), FetchError> {
         let jwks_uri = match &self.jwks_uri {
             Some(uri) => uri.clone(),
             None => {
@@ -148,28 +166,34 @@ impl Jwks {
         Ok(())
     }
 
-    /// Fetches now (retrying with backoff until it succeeds), then every `refresh`.
+    /// Fetches now (retrying with backoff until it succeeds), then every `refresh`, for as long
+    /// as the key set is in use: a provider a configuration reload removed stops being fetched.
     pub fn spawn_refresher(self: &Arc<Self>) {
-        let this = self.clone();
+        let keys = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
             loop {
+                let Some(this) = keys.upgrade() else { return };
                 let ok = {
                     let mut last = this.fetching.lock().await;
                     *last = Some(Instant::now());
                     this.fetch().await
                 };
-                match ok {
+                let wait = match ok {
                     Ok(()) => {
                         backoff = Duration::from_millis(250);
-                        tokio::time::sleep(this.refresh).await;
+                        this.refresh
                     }
                     Err(e) => {
                         tracing::warn!(issuer = %this.issuer, error = %e, "JWKS refresh failed; keeping the keys we have");
-                        tokio::time::sleep(backoff).await;
+                        let wait = backoff;
                         backoff = (backoff * 2).min(this.refresh).min(Duration::from_secs(30));
+                        wait
                     }
-                }
+                };
+                // Not held while waiting: a removed provider is dropped, and this loop ends.
+                drop(this);
+                tokio::time::sleep(wait).await;
             }
         });
     }

@@ -72,9 +72,13 @@ impl Authn {
         }
     }
 
-    /// Every provider has signing keys: protected routes can be served.
-    pub fn ready(&self) -> bool {
-        self.providers.iter().all(|p| !p.needs_jwks() || p.keys.ready())
+    /// Each provider, and whether it has what it needs to verify tokens (an HMAC-only provider
+    /// always has).
+    pub fn key_states(&self) -> Vec<(String, bool)> {
+        self.providers
+            .iter()
+            .map(|p| (p.config.name.clone(), !p.needs_jwks() || p.keys.ready()))
+            .collect()
     }
 
     pub fn providers(&self) -> &[Arc<Provider>] {

@@ -97,7 +97,7 @@ const fn at_least_one_u64<const N: u64>() -> NonZeroU64 {
 pub use validate::{validate, warnings};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default)]
 pub struct Config {
     /// Tokio runtime settings.
@@ -123,7 +123,7 @@ pub struct Config {
 }
 
 /// Signing keys for the identity assertions routes send upstream (`[routes.assertion]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Tokens {
     /// The `iss` of every assertion, an https URL (http for loopback tests). Upstreams find the
@@ -181,7 +181,7 @@ pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 /// A signed identity assertion on every request a route forwards (authenticated and protected
 /// routes).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Assertion {
     /// The `aud` claim: what this upstream checks. Required.
@@ -280,7 +280,7 @@ impl Config {
 }
 
 /// Where the policy lives and how it is enforced.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Policy {
     /// Directory with `model.conf`, `*.csv` rule files and `tests/*.toml` decision tables.
@@ -315,14 +315,14 @@ impl Default for Policy {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default)]
 pub struct Runtime {
     /// Number of Tokio worker threads; 0 means one per CPU core. Default 0.
     pub worker_threads: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Server {
     /// Plain HTTP listener address (`host:port`). Default `127.0.0.1:8080`; `""` disables it.
@@ -397,7 +397,7 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Tls {
     /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
@@ -405,7 +405,7 @@ pub struct Tls {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Limits {
     /// Connections served at once; further ones wait in the kernel backlog. Default 10000.
@@ -433,7 +433,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Admin {
     /// Admin listener address. Default `127.0.0.1:9090`; `""` disables it.
@@ -448,7 +448,7 @@ impl Default for Admin {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Audit {
     /// JSON-lines sink for audit records when no `[audit.otlp]` exporter is configured: a file
@@ -508,7 +508,7 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Otlp {
     pub preset: Option<OtlpPreset>,
@@ -548,7 +548,7 @@ impl Default for Otlp {
 }
 
 /// A header sent with every export. Exactly one of `value`, `value_env`, `value_file`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default)]
 pub struct OtlpHeader {
     pub name: String,
@@ -611,7 +611,7 @@ impl Otlp {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct AuditSpool {
     /// A directory on persistent storage, created with mode 0700 and locked while in use.
@@ -668,7 +668,7 @@ pub enum Access {
     Protected,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Route {
     /// Unique name; appears in metrics and audit events.
@@ -766,7 +766,7 @@ impl SubjectTokenType {
 }
 
 /// A brokered upstream credential (`[routes.upstream_credentials]`).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default)]
 pub struct UpstreamCredentials {
     /// `client_credentials` or `token_exchange`. Default `client_credentials`.
@@ -893,7 +893,7 @@ pub enum Preset {
 /// taken in order (`uid|sub`: the first claim present), or a template that joins several claims
 /// (`project:{project_id}:{ref_type}:{ref}`). Template values must be strings, integers or
 /// booleans; a missing claim makes the subject missing (the token is refused as malformed).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default)]
 pub struct ClaimMapping {
     /// The caller's stable, immutable identifier. Default `sub` (each preset names its own,
@@ -931,7 +931,7 @@ impl BoundValue {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default)]
 pub struct IdentityProvider {
     /// Unique name that routes refer to.
@@ -992,7 +992,7 @@ pub struct IdentityProvider {
 /// A confidential (or public, without a secret) OIDC client for the authorization-code flow.
 /// Register `https://<each host>/.portcullis/callback` as a redirect URI at the provider, and
 /// `https://<each host>/.portcullis/signed_out` as a post-logout redirect URI.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default)]
 pub struct BrowserClient {
     /// The client id registered at the provider. Required.
@@ -1008,7 +1008,7 @@ pub struct BrowserClient {
     pub display_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Sessions {
     /// A session unused for this long ends. Default `1h`.
@@ -1038,7 +1038,7 @@ impl Default for Sessions {
 
 /// CORS for one route. Preflights from an allowed origin are answered by the proxy before
 /// authentication (browsers send them without credentials); other preflights get 403.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Cors {
     /// Origins allowed to call this route, exactly (`https://ui.example.com`). Required.
@@ -1084,7 +1084,7 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default)]
 pub struct Upstream {
     /// `http://host:port` or `https://host:port`, without a path.

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -30,7 +31,9 @@ pub use tls::ReloadingTls;
 /// What every connection of every listener shares.
 #[derive(Clone)]
 pub struct Shared {
-    pub proxy: Arc<Proxy>,
+    /// The proxy in force: each request takes the one current when it arrives, so a reloaded
+    /// configuration applies to the next request while requests in flight finish on theirs.
+    pub proxy: Arc<ArcSwap<Proxy>>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// One permit per open connection; shutdown waits until it can take them all back.
@@ -151,7 +154,7 @@ async fn connection(
         peer,
         local,
         tls.is_some(),
-        shared.proxy.trusts(peer.ip()),
+        shared.proxy.load().trusts(peer.ip()),
     ));
     let activity = Activity::new();
     match tls {
@@ -209,7 +212,7 @@ async fn drive<S>(
     let seen_by = conn.clone();
     let served = activity.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        let proxy = proxy.clone();
+        let proxy = proxy.load_full();
         let conn = conn.clone();
         let serving = served.serving();
         if req.headers().contains_key(http::header::TRANSFER_ENCODING) && served.framed_twice() {
@@ -253,7 +256,7 @@ async fn drive<S>(
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                     if let Some(e) = e.downcast_ref::<hyper::Error>() {
-                        shared.proxy.refused_unread(seen_by, e, activity.heard_since_answered());
+                        shared.proxy.load().refused_unread(seen_by, e, activity.heard_since_answered());
                     }
                 }
                 return;

@@ -139,6 +139,15 @@ impl Proxy {
         self
     }
 
+    pub fn authn(&self) -> &Authn {
+        &self.authn
+    }
+
+    /// Each identity provider of this configuration, and whether it has its signing keys.
+    pub fn key_states(&self) -> Vec<(String, bool)> {
+        self.authn.key_states()
+    }
+
     pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -945,6 +954,9 @@ impl Proxy {
         }
         self.metrics
             .request(&label, decision.as_str(), end.status, elapsed.as_secs_f64());
+        if let Decision::Deny(reason) = decision {
+            self.metrics.denial(&label, reason.as_str());
+        }
         let (path, host, port) = match ctx.canonical {
             Some(c) => (Some(c.path), Some(c.host), c.port),
             None => (None, None, None),

@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 use crate::audit::{AuditSink, TokenEvent};
 use crate::config::{ClientAuth, CredentialKind, SubjectTokenType, UpstreamCredentials};
 use crate::identity::Principal;
+use crate::metrics::Metrics;
 use crate::outbound::HttpsClient;
 use crate::secret::Secret;
 
@@ -75,6 +76,8 @@ pub struct Broker {
     /// token_exchange: issuers whose callers' tokens may go to the endpoint.
     subject_issuers: Vec<String>,
     audit: Arc<dyn AuditSink>,
+    /// Where fetches from the token endpoint are counted, under the route's name.
+    observer: Option<(Arc<Metrics>, Arc<str>)>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -110,7 +113,15 @@ impl Broker {
                 .build(),
             subject_issuers,
             audit,
+            observer: None,
         }
+    }
+
+    /// Counts this broker's fetches from the token endpoint in `metrics`.
+    pub fn observed(mut self, metrics: Arc<Metrics>) -> Self {
+        let route = Arc::from(self.route.as_str());
+        self.observer = Some((metrics, route));
+        self
     }
 
     /// A valid token for this caller: the cached one, or a new one (one fetch per slot at a
@@ -233,6 +244,18 @@ impl Broker {
     }
 
     async fn fetch(
+        &self,
+        grant: &[(&str, &str)],
+        principal: Option<&Principal>,
+    ) -> Result<Cached, BrokerError> {
+        let fetched = self.fetch_token(grant, principal).await;
+        if let Some((metrics, route)) = &self.observer {
+            metrics.broker_fetch(route, fetched.is_ok());
+        }
+        fetched
+    }
+
+    async fn fetch_token(
         &self,
         grant: &[(&str, &str)],
         principal: Option<&Principal>,

@@ -7,7 +7,7 @@
 //! - the proxy, in-process: `[tokens]` with `issuer = "http://<its http address>"` and a 0700
 //!   `key_dir`, `[policy] dir` = a copy of `tests/fixtures/airflow-policy/`, and one protected route
 //!   `airflow` for host [`HOST`] (`path_prefix = "/"`, `resources = "airflow"`,
-//!   `policy_domain = "airflow"`, `identity_providers = ["okta"]`, [`ASSERTION_TOML`] with
+//!   `policy_domain = "airflow"`, `identity_providers = ["okta"]`, [`assertion`] with
 //!   `upstream_jwks` = Airflow's own public key, upstream = Airflow's api-server);
 //! - Airflow's signing key, made before either starts, and its public JWKS written by
 //!   `examples/airflow/public-jwks.py`, as the README has an operator do it;
@@ -34,15 +34,8 @@
 //!
 //! If the Airflow venv is missing every test using the world fails, naming `.ci/install-peers`.
 //! The time to start is printed once to stderr (`cargo test --test airflow -- --nocapture`).
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,11 +44,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::Gateway;
 use super::issuer::TestIssuer;
+use super::{Config, Gateway, Reply, Route};
 
 /// The host the proxy's Airflow route serves.
 pub const HOST: &str = "airflow.test";
@@ -66,8 +58,13 @@ pub const DAGS: [&str; 5] = ["approvals", "etl_daily", "etl_dev", "etl_prod", "r
 /// The route's `[routes.assertion]` table: how the proxy's identity reaches Airflow. Stock
 /// Airflow reads its caller's JWT from `Authorization: Bearer` and wants a `role`: the proxy
 /// decided, so every caller it lets through is an Airflow admin (README, "In front of Airflow").
-pub const ASSERTION_TOML: &str =
-    "[routes.assertion]\naudience = \"airflow\"\nheader = \"Authorization\"\nclaims = { role = \"ADMIN\" }\n";
+pub fn assertion() -> toml::Table {
+    toml::toml! {
+        audience = "airflow"
+        header = "Authorization"
+        claims = { role = "ADMIN" }
+    }
+}
 /// start.sh's `AIRFLOW_PEER_AUTH_MANAGER`: `simple` is stock Airflow's SimpleAuthManager.
 pub const AUTH_MANAGER: &str = "simple";
 /// Airflow's own signing key (in the world's directory) and its kid.
@@ -127,17 +124,6 @@ pub struct AirflowWorld {
     pub start_sh: Duration,
     /// Owns the proxy's and the issuer's tasks; never dropped (statics are not).
     _runtime: tokio::runtime::Runtime,
-}
-
-/// A response through the proxy or from Airflow directly.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    /// The body as JSON (`Value::Null` when it is not JSON; then see `text`).
-    pub json: Value,
-    pub text: String,
-    /// The proxy's `X-Request-Id` (empty for direct calls).
-    pub request_id: String,
 }
 
 static WORLD: OnceLock<Result<AirflowWorld, String>> = OnceLock::new();
@@ -205,10 +191,10 @@ impl AirflowWorld {
             .map_err(|e| format!("tokio runtime: {e}"))?;
 
         // 1. Airflow's port; 2. the proxy in front of it; 3. Airflow trusting the proxy's keys.
-        let airflow = free_port();
+        let airflow = super::free_addr();
         let (issuer, gateway, issuer_url) = runtime.block_on(async {
             let issuer = TestIssuer::start().await;
-            let prebound = Gateway::prebind("").await;
+            let prebound = Gateway::prebind(Config::new()).await;
             let root = prebound.dir.path().to_path_buf();
             let issuer_url = format!("http://{}", prebound.http);
             let keys = root.join("keys");
@@ -221,18 +207,22 @@ impl AirflowWorld {
                 std::fs::copy(policy_dir.join(file), policy.join(file))
                     .unwrap_or_else(|e| panic!("{}: {e}", policy_dir.join(file).display()));
             }
-            let config = format!(
-                "{}[tokens]\nissuer = \"{issuer_url}\"\nkey_dir = {:?}\n\
-                 [policy]\ndir = {:?}\n\
-                 [[routes]]\nname = \"airflow\"\nhosts = [\"{HOST}\", \"127.0.0.1\"]\npath_prefix = \"/\"\naccess = \"protected\"\n\
-                 identity_providers = [\"okta\"]\npolicy_domain = \"airflow\"\nresources = \"airflow\"\n\
-                 [routes.upstream]\nurl = \"http://{airflow}\"\n{ASSERTION_TOML}upstream_jwks = {:?}\n",
-                issuer.provider_toml("okta", ""),
-                keys.display().to_string(),
-                policy.display().to_string(),
-                upstream_jwks.display().to_string(),
-            );
-            let gateway = prebound.start(&config).await;
+            let config = Config::new()
+                .provider(issuer.provider("okta"))
+                .tokens(&issuer_url, &keys)
+                .policy_dir(&policy)
+                .route(
+                    Route::protected("airflow")
+                        .hosts([HOST, "127.0.0.1"])
+                        .set("path_prefix", "/")
+                        .providers(["okta"])
+                        .set("policy_domain", "airflow")
+                        .resources("airflow")
+                        .upstream(airflow)
+                        .set("assertion", assertion())
+                        .set("assertion.upstream_jwks", &upstream_jwks),
+                );
+            let gateway = prebound.start(config).await;
             gateway.wait_ready().await;
             (issuer, gateway, issuer_url)
         });
@@ -265,10 +255,9 @@ impl AirflowWorld {
         let start_sh = t_start_sh.elapsed();
         if !out.status.success() {
             return Err(format!(
-                "tests/peers/airflow/start.sh failed ({}):\n{}{}\n{}",
+                "tests/peers/airflow/start.sh failed ({}):\n{}\n{}",
                 out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
+                super::output_text(&out),
                 log_tails(&airflow_home)
             ));
         }
@@ -408,19 +397,7 @@ impl AirflowWorld {
 
     /// The access record of the request with this `X-Request-Id`, waiting up to 5 s for it.
     pub async fn audit_event(&self, request_id: &str) -> Value {
-        for _ in 0..250 {
-            if let Some(event) = self
-                .gateway
-                .audit_events(0)
-                .await
-                .into_iter()
-                .find(|e| e["portcullis.request.id"] == request_id)
-            {
-                return event;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no access record for request {request_id:?}");
+        self.gateway.audit_event(request_id).await
     }
 
     /// The last lines of each component's log, for failure messages.
@@ -448,20 +425,8 @@ pub async fn send(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let response = super::send(addr, method.clone(), path, &all, body.clone()).await;
-        let status = response.status();
-        let request_id = response
-            .headers()
-            .get("x-request-id")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let reply = Reply {
-            status,
-            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-            request_id,
-        };
+        let reply = Reply::read(super::send(addr, method.clone(), path, &all, body.clone()).await).await;
+        let status = reply.status;
         let locked = (status == http::StatusCode::INTERNAL_SERVER_ERROR
             && reply.text.contains("Database error"))
             || (status == http::StatusCode::SERVICE_UNAVAILABLE && reply.text.contains("Database is locked"));
@@ -471,11 +436,6 @@ pub async fn send(
         }
         return reply;
     }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -1,13 +1,6 @@
 //! A real OpenID Provider for story tests: panva's `oidc-provider` run by Node from
 //! `tests/peers/oidc/provider.mjs` (installed by `.ci/install-peers`), on 127.0.0.1 and a free
 //! port. Its clients, resources and claims are described at the top of that script.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +12,8 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+use super::config::{Config, Provider, Route};
 
 /// The audience of access tokens when no resource is requested.
 pub const API_AUDIENCE: &str = "https://api.portcullis.test";
@@ -117,38 +112,27 @@ impl Idp {
         }
     }
 
-    /// Config for this provider as `oidc` with browser sign-in through the `web` client (its
-    /// secret written to `secret_file`), and an `authenticated` route `name`
-    /// for `host` accepting it (any signed-in caller; policy has its own tests).
-    pub fn browser_config(
-        &self,
-        secret_file: &std::path::Path,
-        name: &str,
-        host: &str,
-        upstream: &str,
-    ) -> String {
-        std::fs::write(secret_file, "web-secret\n").unwrap();
-        format!(
-            r#"
-[[identity_providers]]
-name = "oidc"
-issuer = "{issuer}"
-audiences = ["{API_AUDIENCE}"]
-[identity_providers.browser]
-client_id = "web"
-client_secret_file = "{secret}"
+    /// This provider as `[[identity_providers]]` entry `name`, for access tokens of the API.
+    pub fn provider(&self, name: &str) -> Provider {
+        Provider::new(name, &self.issuer).audiences([API_AUDIENCE])
+    }
 
-[[routes]]
-name = "{name}"
-hosts = ["{host}"]
-access = "authenticated"
-identity_providers = ["oidc"]
-[routes.upstream]
-url = "{upstream}"
-"#,
-            issuer = self.issuer,
-            secret = secret_file.display(),
-        )
+    /// This provider as `name` with browser sign-in through the `web` client, its secret written
+    /// to `secret_file`.
+    pub fn browser_provider(&self, name: &str, secret_file: &std::path::Path) -> Provider {
+        std::fs::write(secret_file, "web-secret\n").unwrap();
+        self.provider(name)
+            .set("browser.client_id", "web")
+            .set("browser.client_secret_file", secret_file)
+    }
+
+    /// Config for this provider as `oidc` with browser sign-in (see [`Idp::browser_provider`]),
+    /// and `route` accepting it (an `authenticated` route: any signed-in caller; policy has its
+    /// own tests).
+    pub fn browser_config(&self, secret_file: &std::path::Path, route: Route) -> Config {
+        Config::new()
+            .provider(self.browser_provider("oidc", secret_file))
+            .route(route.providers(["oidc"]))
     }
 
     /// What the provider wrote to stderr so far (warnings, server errors).

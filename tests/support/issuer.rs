@@ -1,29 +1,20 @@
 //! A small OpenID issuer the tests control: real discovery and JWKS over HTTP on loopback,
 //! with ES256 keys the test holds, so it can mint tokens the real IdP never would (expired,
 //! not yet valid, mistyped claims) and rotate or withdraw keys at will.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+
+use super::config::Provider;
+use super::serve::{Serve, Server, serve};
 
 pub const AUDIENCE: &str = "portcullis-tests";
 
@@ -42,12 +33,11 @@ pub struct TestIssuer {
     down: Arc<AtomicBool>,
     /// What the token endpoint answers next (a code exchange), as JSON.
     token_answer: Arc<Mutex<Value>>,
-    server: tokio::task::JoinHandle<()>,
+    server: Server,
 }
 
 fn new_key(kid: &str) -> SigningKey {
-    let pair = rcgen::KeyPair::generate().unwrap();
-    let encoding = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let encoding = EncodingKey::from_ec_pem(super::pki::signing_key_pem().as_bytes()).unwrap();
     let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap()).unwrap();
     jwk["kid"] = json!(kid);
     jwk["use"] = json!("sig");
@@ -69,64 +59,58 @@ pub fn now() -> u64 {
 
 impl TestIssuer {
     pub async fn start() -> TestIssuer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!("http://{}", listener.local_addr().unwrap());
         let keys = Arc::new(Mutex::new(vec![new_key("k1")]));
         let jwks_fetches = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
         let token_answer = Arc::new(Mutex::new(json!({"error": "invalid_grant"})));
-        let (k, f, iss, d) = (keys.clone(), jwks_fetches.clone(), issuer.clone(), down.clone());
-        let t = token_answer.clone();
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (k, f, iss, d) = (k.clone(), f.clone(), iss.clone(), d.clone());
-                let t = t.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let down = d.load(Ordering::SeqCst);
-                        let body = match req.uri().path() {
-                            _ if down => String::new(),
-                            // Enough of a provider for the browser path: it redirects to
-                            // /authorize (the test reads state and nonce from that URL) and
-                            // exchanges the code at /token, which answers what the test queued.
-                            "/.well-known/openid-configuration" => json!({
-                                "issuer": iss,
-                                "jwks_uri": format!("{iss}/jwks"),
-                                "authorization_endpoint": format!("{iss}/authorize"),
-                                "token_endpoint": format!("{iss}/token"),
-                                "response_types_supported": ["code"],
-                                "subject_types_supported": ["public"],
-                                "id_token_signing_alg_values_supported": ["ES256"],
-                            })
-                            .to_string(),
-                            "/token" => t.lock().unwrap().to_string(),
-                            "/jwks" => {
-                                f.fetch_add(1, Ordering::SeqCst);
-                                jwks_of(&k).to_string()
-                            }
-                            _ => String::new(),
-                        };
-                        let mut response = Response::new(Full::new(Bytes::from(body)));
-                        response.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("application/json"),
-                        );
-                        if down {
-                            *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                        }
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let issuer: Arc<Mutex<String>> = Arc::default();
+        let (k, f, iss, d, t) = (
+            keys.clone(),
+            jwks_fetches.clone(),
+            issuer.clone(),
+            down.clone(),
+            token_answer.clone(),
+        );
+        let server = serve(Serve::auto(), move |_, req| {
+            let down = d.load(Ordering::SeqCst);
+            let iss = iss.lock().unwrap().clone();
+            let body = match req.uri().path() {
+                _ if down => String::new(),
+                // Enough of a provider for the browser path: it redirects to /authorize (the
+                // test reads state and nonce from that URL) and exchanges the code at /token,
+                // which answers what the test queued.
+                "/.well-known/openid-configuration" => json!({
+                    "issuer": iss,
+                    "jwks_uri": format!("{iss}/jwks"),
+                    "authorization_endpoint": format!("{iss}/authorize"),
+                    "token_endpoint": format!("{iss}/token"),
+                    "response_types_supported": ["code"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["ES256"],
+                })
+                .to_string(),
+                "/token" => t.lock().unwrap().to_string(),
+                "/jwks" => {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    jwks_of(&k).to_string()
+                }
+                _ => String::new(),
+            };
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            if down {
+                *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             }
-        });
+            async move { response }
+        })
+        .await;
+        let url = server.url();
+        *issuer.lock().unwrap() = url.clone();
         TestIssuer {
-            issuer,
+            issuer: url,
             keys,
             jwks_fetches,
             down,
@@ -153,7 +137,7 @@ impl TestIssuer {
     /// The issuer is down: no new connections, and 503 on the ones already open.
     pub fn stop(&self) {
         self.down.store(true, Ordering::SeqCst);
-        self.server.abort();
+        self.server.stop_accepting();
     }
 
     /// Claims that pass every check, for `sub`.
@@ -196,17 +180,10 @@ impl TestIssuer {
         self.sign(&self.claims(sub))
     }
 
-    /// The TOML for an `[[identity_providers]]` entry named `name` for this issuer.
-    pub fn provider_toml(&self, name: &str, extra: &str) -> String {
-        format!(
-            "[[identity_providers]]\nname = \"{name}\"\nissuer = \"{}\"\naudiences = [\"{AUDIENCE}\"]\nalgorithms = [\"ES256\"]\n{extra}\n",
-            self.issuer
-        )
-    }
-}
-
-impl Drop for TestIssuer {
-    fn drop(&mut self) {
-        self.server.abort();
+    /// An `[[identity_providers]]` entry named `name` for this issuer: its audience, ES256.
+    pub fn provider(&self, name: &str) -> Provider {
+        Provider::new(name, &self.issuer)
+            .audiences([AUDIENCE])
+            .set("algorithms", ["ES256"])
     }
 }

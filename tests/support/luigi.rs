@@ -14,26 +14,17 @@
 //!
 //! luigid is stopped (stop.sh) when the world is dropped, also when a test panics, and by
 //! start.sh's watchdog (`LUIGI_PEER_PARENT_PID` = this process) if the test binary dies first.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::Gateway;
 use super::issuer::TestIssuer;
+use super::{Config, Gateway, Reply, Route};
 
 /// The host the proxy's Luigi route serves besides `127.0.0.1` (the visualiser's, say).
 pub const HOST: &str = "luigi.test";
@@ -59,16 +50,6 @@ pub struct WorkerRun {
     pub stderr: String,
 }
 
-/// A response from luigid (via the proxy or not).
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    /// luigid's `{"response": …}` (or whatever JSON the proxy answered), else `Value::Null`.
-    pub json: Value,
-    pub text: String,
-    pub request_id: String,
-}
-
 impl LuigiWorld {
     pub async fn start() -> LuigiWorld {
         let luigid = Path::new(PEER).join(".venv/bin/luigid");
@@ -80,10 +61,7 @@ impl LuigiWorld {
             luigid.display()
         );
         let home = tempfile::tempdir().unwrap();
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap()
-        };
+        let port = super::free_addr();
         let luigi_home = home.path().join("luigid");
         let out = tokio::task::spawn_blocking({
             let luigi_home = luigi_home.clone();
@@ -103,10 +81,9 @@ impl LuigiWorld {
             let log = std::fs::read_to_string(luigi_home.join("luigid.log")).unwrap_or_default();
             stop(&luigi_home);
             panic!(
-                "tests/peers/luigi/start.sh failed ({}):\n{}{}\nluigid.log:\n{log}",
+                "tests/peers/luigi/start.sh failed ({}):\n{}\nluigid.log:\n{log}",
                 out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                super::output_text(&out),
             );
         }
 
@@ -116,15 +93,18 @@ impl LuigiWorld {
         for file in ["model.conf", "policy.csv"] {
             std::fs::copy(Path::new(POLICY).join(file), policy.join(file)).unwrap();
         }
-        let config = format!(
-            "{}[policy]\ndir = {:?}\n\
-             [[routes]]\nname = \"luigi\"\nhosts = [\"{HOST}\", \"127.0.0.1\"]\naccess = \"protected\"\n\
-             identity_providers = [\"okta\"]\npolicy_domain = \"luigi\"\nresources = \"luigi\"\n\
-             [routes.upstream]\nurl = \"http://{port}\"\n",
-            issuer.provider_toml("okta", ""),
-            policy.display().to_string(),
-        );
-        let gateway = Gateway::start(&config).await;
+        let config = Config::new()
+            .provider(issuer.provider("okta"))
+            .policy_dir(&policy)
+            .route(
+                Route::protected("luigi")
+                    .hosts([HOST, "127.0.0.1"])
+                    .providers(["okta"])
+                    .set("policy_domain", "luigi")
+                    .resources("luigi")
+                    .upstream(port),
+            );
+        let gateway = Gateway::start(config).await;
         gateway.wait_ready().await;
         LuigiWorld {
             issuer,
@@ -228,19 +208,7 @@ impl LuigiWorld {
 
     /// The access record of the request with this `X-Request-Id`, waiting up to 5 s for it.
     pub async fn audit_event(&self, request_id: &str) -> Value {
-        for _ in 0..250 {
-            if let Some(event) = self
-                .gateway
-                .audit_events(0)
-                .await
-                .into_iter()
-                .find(|e| e["portcullis.request.id"] == request_id)
-            {
-                return event;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no access record for request {request_id:?}");
+        self.gateway.audit_event(request_id).await
     }
 
     /// luigid's log so far.
@@ -281,18 +249,5 @@ pub fn api_target(method: &str, data: &Value) -> String {
 }
 
 async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Reply {
-    let response = super::send(addr, Method::GET, target, headers, bytes::Bytes::new()).await;
-    let status = response.status();
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        json: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        text: String::from_utf8_lossy(&body).into_owned(),
-        request_id,
-    }
+    Reply::read(super::send(addr, Method::GET, target, headers, bytes::Bytes::new()).await).await
 }

@@ -1,19 +1,16 @@
 //! Story-test scaffolding: a recording upstream, the proxy on port 0, raw and hyper clients.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(dead_code)]
 
 pub mod airflow;
 pub mod collector;
+pub mod config;
 pub mod idp;
 pub mod issuer;
 pub mod luigi;
+pub mod otlp;
+pub mod pki;
+pub mod serve;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,11 +20,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+
+pub use config::{Config, Route};
+use serve::{Serve, Server};
 
 /// What one request looked like when it reached the upstream.
 #[derive(Debug, Clone)]
@@ -67,6 +66,7 @@ pub type Handler = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
 pub struct Recorder {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    server: Server,
 }
 
 impl Recorder {
@@ -92,47 +92,34 @@ impl Recorder {
     }
 
     async fn answering_after(handler: Handler, delay: Duration) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
+        let server = serve::serve(Serve::auto(), move |_, req: Request<Incoming>| {
+            let (log, handler) = (log.clone(), handler.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let seen = Seen {
+                    method: parts.method.to_string(),
+                    target: target(&parts.uri),
+                    authority: parts.uri.authority().map(|a| a.to_string()),
+                    version: parts.version,
+                    headers: parts.headers,
+                    body_len: body.len(),
+                    body,
                 };
-                let log = log.clone();
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let log = log.clone();
-                        let handler = handler.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let body_len = body.len();
-                            let seen = Seen {
-                                method: parts.method.to_string(),
-                                target: target(&parts.uri),
-                                authority: parts.uri.authority().map(|a| a.to_string()),
-                                version: parts.version,
-                                headers: parts.headers,
-                                body_len,
-                                body,
-                            };
-                            let response = handler(&seen);
-                            log.lock().unwrap().push(seen);
-                            tokio::time::sleep(delay).await;
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                let response = handler(&seen);
+                log.lock().unwrap().push(seen);
+                tokio::time::sleep(delay).await;
+                response
             }
-        });
-        Recorder { addr, seen }
+        })
+        .await;
+        Recorder {
+            addr: server.addr,
+            seen,
+            server,
+        }
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -160,30 +147,27 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// `routes_toml` holds `[[routes]]` tables (and any other sections but server/admin/audit).
-    pub async fn start(routes_toml: &str) -> Gateway {
-        Self::start_with("", routes_toml).await
+    /// Starts the proxy with `config` on top of its basics: the listeners on port 0 and the audit
+    /// log in a temp dir.
+    pub async fn start(config: impl Into<Config>) -> Gateway {
+        let config = config.into();
+        Self::prebind(&config).await.start(config).await
     }
 
-    /// `server_toml` is extra keys for the `[server]` table.
-    pub async fn start_with(server_toml: &str, routes_toml: &str) -> Gateway {
-        Self::prebind(server_toml).await.start(routes_toml).await
-    }
-
-    /// Binds the listeners (port 0) before the rest of the config is written, for configs
-    /// that must name the proxy's own address (an IdP's redirect URI).
-    pub async fn prebind(server_toml: &str) -> Prebound {
+    /// Binds the listeners (port 0, with the `[server]` keys of `config`) before the rest of
+    /// the config is written, for configs that must name the proxy's own address (an IdP's
+    /// redirect URI, the token issuer).
+    pub async fn prebind(config: impl Into<Config>) -> Prebound {
         let dir = tempfile::tempdir().unwrap();
         let audit_path = dir.path().join("audit.jsonl");
-        let head = format!(
-            "[server]\nhttp = \"127.0.0.1:0\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\npath = {:?}\n",
-            audit_path.display().to_string()
-        );
-        let config = match portcullis::config::parse(&head) {
-            Ok(c) => c,
-            Err(p) => panic!("config did not parse: {p:?}\n{head}"),
-        };
-        let bound = portcullis::app::bind(&config).await.unwrap();
+        let mut head = Config::new()
+            .server("http", "127.0.0.1:0")
+            .set("admin.listen", "127.0.0.1:0")
+            .set("audit.path", audit_path.as_path());
+        if let Some(server) = config.into().table().get("server") {
+            head = head.merge(Config::new().set("server", server.clone()));
+        }
+        let bound = portcullis::app::bind(&parse(&head.to_toml())).await.unwrap();
         Prebound {
             http: bound.http_addr().unwrap(),
             https: bound.https_addr(),
@@ -192,15 +176,6 @@ impl Gateway {
             dir,
             audit_path,
         }
-    }
-
-    pub async fn start_config(
-        config: portcullis::config::Config,
-        dir: tempfile::TempDir,
-        audit_path: PathBuf,
-    ) -> Gateway {
-        let bound = portcullis::app::bind(&config).await.unwrap();
-        Self::run(config, bound, dir, audit_path)
     }
 
     fn run(
@@ -231,10 +206,11 @@ impl Gateway {
         }
     }
 
-    /// Waits until `/readyz` is green (identity providers' keys fetched), or panics.
+    /// Waits until `/readyz` is green and lists every identity provider with its keys, or panics.
     pub async fn wait_ready(&self) {
         for _ in 0..200 {
-            if get(self.admin, "/readyz", &[]).await.0 == StatusCode::OK {
+            let (status, body) = get(self.admin, "/readyz", &[]).await;
+            if status == StatusCode::OK && !body.contains("no signing keys yet") {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -247,6 +223,19 @@ impl Gateway {
     pub async fn audit_events(&self, at_least: usize) -> Vec<serde_json::Value> {
         self.wait_for(at_least, |e| e.get("http.request.method").is_some())
             .await
+    }
+
+    /// The access record of the request with this `X-Request-Id`, waiting up to 5 s for it.
+    pub async fn audit_event(&self, request_id: &str) -> serde_json::Value {
+        let events = self
+            .wait_for(1, |e| {
+                e.get("http.request.method").is_some() && e["portcullis.request.id"] == request_id
+            })
+            .await;
+        events
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no access record for request {request_id:?}"))
     }
 
     /// The proxy's own acts that are not requests (policy loads, session refreshes), waiting
@@ -308,23 +297,31 @@ pub struct Prebound {
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     bound: portcullis::app::Bound,
-    head: String,
+    head: Config,
     pub dir: tempfile::TempDir,
     audit_path: PathBuf,
 }
 
 impl Prebound {
     /// Starts the proxy with the rest of the config (routes, providers, …).
-    pub async fn start(self, rest_toml: &str) -> Gateway {
-        let text = format!("{}{rest_toml}", self.head);
-        let config = match portcullis::config::parse(&text) {
-            Ok(c) => c,
-            Err(p) => panic!("config did not parse: {p:?}\n{text}"),
-        };
+    pub async fn start(self, rest: impl Into<Config>) -> Gateway {
+        let config = parse(&self.head.merge(rest).to_toml());
         let problems = portcullis::config::validate(&config);
         assert!(problems.is_empty(), "config problems: {problems:?}");
         Gateway::run(config, self.bound, self.dir, self.audit_path)
     }
+}
+
+fn parse(text: &str) -> portcullis::config::Config {
+    match portcullis::config::parse(text) {
+        Ok(c) => c,
+        Err(p) => panic!("config did not parse: {p:?}\n{text}"),
+    }
+}
+
+/// What `config::validate` finds wrong with `config` (which must parse).
+pub fn problems(config: impl Into<Config>) -> Vec<portcullis::config::Problem> {
+    portcullis::config::validate(&parse(&config.into().to_toml()))
 }
 
 /// Sends raw bytes and returns the status and the whole response text (the proxy is asked to
@@ -354,6 +351,39 @@ pub async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> (S
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    /// The body as JSON (`Value::Null` when it is not JSON; then see `text`).
+    pub json: serde_json::Value,
+    pub text: String,
+    /// The proxy's `X-Request-Id` (empty when there is none, as from a peer called directly).
+    pub request_id: String,
+}
+
+impl Reply {
+    pub async fn read(response: Response<Incoming>) -> Reply {
+        let status = response.status();
+        let request_id = header_text(response.headers(), "x-request-id");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            json: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            text: String::from_utf8_lossy(&body).into_owned(),
+            request_id,
+        }
+    }
+}
+
+/// Header `name` as text, empty when absent.
+pub fn header_text(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
 }
 
 /// An HTTP/2 connection with prior knowledge (h2c) to `addr`.
@@ -439,7 +469,9 @@ pub const IDENTITY_SPOOFS: &[&str] = &[
 ];
 
 /// The `[server]` key that makes the last two of [`IDENTITY_SPOOFS`] identity headers too.
-pub const STRIP_EXTRA: &str = "strip_request_headers = [\"x-corp-auth-*\", \"X-Internal-Role\"]";
+pub fn strip_extra() -> Config {
+    Config::new().server("strip_request_headers", ["x-corp-auth-*", "X-Internal-Role"])
+}
 
 /// Every [`IDENTITY_SPOOFS`] header as `name: spoofed-by-client` lines of a raw request.
 pub fn spoofed_identity_lines() -> String {
@@ -471,13 +503,183 @@ pub fn assert_no_client_identity(seen: &Seen, own: &[&str]) {
 }
 
 /// One public route named `app` for host `app.test` in front of `upstream`.
-pub fn public_route(upstream: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"app\"\nhosts = [\"app.test\"]\naccess = \"public\"\n[routes.upstream]\nurl = \"{upstream}\"\n"
-    )
+pub fn public_route(upstream: impl config::UpstreamUrl) -> Config {
+    Config::new().route(Route::public("app").host("app.test").upstream(upstream))
+}
+
+/// The shipped Casbin model.
+pub const MODEL: &str = include_str!("../../policies/model.conf");
+
+/// A policy directory `dir` with the shipped model and `csv` as its only rules.
+pub fn write_policy(dir: &std::path::Path, csv: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("model.conf"), MODEL).unwrap();
+    std::fs::write(dir.join("policy.csv"), csv).unwrap();
+}
+
+/// A temp dir holding the shipped model and `csv` as its only rules.
+pub fn policy(csv: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), csv);
+    dir
 }
 
 /// Path of the built `portcullis` binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+/// What a command printed: its stdout, then its stderr.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A free loopback address (a port nothing listens on now).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The real binary, `portcullis serve`, in a child process: `config` with `[server] http` and
+/// `[admin] listen` on fresh ports, written to `dir/portcullis.toml`; stderr to
+/// `dir/portcullis.stderr`. Killed when dropped.
+pub struct Binary {
+    child: Option<std::process::Child>,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    stderr: PathBuf,
+    /// The listeners every version of its config file starts with.
+    basics: Config,
+}
+
+impl Binary {
+    /// Starts it with `env` added to the environment and waits until `/readyz` is green.
+    pub async fn serve(dir: &std::path::Path, config: &Config, env: &[(&str, &str)]) -> Binary {
+        Self::serve_file(&dir.join("portcullis.toml"), dir, config, env).await
+    }
+
+    /// As [`Binary::serve`], the config file at `path` (through a symlink, the link's target).
+    pub async fn serve_file(
+        path: &std::path::Path,
+        dir: &std::path::Path,
+        config: &Config,
+        env: &[(&str, &str)],
+    ) -> Binary {
+        let (http, admin) = (free_addr(), free_addr());
+        let basics = Config::new()
+            .server("http", http.to_string())
+            .set("admin.listen", admin.to_string());
+        std::fs::write(path, basics.clone().merge(config).to_toml()).unwrap();
+        let stderr = dir.join("portcullis.stderr");
+        let child = std::process::Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(path)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proxy = Binary {
+            child: Some(child),
+            http,
+            admin,
+            stderr,
+            basics,
+        };
+        for _ in 0..400 {
+            if let Some(status) = proxy.child_mut().try_wait().unwrap() {
+                panic!("the proxy exited with {status}:\n{}", proxy.log());
+            }
+            if TcpStream::connect(admin).await.is_ok() && get(admin, "/readyz", &[]).await.0 == StatusCode::OK
+            {
+                return proxy;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the proxy never became ready:\n{}", proxy.log());
+    }
+
+    /// The text of a config file for it: `config` on the listeners it serves on.
+    pub fn config_text(&self, config: &Config) -> String {
+        self.basics.clone().merge(config).to_toml()
+    }
+
+    fn child_mut(&mut self) -> &mut std::process::Child {
+        self.child.as_mut().expect("the proxy has exited")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the proxy has exited").id()
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Peak resident set size, from /proc.
+    pub fn vm_hwm_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM in /proc/<pid>/status");
+        let kib: u64 = line
+            .trim_start_matches("VmHWM:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kib * 1024
+    }
+
+    /// Sends SIGTERM (a graceful stop) and returns at once.
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`, …) and returns at once.
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([format!("-{name}").as_str(), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits for it to exit; its exit status.
+    pub async fn exit(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the proxy has exited");
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// SIGTERM, and it exits successfully.
+    pub async fn sigterm(self) {
+        self.terminate();
+        let exit = self.exit().await;
+        assert!(exit.success(), "{exit:?}");
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
