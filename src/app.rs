@@ -708,6 +708,9 @@ fn spawn_reloader(
                     if !restart.is_empty() {
                         tracing::warn!(sections = ?restart, "these sections changed but are read only at start; restart to apply them");
                     }
+                    for warning in crate::config::warnings(&running) {
+                        tracing::warn!(key = %warning.path, fix = %warning.hint, "{}", warning.message);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(trigger = why, error = %e, "configuration reload refused; the configuration in force stays");
