@@ -16,7 +16,12 @@ RUN mkdir -p src benches \
  && cargo build --release --locked --bin portcullis \
  && rm -rf src
 
+COPY build.rs ./
 COPY src ./src
+# The image has no .git: the commit `portcullis --version` and portcullis_build_info report is
+# passed in (`docker build --build-arg PORTCULLIS_COMMIT=$(git rev-parse --short=12 HEAD) .`).
+ARG PORTCULLIS_COMMIT=unknown
+ENV PORTCULLIS_COMMIT=${PORTCULLIS_COMMIT}
 # COPY keeps the files' own times, which may be older than the stand-ins' build: make them newer
 # so that cargo rebuilds the crate instead of keeping the stand-in.
 RUN touch src/main.rs src/lib.rs \

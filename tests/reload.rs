@@ -207,3 +207,32 @@ async fn sighup_reloads_a_file_the_watcher_does_not_see_and_a_removed_route_stop
     assert_eq!(support::raw_get(proxy.http, "a.test", "/").await.0, 200);
     assert!(proxy.log().contains("SIGHUP"), "{}", proxy.log());
 }
+
+#[tokio::test]
+async fn a_mounted_configmap_updated_the_way_the_kubelet_does_it_is_reloaded() {
+    // The kubelet's layout: the file is a link through `..data` into a timestamped directory,
+    // and an update writes a new directory and swaps `..data` over to it in one rename.
+    let dir = tempfile::tempdir().unwrap();
+    let app = Recorder::start().await;
+    let first = dir.path().join("..2026_12_05_01");
+    std::fs::create_dir(&first).unwrap();
+    std::os::unix::fs::symlink("..2026_12_05_01", dir.path().join("..data")).unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::os::unix::fs::symlink("..data/portcullis.toml", &path).unwrap();
+    let proxy = Binary::serve_file(&path, dir.path(), &config(dir.path(), [route("a", &app)]), INFO).await;
+    assert_eq!(support::raw_get(proxy.http, "b.test", "/").await.0, 404);
+
+    let second = dir.path().join("..2026_12_05_02");
+    std::fs::create_dir(&second).unwrap();
+    let both = config(dir.path(), [route("a", &app), route("b", &app)]);
+    std::fs::write(second.join("portcullis.toml"), proxy.config_text(&both)).unwrap();
+    std::os::unix::fs::symlink("..2026_12_05_02", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+
+    let took = until_status(proxy.http, "b.test", 200, Duration::from_secs(2)).await;
+    assert!(
+        took.is_some(),
+        "the swapped ConfigMap was not reloaded:\n{}",
+        proxy.log()
+    );
+}
