@@ -85,6 +85,15 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
+    /// Print audit records one line each (when, allow or deny, status, who, what, why) from a
+    /// JSON-lines file, or `-` for standard input.
+    Show {
+        /// A JSON-lines audit file (`audit.path`), or `-` for standard input.
+        path: PathBuf,
+        /// Keep reading as the file grows, like `tail -f`, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Check a JSON-lines export or a spool directory: every instance's sequence numbers without
     /// gaps and its hash chain unbroken. Exit 0 if intact, 1 if not, 2 if unreadable.
     Verify { path: PathBuf },
@@ -218,6 +227,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Policy { command } => policy_command(command),
         Command::Keys { command } => keys_command(command),
+        Command::Audit {
+            command: AuditCommand::Show { path, follow },
+        } => match portcullis::audit::readable::show(&path, follow, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        },
         Command::Audit {
             command: AuditCommand::Verify { path },
         } => match portcullis::audit::verify::verify(&path) {
