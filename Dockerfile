@@ -11,7 +11,7 @@ RUN cargo build --release --locked --bin portcullis \
 # Run: a small glibc image with CA roots (for HTTPS upstreams), as a non-root user.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
-COPY examples/quickstart.toml /etc/portcullis/portcullis.toml
+COPY examples/minimal.toml /etc/portcullis/portcullis.toml
 COPY policies /etc/portcullis/policies
 # Relative paths in the config (policy.dir = "policies") resolve against the working directory.
 WORKDIR /etc/portcullis

@@ -8,6 +8,7 @@
 )]
 
 pub mod airflow;
+pub mod browser;
 pub mod collector;
 pub mod idp;
 pub mod issuer;
