@@ -2,9 +2,9 @@
 # The quickstart: Portcullis doing its whole job on this machine, every part served by the
 # portcullis binary itself (only the Rust toolchain and curl are needed):
 #
-#   portcullis demo idp        a development OpenID Provider, FOR DEMOS ONLY   127.0.0.1:9400
-#   portcullis demo upstream   a small Airflow-like API                       127.0.0.1:8081
-#   portcullis serve           Portcullis in front of it, examples/quickstart/  http://localhost:8080
+#   portcullis demo idp        a development OpenID Provider (FOR DEMOS ONLY)  127.0.0.1:9400
+#   portcullis demo upstream   a small Airflow-like API                        127.0.0.1:8081
+#   portcullis serve           Portcullis, with examples/quickstart/           http://localhost:8080
 #
 # It shows, one line of explanation each: a CI job's token triggering a DAG (200), the same job
 # refused on another DAG (403, naming what was missing) and `portcullis policy explain` saying
@@ -92,6 +92,7 @@ await() {
   done
   echo "quickstart: $url did not answer; $log says:" >&2
   tail -n 20 "$log" >&2
+  echo "(a port in use? QUICKSTART_PORTS=\"18080 18081 19090 19400\" $0 moves them)" >&2
   exit 1
 }
 await "$IDP/.well-known/openid-configuration" "${PIDS[0]}" "$RUN/idp.log"
