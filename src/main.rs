@@ -61,8 +61,36 @@ enum Command {
     /// Exit 0 if an HTTP GET of URL answers 2xx within 3 s (a container health check that needs
     /// no curl in the image).
     Probe { url: String },
-    /// Run a small echo service to put behind the proxy in the quickstart.
-    DemoUpstream {
+    /// The quickstart's demo services, FOR DEMOS ONLY: never put real users or data behind them.
+    Demo {
+        #[command(subcommand)]
+        command: DemoCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// A development OpenID Provider: discovery, JWKS, sign-in with PKCE behind a form listing
+    /// demo users, and tokens for demo services and CI jobs. Anyone can sign in as anyone, so it
+    /// listens on loopback only. Its page (http://<address>/) lists its issuers, users and
+    /// endpoints; examples/quickstart/README.md describes them.
+    Idp {
+        /// A loopback IP address and port (127.0.0.1:PORT or [::1]:PORT); the issuer is
+        /// http://<this address>.
+        #[arg(long, default_value = "127.0.0.1:9400")]
+        listen: String,
+        /// A redirect URI of the demo client `portcullis` (a loopback URL); repeat for several.
+        /// Default: the quickstart proxy's callbacks on localhost:8080 and 127.0.0.1:8080.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// The `aud` of access tokens and of CI job tokens that ask for none.
+        #[arg(long, default_value = demo::idp::DEFAULT_AUDIENCE)]
+        audience: String,
+    },
+    /// A small Airflow-like API (three DAGs, their runs, a page that calls them) that echoes
+    /// anything else back as JSON describing what reached it.
+    Upstream {
+        /// The address and port to listen on.
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
     },
@@ -95,6 +123,15 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
+    /// Print audit records one line each (when, allow or deny, status, who, what, why) from a
+    /// JSON-lines file, or `-` for standard input.
+    Show {
+        /// A JSON-lines audit file (`audit.path`), or `-` for standard input.
+        path: PathBuf,
+        /// Keep reading as the file grows, like `tail -f`, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Check a JSON-lines export or a spool directory: every instance's sequence numbers without
     /// gaps and its hash chain unbroken. Exit 0 if intact, 1 if not, 2 if unreadable.
     Verify { path: PathBuf },
@@ -229,6 +266,15 @@ fn main() -> ExitCode {
         Command::Policy { command } => policy_command(command),
         Command::Keys { command } => keys_command(command),
         Command::Audit {
+            command: AuditCommand::Show { path, follow },
+        } => match portcullis::audit::readable::show(&path, follow, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Audit {
             command: AuditCommand::Verify { path },
         } => match portcullis::audit::verify::verify(&path) {
             Ok(report) => {
@@ -284,24 +330,58 @@ fn main() -> ExitCode {
             Some(true) => ExitCode::SUCCESS,
             _ => ExitCode::FAILURE,
         },
-        Command::DemoUpstream { listen } => {
-            let Some(runtime) = runtime(1) else {
-                return ExitCode::FAILURE;
-            };
-            runtime.block_on(async {
-                match tokio::net::TcpListener::bind(&listen).await {
-                    Ok(l) => {
-                        tracing::info!(%listen, "demo upstream listening");
-                        demo::serve(l).await;
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("demo-upstream: cannot listen on {listen}: {e}");
-                        ExitCode::FAILURE
-                    }
+        Command::Demo { command } => demo_command(command),
+    }
+}
+
+fn demo_command(command: DemoCommand) -> ExitCode {
+    let Some(runtime) = runtime(1) else {
+        return ExitCode::FAILURE;
+    };
+    match command {
+        DemoCommand::Idp {
+            listen,
+            redirect_uris,
+            audience,
+        } => {
+            let listen = match demo::idp::loopback(&listen) {
+                Ok(addr) => addr,
+                Err(e) => {
+                    eprintln!("demo idp: {e}");
+                    return ExitCode::from(2);
                 }
-            })
+            };
+            let redirect_uris = if redirect_uris.is_empty() {
+                demo::idp::DEFAULT_REDIRECT_URIS.map(String::from).to_vec()
+            } else {
+                redirect_uris
+            };
+            let options = demo::idp::Options {
+                listen,
+                redirect_uris,
+                audience,
+            };
+            match runtime.block_on(demo::idp::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo idp: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
+        DemoCommand::Upstream { listen } => runtime.block_on(async {
+            match tokio::net::TcpListener::bind(&listen).await {
+                Ok(l) => {
+                    tracing::info!(%listen, "demo upstream listening");
+                    demo::upstream::serve(l).await;
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("demo upstream: cannot listen on {listen}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
     }
 }
 

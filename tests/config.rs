@@ -26,7 +26,8 @@ fn every_example_config_loads_and_validates() {
     let top = std::fs::read_dir("examples").unwrap();
     let providers = std::fs::read_dir("examples/identity-providers").unwrap();
     let audit = std::fs::read_dir("examples/audit").unwrap();
-    for entry in top.chain(providers).chain(audit) {
+    let quickstart = std::fs::read_dir("examples/quickstart").unwrap();
+    for entry in top.chain(providers).chain(audit).chain(quickstart) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             if let Err(problems) = portcullis::app::load_config(&path) {
@@ -36,8 +37,8 @@ fn every_example_config_loads_and_validates() {
         }
     }
     assert!(
-        checked >= 9,
-        "expected the quickstart, reference, identity-provider and audit examples"
+        checked >= 10,
+        "expected the minimal, quickstart, reference, identity-provider and audit examples"
     );
 }
 
