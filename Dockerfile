@@ -42,7 +42,7 @@ COPY --from=build --chown=65532:65532 /out/var/lib/ /var/lib/
 # A config that listens on all interfaces (examples/container.toml); mount yours over it.
 COPY examples/container.toml /etc/portcullis/portcullis.toml
 COPY policies /etc/portcullis/policies
-# Relative paths in the config (policy.dir = "policies") resolve against the working directory.
+# Relative paths in the config (policy.dir = "policies") resolve against the config file's directory.
 WORKDIR /etc/portcullis
 USER nonroot:nonroot
 # 8080 HTTP, 8443 HTTPS, 9090 admin (/healthz, /readyz, /metrics).

@@ -152,9 +152,23 @@ impl Bound {
 }
 
 /// Reads, parses and checks a configuration file as `serve` would: every key, and the resource
-/// templates it defines and names, all problems at once.
+/// templates it defines and names, all problems at once. Relative paths in it are taken from its
+/// directory.
 pub fn load_config(path: &std::path::Path) -> Result<Config, Vec<crate::config::Problem>> {
     crate::config::load_with(path, crate::authz::resources::template_problems)
+}
+
+/// What `check-config` reports about a file: everything [`load_config`] refuses, the warnings,
+/// and, unless `offline` (checked on another machine than the one that will serve it), every
+/// secret it names that is not where it says.
+pub fn check_config(path: &std::path::Path, offline: bool) -> crate::config::Report {
+    crate::config::check(path, |config| {
+        let mut problems = crate::authz::resources::template_problems(config);
+        if !offline {
+            problems.extend(crate::config::check_secrets(config));
+        }
+        problems
+    })
 }
 
 pub async fn bind(config: &Config) -> Result<Bound, StartError> {
@@ -783,6 +797,9 @@ fn spawn_reloader(
                     );
                     if !restart.is_empty() {
                         tracing::warn!(sections = ?restart, "these sections changed but are read only at start; restart to apply them");
+                    }
+                    for warning in crate::config::warnings(&running) {
+                        tracing::warn!(key = %warning.path, fix = %warning.hint, "{}", warning.message);
                     }
                 }
                 Err(e) => {

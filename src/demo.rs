@@ -1,11 +1,18 @@
-//! `portcullis demo-upstream`: a tiny echo service for the quickstart. It answers every request
-//! with JSON describing what reached it, so a newcomer can see exactly what the proxy forwarded.
-//! Also `portcullis probe`, the container health check.
+//! The binary's demo services, for the quickstart and nothing else: `portcullis demo idp` (a
+//! development OpenID Provider, [`idp`]) and `portcullis demo upstream` (a small Airflow-like API,
+//! [`upstream`]). Also `portcullis probe`, the container health check. The HTTP plumbing the two
+//! services share is here.
+
+pub mod idp;
+pub mod upstream;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
 
-use http::{Request, Response, header};
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -13,47 +20,126 @@ use tokio::net::TcpListener;
 
 use portcullis::body::{ProxyBody, full};
 
-pub async fn serve(listener: TcpListener) {
+/// The largest request body the demo services read: forms and small JSON documents.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A request as the demo services handle it: the head, and the body read whole.
+pub struct Received {
+    pub parts: http::request::Parts,
+    pub body: Bytes,
+}
+
+impl Received {
+    /// The query's parameters, then the form body's (a POST may send either).
+    pub fn params(&self) -> Vec<(String, String)> {
+        let query = self.parts.uri.query().unwrap_or("");
+        let mut params: Vec<(String, String)> =
+            form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let is_form = self
+            .parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if is_form {
+            params.extend(form_urlencoded::parse(&self.body).into_owned());
+        }
+        params
+    }
+}
+
+/// The first value of `name` in `params`.
+pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Serves `handle` on every connection `listener` accepts, until the process ends.
+pub async fn serve<S, F>(listener: TcpListener, state: Arc<S>, handle: fn(Arc<S>, Received) -> F)
+where
+    S: Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let builder = builder.clone();
+        let state = state.clone();
         tokio::spawn(async move {
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service_fn(echo))
-                .await;
+            let service = service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let response = match Limited::new(body, MAX_BODY).collect().await {
+                        Ok(collected) => {
+                            let body = collected.to_bytes();
+                            handle(state, Received { parts, body }).await
+                        }
+                        Err(_) => text(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request body too large or broken\n",
+                        ),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body_bytes = body.collect().await.map(|c| c.to_bytes().len()).unwrap_or(0);
-    let headers: serde_json::Map<String, serde_json::Value> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-            )
-        })
-        .collect();
-    let json = serde_json::json!({
-        "service": "portcullis demo upstream",
-        "method": parts.method.as_str(),
-        "path": parts.uri.path(),
-        "query": parts.uri.query(),
-        "body_bytes": body_bytes,
-        "headers": headers,
-    });
-    let mut response = Response::new(full(format!("{json:#}\n")));
-    if let Ok(v) = "application/json".parse() {
-        response.headers_mut().insert(header::CONTENT_TYPE, v);
+fn with_type(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Compact, as APIs answer.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    with_type(status, format!("{value}\n"), "application/json")
+}
+
+/// Indented, for a person to read.
+pub fn pretty_json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    with_type(status, format!("{value:#}\n"), "application/json")
+}
+
+pub fn html(status: StatusCode, page: String) -> Response<ProxyBody> {
+    with_type(status, page, "text/html; charset=utf-8")
+}
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    with_type(status, body, "text/plain; charset=utf-8")
+}
+
+/// A 303 to `location` (after a form POST, the browser follows with a GET).
+pub fn see_other(location: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(response)
+    response
+}
+
+/// Text made safe to put in HTML, also inside a quoted attribute.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// GETs a plain-HTTP URL and reports whether it answered 2xx within 3 seconds.

@@ -32,10 +32,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Check a configuration file and print every problem with its key path and a fix.
+    /// Check a configuration file and print every problem with its key path and a fix, then the
+    /// warnings; exit 1 if there is a problem (warnings alone exit 0).
     CheckConfig {
+        /// TOML configuration file; relative paths in it are taken from its directory.
         #[arg(long, short)]
         config: PathBuf,
+        /// Do not look for the secrets the file names (`*_env` variables, `*_file` files): for
+        /// checking a file on another machine than the one that will serve it.
+        #[arg(long)]
+        offline: bool,
     },
     /// Test, explain and diff the Casbin policy (see docs/policy.md).
     Policy {
@@ -55,8 +61,36 @@ enum Command {
     /// Exit 0 if an HTTP GET of URL answers 2xx within 3 s (a container health check that needs
     /// no curl in the image).
     Probe { url: String },
-    /// Run a small echo service to put behind the proxy in the quickstart.
-    DemoUpstream {
+    /// The quickstart's demo services, FOR DEMOS ONLY: never put real users or data behind them.
+    Demo {
+        #[command(subcommand)]
+        command: DemoCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// A development OpenID Provider: discovery, JWKS, sign-in with PKCE behind a form listing
+    /// demo users, and tokens for demo services and CI jobs. Anyone can sign in as anyone, so it
+    /// listens on loopback only. Its page (http://<address>/) lists its issuers, users and
+    /// endpoints; examples/quickstart/README.md describes them.
+    Idp {
+        /// A loopback IP address and port (127.0.0.1:PORT or [::1]:PORT); the issuer is
+        /// http://<this address>.
+        #[arg(long, default_value = "127.0.0.1:9400")]
+        listen: String,
+        /// A redirect URI of the demo client `portcullis` (a loopback URL); repeat for several.
+        /// Default: the quickstart proxy's callbacks on localhost:8080 and 127.0.0.1:8080.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// The `aud` of access tokens and of CI job tokens that ask for none.
+        #[arg(long, default_value = demo::idp::DEFAULT_AUDIENCE)]
+        audience: String,
+    },
+    /// A small Airflow-like API (three DAGs, their runs, a page that calls them) that echoes
+    /// anything else back as JSON describing what reached it.
+    Upstream {
+        /// The address and port to listen on.
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
     },
@@ -89,6 +123,15 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
+    /// Print audit records one line each (when, allow or deny, status, who, what, why) from a
+    /// JSON-lines file, or `-` for standard input.
+    Show {
+        /// A JSON-lines audit file (`audit.path`), or `-` for standard input.
+        path: PathBuf,
+        /// Keep reading as the file grows, like `tail -f`, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Check a JSON-lines export or a spool directory: every instance's sequence numbers without
     /// gaps and its hash chain unbroken. Exit 0 if intact, 1 if not, 2 if unreadable.
     Verify { path: PathBuf },
@@ -223,6 +266,15 @@ fn main() -> ExitCode {
         Command::Policy { command } => policy_command(command),
         Command::Keys { command } => keys_command(command),
         Command::Audit {
+            command: AuditCommand::Show { path, follow },
+        } => match portcullis::audit::readable::show(&path, follow, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Audit {
             command: AuditCommand::Verify { path },
         } => match portcullis::audit::verify::verify(&path) {
             Ok(report) => {
@@ -238,28 +290,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::CheckConfig { config } => match portcullis::app::load_config(&config) {
-            Ok(c) => {
-                if c.needs_policy() {
-                    // The policy is part of what `serve` would refuse to start with.
-                    let Some(runtime) = runtime(1) else {
-                        return ExitCode::FAILURE;
-                    };
-                    let report = runtime.block_on(portcullis::authz::cli::test(&c.policy.dir, Some(&c)));
-                    if report.code != 0 {
-                        eprintln!("{}: policy.dir {}:", config.display(), c.policy.dir.display());
-                        eprint!("{}", report.text);
-                        return ExitCode::FAILURE;
-                    }
-                }
-                println!("{}: ok ({} routes)", config.display(), c.routes.len());
-                ExitCode::SUCCESS
-            }
-            Err(problems) => {
-                report(&config, &problems);
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { config, offline } => check_config(&config, offline),
         Command::Serve { config: path } => {
             let config = match portcullis::app::load_config(&path) {
                 Ok(c) => c,
@@ -268,6 +299,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            for warning in portcullis::config::warnings(&config) {
+                tracing::warn!(key = %warning.path, fix = %warning.hint, "{}", warning.message);
+            }
             let Some(runtime) = runtime(config.runtime.worker_threads) else {
                 return ExitCode::FAILURE;
             };
@@ -296,24 +330,58 @@ fn main() -> ExitCode {
             Some(true) => ExitCode::SUCCESS,
             _ => ExitCode::FAILURE,
         },
-        Command::DemoUpstream { listen } => {
-            let Some(runtime) = runtime(1) else {
-                return ExitCode::FAILURE;
-            };
-            runtime.block_on(async {
-                match tokio::net::TcpListener::bind(&listen).await {
-                    Ok(l) => {
-                        tracing::info!(%listen, "demo upstream listening");
-                        demo::serve(l).await;
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("demo-upstream: cannot listen on {listen}: {e}");
-                        ExitCode::FAILURE
-                    }
+        Command::Demo { command } => demo_command(command),
+    }
+}
+
+fn demo_command(command: DemoCommand) -> ExitCode {
+    let Some(runtime) = runtime(1) else {
+        return ExitCode::FAILURE;
+    };
+    match command {
+        DemoCommand::Idp {
+            listen,
+            redirect_uris,
+            audience,
+        } => {
+            let listen = match demo::idp::loopback(&listen) {
+                Ok(addr) => addr,
+                Err(e) => {
+                    eprintln!("demo idp: {e}");
+                    return ExitCode::from(2);
                 }
-            })
+            };
+            let redirect_uris = if redirect_uris.is_empty() {
+                demo::idp::DEFAULT_REDIRECT_URIS.map(String::from).to_vec()
+            } else {
+                redirect_uris
+            };
+            let options = demo::idp::Options {
+                listen,
+                redirect_uris,
+                audience,
+            };
+            match runtime.block_on(demo::idp::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo idp: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
+        DemoCommand::Upstream { listen } => runtime.block_on(async {
+            match tokio::net::TcpListener::bind(&listen).await {
+                Ok(l) => {
+                    tracing::info!(%listen, "demo upstream listening");
+                    demo::upstream::serve(l).await;
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("demo upstream: cannot listen on {listen}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
     }
 }
 
@@ -393,11 +461,66 @@ fn keys_command(command: KeysCommand) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn report(path: &std::path::Path, problems: &[portcullis::config::Problem]) {
-    eprintln!("{}: {} problem(s)", path.display(), problems.len());
-    for p in problems {
-        eprintln!("  {}: {}\n      fix: {}", p.path, p.message, p.hint);
+/// `check-config`: every problem of the file, then its warnings, then the policy it names (which
+/// `serve` would also refuse to start with). Exit 1 on any problem; warnings alone exit 0.
+fn check_config(path: &std::path::Path, offline: bool) -> ExitCode {
+    let checked = portcullis::app::check_config(path, offline);
+    let mut ok = !checked.has_errors();
+    if !checked.problems.is_empty() {
+        report(path, &checked.problems);
     }
+    let Some(config) = checked.config else {
+        return ExitCode::FAILURE;
+    };
+    // Only the file as written says which policy it means: with a value replaced by its default
+    // (a mistyped `access` reads as protected), or with templates or a policy directory that are
+    // wrong themselves, the policy's report would only repeat those problems.
+    let policy_checkable = checked.as_written
+        && !checked.problems.iter().any(|p| {
+            p.is_error() && (p.path.starts_with("policy") || p.path.starts_with("resource_templates"))
+        });
+    if config.needs_policy() && policy_checkable {
+        let Some(runtime) = runtime(1) else {
+            return ExitCode::FAILURE;
+        };
+        let policy = runtime.block_on(portcullis::authz::cli::test(&config.policy.dir, Some(&config)));
+        if policy.code != 0 {
+            eprintln!("{}: policy.dir {}:", path.display(), config.policy.dir.display());
+            eprint!("{}", policy.text);
+            ok = false;
+        }
+    }
+    if !ok {
+        return ExitCode::FAILURE;
+    }
+    let warnings = checked.problems.len();
+    let routes = config.routes.len();
+    match warnings {
+        0 => println!("{}: ok ({routes} routes)", path.display()),
+        n => println!("{}: ok ({routes} routes, {n} warning(s))", path.display()),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Problems first, then warnings; each with its key path, its line and a fix.
+fn report(path: &std::path::Path, problems: &[portcullis::config::Problem]) {
+    let (errors, warnings): (Vec<_>, Vec<_>) = problems.iter().partition(|p| p.is_error());
+    match (errors.len(), warnings.len()) {
+        (n, 0) => eprintln!("{}: {n} problem(s)", path.display()),
+        (0, w) => eprintln!("{}: {w} warning(s)", path.display()),
+        (n, w) => eprintln!("{}: {n} problem(s), {w} warning(s)", path.display()),
+    }
+    for p in errors {
+        eprintln!("  {}", line(p));
+    }
+    for p in warnings {
+        eprintln!("  warning: {}", line(p));
+    }
+}
+
+fn line(p: &portcullis::config::Problem) -> String {
+    let at = p.line.map(|l| format!(" (line {l})")).unwrap_or_default();
+    format!("{}: {}{at}\n      fix: {}", p.path, p.message, p.hint)
 }
 
 async fn shutdown_signal() {

@@ -7,8 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The binary's files: they sit above everything and reach the library as `portcullis::…`.
-const BINARY: [&str; 3] = ["lib.rs", "main.rs", "demo.rs"];
+/// The binary's files (and the library's root): they sit above everything and reach the library
+/// as `portcullis::…`. The binary's demo services live in `demo.rs` and under `demo/`.
+fn is_binary(relative: &str) -> bool {
+    ["lib.rs", "main.rs", "demo.rs"].contains(&relative) || relative.starts_with("demo/")
+}
 
 /// Module name → its row (0 is the top of the table, the floor's first row).
 fn table(doc: &str) -> Result<BTreeMap<String, usize>, String> {
@@ -115,7 +118,7 @@ fn sources(dir: &Path, base: &Path, out: &mut Vec<(String, String)>) {
                 .expect("under src")
                 .to_string_lossy()
                 .replace('\\', "/");
-            if !BINARY.contains(&relative.as_str()) {
+            if !is_binary(&relative) {
                 let text = std::fs::read_to_string(&path).expect("source file");
                 out.push((relative, text));
             }

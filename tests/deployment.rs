@@ -229,6 +229,22 @@ fn mount_of<'a>(rendered: &'a Rendered, path: &Path) -> (&'a str, &'a Value) {
     (mount["mountPath"].as_str().unwrap(), volume)
 }
 
+/// An absolute path with its `.` and `..` steps taken, without asking the file system (the pod's
+/// paths are not on this machine).
+fn lexical(path: &Path) -> String {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out.display().to_string()
+}
+
 /// Every string value in a TOML table that is an absolute path, with its key path.
 fn absolute_paths(table: &toml::Table, prefix: &str, out: &mut Vec<(String, String)>) {
     for (key, value) in table {
@@ -633,11 +649,13 @@ fn the_config_each_example_mounts_passes_check_config_as_the_pod_sees_it() {
             .collect();
         assert_eq!(&args[..2], ["serve", "--config"], "{dir}");
         let in_pod = |path: &str| root.path().join(path.trim_start_matches('/'));
-        let workdir = container["workingDir"].as_str().unwrap();
+        // Relative paths are taken from the config's directory, whatever the working directory.
+        // Offline: the config names its secrets by their absolute paths in the pod, which are not
+        // on this machine; that each is a key of a Secret volume is checked below.
         let out = Command::new(support::binary())
-            .args(["check-config", "--config"])
+            .args(["check-config", "--offline", "--config"])
             .arg(in_pod(args[2]))
-            .current_dir(in_pod(workdir))
+            .current_dir(root.path())
             .output()
             .unwrap();
         assert!(
@@ -652,8 +670,11 @@ fn the_config_each_example_mounts_passes_check_config_as_the_pod_sees_it() {
         let (_, config) = pod_config(rendered);
         let mut paths = Vec::new();
         absolute_paths(&config, "", &mut paths);
-        let policy_dir = config["policy"]["dir"].as_str().unwrap();
-        paths.push(("policy.dir".into(), format!("{workdir}/{policy_dir}")));
+        let policy_dir = Path::new(args[2])
+            .parent()
+            .unwrap()
+            .join(config["policy"]["dir"].as_str().unwrap());
+        paths.push(("policy.dir".into(), lexical(&policy_dir)));
         for (key, path) in &paths {
             let (mount, volume) = mount_of(rendered, Path::new(path));
             if key.ends_with("_file") {
@@ -692,12 +713,20 @@ fn the_container_image_listens_on_all_interfaces_with_a_default_config_that_load
             .unwrap_or_else(|| panic!("the Dockerfile copies nothing to {dest}"))
     };
     let config = copy_to("/etc/portcullis/portcullis.toml");
-    assert_eq!(copy_to("/etc/portcullis/policies"), "policies");
+    let policies = copy_to("/etc/portcullis/policies");
+    assert_eq!(policies, "policies");
     assert!(lines.contains(&"WORKDIR /etc/portcullis"));
     assert!(lines.contains(&r#"CMD ["serve", "--config", "/etc/portcullis/portcullis.toml"]"#));
+    // The two where the image has them: the config finds the policy beside it.
+    let image = tempfile::tempdir().unwrap();
+    let etc = image.path().join("etc/portcullis");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::copy(Path::new(ROOT).join(config), etc.join("portcullis.toml")).unwrap();
+    std::os::unix::fs::symlink(Path::new(ROOT).join(policies), etc.join("policies")).unwrap();
     let out = Command::new(support::binary())
-        .args(["check-config", "--config", config])
-        .current_dir(ROOT)
+        .args(["check-config", "--config"])
+        .arg(etc.join("portcullis.toml"))
+        .current_dir(image.path())
         .output()
         .unwrap();
     assert!(

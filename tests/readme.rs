@@ -36,8 +36,8 @@ fn ini(text: &str, key: &str) -> String {
         .to_string()
 }
 
-/// The README's Airflow configuration, with the one file it names that must exist (Airflow's
-/// public JWKS) made, in a temporary directory.
+/// The README's Airflow configuration, with the files it names that must exist (Airflow's public
+/// JWKS, the policy directory beside it) made, in a temporary directory.
 struct Written {
     dir: tempfile::TempDir,
     config: std::path::PathBuf,
@@ -55,6 +55,13 @@ fn written() -> Written {
     std::fs::write(
         &jwks,
         r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "yQaPxaNJChrfAqalU8bNjepvRzX3gf3QWWIsG--T_2E", "kid": "airflow-own", "alg": "EdDSA", "use": "sig"}]}"#,
+    )
+    .unwrap();
+    // The policy beside the config, where its relative `dir` is looked for.
+    let policy = toml["policy"]["dir"].as_str().unwrap();
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/policies"),
+        dir.path().join(policy),
     )
     .unwrap();
     let named = toml["routes"][0]["assertion"]["upstream_jwks"].as_str().unwrap();

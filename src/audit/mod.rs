@@ -11,6 +11,7 @@
 
 pub mod otlp;
 pub mod pipeline;
+pub mod readable;
 pub mod record;
 mod sink;
 pub mod spool;

@@ -1,19 +1,25 @@
 //! The configuration: one typed tree read from TOML.
 //!
-//! Loading is two steps. [`load`] parses the text (collecting *every* unknown key with its path
-//! instead of stopping at the first) and [`validate`] checks the meaning of the tree without doing
-//! any I/O. Both report [`Problem`]s that name the key path and a fix, so `check-config` can print
-//! all of them at once. What a type can say is said by the type, so the reader refuses it at its
-//! key path and nothing checks it again: durations that must be positive are [`Positive`], counts
-//! of at least one are `NonZero*`. Files and secrets named by the config (certificates, keys, HMAC
-//! secrets) are read later, by `app`, which checks what only their contents can tell.
+//! Loading is a few steps, and every one reports [`Problem`]s that name the key path and a fix, so
+//! `check-config` can print all of them at once. [`parse`] reads the text (`read.rs`): every
+//! unknown key and every value that does not fit its key, not only the first, each with the
+//! closest key or value that was probably meant. Relative paths are then taken from the config
+//! file's directory (`paths.rs`), and [`validate`] checks the meaning of the tree without doing
+//! any I/O; [`warnings`] says what is allowed but probably not meant. What a type can say is said
+//! by the type, so the reader refuses it at its key path and nothing checks it again: durations
+//! that must be positive are [`Positive`], counts of at least one are `NonZero*`. Files and
+//! secrets named by the config (certificates, keys, HMAC secrets) are read later, by `app`, which
+//! checks what only their contents can tell; [`check_secrets`] only looks whether they are there.
 
 pub mod claims;
+mod paths;
 mod presets;
+mod read;
+mod secrets;
 pub mod templates;
 mod validate;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +27,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use paths::{base_dir, resolve_paths};
 pub use presets::{ResolvedProvider, ServiceWhen};
+pub use secrets::check_secrets;
 
 /// A duration longer than zero. A zero is refused while the file is read, at its key path, so
 /// nothing after parsing checks it again.
@@ -86,7 +94,7 @@ const fn at_least_one_u64<const N: u64>() -> NonZeroU64 {
         None => NonZeroU64::MIN,
     }
 }
-pub use validate::validate;
+pub use validate::{validate, warnings};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -276,7 +284,8 @@ impl Config {
 #[serde(default)]
 pub struct Policy {
     /// Directory with `model.conf`, `*.csv` rule files and `tests/*.toml` decision tables.
-    /// Default `policies` (relative to the working directory). Read only when a route is `protected`.
+    /// Default `policies`; like every relative path in the file, taken from the config file's
+    /// directory. Read only when a route is `protected`.
     pub dir: PathBuf,
     /// Reload when a file in `dir` (or `shadow_dir`) changes. Default true.
     pub watch: bool,
@@ -326,6 +335,7 @@ pub struct Server {
     pub limits: Limits,
     /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Request-Id` headers are believed, as CIDRs.
     /// Default: none (every forwarding header from the client is replaced).
+    #[serde(deserialize_with = "cidrs")]
     pub trusted_proxies: Vec<IpNet>,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT. Default `30s`.
     #[serde(with = "humantime_serde")]
@@ -347,6 +357,43 @@ impl Default for Server {
             shutdown_grace: Duration::from_secs(30),
             strip_request_headers: Vec::new(),
         }
+    }
+}
+
+/// `trusted_proxies`, each entry read on its own: a mistake names its index and what is wrong.
+fn cidrs<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<IpNet>, D::Error> {
+    struct Cidr(IpNet);
+    impl<'de> Deserialize<'de> for Cidr {
+        fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(de)?;
+            parse_cidr(&text).map(Cidr).map_err(serde::de::Error::custom)
+        }
+    }
+    Ok(Vec::<Cidr>::deserialize(de)?.into_iter().map(|c| c.0).collect())
+}
+
+/// A network as `address/prefix`; the error says which half is wrong and how.
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net);
+    }
+    let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
+    let Ok(addr) = addr.parse::<IpAddr>() else {
+        return Err(format!("{addr:?} is not an IP address"));
+    };
+    let (family, longest) = if addr.is_ipv4() {
+        ("IPv4", 32)
+    } else {
+        ("IPv6", 128)
+    };
+    match prefix.parse::<u32>() {
+        _ if prefix.is_empty() => Err(format!(
+            "{text:?} has no prefix length (the address alone is \"{addr}/{longest}\")"
+        )),
+        Ok(bits) if bits > longest => Err(format!(
+            "{text:?}: the prefix /{bits} is too long, an {family} network has at most /{longest}"
+        )),
+        _ => Err(format!("{text:?}: {prefix:?} is not a prefix length")),
     }
 }
 
@@ -1263,6 +1310,15 @@ impl Upstream {
     }
 }
 
+/// Whether a problem stops the proxy from starting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// `serve` refuses the file.
+    Error,
+    /// Allowed, and probably not what was meant: reported, never refused.
+    Warning,
+}
+
 /// One thing wrong with a configuration, with where and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -1270,6 +1326,9 @@ pub struct Problem {
     pub path: String,
     pub message: String,
     pub hint: String,
+    pub severity: Severity,
+    /// The line of the file the key is written on (for a missing key, its table's), when known.
+    pub line: Option<usize>,
 }
 
 impl Problem {
@@ -1278,80 +1337,107 @@ impl Problem {
             path: path.into(),
             message: message.into(),
             hint: hint.into(),
+            severity: Severity::Error,
+            line: None,
         }
+    }
+
+    pub fn warning(path: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Problem {
+            severity: Severity::Warning,
+            ..Problem::new(path, message, hint)
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
     }
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} (fix: {})", self.path, self.message, self.hint)
+        if !self.is_error() {
+            f.write_str("warning: ")?;
+        }
+        write!(f, "{}: {}", self.path, self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        write!(f, " (fix: {})", self.hint)
     }
 }
 
-/// Parses TOML text into the typed tree. All unknown keys are reported, not only the first;
-/// a value of the wrong type stops parsing and is reported with its key path.
+/// Parses TOML text into the typed tree. Every unknown key and every value of the wrong type or
+/// form is reported, each with its key path; relative paths are left as written.
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    let mut unknown = Vec::new();
-    let de = match toml::Deserializer::parse(text) {
-        Ok(de) => de,
+    let read = read::read(text);
+    match read.config {
+        Some(config) if read.problems.is_empty() => Ok(config),
+        _ => Err(read.problems),
+    }
+}
+
+/// Everything one reading of a config file found.
+#[derive(Debug)]
+pub struct Report {
+    /// The configuration as read, relative paths resolved. `None` when the file cannot be read or
+    /// is not TOML; otherwise every value that did not fit is replaced by its default, which is
+    /// complete enough for further checks and never for serving while there are errors.
+    pub config: Option<Config>,
+    /// Errors and warnings, in the order of the file's lines (problems of keys the file does not
+    /// write come last).
+    pub problems: Vec<Problem>,
+    /// Whether `config` is the file as written: no value had to be replaced by its default.
+    pub as_written: bool,
+}
+
+impl Report {
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(Problem::is_error)
+    }
+}
+
+/// Reads, parses and checks a config file, with `more` checks of the parsed configuration that
+/// belong to the features reading it (resource templates compile, secrets are there): every
+/// problem, warnings included, comes out of one run.
+pub fn check(path: &Path, more: impl Fn(&Config) -> Vec<Problem>) -> Report {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
         Err(e) => {
-            return Err(vec![Problem::new(
-                "(file)",
-                e.message().trim(),
-                toml_location(text, &e),
-            )]);
+            return Report {
+                config: None,
+                problems: vec![Problem::new(
+                    "(file)",
+                    format!("cannot read {}: {e}", path.display()),
+                    "pass an existing, readable file to --config",
+                )],
+                as_written: false,
+            };
         }
     };
-    let mut track = serde_path_to_error::Track::new();
-    let de = serde_path_to_error::Deserializer::new(de, &mut track);
-    let result: Result<Config, _> = serde_ignored::deserialize(de, |path| {
-        unknown.push(Problem::new(
-            normalize_path(&path.to_string()),
-            "unknown key",
-            "remove it or check its spelling against docs/configuration.md",
-        ))
-    });
-    match result {
-        Ok(config) if unknown.is_empty() => Ok(config),
-        Ok(_) => Err(unknown),
-        Err(e) => {
-            let path = normalize_path(&track.path().to_string());
-            unknown.push(Problem::new(
-                path,
-                e.message().trim(),
-                "see docs/configuration.md for the expected type and format",
-            ));
-            Err(unknown)
-        }
+    let read = read::read(&text);
+    let mut problems = read.problems;
+    let Some(mut config) = read.config else {
+        return Report {
+            config: None,
+            problems,
+            as_written: false,
+        };
+    };
+    resolve_paths(&mut config, &base_dir(path));
+    let mut meaning = validate(&config);
+    meaning.extend(more(&config));
+    meaning.extend(warnings(&config));
+    // A value that was taken out reads as its default, which these checks may call wrong too.
+    meaning.retain(|p| !read::overshadowed_problem(p, &read.dropped));
+    read::locate(&text, &mut meaning);
+    problems.extend(meaning);
+    problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+    Report {
+        config: Some(config),
+        problems,
+        as_written: read.dropped.is_empty(),
     }
-}
-
-fn toml_location(text: &str, e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => {
-            let line = text.get(..span.start).map_or(0, |t| t.lines().count().max(1));
-            format!("correct the TOML syntax near line {line}")
-        }
-        None => "correct the TOML syntax".into(),
-    }
-}
-
-/// serde_path_to_error and serde_ignored print `routes.0.name`; people write `routes[0].name`.
-fn normalize_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for (i, part) in path.split('.').enumerate() {
-        if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
-            out.push('[');
-            out.push_str(part);
-            out.push(']');
-        } else {
-            if i > 0 {
-                out.push('.');
-            }
-            out.push_str(part);
-        }
-    }
-    if out.is_empty() { "(root)".into() } else { out }
 }
 
 /// A provider name as `identity_providers[].name` allows it.
@@ -1367,23 +1453,13 @@ pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
     load_with(path, |_| Vec::new())
 }
 
-/// [`load`], with `more` checks of the parsed configuration that belong to the features
-/// reading it (resource templates compile): all problems come out of one run.
+/// [`check`] as `serve` needs it: the configuration when nothing stops it from starting (its
+/// warnings are [`warnings`] of it), else every problem, warnings included.
 pub fn load_with(path: &Path, more: impl Fn(&Config) -> Vec<Problem>) -> Result<Config, Vec<Problem>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Problem::new(
-            "(file)",
-            format!("cannot read {}: {e}", path.display()),
-            "pass an existing, readable file to --config",
-        )]
-    })?;
-    let config = parse(&text)?;
-    let mut problems = validate(&config);
-    problems.extend(more(&config));
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(problems)
+    let report = check(path, more);
+    match report.config {
+        Some(config) if !report.has_errors() => Ok(config),
+        _ => Err(report.problems),
     }
 }
 

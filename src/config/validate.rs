@@ -150,6 +150,34 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     p
 }
 
+/// What the file allows but probably does not mean: reported by `check-config` and logged by
+/// `serve`, never refused.
+pub fn warnings(config: &Config) -> Vec<Problem> {
+    use crate::config::Access;
+    let mut p = Vec::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        // Names that match no provider are already errors; a route that names none at all is
+        // allowed (it fails closed), but nobody can ever pass it.
+        if route.access != Access::Public && route.identity_providers.is_empty() {
+            let access = if route.access == Access::Protected {
+                "protected"
+            } else {
+                "authenticated"
+            };
+            p.push(Problem::warning(
+                format!("routes[{i}].identity_providers"),
+                format!(
+                    "the route is {access} but names no identity provider, so nobody can be \
+                     authenticated and every request to it is refused with 401"
+                ),
+                "list the providers whose callers it admits, e.g. identity_providers = [\"okta\"], \
+                 or set access = \"public\" if it is meant to be open",
+            ));
+        }
+    }
+    p
+}
+
 fn validate_provider(idp: &crate::config::IdentityProvider, at: &str, p: &mut Vec<Problem>) {
     use super::presets::{ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS};
     let has_secret = idp.hmac_secret_env.is_some() || idp.hmac_secret_file.is_some();

@@ -1,7 +1,7 @@
 // A real browser signing in through Portcullis, for its integration tests.
 //
-//   node signin.mjs --url URL --login NAME [--sign-out URL] [--after URL]... [--timeout SECONDS]
-//                   [--exit-with-stdin]
+//   node signin.mjs --url URL --login NAME [--fetch 'METHOD URL']... [--sign-out URL] [--after URL]...
+//                   [--timeout SECONDS] [--exit-with-stdin]
 //
 // Drives Debian's headless /usr/bin/chromium through playwright-core (no browser download), with one
 // browser context that accepts self-signed certificates (the proxy's dev certificate for localhost).
@@ -12,9 +12,14 @@
 // Steps, each printed as one JSON line on stdout (nothing else goes to stdout; diagnostics go to stderr):
 //   1. Opens --url. Wherever the browser is sent, it fills oidc-provider's devInteractions forms: the login
 //      form (input[name=login], input[name=password], any password) and the consent form
-//      (input[name=prompt][value=consent] + its submit button), each only if it appears. Once the page is
-//      back on the --url origin and has settled (loaded, no further navigation for a short while):
+//      (input[name=prompt][value=consent] + its submit button), each only if it appears; on a form that
+//      lists users as buttons (`portcullis demo idp`: button[name=login][value=NAME]) it clicks NAME's.
+//      Once the page is back on the --url origin and has settled (loaded, no further navigation for a
+//      short while):
 //        {"step":"landed","url":…,"status":…,"body":…,"cookies":[…]}
+//   With --fetch 'METHOD URL', for each in order: calls fetch() from the landed page, as its own script
+//   would (same-origin, the session cookie; a POST sends the JSON body {}):
+//        {"step":"fetch","method":…,"url":…,"status":…,"body":…}
 //   2. With --sign-out URL: opens it; if oidc-provider's end_session confirmation appears
 //      (form#op.logoutForm), clicks "Yes, sign me out" (button[name=logout][value=yes]); once settled:
 //        {"step":"signed_out",…same fields…}
@@ -36,14 +41,14 @@ const LOOPBACK = new Set(['127.0.0.1', 'localhost']);
 
 function usage(message) {
   process.stderr.write(`signin.mjs: ${message}\n`);
-  process.stderr.write('usage: node signin.mjs --url URL --login NAME [--sign-out URL] [--after URL]... '
-    + '[--timeout SECONDS] [--exit-with-stdin]\n');
+  process.stderr.write('usage: node signin.mjs --url URL --login NAME [--fetch \'METHOD URL\']... [--sign-out URL] '
+    + '[--after URL]... [--timeout SECONDS] [--exit-with-stdin]\n');
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const opts = {
-    url: undefined, login: undefined, signOut: undefined, after: [], timeout: 60, exitWithStdin: false,
+    url: undefined, login: undefined, fetches: [], signOut: undefined, after: [], timeout: 60, exitWithStdin: false,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
@@ -55,6 +60,12 @@ function parseArgs(argv) {
     switch (arg) {
       case '--url': opts.url = value(); break;
       case '--login': opts.login = value(); break;
+      case '--fetch': {
+        const [method, url, extra] = value().split(' ');
+        if (!method || !url || extra !== undefined || !URL.canParse(url)) usage(`--fetch needs 'METHOD URL', not ${argv[i]}`);
+        opts.fetches.push({ method: method.toUpperCase(), url });
+        break;
+      }
       case '--sign-out': opts.signOut = value(); break;
       case '--after': opts.after.push(value()); break;
       case '--timeout': opts.timeout = Number(value()); break;
@@ -154,7 +165,11 @@ async function signIn() {
   await open(opts.url.href);
   for (let round = 0; round < 10; round += 1) {
     if (new URL(page.url()).origin === opts.url.origin) return;
-    if (await has('form input[name="login"]')) {
+    const pick = `form button[name="login"][value="${opts.login}"]`;
+    if (await has(pick)) {
+      log(`user list at ${withoutQuery(page.url())}`);
+      await page.click(pick);
+    } else if (await has('form input[name="login"]')) {
       log(`login form at ${withoutQuery(page.url())}`);
       await page.fill('form input[name="login"]', opts.login);
       await page.fill('form input[name="password"]', 'any password');
@@ -168,6 +183,23 @@ async function signIn() {
     await settle();
   }
   throw new Error('still not back on the --url origin after 10 forms');
+}
+
+// fetch() from the page, as the page's own script would call its API.
+async function pageFetch({ method, url }) {
+  log(`fetch ${method} ${url}`);
+  const answer = await page.evaluate(async ({ method: m, url: u }) => {
+    const init = { method: m };
+    if (m !== 'GET' && m !== 'HEAD') {
+      init.headers = { 'content-type': 'application/json' };
+      init.body = '{}';
+    }
+    const response = await fetch(u, init);
+    return { status: response.status, body: await response.text() };
+  }, { method, url });
+  emit({
+    step: 'fetch', method, url, ...answer,
+  });
 }
 
 async function signOut() {
@@ -205,6 +237,9 @@ try {
 
   await signIn();
   await snapshot('landed');
+  for (const request of opts.fetches) {
+    await pageFetch(request);
+  }
   if (opts.signOut) {
     await signOut();
     await snapshot('signed_out');
