@@ -58,6 +58,19 @@ pub fn resolve_paths(config: &mut Config, base: &Path) {
             maybe(&mut browser.client_secret_file);
         }
     }
+    if let Some(redis) = &mut config.sessions.redis {
+        for path in [
+            &mut redis.password_file,
+            &mut redis.sentinel_password_file,
+            &mut redis.ca,
+            &mut redis.client_cert,
+            &mut redis.client_key,
+            &mut redis.encryption_key_file,
+            &mut redis.previous_encryption_key_file,
+        ] {
+            maybe(path);
+        }
+    }
     for route in &mut config.routes {
         let up = &mut route.upstream;
         maybe(&mut up.ca);
@@ -106,10 +119,30 @@ mod tests {
             [routes.upstream]
             url = "https://a:8443"
             ca = "ca.pem"
+            [sessions]
+            store = "redis"
+            [sessions.redis]
+            url = "rediss://r"
+            ca = "redis/ca.pem"
+            encryption_key_file = "/run/secrets/key"
+            password_file = "redis/password"
             "#,
         )
         .unwrap();
         resolve_paths(&mut config, Path::new("/etc/portcullis"));
+        let redis = config.sessions.redis.as_ref().unwrap();
+        assert_eq!(
+            redis.ca.as_deref(),
+            Some(Path::new("/etc/portcullis/redis/ca.pem"))
+        );
+        assert_eq!(
+            redis.password_file.as_deref(),
+            Some(Path::new("/etc/portcullis/redis/password"))
+        );
+        assert_eq!(
+            redis.encryption_key_file.as_deref(),
+            Some(Path::new("/run/secrets/key"))
+        );
         let tls = config.server.tls.as_ref().unwrap();
         assert_eq!(tls.cert, Path::new("/etc/portcullis/tls/cert.pem"));
         assert_eq!(tls.key, Path::new("/etc/ssl/key.pem"));

@@ -10,6 +10,36 @@ use super::{Config, Problem};
 /// HMAC keys shorter than this are refused at start-up; see `app::build_authn`.
 const MIN_HMAC_SECRET_BYTES: usize = 32;
 
+/// A 256-bit key, from its text form: 64 hex digits, or base64 (standard or URL-safe, padded
+/// or not) of exactly 32 bytes.
+pub fn parse_key(text: &str) -> Result<[u8; 32], &'static str> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex(text)
+    } else {
+        [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+            .iter()
+            .find_map(|engine| engine.decode(text).ok())
+    };
+    bytes
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or("is not 32 bytes in hex (64 digits) or base64 (fix: openssl rand -base64 32)")
+}
+
+/// The bytes `text` spells in hex (either case); `None` for an odd length or a non-hex digit.
+fn hex(text: &str) -> Option<Vec<u8>> {
+    let value = |d: u8| (d as char).to_digit(16).and_then(|v| u8::try_from(v).ok());
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some(value(*hi)? << 4 | value(*lo)?),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Every secret of `config` that is not where the config says, with its key.
 pub fn check_secrets(config: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
@@ -51,6 +81,51 @@ pub fn check_secrets(config: &Config) -> Vec<Problem> {
             .check(&mut p);
         }
     }
+    if let Some(redis) = &config.sessions.redis {
+        let at = "sessions.redis";
+        for (what, env, file) in [
+            ("password", &redis.password_env, &redis.password_file),
+            (
+                "sentinel_password",
+                &redis.sentinel_password_env,
+                &redis.sentinel_password_file,
+            ),
+        ] {
+            Secret {
+                at,
+                what,
+                env: env.as_deref(),
+                file: file.as_deref(),
+            }
+            .check(&mut p);
+        }
+        for (what, env, file) in [
+            (
+                "encryption_key",
+                &redis.encryption_key_env,
+                &redis.encryption_key_file,
+            ),
+            (
+                "previous_encryption_key",
+                &redis.previous_encryption_key_env,
+                &redis.previous_encryption_key_file,
+            ),
+        ] {
+            let key = Secret {
+                at,
+                what,
+                env: env.as_deref(),
+                file: file.as_deref(),
+            };
+            if let Some(Err(problem)) = key.value(&mut p).map(|v| parse_key(&v)) {
+                p.push(Problem::new(
+                    key.key(),
+                    format!("the key {problem}"),
+                    "generate one with openssl rand -base64 32",
+                ));
+            }
+        }
+    }
     if let Some(otlp) = &config.audit.otlp {
         for (j, header) in otlp.resolved_headers().iter().enumerate() {
             // A preset's access token is a header the file need not write.
@@ -87,9 +162,14 @@ impl Secret<'_> {
 
     /// The secret's length in bytes when it is there; a problem when it is not.
     fn check(&self, p: &mut Vec<Problem>) -> Option<usize> {
+        self.value(p).map(|v| v.len())
+    }
+
+    /// The secret, trimmed, when it is there; a problem when it is not.
+    fn value(&self, p: &mut Vec<Problem>) -> Option<String> {
         if let Some(var) = self.env {
             return match std::env::var(var) {
-                Ok(value) if !value.trim().is_empty() => Some(value.trim().len()),
+                Ok(value) if !value.trim().is_empty() => Some(value.trim().to_string()),
                 Ok(_) => {
                     p.push(Problem::new(
                         self.key(),
@@ -113,7 +193,7 @@ impl Secret<'_> {
         }
         let path = self.file?;
         match std::fs::read_to_string(path) {
-            Ok(value) if !value.trim().is_empty() => Some(value.trim().len()),
+            Ok(value) if !value.trim().is_empty() => Some(value.trim().to_string()),
             Ok(_) => {
                 p.push(Problem::new(
                     self.key(),
@@ -170,6 +250,35 @@ mod tests {
         .unwrap();
         let problems = check_secrets(&config);
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        let redis = |keys: &str| {
+            let text =
+                format!("[sessions]\nstore = \"redis\"\n[sessions.redis]\nurl = \"redis://r\"\n{keys}");
+            let problems = check_secrets(&crate::config::parse(&text).unwrap());
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+        };
+        let key = dir.path().join("key");
+        std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+        let found = format!("encryption_key_file = {:?}", key.display().to_string());
+        assert!(redis(&found).is_empty(), "{:?}", redis(&found));
+        let absent = redis(&format!(
+            "{found}\npassword_env = \"PORTCULLIS_TEST_SURELY_UNSET_2b7c\"\nprevious_encryption_key_file = {short:?}"
+        ));
+        assert_eq!(absent.len(), 2, "{absent:?}");
+        assert!(
+            absent[0].starts_with("sessions.redis.password_env: "),
+            "{absent:?}"
+        );
+        assert!(
+            absent[1].starts_with("sessions.redis.previous_encryption_key_file: the key is not 32 bytes"),
+            "{absent:?}"
+        );
+        assert!(
+            !absent[1].contains("too short"),
+            "the value was shown: {absent:?}"
+        );
         assert_eq!(
             paths,
             [

@@ -19,11 +19,12 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+pub use crate::config::parse_key;
 use crate::identity::Principal;
 use crate::secret::Secret;
 pub use memory::MemoryStore;
 pub use redis::{BuildError, Lifetimes, RedisSecrets, RedisStore};
-pub use seal::{Sealer, parse_key};
+pub use seal::Sealer;
 
 /// A session id: 256 random bits. The cookie carries it base64url-encoded; logs and audit
 /// events carry only [`SessionId::hash`].

@@ -8,26 +8,10 @@
 //! sealed is sealed again with the current key the next time it is written.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+#[cfg(test)]
 use base64::Engine as _;
 
 const VERSION: u8 = 1;
-
-/// A 256-bit key, from its text form: 64 hex digits, or base64 (standard or URL-safe, padded
-/// or not) of exactly 32 bytes.
-pub fn parse_key(text: &str) -> Result<[u8; 32], &'static str> {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    let text = text.trim();
-    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        crate::hex::decode(text)
-    } else {
-        [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-            .iter()
-            .find_map(|engine| engine.decode(text).ok())
-    };
-    bytes
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or("is not 32 bytes in hex (64 digits) or base64 (fix: openssl rand -base64 32)")
-}
 
 /// Seals with the current key; opens with the current or the previous one.
 pub struct Sealer {
@@ -136,6 +120,8 @@ mod tests {
         let forgotten = Sealer::new(&K2, None).unwrap();
         assert!(forgotten.open(b"n", &old).is_none());
     }
+
+    use crate::config::parse_key;
 
     #[test]
     fn keys_are_read_from_hex_or_base64_of_exactly_32_bytes() {

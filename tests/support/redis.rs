@@ -387,13 +387,16 @@ impl RedisSentinel {
     }
 
     /// Promotes the replica, as the Sentinel would if the master failed, and waits until it
-    /// serves writes.
+    /// serves writes and the old master has become its replica (until then the old master
+    /// still takes writes, which the new one never sees).
     pub fn fail_over(&self) {
         let ok = self.cli(&["SENTINEL", "FAILOVER", "mymaster"]);
         assert!(ok.contains("OK"), "{ok}");
         let promoted = self.replica.port;
         self.wait_for(Duration::from_secs(30), "the replica to be promoted", |s| {
-            s.master_port() == promoted && s.replica.cli(&["ROLE"]).starts_with("master")
+            s.master_port() == promoted
+                && s.replica.cli(&["ROLE"]).starts_with("master")
+                && s.master.cli(&["ROLE"]).starts_with("slave")
         });
     }
 
