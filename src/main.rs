@@ -116,7 +116,9 @@ enum KeysCommand {
     Revoke {
         #[arg(long, short)]
         config: PathBuf,
-        /// The key id, as `portcullis keys list` shows it.
+        /// The key id, as `portcullis keys list` shows it. Key ids are base64url and may begin
+        /// with `-`, which is taken as the id here, not as an option.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
 }

@@ -654,6 +654,18 @@ async fn a_revoked_key_leaves_the_jwks_at_once_and_the_proxy_stops_sending_what_
         .unwrap();
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no key no-such-kid"));
+    // A base64url key id may begin with "-": it is still the id, not an option.
+    let dashed = std::process::Command::new(support::binary())
+        .args(["keys", "revoke", "--config"])
+        .arg(&cli_config)
+        .arg("-dashed-kid")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&dashed.stderr).contains("no key -dashed-kid"),
+        "{}",
+        String::from_utf8_lossy(&dashed.stderr)
+    );
 
     // Within the proxy's maintenance interval the key is gone from the published set, and the
     // caller's next assertion (cached for 60 s otherwise) is signed by the new key and verifies.
