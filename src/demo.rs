@@ -127,20 +127,7 @@ pub fn see_other(location: &str) -> Response<ProxyBody> {
 }
 
 /// Text made safe to put in HTML, also inside a quoted attribute.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use portcullis::error::html_escape as escape;
 
 /// GETs a plain-HTTP URL and reports whether it answered 2xx within 3 seconds.
 pub async fn probe(url: &str) -> bool {

@@ -181,7 +181,8 @@ fn html_page(status: StatusCode, message: &str, request_id: &str) -> String {
     )
 }
 
-pub(crate) fn html_escape(s: &str) -> String {
+/// Text made safe to put in HTML, also inside a quoted attribute.
+pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -403,37 +403,19 @@ g, user:okta/root, role:admin, *
     #[tokio::test]
     async fn roles_do_not_leak_across_domains_and_names_do_not_clash() {
         let e = engine(POLICY).await;
-        assert!(
-            !e.evaluate(&Query::new(
-                &["group:okta/data-eng"],
-                "tekton",
-                "dag:etl_daily",
-                "trigger"
-            ))
-            .unwrap()
-            .allowed
-        );
-        // A user or group literally named like a role holds nothing.
-        assert!(
-            !e.evaluate(&Query::new(
-                &["user:okta/role:deployer"],
-                "airflow",
-                "dag:etl_a",
-                "trigger"
-            ))
-            .unwrap()
-            .allowed
-        );
-        assert!(
-            !e.evaluate(&Query::new(
-                &["group:okta/role:admin"],
-                "gitlab",
-                "project:1",
-                "read"
-            ))
-            .unwrap()
-            .allowed
-        );
+        for (subject, domain, object, action) in [
+            // A group's role in one domain grants nothing in another.
+            ("group:okta/data-eng", "tekton", "dag:etl_daily", "trigger"),
+            // A user or group literally named like a role holds nothing.
+            ("user:okta/role:deployer", "airflow", "dag:etl_a", "trigger"),
+            ("group:okta/role:admin", "gitlab", "project:1", "read"),
+        ] {
+            let allowed = e
+                .evaluate(&Query::new(&[subject], domain, object, action))
+                .unwrap()
+                .allowed;
+            assert!(!allowed, "{subject} may {action} {object} in {domain}");
+        }
     }
 
     #[tokio::test]

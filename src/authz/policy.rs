@@ -383,6 +383,11 @@ fn parse_model(text: &str, problems: &mut Vec<Problem>) -> Option<Model> {
         file: file.clone(),
         line: u32::try_from(line).unwrap_or(u32::MAX),
     };
+    // A problem at a line of model.conf.
+    let problem = |line: usize, message: String| Problem {
+        origin: Some(at(line)),
+        message,
+    };
     let mut section = String::new();
     let mut entries: Vec<(String, String, String, usize)> = Vec::new();
     let before = problems.len();
@@ -404,25 +409,22 @@ fn parse_model(text: &str, problems: &mut Vec<Problem>) -> Option<Model> {
                     i + 1,
                 ));
             }
-            _ => problems.push(Problem {
-                origin: Some(at(i + 1)),
-                message: "expected `key = value` inside a [section]".into(),
-            }),
+            _ => problems.push(problem(i + 1, "expected `key = value` inside a [section]".into())),
         }
     }
     let find = |sec: &str, key: &str| entries.iter().find(|e| e.0 == sec && e.1 == key);
     let tokens = |v: &str| v.split(',').map(|t| t.trim().to_string()).collect::<Vec<_>>();
 
     match find("request_definition", "r") {
-        Some((_, _, v, line)) if tokens(v) != ["sub", "dom", "obj", "act"] => problems.push(Problem {
-            origin: Some(at(*line)),
-            message: "Portcullis fills the request as `r = sub, dom, obj, act`: write exactly that".into(),
-        }),
+        Some((_, _, v, line)) if tokens(v) != ["sub", "dom", "obj", "act"] => problems.push(problem(
+            *line,
+            "Portcullis fills the request as `r = sub, dom, obj, act`: write exactly that".into(),
+        )),
         Some(_) => {}
-        None => problems.push(Problem {
-            origin: Some(at(1)),
-            message: "no [request_definition] `r = sub, dom, obj, act`".into(),
-        }),
+        None => problems.push(problem(
+            1,
+            "no [request_definition] `r = sub, dom, obj, act`".into(),
+        )),
     }
     let mut has_effect = false;
     let mut p_line = None;
@@ -431,55 +433,49 @@ fn parse_model(text: &str, problems: &mut Vec<Problem>) -> Option<Model> {
             let t = tokens(v);
             has_effect = t.len() == 5;
             if t != ["sub", "dom", "obj", "act"] && t != ["sub", "dom", "obj", "act", "eft"] {
-                problems.push(Problem {
-                    origin: Some(at(*line)),
-                    message: "write `p = sub, dom, obj, act, eft` (or without `eft`)".into(),
-                });
+                problems.push(problem(
+                    *line,
+                    "write `p = sub, dom, obj, act, eft` (or without `eft`)".into(),
+                ));
             }
             p_line = Some(v.clone());
         }
-        None => problems.push(Problem {
-            origin: Some(at(1)),
-            message: "no [policy_definition] `p = sub, dom, obj, act, eft`".into(),
-        }),
+        None => problems.push(problem(
+            1,
+            "no [policy_definition] `p = sub, dom, obj, act, eft`".into(),
+        )),
     }
     if let Some((_, _, v, line)) = find("role_definition", "g")
         && tokens(v) != ["_", "_", "_"]
     {
-        problems.push(Problem {
-            origin: Some(at(*line)),
-            message: "roles are per domain: write `g = _, _, _` (member, role, domain)".into(),
-        });
+        problems.push(problem(
+            *line,
+            "roles are per domain: write `g = _, _, _` (member, role, domain)".into(),
+        ));
     }
     match find("policy_effect", "e") {
-        Some((_, _, v, line)) if !EFFECTS.contains(&v.as_str()) => problems.push(Problem {
-            origin: Some(at(*line)),
-            message: format!("casbin-rs supports only these effects: {}", EFFECTS.join(" | ")),
-        }),
-        Some((_, _, v, line)) if !has_effect && v.contains("deny") => problems.push(Problem {
-            origin: Some(at(*line)),
-            message: "this effect reads `p.eft`, so add `eft` to the policy_definition".into(),
-        }),
+        Some((_, _, v, line)) if !EFFECTS.contains(&v.as_str()) => problems.push(problem(
+            *line,
+            format!("casbin-rs supports only these effects: {}", EFFECTS.join(" | ")),
+        )),
+        Some((_, _, v, line)) if !has_effect && v.contains("deny") => problems.push(problem(
+            *line,
+            "this effect reads `p.eft`, so add `eft` to the policy_definition".into(),
+        )),
         Some(_) => {}
-        None => problems.push(Problem {
-            origin: Some(at(1)),
-            message: "no [policy_effect] `e = ...`".into(),
-        }),
+        None => problems.push(problem(1, "no [policy_effect] `e = ...`".into())),
     }
     let matcher = find("matchers", "m");
     if matcher.is_none() {
-        problems.push(Problem {
-            origin: Some(at(1)),
-            message: "no [matchers] `m = ...`".into(),
-        });
+        problems.push(problem(1, "no [matchers] `m = ...`".into()));
     }
     if let Some((_, _, v, line)) = matcher
         && (v.contains("portcullisRule") || v.contains("p.src"))
     {
-        problems.push(Problem {
-            origin: Some(at(*line)),
-            message: "`portcullisRule` and `p.src` are reserved for Portcullis".into(),
-        });
+        problems.push(problem(
+            *line,
+            "`portcullisRule` and `p.src` are reserved for Portcullis".into(),
+        ));
     }
     if problems.len() > before {
         return None;

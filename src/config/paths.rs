@@ -116,9 +116,7 @@ mod tests {
             [[routes]]
             name = "a"
             hosts = ["a.example.com"]
-            [routes.upstream]
-            url = "https://a:8443"
-            ca = "ca.pem"
+            upstream = { url = "https://a:8443", ca = "ca.pem" }
             [sessions]
             store = "redis"
             [sessions.redis]

@@ -426,23 +426,24 @@ impl<'de> serde::Deserializer<'de> for FieldNames {
 
 /// A path with every index written `[]` and a resource template's name kept: the table's kind.
 fn pattern(path: &[Seg]) -> String {
-    let mut out = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            Seg::Index(_) => out.push_str("[]"),
-        }
-    }
-    out
+    join(path, |k| k.to_string(), |_| "[]".to_string())
 }
 
 /// `routes[1].upstream.url`; keys that are not bare TOML keys are quoted.
 pub(super) fn render(path: &[Seg]) -> String {
+    let key = |k: &str| {
+        let bare = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if bare { k.to_string() } else { format!("{k:?}") }
+    };
+    let out = join(path, key, |i| format!("[{i}]"));
+    if out.is_empty() { "(root)".into() } else { out }
+}
+
+/// Keys joined by dots, each index written right after its array: the one spelling both
+/// renderings share.
+fn join(path: &[Seg], key: impl Fn(&str) -> String, index: impl Fn(usize) -> String) -> String {
     let mut out = String::new();
     for seg in path {
         match seg {
@@ -450,19 +451,12 @@ pub(super) fn render(path: &[Seg]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                let bare = !k.is_empty()
-                    && k.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if bare {
-                    out.push_str(k);
-                } else {
-                    out.push_str(&format!("{k:?}"));
-                }
+                out.push_str(&key(k));
             }
-            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+            Seg::Index(i) => out.push_str(&index(*i)),
         }
     }
-    if out.is_empty() { "(root)".into() } else { out }
+    out
 }
 
 /// The steps of a rendered path (`routes[1].upstream.url`, `audit.header_attributes."a.b"`);

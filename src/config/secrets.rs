@@ -45,12 +45,7 @@ pub fn check_secrets(config: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
     for (i, idp) in config.identity_providers.iter().enumerate() {
         let at = format!("identity_providers[{i}]");
-        let hmac = Secret {
-            at: &at,
-            what: "hmac_secret",
-            env: idp.hmac_secret_env.as_deref(),
-            file: idp.hmac_secret_file.as_deref(),
-        };
+        let hmac = Secret::new(&at, "hmac_secret", &idp.hmac_secret_env, &idp.hmac_secret_file);
         if let Some(len) = hmac.check(&mut p)
             && len < MIN_HMAC_SECRET_BYTES
         {
@@ -61,62 +56,46 @@ pub fn check_secrets(config: &Config) -> Vec<Problem> {
             ));
         }
         if let Some(browser) = &idp.browser {
-            Secret {
-                at: &format!("{at}.browser"),
-                what: "client_secret",
-                env: browser.client_secret_env.as_deref(),
-                file: browser.client_secret_file.as_deref(),
-            }
+            let at = format!("{at}.browser");
+            Secret::new(
+                &at,
+                "client_secret",
+                &browser.client_secret_env,
+                &browser.client_secret_file,
+            )
             .check(&mut p);
         }
     }
     for (i, route) in config.routes.iter().enumerate() {
         if let Some(c) = &route.upstream_credentials {
-            Secret {
-                at: &format!("routes[{i}].upstream_credentials"),
-                what: "client_secret",
-                env: c.client_secret_env.as_deref(),
-                file: c.client_secret_file.as_deref(),
-            }
-            .check(&mut p);
+            let at = format!("routes[{i}].upstream_credentials");
+            Secret::new(&at, "client_secret", &c.client_secret_env, &c.client_secret_file).check(&mut p);
         }
     }
     if let Some(redis) = &config.sessions.redis {
         let at = "sessions.redis";
-        for (what, env, file) in [
-            ("password", &redis.password_env, &redis.password_file),
-            (
-                "sentinel_password",
-                &redis.sentinel_password_env,
-                &redis.sentinel_password_file,
-            ),
-        ] {
-            Secret {
+        Secret::new(at, "password", &redis.password_env, &redis.password_file).check(&mut p);
+        Secret::new(
+            at,
+            "sentinel_password",
+            &redis.sentinel_password_env,
+            &redis.sentinel_password_file,
+        )
+        .check(&mut p);
+        for key in [
+            Secret::new(
                 at,
-                what,
-                env: env.as_deref(),
-                file: file.as_deref(),
-            }
-            .check(&mut p);
-        }
-        for (what, env, file) in [
-            (
                 "encryption_key",
                 &redis.encryption_key_env,
                 &redis.encryption_key_file,
             ),
-            (
+            Secret::new(
+                at,
                 "previous_encryption_key",
                 &redis.previous_encryption_key_env,
                 &redis.previous_encryption_key_file,
             ),
         ] {
-            let key = Secret {
-                at,
-                what,
-                env: env.as_deref(),
-                file: file.as_deref(),
-            };
             if let Some(Err(problem)) = key.value(&mut p).map(|v| parse_key(&v)) {
                 p.push(Problem::new(
                     key.key(),
@@ -134,13 +113,7 @@ pub fn check_secrets(config: &Config) -> Vec<Problem> {
             } else {
                 ("audit.otlp".to_string(), "access_token")
             };
-            Secret {
-                at: &at,
-                what,
-                env: header.value_env.as_deref(),
-                file: header.value_file.as_deref(),
-            }
-            .check(&mut p);
+            Secret::new(&at, what, &header.value_env, &header.value_file).check(&mut p);
         }
     }
     p
@@ -154,7 +127,21 @@ struct Secret<'a> {
     file: Option<&'a Path>,
 }
 
-impl Secret<'_> {
+impl<'a> Secret<'a> {
+    fn new(
+        at: &'a str,
+        what: &'a str,
+        env: &'a Option<String>,
+        file: &'a Option<std::path::PathBuf>,
+    ) -> Self {
+        Secret {
+            at,
+            what,
+            env: env.as_deref(),
+            file: file.as_deref(),
+        }
+    }
+
     fn key(&self) -> String {
         let kind = if self.env.is_some() { "env" } else { "file" };
         format!("{}.{}_{kind}", self.at, self.what)

@@ -975,15 +975,15 @@ mod tests {
     #[tokio::test]
     async fn services_get_client_credentials_tokens_and_the_web_client_does_not() {
         let idp = idp();
-        let (status, answer) = body(idp.token(
-            &http::HeaderMap::new(),
-            &params(&[
+        let as_service = |secret: &'static str| {
+            let form = params(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", "reporting-bot"),
-                ("client_secret", "reporting-bot-secret"),
-            ]),
-        ))
-        .await;
+                ("client_secret", secret),
+            ]);
+            body(idp.token(&http::HeaderMap::new(), &form))
+        };
+        let (status, answer) = as_service("reporting-bot-secret").await;
         assert_eq!(status, StatusCode::OK, "{answer}");
         let (_, service) = claims(answer["access_token"].as_str().unwrap());
         assert_eq!(service["sub"], "reporting-bot");
@@ -1000,15 +1000,7 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(refused["error"], "unauthorized_client");
 
-        let (status, _) = body(idp.token(
-            &http::HeaderMap::new(),
-            &params(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", "reporting-bot"),
-                ("client_secret", "wrong"),
-            ]),
-        ))
-        .await;
+        let (status, _) = as_service("wrong").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 

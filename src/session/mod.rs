@@ -164,6 +164,17 @@ pub(crate) mod conformance {
         }
     }
 
+    pub fn login() -> PendingLogin {
+        PendingLogin {
+            provider: "idp".into(),
+            pkce_verifier: Secret::new("verifier"),
+            nonce: Secret::new("nonce"),
+            return_to: "/".into(),
+            redirect_url: "https://app.example/.portcullis/callback".into(),
+            binding: "b".into(),
+        }
+    }
+
     /// `store` must have been built with an idle lifetime of `idle` and an absolute one of `absolute`.
     pub async fn run(store: &dyn SessionStore, idle: Duration, absolute: Duration) {
         // A stored session comes back; an unknown id does not.
@@ -211,15 +222,7 @@ pub(crate) mod conformance {
         assert!(store.get(&old).await.unwrap().is_none());
 
         // A sign-in in progress is taken once.
-        let login = PendingLogin {
-            provider: "idp".into(),
-            pkce_verifier: Secret::new("verifier"),
-            nonce: Secret::new("nonce"),
-            return_to: "/".into(),
-            redirect_url: "https://app.example/.portcullis/callback".into(),
-            binding: "b".into(),
-        };
-        store.put_login("state-1", login).await.unwrap();
+        store.put_login("state-1", login()).await.unwrap();
         assert!(store.take_login("state-2").await.unwrap().is_none());
         let taken = store
             .take_login("state-1")

@@ -735,7 +735,7 @@ mod tests {
         s.put(b.clone(), conformance::session(SystemTime::now()))
             .await
             .unwrap();
-        s.put_login("state-xyz", login()).await.unwrap();
+        s.put_login("state-xyz", conformance::login()).await.unwrap();
 
         let dump = server.dump();
         assert_eq!(dump.len(), 3, "{dump:?}");
@@ -761,17 +761,6 @@ mod tests {
         // A session's value put where a sign-in is kept is no sign-in either.
         server.cli(&["COPY", &s.session_key(&a), &s.login_key("state-xyz"), "REPLACE"]);
         assert!(s.take_login("state-xyz").await.unwrap().is_none());
-    }
-
-    fn login() -> PendingLogin {
-        PendingLogin {
-            provider: "idp".into(),
-            pkce_verifier: Secret::new("verifier"),
-            nonce: Secret::new("nonce"),
-            return_to: "/".into(),
-            redirect_url: "https://app.example/.portcullis/callback".into(),
-            binding: "b".into(),
-        }
     }
 
     #[tokio::test]
