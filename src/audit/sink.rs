@@ -43,8 +43,8 @@ pub trait Delivery: Send + 'static {
 /// How long the sealing thread lets a batch gather once the first event is in. Long enough that
 /// no request wakes it on its own and a burst costs one write; short enough that sealing runs in
 /// short slices (about 80 events a batch at 40,000 req/s) that do not hold up the requests
-/// sharing its core: at 20 ms the proxy's p99 was twice as high (BENCHMARKS.md, "Load: a public
-/// route, one core each", `benches/load.sh`).
+/// sharing its core: at 20 ms the proxy's p99 was twice as high (benches/history/public-route.md,
+/// `benches/load.sh`).
 const WRITE_INTERVAL: Duration = Duration::from_millis(2);
 /// A batch this large wakes it early.
 const WAKE_AT: usize = 4096;
