@@ -186,8 +186,15 @@ fn why_not_connected(error: &(dyn std::error::Error + 'static)) -> String {
             return format!("TLS error: {tls}");
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return format!("TLS error: {tls}");
+            // An I/O error may carry the TLS error, or another I/O error that does.
+            if let Some(inner) = io.get_ref() {
+                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                    return format!("TLS error: {tls}");
+                }
+                if inner.is::<std::io::Error>() {
+                    cause = Some(inner);
+                    continue;
+                }
             }
             return match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
