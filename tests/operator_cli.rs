@@ -101,6 +101,7 @@ fn json_logs_are_one_object_per_line_with_level_target_and_message() {
     let warning: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     assert_eq!(warning["level"], "WARN");
     assert_eq!(warning["message"], "upstream failure");
+    assert_eq!(warning["route"], "open");
 }
 
 #[test]

@@ -208,8 +208,8 @@ impl Proxy {
                     ctx.decision = Some(Decision::Deny(*reason));
                 }
                 if error.fault() == Fault::Upstream {
-                    let label = ctx.route.as_ref().map(|r| r.label.clone());
-                    tracing::warn!(request_id = %ctx.request_id, route = ?label, error = %error, "upstream failure");
+                    let label = ctx.route.as_ref().map_or("-", |r| r.label.as_str());
+                    tracing::warn!(request_id = %ctx.request_id, route = %label, error = %error, "upstream failure");
                 }
                 let page = wants_html.then(|| self.error_page(ctx));
                 (
