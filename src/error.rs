@@ -152,7 +152,11 @@ pub fn rescue(error: &ProxyError, request_id: &str, page: Option<&Page>) -> Resp
         _ => None,
     };
     let (content_type, body) = if let Some(page) = page {
-        let mut message = error.public_message().to_string();
+        // The fixed messages are written to follow a JSON key; a page starts a sentence.
+        let public = error.public_message();
+        let mut chars = public.chars();
+        let mut message: String = chars.next().map(|c| c.to_ascii_uppercase()).into_iter().collect();
+        message.push_str(chars.as_str());
         if let Some(missing) = missing {
             message.push_str(&format!(
                 ": missing permission <code>{}</code>",
