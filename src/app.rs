@@ -662,6 +662,7 @@ async fn run_with(
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let sections = [
         ("runtime", old.runtime == new.runtime),
+        ("log", old.log == new.log),
         ("server", old.server == new.server),
         ("admin", old.admin == new.admin),
         ("audit", old.audit == new.audit),

@@ -129,15 +129,67 @@ pub fn see_other(location: &str) -> Response<ProxyBody> {
 /// Text made safe to put in HTML, also inside a quoted attribute.
 pub use portcullis::error::html_escape as escape;
 
-/// GETs a plain-HTTP URL and reports whether it answered 2xx within 3 seconds.
-pub async fn probe(url: &str) -> bool {
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return false;
-    };
+/// GETs a URL (http, or https verified against the system's trust roots) and says why it is
+/// not healthy: not a URL, connection refused, no answer within 3 seconds, a TLS error, or a
+/// status that is not 2xx.
+pub async fn probe(url: &str) -> Result<(), String> {
+    const WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+    let uri = url
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+        .ok_or("not an http:// or https:// URL")?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS error: {e}"))?
+        .with_root_certificates(
+            portcullis::pem::trust_roots(None, "system trust roots")
+                .map_err(|e| format!("TLS error: {e}"))?,
+        )
+        .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    matches!(
-        tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri)).await,
-        Ok(Ok(response)) if response.status().is_success()
-    )
+        .build::<_, http_body_util::Empty<Bytes>>(connector);
+    match tokio::time::timeout(WITHIN, client.get(uri)).await {
+        Err(_) => Err(format!("no answer within {} s (timeout)", WITHIN.as_secs())),
+        Ok(Err(e)) => Err(why_not_connected(&e)),
+        Ok(Ok(response)) if response.status().is_success() => Ok(()),
+        Ok(Ok(response)) => Err(format!("answered {} (not 2xx)", response.status())),
+    }
+}
+
+/// The cause of a failed request in a few words: refused, timed out, TLS, or the OS's words.
+fn why_not_connected(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return format!("TLS error: {tls}");
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            // An I/O error may carry the TLS error, or another I/O error that does.
+            if let Some(inner) = io.get_ref() {
+                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                    return format!("TLS error: {tls}");
+                }
+                if inner.is::<std::io::Error>() {
+                    cause = Some(inner);
+                    continue;
+                }
+            }
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::TimedOut => "timed out connecting".into(),
+                _ => format!("cannot connect: {io}"),
+            };
+        }
+        cause = e.source();
+    }
+    error.to_string()
 }

@@ -59,8 +59,12 @@ enum Command {
         command: KeysCommand,
     },
     /// Exit 0 if an HTTP GET of URL answers 2xx within 3 s (a container health check that needs
-    /// no curl in the image).
-    Probe { url: String },
+    /// no curl in the image); otherwise say why on stderr (connection refused, timeout, TLS
+    /// error, the status) and exit 1.
+    Probe {
+        /// An http:// or https:// URL (https is verified against the system's trust roots).
+        url: String,
+    },
     /// The quickstart's demo services, FOR DEMOS ONLY: never put real users or data behind them.
     Demo {
         #[command(subcommand)]
@@ -98,24 +102,36 @@ enum DemoCommand {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// List the key ring: the active key and the retired ones still published.
+    /// List the key ring: the active key, the next one published ahead, and the retired ones
+    /// still published.
     List {
         /// The configuration whose `tokens.key_dir` holds the ring.
         #[arg(long, short)]
         config: PathBuf,
+        /// Print JSON (`{"changes": [...], "keys": [...]}`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Make a new active key now; the current one retires and stays published until its
     /// assertions expire. A running proxy picks the new key up within a few seconds.
     Rotate {
+        /// The configuration whose `tokens.key_dir` holds the ring.
         #[arg(long, short)]
         config: PathBuf,
+        /// Print JSON (`{"changes": [...], "keys": [...]}`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Withdraw a key now (it may have leaked): a new key takes over if it was the active one,
     /// and it leaves the published JWKS at once instead of when its assertions expire. A running
     /// proxy drops the assertions it signed within a few seconds.
     Revoke {
+        /// The configuration whose `tokens.key_dir` holds the ring.
         #[arg(long, short)]
         config: PathBuf,
+        /// Print JSON (`{"changes": [...], "keys": [...]}`) instead of a table.
+        #[arg(long)]
+        json: bool,
         /// The key id, as `portcullis keys list` shows it. Key ids are base64url and may begin
         /// with `-`, which is taken as the id here, not as an option.
         #[arg(allow_hyphen_values = true)]
@@ -136,13 +152,17 @@ enum AuditCommand {
     },
     /// Check a JSON-lines export or a spool directory: every instance's sequence numbers without
     /// gaps and its hash chain unbroken. Exit 0 if intact, 1 if not, 2 if unreadable.
-    Verify { path: PathBuf },
+    Verify {
+        /// A JSON-lines audit file or a spool directory (`audit.spool.dir`).
+        path: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Run the decision tables in DIR/tests/*.toml; exit 1 if one fails, 2 if the policy does not load.
     Test {
+        /// The policy directory (model.conf, *.csv and tests/*.toml).
         #[arg(long, default_value = "policies")]
         dir: PathBuf,
         /// Read custom resource templates from this configuration.
@@ -160,10 +180,13 @@ enum PolicyCommand {
         /// `group:<provider>/` (they are that provider's groups).
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
+        /// The request's HTTP method.
         #[arg(long, default_value = "GET")]
         method: String,
+        /// The request's URL, e.g. https://airflow.example.com/api/v2/dags/etl/dagRuns.
         #[arg(long)]
         url: String,
+        /// The policy directory (model.conf and *.csv).
         #[arg(long, default_value = "policies")]
         dir: PathBuf,
         /// Map the URL to a route's domain and template through this configuration; without it,
@@ -186,8 +209,11 @@ enum PolicyCommand {
     },
     /// List the decisions that change from OLD to NEW; exit 1 if any does.
     Diff {
+        /// The policy directory in force.
         old: PathBuf,
+        /// The policy directory that would replace it.
         new: PathBuf,
+        /// Read the routes and custom resource templates from this configuration.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -255,15 +281,27 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
     }
 }
 
+/// The process's log on stderr: `RUST_LOG` chooses which lines (default `info`), `format` how;
+/// colour only when stderr is a terminal, so files and collectors never get escape codes.
+fn init_logging(format: portcullis::config::LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        portcullis::config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        portcullis::config::LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `serve` logs as its configuration says, once it has read it; every other command as text.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logging(portcullis::config::LogFormat::Text);
+    }
     match cli.command {
         Command::Policy { command } => policy_command(command),
         Command::Keys { command } => keys_command(command),
@@ -301,6 +339,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            init_logging(config.log.format);
             for warning in portcullis::config::warnings(&config) {
                 tracing::warn!(key = %warning.path, fix = %warning.hint, "{}", warning.message);
             }
@@ -329,8 +368,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Probe { url } => match runtime(1).map(|r| r.block_on(demo::probe(&url))) {
-            Some(true) => ExitCode::SUCCESS,
-            _ => ExitCode::FAILURE,
+            Some(Ok(())) => ExitCode::SUCCESS,
+            Some(Err(why)) => {
+                eprintln!("probe {url}: {why}");
+                ExitCode::FAILURE
+            }
+            None => ExitCode::FAILURE,
         },
         Command::Demo { command } => demo_command(command),
     }
@@ -408,8 +451,10 @@ fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {
 }
 
 fn keys_command(command: KeysCommand) -> ExitCode {
-    let (KeysCommand::List { config } | KeysCommand::Rotate { config } | KeysCommand::Revoke { config, .. }) =
-        &command;
+    let (KeysCommand::List { config, json }
+    | KeysCommand::Rotate { config, json }
+    | KeysCommand::Revoke { config, json, .. }) = &command;
+    let json = *json;
     let loaded = match portcullis::app::load_config(config) {
         Ok(c) => c,
         Err(problems) => {
@@ -434,31 +479,21 @@ fn keys_command(command: KeysCommand) -> ExitCode {
         KeysCommand::Rotate { .. } => ring.rotate(loaded.tokens.algorithm, now).map(|c| vec![c]),
         KeysCommand::Revoke { kid, .. } => ring.revoke(kid, loaded.tokens.algorithm, now),
     };
-    match changed {
-        Ok(changes) => changes.iter().for_each(|c| println!("{c:?}")),
+    let changes = match changed {
+        Ok(changes) => changes,
         Err(e) => {
             eprintln!("tokens.key_dir: {e}");
             return ExitCode::FAILURE;
         }
-    }
-    let active = ring.active().map(|k| k.kid.clone());
-    for key in ring.keys() {
-        let state = match key.retired {
-            None if key.pending => format!(
-                "published, signs from {}",
-                humantime::format_rfc3339_seconds(key.activates)
-            ),
-            None if active.as_ref() == Some(&key.kid) => "active".to_string(),
-            // A newer key took over; the proxy marks this one retired at its next check.
-            None => "retiring".to_string(),
-            Some(at) => format!("retired {}", humantime::format_rfc3339_seconds(at)),
-        };
-        println!(
-            "{}  {:?}  created {}  {state}",
-            key.kid,
-            key.algorithm,
-            humantime::format_rfc3339_seconds(key.created)
-        );
+    };
+    let rows = keys::rows(&ring, loaded.tokens.rotate_every);
+    if json {
+        println!("{}", keys::json(&changes, &rows));
+    } else {
+        for change in &changes {
+            println!("{}", keys::said(change));
+        }
+        print!("{}", keys::table(&rows));
     }
     ExitCode::SUCCESS
 }
@@ -543,5 +578,195 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// What `portcullis keys` prints: a table for people, JSON for scripts.
+mod keys {
+    use std::time::{Duration, SystemTime};
+
+    use portcullis::tokens::{Change, KeyRing};
+
+    /// One key as listed.
+    pub struct Row {
+        pub kid: String,
+        pub algorithm: String,
+        /// `active`, `published` (ahead of its turn), `retiring` (a newer key took over; the
+        /// proxy marks it retired at its next check) or `retired`.
+        pub state: &'static str,
+        pub created: SystemTime,
+        /// When it starts (or started) signing.
+        pub signs_from: SystemTime,
+        /// When it retired; for a key not retired yet, when `rotate_every` retires it.
+        pub retire_at: Option<SystemTime>,
+    }
+
+    pub fn rows(ring: &KeyRing, rotate_every: Duration) -> Vec<Row> {
+        let active = ring.active().map(|k| k.kid.clone());
+        ring.keys()
+            .iter()
+            .map(|key| {
+                let state = match key.retired {
+                    None if key.pending => "published",
+                    None if active.as_ref() == Some(&key.kid) => "active",
+                    None => "retiring",
+                    Some(_) => "retired",
+                };
+                let retire_at = match (key.retired, state) {
+                    (Some(at), _) => Some(at),
+                    (None, "active" | "published") => key.activates.checked_add(rotate_every),
+                    (None, _) => None,
+                };
+                Row {
+                    kid: key.kid.clone(),
+                    algorithm: format!("{:?}", key.algorithm),
+                    state,
+                    created: key.created,
+                    signs_from: key.activates,
+                    retire_at,
+                }
+            })
+            .collect()
+    }
+
+    fn time(t: SystemTime) -> String {
+        humantime::format_rfc3339_seconds(t).to_string()
+    }
+
+    /// Aligned columns, a header first; the state last, so `grep active$` finds the signing key.
+    pub fn table(rows: &[Row]) -> String {
+        let mut lines = vec![[
+            "KID".to_string(),
+            "ALGORITHM".into(),
+            "CREATED".into(),
+            "SIGNS FROM".into(),
+            "RETIRE AT".into(),
+            "STATE".into(),
+        ]];
+        for r in rows {
+            lines.push([
+                r.kid.clone(),
+                r.algorithm.clone(),
+                time(r.created),
+                time(r.signs_from),
+                r.retire_at.map_or_else(|| "-".into(), time),
+                r.state.to_string(),
+            ]);
+        }
+        let mut widths = [0usize; 6];
+        for line in &lines {
+            for (w, cell) in widths.iter_mut().zip(line) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for line in &lines {
+            let cells: Vec<String> = line
+                .iter()
+                .zip(widths)
+                .enumerate()
+                .map(|(i, (cell, w))| {
+                    if i == 5 {
+                        cell.clone()
+                    } else {
+                        format!("{cell:<w$}")
+                    }
+                })
+                .collect();
+            out.push_str(&cells.join("  "));
+            out.push('\n');
+        }
+        if rows.is_empty() {
+            out.push_str("(no keys yet: the proxy makes the first at start-up, or run `keys rotate`)\n");
+        }
+        out
+    }
+
+    /// A change, in a sentence.
+    pub fn said(change: &Change) -> String {
+        match change {
+            Change::Rotated {
+                active,
+                retired: Some(old),
+            } => format!("rotated: {active} signs from now on; {old} retires (still published)"),
+            Change::Rotated {
+                active,
+                retired: None,
+            } => format!("rotated: {active} signs from now on"),
+            Change::Removed { kid } => format!("removed: {kid}"),
+            Change::Revoked { kid } => format!("revoked: {kid} is no longer published"),
+        }
+    }
+
+    pub fn json(changes: &[Change], rows: &[Row]) -> serde_json::Value {
+        let changes: Vec<serde_json::Value> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Rotated { active, retired } => {
+                    serde_json::json!({ "change": "rotated", "active": active, "retired": retired })
+                }
+                Change::Removed { kid } => serde_json::json!({ "change": "removed", "kid": kid }),
+                Change::Revoked { kid } => serde_json::json!({ "change": "revoked", "kid": kid }),
+            })
+            .collect();
+        let keys: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "kid": r.kid,
+                    "algorithm": r.algorithm,
+                    "state": r.state,
+                    "created": time(r.created),
+                    "signs_from": time(r.signs_from),
+                    "retire_at": r.retire_at.map(time),
+                })
+            })
+            .collect();
+        serde_json::json!({ "changes": changes, "keys": keys })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Walks every subcommand, at any depth, with its path (`keys rotate`).
+    fn walk<'a>(command: &'a clap::Command, path: String, out: &mut Vec<(String, &'a clap::Command)>) {
+        for sub in command.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            out.push((path.clone(), sub));
+            walk(sub, path, out);
+        }
+    }
+
+    #[test]
+    fn every_subcommand_and_argument_has_help_text() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut commands = vec![("portcullis".to_string(), &cli)];
+        walk(&cli, "portcullis".into(), &mut commands);
+        let mut bare = Vec::new();
+        for (path, command) in &commands {
+            if path != "portcullis" && command.get_about().is_none() {
+                bare.push(format!("`{path}` has no about"));
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    bare.push(format!("`{path}` argument `{id}` has no help"));
+                }
+            }
+        }
+        assert!(bare.is_empty(), "add a doc comment to each:\n{}", bare.join("\n"));
+        assert!(
+            commands.len() > 10,
+            "the walk found the subcommands: {}",
+            commands.len()
+        );
     }
 }

@@ -8,11 +8,11 @@
 //! batch is written to the spool at once (as a segment that sorts first) and retried from there.
 //!
 //! When the spool is full, the operator's choice applies (`audit.spool.when_full`): fail closed
-//! ([`AuditSink::admits`] turns false, new requests get 503 `audit_unavailable`; records of
-//! requests already admitted are written whatever the size, and the refusals' own records use a
-//! reserve of 1/16 of the spool), or fail open (records that do not fit are dropped and counted,
-//! and `portcullis_audit_spool_full` is 1). Admission reopens once the spool is below 7/8 of its
-//! size.
+//! ([`AuditSink::admits`](super::AuditSink::admits) turns false, new requests get 503
+//! `audit_unavailable`; records of requests already admitted are written whatever the size, and
+//! the refusals' own records use a reserve of 1/16 of the spool), or fail open (records that do
+//! not fit are dropped and counted, and `portcullis_audit_spool_full` is 1). Admission reopens
+//! once the spool is below 7/8 of its size.
 //!
 //! Delivery is at least once: an export that timed out may have reached the collector and is
 //! sent again from the spool, and a crash between an export and the cursor update replays that

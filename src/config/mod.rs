@@ -102,6 +102,8 @@ pub use validate::{validate, warnings};
 pub struct Config {
     /// Tokio runtime settings.
     pub runtime: Runtime,
+    /// How the proxy's own log lines are written (not the audit trail).
+    pub log: Log,
     /// Downstream listeners, their limits and whom to trust.
     pub server: Server,
     /// The separate admin listener (`/healthz`, `/readyz`, `/metrics`).
@@ -320,6 +322,24 @@ impl Default for Policy {
 pub struct Runtime {
     /// Number of Tokio worker threads; 0 means one per CPU core. Default 0.
     pub worker_threads: usize,
+}
+
+/// The proxy's own log on stderr (not the audit trail, which has its own sink). `RUST_LOG`
+/// chooses which lines are written; this chooses how.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default)]
+pub struct Log {
+    /// `text` (default): one readable line per event, coloured only when stderr is a terminal.
+    /// `json`: one JSON object per line, for log collectors.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

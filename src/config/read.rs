@@ -298,6 +298,7 @@ fn known_keys(pattern: &str) -> Option<&'static [&'static str]> {
     Some(match pattern {
         "" => fields_of::<Config>(),
         "runtime" => fields_of::<Runtime>(),
+        "log" => fields_of::<Log>(),
         "server" => fields_of::<Server>(),
         "server.tls" => fields_of::<Tls>(),
         "server.limits" => fields_of::<Limits>(),
@@ -323,9 +324,10 @@ fn known_keys(pattern: &str) -> Option<&'static [&'static str]> {
 
 /// Every table path [`known_keys`] knows, for the child-table hint and the test that keeps the
 /// list complete.
-pub(super) const TABLES: [&str; 21] = [
+pub(super) const TABLES: [&str; 22] = [
     "",
     "runtime",
+    "log",
     "server",
     "server.tls",
     "server.limits",

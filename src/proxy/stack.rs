@@ -43,7 +43,7 @@ use crate::body::ProxyBody;
 use crate::canonical::Canonical;
 use crate::config::Access;
 use crate::decision::{Decision, Fault, PolicyAnswer, Reason, decide};
-use crate::error::{ProxyError, rescue, wants_html};
+use crate::error::{Page, ProxyError, SignIn, Who, rescue, wants_html};
 use crate::identity::{AuthMethod, Principal};
 use crate::metrics::Metrics;
 use crate::proxy::body::{ClientBody, Inbound};
@@ -208,11 +208,12 @@ impl Proxy {
                     ctx.decision = Some(Decision::Deny(*reason));
                 }
                 if error.fault() == Fault::Upstream {
-                    let label = ctx.route.as_ref().map(|r| r.label.clone());
-                    tracing::warn!(request_id = %ctx.request_id, route = ?label, error = %error, "upstream failure");
+                    let label = ctx.route.as_ref().map_or("-", |r| r.label.as_str());
+                    tracing::warn!(request_id = %ctx.request_id, route = %label, error = %error, "upstream failure");
                 }
+                let page = wants_html.then(|| self.error_page(ctx));
                 (
-                    rescue(&error, &ctx.request_id, wants_html),
+                    rescue(&error, &ctx.request_id, page.as_ref()),
                     Some(Failure::of(&error)),
                 )
             }
@@ -812,6 +813,49 @@ impl Proxy {
             "{} on {} in {}",
             policy.action, policy.object, policy.domain
         ))
+    }
+
+    /// What a browser's error page may say: what was refused (method and path), who asked, and
+    /// whether a browser can sign in on the route, with the link back to where it was going.
+    fn error_page(&self, ctx: &RequestCtx) -> Page {
+        let canonical = ctx.canonical.as_ref();
+        let options = ctx
+            .route
+            .as_ref()
+            .map(|r| self.authn.browser.sign_in_options(&r.providers));
+        let sign_in = match (&options, canonical) {
+            (Some(options), Some(_)) if options.is_empty() => SignIn::Unavailable,
+            (Some(_), Some(c)) => {
+                let query = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("rd", &c.wire_path_and_query())
+                    .finish();
+                SignIn::At(format!("{RESERVED}sign_in?{query}"))
+            }
+            _ => SignIn::Unknown,
+        };
+        let caller = ctx.principal.as_ref().map(|p| {
+            let provider = options
+                .iter()
+                .flatten()
+                .find(|c| c.provider.config.name == p.provider)
+                .map_or_else(|| p.provider.clone(), |c| c.display_name.clone());
+            let name = p
+                .name
+                .clone()
+                .or_else(|| p.email.clone())
+                .unwrap_or_else(|| p.subject.clone());
+            Who {
+                email: p.email.clone().filter(|e| *e != name),
+                name,
+                provider,
+                session: p.auth_method == AuthMethod::Session,
+            }
+        });
+        Page {
+            refused: canonical.map(|c| (c.method.as_str().to_string(), c.path.clone())),
+            caller,
+            sign_in,
+        }
     }
 
     /// `/.portcullis/…` on a host this proxy serves.

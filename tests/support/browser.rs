@@ -1,25 +1,46 @@
 //! A real browser for story tests: Debian's chromium driven by playwright-core through
-//! `tests/peers/browser/signin.mjs` (installed by `.ci/install-peers`). The script's arguments
-//! and the JSON line each step prints are described at its top.
+//! `tests/peers/browser/signin.mjs` (a sign-in journey) and `pages.mjs` (reading pages and
+//! following their links), installed by `.ci/install-peers`. Each script's arguments and the
+//! JSON line each step prints are described at its top.
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/browser/signin.mjs");
+const PAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/browser/pages.mjs");
 const MODULES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/peers/browser/node_modules/playwright-core"
 );
 
-/// Runs the browser script and returns its JSON lines, or panics with its error and stderr.
+/// Runs the sign-in script and returns its JSON lines, or panics with its error and stderr.
 pub async fn browse(args: Vec<String>) -> Vec<Value> {
+    run(SCRIPT, args).await
+}
+
+/// Runs `pages.mjs` (`--login NAME`, then `--open URL`, `--post URL` and `--click TEXT` steps)
+/// and returns one JSON line per step, or panics with its error and stderr.
+pub async fn pages(args: Vec<String>) -> Vec<Value> {
+    run(PAGES, args).await
+}
+
+/// The link of `page` (a `pages.mjs` line) whose text is `text`: its absolute URL.
+pub fn link<'a>(page: &'a Value, text: &str) -> Option<&'a str> {
+    page["links"]
+        .as_array()?
+        .iter()
+        .find(|l| l["text"] == text)
+        .and_then(|l| l["href"].as_str())
+}
+
+async fn run(script: &'static str, args: Vec<String>) -> Vec<Value> {
     assert!(
         std::path::Path::new(MODULES).is_dir() && std::path::Path::new("/usr/bin/chromium").exists(),
         "chromium or playwright-core is missing: run .ci/install-peers"
     );
     tokio::task::spawn_blocking(move || {
         let mut child = Command::new("node")
-            .arg(SCRIPT)
+            .arg(script)
             .args(&args)
             .arg("--exit-with-stdin")
             .stdin(Stdio::piped())
