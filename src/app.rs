@@ -221,6 +221,7 @@ pub async fn build(config: &Config, https_port: Option<u16>) -> Result<Built, St
     let metrics = Arc::new(Metrics::new());
     let audit = build_audit(config, &metrics, &crypto)?;
     let store = build_store(config)?;
+    store.clone().listen();
     let authn = Arc::new(build_authn(config, &crypto, &metrics, &audit, &store, None)?);
     let templates =
         Templates::load(&config.resource_templates).map_err(|e| StartError::Templates(e.join("; ")))?;

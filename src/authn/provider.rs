@@ -49,6 +49,9 @@ pub struct Header {
 pub struct Verified {
     pub principal: Arc<Principal>,
     pub exp: u64,
+    /// `iat`, when the token says (seconds since the epoch): a revocation refuses tokens
+    /// issued before it, and a token that does not say when it was issued.
+    pub iat: Option<u64>,
 }
 
 /// Why a token was refused: a reason, and for `claims_not_bound` the claim (its name only: the
@@ -168,9 +171,16 @@ impl Provider {
             .and_then(Value::as_u64)
             .ok_or(Reason::Malformed)?;
         let principal = principal_from_claims(&self.config, &claims, AuthMethod::Bearer)?;
+        // Checked a number by `issued_in_the_past`; a fraction counts as the second it is in.
+        let iat = claims
+            .get("iat")
+            .and_then(Value::as_f64)
+            .filter(|t| *t >= 0.0)
+            .map(|t| t as u64);
         Ok(Verified {
             principal: Arc::new(principal),
             exp,
+            iat,
         })
     }
 }

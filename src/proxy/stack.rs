@@ -779,7 +779,8 @@ impl Proxy {
             return Err(ProxyError::forbidden(self.missing_permission(ctx)));
         }
         let denied = ProxyError::deny(reason);
-        let (Reason::NoCredentials | Reason::SessionExpired, Some(canonical)) = (reason, &ctx.canonical)
+        let (Reason::NoCredentials | Reason::SessionExpired | Reason::Revoked, Some(canonical)) =
+            (reason, &ctx.canonical)
         else {
             return Err(denied);
         };

@@ -252,6 +252,7 @@ impl Browser {
             access_token_expires: finished.access_token_expires,
             refresh_token: finished.refresh_token,
             id_token: Some(finished.id_token),
+            sid: finished.sid,
         };
         self.store.put(id.clone(), session).await.map_err(store_error)?;
         tracing::info!(provider = %pending.provider, session = %id.hash(), "signed in");

@@ -32,7 +32,7 @@ use crate::decision::Reason;
 use crate::metrics::Metrics;
 use crate::outbound::HttpsClient;
 use crate::secret::Secret;
-use crate::session::{Session, SessionId, SessionStore, StoreError};
+use crate::session::{Revocations, Session, SessionId, SessionStore, StoreError};
 
 pub use endpoints::Served;
 
@@ -146,6 +146,7 @@ impl BrowserClient {
 /// Sessions and the sign-in endpoints.
 pub struct Browser {
     store: Arc<dyn SessionStore>,
+    revocations: Arc<Revocations>,
     metrics: Arc<Metrics>,
     audit: Arc<dyn crate::audit::AuditSink>,
     clients: Vec<Arc<BrowserClient>>,
@@ -163,6 +164,7 @@ impl Browser {
         audit: Arc<dyn crate::audit::AuditSink>,
     ) -> Self {
         Browser {
+            revocations: store.revocations(),
             store,
             metrics,
             audit,
@@ -182,6 +184,16 @@ impl Browser {
     /// How the session store is doing, for `/readyz`.
     pub fn store_health(&self) -> crate::session::Health {
         self.store.health()
+    }
+
+    /// The deny list this replica checks sessions and bearer tokens against.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.clone()
+    }
+
+    /// The session store (revocations, back-channel logout).
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
     }
 
     /// The providers of `accepted` that people can sign in with.
@@ -210,6 +222,11 @@ impl Browser {
             Ok(None) => return Outcome::Rejected(Reason::SessionExpired.into()),
             Err(e) => return store_down(&e),
         };
+        if self.revocations.refuses_session(&session) {
+            // Left in the store: every replica refuses it as revoked until it expires.
+            tracing::info!(session = %id.hash(), provider = %session.principal.provider, "a revoked session was refused");
+            return Outcome::Rejected(Reason::Revoked.into());
+        }
         // A session with another provider does not count here; the browser may sign in again.
         if !accepted
             .iter()
@@ -345,6 +362,7 @@ impl Browser {
             access_token_expires: r.access_token_expires,
             refresh_token: Some(r.refresh_token),
             id_token: r.id_token.or_else(|| session.id_token.clone()),
+            sid: session.sid.clone(),
         };
         self.store
             .put(kept.clone(), updated.clone())
