@@ -391,3 +391,278 @@ async fn a_replica_does_not_start_with_an_encryption_key_that_is_not_32_bytes_an
         "the key was repeated: {message}"
     );
 }
+
+/// The configuration the replicas run with, as a file for `portcullis revoke`.
+fn replicas_config(idp: &Idp, upstream: &Recorder, redis_url: &str, key_file: &Path, dir: &Path) -> PathBuf {
+    let app = Route::authenticated("app")
+        .host("app.localhost")
+        .upstream(upstream);
+    let text = idp
+        .browser_config(&dir.join("web-secret"), app)
+        .set("sessions.store", "redis")
+        .set("sessions.redis.url", redis_url)
+        .set("sessions.redis.encryption_key_file", key_file)
+        .to_toml();
+    let path = dir.join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `portcullis revoke --config CONFIG ARGS…`; panics unless it succeeds.
+fn revoke(config: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(support::binary())
+        .arg("revoke")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = support::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// Asks every replica until each has refused once (`refused` says whether a reply is a
+/// refusal); returns how long the slowest took, failing after `limit`.
+async fn until_every_replica_refuses<F, Fut>(replicas: &[&Gateway], limit: Duration, ask: F) -> Duration
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for (i, _) in replicas.iter().enumerate() {
+        loop {
+            if ask(i).await {
+                slowest = slowest.max(started.elapsed());
+                break;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "replica {i} still serves after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    slowest
+}
+
+async fn replicas(n: usize, idp: &Idp, upstream: &Recorder, redis_url: &str, key: &Path) -> Vec<Gateway> {
+    let mut all = Vec::new();
+    for _ in 0..n {
+        all.push(replica(idp, upstream, redis_url, key).await);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_on_one_replica_is_refused_by_the_others_within_a_second_with_their_caches_warm() {
+    let redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    let all = replicas(3, &idp, &upstream, &redis.url(), &key).await;
+    let session = sign_in(&idp, &all[0], &all[1], "/", "alice").await;
+    // Each replica has read the session, so each holds a copy.
+    for gw in &all {
+        assert_eq!(api_call(gw, "/api", &session).await.status, StatusCode::OK);
+        assert_eq!(api_call(gw, "/api", &session).await.status, StatusCode::OK);
+    }
+    let forwarded = upstream.requests().len();
+
+    let out = page(&all[2], "/.portcullis/sign_out", &session).await;
+    assert_eq!(out.status, StatusCode::FOUND);
+    let slowest = until_every_replica_refuses(&[&all[0], &all[1]], Duration::from_secs(1), |i| {
+        let (gw, session) = (&all[i], &session);
+        async move {
+            let reply = api_call(gw, "/api", session).await;
+            reply.status == StatusCode::UNAUTHORIZED && reply.body.contains("session_expired")
+        }
+    })
+    .await;
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    assert_eq!(
+        upstream.requests().len(),
+        forwarded,
+        "nothing was forwarded after the sign-out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_revoke_subject_refuses_a_ci_job_s_bearer_token_on_every_replica_within_a_second_audited()
+{
+    let redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let all = replicas(3, &idp, &upstream, &redis.url(), &key).await;
+    let config = replicas_config(&idp, &upstream, &redis.url(), &key, dir.path());
+    let token = idp
+        .client_credentials_token("ci-bot", "ci-bot-secret", None)
+        .await;
+    let bearer = format!("Bearer {token}");
+    let call = |gw: &Gateway| {
+        let bearer = bearer.clone();
+        let addr = gw.http;
+        async move {
+            let response = support::send(
+                addr,
+                Method::GET,
+                "/api/v1/dags",
+                &[("host", "app.localhost"), ("authorization", &bearer)],
+                Bytes::new(),
+            )
+            .await;
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    // Verified and cached by every replica.
+    for gw in &all {
+        assert_eq!(call(gw).await.0, StatusCode::OK);
+    }
+    let subject = all[0].audit_events(1).await.last().unwrap()["enduser.id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forwarded = upstream.requests().len();
+
+    let said = revoke(&config, &["--subject", &subject]);
+    assert!(
+        said.contains(&format!("revoked subject oidc/{subject}")),
+        "{said}"
+    );
+    let slowest = until_every_replica_refuses(&[&all[0], &all[1], &all[2]], Duration::from_secs(1), |i| {
+        let call = call(&all[i]);
+        async move {
+            let (status, body) = call.await;
+            status == StatusCode::UNAUTHORIZED && body.contains("revoked")
+        }
+    })
+    .await;
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    assert_eq!(
+        upstream.requests().len(),
+        forwarded,
+        "nothing was forwarded after the revocation"
+    );
+
+    // Each replica's refusal is audited with the reason, and the challenge names it.
+    for gw in &all {
+        let records = gw.audit_events(2).await;
+        let last = records.last().unwrap();
+        assert_eq!(last["portcullis.reason"], "revoked", "{last}");
+        assert_eq!(last["http.response.status_code"], 401, "{last}");
+        assert_eq!(last["portcullis.decision"], "deny", "{last}");
+    }
+    let response = support::send(
+        all[1].http,
+        Method::GET,
+        "/api/v1/dags",
+        &[("host", "app.localhost"), ("authorization", &bearer)],
+        Bytes::new(),
+    )
+    .await;
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("invalid_token") && challenge.contains("revoked"),
+        "{challenge}"
+    );
+
+    // Another subject of the same provider is not touched.
+    let other = idp
+        .client_credentials_token("svc-es", "svc-es-secret", None)
+        .await;
+    let response = support::send(
+        all[2].http,
+        Method::GET,
+        "/api/v1/dags",
+        &[
+            ("host", "app.localhost"),
+            ("authorization", &format!("Bearer {other}")),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_revoke_session_of_ends_that_person_s_sessions_on_every_replica_and_nobody_else_s() {
+    let redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let all = replicas(2, &idp, &upstream, &redis.url(), &key).await;
+    let config = replicas_config(&idp, &upstream, &redis.url(), &key, dir.path());
+    let alice = sign_in(&idp, &all[0], &all[0], "/", "alice").await;
+    let alice_again = sign_in(&idp, &all[1], &all[1], "/", "alice").await;
+    let bob = sign_in(&idp, &all[0], &all[1], "/", "bob").await;
+    for gw in &all {
+        for session in [&alice, &alice_again, &bob] {
+            assert_eq!(api_call(gw, "/api", session).await.status, StatusCode::OK);
+        }
+    }
+
+    revoke(&config, &["--session-of", "alice", "--provider", "oidc"]);
+    let slowest = until_every_replica_refuses(&[&all[0], &all[1]], Duration::from_secs(1), |i| {
+        let (gw, a, b) = (&all[i], &alice, &alice_again);
+        async move {
+            let (x, y) = (api_call(gw, "/api", a).await, api_call(gw, "/api", b).await);
+            x.status == StatusCode::UNAUTHORIZED
+                && y.status == StatusCode::UNAUTHORIZED
+                && x.body.contains("revoked")
+        }
+    })
+    .await;
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    for gw in &all {
+        assert_eq!(
+            api_call(gw, "/api", &bob).await.status,
+            StatusCode::OK,
+            "bob is untouched"
+        );
+    }
+    // A page is sent to sign in again, and a new sign-in is not refused.
+    let shown = page(&all[1], "/", &alice).await;
+    assert_eq!(shown.status, StatusCode::FOUND, "{}", shown.body);
+    let fresh = sign_in(&idp, &all[1], &all[0], "/", "alice").await;
+    assert_eq!(api_call(&all[0], "/api", &fresh).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_revoke_with_the_memory_store_refuses_and_says_revocation_needs_the_shared_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = Config::new()
+        .route(
+            Route::public("open")
+                .host("open.localhost")
+                .upstream("http://127.0.0.1:1"),
+        )
+        .to_toml();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(["revoke", "--config"])
+        .arg(&config)
+        .arg("--all-sessions")
+        .output()
+        .unwrap();
+    let text = support::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("sessions.store") && text.contains("store = \"redis\""),
+        "{text}"
+    );
+    // One of the three is required.
+    let out = std::process::Command::new(support::binary())
+        .args(["revoke", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
