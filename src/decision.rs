@@ -109,6 +109,9 @@ pub enum Reason {
     /// person, provider session or every session, by `portcullis revoke` or a back-channel
     /// logout; what signs in or is issued afterwards is not refused.
     Revoked,
+    /// Denied (400): a back-channel logout token that does not hold (signature, issuer,
+    /// audience, age, events, replayed `jti`, …): nothing is ended.
+    LogoutTokenRefused,
     /// Denied: the session store cannot answer (fail closed).
     SessionStoreUnavailable,
     /// Denied: a browser sign-in or session over plain HTTP (not loopback, not from a trusted
@@ -174,6 +177,7 @@ impl Reason {
             Reason::StateMismatch => "state_mismatch",
             Reason::SessionExpired => "session_expired",
             Reason::Revoked => "revoked",
+            Reason::LogoutTokenRefused => "logout_token_refused",
             Reason::SessionStoreUnavailable => "session_store_unavailable",
             Reason::InsecureTransport => "insecure_transport",
             Reason::CorsRefused => "cors_refused",
@@ -281,7 +285,9 @@ impl Reason {
             | Reason::AuditUnavailable
             | Reason::UpstreamCredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
-            Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,
+            Reason::AmbiguousPath | Reason::MalformedRequest | Reason::LogoutTokenRefused => {
+                StatusCode::BAD_REQUEST
+            }
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BadRequestBody => StatusCode::BAD_REQUEST,

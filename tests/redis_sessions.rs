@@ -192,7 +192,9 @@ async fn a_sign_in_begun_on_one_replica_completes_on_another_and_the_session_ser
             .iter()
             .all(|r| r.target == "/dags/etl?tab=runs")
     );
-    let allowed = a.audit_events(1).await;
+    // A wrote three records (the sign-in's start and two requests), each when its exchange
+    // ended: wait for all of them.
+    let allowed = a.audit_events(3).await;
     let last = allowed.last().unwrap();
     assert_eq!(last["portcullis.auth.method"], "session");
     assert_eq!(last["enduser.id"], "alice");
@@ -665,4 +667,101 @@ async fn portcullis_revoke_with_the_memory_store_refuses_and_says_revocation_nee
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_at_the_provider_ends_the_session_on_every_replica_through_back_channel_logout() {
+    let redis = RedisServer::start();
+    let upstream = Recorder::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    let (a, b) = (
+        Gateway::prebind(Config::new()).await,
+        Gateway::prebind(Config::new()).await,
+    );
+    // The provider posts logout tokens to replica A (any replica would do: the deny entry
+    // reaches all of them).
+    let logout_uri = format!(
+        "http://127.0.0.1:{}/.portcullis/backchannel-logout",
+        a.http.port()
+    );
+    let idp = Idp::start_with(&[
+        "--redirect",
+        CALLBACK,
+        "--post-logout-redirect",
+        SIGNED_OUT,
+        "--backchannel-logout",
+        &logout_uri,
+    ])
+    .await;
+    let config = |secret: &Path| {
+        Config::new()
+            .provider(
+                idp.browser_provider("oidc", secret)
+                    .set("browser.backchannel_logout", true),
+            )
+            .route(
+                Route::authenticated("app")
+                    .host("app.localhost")
+                    .upstream(&upstream)
+                    .providers(["oidc"]),
+            )
+            .route(Route::public("loopback").host("127.0.0.1").upstream(&upstream))
+            .set("sessions.store", "redis")
+            .set("sessions.redis.url", redis.url())
+            .set("sessions.redis.encryption_key_file", key.as_path())
+    };
+    let (secret_a, secret_b) = (a.dir.path().join("web-secret"), b.dir.path().join("web-secret"));
+    let a = a.start(config(&secret_a)).await;
+    let b = b.start(config(&secret_b)).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+
+    // Alice signs in (the provider's session cookies are kept, as her browser would).
+    let first = page(&a, "/", "").await;
+    let binding = first.cookie(LOGIN).unwrap();
+    let (callback, provider_cookies) = idp.sign_in_keeping_cookies(&first.location(), "alice").await;
+    let back = page(&b, &target_of(&callback), &format!("{LOGIN}={binding}")).await;
+    assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
+    let session = format!("{SESSION}={}", back.cookie(SESSION).unwrap());
+    for gw in [&a, &b] {
+        assert_eq!(api_call(gw, "/api", &session).await.status, StatusCode::OK);
+    }
+    // The session keeps the provider session it belongs to.
+    let id = SessionId::parse(session.split_once('=').unwrap().1).unwrap();
+    let stored = same_store(&redis.url(), &key).get(&id).await.unwrap().unwrap();
+    assert!(stored.sid.is_some(), "the ID token's sid was not kept");
+
+    // She logs out at the provider, which posts a logout token to A before it answers.
+    let status = idp.log_out_at_provider(&provider_cookies).await;
+    assert!(
+        status.is_redirection() || status.is_success(),
+        "{status}: {}",
+        idp.stderr()
+    );
+    let slowest = until_every_replica_refuses(&[&a, &b], Duration::from_secs(1), |i| {
+        let (gw, session) = ([&a, &b][i], &session);
+        async move {
+            let reply = api_call(gw, "/api", session).await;
+            reply.status == StatusCode::UNAUTHORIZED && reply.body.contains("revoked")
+        }
+    })
+    .await;
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+
+    // A recorded the logout: the provider and whose, never the token.
+    let records = a.audit_events(1).await;
+    let logout = records
+        .iter()
+        .find(|r| r["portcullis.act"] == "backchannel_logout")
+        .unwrap_or_else(|| panic!("no back-channel logout record: {records:#?}"));
+    assert_eq!(logout["portcullis.decision"], "allow", "{logout}");
+    assert_eq!(logout["http.response.status_code"], 200, "{logout}");
+    assert_eq!(logout["enduser.id"], "alice", "{logout}");
+    assert_eq!(
+        logout["portcullis.principal.issuer"],
+        idp.issuer.as_str(),
+        "{logout}"
+    );
+    assert!(!logout.to_string().contains("eyJ"), "{logout}");
 }

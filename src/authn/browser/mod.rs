@@ -6,12 +6,15 @@
 //! - `GET /.portcullis/callback?code&state`: finishes the sign-in, creates the session (a new id
 //!   every time), and returns to `rd`;
 //! - `GET|POST /.portcullis/sign_out`: ends the session here and, when the provider advertises
-//!   one, at its `end_session_endpoint`; then `/.portcullis/signed_out`.
+//!   one, at its `end_session_endpoint`; then `/.portcullis/signed_out`;
+//! - `POST /.portcullis/backchannel-logout` (form `logout_token`): a provider with
+//!   `backchannel_logout` ends the sessions of one of its sessions (`sid`) or of a subject, on
+//!   every replica (OpenID Connect Back-Channel Logout 1.0).
 //!
 //! The session cookie holds only an opaque id (`__Host-`, Secure, HttpOnly, SameSite=Lax); a
 //! second cookie binds a sign-in to the browser that started it. Neither reaches an upstream: the
 //! proxy's forwarding removes both by the names below.
-//! Untrusted input: every query parameter and cookie.
+//! Untrusted input: every query parameter and cookie, and the logout token.
 //!
 //! This file is the session authenticator and its refresh; `endpoints.rs` serves the reserved
 //! paths and `pages.rs` builds what they send back.
@@ -50,6 +53,8 @@ pub struct BrowserClient {
     client_secret: Option<Secret>,
     scopes: Vec<String>,
     pub display_name: String,
+    /// Logout tokens from this provider are accepted at `/.portcullis/backchannel-logout`.
+    backchannel_logout: bool,
     http: HttpsClient,
     metadata: ArcSwapOption<Discovered>,
     discovering: tokio::sync::Mutex<()>,
@@ -78,6 +83,7 @@ impl BrowserClient {
                 .clone()
                 .unwrap_or_else(|| provider.config.name.clone()),
             provider,
+            backchannel_logout: config.backchannel_logout,
             client_id: config.client_id.clone(),
             client_secret: secret,
             scopes,
