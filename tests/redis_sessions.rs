@@ -765,3 +765,81 @@ async fn a_logout_at_the_provider_ends_the_session_on_every_replica_through_back
     );
     assert!(!logout.to_string().contains("eyJ"), "{logout}");
 }
+
+/// The revocation delay, measured: three replicas on one Redis, each with the session in its
+/// cache; 100 times, `revoke --session-of` (the library call the command makes) of a person
+/// with a live session, then the time from its return until every replica has refused that
+/// session. Prints p50 and max (BENCHMARKS.md); run with
+/// `cargo test --release --test redis_sessions revocation_delay -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints the revocation delay over 100 revocations"]
+async fn revocation_delay_over_100_revocations() {
+    let redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let all = replicas(3, &idp, &upstream, &redis.url(), &key).await;
+    let path = replicas_config(&idp, &upstream, &redis.url(), &key, dir.path());
+    let config = portcullis::app::load_config(&path).unwrap();
+    let store = same_store(&redis.url(), &key);
+    let mut delays = Vec::new();
+    for i in 0..100 {
+        let subject = format!("person-{i}");
+        let id = SessionId::random().unwrap();
+        let principal = portcullis::identity::Principal {
+            kind: portcullis::identity::PrincipalKind::User,
+            subject: subject.clone(),
+            issuer: idp.issuer.clone(),
+            provider: "oidc".into(),
+            email: None,
+            name: None,
+            groups: vec!["users".into()],
+            auth_method: portcullis::identity::AuthMethod::Session,
+            client_id: None,
+            token_id: None,
+            session_id_hash: Some(id.hash()),
+        };
+        let session = portcullis::session::Session {
+            principal: std::sync::Arc::new(principal),
+            created: std::time::SystemTime::now() - Duration::from_millis(5),
+            access_token: None,
+            access_token_expires: None,
+            refresh_token: None,
+            id_token: None,
+            sid: None,
+        };
+        store.put(id.clone(), session).await.unwrap();
+        let cookie = format!("{SESSION}={}", id.cookie_value());
+        for gw in &all {
+            for _ in 0..2 {
+                let reply = api_call(gw, "/api", &cookie).await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            }
+        }
+        portcullis::app::revoke(
+            &config,
+            portcullis::app::Revoke::SessionsOf(subject),
+            Some("oidc"),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        let delay = until_every_replica_refuses(&[&all[0], &all[1], &all[2]], Duration::from_secs(1), |i| {
+            let (gw, cookie) = (&all[i], &cookie);
+            async move { api_call(gw, "/api", cookie).await.status == StatusCode::UNAUTHORIZED }
+        })
+        .await;
+        delays.push(delay);
+    }
+    delays.sort();
+    let p50 = delays[delays.len() / 2];
+    let max = delays[delays.len() - 1];
+    println!(
+        "revocation delay over {} revocations, 3 replicas: p50 {:.2} ms, max {:.2} ms",
+        delays.len(),
+        p50.as_secs_f64() * 1000.0,
+        max.as_secs_f64() * 1000.0
+    );
+    assert!(max < Duration::from_secs(1), "{max:?}");
+}
