@@ -978,7 +978,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_three_master_redis_cluster_passes_the_session_store_conformance_suite() {
+    async fn a_three_master_redis_cluster_passes_the_conformance_suite_and_its_subscription_hears_revocations()
+     {
         let cluster = RedisCluster::start(3);
         let config = Redis {
             url: None,
@@ -987,6 +988,25 @@ mod tests {
         };
         let s = store(&config, secrets(None, KEY, None));
         conformance::run(&s, IDLE, ABSOLUTE).await;
+        // The subscription (on the first node: a PUBLISH reaches every node) hears another
+        // store's revocation.
+        let listener = Arc::new(store(&config, secrets(None, KEY, None)));
+        listener.subscribe();
+        wait_until("the subscription holds", || listener.listening()).await;
+        s.revoke(Revocation::now(
+            super::super::Scope::Subject,
+            "idp",
+            "carol",
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+        wait_until("the revocation is heard", || {
+            listener
+                .revocations
+                .refuses_token("idp", "carol", None, Duration::ZERO)
+        })
+        .await;
 
         // Sessions are spread over the masters, by the hash of their id.
         for _ in 0..30 {
@@ -1066,7 +1086,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn through_redis_sentinel_the_store_passes_the_conformance_suite_and_follows_a_failover() {
+    async fn through_redis_sentinel_the_store_passes_the_conformance_suite_hears_revocations_and_follows_a_failover()
+     {
         let sentinel = RedisSentinel::start();
         let config = Redis {
             url: None,
@@ -1076,6 +1097,24 @@ mod tests {
         };
         let s = store(&config, secrets(None, KEY, None));
         conformance::run(&s, IDLE, ABSOLUTE).await;
+        // The subscription goes to the master the Sentinels name.
+        let listener = Arc::new(store(&config, secrets(None, KEY, None)));
+        listener.subscribe();
+        wait_until("the subscription holds", || listener.listening()).await;
+        s.revoke(Revocation::now(
+            super::super::Scope::Subject,
+            "idp",
+            "carol",
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+        wait_until("the revocation is heard", || {
+            listener
+                .revocations
+                .refuses_token("idp", "carol", None, Duration::ZERO)
+        })
+        .await;
 
         let long = Lifetimes {
             idle: Duration::from_secs(60),
