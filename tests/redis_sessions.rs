@@ -324,6 +324,15 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
             && readiness.contains("session_store_unavailable"),
         "{readiness}"
     );
+    let started = Instant::now();
+    loop {
+        let (_, readiness) = support::get(gw.admin, "/readyz", &[]).await;
+        if readiness.contains("revocations: not subscribed") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{readiness}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Bearer tokens and public routes do not need the store.
     let api = fetch(
@@ -356,11 +365,17 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(upstream.last().target, "/dags");
-    let (_, readiness) = support::get(gw.admin, "/readyz", &[]).await;
-    assert!(
-        readiness.contains("session store: redis, reachable"),
-        "{readiness}"
-    );
+    let started = Instant::now();
+    loop {
+        let (_, readiness) = support::get(gw.admin, "/readyz", &[]).await;
+        if readiness.contains("session store: redis, reachable")
+            && readiness.contains("revocations: subscribed, 0 deny entries in force")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{readiness}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

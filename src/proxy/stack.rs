@@ -157,6 +157,11 @@ impl Proxy {
         self.authn.browser.store_health()
     }
 
+    /// Whether this replica hears revocations, for `/readyz` (shared stores only).
+    pub fn session_store_subscription(&self) -> Option<String> {
+        self.authn.browser.store_subscription()
+    }
+
     pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

@@ -161,6 +161,12 @@ pub trait SessionStore: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+    /// For `/readyz`: whether this replica hears the other replicas' revocations and
+    /// invalidations (a shared store), and how many deny entries it holds; `None` for a store
+    /// in this process only.
+    fn subscription(&self) -> Option<String> {
+        None
+    }
     /// Starts hearing the other replicas (revocations, invalidations), for as long as the
     /// store is in use. A store in this process only has no one to hear.
     fn listen(self: Arc<Self>) {}

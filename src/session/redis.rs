@@ -409,6 +409,17 @@ impl SessionStore for RedisStore {
         self.subscribe();
     }
 
+    fn subscription(&self) -> Option<String> {
+        let entries = self.revocations.len();
+        Some(if self.listening() {
+            format!("revocations: subscribed, {entries} deny entries in force")
+        } else {
+            format!(
+                "revocations: not subscribed (retrying), {entries} deny entries held from before; sessions read from Redis every time"
+            )
+        })
+    }
+
     fn revoke<'a>(&'a self, revocation: Revocation) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let key = self.revoked_key();

@@ -192,6 +192,11 @@ impl Browser {
         self.store.health()
     }
 
+    /// The subscription's state, for `/readyz` (shared stores only).
+    pub fn store_subscription(&self) -> Option<String> {
+        self.store.subscription()
+    }
+
     /// The deny list this replica checks sessions and bearer tokens against.
     pub fn revocations(&self) -> Arc<Revocations> {
         self.revocations.clone()
