@@ -281,6 +281,18 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
     let bearer = format!("Bearer {token}");
 
     redis.kill();
+    // The replica notices within a second (its subscription's check) and stops serving the
+    // copies of sessions it holds; nothing can be signed out or revoked meanwhile, as both
+    // need Redis.
+    let started = Instant::now();
+    loop {
+        let (_, readiness) = support::get(gw.admin, "/readyz", &[]).await;
+        if readiness.contains("revocations: not subscribed") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{readiness}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A signed-in browser is not let through, nor sent to sign in again: 503, audited.
     let app = api_call(&gw, "/api/v1/dags", &session).await;
@@ -324,15 +336,6 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
             && readiness.contains("session_store_unavailable"),
         "{readiness}"
     );
-    let started = Instant::now();
-    loop {
-        let (_, readiness) = support::get(gw.admin, "/readyz", &[]).await;
-        if readiness.contains("revocations: not subscribed") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(3), "{readiness}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // Bearer tokens and public routes do not need the store.
     let api = fetch(
