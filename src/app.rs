@@ -221,6 +221,7 @@ pub async fn build(config: &Config, https_port: Option<u16>) -> Result<Built, St
     let metrics = Arc::new(Metrics::new());
     let audit = build_audit(config, &metrics, &crypto)?;
     let store = build_store(config)?;
+    store.clone().listen();
     let authn = Arc::new(build_authn(config, &crypto, &metrics, &audit, &store, None)?);
     let templates =
         Templates::load(&config.resource_templates).map_err(|e| StartError::Templates(e.join("; ")))?;
@@ -865,4 +866,79 @@ async fn serve(
         tracing::warn!("shutdown grace period ended with requests still in flight");
     }
     built.audit.flush();
+}
+
+/// What `portcullis revoke` ends.
+#[derive(Debug, Clone)]
+pub enum Revoke {
+    /// A person's browser sessions: their subject at a provider.
+    SessionsOf(String),
+    /// A subject everywhere: its browser sessions and its bearer tokens (a service, a CI job).
+    Subject(String),
+    /// Every browser session.
+    AllSessions,
+}
+
+/// Writes a revocation to the shared session store, which announces it to every replica.
+/// `provider` names the provider that vouched for the name (needed when the config has more
+/// than one); `token_lifetime` is the longest its bearer tokens may live. With the memory store
+/// there is nothing shared to write to: refused, with the fix.
+pub async fn revoke(
+    config: &Config,
+    what: Revoke,
+    provider: Option<&str>,
+    token_lifetime: std::time::Duration,
+) -> Result<crate::session::Revocation, String> {
+    use crate::session::{Revocation, Scope, acceptable_name};
+    if config.sessions.store != StoreKind::Redis {
+        return Err("sessions.store: revocation reaches every replica through the shared session store, and this \
+             configuration keeps sessions in each process's memory (fix: set [sessions] store = \"redis\" with \
+             [sessions.redis], as every replica does; a single replica on the memory store can be restarted to end \
+             every session)"
+            .into());
+    }
+    let (scope, name) = match &what {
+        Revoke::SessionsOf(name) => (Scope::SessionsOf, name.as_str()),
+        Revoke::Subject(name) => (Scope::Subject, name.as_str()),
+        Revoke::AllSessions => (Scope::AllSessions, ""),
+    };
+    let provider_config = if scope == Scope::AllSessions {
+        None
+    } else {
+        if !acceptable_name(name) {
+            return Err("the name is empty, too long or holds control characters".into());
+        }
+        let names: Vec<&str> = config
+            .identity_providers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        let chosen = match provider {
+            Some(p) => config.identity_providers.iter().find(|c| c.name == p),
+            None if config.identity_providers.len() == 1 => config.identity_providers.first(),
+            None => {
+                return Err(format!(
+                    "--provider: a name means something only with the provider that vouched for it; name one of: {}",
+                    names.join(", ")
+                ));
+            }
+        };
+        Some(chosen.ok_or_else(|| {
+            format!(
+                "--provider: no identity provider is named {:?} (the configured ones: {})",
+                provider.unwrap_or_default(),
+                names.join(", ")
+            )
+        })?)
+    };
+    let leeway = provider_config.map(|p| p.resolved().leeway).unwrap_or_default();
+    let ttl = Revocation::ttl(scope, config.sessions.lifetime.get(), token_lifetime, leeway);
+    let provider_name = provider_config.map(|p| p.name.as_str()).unwrap_or_default();
+    let revocation = Revocation::now(scope, provider_name, name, ttl);
+    let store = build_store(config).map_err(|e| e.to_string())?;
+    store
+        .revoke(revocation.clone())
+        .await
+        .map_err(|e| format!("sessions.redis: {e}"))?;
+    Ok(revocation)
 }

@@ -105,6 +105,13 @@ pub enum Reason {
     /// Denied: the session cookie names no live session (expired, signed out, tampered), or
     /// the provider refused to refresh it.
     SessionExpired,
+    /// Denied (401): the credentials were revoked: the bearer token's subject, or the session's
+    /// person, provider session or every session, by `portcullis revoke` or a back-channel
+    /// logout; what signs in or is issued afterwards is not refused.
+    Revoked,
+    /// Denied (400): a back-channel logout token that does not hold (signature, issuer,
+    /// audience, age, events, replayed `jti`, …): nothing is ended.
+    LogoutTokenRefused,
     /// Denied: the session store cannot answer (fail closed).
     SessionStoreUnavailable,
     /// Denied: a browser sign-in or session over plain HTTP (not loopback, not from a trusted
@@ -169,6 +176,8 @@ impl Reason {
             Reason::LoginFailed => "login_failed",
             Reason::StateMismatch => "state_mismatch",
             Reason::SessionExpired => "session_expired",
+            Reason::Revoked => "revoked",
+            Reason::LogoutTokenRefused => "logout_token_refused",
             Reason::SessionStoreUnavailable => "session_store_unavailable",
             Reason::InsecureTransport => "insecure_transport",
             Reason::CorsRefused => "cors_refused",
@@ -205,6 +214,7 @@ impl Reason {
                 "this sign-in was not started by this browser or has already been used; start it again"
             }
             Reason::SessionExpired => "your session has ended; sign in again",
+            Reason::Revoked => "these credentials were revoked; sign in again or obtain a new token",
             Reason::SessionStoreUnavailable => "sessions cannot be checked right now; try again shortly",
             Reason::InsecureTransport => {
                 "signing in needs HTTPS, so that the session cookie never crosses the network in clear: open this address with https://"
@@ -242,6 +252,7 @@ impl Reason {
                 | Reason::DuplicateClaim
                 | Reason::UnknownCriticalHeader
                 | Reason::IssuedInFuture
+                | Reason::Revoked
         )
     }
 
@@ -259,7 +270,9 @@ impl Reason {
             | Reason::SignedIn
             | Reason::SignedOut
             | Reason::IssuerMetadata => StatusCode::OK,
-            Reason::NoCredentials | Reason::LoginFailed | Reason::SessionExpired => StatusCode::UNAUTHORIZED,
+            Reason::NoCredentials | Reason::LoginFailed | Reason::SessionExpired | Reason::Revoked => {
+                StatusCode::UNAUTHORIZED
+            }
             Reason::StateMismatch
             | Reason::CorsRefused
             | Reason::Forbidden
@@ -272,7 +285,9 @@ impl Reason {
             | Reason::AuditUnavailable
             | Reason::UpstreamCredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RouteNotFound => StatusCode::NOT_FOUND,
-            Reason::AmbiguousPath | Reason::MalformedRequest => StatusCode::BAD_REQUEST,
+            Reason::AmbiguousPath | Reason::MalformedRequest | Reason::LogoutTokenRefused => {
+                StatusCode::BAD_REQUEST
+            }
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BadRequestBody => StatusCode::BAD_REQUEST,
@@ -423,6 +438,13 @@ mod tests {
                 reason.status()
             );
         }
+    }
+
+    #[test]
+    fn revoked_credentials_are_refused_with_401_as_the_client_s_matter() {
+        assert_eq!(Reason::Revoked.as_str(), "revoked");
+        assert_eq!(Reason::Revoked.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(Reason::Revoked.fault(), Fault::Downstream);
     }
 
     #[test]

@@ -65,6 +65,35 @@ enum Command {
         /// An http:// or https:// URL (https is verified against the system's trust roots).
         url: String,
     },
+    /// End sessions and refuse bearer tokens on every replica within a second: a person's
+    /// sessions, a subject (a service, a CI job) everywhere, or every session. Needs the shared
+    /// session store (`[sessions] store = "redis"`); see docs/sessions.md.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["session_of", "subject", "all_sessions"])))]
+    Revoke {
+        /// The configuration every replica runs with (its `[sessions.redis]` is written to).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// End this person's browser sessions: their subject (`sub`, or what the provider's
+        /// `claims.subject` makes of it) at the provider. Bearer tokens are left alone.
+        #[arg(long, value_name = "USER")]
+        session_of: Option<String>,
+        /// Refuse this subject everywhere: its browser sessions, and its bearer tokens issued
+        /// before now until they would have expired (a stolen CI job or service token).
+        #[arg(long)]
+        subject: Option<String>,
+        /// End every browser session of every provider (a leaked session key, an incident).
+        #[arg(long)]
+        all_sessions: bool,
+        /// The identity provider that vouched for the name (its `name` in the config): needed
+        /// when the config has more than one.
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
+        /// The longest the subject's bearer tokens live at its provider: with `--subject` the
+        /// entry is kept this long plus the provider's leeway (and at least the session
+        /// lifetime), so no token it refuses outlives it.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+        token_lifetime: std::time::Duration,
+    },
     /// The quickstart's demo services, FOR DEMOS ONLY: never put real users or data behind them.
     Demo {
         #[command(subcommand)]
@@ -367,6 +396,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Revoke {
+            config,
+            session_of,
+            subject,
+            all_sessions,
+            provider,
+            token_lifetime,
+        } => {
+            let what = match (session_of, subject, all_sessions) {
+                (Some(user), _, _) => portcullis::app::Revoke::SessionsOf(user),
+                (_, Some(subject), _) => portcullis::app::Revoke::Subject(subject),
+                _ => portcullis::app::Revoke::AllSessions,
+            };
+            revoke_command(&config, what, provider.as_deref(), token_lifetime)
+        }
         Command::Probe { url } => match runtime(1).map(|r| r.block_on(demo::probe(&url))) {
             Some(Ok(())) => ExitCode::SUCCESS,
             Some(Err(why)) => {
@@ -376,6 +420,57 @@ fn main() -> ExitCode {
             None => ExitCode::FAILURE,
         },
         Command::Demo { command } => demo_command(command),
+    }
+}
+
+/// `portcullis revoke`: writes the deny entry and says what it refuses; the line it prints (and
+/// logs) is the record of the revocation. Exit 1 on a problem.
+fn revoke_command(
+    path: &std::path::Path,
+    what: portcullis::app::Revoke,
+    provider: Option<&str>,
+    token_lifetime: std::time::Duration,
+) -> ExitCode {
+    let config = match portcullis::app::load_config(path) {
+        Ok(c) => c,
+        Err(problems) => {
+            report(path, &problems);
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(runtime) = runtime(1) else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(portcullis::app::revoke(&config, what, provider, token_lifetime)) {
+        Ok(r) => {
+            let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.expires);
+            let before = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.before);
+            tracing::info!(
+                scope = r.scope.as_str(),
+                provider = %r.provider,
+                name = %r.name,
+                before = %humantime::format_rfc3339_millis(before),
+                until = %humantime::format_rfc3339_seconds(until),
+                "revoked"
+            );
+            println!(
+                "revoked {} {}{}: refused on every replica if from before {}, until {}",
+                r.scope.as_str(),
+                if r.provider.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/", r.provider)
+                },
+                r.name,
+                humantime::format_rfc3339_millis(before),
+                humantime::format_rfc3339_seconds(until)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

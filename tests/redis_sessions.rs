@@ -192,18 +192,29 @@ async fn a_sign_in_begun_on_one_replica_completes_on_another_and_the_session_ser
             .iter()
             .all(|r| r.target == "/dags/etl?tab=runs")
     );
-    let allowed = a.audit_events(1).await;
+    // A wrote three records (the sign-in's start and two requests), each when its exchange
+    // ended: wait for all of them.
+    let allowed = a.audit_events(3).await;
     let last = allowed.last().unwrap();
     assert_eq!(last["portcullis.auth.method"], "session");
     assert_eq!(last["enduser.id"], "alice");
 
-    // Sign-out on B ends the session for A too.
+    // Sign-out on B ends the session for A too, within a second: A drops its copy when B
+    // announces the sign-out.
     let out = page(&b, "/.portcullis/sign_out", &session).await;
     assert_eq!(out.status, StatusCode::FOUND);
+    until_every_replica_refuses(&[&a], Duration::from_secs(1), |_| {
+        let (a, session) = (&a, &session);
+        async move {
+            let api = api_call(a, "/api/v1/dags", session).await;
+            api.status == StatusCode::UNAUTHORIZED && api.body.contains("session_expired")
+        }
+    })
+    .await;
+    let forwarded = upstream.requests().len();
     let api = api_call(&a, "/api/v1/dags", &session).await;
-    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
-    assert!(api.body.contains("session_expired"), "{}", api.body);
-    assert_eq!(upstream.requests().len(), 3, "nothing more was forwarded");
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED, "{}", api.body);
+    assert_eq!(upstream.requests().len(), forwarded, "nothing more was forwarded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,6 +290,18 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
     let bearer = format!("Bearer {token}");
 
     redis.kill();
+    // The replica notices within a second (its subscription's check) and stops serving the
+    // copies of sessions it holds; nothing can be signed out or revoked meanwhile, as both
+    // need Redis.
+    let started = Instant::now();
+    loop {
+        let (_, readiness) = support::get(gw.admin, "/readyz", &[]).await;
+        if readiness.contains("revocations: not subscribed") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{readiness}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A signed-in browser is not let through, nor sent to sign in again: 503, audited.
     let app = api_call(&gw, "/api/v1/dags", &session).await;
@@ -354,11 +377,17 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(upstream.last().target, "/dags");
-    let (_, readiness) = support::get(gw.admin, "/readyz", &[]).await;
-    assert!(
-        readiness.contains("session store: redis, reachable"),
-        "{readiness}"
-    );
+    let started = Instant::now();
+    loop {
+        let (_, readiness) = support::get(gw.admin, "/readyz", &[]).await;
+        if readiness.contains("session store: redis, reachable")
+            && readiness.contains("revocations: subscribed, 0 deny entries in force")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{readiness}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,4 +419,454 @@ async fn a_replica_does_not_start_with_an_encryption_key_that_is_not_32_bytes_an
         !message.contains("0123456789abcdef"),
         "the key was repeated: {message}"
     );
+}
+
+/// The configuration the replicas run with, as a file for `portcullis revoke`.
+fn replicas_config(idp: &Idp, upstream: &Recorder, redis_url: &str, key_file: &Path, dir: &Path) -> PathBuf {
+    let app = Route::authenticated("app")
+        .host("app.localhost")
+        .upstream(upstream);
+    let text = idp
+        .browser_config(&dir.join("web-secret"), app)
+        .set("sessions.store", "redis")
+        .set("sessions.redis.url", redis_url)
+        .set("sessions.redis.encryption_key_file", key_file)
+        .to_toml();
+    let path = dir.join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `portcullis revoke --config CONFIG ARGS…`; panics unless it succeeds.
+fn revoke(config: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(support::binary())
+        .arg("revoke")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = support::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// Asks every replica until each has refused once (`refused` says whether a reply is a
+/// refusal); returns how long the slowest took, failing after `limit`.
+async fn until_every_replica_refuses<F, Fut>(replicas: &[&Gateway], limit: Duration, ask: F) -> Duration
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for (i, _) in replicas.iter().enumerate() {
+        loop {
+            if ask(i).await {
+                slowest = slowest.max(started.elapsed());
+                break;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "replica {i} still serves after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    slowest
+}
+
+async fn replicas(n: usize, idp: &Idp, upstream: &Recorder, redis_url: &str, key: &Path) -> Vec<Gateway> {
+    let mut all = Vec::new();
+    for _ in 0..n {
+        all.push(replica(idp, upstream, redis_url, key).await);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_on_one_replica_is_refused_by_the_others_within_a_second_with_their_caches_warm() {
+    let redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    let all = replicas(3, &idp, &upstream, &redis.url(), &key).await;
+    let session = sign_in(&idp, &all[0], &all[1], "/", "alice").await;
+    // Each replica has read the session, so each holds a copy.
+    for gw in &all {
+        assert_eq!(api_call(gw, "/api", &session).await.status, StatusCode::OK);
+        assert_eq!(api_call(gw, "/api", &session).await.status, StatusCode::OK);
+    }
+    let forwarded = upstream.requests().len();
+
+    let out = page(&all[2], "/.portcullis/sign_out", &session).await;
+    assert_eq!(out.status, StatusCode::FOUND);
+    let slowest = until_every_replica_refuses(&[&all[0], &all[1]], Duration::from_secs(1), |i| {
+        let (gw, session) = (&all[i], &session);
+        async move {
+            let reply = api_call(gw, "/api", session).await;
+            reply.status == StatusCode::UNAUTHORIZED && reply.body.contains("session_expired")
+        }
+    })
+    .await;
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    assert_eq!(
+        upstream.requests().len(),
+        forwarded,
+        "nothing was forwarded after the sign-out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_revoke_subject_refuses_a_ci_job_s_bearer_token_on_every_replica_within_a_second_audited()
+{
+    let redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let all = replicas(3, &idp, &upstream, &redis.url(), &key).await;
+    let config = replicas_config(&idp, &upstream, &redis.url(), &key, dir.path());
+    let token = idp
+        .client_credentials_token("ci-bot", "ci-bot-secret", None)
+        .await;
+    let bearer = format!("Bearer {token}");
+    let call = |gw: &Gateway| {
+        let bearer = bearer.clone();
+        let addr = gw.http;
+        async move {
+            let response = support::send(
+                addr,
+                Method::GET,
+                "/api/v1/dags",
+                &[("host", "app.localhost"), ("authorization", &bearer)],
+                Bytes::new(),
+            )
+            .await;
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    // Verified and cached by every replica.
+    for gw in &all {
+        assert_eq!(call(gw).await.0, StatusCode::OK);
+    }
+    let subject = all[0].audit_events(1).await.last().unwrap()["enduser.id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forwarded = upstream.requests().len();
+
+    let said = revoke(&config, &["--subject", &subject]);
+    assert!(
+        said.contains(&format!("revoked subject oidc/{subject}")),
+        "{said}"
+    );
+    let slowest = until_every_replica_refuses(&[&all[0], &all[1], &all[2]], Duration::from_secs(1), |i| {
+        let call = call(&all[i]);
+        async move {
+            let (status, body) = call.await;
+            status == StatusCode::UNAUTHORIZED && body.contains("revoked")
+        }
+    })
+    .await;
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    assert_eq!(
+        upstream.requests().len(),
+        forwarded,
+        "nothing was forwarded after the revocation"
+    );
+
+    // Each replica's refusal is audited with the reason, and the challenge names it.
+    for gw in &all {
+        let records = gw.audit_events(2).await;
+        let last = records.last().unwrap();
+        assert_eq!(last["portcullis.reason"], "revoked", "{last}");
+        assert_eq!(last["http.response.status_code"], 401, "{last}");
+        assert_eq!(last["portcullis.decision"], "deny", "{last}");
+    }
+    let response = support::send(
+        all[1].http,
+        Method::GET,
+        "/api/v1/dags",
+        &[("host", "app.localhost"), ("authorization", &bearer)],
+        Bytes::new(),
+    )
+    .await;
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("invalid_token") && challenge.contains("revoked"),
+        "{challenge}"
+    );
+
+    // Another subject of the same provider is not touched.
+    let other = idp
+        .client_credentials_token("svc-es", "svc-es-secret", None)
+        .await;
+    let response = support::send(
+        all[2].http,
+        Method::GET,
+        "/api/v1/dags",
+        &[
+            ("host", "app.localhost"),
+            ("authorization", &format!("Bearer {other}")),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_revoke_session_of_ends_that_person_s_sessions_on_every_replica_and_nobody_else_s() {
+    let redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let all = replicas(2, &idp, &upstream, &redis.url(), &key).await;
+    let config = replicas_config(&idp, &upstream, &redis.url(), &key, dir.path());
+    let alice = sign_in(&idp, &all[0], &all[0], "/", "alice").await;
+    let alice_again = sign_in(&idp, &all[1], &all[1], "/", "alice").await;
+    let bob = sign_in(&idp, &all[0], &all[1], "/", "bob").await;
+    for gw in &all {
+        for session in [&alice, &alice_again, &bob] {
+            assert_eq!(api_call(gw, "/api", session).await.status, StatusCode::OK);
+        }
+    }
+
+    revoke(&config, &["--session-of", "alice", "--provider", "oidc"]);
+    let slowest = until_every_replica_refuses(&[&all[0], &all[1]], Duration::from_secs(1), |i| {
+        let (gw, a, b) = (&all[i], &alice, &alice_again);
+        async move {
+            let (x, y) = (api_call(gw, "/api", a).await, api_call(gw, "/api", b).await);
+            x.status == StatusCode::UNAUTHORIZED
+                && y.status == StatusCode::UNAUTHORIZED
+                && x.body.contains("revoked")
+        }
+    })
+    .await;
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    for gw in &all {
+        assert_eq!(
+            api_call(gw, "/api", &bob).await.status,
+            StatusCode::OK,
+            "bob is untouched"
+        );
+    }
+    // A page is sent to sign in again, and a new sign-in is not refused.
+    let shown = page(&all[1], "/", &alice).await;
+    assert_eq!(shown.status, StatusCode::FOUND, "{}", shown.body);
+    let fresh = sign_in(&idp, &all[1], &all[0], "/", "alice").await;
+    assert_eq!(api_call(&all[0], "/api", &fresh).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_revoke_with_the_memory_store_refuses_and_says_revocation_needs_the_shared_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = Config::new()
+        .route(
+            Route::public("open")
+                .host("open.localhost")
+                .upstream("http://127.0.0.1:1"),
+        )
+        .to_toml();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(["revoke", "--config"])
+        .arg(&config)
+        .arg("--all-sessions")
+        .output()
+        .unwrap();
+    let text = support::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("sessions.store") && text.contains("store = \"redis\""),
+        "{text}"
+    );
+    // One of the three is required.
+    let out = std::process::Command::new(support::binary())
+        .args(["revoke", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_at_the_provider_ends_the_session_on_every_replica_through_back_channel_logout() {
+    let redis = RedisServer::start();
+    let upstream = Recorder::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    let (a, b) = (
+        Gateway::prebind(Config::new()).await,
+        Gateway::prebind(Config::new()).await,
+    );
+    // The provider posts logout tokens to replica A (any replica would do: the deny entry
+    // reaches all of them).
+    let logout_uri = format!(
+        "http://127.0.0.1:{}/.portcullis/backchannel-logout",
+        a.http.port()
+    );
+    let idp = Idp::start_with(&[
+        "--redirect",
+        CALLBACK,
+        "--post-logout-redirect",
+        SIGNED_OUT,
+        "--backchannel-logout",
+        &logout_uri,
+    ])
+    .await;
+    let config = |secret: &Path| {
+        Config::new()
+            .provider(
+                idp.browser_provider("oidc", secret)
+                    .set("browser.backchannel_logout", true),
+            )
+            .route(
+                Route::authenticated("app")
+                    .host("app.localhost")
+                    .upstream(&upstream)
+                    .providers(["oidc"]),
+            )
+            .route(Route::public("loopback").host("127.0.0.1").upstream(&upstream))
+            .set("sessions.store", "redis")
+            .set("sessions.redis.url", redis.url())
+            .set("sessions.redis.encryption_key_file", key.as_path())
+    };
+    let (secret_a, secret_b) = (a.dir.path().join("web-secret"), b.dir.path().join("web-secret"));
+    let a = a.start(config(&secret_a)).await;
+    let b = b.start(config(&secret_b)).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+
+    // Alice signs in (the provider's session cookies are kept, as her browser would).
+    let first = page(&a, "/", "").await;
+    let binding = first.cookie(LOGIN).unwrap();
+    let (callback, provider_cookies) = idp.sign_in_keeping_cookies(&first.location(), "alice").await;
+    let back = page(&b, &target_of(&callback), &format!("{LOGIN}={binding}")).await;
+    assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
+    let session = format!("{SESSION}={}", back.cookie(SESSION).unwrap());
+    for gw in [&a, &b] {
+        assert_eq!(api_call(gw, "/api", &session).await.status, StatusCode::OK);
+    }
+    // The session keeps the provider session it belongs to.
+    let id = SessionId::parse(session.split_once('=').unwrap().1).unwrap();
+    let stored = same_store(&redis.url(), &key).get(&id).await.unwrap().unwrap();
+    assert!(stored.sid.is_some(), "the ID token's sid was not kept");
+
+    // She logs out at the provider, which posts a logout token to A before it answers.
+    let status = idp.log_out_at_provider(&provider_cookies).await;
+    assert!(
+        status.is_redirection() || status.is_success(),
+        "{status}: {}",
+        idp.stderr()
+    );
+    let slowest = until_every_replica_refuses(&[&a, &b], Duration::from_secs(1), |i| {
+        let (gw, session) = ([&a, &b][i], &session);
+        async move {
+            let reply = api_call(gw, "/api", session).await;
+            reply.status == StatusCode::UNAUTHORIZED && reply.body.contains("revoked")
+        }
+    })
+    .await;
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+
+    // A recorded the logout: the provider and whose, never the token.
+    let records = a.audit_events(1).await;
+    let logout = records
+        .iter()
+        .find(|r| r["portcullis.act"] == "backchannel_logout")
+        .unwrap_or_else(|| panic!("no back-channel logout record: {records:#?}"));
+    assert_eq!(logout["portcullis.decision"], "allow", "{logout}");
+    assert_eq!(logout["http.response.status_code"], 200, "{logout}");
+    assert_eq!(logout["enduser.id"], "alice", "{logout}");
+    assert_eq!(
+        logout["portcullis.principal.issuer"],
+        idp.issuer.as_str(),
+        "{logout}"
+    );
+    assert!(!logout.to_string().contains("eyJ"), "{logout}");
+}
+
+/// The revocation delay, measured: three replicas on one Redis, each with the session in its
+/// cache; 100 times, `revoke --session-of` (the library call the command makes) of a person
+/// with a live session, then the time from its return until every replica has refused that
+/// session. Prints p50 and max (BENCHMARKS.md); run with
+/// `cargo test --release --test redis_sessions revocation_delay -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints the revocation delay over 100 revocations"]
+async fn revocation_delay_over_100_revocations() {
+    let redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let all = replicas(3, &idp, &upstream, &redis.url(), &key).await;
+    let path = replicas_config(&idp, &upstream, &redis.url(), &key, dir.path());
+    let config = portcullis::app::load_config(&path).unwrap();
+    let store = same_store(&redis.url(), &key);
+    let mut delays = Vec::new();
+    for i in 0..100 {
+        let subject = format!("person-{i}");
+        let id = SessionId::random().unwrap();
+        let principal = portcullis::identity::Principal {
+            kind: portcullis::identity::PrincipalKind::User,
+            subject: subject.clone(),
+            issuer: idp.issuer.clone(),
+            provider: "oidc".into(),
+            email: None,
+            name: None,
+            groups: vec!["users".into()],
+            auth_method: portcullis::identity::AuthMethod::Session,
+            client_id: None,
+            token_id: None,
+            session_id_hash: Some(id.hash()),
+        };
+        let session = portcullis::session::Session {
+            principal: std::sync::Arc::new(principal),
+            created: std::time::SystemTime::now() - Duration::from_millis(5),
+            access_token: None,
+            access_token_expires: None,
+            refresh_token: None,
+            id_token: None,
+            sid: None,
+        };
+        store.put(id.clone(), session).await.unwrap();
+        let cookie = format!("{SESSION}={}", id.cookie_value());
+        for gw in &all {
+            for _ in 0..2 {
+                let reply = api_call(gw, "/api", &cookie).await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            }
+        }
+        portcullis::app::revoke(
+            &config,
+            portcullis::app::Revoke::SessionsOf(subject),
+            Some("oidc"),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        let delay = until_every_replica_refuses(&[&all[0], &all[1], &all[2]], Duration::from_secs(1), |i| {
+            let (gw, cookie) = (&all[i], &cookie);
+            async move { api_call(gw, "/api", cookie).await.status == StatusCode::UNAUTHORIZED }
+        })
+        .await;
+        delays.push(delay);
+    }
+    delays.sort();
+    let p50 = delays[delays.len() / 2];
+    let max = delays[delays.len() - 1];
+    println!(
+        "revocation delay over {} revocations, 3 replicas: p50 {:.2} ms, max {:.2} ms",
+        delays.len(),
+        p50.as_secs_f64() * 1000.0,
+        max.as_secs_f64() * 1000.0
+    );
+    assert!(max < Duration::from_secs(1), "{max:?}");
 }

@@ -69,6 +69,10 @@ impl Ready {
         // taking every replica out of the balancer would stop bearer and public routes too.
         text.push_str(self.proxy.load().session_store_health().describe());
         text.push('\n');
+        if let Some(line) = self.proxy.load().session_store_subscription() {
+            text.push_str(&line);
+            text.push('\n');
+        }
         (status, text)
     }
 }

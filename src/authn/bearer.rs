@@ -1,8 +1,8 @@
 //! The bearer path: `Authorization: Bearer <JWT>` from services, CI jobs and API clients.
 //!
 //! Verified tokens are cached by a SHA-256 of the token, each entry dropped no later than its
-//! `exp`; a hit is still checked against the route's accepted providers, so the cache never
-//! widens access.
+//! `exp`; a hit is still checked against the route's accepted providers and against the deny
+//! list (revoked subjects), so the cache never widens access.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,6 +14,7 @@ use super::claims::{PartError, jws_part};
 use super::provider::{Header, Provider, Verified};
 use crate::decision::Reason;
 use crate::identity::Principal;
+use crate::session::Revocations;
 
 /// Longest a verified token stays cached, whatever its `exp`.
 const MAX_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -27,6 +28,7 @@ struct Cached {
     provider: Arc<Provider>,
     principal: Arc<Principal>,
     exp: u64,
+    iat: Option<u64>,
 }
 
 struct UntilExp;
@@ -44,17 +46,14 @@ impl moka::Expiry<[u8; 32], Cached> for UntilExp {
 
 pub struct BearerAuthenticator {
     verified: moka::sync::Cache<[u8; 32], Cached>,
-}
-
-impl Default for BearerAuthenticator {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// This replica's copy of the deny list: revoked subjects' tokens are refused.
+    revocations: Arc<Revocations>,
 }
 
 impl BearerAuthenticator {
-    pub fn new() -> Self {
+    pub fn new(revocations: Arc<Revocations>) -> Self {
         BearerAuthenticator {
+            revocations,
             verified: moka::sync::Cache::builder()
                 .max_capacity(CACHE_ENTRIES)
                 .expire_after(UntilExp)
@@ -73,7 +72,7 @@ impl BearerAuthenticator {
             && hit.exp > now_secs()
         {
             return if accepted.iter().any(|p| Arc::ptr_eq(p, &hit.provider)) {
-                Outcome::Authenticated(hit.principal)
+                self.unless_revoked(&hit.provider, hit.principal, hit.iat)
             } else {
                 Outcome::Rejected(Reason::WrongIssuer.into())
             };
@@ -86,19 +85,33 @@ impl BearerAuthenticator {
             return Outcome::Rejected(Reason::WrongIssuer.into());
         };
         match provider.verify(token, &header).await {
-            Ok(Verified { principal, exp }) => {
+            Ok(Verified { principal, exp, iat }) => {
                 self.verified.insert(
                     digest,
                     Cached {
                         provider: provider.clone(),
                         principal: principal.clone(),
                         exp,
+                        iat,
                     },
                 );
-                Outcome::Authenticated(principal)
+                self.unless_revoked(provider, principal, iat)
             }
             Err(refusal) => Outcome::Rejected(refusal),
         }
+    }
+
+    /// A verified token, refused when its subject was revoked (at its provider) after it was
+    /// issued.
+    fn unless_revoked(&self, provider: &Provider, principal: Arc<Principal>, iat: Option<u64>) -> Outcome {
+        let c = &provider.config;
+        if self
+            .revocations
+            .refuses_token(&c.name, &principal.subject, iat, c.leeway)
+        {
+            return Outcome::Rejected(Reason::Revoked.into());
+        }
+        Outcome::Authenticated(principal)
     }
 }
 

@@ -49,7 +49,7 @@ pub struct Authn {
 impl Authn {
     pub fn new(providers: Vec<Arc<Provider>>, browser: browser::Browser) -> Self {
         Authn {
-            bearer: bearer::BearerAuthenticator::new(),
+            bearer: bearer::BearerAuthenticator::new(browser.revocations()),
             browser,
             providers,
         }

@@ -99,6 +99,8 @@ pub struct LoginFinished {
     pub access_token: Secret,
     pub access_token_expires: Option<SystemTime>,
     pub refresh_token: Option<Secret>,
+    /// The ID token's `sid`: the provider's session, which back-channel logout may end.
+    pub sid: Option<String>,
 }
 
 /// Why an ID token was refused: `Keys` may pass once the provider's keys are fetched again.
@@ -144,13 +146,23 @@ pub fn verify_login(
         .id_token()
         .map(|t| Secret::new(t.to_string()))
         .ok_or(IdTokenError::Refused(Reason::LoginFailed))?;
+    let sid = sid_of(id_token.expose());
     Ok(LoginFinished {
         principal,
+        sid,
         id_token,
         access_token: Secret::new(response.access_token().secret().clone()),
         access_token_expires: response.expires_in().map(|d| SystemTime::now() + d),
         refresh_token: response.refresh_token().map(|t| Secret::new(t.secret().clone())),
     })
+}
+
+/// The `sid` of an ID token verified already: a string without control characters, or none.
+fn sid_of(compact: &str) -> Option<String> {
+    let payload = compact.split('.').nth(1)?;
+    let claims = super::claims::jws_part::<serde_json::Map<String, serde_json::Value>>(payload).ok()?;
+    let sid = claims.get("sid")?.as_str()?;
+    crate::session::acceptable_name(sid).then(|| sid.to_string())
 }
 
 /// The principal an ID token in `response` names, if it carries one.

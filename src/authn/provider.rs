@@ -49,6 +49,9 @@ pub struct Header {
 pub struct Verified {
     pub principal: Arc<Principal>,
     pub exp: u64,
+    /// `iat`, when the token says (seconds since the epoch): a revocation refuses tokens
+    /// issued before it, and a token that does not say when it was issued.
+    pub iat: Option<u64>,
 }
 
 /// Why a token was refused: a reason, and for `claims_not_bound` the claim (its name only: the
@@ -168,9 +171,16 @@ impl Provider {
             .and_then(Value::as_u64)
             .ok_or(Reason::Malformed)?;
         let principal = principal_from_claims(&self.config, &claims, AuthMethod::Bearer)?;
+        // Checked a number by `issued_in_the_past`; a fraction counts as the second it is in.
+        let iat = claims
+            .get("iat")
+            .and_then(Value::as_f64)
+            .filter(|t| *t >= 0.0)
+            .map(|t| t as u64);
         Ok(Verified {
             principal: Arc::new(principal),
             exp,
+            iat,
         })
     }
 }
@@ -308,4 +318,130 @@ fn is_access_token(typ: Option<&str>, claims: &Map<String, Value>) -> bool {
 
 fn is_at_jwt(typ: &str) -> bool {
     typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
+}
+
+/// The event a back-channel logout token carries (OpenID Connect Back-Channel Logout 1.0 §2.4).
+pub const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// How old (`iat`) a logout token may be, beyond the leeway: providers send them at once.
+pub const LOGOUT_TOKEN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A verified back-channel logout token: the provider session (`sid`) or the subject whose
+/// sessions end, and its `jti` (refused the second time).
+#[derive(Debug)]
+pub struct LogoutToken {
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub jti: String,
+}
+
+/// Why a logout token was refused: what the answer's `error_description` says, and the claim
+/// at fault (its name only) when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogoutRefusal {
+    pub claim: Option<&'static str>,
+    pub why: &'static str,
+}
+
+impl Provider {
+    /// Verifies a back-channel logout token as OpenID Connect Back-Channel Logout 1.0 §2.6
+    /// requires: signed by one of the provider's keys with a configured algorithm (never
+    /// `none`, never HMAC), `iss` the provider, `aud` this proxy's client id, `iat` within the
+    /// leeway and not older than [`LOGOUT_TOKEN_MAX_AGE`], `exp` if present, a `jti`, the
+    /// logout event as an object in `events`, a `sid` and/or `sub`, and no `nonce` (which
+    /// would make it an ID token). `typ` may be `logout+jwt`, `JWT` or absent.
+    pub async fn verify_logout_token(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<LogoutToken, LogoutRefusal> {
+        let refuse = |claim, why| LogoutRefusal { claim, why };
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(refuse(None, "not a signed JWT"));
+        };
+        let header: Header = claims::jws_part(h).map_err(|_| refuse(None, "the header is malformed"))?;
+        claims::jws_part::<Map<String, Value>>(p)
+            .map_err(|_| refuse(None, "the claims are malformed or name a member twice"))?;
+        if header.crit.is_some() {
+            return Err(refuse(None, "the header lists crit extensions"));
+        }
+        let typ = header.typ.as_deref().map(|t| {
+            let lower = t.to_ascii_lowercase();
+            lower
+                .strip_prefix("application/")
+                .map_or(lower.clone(), str::to_string)
+        });
+        if !matches!(typ.as_deref(), None | Some("jwt" | "logout+jwt")) {
+            return Err(refuse(None, "the token type is not logout+jwt"));
+        }
+        let alg = header
+            .alg
+            .parse::<Algorithm>()
+            .ok()
+            .filter(|alg| alg.family() != AlgorithmFamily::Hmac)
+            .filter(|alg| self.validations.iter().any(|(a, _)| a == alg))
+            .ok_or(refuse(None, "the algorithm is not accepted"))?;
+        let key = self
+            .keys
+            .key(header.kid.as_deref(), alg)
+            .await
+            .map_err(|_| refuse(None, "no key of the provider verifies it"))?;
+        let c = &self.config;
+        let mut validation = Validation::new(alg);
+        validation.leeway = c.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[c.issuer.as_str()]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["iss", "aud", "iat"]);
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => refuse(None, "the signature does not verify"),
+                ErrorKind::ExpiredSignature => refuse(Some("exp"), "the token has expired"),
+                ErrorKind::ImmatureSignature => refuse(Some("nbf"), "the token is not valid yet"),
+                ErrorKind::InvalidIssuer => refuse(Some("iss"), "the issuer is not the provider"),
+                ErrorKind::InvalidAudience => refuse(Some("aud"), "the audience is not this client"),
+                ErrorKind::MissingRequiredClaim(_) => refuse(None, "iss, aud and iat are required"),
+                _ => refuse(None, "the token is malformed"),
+            })?
+            .claims;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let iat = claims
+            .get("iat")
+            .and_then(Value::as_f64)
+            .ok_or(refuse(Some("iat"), "iat is not a number"))?;
+        let leeway = c.leeway.as_secs_f64();
+        if iat > now + leeway || iat + LOGOUT_TOKEN_MAX_AGE.as_secs_f64() + leeway < now {
+            return Err(refuse(Some("iat"), "the token was not issued just now"));
+        }
+        if claims.contains_key("nonce") {
+            return Err(refuse(Some("nonce"), "a logout token carries no nonce"));
+        }
+        let event = claims
+            .get("events")
+            .and_then(Value::as_object)
+            .and_then(|events| events.get(LOGOUT_EVENT));
+        if !event.is_some_and(Value::is_object) {
+            return Err(refuse(
+                Some("events"),
+                "events does not hold the back-channel logout event",
+            ));
+        }
+        let name = |claim: &'static str| -> Result<Option<String>, LogoutRefusal> {
+            match claims.get(claim) {
+                None => Ok(None),
+                Some(Value::String(s)) if crate::session::acceptable_name(s) => Ok(Some(s.clone())),
+                Some(_) => Err(refuse(Some(claim), "a claim is not a usable string")),
+            }
+        };
+        let jti = name("jti")?.ok_or(refuse(Some("jti"), "jti is required"))?;
+        let (sub, sid) = (name("sub")?, name("sid")?);
+        if sub.is_none() && sid.is_none() {
+            return Err(refuse(Some("sid"), "neither sid nor sub says whose sessions end"));
+        }
+        Ok(LogoutToken { sub, sid, jti })
+    }
 }

@@ -1026,6 +1026,11 @@ pub struct BrowserClient {
     pub scopes: Option<Vec<String>>,
     /// Shown on the sign-in page when a route accepts several providers. Default: the name.
     pub display_name: Option<String>,
+    /// Accept OpenID Connect Back-Channel Logout from this provider: register
+    /// `https://<a host>/.portcullis/backchannel-logout` as the client's
+    /// `backchannel_logout_uri` (with `backchannel_logout_session_required`), and a logout at
+    /// the provider ends the matching sessions on every replica. Default false.
+    pub backchannel_logout: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

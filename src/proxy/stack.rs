@@ -56,6 +56,11 @@ use crate::proxy::trace::TraceCtx;
 use crate::secret::Secret;
 use crate::tokens::broker::Caller;
 
+/// `/.portcullis/backchannel-logout`: where providers post logout tokens.
+const BACKCHANNEL_LOGOUT: &str = "backchannel-logout";
+/// The most a reserved endpoint reads of a request body (a logout token form).
+const SMALL_BODY: usize = 32 * 1024;
+
 /// Route name → the upstream's own public keys (`[routes.assertion] upstream_jwks`), served in
 /// the route's JWKS beside the proxy's.
 pub type UpstreamKeys = HashMap<String, Arc<[serde_json::Value]>>;
@@ -150,6 +155,11 @@ impl Proxy {
 
     pub fn session_store_health(&self) -> crate::session::Health {
         self.authn.browser.store_health()
+    }
+
+    /// Whether this replica hears revocations, for `/readyz` (shared stores only).
+    pub fn session_store_subscription(&self) -> Option<String> {
+        self.authn.browser.store_subscription()
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
@@ -248,7 +258,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let canonical = self.canonical_view(ctx, &req)?;
         if canonical.path.starts_with(RESERVED) {
-            return self.reserved(ctx, canonical, req.headers()).await;
+            return self.reserved(ctx, canonical, req).await;
         }
         if let Some(document) = self.issuer_document(&canonical) {
             return Ok(self.own_document(ctx, canonical, document));
@@ -780,7 +790,8 @@ impl Proxy {
             return Err(ProxyError::forbidden(self.missing_permission(ctx)));
         }
         let denied = ProxyError::deny(reason);
-        let (Reason::NoCredentials | Reason::SessionExpired, Some(canonical)) = (reason, &ctx.canonical)
+        let (Reason::NoCredentials | Reason::SessionExpired | Reason::Revoked, Some(canonical)) =
+            (reason, &ctx.canonical)
         else {
             return Err(denied);
         };
@@ -863,7 +874,7 @@ impl Proxy {
         &self,
         ctx: &mut RequestCtx,
         canonical: Canonical,
-        headers: &http::HeaderMap,
+        req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let not_found = || ProxyError::deny(Reason::RouteNotFound);
         let canonical = ctx.canonical.insert(canonical);
@@ -871,11 +882,13 @@ impl Proxy {
             Some("sign_in") => Some("sign_in"),
             Some("callback") => Some("login"),
             Some("sign_out" | "signed_out") => Some("logout"),
+            Some(BACKCHANNEL_LOGOUT) => Some("backchannel_logout"),
             _ => None,
         };
         if !self.routes.serves_host(&canonical.host) {
             return Err(not_found());
         }
+        let headers = req.headers();
         if !sessions_secure(&ctx.conn, Some(canonical), headers) {
             let canonical = canonical.clone();
             return self.to_https(ctx, &canonical);
@@ -884,6 +897,15 @@ impl Proxy {
             return Err(not_found());
         };
         let browser = &self.authn.browser;
+        if canonical.path.strip_prefix(RESERVED) == Some(BACKCHANNEL_LOGOUT) {
+            if canonical.method != Method::POST {
+                return Err(not_found());
+            }
+            // A provider's server posts a small form: read it whole, within limits.
+            let body = self.small_body(req).await?;
+            let served = browser.backchannel_logout(&body).await;
+            return Ok(self.served(ctx, served));
+        }
         let host = canonical.host.clone();
         let options = |path: &str| {
             self.routes
@@ -894,9 +916,33 @@ impl Proxy {
         let served = browser
             .endpoint(canonical, headers, ctx.conn.trusted, options)
             .await?;
-        ctx.decision = Some(Decision::Allow(served.reason));
+        Ok(self.served(ctx, served))
+    }
+
+    /// Records what a reserved endpoint did: allowed, or refused with its reason and claim.
+    fn served(&self, ctx: &mut RequestCtx, served: crate::authn::browser::Served) -> Response<ProxyBody> {
+        ctx.decision = Some(if served.reason.status().is_success() {
+            Decision::Allow(served.reason)
+        } else {
+            Decision::Deny(served.reason)
+        });
         ctx.principal = served.principal;
-        Ok(served.response)
+        ctx.refused_claim = served.claim;
+        served.response
+    }
+
+    /// A request body of at most [`SMALL_BODY`] bytes, read within the idle timeout.
+    async fn small_body(&self, req: Request<Incoming>) -> Result<Bytes, ProxyError> {
+        use http_body_util::BodyExt as _;
+        let limited = http_body_util::Limited::new(req.into_body(), SMALL_BODY);
+        match tokio::time::timeout(self.limits.idle_timeout.get(), limited.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(ProxyError::deny(Reason::PayloadTooLarge))
+            }
+            Ok(Err(_)) => Err(ProxyError::deny(Reason::BadRequestBody)),
+            Err(_) => Err(ProxyError::deny(Reason::BodyTimeout)),
+        }
     }
 
     /// A browser flow reached over plain HTTP: session cookies never cross the wire in clear, so

@@ -41,6 +41,9 @@ struct StoredSession<'a> {
     access_token_expires: Option<u64>,
     refresh_token: Option<Cow<'a, str>>,
     id_token: Option<Cow<'a, str>>,
+    /// Added within version 1: older releases ignore it, and read without it it is `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<Cow<'a, str>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -105,6 +108,7 @@ pub fn encode_session(s: &Session) -> Result<Vec<u8>, serde_json::Error> {
         access_token_expires: s.access_token_expires.map(millis),
         refresh_token: secret(&s.refresh_token),
         id_token: secret(&s.id_token),
+        sid: borrowed(&s.sid),
     })
 }
 
@@ -140,6 +144,7 @@ pub fn decode_session(bytes: &[u8]) -> Option<Session> {
         },
         refresh_token: secret(s.refresh_token),
         id_token: secret(s.id_token),
+        sid: owned(s.sid),
     })
 }
 
@@ -184,6 +189,7 @@ mod tests {
             access_token_expires: Some(UNIX_EPOCH + Duration::from_millis(1_700_000_360_000)),
             refresh_token: Some(Secret::new("rt")),
             id_token: None,
+            sid: Some("provider-session-1".into()),
         }
     }
 
@@ -197,6 +203,7 @@ mod tests {
         assert_eq!(back.access_token, s.access_token);
         assert_eq!(back.refresh_token, s.refresh_token);
         assert_eq!(back.id_token, None);
+        assert_eq!(back.sid, s.sid);
     }
 
     #[test]
@@ -210,6 +217,7 @@ mod tests {
         assert_eq!(s.principal.subject, "alice");
         assert_eq!(s.created, UNIX_EPOCH + Duration::from_secs(1));
         assert_eq!(s.access_token.as_ref().map(Secret::expose), Some("at"));
+        assert_eq!(s.sid, None, "a session written before `sid` was kept has none");
         let other_version = text.replacen(r#""v":1"#, r#""v":2"#, 1);
         assert!(decode_session(other_version.as_bytes()).is_none());
         let unknown_kind = text.replace(r#""kind":"user""#, r#""kind":"robot""#);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{PendingLogin, Session, SessionId, SessionStore, StoreFuture};
+use super::{PendingLogin, Revocation, Revocations, Session, SessionId, SessionStore, StoreFuture};
 
 struct Lifetimes {
     idle: Duration,
@@ -49,6 +49,17 @@ impl moka::Expiry<SessionId, Arc<Session>> for Lifetimes {
 pub struct MemoryStore {
     sessions: moka::sync::Cache<SessionId, Arc<Session>>,
     logins: moka::sync::Cache<String, PendingLogin>,
+    revocations: Arc<Revocations>,
+    /// Names offered once (logout tokens' `jti`), each kept for its own lifetime.
+    used: moka::sync::Cache<String, Instant>,
+}
+
+struct UntilInstant;
+
+impl moka::Expiry<String, Instant> for UntilInstant {
+    fn expire_after_create(&self, _: &String, until: &Instant, now: Instant) -> Option<Duration> {
+        Some(until.saturating_duration_since(now))
+    }
 }
 
 impl MemoryStore {
@@ -71,6 +82,11 @@ impl MemoryStore {
             logins: moka::sync::Cache::builder()
                 .max_capacity(max_sessions)
                 .time_to_live(login)
+                .build(),
+            revocations: Revocations::new(),
+            used: moka::sync::Cache::builder()
+                .max_capacity(max_sessions)
+                .expire_after(UntilInstant)
                 .build(),
         }
     }
@@ -104,6 +120,27 @@ impl SessionStore for MemoryStore {
 
     fn take_login<'a>(&'a self, state: &'a str) -> StoreFuture<'a, Option<PendingLogin>> {
         Box::pin(async move { Ok(self.logins.remove(state)) })
+    }
+
+    fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.clone()
+    }
+
+    fn revoke<'a>(&'a self, revocation: Revocation) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.revocations.apply(&revocation);
+            Ok(())
+        })
+    }
+
+    fn first_use<'a>(&'a self, name: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let entry = self
+                .used
+                .entry(name.to_string())
+                .or_insert_with(|| Instant::now() + ttl);
+            Ok(entry.is_fresh())
+        })
     }
 }
 

@@ -8,13 +8,14 @@
 mod codec;
 mod memory;
 mod redis;
+mod revocation;
 mod seal;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,6 +25,7 @@ use crate::identity::Principal;
 use crate::secret::Secret;
 pub use memory::MemoryStore;
 pub use redis::{BuildError, Lifetimes, RedisSecrets, RedisStore};
+pub use revocation::{Revocation, Revocations, Scope, acceptable_name};
 pub use seal::Sealer;
 
 /// A session id: 256 random bits. The cookie carries it base64url-encoded; logs and audit
@@ -76,6 +78,9 @@ pub struct Session {
     pub refresh_token: Option<Secret>,
     /// Kept for RP-initiated logout (`id_token_hint`).
     pub id_token: Option<Secret>,
+    /// The provider's session the sign-in belongs to (the ID token's `sid`), when it says:
+    /// back-channel logout names it.
+    pub sid: Option<String>,
 }
 
 /// A sign-in in progress, kept under its `state` until the callback takes it (once).
@@ -144,13 +149,32 @@ pub trait SessionStore: Send + Sync + 'static {
     fn health(&self) -> Health {
         Health::InMemory
     }
+    /// This replica's copy of the deny list, checked on every request without a round trip.
+    fn revocations(&self) -> Arc<Revocations>;
+    /// Records a revocation: in the shared store and every replica's copy (Redis), or in this
+    /// process's copy only (memory).
+    fn revoke<'a>(&'a self, revocation: Revocation) -> StoreFuture<'a, ()>;
+    /// True the first time `name` is offered within `ttl`, false after (a logout token's
+    /// `jti`): shared by every replica with a shared store.
+    fn first_use<'a>(&'a self, name: &'a str, ttl: Duration) -> StoreFuture<'a, bool>;
+    /// Whether what this store holds (sessions, revocations) is shared by every replica.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// For `/readyz`: whether this replica hears the other replicas' revocations and
+    /// invalidations (a shared store), and how many deny entries it holds; `None` for a store
+    /// in this process only.
+    fn subscription(&self) -> Option<String> {
+        None
+    }
+    /// Starts hearing the other replicas (revocations, invalidations), for as long as the
+    /// store is in use. A store in this process only has no one to hear.
+    fn listen(self: Arc<Self>) {}
 }
 
 /// The behaviour every store must show; run by each store's tests.
 #[cfg(test)]
 pub(crate) mod conformance {
-    use std::time::Duration;
-
     use super::*;
 
     pub fn session(created: SystemTime) -> Session {
@@ -161,6 +185,7 @@ pub(crate) mod conformance {
             access_token_expires: None,
             refresh_token: Some(Secret::new("rt-secret")),
             id_token: None,
+            sid: None,
         }
     }
 
@@ -234,6 +259,36 @@ pub(crate) mod conformance {
             store.take_login("state-1").await.unwrap().is_none(),
             "a state was used twice"
         );
+
+        // Revocations: a subject's older sessions and tokens are refused by this replica at
+        // once, only with the provider that vouched for the name.
+        let earlier = session(SystemTime::now() - Duration::from_millis(50));
+        let revocations = store.revocations();
+        assert!(!revocations.refuses_session(&earlier));
+        let hour = Duration::from_secs(3600);
+        store
+            .revoke(Revocation::now(Scope::Subject, "idp", "alice", hour))
+            .await
+            .unwrap();
+        assert!(revocations.refuses_session(&earlier));
+        assert!(revocations.refuses_token("idp", "alice", Some(1), Duration::ZERO));
+        assert!(!revocations.refuses_token("elsewhere", "alice", Some(1), Duration::ZERO));
+        let later = session(SystemTime::now() + Duration::from_millis(50));
+        assert!(!revocations.refuses_session(&later));
+        store
+            .revoke(Revocation::now(Scope::AllSessions, "", "", hour))
+            .await
+            .unwrap();
+        assert!(revocations.refuses_session(&session(SystemTime::now() - Duration::from_millis(50))));
+
+        // A name offered twice (a logout token's jti) is new only the first time.
+        let jti = format!("jti-{}", SessionId::random().unwrap().hash());
+        assert!(store.first_use(&jti, hour).await.unwrap());
+        assert!(
+            !store.first_use(&jti, hour).await.unwrap(),
+            "a jti was accepted twice"
+        );
+        assert!(store.first_use(&format!("{jti}-other"), hour).await.unwrap());
     }
 
     #[test]

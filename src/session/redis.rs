@@ -15,15 +15,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo,
+    PushKind, RedisConnectionInfo,
+};
 
+use super::revocation::{Revocation, Revocations, now_ms};
 use super::seal::Sealer;
 use super::{Health, PendingLogin, Session, SessionId, SessionStore, StoreError, StoreFuture, codec};
 use crate::config::{Redis, RedisUrl};
@@ -58,6 +63,15 @@ pub struct BuildError {
     pub message: String,
 }
 
+/// How long a session read from Redis may be served from this replica's memory. Pub/sub drops
+/// a copy at once when the session is signed out or written on any replica; this bound only
+/// caps how long Redis's idle expiry goes unrenewed and how much memory the copies take.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+const CACHE_ENTRIES: u64 = 100_000;
+/// How often the subscription is checked (a PING on its connection): a subscription that does
+/// not answer within the command timeout is dropped, the local copies with it.
+const SUBSCRIPTION_CHECK: Duration = Duration::from_millis(500);
+
 pub struct RedisStore {
     links: Vec<Link>,
     next: AtomicUsize,
@@ -67,6 +81,18 @@ pub struct RedisStore {
     timeout: Duration,
     /// The last call's outcome (a [`Health`] as a number), for `/readyz`.
     health: AtomicU8,
+    /// This replica's copy of the deny list, kept current by the subscription.
+    revocations: Arc<Revocations>,
+    /// Sessions read recently, by the SHA-256 of their id (their Redis key): used only while
+    /// the subscription is up, so that no invalidation can be missed.
+    cache: moka::sync::Cache<[u8; 32], Arc<Session>>,
+    /// The subscription is up and the deny list was loaded after it was made.
+    listening: AtomicBool,
+    /// Counts invalidations: a session read from Redis is cached only when none arrived while
+    /// it was being read (the copy could be older than the invalidation).
+    invalidations: AtomicU64,
+    /// Where the subscription connects.
+    subscriber: Subscriber,
 }
 
 impl RedisStore {
@@ -76,7 +102,7 @@ impl RedisStore {
         secrets: RedisSecrets,
         lifetimes: Lifetimes,
     ) -> Result<RedisStore, BuildError> {
-        let target = Target::new(config, &secrets)?;
+        let (target, subscriber) = Target::new(config, &secrets)?;
         let links = (0..config.pool_size.get())
             .map(|_| Link {
                 target: target.clone(),
@@ -92,7 +118,112 @@ impl RedisStore {
             lifetimes,
             timeout: config.command_timeout.get(),
             health: AtomicU8::new(NOT_YET_USED),
+            revocations: Revocations::new(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_ENTRIES)
+                .time_to_live(CACHE_TTL)
+                .build(),
+            listening: AtomicBool::new(false),
+            invalidations: AtomicU64::new(0),
+            subscriber,
         })
+    }
+
+    /// Subscribes to the store's channel, for as long as the store is in use: revocations and
+    /// invalidations from every replica reach this one, and the full deny list is loaded again
+    /// at every (re)subscription, so nothing published while disconnected is missed. Until
+    /// the first subscription holds, sessions are read from Redis every time.
+    pub fn subscribe(self: &Arc<Self>) {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let Some(this) = store.upgrade() else { return };
+                let subscriber = this.subscriber.clone();
+                let channel = this.channel();
+                drop(this);
+                match subscription(&store, &subscriber, &channel).await {
+                    Ok(()) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "session store subscription lost; sessions are read from Redis until it is back")
+                    }
+                }
+                let Some(this) = store.upgrade() else { return };
+                this.stop_listening();
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        });
+    }
+
+    /// Whether the subscription is up (local copies in use), for tests and `/readyz`.
+    pub fn listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
+    fn stop_listening(&self) {
+        self.listening.store(false, Ordering::Release);
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+    }
+
+    /// The channel every replica listens on, under the key prefix.
+    fn channel(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    /// The hash that holds the deny list. It has no expiry, so Redis never evicts it under
+    /// memory pressure (`volatile-ttl` evicts only keys that expire); expired entries are
+    /// removed by the next revocation.
+    fn revoked_key(&self) -> String {
+        format!("{}revoked", self.prefix)
+    }
+
+    /// Reads the whole deny list from Redis into this replica's copy.
+    async fn load_revocations(&self) -> Result<(), StoreError> {
+        let all = self
+            .run::<Vec<(String, String)>>(redis::cmd("HGETALL").arg(self.revoked_key()))
+            .await?;
+        self.revocations
+            .replace(all.iter().filter_map(|(f, v)| Revocation::parse(f, v)));
+        Ok(())
+    }
+
+    /// Applies one message of the channel.
+    fn on_message(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        match text.split_once('\n') {
+            Some(("s", digest)) => {
+                if let Some(digest) = unhex32(digest) {
+                    self.invalidations.fetch_add(1, Ordering::AcqRel);
+                    self.cache.invalidate(&digest);
+                }
+            }
+            Some(("r", rest)) => {
+                if let Some((value, field)) = rest.split_once('\n')
+                    && let Some(r) = Revocation::parse(field, value)
+                {
+                    self.revocations.apply(&r);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells every replica to drop its copy of a session.
+    async fn invalidate(&self, digest: &[u8; 32]) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate(digest);
+        let message = format!("s\n{}", crate::hex::encode(digest));
+        if let Err(e) = self
+            .run::<i64>(redis::cmd("PUBLISH").arg(self.channel()).arg(message))
+            .await
+        {
+            tracing::warn!(error = %e, "a session change could not be announced to the other replicas");
+        }
     }
 
     fn link(&self) -> Result<&Link, StoreError> {
@@ -138,6 +269,13 @@ impl RedisStore {
     /// The Redis key of a session: a hash of its id, never the id itself.
     fn session_key(&self, id: &SessionId) -> String {
         self.key("s", &id.0)
+    }
+
+    fn digest(id: &SessionId) -> [u8; 32] {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &id.0);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
     }
 
     fn login_key(&self, state: &str) -> String {
@@ -190,6 +328,15 @@ fn sealing_failed<E>(_: E) -> StoreError {
 impl SessionStore for RedisStore {
     fn get<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, Option<Arc<Session>>> {
         Box::pin(async move {
+            let digest = Self::digest(id);
+            let listening = self.listening();
+            if listening
+                && let Some(session) = self.cache.get(&digest)
+                && self.within_lifetime(&session)
+            {
+                return Ok(Some(session));
+            }
+            let seen = self.invalidations.load(Ordering::Acquire);
             let mut cmd = redis::cmd("GETEX");
             cmd.arg(self.session_key(id))
                 .arg("PX")
@@ -207,7 +354,16 @@ impl SessionStore for RedisStore {
                 tracing::warn!(session = %id.hash(), "a stored session did not open: refused");
                 return Ok(None);
             };
-            Ok(self.within_lifetime(&session).then(|| Arc::new(session)))
+            if !self.within_lifetime(&session) {
+                return Ok(None);
+            }
+            let session = Arc::new(session);
+            // Kept only when nothing was invalidated meanwhile and the subscription held
+            // throughout: a copy is never older than an invalidation this replica received.
+            if listening && self.listening() && self.invalidations.load(Ordering::Acquire) == seen {
+                self.cache.insert(digest, session.clone());
+            }
+            Ok(Some(session))
         })
     }
 
@@ -225,12 +381,98 @@ impl SessionStore for RedisStore {
                 .seal(&session_aad(&id), &plain)
                 .map_err(sealing_failed)?;
             self.run::<()>(redis::cmd("SET").arg(key).arg(sealed).arg("PX").arg(ttl))
-                .await
+                .await?;
+            // Other replicas may hold the previous tokens (a refresh rotated them).
+            self.invalidate(&Self::digest(&id)).await;
+            Ok(())
         })
     }
 
     fn remove<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.run::<()>(redis::cmd("DEL").arg(self.session_key(id))).await })
+        Box::pin(async move {
+            self.run::<()>(redis::cmd("DEL").arg(self.session_key(id)))
+                .await?;
+            self.invalidate(&Self::digest(id)).await;
+            Ok(())
+        })
+    }
+
+    fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.clone()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn listen(self: Arc<Self>) {
+        self.subscribe();
+    }
+
+    fn subscription(&self) -> Option<String> {
+        let entries = self.revocations.len();
+        Some(if self.listening() {
+            format!("revocations: subscribed, {entries} deny entries in force")
+        } else {
+            format!(
+                "revocations: not subscribed (retrying), {entries} deny entries held from before; sessions read from Redis every time"
+            )
+        })
+    }
+
+    fn revoke<'a>(&'a self, revocation: Revocation) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let key = self.revoked_key();
+            let all = self
+                .run::<Vec<(String, String)>>(redis::cmd("HGETALL").arg(&key))
+                .await?;
+            let now = now_ms();
+            let mut merged = revocation;
+            let mut expired = Vec::new();
+            for (field, value) in &all {
+                match Revocation::parse(field, value) {
+                    Some(r) if r.expires <= now => expired.push(field.clone()),
+                    None => expired.push(field.clone()),
+                    Some(r) if *field == merged.field() => {
+                        merged.before = merged.before.max(r.before);
+                        merged.expires = merged.expires.max(r.expires);
+                    }
+                    Some(_) => {}
+                }
+            }
+            if !expired.is_empty() {
+                self.run::<i64>(redis::cmd("HDEL").arg(&key).arg(&expired))
+                    .await?;
+            }
+            self.run::<i64>(
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(merged.field())
+                    .arg(merged.value()),
+            )
+            .await?;
+            self.revocations.apply(&merged);
+            let message = format!("r\n{}\n{}", merged.value(), merged.field());
+            self.run::<i64>(redis::cmd("PUBLISH").arg(self.channel()).arg(message))
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn first_use<'a>(&'a self, name: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let set = self
+                .run::<Option<String>>(
+                    redis::cmd("SET")
+                        .arg(self.key("j", name.as_bytes()))
+                        .arg("1")
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(millis(ttl).max(1)),
+                )
+                .await?;
+            Ok(set.is_some())
+        })
     }
 
     fn put_login<'a>(&'a self, state: &'a str, login: PendingLogin) -> StoreFuture<'a, ()> {
@@ -289,7 +531,9 @@ enum Target {
 }
 
 impl Target {
-    fn new(config: &Redis, secrets: &RedisSecrets) -> Result<Target, BuildError> {
+    /// The target, and where the subscription connects: the same server, the Sentinels'
+    /// master, or the first node of a cluster (a PUBLISH reaches every node of a cluster).
+    fn new(config: &Redis, secrets: &RedisSecrets) -> Result<(Target, Subscriber), BuildError> {
         let build = |key: &str, e: redis::RedisError| BuildError {
             key: format!("sessions.redis.{key}"),
             message: format!("{e}"),
@@ -345,9 +589,29 @@ impl Target {
             if tls {
                 builder = builder.tls(redis::TlsMode::Secure).certs(certificates());
             }
+            let first = urls.first().ok_or_else(|| BuildError {
+                key: "sessions.redis.nodes".into(),
+                message: "is empty".into(),
+            })?;
+            let info = addr(first, &first.host)
+                .into_connection_info()
+                .map_err(|e| build("nodes", e))?
+                .set_redis_settings(settings(0).set_protocol(ProtocolVersion::RESP3));
+            let client = if tls {
+                Client::build_with_tls(info, certificates())
+            } else {
+                Client::open(info)
+            }
+            .map_err(|e| build("nodes", e))?;
+            let subscriber = Subscriber::Server {
+                client: Box::new(client),
+                config: AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(Some(respond)),
+            };
             return builder
                 .build()
-                .map(Target::Cluster)
+                .map(|c| (Target::Cluster(c), subscriber))
                 .map_err(|e| build("nodes", e));
         }
 
@@ -374,12 +638,15 @@ impl Target {
                     .set_client_to_sentinel_certificates(certificates());
             }
             let client = builder.build().map_err(|e| build("sentinels", e))?;
-            return Ok(Target::Sentinel {
-                client: Arc::new(tokio::sync::Mutex::new(client)),
-                config: AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(connect))
-                    .set_response_timeout(Some(respond)),
-            });
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect))
+                .set_response_timeout(Some(respond));
+            let client = Arc::new(tokio::sync::Mutex::new(client));
+            let subscriber = Subscriber::Sentinel {
+                client: client.clone(),
+                config: config.clone(),
+            };
+            return Ok((Target::Sentinel { client, config }, subscriber));
         }
 
         let Some(url) = urls.first() else {
@@ -395,12 +662,19 @@ impl Target {
             .into_connection_info()
             .map_err(|e| build("url", e))?
             .set_redis_settings(settings(url.db));
-        let client = if url.tls {
-            Client::build_with_tls(info, certificates())
-        } else {
-            Client::open(info)
-        }
-        .map_err(|e| build("url", e))?;
+        let resp3 = info
+            .clone()
+            .set_redis_settings(settings(url.db).set_protocol(ProtocolVersion::RESP3));
+        let open = |info| {
+            if url.tls {
+                Client::build_with_tls(info, certificates())
+            } else {
+                Client::open(info)
+            }
+            .map_err(|e| build("url", e))
+        };
+        let client = open(info)?;
+        let subscriber_client = open(resp3)?;
         let mut async_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect))
             .set_response_timeout(Some(respond));
@@ -409,10 +683,17 @@ impl Target {
                 host: url.host.clone(),
             });
         }
-        Ok(Target::Single {
-            client,
-            config: async_config,
-        })
+        let subscriber = Subscriber::Server {
+            client: Box::new(subscriber_client),
+            config: async_config.clone(),
+        };
+        Ok((
+            Target::Single {
+                client,
+                config: async_config,
+            },
+            subscriber,
+        ))
     }
 
     async fn connect(&self) -> redis::RedisResult<Conn> {
@@ -430,6 +711,122 @@ impl Target {
                 .map(Conn::Single),
         }
     }
+}
+
+/// Where the subscription connects, over RESP3 (pub/sub messages arrive as pushes on an
+/// ordinary connection, which also answers the PINGs that check it).
+#[derive(Clone)]
+enum Subscriber {
+    Server {
+        client: Box<Client>,
+        config: AsyncConnectionConfig,
+    },
+    Sentinel {
+        client: Arc<tokio::sync::Mutex<SentinelClient>>,
+        config: AsyncConnectionConfig,
+    },
+}
+
+impl Subscriber {
+    async fn connect(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<PushInfo>,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        match self {
+            Subscriber::Server { client, config } => {
+                client
+                    .get_multiplexed_async_connection_with_config(&config.clone().set_push_sender(pushes))
+                    .await
+            }
+            Subscriber::Sentinel { client, config } => {
+                let master = client.lock().await.async_get_client().await?;
+                let info = master.get_connection_info().clone();
+                let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+                Client::open(info.set_redis_settings(settings))?
+                    .get_multiplexed_async_connection_with_config(&config.clone().set_push_sender(pushes))
+                    .await
+            }
+        }
+    }
+}
+
+/// One subscription, from connecting to its loss: subscribes, loads the whole deny list, then
+/// applies every message and checks the connection every [`SUBSCRIPTION_CHECK`]. Returns when
+/// the connection fails (an error) or the store is no longer in use (`Ok`).
+async fn subscription(
+    store: &Weak<RedisStore>,
+    subscriber: &Subscriber,
+    channel: &str,
+) -> Result<(), String> {
+    let Some(timeout) = store.upgrade().map(|s| s.timeout) else {
+        return Ok(());
+    };
+    let within = |what: &'static str| move |_| format!("{what}: no answer within {timeout:?}");
+    let (pushes, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let mut conn = tokio::time::timeout(timeout, subscriber.connect(pushes))
+        .await
+        .map_err(within("connect"))?
+        .map_err(|e| format!("connect: {e}"))?;
+    tokio::time::timeout(timeout, conn.subscribe(channel))
+        .await
+        .map_err(within("subscribe"))?
+        .map_err(|e| format!("subscribe: {e}"))?;
+    {
+        let Some(this) = store.upgrade() else {
+            return Ok(());
+        };
+        this.load_revocations().await.map_err(|e| e.to_string())?;
+        // Whatever was cached before this subscription may have missed an invalidation.
+        this.stop_listening();
+        this.listening.store(true, Ordering::Release);
+        tracing::info!(
+            revocations = this.revocations.len(),
+            "subscribed to the session store's revocations and invalidations"
+        );
+    }
+    let mut check = tokio::time::interval(SUBSCRIPTION_CHECK);
+    loop {
+        tokio::select! {
+            push = received.recv() => {
+                let Some(push) = push else {
+                    return Err("the subscription closed".into());
+                };
+                match push.kind {
+                    PushKind::Disconnection => return Err("the subscription's connection closed".into()),
+                    PushKind::Message => {
+                        let Some(this) = store.upgrade() else { return Ok(()) };
+                        if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
+                            this.on_message(payload);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = check.tick() => {
+                if store.strong_count() == 0 {
+                    return Ok(());
+                }
+                let ping = redis::cmd("PING");
+                match tokio::time::timeout(timeout, ping.query_async::<redis::Value>(&mut conn)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(format!("ping: {e}")),
+                    Err(_) => return Err(format!("ping: no answer within {timeout:?}")),
+                }
+            }
+        }
+    }
+}
+
+/// 64 hex digits as 32 bytes.
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn addr(url: &RedisUrl, host: &str) -> ConnectionAddr {
@@ -592,7 +989,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_three_master_redis_cluster_passes_the_session_store_conformance_suite() {
+    async fn a_three_master_redis_cluster_passes_the_conformance_suite_and_its_subscription_hears_revocations()
+     {
         let cluster = RedisCluster::start(3);
         let config = Redis {
             url: None,
@@ -601,6 +999,25 @@ mod tests {
         };
         let s = store(&config, secrets(None, KEY, None));
         conformance::run(&s, IDLE, ABSOLUTE).await;
+        // The subscription (on the first node: a PUBLISH reaches every node) hears another
+        // store's revocation.
+        let listener = Arc::new(store(&config, secrets(None, KEY, None)));
+        listener.subscribe();
+        wait_until("the subscription holds", || listener.listening()).await;
+        s.revoke(Revocation::now(
+            super::super::Scope::Subject,
+            "idp",
+            "carol",
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+        wait_until("the revocation is heard", || {
+            listener
+                .revocations
+                .refuses_token("idp", "carol", None, Duration::ZERO)
+        })
+        .await;
 
         // Sessions are spread over the masters, by the hash of their id.
         for _ in 0..30 {
@@ -620,7 +1037,7 @@ mod tests {
         let pki = Pki::new();
         let server = RedisServer::start_tls(&pki, true);
         // The least the store needs, as docs/sessions.md recommends.
-        let acl = "on >acl-pw ~portcullis:* +get +set +del +getex +getdel";
+        let acl = "on >acl-pw ~portcullis:* &portcullis:* +get +set +del +getex +getdel +hgetall +hset +hdel +publish +subscribe +ping";
         let mut setuser = vec!["ACL", "SETUSER", "portcullis"];
         setuser.extend(acl.split(' '));
         assert_eq!(server.cli(&setuser).trim(), "OK");
@@ -636,8 +1053,11 @@ mod tests {
             client: Some((read(&pki.client_cert), read(&pki.client_key))),
             ..secrets(Some("acl-pw"), KEY, None)
         };
-        let s = store(&config, tls_secrets());
-        conformance::run(&s, IDLE, ABSOLUTE).await;
+        let s = Arc::new(store(&config, tls_secrets()));
+        conformance::run(&*s, IDLE, ABSOLUTE).await;
+        // The subscription works with the same user, through the same TLS.
+        s.subscribe();
+        wait_until("the subscription holds", || s.listening()).await;
 
         // Without server_name the certificate does not match 127.0.0.1: nothing is sent.
         let unnamed = store(
@@ -677,7 +1097,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn through_redis_sentinel_the_store_passes_the_conformance_suite_and_follows_a_failover() {
+    async fn through_redis_sentinel_the_store_passes_the_conformance_suite_hears_revocations_and_follows_a_failover()
+     {
         let sentinel = RedisSentinel::start();
         let config = Redis {
             url: None,
@@ -687,6 +1108,24 @@ mod tests {
         };
         let s = store(&config, secrets(None, KEY, None));
         conformance::run(&s, IDLE, ABSOLUTE).await;
+        // The subscription goes to the master the Sentinels name.
+        let listener = Arc::new(store(&config, secrets(None, KEY, None)));
+        listener.subscribe();
+        wait_until("the subscription holds", || listener.listening()).await;
+        s.revoke(Revocation::now(
+            super::super::Scope::Subject,
+            "idp",
+            "carol",
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+        wait_until("the revocation is heard", || {
+            listener
+                .revocations
+                .refuses_token("idp", "carol", None, Duration::ZERO)
+        })
+        .await;
 
         let long = Lifetimes {
             idle: Duration::from_secs(60),
@@ -761,6 +1200,139 @@ mod tests {
         // A session's value put where a sign-in is kept is no sign-in either.
         server.cli(&["COPY", &s.session_key(&a), &s.login_key("state-xyz"), "REPLACE"]);
         assert!(s.take_login("state-xyz").await.unwrap().is_none());
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{what}: not within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        started.elapsed()
+    }
+
+    fn long() -> Lifetimes {
+        Lifetimes {
+            idle: Duration::from_secs(60),
+            absolute: Duration::from_secs(600),
+            login: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_or_a_sign_out_on_one_replica_reaches_the_others_within_a_second_with_their_cache_warm()
+     {
+        let server = RedisServer::start();
+        let replica = || {
+            let s =
+                Arc::new(RedisStore::new(&config(&server.url()), secrets(None, KEY, None), long()).unwrap());
+            s.subscribe();
+            s
+        };
+        let (a, b) = (replica(), replica());
+        wait_until("both subscribed", || a.listening() && b.listening()).await;
+
+        // A session read on B is served from B's memory: Redis no longer has it, B still does.
+        let id = SessionId::random().unwrap();
+        a.put(id.clone(), conformance::session(SystemTime::now()))
+            .await
+            .unwrap();
+        // A's own announcement of the write may reach B after B's first read, and drop the copy
+        // (a copy is kept only when no announcement came meanwhile): read until B holds one.
+        let digest = RedisStore::digest(&id);
+        let started = std::time::Instant::now();
+        while !b.cache.contains_key(&digest) {
+            assert!(started.elapsed() < Duration::from_secs(2), "B never kept a copy");
+            assert!(b.get(&id).await.unwrap().is_some());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.cli(&["DEL", &b.session_key(&id)]);
+        assert!(b.get(&id).await.unwrap().is_some(), "B's copy is used");
+
+        // Signed out on A: B drops its copy.
+        let again = SessionId::random().unwrap();
+        a.put(again.clone(), conformance::session(SystemTime::now()))
+            .await
+            .unwrap();
+        let digest = RedisStore::digest(&again);
+        let started = std::time::Instant::now();
+        while !b.cache.contains_key(&digest) {
+            assert!(started.elapsed() < Duration::from_secs(2), "B never kept a copy");
+            assert!(b.get(&again).await.unwrap().is_some());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        a.remove(&again).await.unwrap();
+        let took = wait_until("B drops the signed-out session", || {
+            b.cache.get(&RedisStore::digest(&again)).is_none()
+        })
+        .await;
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        assert!(b.get(&again).await.unwrap().is_none());
+
+        // A subject revoked through A is refused by B.
+        let earlier = conformance::session(SystemTime::now() - Duration::from_millis(10));
+        let hour = Duration::from_secs(3600);
+        a.revoke(Revocation::now(
+            super::super::Scope::Subject,
+            "idp",
+            "alice",
+            hour,
+        ))
+        .await
+        .unwrap();
+        let took = wait_until("B refuses the revoked subject", || {
+            b.revocations.refuses_session(&earlier)
+        })
+        .await;
+        assert!(took < Duration::from_secs(1), "{took:?}");
+
+        // A replica that starts later loads what was revoked before it.
+        let c = replica();
+        wait_until("C subscribed", || c.listening()).await;
+        assert!(
+            c.revocations
+                .refuses_token("idp", "alice", Some(1), Duration::ZERO)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_its_subscription_is_down_a_replica_uses_no_copy_and_reloads_the_deny_list_when_it_is_back()
+    {
+        let mut server = RedisServer::start();
+        let s = Arc::new(RedisStore::new(&config(&server.url()), secrets(None, KEY, None), long()).unwrap());
+        s.subscribe();
+        wait_until("subscribed", || s.listening()).await;
+        let id = SessionId::random().unwrap();
+        s.put(
+            id.clone(),
+            conformance::session(SystemTime::now() - Duration::from_millis(10)),
+        )
+        .await
+        .unwrap();
+        assert!(s.get(&id).await.unwrap().is_some());
+
+        server.kill();
+        wait_until("the subscription is seen down", || !s.listening()).await;
+        assert!(s.get(&id).await.is_err(), "no copy is served while Redis is away");
+
+        server.restart();
+        // Written while this replica was not listening: found by the reload.
+        let other = RedisStore::new(&config(&server.url()), secrets(None, KEY, None), long()).unwrap();
+        other
+            .revoke(Revocation::now(
+                super::super::Scope::AllSessions,
+                "",
+                "",
+                Duration::from_secs(60),
+            ))
+            .await
+            .unwrap();
+        wait_until("subscribed again", || s.listening()).await;
+        let session = s.get(&id).await.unwrap().expect("kept by the append-only file");
+        assert!(s.revocations.refuses_session(&session));
     }
 
     #[tokio::test]

@@ -221,6 +221,16 @@ impl Idp {
     /// `_interaction_resume` to per-interaction paths, and all of them are sent back every time).
     /// Panics, with the status and body, on anything else.
     pub async fn sign_in_without_browser(&self, authorize_url: &str, login: &str) -> String {
+        self.sign_in_keeping_cookies(authorize_url, login).await.0
+    }
+
+    /// [`Idp::sign_in_without_browser`], also returning the provider's cookies (its session), for
+    /// a logout at the provider afterwards ([`Idp::log_out_at_provider`]).
+    pub async fn sign_in_keeping_cookies(
+        &self,
+        authorize_url: &str,
+        login: &str,
+    ) -> (String, Vec<(String, String)>) {
         const MAX_STEPS: usize = 20;
         let origin = self.issuer.trim_end_matches('/').to_string();
         assert!(
@@ -295,7 +305,7 @@ impl Idp {
                     ))
                 };
                 if !within_origin(&origin, &target) {
-                    return target;
+                    return (target, jar);
                 }
                 next = (http::Method::GET, target, None);
                 continue;
@@ -339,6 +349,55 @@ impl Idp {
             "sign-in: no redirect out of the provider after {MAX_STEPS} steps:\n  {}",
             trail.join("\n  ")
         );
+    }
+}
+
+impl Idp {
+    /// Logs out at the provider as the browser whose provider cookies are `jar` would: its
+    /// end_session endpoint (for client `web`), then the confirmation form it shows. With
+    /// --backchannel-logout, the provider posts the logout token before it answers. Returns
+    /// the confirmation's status.
+    pub async fn log_out_at_provider(&self, jar: &[(String, String)]) -> StatusCode {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let cookie = jar
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let end_session = self.endpoint("end_session_endpoint").await;
+        let req = Request::get(format!("{end_session}?client_id=web"))
+            .header("accept", "text/html")
+            .header("cookie", &cookie)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(req).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, StatusCode::OK, "end_session: {text}");
+        let form = parse_form(&text).unwrap_or_else(|| panic!("no logout form: {text}"));
+        let mut fields: Vec<(&str, &str)> = form
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        fields.push(("logout", "yes"));
+        let origin = self.issuer.trim_end_matches('/');
+        let action = if form.action.starts_with('/') {
+            format!("{origin}{}", form.action)
+        } else {
+            form.action.clone()
+        };
+        let req = Request::post(action)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", &cookie)
+            .body(Full::new(Bytes::from(form_encode(&fields))))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+            .await
+            .expect("the logout confirmation answers within 10 s")
+            .unwrap();
+        response.status()
     }
 }
 

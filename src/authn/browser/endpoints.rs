@@ -10,11 +10,12 @@ use openidconnect::url::form_urlencoded;
 use super::pages::{chooser_page, html, redirect, signed_out_page};
 use super::{Browser, BrowserClient, LOGIN_COOKIE, RESERVED, SESSION_COOKIE, cookie, set_cookie};
 use crate::authn::oidc::{self, IdTokenError, LoginFinished};
+use crate::authn::provider::LOGOUT_TOKEN_MAX_AGE;
 use crate::body::ProxyBody;
 use crate::canonical::Canonical;
 use crate::decision::Reason;
 use crate::error::ProxyError;
-use crate::session::{PendingLogin, Session, SessionId, StoreError};
+use crate::session::{PendingLogin, Revocation, Scope, Session, SessionId, StoreError};
 
 /// `scheme://authority` as the browser sees this proxy.
 struct Origin(String);
@@ -44,6 +45,8 @@ pub struct Served {
     pub response: Response<ProxyBody>,
     pub reason: Reason,
     pub principal: Option<Arc<crate::identity::Principal>>,
+    /// A refusal's claim at fault (its name only), for the audit record.
+    pub claim: Option<Arc<str>>,
 }
 
 impl Browser {
@@ -108,6 +111,7 @@ impl Browser {
                 response: html(signed_out_page()),
                 reason: Reason::SignedOut,
                 principal: None,
+                claim: None,
             }),
             _ => Err(ProxyError::deny(Reason::RouteNotFound)),
         }
@@ -136,6 +140,7 @@ impl Browser {
             response,
             reason: Reason::SignInStarted,
             principal: None,
+            claim: None,
         })
     }
 
@@ -252,6 +257,7 @@ impl Browser {
             access_token_expires: finished.access_token_expires,
             refresh_token: finished.refresh_token,
             id_token: Some(finished.id_token),
+            sid: finished.sid,
         };
         self.store.put(id.clone(), session).await.map_err(store_error)?;
         tracing::info!(provider = %pending.provider, session = %id.hash(), "signed in");
@@ -267,6 +273,7 @@ impl Browser {
             response: redirect(&pending.return_to, &cookies),
             reason: Reason::SignedIn,
             principal: Some(principal),
+            claim: None,
         })
     }
 
@@ -299,7 +306,149 @@ impl Browser {
             response: redirect(&location, &[set_cookie(SESSION_COOKIE, "", 0)]),
             reason: Reason::SignedOut,
             principal: session.map(|s| s.principal.clone()),
+            claim: None,
         })
+    }
+
+    /// `backchannel-logout`: a logout token from a provider with `backchannel_logout` ends
+    /// the sessions of the provider session it names (`sid`) or, without one, of its subject,
+    /// on every replica (a deny entry, as `portcullis revoke` writes). 200 when done; 400 with
+    /// an `error` JSON body when the token does not hold; nothing is cached.
+    pub async fn backchannel_logout(&self, body: &[u8]) -> Served {
+        let token = form_urlencoded::parse(body)
+            .find(|(k, _)| k == "logout_token")
+            .map(|(_, v)| v.into_owned());
+        let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 16 * 1024) else {
+            return logout_refused(None, "the form has no logout_token");
+        };
+        let Some(issuer) = unverified_issuer(&token) else {
+            return logout_refused(None, "the logout token is malformed");
+        };
+        let Some(client) = self
+            .clients
+            .iter()
+            .find(|c| c.backchannel_logout && c.provider.config.issuer == issuer)
+        else {
+            return logout_refused(
+                Some("iss"),
+                "no provider with back-channel logout has this issuer",
+            );
+        };
+        let verified = match client
+            .provider
+            .verify_logout_token(&token, &client.client_id)
+            .await
+        {
+            Ok(verified) => verified,
+            Err(refusal) => return logout_refused(refusal.claim, refusal.why),
+        };
+        let provider = client.name();
+        let leeway = client.provider.config.leeway;
+        // Long enough that the token is too old by the time its jti is forgotten.
+        let remember = LOGOUT_TOKEN_MAX_AGE + leeway * 2;
+        match self
+            .store
+            .first_use(&format!("logout\n{provider}\n{}", verified.jti), remember)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return logout_refused(Some("jti"), "this logout token was used already"),
+            Err(e) => return logout_unavailable(&e),
+        }
+        let (scope, name) = match (&verified.sid, &verified.sub) {
+            (Some(sid), _) => (Scope::ProviderSession, sid.as_str()),
+            (None, Some(sub)) => (Scope::SessionsOf, sub.as_str()),
+            (None, None) => {
+                return logout_refused(Some("sid"), "neither sid nor sub says whose sessions end");
+            }
+        };
+        let revocation = Revocation::now(scope, provider, name, self.settings.lifetime.get());
+        if let Err(e) = self.store.revoke(revocation).await {
+            return logout_unavailable(&e);
+        }
+        tracing::info!(
+            provider,
+            by = scope.as_str(),
+            "back-channel logout: sessions ended"
+        );
+        let principal = verified.sub.map(|subject| {
+            Arc::new(crate::identity::Principal {
+                kind: crate::identity::PrincipalKind::User,
+                subject,
+                issuer: client.provider.config.issuer.clone(),
+                provider: provider.to_string(),
+                email: None,
+                name: None,
+                groups: Vec::new(),
+                auth_method: crate::identity::AuthMethod::Session,
+                client_id: None,
+                token_id: None,
+                session_id_hash: None,
+            })
+        });
+        Served {
+            response: logout_answer(http::StatusCode::OK, None),
+            reason: Reason::SignedOut,
+            principal,
+            claim: None,
+        }
+    }
+}
+
+/// The logout token's `iss`, read before anything is verified, to choose the provider.
+fn unverified_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Map<String, serde_json::Value> = crate::authn::claims::jws_part(payload).ok()?;
+    claims.get("iss")?.as_str().map(str::to_string)
+}
+
+/// A back-channel logout answer: 200 empty, or the error JSON the specification asks for;
+/// never cached.
+fn logout_answer(status: http::StatusCode, error: Option<(&str, &str)>) -> Response<ProxyBody> {
+    let body = match error {
+        Some((error, description)) => serde_json::json!({
+            "error": error,
+            "error_description": description,
+        })
+        .to_string(),
+        None => String::new(),
+    };
+    let mut response = Response::new(crate::body::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    if error.is_some() {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
+    response
+}
+
+fn logout_refused(claim: Option<&'static str>, why: &'static str) -> Served {
+    tracing::info!(claim, why, "back-channel logout refused");
+    Served {
+        response: logout_answer(http::StatusCode::BAD_REQUEST, Some(("invalid_request", why))),
+        reason: Reason::LogoutTokenRefused,
+        principal: None,
+        claim: claim.map(Arc::from),
+    }
+}
+
+fn logout_unavailable(e: &StoreError) -> Served {
+    tracing::error!(error = %e, "back-channel logout: the session store is unavailable");
+    Served {
+        response: logout_answer(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            Some(("temporarily_unavailable", "sessions cannot be ended right now")),
+        ),
+        reason: Reason::SessionStoreUnavailable,
+        principal: None,
+        claim: None,
     }
 }
 

@@ -6,12 +6,15 @@
 //! - `GET /.portcullis/callback?code&state`: finishes the sign-in, creates the session (a new id
 //!   every time), and returns to `rd`;
 //! - `GET|POST /.portcullis/sign_out`: ends the session here and, when the provider advertises
-//!   one, at its `end_session_endpoint`; then `/.portcullis/signed_out`.
+//!   one, at its `end_session_endpoint`; then `/.portcullis/signed_out`;
+//! - `POST /.portcullis/backchannel-logout` (form `logout_token`): a provider with
+//!   `backchannel_logout` ends the sessions of one of its sessions (`sid`) or of a subject, on
+//!   every replica (OpenID Connect Back-Channel Logout 1.0).
 //!
 //! The session cookie holds only an opaque id (`__Host-`, Secure, HttpOnly, SameSite=Lax); a
 //! second cookie binds a sign-in to the browser that started it. Neither reaches an upstream: the
 //! proxy's forwarding removes both by the names below.
-//! Untrusted input: every query parameter and cookie.
+//! Untrusted input: every query parameter and cookie, and the logout token.
 //!
 //! This file is the session authenticator and its refresh; `endpoints.rs` serves the reserved
 //! paths and `pages.rs` builds what they send back.
@@ -32,7 +35,7 @@ use crate::decision::Reason;
 use crate::metrics::Metrics;
 use crate::outbound::HttpsClient;
 use crate::secret::Secret;
-use crate::session::{Session, SessionId, SessionStore, StoreError};
+use crate::session::{Revocations, Session, SessionId, SessionStore, StoreError};
 
 pub use endpoints::Served;
 
@@ -50,6 +53,8 @@ pub struct BrowserClient {
     client_secret: Option<Secret>,
     scopes: Vec<String>,
     pub display_name: String,
+    /// Logout tokens from this provider are accepted at `/.portcullis/backchannel-logout`.
+    backchannel_logout: bool,
     http: HttpsClient,
     metadata: ArcSwapOption<Discovered>,
     discovering: tokio::sync::Mutex<()>,
@@ -78,6 +83,7 @@ impl BrowserClient {
                 .clone()
                 .unwrap_or_else(|| provider.config.name.clone()),
             provider,
+            backchannel_logout: config.backchannel_logout,
             client_id: config.client_id.clone(),
             client_secret: secret,
             scopes,
@@ -146,6 +152,7 @@ impl BrowserClient {
 /// Sessions and the sign-in endpoints.
 pub struct Browser {
     store: Arc<dyn SessionStore>,
+    revocations: Arc<Revocations>,
     metrics: Arc<Metrics>,
     audit: Arc<dyn crate::audit::AuditSink>,
     clients: Vec<Arc<BrowserClient>>,
@@ -163,6 +170,7 @@ impl Browser {
         audit: Arc<dyn crate::audit::AuditSink>,
     ) -> Self {
         Browser {
+            revocations: store.revocations(),
             store,
             metrics,
             audit,
@@ -182,6 +190,21 @@ impl Browser {
     /// How the session store is doing, for `/readyz`.
     pub fn store_health(&self) -> crate::session::Health {
         self.store.health()
+    }
+
+    /// The subscription's state, for `/readyz` (shared stores only).
+    pub fn store_subscription(&self) -> Option<String> {
+        self.store.subscription()
+    }
+
+    /// The deny list this replica checks sessions and bearer tokens against.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.clone()
+    }
+
+    /// The session store (revocations, back-channel logout).
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
     }
 
     /// The providers of `accepted` that people can sign in with.
@@ -210,6 +233,11 @@ impl Browser {
             Ok(None) => return Outcome::Rejected(Reason::SessionExpired.into()),
             Err(e) => return store_down(&e),
         };
+        if self.revocations.refuses_session(&session) {
+            // Left in the store: every replica refuses it as revoked until it expires.
+            tracing::info!(session = %id.hash(), provider = %session.principal.provider, "a revoked session was refused");
+            return Outcome::Rejected(Reason::Revoked.into());
+        }
         // A session with another provider does not count here; the browser may sign in again.
         if !accepted
             .iter()
@@ -345,6 +373,7 @@ impl Browser {
             access_token_expires: r.access_token_expires,
             refresh_token: Some(r.refresh_token),
             id_token: r.id_token.or_else(|| session.id_token.clone()),
+            sid: session.sid.clone(),
         };
         self.store
             .put(kept.clone(), updated.clone())

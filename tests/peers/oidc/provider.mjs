@@ -2,7 +2,7 @@
 //
 //   node provider.mjs --port 0 [--redirect URI]... [--post-logout-redirect URI]...
 //                     [--access-token-ttl SECONDS] [--exchanged-token-ttl SECONDS]
-//                     [--changing-groups] [--exit-with-stdin]
+//                     [--changing-groups] [--backchannel-logout URI] [--exit-with-stdin]
 //
 // Listens on 127.0.0.1 only. The issuer is http://127.0.0.1:PORT (PORT 0 picks a free port).
 // Prints exactly one line `READY <issuer>` on stdout once it accepts connections; everything
@@ -11,6 +11,11 @@
 // --access-token-ttl seconds (default 300; lower it to exercise refresh before expiry). Exits on
 // SIGTERM/SIGINT, and with --exit-with-stdin also when its stdin closes (so it never outlives a test
 // process that died without cleaning up).
+//
+// With --backchannel-logout URI, the Back-Channel Logout feature is on and the `web` client has
+// URI as its backchannel_logout_uri (with backchannel_logout_session_required, so its ID tokens
+// carry `sid`): a logout at the provider (its end_session endpoint, confirmed) posts a logout
+// token there and waits for the answer.
 //
 // Clients:
 //   ci-bot   secret ci-bot-secret   client_credentials, client_secret_post, scope "read write",
@@ -65,7 +70,7 @@ function seconds(raw, what) {
 function parseArgs(argv) {
   const opts = {
     port: undefined, redirects: [], postLogout: [], accessTokenTtl: 300, exchangedTokenTtl: undefined,
-    exitWithStdin: false, changingGroups: false,
+    exitWithStdin: false, changingGroups: false, backchannelLogout: undefined,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
@@ -88,6 +93,7 @@ function parseArgs(argv) {
       case '--exchanged-token-ttl': opts.exchangedTokenTtl = seconds(value(), 'exchanged token TTL'); break;
       case '--exit-with-stdin': opts.exitWithStdin = true; break;
       case '--changing-groups': opts.changingGroups = true; break;
+      case '--backchannel-logout': opts.backchannelLogout = value(); break;
       default: usage(`unknown argument ${arg}`);
     }
   }
@@ -180,6 +186,10 @@ const provider = new Provider(issuer, {
       redirect_uris: unique([DEFAULT_CALLBACK, ...opts.redirects]),
       post_logout_redirect_uris: unique(['http://127.0.0.1/', ...opts.postLogout]),
       scope: 'openid email profile groups offline_access read write',
+      ...(opts.backchannelLogout === undefined ? {} : {
+        backchannel_logout_uri: opts.backchannelLogout,
+        backchannel_logout_session_required: true,
+      }),
     },
     {
       client_id: 'web-loopback',
@@ -217,6 +227,10 @@ const provider = new Provider(issuer, {
     };
   },
   pkce: { required: () => true },
+  // The relying parties it calls back (back-channel logout) listen on loopback, which
+  // oidc-provider's guard against server-side request forgery refuses: this provider is a test
+  // peer on loopback itself, so its outgoing requests go without the guard.
+  fetch: (url, { dispatcher: _guard, ...options }) => globalThis.fetch(url, options),
   // --changing-groups: the groups go into the ID token itself (oidc-provider keeps scope claims
   // for userinfo by default), so a refresh's new ID token shows the change.
   conformIdTokenClaims: !opts.changingGroups,
@@ -224,6 +238,7 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
     rpInitiatedLogout: { enabled: true },
+    backchannelLogout: { enabled: opts.backchannelLogout !== undefined },
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, _client, oneOf) => oneOf ?? API,
@@ -317,6 +332,8 @@ provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
 
 // Errors the provider reports to a client are normal in negative tests; log them to stderr.
 provider.on('server_error', (_ctx, err) => process.stderr.write(`server_error: ${err?.stack ?? err}\n`));
+provider.on('backchannel.error', (_ctx, err, client) => process.stderr.write(`backchannel logout to ${client.clientId} failed: ${err?.stack ?? err}\n`));
+provider.on('end_session.error', (_ctx, err) => process.stderr.write(`end_session.error: ${err?.stack ?? err}\n`));
 
 server.on('request', provider.callback());
 
