@@ -23,7 +23,7 @@ pub use crate::config::parse_key;
 use crate::identity::Principal;
 use crate::secret::Secret;
 pub use memory::MemoryStore;
-pub use redis::{BuildError, Lifetimes, RedisSecrets, RedisStore};
+pub use redis::{BuildError, Lifetimes, RedisClient, RedisSecrets, RedisStore};
 pub use seal::Sealer;
 
 /// A session id: 256 random bits. The cookie carries it base64url-encoded; logs and audit

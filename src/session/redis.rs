@@ -58,60 +58,30 @@ pub struct BuildError {
     pub message: String,
 }
 
-pub struct RedisStore {
-    links: Vec<Link>,
-    next: AtomicUsize,
-    sealer: Sealer,
+/// Commands on the session store's connections, for whatever else the replicas keep in the
+/// same Redis (the signing keys each replica publishes): the same servers, credentials, TLS,
+/// pool and timeout as the sessions, so there is one Redis configuration, not two.
+#[derive(Clone)]
+pub struct RedisClient {
+    links: Arc<[Link]>,
+    next: Arc<AtomicUsize>,
     prefix: String,
-    lifetimes: Lifetimes,
     timeout: Duration,
-    /// The last call's outcome (a [`Health`] as a number), for `/readyz`.
-    health: AtomicU8,
 }
 
-impl RedisStore {
-    /// The store `config` describes. Nothing is connected yet: the first call connects.
-    pub fn new(
-        config: &Redis,
-        secrets: RedisSecrets,
-        lifetimes: Lifetimes,
-    ) -> Result<RedisStore, BuildError> {
-        let target = Target::new(config, &secrets)?;
-        let links = (0..config.pool_size.get())
-            .map(|_| Link {
-                target: target.clone(),
-                live: ArcSwapOption::empty(),
-                connecting: tokio::sync::Mutex::new(()),
-            })
-            .collect();
-        Ok(RedisStore {
-            links,
-            next: AtomicUsize::new(0),
-            sealer: secrets.sealer,
-            prefix: config.key_prefix.clone(),
-            lifetimes,
-            timeout: config.command_timeout.get(),
-            health: AtomicU8::new(NOT_YET_USED),
-        })
-    }
-
-    fn link(&self) -> Result<&Link, StoreError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.links.len().max(1);
-        self.links
-            .get(i)
-            .ok_or_else(|| StoreError::Unavailable("no connection configured".into()))
+impl RedisClient {
+    /// `[sessions.redis] key_prefix`: every key this proxy writes starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Runs `cmd` on the next connection of the pool, within the command timeout.
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let result = self.run_once(cmd).await;
-        let health = if result.is_ok() { REACHABLE } else { UNREACHABLE };
-        self.health.store(health, Ordering::Relaxed);
-        result
-    }
-
-    async fn run_once<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let link = self.link()?;
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.links.len().max(1);
+        let link = self
+            .links
+            .get(i)
+            .ok_or_else(|| StoreError::Unavailable("no connection configured".into()))?;
         let query = async {
             match link.query(cmd).await {
                 // A connection lost under the call (a failover, a restart, a slot moved with its
@@ -133,6 +103,59 @@ impl RedisStore {
                 )))
             }
         }
+    }
+}
+
+pub struct RedisStore {
+    client: RedisClient,
+    sealer: Sealer,
+    prefix: String,
+    lifetimes: Lifetimes,
+    /// The last call's outcome (a [`Health`] as a number), for `/readyz`.
+    health: AtomicU8,
+}
+
+impl RedisStore {
+    /// The store `config` describes. Nothing is connected yet: the first call connects.
+    pub fn new(
+        config: &Redis,
+        secrets: RedisSecrets,
+        lifetimes: Lifetimes,
+    ) -> Result<RedisStore, BuildError> {
+        let target = Target::new(config, &secrets)?;
+        let links: Vec<Link> = (0..config.pool_size.get())
+            .map(|_| Link {
+                target: target.clone(),
+                live: ArcSwapOption::empty(),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect();
+        let client = RedisClient {
+            links: links.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            prefix: config.key_prefix.clone(),
+            timeout: config.command_timeout.get(),
+        };
+        Ok(RedisStore {
+            client,
+            sealer: secrets.sealer,
+            prefix: config.key_prefix.clone(),
+            lifetimes,
+            health: AtomicU8::new(NOT_YET_USED),
+        })
+    }
+
+    /// The store's connections, for other state the replicas share in the same Redis.
+    pub fn client(&self) -> RedisClient {
+        self.client.clone()
+    }
+
+    /// Runs `cmd` on the next connection of the pool, within the command timeout.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let result = self.client.query(cmd).await;
+        let health = if result.is_ok() { REACHABLE } else { UNREACHABLE };
+        self.health.store(health, Ordering::Relaxed);
+        result
     }
 
     /// The Redis key of a session: a hash of its id, never the id itself.
