@@ -224,7 +224,9 @@ fn parse_keys(replica: &str, text: &str) -> Vec<serde_json::Value> {
     }
 }
 
+// The session store's tests load this helper too; each test module keeps its own copy.
 #[cfg(test)]
+#[allow(clippy::duplicate_mod)]
 #[path = "../../tests/support/redis.rs"]
 mod server;
 
@@ -299,7 +301,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_replicas_under_the_documented_acl_serve_each_other_s_keys_honour_a_revocation_and_drop_a_stopped_one()
-    {
+     {
         let server = RedisServer::start();
         let mut setuser = vec!["ACL", "SETUSER", "portcullis"];
         setuser.extend(ACL.split(' '));
@@ -311,7 +313,10 @@ mod tests {
         let expiry = Duration::from_secs(1);
         let running_a = tokio::spawn(Publication::new(client(&server.url()), expiry).run(a.clone()));
         let running_b = tokio::spawn(Publication::new(client(&server.url()), expiry).run(b.clone()));
-        until("each serves both keys", || kids(&a).len() == 2 && kids(&b).len() == 2).await;
+        until("each serves both keys", || {
+            kids(&a).len() == 2 && kids(&b).len() == 2
+        })
+        .await;
         assert!(kids(&a).contains(&own_b) && kids(&b).contains(&own_a));
 
         // B revokes its key: a new one signs there, and A stops serving the old one.
