@@ -37,7 +37,7 @@ async fn api_call(replica: &support::replicas::Replica, cookie: &str) -> support
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_person_signs_in_through_the_balancer_is_served_by_every_replica_and_after_sign_out_every_replica_refuses_the_old_cookie_within_a_second()
+async fn a_person_signs_in_through_the_balancer_is_served_by_every_replica_whose_assertions_verify_against_the_jwks_of_any_and_after_sign_out_every_replica_refuses_the_old_cookie_within_a_second()
  {
     let cluster = ThreeReplicas::start().await;
     let origin = cluster.url();
@@ -117,5 +117,26 @@ async fn a_person_signs_in_through_the_balancer_is_served_by_every_replica_and_a
     }
     assert!(per_replica.iter().all(|n| *n >= 5), "{per_replica:?}");
     eprintln!("the 30 calls per replica: {per_replica:?}");
+
+    // The upstream verifies every one of them against the key set fetched through the balancer
+    // (from whichever replica answers), as it would in production.
+    let issuer_host = cluster.issuer.trim_start_matches("http://");
+    for _ in 0..3 {
+        let (status, body) = support::get(
+            cluster.balancer.addr,
+            "/.well-known/jwks.json",
+            &[("host", issuer_host)],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&body).unwrap();
+        for call in &calls {
+            let assertion = call.header("x-portcullis-assertion").unwrap();
+            let claims =
+                support::idp::verify_jwt(&assertion, &keys, &cluster.issuer, support::replicas::AUDIENCE)
+                    .unwrap();
+            assert_eq!(claims["sub"], "oidc/alice");
+        }
+    }
     cluster.stop().await;
 }
