@@ -276,3 +276,20 @@ async fn with_the_memory_store_a_replica_publishes_nothing_and_serves_its_own_ke
     verify_jwt(&token, &published, &issuer_url, AUDIENCE).unwrap();
     gw.stop().await;
 }
+
+#[test]
+fn a_shared_keys_expiry_under_a_second_is_refused_with_its_key_path_and_the_fix() {
+    let problems = support::problems(
+        support::public_route("http://127.0.0.1:1").set("tokens.shared_keys_expiry", "500ms"),
+    );
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("tokens.shared_keys_expiry: must be at least 1s") && p.contains("16m")),
+        "{text:?}"
+    );
+    assert!(
+        support::problems(support::public_route("http://127.0.0.1:1").set("tokens.shared_keys_expiry", "1s"))
+            .is_empty()
+    );
+}
