@@ -13,28 +13,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use support::browser::{LiveRun, cookie};
 use support::replicas::{SESSION_COOKIE, ThreeReplicas};
-
-/// `GET /api/items` on `replica` with `cookie`, as a page's script would call its API.
-async fn api_call(replica: &support::replicas::Replica, cookie: &str) -> support::Reply {
-    let headers = [
-        ("host", "localhost"),
-        ("accept", "application/json"),
-        ("cookie", cookie),
-    ];
-    let response = support::send(
-        replica.gateway.http,
-        Method::GET,
-        "/api/items",
-        &headers,
-        Bytes::new(),
-    )
-    .await;
-    support::Reply::read(response).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_through_the_balancer_is_served_by_every_replica_whose_assertions_verify_against_the_jwks_of_any_and_after_sign_out_every_replica_refuses_the_old_cookie_within_a_second()
@@ -82,7 +63,12 @@ async fn a_person_signs_in_through_the_balancer_is_served_by_every_replica_whose
     );
     for (i, replica) in cluster.replicas.iter().enumerate() {
         loop {
-            let reply = api_call(replica, &old_cookie).await;
+            let reply = replica
+                .get(
+                    "/api/items",
+                    &[("accept", "application/json"), ("cookie", &old_cookie)],
+                )
+                .await;
             if reply.status == StatusCode::UNAUTHORIZED {
                 assert!(reply.text.contains("session_expired"), "{}", reply.text);
                 break;

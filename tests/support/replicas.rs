@@ -63,6 +63,22 @@ impl Replica {
             .collect()
     }
 
+    /// `GET target` straight to this replica (past the balancer) for host `localhost`, with
+    /// `headers` (a `cookie`, an `authorization`), read whole.
+    pub async fn get(&self, target: &str, headers: &[(&str, &str)]) -> super::Reply {
+        let mut all = vec![("host", "localhost")];
+        all.extend_from_slice(headers);
+        let response = super::send(
+            self.gateway.http,
+            http::Method::GET,
+            target,
+            &all,
+            bytes::Bytes::new(),
+        )
+        .await;
+        super::Reply::read(response).await
+    }
+
     /// Writes its configuration to `path`, for a `portcullis` command run against this replica.
     pub fn write_config(&self, path: &Path) {
         self.config.write(path);
