@@ -867,7 +867,7 @@ async fn serve(
         connections: Arc::new(Semaphore::new(max)),
         shutdown: stopped.clone(),
     };
-    let ready = Arc::new(Ready::new(live));
+    let ready = Arc::new(Ready::new(live).with_keys(built.minter.clone()));
     let mut tasks = Vec::new();
     if let Some(l) = bound.http {
         tasks.push(tokio::spawn(listener::serve(l, None, shared.clone())));

@@ -108,9 +108,9 @@ async fn assertion_through(replica: &Gateway, upstream: &Recorder, bearer: &str)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn assertions_minted_by_three_replicas_verify_against_one_replica_s_jwks_a_revoked_key_leaves_every_jwks_within_2s_and_a_stopped_replica_s_keys_expire()
+async fn assertions_minted_by_three_replicas_verify_against_one_replica_s_jwks_a_revoked_key_leaves_every_jwks_within_2s_a_stopped_replica_s_keys_expire_and_without_redis_the_last_union_serves()
  {
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let idp = TestIssuer::start().await;
     let upstream = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -171,6 +171,11 @@ async fn assertions_minted_by_three_replicas_verify_against_one_replica_s_jwks_a
         format!("{issuer_url}/.well-known/jwks.json")
     );
     until_jwks(&c, Duration::from_secs(2), "C serves all three", |k| k.len() == 3).await;
+    let (_, readiness) = get(a.admin, "/readyz", &[]).await;
+    assert!(
+        readiness.contains("signing keys: shared through the session store; 2 public keys of other replicas"),
+        "{readiness}"
+    );
     // Only public keys travel: no replica's private key is in Redis.
     let entries: Vec<(String, String)> = redis
         .dump()
@@ -245,6 +250,20 @@ async fn assertions_minted_by_three_replicas_verify_against_one_replica_s_jwks_a
         left.contains(&kid_a) && left.contains(&new_b) && left.len() == 2,
         "{left:?}"
     );
+
+    // Redis goes away: A says so, and serves its own key and B's as it last read them.
+    redis.kill();
+    let started = Instant::now();
+    loop {
+        let (status, readiness) = get(a.admin, "/readyz", &[]).await;
+        assert_eq!(status, StatusCode::OK, "{readiness}");
+        if readiness.contains("signing keys: the session store is unreachable") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{readiness}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(kids(&jwks(a.admin, "admin").await), left);
     a.stop().await;
     b.stop().await;
 }

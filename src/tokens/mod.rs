@@ -131,6 +131,15 @@ pub struct Minter {
     changed: tokio::sync::Notify,
     /// Keys revoked here, still to be announced to the other replicas.
     announce: Mutex<Vec<String>>,
+    /// The shared key set's last exchange with Redis, for `/readyz` (none with a single process).
+    sharing: Mutex<Option<Sharing>>,
+}
+
+/// How the last exchange of the shared key set went.
+#[derive(Debug, Clone, Copy)]
+struct Sharing {
+    at: std::time::Instant,
+    ok: bool,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -165,6 +174,7 @@ impl Minter {
             others: ArcSwap::default(),
             changed: tokio::sync::Notify::new(),
             announce: Mutex::default(),
+            sharing: Mutex::default(),
         };
         minter.report(&changes);
         Ok(minter)
@@ -214,6 +224,37 @@ impl Minter {
             .filter(|k| !jwk_kid(k).is_empty() && k.get("d").is_none())
             .collect();
         self.others.store(Arc::new(Others { keys, revoked }));
+    }
+
+    /// Records how the shared key set's exchange with Redis just went.
+    pub fn shared(&self, ok: bool) {
+        let now = Sharing {
+            at: std::time::Instant::now(),
+            ok,
+        };
+        *self
+            .sharing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
+    }
+
+    /// One line for `/readyz` on the shared key set, when there is one.
+    pub fn sharing_state(&self) -> Option<String> {
+        let last = (*self
+            .sharing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))?;
+        let others = self.others.load().keys.len();
+        let ago = last.at.elapsed().as_secs_f32();
+        Some(if last.ok {
+            format!(
+                "signing keys: shared through the session store; {others} public keys of other replicas read {ago:.1}s ago"
+            )
+        } else {
+            format!(
+                "signing keys: the session store is unreachable ({ago:.1}s ago): serving this replica's keys and the {others} others' as last read"
+            )
+        })
     }
 
     /// Resolves when the ring changed since the last call (a rotation, a removal, a revocation).

@@ -171,7 +171,9 @@ impl Publication {
             if changed {
                 published = None;
             }
-            match self.sync(&minter, &mut published, refresh).await {
+            let synced = self.sync(&minter, &mut published, refresh).await;
+            minter.shared(synced.is_ok());
+            match synced {
                 Ok(()) if !reachable => {
                     reachable = true;
                     tracing::info!("the shared key set is reachable again: keys published and read");
