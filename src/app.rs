@@ -32,7 +32,9 @@ use crate::proxy::UpstreamKeys;
 use crate::proxy::forward::Upstream;
 use crate::proxy::routes::{Route, RouteTable};
 use crate::secret::Secret;
-use crate::session::{Lifetimes, MemoryStore, RedisSecrets, RedisStore, Sealer, SessionStore, parse_key};
+use crate::session::{
+    Lifetimes, MemoryStore, RedisClient, RedisSecrets, RedisStore, Sealer, SessionStore, parse_key,
+};
 use crate::tokens::Minter;
 use crate::tokens::broker::Broker;
 
@@ -198,6 +200,8 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
 pub struct Built {
     pub crypto: Arc<CryptoProvider>,
     pub store: Arc<dyn SessionStore>,
+    /// The Redis of the session store, when it is one: the replicas share their keys there too.
+    pub shared: Option<RedisClient>,
     pub templates: Templates,
     pub https_port: Option<u16>,
     pub metrics: Arc<Metrics>,
@@ -220,7 +224,7 @@ pub async fn build(config: &Config, https_port: Option<u16>) -> Result<Built, St
     let crypto = crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let audit = build_audit(config, &metrics, &crypto)?;
-    let store = build_store(config)?;
+    let (store, shared) = build_session_store(&config.sessions)?;
     store.clone().listen();
     let authn = Arc::new(build_authn(config, &crypto, &metrics, &audit, &store, None)?);
     let templates =
@@ -242,6 +246,7 @@ pub async fn build(config: &Config, https_port: Option<u16>) -> Result<Built, St
     Ok(Built {
         crypto,
         store,
+        shared,
         templates,
         https_port,
         metrics,
@@ -279,7 +284,7 @@ pub fn build_audit(
 /// Where browser sessions and sign-ins in progress are kept: this process's memory, or the
 /// Redis `[sessions.redis]` names, with its password, keys and TLS files read here.
 pub fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
-    build_session_store(&config.sessions)
+    build_session_store(&config.sessions).map(|(store, _)| store)
 }
 
 /// The identity providers (with their HMAC keys and browser clients) over the session store.
@@ -345,16 +350,18 @@ pub fn build_authn(
     Ok(Authn::new(providers, browser))
 }
 
-fn build_session_store(s: &Sessions) -> Result<Arc<dyn SessionStore>, StartError> {
+/// The session store, and its Redis connections when it is shared.
+fn build_session_store(s: &Sessions) -> Result<(Arc<dyn SessionStore>, Option<RedisClient>), StartError> {
     let redis = match (s.store, &s.redis) {
         (StoreKind::Redis, Some(redis)) => redis,
         _ => {
-            return Ok(Arc::new(MemoryStore::with_login_timeout(
+            let memory = MemoryStore::with_login_timeout(
                 s.max_sessions.get(),
                 s.idle_timeout.get(),
                 s.lifetime.get(),
                 s.login_timeout.get(),
-            )));
+            );
+            return Ok((Arc::new(memory), None));
         }
     };
     let at = "sessions.redis";
@@ -437,7 +444,8 @@ fn build_session_store(s: &Sessions) -> Result<Arc<dyn SessionStore>, StartError
         key: e.key,
         message: e.message,
     })?;
-    Ok(Arc::new(store))
+    let client = store.client();
+    Ok((Arc::new(store), Some(client)))
 }
 
 /// The policy in force, when some route is protected; its loading is audited like a reload.
@@ -585,9 +593,11 @@ fn start_background(config: &Config, built: &Built) -> Result<Vec<notify::Recomm
     }
     if let (Some(minter), Some(dir)) = (&built.minter, &config.tokens.key_dir) {
         let (keys, dir) = (minter.clone(), dir.clone());
-        // Rotation on schedule, pruning, and keys `portcullis keys rotate` wrote meanwhile.
+        // Rotation on schedule, pruning, and keys `portcullis keys rotate` (or `revoke`) wrote
+        // meanwhile: every second, so that a revocation is announced to the other replicas and
+        // gone from every JWKS within 2 s.
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -603,6 +613,33 @@ fn start_background(config: &Config, built: &Built) -> Result<Vec<notify::Recomm
         }
         _ => Ok(Vec::new()),
     }
+}
+
+/// A task that stops when this is dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// With the Redis session store, this replica's public keys are published there and the
+/// others' read back (`tokens::shared`), for as long as it serves: once it stops, its keys stay
+/// published until they expire, so that what it signed last still verifies.
+fn share_keys(config: &Config, built: &Built) -> Option<AbortOnDrop> {
+    let (Some(minter), Some(client)) = (&built.minter, &built.shared) else {
+        return None;
+    };
+    let publication =
+        crate::tokens::shared::Publication::new(client.clone(), config.tokens.shared_keys_expiry);
+    tracing::info!(
+        replica = publication.replica(),
+        "publishing this replica's signing keys in the session store"
+    );
+    Some(AbortOnDrop(
+        tokio::spawn(publication.run(minter.clone())).abort_handle(),
+    ))
 }
 
 /// The HTTPS listener's certificate, reloaded when its files change.
@@ -647,6 +684,7 @@ async fn run_with(
 ) -> Result<(), StartError> {
     let built = build(&config, bound.https_addr().map(|a| a.port())).await?;
     let _watchers = start_background(&config, &built)?;
+    let _sharing = share_keys(&config, &built);
     // The certificate's watcher must live while serving: dropped, it reloads nothing.
     let (tls, _tls_watcher) = build_tls(&config, &bound, &built.metrics)?.unzip();
     let live = Arc::new(ArcSwap::from(built.proxy.clone()));
@@ -831,7 +869,7 @@ async fn serve(
         connections: Arc::new(Semaphore::new(max)),
         shutdown: stopped.clone(),
     };
-    let ready = Arc::new(Ready::new(live));
+    let ready = Arc::new(Ready::new(live).with_keys(built.minter.clone()));
     let mut tasks = Vec::new();
     if let Some(l) = bound.http {
         tasks.push(tokio::spawn(listener::serve(l, None, shared.clone())));

@@ -27,6 +27,8 @@ use crate::tokens::Minter;
 pub struct Ready {
     listening: AtomicBool,
     proxy: Arc<ArcSwap<Proxy>>,
+    /// The signing keys, whose sharing between replicas is listed.
+    minter: Option<Arc<Minter>>,
 }
 
 impl Ready {
@@ -35,7 +37,14 @@ impl Ready {
         Ready {
             listening: AtomicBool::new(false),
             proxy,
+            minter: None,
         }
+    }
+
+    /// Lists the state of the signing keys shared with the other replicas too.
+    pub fn with_keys(mut self, minter: Option<Arc<Minter>>) -> Self {
+        self.minter = minter;
+        self
     }
     pub fn set(&self, ready: bool) {
         self.listening.store(ready, Ordering::Release);
@@ -70,6 +79,11 @@ impl Ready {
         text.push_str(self.proxy.load().session_store_health().describe());
         text.push('\n');
         if let Some(line) = self.proxy.load().session_store_subscription() {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        // Listed, not counted: without Redis each replica still serves its own keys.
+        if let Some(line) = self.minter.as_ref().and_then(|m| m.sharing_state()) {
             text.push_str(&line);
             text.push('\n');
         }

@@ -147,6 +147,13 @@ pub struct Tokens {
     /// Default `2h`.
     #[serde(with = "humantime_serde")]
     pub publish_ahead: Duration,
+    /// With `[sessions] store = "redis"`: how long the public keys this replica publishes in
+    /// Redis stay there after its last refresh (it refreshes them every quarter of this), so
+    /// that every replica's JWKS serves them. A replica that stops is trusted that much longer:
+    /// the assertions it signed last still verify. Default `16m` (the longest assertion lifetime,
+    /// 15 minutes, plus a minute for clocks); at least `1s`.
+    #[serde(with = "humantime_serde")]
+    pub shared_keys_expiry: Duration,
 }
 
 impl Default for Tokens {
@@ -157,6 +164,7 @@ impl Default for Tokens {
             algorithm: SigningAlgorithm::Es256,
             rotate_every: Duration::from_secs(24 * 3600),
             publish_ahead: Duration::from_secs(2 * 3600),
+            shared_keys_expiry: MAX_ASSERTION_LIFETIME + Duration::from_secs(60),
         }
     }
 }

@@ -996,6 +996,13 @@ fn validate_tokens(config: &Config, p: &mut Vec<Problem>) {
             "use e.g. \"24h\"",
         ));
     }
+    if t.shared_keys_expiry < std::time::Duration::from_secs(1) {
+        p.push(Problem::new(
+            "tokens.shared_keys_expiry",
+            "must be at least 1s",
+            "leave it unset for the default \"16m\" (the longest assertion lifetime plus a minute)",
+        ));
+    }
     for (i, route) in config.routes.iter().enumerate() {
         if let Some(c) = &route.upstream_credentials {
             let at = format!("routes[{i}].upstream_credentials");

@@ -24,7 +24,7 @@ pub use crate::config::parse_key;
 use crate::identity::Principal;
 use crate::secret::Secret;
 pub use memory::MemoryStore;
-pub use redis::{BuildError, Lifetimes, RedisSecrets, RedisStore};
+pub use redis::{BuildError, Lifetimes, RedisClient, RedisSecrets, RedisStore};
 pub use revocation::{Revocation, Revocations, Scope, acceptable_name};
 pub use seal::Sealer;
 
@@ -171,6 +171,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// store is in use. A store in this process only has no one to hear.
     fn listen(self: Arc<Self>) {}
 }
+
+/// The Redis ACL docs/sessions.md gives the proxy's user (after `on >PASSWORD`): the session
+/// store's commands and channel, and the shared key set's. Tests run under exactly this.
+#[cfg(test)]
+pub(crate) const DOCUMENTED_ACL: &str = "~portcullis:* &portcullis:* +get +set +del +getex +getdel +mget +hgetall +hset +hdel +sadd +smembers +srem +zadd +zrangebyscore +zremrangebyscore +publish +subscribe +ping";
 
 /// The behaviour every store must show; run by each store's tests.
 #[cfg(test)]

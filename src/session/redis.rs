@@ -72,13 +72,59 @@ const CACHE_ENTRIES: u64 = 100_000;
 /// not answer within the command timeout is dropped, the local copies with it.
 const SUBSCRIPTION_CHECK: Duration = Duration::from_millis(500);
 
+/// Commands on the session store's connections, for whatever else the replicas keep in the
+/// same Redis (the signing keys each replica publishes): the same servers, credentials, TLS,
+/// pool and timeout as the sessions, so there is one Redis configuration, not two.
+#[derive(Clone)]
+pub struct RedisClient {
+    links: Arc<[Link]>,
+    next: Arc<AtomicUsize>,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisClient {
+    /// `[sessions.redis] key_prefix`: every key this proxy writes starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Runs `cmd` on the next connection of the pool, within the command timeout.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.links.len().max(1);
+        let link = self
+            .links
+            .get(i)
+            .ok_or_else(|| StoreError::Unavailable("no connection configured".into()))?;
+        let query = async {
+            match link.query(cmd).await {
+                // A connection lost under the call (a failover, a restart, a slot moved with its
+                // node) is opened again once, within the same timeout, so the request does not
+                // fail for it.
+                Err(e) if broken(&e) => link.query(cmd).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, query).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
+            Err(_) => {
+                // A connection that does not answer in time is not trusted with the next call.
+                link.drop_connection();
+                Err(StoreError::Unavailable(format!(
+                    "redis did not answer within {:?}",
+                    self.timeout
+                )))
+            }
+        }
+    }
+}
+
 pub struct RedisStore {
-    links: Vec<Link>,
-    next: AtomicUsize,
+    client: RedisClient,
     sealer: Sealer,
     prefix: String,
     lifetimes: Lifetimes,
-    timeout: Duration,
     /// The last call's outcome (a [`Health`] as a number), for `/readyz`.
     health: AtomicU8,
     /// This replica's copy of the deny list, kept current by the subscription.
@@ -103,20 +149,24 @@ impl RedisStore {
         lifetimes: Lifetimes,
     ) -> Result<RedisStore, BuildError> {
         let (target, subscriber) = Target::new(config, &secrets)?;
-        let links = (0..config.pool_size.get())
+        let links: Vec<Link> = (0..config.pool_size.get())
             .map(|_| Link {
                 target: target.clone(),
                 live: ArcSwapOption::empty(),
                 connecting: tokio::sync::Mutex::new(()),
             })
             .collect();
+        let client = RedisClient {
+            links: links.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            prefix: config.key_prefix.clone(),
+            timeout: config.command_timeout.get(),
+        };
         Ok(RedisStore {
-            links,
-            next: AtomicUsize::new(0),
+            client,
             sealer: secrets.sealer,
             prefix: config.key_prefix.clone(),
             lifetimes,
-            timeout: config.command_timeout.get(),
             health: AtomicU8::new(NOT_YET_USED),
             revocations: Revocations::new(),
             cache: moka::sync::Cache::builder()
@@ -226,44 +276,17 @@ impl RedisStore {
         }
     }
 
-    fn link(&self) -> Result<&Link, StoreError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.links.len().max(1);
-        self.links
-            .get(i)
-            .ok_or_else(|| StoreError::Unavailable("no connection configured".into()))
+    /// The store's connections, for other state the replicas share in the same Redis.
+    pub fn client(&self) -> RedisClient {
+        self.client.clone()
     }
 
     /// Runs `cmd` on the next connection of the pool, within the command timeout.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let result = self.run_once(cmd).await;
+        let result = self.client.query(cmd).await;
         let health = if result.is_ok() { REACHABLE } else { UNREACHABLE };
         self.health.store(health, Ordering::Relaxed);
         result
-    }
-
-    async fn run_once<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let link = self.link()?;
-        let query = async {
-            match link.query(cmd).await {
-                // A connection lost under the call (a failover, a restart, a slot moved with its
-                // node) is opened again once, within the same timeout, so the request does not
-                // fail for it.
-                Err(e) if broken(&e) => link.query(cmd).await,
-                other => other,
-            }
-        };
-        match tokio::time::timeout(self.timeout, query).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
-            Err(_) => {
-                // A connection that does not answer in time is not trusted with the next call.
-                link.drop_connection();
-                Err(StoreError::Unavailable(format!(
-                    "redis did not answer within {:?}",
-                    self.timeout
-                )))
-            }
-        }
     }
 
     /// The Redis key of a session: a hash of its id, never the id itself.
@@ -758,7 +781,7 @@ async fn subscription(
     subscriber: &Subscriber,
     channel: &str,
 ) -> Result<(), String> {
-    let Some(timeout) = store.upgrade().map(|s| s.timeout) else {
+    let Some(timeout) = store.upgrade().map(|s| s.client.timeout) else {
         return Ok(());
     };
     let within = |what: &'static str| move |_| format!("{what}: no answer within {timeout:?}");
@@ -1036,10 +1059,10 @@ mod tests {
     async fn through_mutual_tls_with_an_acl_user_the_store_passes_the_conformance_suite() {
         let pki = Pki::new();
         let server = RedisServer::start_tls(&pki, true);
-        // The least the store needs, as docs/sessions.md recommends.
-        let acl = "on >acl-pw ~portcullis:* &portcullis:* +get +set +del +getex +getdel +hgetall +hset +hdel +publish +subscribe +ping";
-        let mut setuser = vec!["ACL", "SETUSER", "portcullis"];
-        setuser.extend(acl.split(' '));
+        // The least the proxy needs, as docs/sessions.md recommends (and says word for word).
+        assert!(include_str!("../../docs/sessions.md").contains(crate::session::DOCUMENTED_ACL));
+        let mut setuser = vec!["ACL", "SETUSER", "portcullis", "on", ">acl-pw"];
+        setuser.extend(crate::session::DOCUMENTED_ACL.split(' '));
         assert_eq!(server.cli(&setuser).trim(), "OK");
         // The certificate names redis.test; the URL is the loopback address it is served on.
         let config = Redis {

@@ -8,11 +8,17 @@
 //! rotates on its schedule; the retired key stays published (`/.well-known/jwks.json`) until
 //! every assertion it signed has expired. Every mint and rotation is an audit event; no token
 //! or key ever is.
+//!
+//! Several replicas publish one key set ([`shared`]): each keeps its private keys to itself,
+//! publishes its public keys in the shared store, and serves the union of every live replica's
+//! keys, less any key revoked on any of them.
 
 pub mod broker;
 pub mod keyring;
+pub mod shared;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -94,6 +100,21 @@ pub enum MintError {
     Sign(String),
 }
 
+/// What the other replicas publish, as last read from the shared store.
+#[derive(Debug, Default)]
+struct Others {
+    /// Their public JWKs, each with a `kid` (this replica's own come from its ring).
+    keys: Vec<serde_json::Value>,
+    /// Key ids revoked on any replica: published by none, and signed with by none.
+    revoked: HashSet<String>,
+}
+
+fn jwk_kid(jwk: &serde_json::Value) -> &str {
+    jwk.get("kid")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+}
+
 /// The ring in use and what maintains it.
 pub struct Minter {
     issuer: String,
@@ -104,6 +125,21 @@ pub struct Minter {
     /// the key, so a cached assertion never names anyone but its caller.
     cache: moka::sync::Cache<(Arc<str>, String), Arc<Minted>>,
     audit: Arc<dyn AuditSink>,
+    /// The other replicas' keys and the revoked ids (empty with a single process).
+    others: ArcSwap<Others>,
+    /// Woken when the ring changed, so that the key set is published again at once.
+    changed: tokio::sync::Notify,
+    /// Keys revoked here, still to be announced to the other replicas.
+    announce: Mutex<Vec<String>>,
+    /// The shared key set's last exchange with Redis, for `/readyz` (none with a single process).
+    sharing: Mutex<Option<Sharing>>,
+}
+
+/// How the last exchange of the shared key set went.
+#[derive(Debug, Clone, Copy)]
+struct Sharing {
+    at: std::time::Instant,
+    ok: bool,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -135,6 +171,10 @@ impl Minter {
                 .time_to_live(MAX_ASSERTION_LIFETIME)
                 .build(),
             audit,
+            others: ArcSwap::default(),
+            changed: tokio::sync::Notify::new(),
+            announce: Mutex::default(),
+            sharing: Mutex::default(),
         };
         minter.report(&changes);
         Ok(minter)
@@ -144,9 +184,106 @@ impl Minter {
         &self.issuer
     }
 
-    /// The JWK Set to publish.
+    /// The JWK Set to publish: this replica's keys and every other live replica's, less the
+    /// revoked ones, each key once.
     pub fn jwks(&self) -> serde_json::Value {
-        self.ring.load().jwks()
+        let ring = self.ring.load();
+        let others = self.others.load();
+        let mut seen = HashSet::new();
+        let keys: Vec<&serde_json::Value> = ring
+            .keys()
+            .iter()
+            .map(|k| &k.jwk)
+            .chain(others.keys.iter())
+            .filter(|jwk| {
+                let kid = jwk_kid(jwk);
+                !others.revoked.contains(kid) && seen.insert(kid)
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// This replica's own public keys, as it publishes them for the others.
+    pub fn own_jwks(&self) -> Vec<serde_json::Value> {
+        let others = self.others.load();
+        self.ring
+            .load()
+            .keys()
+            .iter()
+            .filter(|k| !others.revoked.contains(&k.kid))
+            .map(|k| k.jwk.clone())
+            .collect()
+    }
+
+    /// The other replicas' public keys and the key ids revoked anywhere, as just read from the
+    /// shared store. A key without a `kid` is left out (nothing could select it).
+    pub fn set_others(&self, keys: Vec<serde_json::Value>, revoked: HashSet<String>) {
+        // Public keys only: a private member (`d`) is never passed on, whoever wrote it.
+        let keys = keys
+            .into_iter()
+            .filter(|k| !jwk_kid(k).is_empty() && k.get("d").is_none())
+            .collect();
+        self.others.store(Arc::new(Others { keys, revoked }));
+    }
+
+    /// Records how the shared key set's exchange with Redis just went.
+    pub fn shared(&self, ok: bool) {
+        let now = Sharing {
+            at: std::time::Instant::now(),
+            ok,
+        };
+        *self
+            .sharing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
+    }
+
+    /// One line for `/readyz` on the shared key set, when there is one.
+    pub fn sharing_state(&self) -> Option<String> {
+        let last = (*self
+            .sharing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))?;
+        let others = self.others.load().keys.len();
+        let ago = last.at.elapsed().as_secs_f32();
+        Some(if last.ok {
+            format!(
+                "signing keys: shared through the session store; {others} public keys of other replicas read {ago:.1}s ago"
+            )
+        } else {
+            format!(
+                "signing keys: the session store is unreachable ({ago:.1}s ago): serving this replica's keys and the {others} others' as last read"
+            )
+        })
+    }
+
+    /// Resolves when the ring changed since the last call (a rotation, a removal, a revocation).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// The keys revoked here since the last call, to announce to the other replicas.
+    pub fn take_announcements(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .announce
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Announcements that could not be made, to be tried again.
+    pub fn return_announcements(&self, kids: Vec<String>) {
+        self.announce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(kids);
+    }
+
+    /// How long a revocation must be remembered: as long as the key could still be in a ring
+    /// (signing for `rotate_every`, published ahead before, kept after it retired).
+    pub fn revocation_lifetime(&self) -> Duration {
+        self.schedule.rotate_every + self.schedule.publish_ahead + self.schedule.keep
     }
 
     /// The issuer's discovery document or its JWK Set at `path`, for upstreams verifying
@@ -193,8 +330,28 @@ impl Minter {
             .map(|k| k.kid.clone())
             .collect();
         drop(loaded);
+        // Keys another replica announced revoked (the directory was restored from a backup,
+        // or the announcement came first): withdrawn here too.
+        let mut withdrawn = Vec::new();
+        let announced: Vec<String> = {
+            let others = self.others.load();
+            ring.keys()
+                .iter()
+                .filter(|k| others.revoked.contains(&k.kid))
+                .map(|k| k.kid.clone())
+                .collect()
+        };
+        for kid in announced {
+            match ring.revoke(&kid, self.algorithm, now) {
+                Ok(changes) => withdrawn.extend(changes),
+                Err(e) => {
+                    tracing::error!(%kid, error = %e, "a key revoked on another replica could not be withdrawn here")
+                }
+            }
+        }
         match ring.maintain(self.algorithm, self.schedule, now) {
             Ok(mut changes) => {
+                changes.splice(0..0, withdrawn);
                 let after = ring.active().map(|k| k.kid.clone());
                 // Another process rotated: still this proxy's act to report, once.
                 if before != after
@@ -215,6 +372,9 @@ impl Minter {
     }
 
     fn report(&self, changes: &[Change]) {
+        if !changes.is_empty() {
+            self.changed.notify_one();
+        }
         for change in changes {
             let (act, kid, retired) = match change {
                 Change::Rotated { active, retired } => {
@@ -229,6 +389,7 @@ impl Minter {
                     // Cached assertions it signed would no longer verify (`mint` already skips
                     // them); free them.
                     self.cache.invalidate_all();
+                    self.return_announcements(vec![kid.clone()]);
                     tracing::warn!(%kid, "signing key revoked; cached assertions dropped");
                     ("key_revoked", kid.clone(), None)
                 }
@@ -400,5 +561,65 @@ mod tests {
             assert_eq!(claims["auth_method"], "session");
             assert_eq!(claims["role"], "ADMIN");
         }
+    }
+
+    fn minter(dir: &std::path::Path) -> Minter {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Minter::open(&Tokens::default(), "https://p.example", dir, Arc::new(Discard)).unwrap()
+    }
+
+    fn kids(jwks: &serde_json::Value) -> Vec<String> {
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_jwks_serves_the_other_replicas_public_keys_once_each_and_none_revoked_anywhere() {
+        let (here, there) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mine, theirs) = (minter(here.path()), minter(there.path()));
+        let own = kids(&mine.jwks());
+        let other = theirs.own_jwks();
+        assert_eq!(own.len(), 1);
+
+        // Another replica's key, sent twice (two entries of a restarted replica), a key without
+        // an id, and one with its private half: only the first is served, once.
+        let mut private = other[0].clone();
+        private["kid"] = "leaked".into();
+        private["d"] = "secret".into();
+        let keys = vec![
+            other[0].clone(),
+            other[0].clone(),
+            serde_json::json!({"kty": "EC"}),
+            private,
+        ];
+        mine.set_others(keys.clone(), HashSet::new());
+        let both = kids(&mine.jwks());
+        assert_eq!(both, [own[0].clone(), kids(&theirs.jwks())[0].clone()]);
+        assert_eq!(kids(&serde_json::json!({ "keys": mine.own_jwks() })), own);
+
+        // Revoked anywhere: served by no replica, this one's own key included.
+        let revoked: HashSet<String> = both.iter().cloned().collect();
+        mine.set_others(keys, revoked);
+        assert!(kids(&mine.jwks()).is_empty());
+        assert!(mine.own_jwks().is_empty());
+    }
+
+    #[test]
+    fn a_key_announced_revoked_by_another_replica_is_withdrawn_from_this_ring_and_announced_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = minter(dir.path());
+        let active = kids(&mine.jwks()).remove(0);
+        mine.set_others(Vec::new(), [active.clone()].into_iter().collect());
+        mine.maintain(dir.path());
+        let now = kids(&mine.jwks());
+        assert_eq!(now.len(), 1);
+        assert_ne!(now[0], active, "a new key signs");
+        assert!(!dir.path().join(format!("{active}.json")).exists());
+        assert_eq!(mine.take_announcements(), [active]);
+        assert!(mine.take_announcements().is_empty());
     }
 }

@@ -92,3 +92,113 @@ pub fn cookie<'a>(page: &'a Value, name: &str) -> Option<&'a Value> {
         .iter()
         .find(|c| c["name"] == name)
 }
+
+/// A browser run read step by step as it happens, for a test that acts between steps (checks
+/// every replica the moment sign-out is over) while the browser goes on.
+pub struct LiveRun {
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    seen: Vec<Value>,
+    child: Option<std::process::Child>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl LiveRun {
+    pub fn start(args: Vec<String>) -> LiveRun {
+        use std::io::{BufRead as _, Read as _};
+        assert!(
+            std::path::Path::new(MODULES).is_dir() && std::path::Path::new("/usr/bin/chromium").exists(),
+            "chromium or playwright-core is missing: run .ci/install-peers"
+        );
+        let mut child = Command::new("node")
+            .arg(SCRIPT)
+            .args(&args)
+            .arg("--exit-with-stdin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let (send, lines) = tokio::sync::mpsc::unbounded_channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line).unwrap_or_else(
+                    |e| serde_json::json!({"step": "unparsed", "line": line, "error": e.to_string()}),
+                );
+                if send.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (sink, mut err) = (stderr.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            sink.lock().unwrap().push_str(&text);
+        });
+        LiveRun {
+            lines,
+            seen: Vec::new(),
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    /// The next line of step `name` (earlier lines of other steps are kept for [`LiveRun::finish`]);
+    /// panics on the script's error line or its end.
+    pub async fn step(&mut self, name: &str) -> Value {
+        loop {
+            let Some(line) = self.lines.recv().await else {
+                panic!(
+                    "the browser ended before step {name}: {:#?}\n--- stderr ---\n{}",
+                    self.seen,
+                    self.stderr.lock().unwrap()
+                );
+            };
+            self.seen.push(line.clone());
+            assert!(
+                line["step"] != "error" && line["step"] != "unparsed",
+                "the browser run failed: {line:#}\n--- stderr ---\n{}",
+                self.stderr.lock().unwrap()
+            );
+            if line["step"] == name {
+                return line;
+            }
+        }
+    }
+
+    /// Waits for the run to end successfully; every line it printed.
+    pub async fn finish(mut self) -> Vec<Value> {
+        let mut child = self.child.take().unwrap();
+        let status = tokio::task::spawn_blocking(move || {
+            // Closing stdin is fine now: the script has printed its last step or will shortly.
+            let stdin = child.stdin.take();
+            let status = child.wait().unwrap();
+            drop(stdin);
+            status
+        })
+        .await
+        .unwrap();
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        assert!(
+            status.success(),
+            "the browser run failed ({status}): {:#?}\n--- stderr ---\n{}",
+            self.seen,
+            self.stderr.lock().unwrap()
+        );
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -5,12 +5,14 @@ pub mod airflow;
 pub mod browser;
 pub mod collector;
 pub mod config;
+pub mod haproxy;
 pub mod idp;
 pub mod issuer;
 pub mod luigi;
 pub mod otlp;
 pub mod pki;
 pub mod redis;
+pub mod replicas;
 pub mod serve;
 
 use std::net::SocketAddr;
