@@ -44,6 +44,16 @@ pub trait AuditSink: Send + Sync + 'static {
     }
 }
 
+/// A sink that drops every event: for unit tests whose subject is not the audit trail.
+#[cfg(test)]
+pub(crate) struct Discard;
+
+#[cfg(test)]
+impl AuditSink for Discard {
+    fn emit(&self, _: Event) {}
+    fn flush(&self) {}
+}
+
 /// Version of the attribute set; bumped when a field changes meaning.
 pub const SCHEMA_VERSION: i64 = 3;
 

@@ -354,34 +354,18 @@ g, user:okta/root, role:admin, *
     #[tokio::test]
     async fn a_group_from_the_token_grants_its_roles_and_their_parents() {
         let e = engine(POLICY).await;
-        let v = e
-            .evaluate(&Query::new(
-                &["user:okta/alice", "group:okta/data-eng"],
-                "airflow",
-                "dag:etl_daily",
-                "trigger",
-            ))
-            .unwrap();
+        let ask = |subjects: &[&str], object: &str, action: &str| {
+            e.evaluate(&Query::new(subjects, "airflow", object, action))
+                .unwrap()
+        };
+        let alice = ["user:okta/alice", "group:okta/data-eng"];
+        let v = ask(&alice, "dag:etl_daily", "trigger");
         assert!(v.allowed);
         assert_eq!(v.rule.unwrap().origin.line, 2);
         assert_eq!(v.roles, ["role:deployer", "role:operator", "role:viewer"]);
-        let v = e
-            .evaluate(&Query::new(
-                &["user:okta/alice", "group:okta/data-eng"],
-                "airflow",
-                "dag:reporting",
-                "read",
-            ))
-            .unwrap();
+        let v = ask(&alice, "dag:reporting", "read");
         assert_eq!(v.rule.unwrap().origin.line, 1);
-        let v = e
-            .evaluate(&Query::new(
-                &["user:okta/alice"],
-                "airflow",
-                "dag:etl_daily",
-                "trigger",
-            ))
-            .unwrap();
+        let v = ask(&["user:okta/alice"], "dag:etl_daily", "trigger");
         assert!(!v.allowed && v.rule.is_none());
     }
 

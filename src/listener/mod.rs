@@ -158,30 +158,12 @@ async fn connection(
     ));
     let activity = Activity::new();
     match tls {
-        None => {
-            drive(
-                Tracked::new(stream, activity.clone()),
-                conn,
-                activity,
-                builder,
-                shared,
-            )
-            .await
-        }
+        None => drive(stream, conn, activity, builder, shared).await,
         Some(config) => {
             // A client that never finishes its handshake is a slow client too.
             let handshake = TlsAcceptor::from(config).accept(stream);
             match tokio::time::timeout(shared.limits.header_read_timeout.get(), handshake).await {
-                Ok(Ok(tls_stream)) => {
-                    drive(
-                        Tracked::new(tls_stream, activity.clone()),
-                        conn,
-                        activity,
-                        builder,
-                        shared,
-                    )
-                    .await
-                }
+                Ok(Ok(tls_stream)) => drive(tls_stream, conn, activity, builder, shared).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -236,6 +218,7 @@ async fn drive<S>(
             Ok::<_, Unserved>(response)
         }
     });
+    let io = Tracked::new(io, activity.clone());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let idle_limit = shared.limits.idle_timeout.get();

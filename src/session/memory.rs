@@ -6,48 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{PendingLogin, Revocation, Revocations, Session, SessionId, SessionStore, StoreFuture};
 
-struct Lifetimes {
-    idle: Duration,
-    absolute: Duration,
-}
-
-impl Lifetimes {
-    /// Time to live from now: the idle lifetime, cut short by what is left of the absolute one.
-    fn ttl(&self, created: SystemTime) -> Option<Duration> {
-        let age = SystemTime::now().duration_since(created).unwrap_or_default();
-        Some(self.idle.min(self.absolute.saturating_sub(age)))
-    }
-}
-
-impl moka::Expiry<SessionId, Arc<Session>> for Lifetimes {
-    fn expire_after_create(&self, _: &SessionId, session: &Arc<Session>, _: Instant) -> Option<Duration> {
-        self.ttl(session.created)
-    }
-
-    fn expire_after_read(
-        &self,
-        _: &SessionId,
-        session: &Arc<Session>,
-        _: Instant,
-        _: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
-        self.ttl(session.created)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &SessionId,
-        session: &Arc<Session>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.ttl(session.created)
-    }
-}
-
 pub struct MemoryStore {
+    /// Sessions, each dropped once unused for the idle lifetime (moka's time to idle).
     sessions: moka::sync::Cache<SessionId, Arc<Session>>,
+    /// The absolute lifetime, counted from sign-in: checked on every read.
+    absolute: Duration,
     logins: moka::sync::Cache<String, PendingLogin>,
     revocations: Arc<Revocations>,
     /// Names offered once (logout tokens' `jti`), each kept for its own lifetime.
@@ -76,8 +39,9 @@ impl MemoryStore {
         MemoryStore {
             sessions: moka::sync::Cache::builder()
                 .max_capacity(max_sessions)
-                .expire_after(Lifetimes { idle, absolute })
+                .time_to_idle(idle)
                 .build(),
+            absolute,
             // Abandoned sign-ins are bounded too, so a flood of sign-in starts cannot grow memory.
             logins: moka::sync::Cache::builder()
                 .max_capacity(max_sessions)
@@ -94,7 +58,20 @@ impl MemoryStore {
 
 impl SessionStore for MemoryStore {
     fn get<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, Option<Arc<Session>>> {
-        Box::pin(async move { Ok(self.sessions.get(id)) })
+        Box::pin(async move {
+            let Some(session) = self.sessions.get(id) else {
+                return Ok(None);
+            };
+            let age = SystemTime::now()
+                .duration_since(session.created)
+                .unwrap_or_default();
+            if age < self.absolute {
+                Ok(Some(session))
+            } else {
+                self.sessions.invalidate(id);
+                Ok(None)
+            }
+        })
     }
 
     fn put<'a>(&'a self, id: SessionId, session: Session) -> StoreFuture<'a, ()> {

@@ -960,9 +960,10 @@ mod tests {
     use super::server::{Pki, RedisCluster, RedisSentinel, RedisServer};
     use super::*;
     use crate::config::Positive;
-    use crate::session::conformance;
+    use crate::session::{Scope, conformance};
 
     const KEY: [u8; 32] = [7; 32];
+    const MINUTE: Duration = Duration::from_secs(60);
     const IDLE: Duration = Duration::from_millis(300);
     const ABSOLUTE: Duration = Duration::from_millis(900);
 
@@ -997,6 +998,26 @@ mod tests {
         RedisStore::new(config, secrets, lifetimes()).unwrap()
     }
 
+    /// A store for `config` passes the conformance suite, and another store's subscription
+    /// hears its revocation; the first store is handed back for more.
+    async fn conforms_and_hears_revocations(config: &Redis) -> RedisStore {
+        let s = store(config, secrets(None, KEY, None));
+        conformance::run(&s, IDLE, ABSOLUTE).await;
+        let listener = Arc::new(store(config, secrets(None, KEY, None)));
+        listener.subscribe();
+        wait_until("the subscription holds", || listener.listening()).await;
+        s.revoke(Revocation::now(Scope::Subject, "idp", "carol", MINUTE))
+            .await
+            .unwrap();
+        wait_until("the revocation is heard", || {
+            listener
+                .revocations
+                .refuses_token("idp", "carol", None, Duration::ZERO)
+        })
+        .await;
+        s
+    }
+
     #[tokio::test]
     async fn a_standalone_redis_with_a_password_passes_the_session_store_conformance_suite() {
         let server = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
@@ -1020,27 +1041,9 @@ mod tests {
             nodes: cluster.urls().into_iter().take(1).collect(),
             ..config("")
         };
-        let s = store(&config, secrets(None, KEY, None));
-        conformance::run(&s, IDLE, ABSOLUTE).await;
         // The subscription (on the first node: a PUBLISH reaches every node) hears another
         // store's revocation.
-        let listener = Arc::new(store(&config, secrets(None, KEY, None)));
-        listener.subscribe();
-        wait_until("the subscription holds", || listener.listening()).await;
-        s.revoke(Revocation::now(
-            super::super::Scope::Subject,
-            "idp",
-            "carol",
-            Duration::from_secs(60),
-        ))
-        .await
-        .unwrap();
-        wait_until("the revocation is heard", || {
-            listener
-                .revocations
-                .refuses_token("idp", "carol", None, Duration::ZERO)
-        })
-        .await;
+        let s = conforms_and_hears_revocations(&config).await;
 
         // Sessions are spread over the masters, by the hash of their id.
         for _ in 0..30 {
@@ -1129,26 +1132,8 @@ mod tests {
             sentinel_master: Some("mymaster".into()),
             ..config("")
         };
-        let s = store(&config, secrets(None, KEY, None));
-        conformance::run(&s, IDLE, ABSOLUTE).await;
         // The subscription goes to the master the Sentinels name.
-        let listener = Arc::new(store(&config, secrets(None, KEY, None)));
-        listener.subscribe();
-        wait_until("the subscription holds", || listener.listening()).await;
-        s.revoke(Revocation::now(
-            super::super::Scope::Subject,
-            "idp",
-            "carol",
-            Duration::from_secs(60),
-        ))
-        .await
-        .unwrap();
-        wait_until("the revocation is heard", || {
-            listener
-                .revocations
-                .refuses_token("idp", "carol", None, Duration::ZERO)
-        })
-        .await;
+        conforms_and_hears_revocations(&config).await;
 
         let long = Lifetimes {
             idle: Duration::from_secs(60),
@@ -1258,35 +1243,30 @@ mod tests {
         let (a, b) = (replica(), replica());
         wait_until("both subscribed", || a.listening() && b.listening()).await;
 
+        // A session written on A and read on B until B holds a copy. A's own announcement of
+        // the write may reach B after B's first read, and drop the copy (a copy is kept only
+        // when no announcement came meanwhile): read until B holds one.
+        let copied_to_b = || async {
+            let id = SessionId::random().unwrap();
+            a.put(id.clone(), conformance::session(SystemTime::now()))
+                .await
+                .unwrap();
+            let started = std::time::Instant::now();
+            while !b.cache.contains_key(&RedisStore::digest(&id)) {
+                assert!(started.elapsed() < Duration::from_secs(2), "B never kept a copy");
+                assert!(b.get(&id).await.unwrap().is_some());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            id
+        };
+
         // A session read on B is served from B's memory: Redis no longer has it, B still does.
-        let id = SessionId::random().unwrap();
-        a.put(id.clone(), conformance::session(SystemTime::now()))
-            .await
-            .unwrap();
-        // A's own announcement of the write may reach B after B's first read, and drop the copy
-        // (a copy is kept only when no announcement came meanwhile): read until B holds one.
-        let digest = RedisStore::digest(&id);
-        let started = std::time::Instant::now();
-        while !b.cache.contains_key(&digest) {
-            assert!(started.elapsed() < Duration::from_secs(2), "B never kept a copy");
-            assert!(b.get(&id).await.unwrap().is_some());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let id = copied_to_b().await;
         server.cli(&["DEL", &b.session_key(&id)]);
         assert!(b.get(&id).await.unwrap().is_some(), "B's copy is used");
 
         // Signed out on A: B drops its copy.
-        let again = SessionId::random().unwrap();
-        a.put(again.clone(), conformance::session(SystemTime::now()))
-            .await
-            .unwrap();
-        let digest = RedisStore::digest(&again);
-        let started = std::time::Instant::now();
-        while !b.cache.contains_key(&digest) {
-            assert!(started.elapsed() < Duration::from_secs(2), "B never kept a copy");
-            assert!(b.get(&again).await.unwrap().is_some());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let again = copied_to_b().await;
         a.remove(&again).await.unwrap();
         let took = wait_until("B drops the signed-out session", || {
             b.cache.get(&RedisStore::digest(&again)).is_none()
@@ -1298,14 +1278,9 @@ mod tests {
         // A subject revoked through A is refused by B.
         let earlier = conformance::session(SystemTime::now() - Duration::from_millis(10));
         let hour = Duration::from_secs(3600);
-        a.revoke(Revocation::now(
-            super::super::Scope::Subject,
-            "idp",
-            "alice",
-            hour,
-        ))
-        .await
-        .unwrap();
+        a.revoke(Revocation::now(Scope::Subject, "idp", "alice", hour))
+            .await
+            .unwrap();
         let took = wait_until("B refuses the revoked subject", || {
             b.revocations.refuses_session(&earlier)
         })
@@ -1345,12 +1320,7 @@ mod tests {
         // Written while this replica was not listening: found by the reload.
         let other = RedisStore::new(&config(&server.url()), secrets(None, KEY, None), long()).unwrap();
         other
-            .revoke(Revocation::now(
-                super::super::Scope::AllSessions,
-                "",
-                "",
-                Duration::from_secs(60),
-            ))
+            .revoke(Revocation::now(Scope::AllSessions, "", "", MINUTE))
             .await
             .unwrap();
         wait_until("subscribed again", || s.listening()).await;

@@ -508,14 +508,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
-    use crate::audit::Event;
-
-    struct Discard;
-
-    impl AuditSink for Discard {
-        fn emit(&self, _: Event) {}
-        fn flush(&self) {}
-    }
+    use crate::audit::Discard;
 
     #[test]
     fn assertions_of_both_algorithms_verify_with_a_standard_library_against_the_published_jwk() {

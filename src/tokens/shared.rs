@@ -240,17 +240,10 @@ mod tests {
 
     use super::server::RedisServer;
     use super::*;
-    use crate::audit::{AuditSink, Event};
+    use crate::audit::Discard;
     use crate::config::{Positive, Redis, Tokens};
     use crate::secret::Secret;
     use crate::session::{Lifetimes, RedisSecrets, RedisStore, Sealer};
-
-    struct Discard;
-
-    impl AuditSink for Discard {
-        fn emit(&self, _: Event) {}
-        fn flush(&self) {}
-    }
 
     fn client(url: &str) -> RedisClient {
         let config = Redis {
