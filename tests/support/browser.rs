@@ -169,6 +169,16 @@ impl LiveRun {
         }
     }
 
+    /// Lets a run started with `--wait-before-sign-out` go on to its sign-out (one line on its
+    /// stdin).
+    pub fn proceed(&mut self) {
+        use std::io::Write as _;
+        let stdin = self.child.as_mut().and_then(|c| c.stdin.as_mut());
+        let stdin = stdin.expect("the browser run is going on");
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
     /// Waits for the run to end successfully; every line it printed.
     pub async fn finish(mut self) -> Vec<Value> {
         let mut child = self.child.take().unwrap();

@@ -37,6 +37,10 @@ pub struct Options {
     pub idp_args: Vec<String>,
     /// Merged into every replica's configuration (more routes, `[tokens]` or `[sessions]` keys).
     pub extra: Config,
+    /// OIDC Back-Channel Logout: the provider posts its logout tokens to the balancer's
+    /// `/.portcullis/backchannel-logout` (its `--backchannel-logout`, so its ID tokens carry
+    /// `sid`), and every replica accepts them (`browser.backchannel_logout`).
+    pub backchannel_logout: bool,
 }
 
 /// One replica of the proxy.
@@ -126,6 +130,12 @@ impl ThreeReplicas {
             "--post-logout-redirect".into(),
             format!("{origin}/.portcullis/signed_out"),
         ];
+        if options.backchannel_logout {
+            idp_args.extend([
+                "--backchannel-logout".to_string(),
+                format!("{origin}/.portcullis/backchannel-logout"),
+            ]);
+        }
         idp_args.extend(options.idp_args);
         let idp_args: Vec<&str> = idp_args.iter().map(String::as_str).collect();
         let idp = Idp::start_with(&idp_args).await;
@@ -140,8 +150,12 @@ impl ThreeReplicas {
                 .host("localhost")
                 .upstream(&upstream)
                 .set("assertion.audience", AUDIENCE);
-            let config = idp
-                .browser_config(&dir.path().join("web-secret"), route)
+            let provider = idp
+                .browser_provider("oidc", &dir.path().join("web-secret"))
+                .set("browser.backchannel_logout", options.backchannel_logout);
+            let config = Config::new()
+                .provider(provider)
+                .route(route.providers(["oidc"]))
                 .tokens(&issuer, &key_dir)
                 .set("sessions.store", "redis")
                 .set("sessions.redis.url", redis.url())

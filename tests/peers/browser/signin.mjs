@@ -1,7 +1,7 @@
 // A real browser signing in through Portcullis, for its integration tests.
 //
-//   node signin.mjs --url URL --login NAME [--fetch 'METHOD URL']... [--sign-out URL] [--after URL]...
-//                   [--timeout SECONDS] [--exit-with-stdin]
+//   node signin.mjs --url URL --login NAME [--fetch 'METHOD URL']... [--wait-before-sign-out] [--sign-out URL]
+//                   [--after URL]... [--timeout SECONDS] [--exit-with-stdin]
 //
 // Drives Debian's headless /usr/bin/chromium through playwright-core (no browser download), with one
 // browser context that accepts self-signed certificates (the proxy's dev certificate for localhost).
@@ -20,7 +20,8 @@
 //   With --fetch 'METHOD URL', for each in order: calls fetch() from the landed page, as its own script
 //   would (same-origin, the session cookie; a POST sends the JSON body {}):
 //        {"step":"fetch","method":…,"url":…,"status":…,"body":…}
-//   2. With --sign-out URL: opens it; if oidc-provider's end_session confirmation appears
+//   2. With --wait-before-sign-out, first waits for a line on stdin (the test's go-ahead, once it has used the
+//      session elsewhere). With --sign-out URL: opens it; if oidc-provider's end_session confirmation appears
 //      (form#op.logoutForm), clicks "Yes, sign me out" (button[name=logout][value=yes]); once settled:
 //        {"step":"signed_out",…same fields…}
 //   3. For each --after URL, in order: opens it and, without logging in, once settled:
@@ -41,7 +42,8 @@ const LOOPBACK = new Set(['127.0.0.1', 'localhost']);
 
 function usage(message) {
   process.stderr.write(`signin.mjs: ${message}\n`);
-  process.stderr.write('usage: node signin.mjs --url URL --login NAME [--fetch \'METHOD URL\']... [--sign-out URL] '
+  process.stderr.write('usage: node signin.mjs --url URL --login NAME [--fetch \'METHOD URL\']... '
+    + '[--wait-before-sign-out] [--sign-out URL] '
     + '[--after URL]... [--timeout SECONDS] [--exit-with-stdin]\n');
   process.exit(2);
 }
@@ -49,6 +51,7 @@ function usage(message) {
 function parseArgs(argv) {
   const opts = {
     url: undefined, login: undefined, fetches: [], signOut: undefined, after: [], timeout: 60, exitWithStdin: false,
+    waitBeforeSignOut: false,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
@@ -66,6 +69,7 @@ function parseArgs(argv) {
         opts.fetches.push({ method: method.toUpperCase(), url });
         break;
       }
+      case '--wait-before-sign-out': opts.waitBeforeSignOut = true; break;
       case '--sign-out': opts.signOut = value(); break;
       case '--after': opts.after.push(value()); break;
       case '--timeout': opts.timeout = Number(value()); break;
@@ -117,6 +121,22 @@ if (opts.exitWithStdin) {
   process.stdin.on('error', () => fail('stdin error'));
   process.stdin.resume();
 }
+
+// Lines read on stdin so far, and who waits for the next one (--wait-before-sign-out).
+let goAheads = 0;
+let onGoAhead;
+if (opts.waitBeforeSignOut) {
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (text) => {
+    goAheads += text.split('\n').length - 1;
+    if (goAheads > 0 && onGoAhead) onGoAhead();
+  });
+  process.stdin.resume();
+}
+const goAhead = () => new Promise((resolve) => {
+  if (goAheads > 0) resolve();
+  else onGoAhead = resolve;
+});
 
 // Status of the latest main-frame document response (redirect hops included, so the last one wins).
 let status;
@@ -239,6 +259,10 @@ try {
   await snapshot('landed');
   for (const request of opts.fetches) {
     await pageFetch(request);
+  }
+  if (opts.waitBeforeSignOut) {
+    log('waiting for a line on stdin before signing out');
+    await goAhead();
   }
   if (opts.signOut) {
     await signOut();
