@@ -95,6 +95,17 @@ fn target_of(url: &str) -> String {
 /// route on `app.localhost` (browser sessions and bearer tokens of `idp`) and a public route on
 /// `open.localhost`.
 async fn replica(idp: &Idp, upstream: &Recorder, redis_url: &str, key_file: &Path) -> Gateway {
+    replica_with(idp, upstream, redis_url, key_file, |config| config).await
+}
+
+/// [`replica`], its configuration changed by `tweak` first.
+async fn replica_with(
+    idp: &Idp,
+    upstream: &Recorder,
+    redis_url: &str,
+    key_file: &Path,
+    tweak: impl FnOnce(Config) -> Config,
+) -> Gateway {
     let prebound = Gateway::prebind(Config::new()).await;
     let secret = prebound.dir.path().join("web-secret");
     let app = Route::authenticated("app")
@@ -108,7 +119,7 @@ async fn replica(idp: &Idp, upstream: &Recorder, redis_url: &str, key_file: &Pat
         .set("sessions.redis.encryption_key_file", key_file)
         .set("sessions.redis.command_timeout", "500ms")
         .set("sessions.redis.connect_timeout", "500ms");
-    let gw = prebound.start(config).await;
+    let gw = prebound.start(tweak(config)).await;
     gw.wait_ready().await;
     gw
 }
@@ -215,6 +226,91 @@ async fn a_sign_in_begun_on_one_replica_completes_on_another_and_the_session_ser
     let api = api_call(&a, "/api/v1/dags", &session).await;
     assert_eq!(api.status, StatusCode::UNAUTHORIZED, "{}", api.body);
     assert_eq!(upstream.requests().len(), forwarded, "nothing more was forwarded");
+}
+
+/// A counter of `gw`'s metrics with these labels, 0 when absent.
+async fn counter(gw: &Gateway, name_and_labels: &str) -> u64 {
+    gw.metrics()
+        .await
+        .lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_on_two_replicas_for_a_session_due_for_refresh_spend_its_refresh_token_once() {
+    let redis = RedisServer::start();
+    // Access tokens live 8 s and are refreshed 6 s early: a session falls due 2 s after each
+    // refresh. The provider rotates the refresh token at every use and logs every grant.
+    let idp = Idp::start_with(&[
+        "--redirect",
+        CALLBACK,
+        "--post-logout-redirect",
+        SIGNED_OUT,
+        "--access-token-ttl",
+        "8",
+    ])
+    .await;
+    let upstream = Recorder::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    let early = |config: Config| config.set("sessions.refresh_before", "6s");
+    let a = replica_with(&idp, &upstream, &redis.url(), &key, early).await;
+    let b = replica_with(&idp, &upstream, &redis.url(), &key, early).await;
+    let session = sign_in(&idp, &a, &b, "/", "alice").await;
+    let id = SessionId::parse(session.split_once('=').unwrap().1).unwrap();
+    let store = same_store(&redis.url(), &key);
+    let token = |s: &portcullis::session::Session| s.access_token.as_ref().unwrap().expose().to_string();
+    let mut before = token(&store.get(&id).await.unwrap().unwrap());
+    // Both replicas serve it, and keep a copy of it with the sign-in's tokens.
+    for gw in [&a, &b] {
+        assert_eq!(page(gw, "/", &session).await.status, StatusCode::OK);
+    }
+    let refresh_grants = || {
+        idp.stderr()
+            .lines()
+            .filter(|l| *l == "grant.success refresh_token")
+            .count()
+    };
+
+    for round in 1..=3 {
+        // Due now, and eight requests at once, four on each replica.
+        tokio::time::sleep(Duration::from_millis(2300)).await;
+        let replies =
+            futures_util::future::join_all((0..8).map(|i| page([&a, &b][i % 2], "/", &session))).await;
+        for reply in replies {
+            assert_eq!(reply.status, StatusCode::OK, "round {round}: {}", reply.body);
+            assert_eq!(reply.body, "upstream ok");
+        }
+        assert_eq!(
+            refresh_grants(),
+            round,
+            "round {round}: one refresh-token grant per round\n{}",
+            idp.stderr()
+        );
+        // Written once, with the new tokens, and no cookie moved.
+        let stored = store.get(&id).await.unwrap().expect("the session survives");
+        let now = token(&stored);
+        assert_ne!(now, before, "round {round}: the session was not refreshed");
+        before = now;
+    }
+    let log = idp.stderr();
+    assert!(
+        !log.contains("grant.error") && !log.contains("grant.revoked"),
+        "no refresh token was spent twice: {log}"
+    );
+    let ok = counter(&a, "portcullis_session_refreshes_total{result=\"ok\"}").await
+        + counter(&b, "portcullis_session_refreshes_total{result=\"ok\"}").await;
+    assert_eq!(ok, 3, "one refresh per round between the two replicas");
+    for gw in [&a, &b] {
+        assert_eq!(
+            counter(gw, "portcullis_session_refreshes_total{result=\"refused\"}").await,
+            0
+        );
+        assert_eq!(page(gw, "/", &session).await.status, StatusCode::OK);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{PendingLogin, Revocation, Revocations, Session, SessionId, SessionStore, StoreFuture};
+use super::{Lease, PendingLogin, Revocation, Revocations, Session, SessionId, SessionStore, StoreFuture};
 
 pub struct MemoryStore {
     /// Sessions, each dropped once unused for the idle lifetime (moka's time to idle).
@@ -97,6 +97,15 @@ impl SessionStore for MemoryStore {
 
     fn take_login<'a>(&'a self, state: &'a str) -> StoreFuture<'a, Option<PendingLogin>> {
         Box::pin(async move { Ok(self.logins.remove(state)) })
+    }
+
+    /// One process: the authenticator's per-session mutex already makes one refresher.
+    fn try_lease_refresh<'a>(&'a self, _: &'a SessionId, _: Duration) -> StoreFuture<'a, Option<Lease>> {
+        Box::pin(async move { Lease::random().map(Some) })
+    }
+
+    fn release_refresh<'a>(&'a self, _: &'a SessionId, _: Lease) -> StoreFuture<'a, ()> {
+        Box::pin(async move { Ok(()) })
     }
 
     fn revocations(&self) -> Arc<Revocations> {

@@ -133,6 +133,26 @@ impl Health {
     }
 }
 
+/// One replica's right to refresh one session at its provider, until it is released or its
+/// time runs out (which bounds a holder that crashed): while one replica holds it, no other
+/// spends the session's refresh token, which the provider may rotate at each use.
+#[derive(Debug)]
+pub struct Lease {
+    /// What the store holds for this lease (random): only its holder's release removes it.
+    token: String,
+}
+
+impl Lease {
+    /// A lease with a fresh random token.
+    fn random() -> Result<Lease, StoreError> {
+        let mut bytes = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| StoreError::Unavailable("no randomness".into()))?;
+        Ok(Lease {
+            token: crate::hex::encode(&bytes),
+        })
+    }
+}
+
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// Where sessions live. Lifetimes are the store's to enforce: `get` never returns a session
@@ -145,6 +165,14 @@ pub trait SessionStore: Send + Sync + 'static {
     fn put_login<'a>(&'a self, state: &'a str, login: PendingLogin) -> StoreFuture<'a, ()>;
     /// Takes a sign-in in progress out of the store: a second take of the same state finds nothing.
     fn take_login<'a>(&'a self, state: &'a str) -> StoreFuture<'a, Option<PendingLogin>>;
+    /// Takes the lease for refreshing session `id` for at most `ttl`, or `None` while someone
+    /// else holds it: with a shared store, one refresher per session across every replica.
+    /// Once it is taken, `get` returns the session as the last holder wrote it (no older copy
+    /// kept by this replica).
+    fn try_lease_refresh<'a>(&'a self, id: &'a SessionId, ttl: Duration) -> StoreFuture<'a, Option<Lease>>;
+    /// Gives the lease back; a lease that ran out (and may have been taken by someone else
+    /// since) is left alone.
+    fn release_refresh<'a>(&'a self, id: &'a SessionId, lease: Lease) -> StoreFuture<'a, ()>;
     /// How the store is doing, for `/readyz`.
     fn health(&self) -> Health {
         Health::InMemory
@@ -175,7 +203,7 @@ pub trait SessionStore: Send + Sync + 'static {
 /// The Redis ACL docs/sessions.md gives the proxy's user (after `on >PASSWORD`): the session
 /// store's commands and channel, and the shared key set's. Tests run under exactly this.
 #[cfg(test)]
-pub(crate) const DOCUMENTED_ACL: &str = "~portcullis:* &portcullis:* +get +set +del +getex +getdel +mget +hgetall +hset +hdel +sadd +smembers +srem +zadd +zrangebyscore +zremrangebyscore +publish +subscribe +ping";
+pub(crate) const DOCUMENTED_ACL: &str = "~portcullis:* &portcullis:* +get +set +del +getex +getdel +eval +mget +hgetall +hset +hdel +sadd +smembers +srem +zadd +zrangebyscore +zremrangebyscore +publish +subscribe +ping";
 
 /// The behaviour every store must show; run by each store's tests.
 #[cfg(test)]
@@ -294,6 +322,20 @@ pub(crate) mod conformance {
             "a jti was accepted twice"
         );
         assert!(store.first_use(&format!("{jti}-other"), hour).await.unwrap());
+
+        // The refresh lease: taken, given back, and taken again.
+        let lease = store
+            .try_lease_refresh(&id, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("a free lease is taken");
+        store.release_refresh(&id, lease).await.unwrap();
+        let again = store
+            .try_lease_refresh(&id, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("a released lease is taken again");
+        store.release_refresh(&id, again).await.unwrap();
     }
 
     #[test]

@@ -30,7 +30,7 @@ use redis::{
 
 use super::revocation::{Revocation, Revocations, now_ms};
 use super::seal::Sealer;
-use super::{Health, PendingLogin, Session, SessionId, SessionStore, StoreError, StoreFuture, codec};
+use super::{Health, Lease, PendingLogin, Session, SessionId, SessionStore, StoreError, StoreFuture, codec};
 use crate::config::{Redis, RedisUrl};
 use crate::secret::Secret;
 
@@ -301,6 +301,11 @@ impl RedisStore {
         out
     }
 
+    /// The Redis key of a session's refresh lease: a hash of its id, like the session's.
+    fn lease_key(&self, id: &SessionId) -> String {
+        self.key("r", &id.0)
+    }
+
     fn login_key(&self, state: &str) -> String {
         self.key("l", state.as_bytes())
     }
@@ -339,6 +344,11 @@ fn session_aad(id: &SessionId) -> Vec<u8> {
 fn login_aad(state: &str) -> Vec<u8> {
     [b"portcullis sign-in ".as_slice(), state.as_bytes()].concat()
 }
+
+/// Removes a lease only when it still holds the caller's token: a lease that ran out and was
+/// taken by another replica is not theirs to give back.
+const RELEASE_LEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -416,6 +426,45 @@ impl SessionStore for RedisStore {
             self.run::<()>(redis::cmd("DEL").arg(self.session_key(id)))
                 .await?;
             self.invalidate(&Self::digest(id)).await;
+            Ok(())
+        })
+    }
+
+    fn try_lease_refresh<'a>(&'a self, id: &'a SessionId, ttl: Duration) -> StoreFuture<'a, Option<Lease>> {
+        Box::pin(async move {
+            let lease = Lease::random()?;
+            let taken = self
+                .run::<Option<String>>(
+                    redis::cmd("SET")
+                        .arg(self.lease_key(id))
+                        .arg(&lease.token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(millis(ttl).max(1)),
+                )
+                .await?;
+            if taken.is_none() {
+                return Ok(None);
+            }
+            // The last holder wrote the session and announced it before giving the lease back,
+            // but the announcement may not have reached this replica yet: its copy goes, and
+            // the next read is from Redis (a read already under way is not kept either).
+            self.invalidations.fetch_add(1, Ordering::AcqRel);
+            self.cache.invalidate(&Self::digest(id));
+            Ok(Some(lease))
+        })
+    }
+
+    fn release_refresh<'a>(&'a self, id: &'a SessionId, lease: Lease) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.run::<i64>(
+                redis::cmd("EVAL")
+                    .arg(RELEASE_LEASE)
+                    .arg(1)
+                    .arg(self.lease_key(id))
+                    .arg(&lease.token),
+            )
+            .await?;
             Ok(())
         })
     }
@@ -1326,6 +1375,102 @@ mod tests {
         wait_until("subscribed again", || s.listening()).await;
         let session = s.get(&id).await.unwrap().expect("kept by the append-only file");
         assert!(s.revocations.refuses_session(&session));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_cannot_both_hold_a_session_s_refresh_lease_which_runs_out_and_only_its_holder_gives_back()
+     {
+        let server = RedisServer::start();
+        let replica = || RedisStore::new(&config(&server.url()), secrets(None, KEY, None), long()).unwrap();
+        let (a, b) = (replica(), replica());
+        let id = SessionId::random().unwrap();
+        let ttl = Duration::from_millis(400);
+
+        // Taken on A: B cannot take it, at once or at the same moment as another try.
+        let lease = a
+            .try_lease_refresh(&id, ttl)
+            .await
+            .unwrap()
+            .expect("a free lease");
+        let (on_a, on_b) = tokio::join!(a.try_lease_refresh(&id, ttl), b.try_lease_refresh(&id, ttl));
+        assert!(
+            on_a.unwrap().is_none() && on_b.unwrap().is_none(),
+            "a held lease was taken"
+        );
+        // Another session's lease is another lease.
+        let other = SessionId::random().unwrap();
+        let other_lease = b
+            .try_lease_refresh(&other, ttl)
+            .await
+            .unwrap()
+            .expect("another session's");
+        b.release_refresh(&other, other_lease).await.unwrap();
+
+        // Of many replicas trying at once, exactly one gets a free lease.
+        a.release_refresh(&id, lease).await.unwrap();
+        let many: Vec<RedisStore> = (0..6).map(|_| replica()).collect();
+        let tries = futures_util::future::join_all(many.iter().map(|r| r.try_lease_refresh(&id, ttl))).await;
+        let won: Vec<_> = tries.into_iter().filter_map(|t| t.unwrap()).collect();
+        assert_eq!(won.len(), 1, "{won:?}");
+
+        // It runs out after its time (a holder that crashed), and is then B's.
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        let on_b = b.try_lease_refresh(&id, Duration::from_secs(60)).await.unwrap();
+        let on_b = on_b.expect("a lease past its time is free");
+        // A late release by the one that lost it (its lease ran out) leaves B's alone.
+        for stale in won {
+            a.release_refresh(&id, stale).await.unwrap();
+        }
+        assert!(
+            a.try_lease_refresh(&id, ttl).await.unwrap().is_none(),
+            "a non-holder released it"
+        );
+        assert_eq!(server.cli(&["EXISTS", &a.lease_key(&id)]).trim(), "1");
+        b.release_refresh(&id, on_b).await.unwrap();
+        assert_eq!(server.cli(&["EXISTS", &a.lease_key(&id)]).trim(), "0");
+        // The key is a hash of the id, like the session's.
+        assert!(!a.lease_key(&id).contains(&crate::hex::encode(&id.0)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_that_takes_the_refresh_lease_reads_the_session_from_redis_not_its_copy() {
+        let server = RedisServer::start();
+        let b = Arc::new(RedisStore::new(&config(&server.url()), secrets(None, KEY, None), long()).unwrap());
+        b.subscribe();
+        wait_until("subscribed", || b.listening()).await;
+        let id = SessionId::random().unwrap();
+        b.put(id.clone(), conformance::session(SystemTime::now()))
+            .await
+            .unwrap();
+        let digest = RedisStore::digest(&id);
+        let started = std::time::Instant::now();
+        while !b.cache.contains_key(&digest) {
+            assert!(started.elapsed() < Duration::from_secs(2), "B never kept a copy");
+            assert!(b.get(&id).await.unwrap().is_some());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Another replica's write whose announcement has not arrived: here, one made behind
+        // B's back. B's copy is what it serves until it takes the lease.
+        let mut newer = conformance::session(SystemTime::now());
+        newer.access_token = Some(Secret::new("at-newer"));
+        let writer = RedisStore::new(&config(&server.url()), secrets(None, KEY, None), long()).unwrap();
+        let plain = codec::encode_session(&newer).unwrap();
+        let sealed = writer.sealer.seal(&session_aad(&id), &plain).unwrap();
+        let _: () = writer
+            .run(redis::cmd("SET").arg(writer.session_key(&id)).arg(sealed))
+            .await
+            .unwrap();
+        let copy = b.get(&id).await.unwrap().unwrap();
+        assert_eq!(copy.access_token.as_ref().unwrap().expose(), "at-secret");
+
+        let lease = b
+            .try_lease_refresh(&id, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        let read = b.get(&id).await.unwrap().unwrap();
+        assert_eq!(read.access_token.as_ref().unwrap().expose(), "at-newer");
+        b.release_refresh(&id, lease).await.unwrap();
     }
 
     #[tokio::test]

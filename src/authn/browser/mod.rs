@@ -35,7 +35,7 @@ use crate::decision::Reason;
 use crate::metrics::Metrics;
 use crate::outbound::HttpsClient;
 use crate::secret::Secret;
-use crate::session::{Revocations, Session, SessionId, SessionStore, StoreError};
+use crate::session::{Lease, Revocations, Session, SessionId, SessionStore, StoreError};
 
 pub use endpoints::Served;
 
@@ -45,6 +45,15 @@ pub const SESSION_COOKIE: &str = "__Host-portcullis_session";
 /// How long an id a session moved away from still works (requests already on their way).
 const MOVE_GRACE: Duration = Duration::from_secs(10);
 pub const LOGIN_COOKIE: &str = "__Host-portcullis_login";
+/// How long a refresh at the provider may take before it is given up as unreachable: the token
+/// request's own deadlines (5 s for the answer, 5 s more for its body).
+const REFRESH_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a replica's lease on refreshing one session lasts: the refresh's deadline, then the
+/// store's write of what it brought, with a margin. It bounds how long a replica that crashed
+/// mid-refresh keeps the others waiting, and how long another replica waits for a refresh.
+const REFRESH_LEASE: Duration = Duration::from_secs(15);
+/// The first and the longest pause between two looks at a session another replica refreshes.
+const LEASE_POLL: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(250));
 
 /// This proxy's client registration at one provider, and the provider's discovered metadata.
 pub struct BrowserClient {
@@ -157,7 +166,8 @@ pub struct Browser {
     audit: Arc<dyn crate::audit::AuditSink>,
     clients: Vec<Arc<BrowserClient>>,
     settings: Sessions,
-    /// One refresh at a time per session: a rotated refresh token must not be spent twice.
+    /// One refresh at a time per session in this process (a rotated refresh token must not be
+    /// spent twice); the store's refresh lease makes it one across replicas.
     refreshing: moka::sync::Cache<SessionId, Arc<tokio::sync::Mutex<()>>>,
 }
 
@@ -285,11 +295,84 @@ impl Browser {
             .get_with(id.clone(), || Arc::new(tokio::sync::Mutex::new(())));
         let _only_us = lock.lock().await;
         // Another request may have refreshed (and rotated the refresh token) while we waited.
-        let session = match self.store.get(id).await {
-            Ok(Some(session)) => session,
-            Ok(None) => return Err(Reason::SessionExpired),
-            Err(_) => return Err(Reason::SessionStoreUnavailable),
+        let session = self.current(id).await?;
+        if !self.refresh_due(&session) {
+            return Ok((session, None));
+        }
+        // One refresher across replicas too: this replica takes the store's lease, or uses what
+        // the replica holding it writes.
+        let lease = match self.lease(id, &session).await? {
+            Leased::Ours(lease) => lease,
+            Leased::RefreshedElsewhere(session) => return Ok((session, None)),
         };
+        let result = self.refresh_leased(id, during).await;
+        lease.release().await;
+        result
+    }
+
+    /// The session as the store has it now.
+    async fn current(&self, id: &SessionId) -> Result<Arc<Session>, Reason> {
+        match self.store.get(id).await {
+            Ok(Some(session)) => Ok(session),
+            Ok(None) => Err(Reason::SessionExpired),
+            Err(_) => Err(Reason::SessionStoreUnavailable),
+        }
+    }
+
+    /// Takes the lease on refreshing `id`; while another replica holds it, looks at the session
+    /// again and again (with a growing pause) until that replica has written it refreshed,
+    /// trying the lease at each look. A holder that crashed lets its lease run out within
+    /// [`REFRESH_LEASE`], so the lease is tried for that long: after it, the next holder took
+    /// over in time, or the request fails closed without ending the session. `session` is
+    /// the session as it was read before.
+    async fn lease(&self, id: &SessionId, session: &Session) -> Result<Leased, Reason> {
+        let started = Instant::now();
+        let mut pause = LEASE_POLL.0;
+        loop {
+            match self.store.try_lease_refresh(id, REFRESH_LEASE).await {
+                Ok(Some(lease)) => {
+                    return Ok(Leased::Ours(HeldLease {
+                        store: self.store.clone(),
+                        id: id.clone(),
+                        lease: Some(lease),
+                    }));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(store_error(&e)),
+            }
+            if started.elapsed() >= REFRESH_LEASE {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LEASE_POLL.1);
+            let now = self.current(id).await?;
+            if !self.refresh_due(&now) {
+                return Ok(Leased::RefreshedElsewhere(now));
+            }
+        }
+        // Other replicas kept the lease the whole time and never wrote the session refreshed.
+        // Its refresh token is not spent here (that could end the session at the provider):
+        // while its access token holds, the session serves as it is, as when the provider is
+        // unreachable; after that, the request is refused, and the session kept for the next.
+        let expired = session
+            .access_token_expires
+            .is_some_and(|at| at <= SystemTime::now());
+        tracing::warn!(session = %id.hash(), waited = ?started.elapsed(), expired, "another replica held the refresh lease throughout");
+        if expired {
+            Err(Reason::IdpUnavailable)
+        } else {
+            self.current(id).await.map(Leased::RefreshedElsewhere)
+        }
+    }
+
+    /// Refreshes the session at its provider, holding the lease: reads it again first (the
+    /// last holder may have refreshed it just before this replica took the lease).
+    async fn refresh_leased(
+        &self,
+        id: &SessionId,
+        during: crate::audit::During<'_>,
+    ) -> Result<(Arc<Session>, Option<SessionId>), Reason> {
+        let session = self.current(id).await?;
         if !self.refresh_due(&session) {
             return Ok((session, None));
         }
@@ -301,7 +384,13 @@ impl Browser {
         let expired = session
             .access_token_expires
             .is_some_and(|at| at <= SystemTime::now());
-        let refreshed = client.refresh(refresh_token, &session.principal.subject).await;
+        // Within the lease: a refresh that outlived it could race the next holder.
+        let refreshed = tokio::time::timeout(
+            REFRESH_DEADLINE,
+            client.refresh(refresh_token, &session.principal.subject),
+        )
+        .await
+        .unwrap_or(Err(RefreshError::Unreachable));
         let rotated = self.record_refresh(&refreshed, &session, during);
         match refreshed {
             Ok(r) => self.keep_refreshed(id, &session, r, rotated).await,
@@ -395,6 +484,50 @@ impl Browser {
     }
 }
 
+/// What waiting for the refresh lease came to.
+enum Leased {
+    /// This replica holds it and refreshes.
+    Ours(HeldLease),
+    /// Another replica refreshed the session (or, after the wait, this is the session as it
+    /// is): it serves as the store now has it.
+    RefreshedElsewhere(Arc<Session>),
+}
+
+/// The lease on refreshing one session, given back after the refreshed session is written; a
+/// request abandoned midway gives it back when dropped.
+struct HeldLease {
+    store: Arc<dyn SessionStore>,
+    id: SessionId,
+    lease: Option<Lease>,
+}
+
+impl HeldLease {
+    async fn release(mut self) {
+        if let Some(lease) = self.lease.take() {
+            release(&*self.store, &self.id, lease).await;
+        }
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, id) = (self.store.clone(), self.id.clone());
+            runtime.spawn(async move { release(&*store, &id, lease).await });
+        }
+    }
+}
+
+/// A lease that cannot be given back runs out by itself within [`REFRESH_LEASE`].
+async fn release(store: &dyn SessionStore, id: &SessionId, lease: Lease) {
+    if let Err(e) = store.release_refresh(id, lease).await {
+        tracing::warn!(session = %id.hash(), error = %e, "the refresh lease could not be given back; it runs out by itself");
+    }
+}
+
 /// A request a browser makes to show a page (a navigation), as opposed to an API call: only
 /// navigations are sent to sign in; everything else gets 401.
 pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
@@ -424,8 +557,12 @@ fn set_cookie(name: &str, value: &str, max_age: u64) -> String {
 }
 
 fn store_down(e: &StoreError) -> Outcome {
+    Outcome::Rejected(store_error(e).into())
+}
+
+fn store_error(e: &StoreError) -> Reason {
     tracing::error!(error = %e, "session store unavailable");
-    Outcome::Rejected(Reason::SessionStoreUnavailable.into())
+    Reason::SessionStoreUnavailable
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@
 // carry `sid`): a logout at the provider (its end_session endpoint, confirmed) posts a logout
 // token there and waits for the answer.
 //
+// Every token grant is logged to stderr, one line each: `grant.success GRANT_TYPE`,
+// `grant.error GRANT_TYPE ERROR` (e.g. a rotated refresh token used again), `grant.revoked`.
+//
 // Clients:
 //   ci-bot   secret ci-bot-secret   client_credentials, client_secret_post, scope "read write",
 //            access tokens RS256 JWTs, extra claim groups: ["ci"]
@@ -334,6 +337,11 @@ provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
 provider.on('server_error', (_ctx, err) => process.stderr.write(`server_error: ${err?.stack ?? err}\n`));
 provider.on('backchannel.error', (_ctx, err, client) => process.stderr.write(`backchannel logout to ${client.clientId} failed: ${err?.stack ?? err}\n`));
 provider.on('end_session.error', (_ctx, err) => process.stderr.write(`end_session.error: ${err?.stack ?? err}\n`));
+
+// Token grants, for tests that count them (one refresh per session across replicas).
+provider.on('grant.success', (ctx) => process.stderr.write(`grant.success ${ctx.oidc.params?.grant_type}\n`));
+provider.on('grant.error', (ctx, err) => process.stderr.write(`grant.error ${ctx.oidc?.params?.grant_type} ${err?.error ?? err?.message ?? err}\n`));
+provider.on('grant.revoked', () => process.stderr.write('grant.revoked\n'));
 
 server.on('request', provider.callback());
 
