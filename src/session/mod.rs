@@ -324,18 +324,13 @@ pub(crate) mod conformance {
         assert!(store.first_use(&format!("{jti}-other"), hour).await.unwrap());
 
         // The refresh lease: taken, given back, and taken again.
-        let lease = store
-            .try_lease_refresh(&id, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .expect("a free lease is taken");
-        store.release_refresh(&id, lease).await.unwrap();
-        let again = store
-            .try_lease_refresh(&id, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .expect("a released lease is taken again");
-        store.release_refresh(&id, again).await.unwrap();
+        for what in ["a free lease is taken", "a released lease is taken again"] {
+            let lease = store
+                .try_lease_refresh(&id, Duration::from_secs(5))
+                .await
+                .unwrap();
+            store.release_refresh(&id, lease.expect(what)).await.unwrap();
+        }
     }
 
     #[test]
