@@ -17,7 +17,7 @@ pub fn parse_key(text: &str) -> Result<[u8; 32], &'static str> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let text = text.trim();
     let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex(text)
+        crate::hex::decode(text)
     } else {
         [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
             .iter()
@@ -26,18 +26,6 @@ pub fn parse_key(text: &str) -> Result<[u8; 32], &'static str> {
     bytes
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .ok_or("is not 32 bytes in hex (64 digits) or base64 (fix: openssl rand -base64 32)")
-}
-
-/// The bytes `text` spells in hex (either case); `None` for an odd length or a non-hex digit.
-fn hex(text: &str) -> Option<Vec<u8>> {
-    let value = |d: u8| (d as char).to_digit(16).and_then(|v| u8::try_from(v).ok());
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| match pair {
-            [hi, lo] => Some(value(*hi)? << 4 | value(*lo)?),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Every secret of `config` that is not where the config says, with its key.

@@ -59,7 +59,7 @@ use crate::tokens::broker::Caller;
 /// `/.portcullis/backchannel-logout`: where providers post logout tokens.
 const BACKCHANNEL_LOGOUT: &str = "backchannel-logout";
 /// The most a reserved endpoint reads of a request body (a logout token form).
-const SMALL_BODY: usize = 32 * 1024;
+const SMALL_BODY: u64 = 32 * 1024;
 
 /// Route name → the upstream's own public keys (`[routes.assertion] upstream_jwks`), served in
 /// the route's JWKS beside the proxy's.
@@ -614,17 +614,9 @@ impl Proxy {
         route: &Route,
         body: Inbound,
     ) -> Result<(Bytes, serde_json::Value), ProxyError> {
-        use http_body_util::BodyExt as _;
-        let (body, tally) = ClientBody::new(
-            body,
-            route.config.inspect_body_bytes,
-            self.limits.idle_timeout.get(),
-        );
-        ctx.tally = Some(tally);
-        let bytes = match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(fault) => return Err(forward::client_fault(fault)),
-        };
+        let bytes = self
+            .collect_body(ctx, body, route.config.inspect_body_bytes)
+            .await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok((bytes, serde_json::Value::Null));
         }
@@ -637,6 +629,23 @@ impl Proxy {
         crate::json::unique_members(&bytes).map_err(|_| malformed())?;
         let json = serde_json::from_slice(&bytes).map_err(|_| malformed())?;
         Ok((bytes, json))
+    }
+
+    /// A whole request body of at most `limit` bytes, each read within the idle timeout; its
+    /// size is counted for the record.
+    async fn collect_body(
+        &self,
+        ctx: &mut RequestCtx,
+        body: Inbound,
+        limit: u64,
+    ) -> Result<Bytes, ProxyError> {
+        use http_body_util::BodyExt as _;
+        let (body, tally) = ClientBody::new(body, limit, self.limits.idle_timeout.get());
+        ctx.tally = Some(tally);
+        match body.collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(fault) => Err(forward::client_fault(fault)),
+        }
     }
 
     /// One question to the policy in force, counted in the metrics (cache hits, shadow
@@ -902,7 +911,9 @@ impl Proxy {
                 return Err(not_found());
             }
             // A provider's server posts a small form: read it whole, within limits.
-            let body = self.small_body(req).await?;
+            let body = self
+                .collect_body(ctx, Inbound::Stream(req.into_body()), SMALL_BODY)
+                .await?;
             let served = browser.backchannel_logout(&body).await;
             return Ok(self.served(ctx, served));
         }
@@ -929,20 +940,6 @@ impl Proxy {
         ctx.principal = served.principal;
         ctx.refused_claim = served.claim;
         served.response
-    }
-
-    /// A request body of at most [`SMALL_BODY`] bytes, read within the idle timeout.
-    async fn small_body(&self, req: Request<Incoming>) -> Result<Bytes, ProxyError> {
-        use http_body_util::BodyExt as _;
-        let limited = http_body_util::Limited::new(req.into_body(), SMALL_BODY);
-        match tokio::time::timeout(self.limits.idle_timeout.get(), limited.collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(ProxyError::deny(Reason::PayloadTooLarge))
-            }
-            Ok(Err(_)) => Err(ProxyError::deny(Reason::BadRequestBody)),
-            Err(_) => Err(ProxyError::deny(Reason::BodyTimeout)),
-        }
     }
 
     /// A browser flow reached over plain HTTP: session cookies never cross the wire in clear, so

@@ -2,7 +2,7 @@
 //! Sessions do not survive a restart and are not shared between replicas.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::{Lease, PendingLogin, Revocation, Revocations, Session, SessionId, SessionStore, StoreFuture};
 
@@ -62,10 +62,7 @@ impl SessionStore for MemoryStore {
             let Some(session) = self.sessions.get(id) else {
                 return Ok(None);
             };
-            let age = SystemTime::now()
-                .duration_since(session.created)
-                .unwrap_or_default();
-            if age < self.absolute {
+            if session.within(self.absolute) {
                 Ok(Some(session))
             } else {
                 self.sessions.invalidate(id);

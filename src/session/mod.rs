@@ -83,6 +83,15 @@ pub struct Session {
     pub sid: Option<String>,
 }
 
+impl Session {
+    /// Whether the session is younger than `absolute` (the lifetime counted from sign-in): every
+    /// store checks it on read.
+    pub fn within(&self, absolute: std::time::Duration) -> bool {
+        let age = SystemTime::now().duration_since(self.created).unwrap_or_default();
+        age < absolute
+    }
+}
+
 /// A sign-in in progress, kept under its `state` until the callback takes it (once).
 #[derive(Debug, Clone)]
 pub struct PendingLogin {

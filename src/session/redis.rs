@@ -247,7 +247,7 @@ impl RedisStore {
         };
         match text.split_once('\n') {
             Some(("s", digest)) => {
-                if let Some(digest) = unhex32(digest) {
+                if let Some(digest) = crate::hex::decode(digest).and_then(|d| <[u8; 32]>::try_from(d).ok()) {
                     self.invalidations.fetch_add(1, Ordering::AcqRel);
                     self.cache.invalidate(&digest);
                 }
@@ -323,13 +323,6 @@ impl RedisStore {
             .idle
             .min(self.lifetimes.absolute.saturating_sub(age))
     }
-
-    fn within_lifetime(&self, session: &Session) -> bool {
-        let age = SystemTime::now()
-            .duration_since(session.created)
-            .unwrap_or_default();
-        age < self.lifetimes.absolute
-    }
 }
 
 const NOT_YET_USED: u8 = 0;
@@ -365,7 +358,7 @@ impl SessionStore for RedisStore {
             let listening = self.listening();
             if listening
                 && let Some(session) = self.cache.get(&digest)
-                && self.within_lifetime(&session)
+                && session.within(self.lifetimes.absolute)
             {
                 return Ok(Some(session));
             }
@@ -387,7 +380,7 @@ impl SessionStore for RedisStore {
                 tracing::warn!(session = %id.hash(), "a stored session did not open: refused");
                 return Ok(None);
             };
-            if !self.within_lifetime(&session) {
+            if !session.within(self.lifetimes.absolute) {
                 return Ok(None);
             }
             let session = Arc::new(session);
@@ -890,17 +883,6 @@ async fn subscription(
 }
 
 /// 64 hex digits as 32 bytes.
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 fn addr(url: &RedisUrl, host: &str) -> ConnectionAddr {
     if url.tls {
         ConnectionAddr::TcpTls {
