@@ -12,29 +12,12 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
 use support::browser::{browse, cookie, step};
-use support::idp::Idp;
-use support::{Config, Gateway, Recorder, Route};
-
-const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.crt");
-const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.key");
+use support::idp::https_for_browsers;
+use support::{Recorder, Route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_with_a_real_browser_sees_the_app_then_signs_out_and_is_refused() {
-    let prebound = Gateway::prebind(
-        Config::new()
-            .server("https", "127.0.0.1:0")
-            .set("server.tls.cert", CERT)
-            .set("server.tls.key", KEY),
-    )
-    .await;
-    let origin = format!("https://localhost:{}", prebound.https.unwrap().port());
-    let idp = Idp::start_with(&[
-        "--redirect",
-        &format!("{origin}/.portcullis/callback"),
-        "--post-logout-redirect",
-        &format!("{origin}/.portcullis/signed_out"),
-    ])
-    .await;
+    let (prebound, origin, idp) = https_for_browsers().await;
     let upstream = Recorder::with(Arc::new(|_| {
         Response::new(Full::new(Bytes::from_static(b"Airflow: 3 DAGs running")))
     }))

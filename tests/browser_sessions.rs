@@ -792,8 +792,7 @@ async fn over_plain_http_a_browser_is_never_given_a_session_cookie() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_plain_http_a_navigation_is_sent_to_https_and_a_trusted_tls_proxy_may_vouch_for_https() {
-    let cert = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.crt");
-    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.key");
+    let (cert, key) = (support::idp::LOCALHOST_CERT, support::idp::LOCALHOST_KEY);
     let w = public_host_world(
         Config::new()
             .server("https", "127.0.0.1:0")

@@ -13,31 +13,14 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::{BodyExt, Full};
 use support::browser::{link, pages};
-use support::idp::Idp;
+use support::idp::{Idp, https_for_browsers};
 use support::issuer::TestIssuer;
 use support::{Config, Gateway, Recorder, Route};
-
-const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.crt");
-const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.key");
 
 /// The proxy on HTTPS for `localhost`, the real provider registered for its callback and
 /// sign-out, and `config` (built with the provider and the secret file's path) served.
 async fn https_world(config: impl FnOnce(&Idp, &std::path::Path) -> Config) -> (Idp, Gateway, String) {
-    let prebound = Gateway::prebind(
-        Config::new()
-            .server("https", "127.0.0.1:0")
-            .set("server.tls.cert", CERT)
-            .set("server.tls.key", KEY),
-    )
-    .await;
-    let origin = format!("https://localhost:{}", prebound.https.unwrap().port());
-    let idp = Idp::start_with(&[
-        "--redirect",
-        &format!("{origin}/.portcullis/callback"),
-        "--post-logout-redirect",
-        &format!("{origin}/.portcullis/signed_out"),
-    ])
-    .await;
+    let (prebound, origin, idp) = https_for_browsers().await;
     let secret = prebound.dir.path().join("web-secret");
     let config = config(&idp, &secret);
     let gw = prebound.start(config).await;

@@ -33,21 +33,26 @@ pub fn link<'a>(page: &'a Value, text: &str) -> Option<&'a str> {
         .and_then(|l| l["href"].as_str())
 }
 
-async fn run(script: &'static str, args: Vec<String>) -> Vec<Value> {
+/// A browser script under node, its pipes open; it stops when its stdin closes.
+fn node(script: &str, args: &[String]) -> std::process::Child {
     assert!(
         std::path::Path::new(MODULES).is_dir() && std::path::Path::new("/usr/bin/chromium").exists(),
         "chromium or playwright-core is missing: run .ci/install-peers"
     );
+    Command::new("node")
+        .arg(script)
+        .args(args)
+        .arg("--exit-with-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs")
+}
+
+async fn run(script: &'static str, args: Vec<String>) -> Vec<Value> {
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new("node")
-            .arg(script)
-            .args(&args)
-            .arg("--exit-with-stdin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("node runs");
+        let mut child = node(script, &args);
         // Held open for the run: the script stops when its stdin closes (so it never outlives
         // this test), and wait_with_output would close it. Both output pipes are drained
         // together, so a chatty stderr cannot block the browser.
@@ -105,19 +110,7 @@ pub struct LiveRun {
 impl LiveRun {
     pub fn start(args: Vec<String>) -> LiveRun {
         use std::io::{BufRead as _, Read as _};
-        assert!(
-            std::path::Path::new(MODULES).is_dir() && std::path::Path::new("/usr/bin/chromium").exists(),
-            "chromium or playwright-core is missing: run .ci/install-peers"
-        );
-        let mut child = Command::new("node")
-            .arg(SCRIPT)
-            .args(&args)
-            .arg("--exit-with-stdin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("node runs");
+        let mut child = node(SCRIPT, &args);
         let (send, lines) = tokio::sync::mpsc::unbounded_channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {

@@ -622,3 +622,28 @@ pub async fn post_form(url: &str, form: &[(&str, &str)]) -> (StatusCode, serde_j
         .unwrap();
     request_json(req).await
 }
+
+/// The development certificate for `localhost` (certs/dev) that the tests' browsers accept.
+pub const LOCALHOST_CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.crt");
+pub const LOCALHOST_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev/localhost.key");
+
+/// A gateway pre-bound on HTTPS for `localhost`, its origin, and the real provider started with
+/// that origin's callback and post-logout redirect registered: where a browser test signs in.
+pub async fn https_for_browsers() -> (super::Prebound, String, Idp) {
+    let prebound = super::Gateway::prebind(
+        Config::new()
+            .server("https", "127.0.0.1:0")
+            .set("server.tls.cert", LOCALHOST_CERT)
+            .set("server.tls.key", LOCALHOST_KEY),
+    )
+    .await;
+    let origin = format!("https://localhost:{}", prebound.https.unwrap().port());
+    let idp = Idp::start_with(&[
+        "--redirect",
+        &format!("{origin}/.portcullis/callback"),
+        "--post-logout-redirect",
+        &format!("{origin}/.portcullis/signed_out"),
+    ])
+    .await;
+    (prebound, origin, idp)
+}
