@@ -85,6 +85,10 @@ export AIRFLOW__CORE__FERNET_KEY="${AIRFLOW__CORE__FERNET_KEY:-$("$py" -c 'impor
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS:-admin:admin,viewer:viewer}"
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$AIRFLOW_HOME/passwords.json"
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
+# Wait up to 60 s for SQLite's lock, not 5 s: the scheduler dies on "database is locked".
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=airflow_peer_sqlite.SYNC
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=airflow_peer_sqlite.ASYNC
 export AIRFLOW__API__HOST=127.0.0.1
 export AIRFLOW__API__PORT="$AIRFLOW_PEER_PORT"
 export AIRFLOW__API__WORKERS=1
@@ -100,7 +104,6 @@ export AIRFLOW__LOGGING__COLORED_CONSOLE_LOG=False
 case "${AIRFLOW_PEER_AUTH_MANAGER:-simple}" in
   simple) ;;
   portcullis)
-    export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
     export AIRFLOW__CORE__AUTH_MANAGER=portcullis_auth_manager.PortcullisAuthManager ;;
   *) echo "start.sh: AIRFLOW_PEER_AUTH_MANAGER must be simple or portcullis" >&2; exit 2 ;;
 esac
