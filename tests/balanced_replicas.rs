@@ -230,6 +230,8 @@ async fn a_person_signed_in_through_the_balancer_who_logs_out_at_the_provider_is
         let record = replica.gateway.audit_event(&refusal.request_id).await;
         assert_eq!(record["portcullis.reason"], "revoked", "{record}");
         assert_eq!(record["portcullis.decision"], "deny", "{record}");
+        // The record says whose session it was.
+        assert_eq!(record["enduser.id"], "alice", "{record}");
     }
     assert_eq!(
         cluster.upstream.requests().len(),
@@ -349,6 +351,7 @@ async fn portcullis_revoke_subject_of_a_ci_job_refuses_its_bearer_token_on_every
         assert_eq!(record["portcullis.reason"], "revoked", "{record}");
         assert_eq!(record["portcullis.decision"], "deny", "{record}");
         assert_eq!(record["http.response.status_code"], 401, "{record}");
+        assert_eq!(record["enduser.id"], subject.as_str(), "{record}");
     }
     assert_eq!(through_balancer(&token).await, StatusCode::UNAUTHORIZED);
     assert_eq!(

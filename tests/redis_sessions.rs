@@ -682,6 +682,8 @@ async fn portcullis_revoke_subject_refuses_a_ci_job_s_bearer_token_on_every_repl
         assert_eq!(last["portcullis.reason"], "revoked", "{last}");
         assert_eq!(last["http.response.status_code"], 401, "{last}");
         assert_eq!(last["portcullis.decision"], "deny", "{last}");
+        // Whose token it was stays in the record; the request acted as nobody.
+        assert_eq!(last["enduser.id"], subject.as_str(), "{last}");
     }
     let response = support::send(
         all[1].http,

@@ -11,7 +11,7 @@ use http::{HeaderMap, header};
 
 use super::Outcome;
 use super::claims::{PartError, jws_part};
-use super::provider::{Header, Provider, Verified};
+use super::provider::{Header, Provider, Refusal, Verified};
 use crate::decision::Reason;
 use crate::identity::Principal;
 use crate::session::Revocations;
@@ -109,7 +109,7 @@ impl BearerAuthenticator {
             .revocations
             .refuses_token(&c.name, &principal.subject, iat, c.leeway)
         {
-            return Outcome::Rejected(Reason::Revoked.into());
+            return Outcome::Rejected(Refusal::revoked(principal));
         }
         Outcome::Authenticated(principal)
     }

@@ -60,11 +60,28 @@ pub struct Verified {
 pub struct Refusal {
     pub reason: Reason,
     pub claim: Option<Arc<str>>,
+    /// Whom the credential named when it was refused after it verified (`revoked`): for the
+    /// record only, never a caller the request acts as.
+    pub named: Option<Arc<Principal>>,
 }
 
 impl From<Reason> for Refusal {
     fn from(reason: Reason) -> Self {
-        Refusal { reason, claim: None }
+        Refusal {
+            reason,
+            claim: None,
+            named: None,
+        }
+    }
+}
+
+impl Refusal {
+    /// A verified credential whose subject, session or provider session was revoked.
+    pub fn revoked(named: Arc<Principal>) -> Self {
+        Refusal {
+            named: Some(named),
+            ..Reason::Revoked.into()
+        }
     }
 }
 
@@ -162,8 +179,8 @@ impl Provider {
         }
         if let Some(claim) = claims::unbound(&claims, &c.bound_claims) {
             return Err(Refusal {
-                reason: Reason::ClaimsNotBound,
                 claim: Some(Arc::from(claim)),
+                ..Reason::ClaimsNotBound.into()
             });
         }
         let exp = claims

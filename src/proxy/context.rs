@@ -57,6 +57,8 @@ pub struct RequestCtx {
     pub decision: Option<Decision>,
     /// The claim a `claims_not_bound` refusal names.
     pub refused_claim: Option<Arc<str>>,
+    /// Whom a credential refused after it verified (`revoked`) named: recorded, never acted as.
+    pub refused_principal: Option<Arc<Principal>>,
     /// Who is calling, once a protected route's authenticators vouched for them.
     pub principal: Option<Arc<Principal>>,
     pub authn_duration: Option<Duration>,
@@ -89,6 +91,7 @@ impl RequestCtx {
             route: None,
             decision: None,
             refused_claim: None,
+            refused_principal: None,
             principal: None,
             authn_duration: None,
             upstream_duration: None,

@@ -599,6 +599,7 @@ impl Proxy {
             Outcome::NotMine => {}
             Outcome::Rejected(refusal) => {
                 ctx.refused_claim = refusal.claim;
+                ctx.refused_principal = refusal.named;
                 return Some(refusal.reason);
             }
         }
@@ -1053,6 +1054,8 @@ impl Proxy {
             None => (None, None, None),
         };
         let error_type = end.failure.filter(|f| !f.denial).map(|f| f.code);
+        // A revoked credential's record still says whom it named.
+        let recorded = ctx.principal.clone().or(ctx.refused_principal);
         self.audit.emit(
             AccessEvent {
                 time: seen.time,
@@ -1062,9 +1065,9 @@ impl Proxy {
                 decision: decision.as_str(),
                 reason: decision.reason().as_str(),
                 reason_claim: ctx.refused_claim,
-                principal_kind: ctx.principal.as_ref().map_or("anonymous", |p| p.kind.as_str()),
-                auth_method: ctx.principal.as_ref().map_or("none", |p| p.auth_method.as_str()),
-                principal: ctx.principal.clone(),
+                principal_kind: recorded.as_ref().map_or("anonymous", |p| p.kind.as_str()),
+                auth_method: recorded.as_ref().map_or("none", |p| p.auth_method.as_str()),
+                principal: recorded,
                 authn_us: ctx
                     .authn_duration
                     .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),

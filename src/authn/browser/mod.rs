@@ -29,6 +29,7 @@ use arc_swap::ArcSwapOption;
 use http::{HeaderMap, Method, header};
 
 use super::oidc::{self, RefreshError, RelyingParty};
+use super::provider::Refusal;
 use super::{Outcome, Provider};
 use crate::config::{BrowserClient as ClientConfig, Sessions};
 use crate::decision::Reason;
@@ -246,7 +247,7 @@ impl Browser {
         if self.revocations.refuses_session(&session) {
             // Left in the store: every replica refuses it as revoked until it expires.
             tracing::info!(session = %id.hash(), provider = %session.principal.provider, "a revoked session was refused");
-            return Outcome::Rejected(Reason::Revoked.into());
+            return Outcome::Rejected(Refusal::revoked(session.principal.clone()));
         }
         // A session with another provider does not count here; the browser may sign in again.
         if !accepted
