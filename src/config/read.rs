@@ -311,6 +311,7 @@ fn known_keys(pattern: &str) -> Option<&'static [&'static str]> {
         "identity_providers[].claims" => fields_of::<ClaimMapping>(),
         "identity_providers[].browser" => fields_of::<BrowserClient>(),
         "sessions" => fields_of::<Sessions>(),
+        "sessions.redis" => fields_of::<Redis>(),
         "policy" => fields_of::<Policy>(),
         "tokens" => fields_of::<Tokens>(),
         "routes[]" => fields_of::<Route>(),
@@ -324,7 +325,7 @@ fn known_keys(pattern: &str) -> Option<&'static [&'static str]> {
 
 /// Every table path [`known_keys`] knows, for the child-table hint and the test that keeps the
 /// list complete.
-pub(super) const TABLES: [&str; 22] = [
+pub(super) const TABLES: [&str; 23] = [
     "",
     "runtime",
     "log",
@@ -340,6 +341,7 @@ pub(super) const TABLES: [&str; 22] = [
     "identity_providers[].claims",
     "identity_providers[].browser",
     "sessions",
+    "sessions.redis",
     "policy",
     "tokens",
     "routes[]",
@@ -761,13 +763,32 @@ mod tests {
         assert_eq!(segments("(file)"), None);
     }
 
+    /// The configuration files under examples/ (policy test files aside).
+    fn example_configs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.is_dir() && !path.ends_with("policies") {
+                example_configs(&path, out);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                out.push(path);
+            }
+        }
+    }
+
     #[test]
-    fn every_table_of_the_reference_config_knows_its_keys() {
-        let text = std::fs::read_to_string("examples/reference.toml").unwrap_or_default();
-        let tree = DeTable::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    fn every_table_of_the_example_configs_knows_its_keys() {
+        let mut files = Vec::new();
+        example_configs(std::path::Path::new("examples"), &mut files);
+        assert!(files.len() > 10, "{files:?}");
         let mut tables = Vec::new();
-        walk(tree.get_ref(), &mut Vec::new(), &mut tables);
-        assert!(tables.len() > 10, "{tables:?}");
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let tree = DeTable::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            walk(tree.get_ref(), &mut Vec::new(), &mut tables);
+        }
+        assert!(tables.contains(&"sessions.redis".to_string()), "{tables:?}");
         // Tables whose keys are the operator's own names.
         let maps = [
             "audit.header_attributes",
