@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
@@ -17,8 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::admin::{self, Ready};
-use crate::audit::PolicyEvent;
 use crate::audit::{AuditSink, JsonlSink};
+use crate::audit::{PolicyEvent, RevocationEvent};
 use crate::authn::browser::{Browser, BrowserClient};
 use crate::authn::{Authn, Provider};
 use crate::authz::resources::Templates;
@@ -33,7 +34,7 @@ use crate::proxy::forward::Upstream;
 use crate::proxy::routes::{Route, RouteTable};
 use crate::secret::Secret;
 use crate::session::{
-    Lifetimes, MemoryStore, RedisClient, RedisSecrets, RedisStore, Sealer, SessionStore, parse_key,
+    Lifetimes, MemoryStore, RedisClient, RedisSecrets, RedisStore, Scope, Sealer, SessionStore, parse_key,
 };
 use crate::tokens::Minter;
 use crate::tokens::broker::Broker;
@@ -225,6 +226,7 @@ pub async fn build(config: &Config, https_port: Option<u16>) -> Result<Built, St
     let metrics = Arc::new(Metrics::new());
     let audit = build_audit(config, &metrics, &crypto)?;
     let (store, shared) = build_session_store(&config.sessions)?;
+    record_revocations(&*store, &audit);
     store.clone().listen();
     let authn = Arc::new(build_authn(config, &crypto, &metrics, &audit, &store, None)?);
     let templates =
@@ -283,6 +285,30 @@ pub fn build_audit(
 
 /// Where browser sessions and sign-ins in progress are kept: this process's memory, or the
 /// Redis `[sessions.redis]` names, with its password, keys and TLS files read here.
+/// Each deny entry that comes into force here goes into this replica's audit trail, whichever
+/// replica or `portcullis revoke` made it: the record that it is enforced here, and from when.
+fn record_revocations(store: &dyn SessionStore, audit: &Arc<dyn AuditSink>) {
+    let audit = audit.clone();
+    store.revocations().observe(move |r| {
+        let named = |scope| (r.scope == scope).then(|| r.name.clone());
+        // Named like a session's id_hash: the first 8 bytes of its SHA-256.
+        let sid_hash = named(Scope::ProviderSession)
+            .map(|sid| crate::hex::encode(&crate::secret::fingerprint(&sid)[..8]));
+        audit.emit(
+            RevocationEvent {
+                time: SystemTime::now(),
+                scope: r.scope.as_str(),
+                provider: Some(r.provider.clone()).filter(|p| !p.is_empty()),
+                subject: named(Scope::Subject).or_else(|| named(Scope::SessionsOf)),
+                sid_hash,
+                before: UNIX_EPOCH + Duration::from_millis(r.before),
+                expires: UNIX_EPOCH + Duration::from_millis(r.expires),
+            }
+            .into(),
+        );
+    });
+}
+
 pub fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
     build_session_store(&config.sessions).map(|(store, _)| store)
 }

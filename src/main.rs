@@ -423,8 +423,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// `portcullis revoke`: writes the deny entry and says what it refuses; the line it prints (and
-/// logs) is the record of the revocation. Exit 1 on a problem.
+/// `portcullis revoke`: writes the deny entry and says what it refuses (printed and logged);
+/// each replica's audit trail records the entry when it comes into force there. Exit 1 on a
+/// problem.
 fn revoke_command(
     path: &std::path::Path,
     what: portcullis::app::Revoke,

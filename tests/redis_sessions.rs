@@ -684,6 +684,15 @@ async fn portcullis_revoke_subject_refuses_a_ci_job_s_bearer_token_on_every_repl
         assert_eq!(last["portcullis.decision"], "deny", "{last}");
         // Whose token it was stays in the record; the request acted as nobody.
         assert_eq!(last["enduser.id"], subject.as_str(), "{last}");
+        // And each replica recorded, once, that it enforces the revocation.
+        let enforced = gw.act_records("revocation").await;
+        assert_eq!(enforced.len(), 1, "{enforced:#?}");
+        let r = &enforced[0];
+        assert_eq!(r["portcullis.revocation.scope"], "subject", "{r}");
+        assert_eq!(r["portcullis.principal.provider"], "oidc", "{r}");
+        assert_eq!(r["enduser.id"], subject.as_str(), "{r}");
+        assert_eq!(r["portcullis.decision"], "allow", "{r}");
+        assert!(r["portcullis.revocation.expires"].is_string(), "{r}");
     }
     let response = support::send(
         all[1].http,
@@ -889,6 +898,22 @@ async fn a_logout_at_the_provider_ends_the_session_on_every_replica_through_back
         "{logout}"
     );
     assert!(!logout.to_string().contains("eyJ"), "{logout}");
+    // Both replicas recorded the provider session's revocation they enforce: its sid only as a
+    // digest.
+    let sid = stored.sid.clone().unwrap();
+    for gw in [&a, &b] {
+        let enforced = gw.act_records("revocation").await;
+        assert_eq!(enforced.len(), 1, "{enforced:#?}");
+        let r = &enforced[0];
+        assert_eq!(r["portcullis.revocation.scope"], "sid", "{r}");
+        assert_eq!(r["portcullis.principal.provider"], "oidc", "{r}");
+        assert_eq!(
+            r["portcullis.revocation.sid_hash"].as_str().map(str::len),
+            Some(16),
+            "{r}"
+        );
+        assert!(!r.to_string().contains(&sid), "{r}");
+    }
 }
 
 /// The revocation delay, measured: three replicas on one Redis, each with the session in its

@@ -100,6 +100,13 @@ pub enum Event {
     Policy(PolicyEvent),
     Session(Box<SessionEvent>),
     Token(Box<TokenEvent>),
+    Revocation(Box<RevocationEvent>),
+}
+
+impl From<RevocationEvent> for Event {
+    fn from(e: RevocationEvent) -> Self {
+        Event::Revocation(Box::new(e))
+    }
 }
 
 impl From<TokenEvent> for Event {
@@ -256,6 +263,7 @@ impl Event {
                 TraceIds::child_of(e.parent.trace_id, e.parent.span_id),
             ),
             Event::Token(e) => act_meta(e.span_name(), e.time, TraceIds::fresh()),
+            Event::Revocation(e) => act_meta("portcullis.revocation", e.time, TraceIds::fresh()),
         }
     }
 
@@ -265,6 +273,7 @@ impl Event {
             Event::Policy(e) => e.attributes(a),
             Event::Session(e) => e.attributes(a),
             Event::Token(e) => e.attributes(a),
+            Event::Revocation(e) => e.attributes(a),
         }
     }
 }
@@ -393,6 +402,46 @@ impl TokenEvent {
         if let Some(grant) = self.grant {
             a.str("portcullis.token.grant", grant);
         }
+    }
+}
+
+/// A deny entry came into force in this replica's copy of the list (`portcullis revoke`, a
+/// back-channel logout; made here or on another replica): each replica records what it now
+/// refuses, once.
+#[derive(Debug, Clone)]
+pub struct RevocationEvent {
+    pub time: SystemTime,
+    /// `subject`, `sessions_of`, `sid` or `all_sessions`.
+    pub scope: &'static str,
+    /// The provider that vouched for the name; `None` for `all_sessions`.
+    pub provider: Option<String>,
+    /// The revoked subject (`subject`, `sessions_of`).
+    pub subject: Option<String>,
+    /// A digest of the provider session id (`sid`): enough to match the provider's own log.
+    pub sid_hash: Option<String>,
+    /// Sessions begun and tokens issued before this are refused...
+    pub before: SystemTime,
+    /// ...until this, when nothing it refuses could be valid anyway.
+    pub expires: SystemTime,
+}
+
+impl RevocationEvent {
+    fn attributes(self, a: &mut impl Attributes) {
+        a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
+        a.str("portcullis.act", "revocation");
+        a.str("portcullis.decision", "allow");
+        a.str("portcullis.revocation.scope", self.scope);
+        a.opt("portcullis.principal.provider", self.provider);
+        a.opt("enduser.id", self.subject);
+        a.opt("portcullis.revocation.sid_hash", self.sid_hash);
+        a.str(
+            "portcullis.revocation.before",
+            humantime::format_rfc3339_millis(self.before).to_string(),
+        );
+        a.str(
+            "portcullis.revocation.expires",
+            humantime::format_rfc3339_seconds(self.expires).to_string(),
+        );
     }
 }
 

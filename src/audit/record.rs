@@ -697,6 +697,16 @@ mod tests {
                 grant: Some("token_exchange"),
             }
             .into(),
+            RevocationEvent {
+                time,
+                scope: "subject",
+                provider: Some("gitlab".into()),
+                subject: Some("project:42:branch:main".into()),
+                sid_hash: None,
+                before: time,
+                expires: time + Duration::from_secs(3600),
+            }
+            .into(),
         ]
     }
 

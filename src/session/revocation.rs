@@ -13,8 +13,8 @@
 //! interpreted.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -151,6 +151,9 @@ struct Mark {
     expires: u64,
 }
 
+/// Told of each entry that comes into force in this replica's copy.
+type Observer = Box<dyn Fn(&Revocation) + Send + Sync>;
+
 /// This replica's copy of the deny list. Reads are lock-free (the list is replaced whole on
 /// each change: revocations are rare, checks are on every request).
 #[derive(Default)]
@@ -158,6 +161,10 @@ pub struct Revocations {
     entries: ArcSwap<HashMap<String, Mark>>,
     /// How many changes were applied: lets tests and the subscriber see progress.
     changes: AtomicU64,
+    /// Whether a whole list was loaded: the entries of the first load were in force before
+    /// this replica started, and are not news.
+    loaded: AtomicBool,
+    observer: OnceLock<Observer>,
 }
 
 impl Revocations {
@@ -165,9 +172,16 @@ impl Revocations {
         Arc::new(Revocations::default())
     }
 
+    /// Has `observer` told of every entry that comes into force from now on (a new entry, or
+    /// an entry whose mark moved later), once per replica: each replica records the revocations
+    /// it enforces, whichever replica or command made them. Set once, at start-up.
+    pub fn observe(&self, observer: impl Fn(&Revocation) + Send + Sync + 'static) {
+        let _ = self.observer.set(Box::new(observer));
+    }
+
     /// Adds (or widens) an entry: the later mark and the later expiry win.
     pub fn apply(&self, r: &Revocation) {
-        self.entries.rcu(|current| {
+        let previous = self.entries.rcu(|current| {
             let mut next: HashMap<String, Mark> = current
                 .iter()
                 .filter(|(_, m)| m.expires > now_ms())
@@ -182,6 +196,9 @@ impl Revocations {
             next
         });
         self.changes.fetch_add(1, Ordering::Relaxed);
+        if r.expires > now_ms() && previous.get(&r.field()).is_none_or(|m| m.before < r.before) {
+            self.tell(r);
+        }
     }
 
     /// Replaces the whole list (a full reload from the shared store).
@@ -196,8 +213,25 @@ impl Revocations {
             mark.before = mark.before.max(r.before);
             mark.expires = mark.expires.max(r.expires);
         }
-        self.entries.store(Arc::new(next));
+        let previous = self.entries.swap(Arc::new(next.clone()));
         self.changes.fetch_add(1, Ordering::Relaxed);
+        if !self.loaded.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        // Entries that came into force while this replica was not listening.
+        for (field, mark) in &next {
+            if previous.get(field).is_none_or(|m| m.before < mark.before)
+                && let Some(r) = Revocation::parse(field, &format!("{} {}", mark.before, mark.expires))
+            {
+                self.tell(&r);
+            }
+        }
+    }
+
+    fn tell(&self, r: &Revocation) {
+        if let Some(observer) = self.observer.get() {
+            observer(r);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -342,5 +376,35 @@ mod tests {
         assert!(!list.refuses_token("idp", "alice", None, Duration::ZERO));
         list.replace([r]);
         assert!(list.is_empty());
+    }
+
+    #[test]
+    fn each_entry_that_comes_into_force_is_told_once_and_what_was_in_force_at_start_is_not() {
+        let list = Revocations::new();
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = told.clone();
+        list.observe(move |r| seen.lock().unwrap().push((r.scope, r.name.clone())));
+        let told = || std::mem::take(&mut *told.lock().unwrap());
+        let at_start = Revocation::now(Scope::Subject, "idp", "old", HOUR);
+        list.replace([at_start.clone()]);
+        assert_eq!(told(), []);
+        // Made here, then heard back from the store: one record.
+        let alice = Revocation::now(Scope::Subject, "idp", "alice", HOUR);
+        list.apply(&alice);
+        list.apply(&alice);
+        assert_eq!(told(), [(Scope::Subject, "alice".to_string())]);
+        // An expired entry comes into force nowhere.
+        let mut gone = Revocation::now(Scope::SessionsOf, "idp", "gone", HOUR);
+        gone.expires = now_ms() - 1;
+        list.apply(&gone);
+        assert_eq!(told(), []);
+        // A reload after a time away tells what came meanwhile, and a mark that moved later.
+        let mut again = alice.clone();
+        again.before += 1;
+        let sid = Revocation::now(Scope::ProviderSession, "idp", "sid-1", HOUR);
+        list.replace([at_start, again, sid]);
+        let mut names: Vec<_> = told().into_iter().map(|(_, name)| name).collect();
+        names.sort();
+        assert_eq!(names, ["alice", "sid-1"]);
     }
 }

@@ -251,6 +251,15 @@ impl Gateway {
         .await
     }
 
+    /// The records of the proxy's act `act` (`revocation`, `policy_reload`, …), waiting up to
+    /// 5 s for the first.
+    pub async fn act_records(&self, act: &str) -> Vec<serde_json::Value> {
+        self.wait_for(1, |e| {
+            e["portcullis.act"] == act && e.get("http.request.method").is_none()
+        })
+        .await
+    }
+
     async fn wait_for(
         &self,
         at_least: usize,
