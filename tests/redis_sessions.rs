@@ -106,6 +106,19 @@ async fn replica_with(
     key_file: &Path,
     tweak: impl FnOnce(Config) -> Config,
 ) -> Gateway {
+    let gw = starting_replica(idp, upstream, redis_url, key_file, tweak).await;
+    gw.wait_ready().await;
+    gw
+}
+
+/// [`replica_with`], not waiting for it to be ready.
+async fn starting_replica(
+    idp: &Idp,
+    upstream: &Recorder,
+    redis_url: &str,
+    key_file: &Path,
+    tweak: impl FnOnce(Config) -> Config,
+) -> Gateway {
     let prebound = Gateway::prebind(Config::new()).await;
     let secret = prebound.dir.path().join("web-secret");
     let app = Route::authenticated("app")
@@ -119,9 +132,7 @@ async fn replica_with(
         .set("sessions.redis.encryption_key_file", key_file)
         .set("sessions.redis.command_timeout", "500ms")
         .set("sessions.redis.connect_timeout", "500ms");
-    let gw = prebound.start(tweak(config)).await;
-    gw.wait_ready().await;
-    gw
+    prebound.start(tweak(config)).await
 }
 
 fn key_file(dir: &Path) -> PathBuf {
@@ -483,6 +494,44 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
         }
         assert!(started.elapsed() < Duration::from_secs(3), "{readiness}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_is_down_takes_no_traffic_until_it_has_read_the_deny_list() {
+    let mut redis = RedisServer::start();
+    let idp = provider().await;
+    let upstream = Recorder::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path());
+    let running = replica(&idp, &upstream, &redis.url(), &key).await;
+    redis.kill();
+
+    // The new replica cannot know what was revoked before it started: not ready. The running
+    // one keeps the copy it read, and stays in the balancer.
+    let fresh = starting_replica(&idp, &upstream, &redis.url(), &key, |c| c).await;
+    let readiness = |gw: &Gateway| support::get(gw.admin, "/readyz", &[]);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let (status, text) = readiness(&fresh).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+        assert!(text.contains("the deny list has not been read"), "{text}");
+        let (status, text) = readiness(&running).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Redis returns: the new replica reads the list and becomes ready by itself.
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let (status, text) = readiness(&fresh).await;
+        if status == StatusCode::OK {
+            assert!(text.contains("revocations: subscribed"), "{text}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

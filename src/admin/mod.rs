@@ -59,12 +59,19 @@ impl Ready {
     /// the operator.
     pub fn report(&self) -> (StatusCode, String) {
         let mut text = String::new();
-        let status = if self.get() {
-            text.push_str("ready\n");
-            StatusCode::OK
-        } else {
+        let status = if !self.get() {
             text.push_str("not ready: not serving (starting or shutting down)\n");
             StatusCode::SERVICE_UNAVAILABLE
+        } else if self.proxy.load().deny_list_unknown() {
+            // Fail closed: a replica that never read the deny list would accept the tokens and
+            // sessions revoked before it started. Once read, a Redis outage keeps the last copy.
+            text.push_str(
+                "not ready: the deny list has not been read from the session store yet (revoked credentials would pass); waiting for Redis\n",
+            );
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            text.push_str("ready\n");
+            StatusCode::OK
         };
         for (provider, has_keys) in self.proxy.load().key_states() {
             let state = if has_keys {

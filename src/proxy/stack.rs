@@ -162,6 +162,13 @@ impl Proxy {
         self.authn.browser.store_subscription()
     }
 
+    /// A shared store whose deny list this replica has never read: it cannot know what was
+    /// revoked before it started, so it must not be sent traffic yet.
+    pub fn deny_list_unknown(&self) -> bool {
+        let store = self.authn.browser.store();
+        store.shared() && !store.revocations().loaded()
+    }
+
     pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

@@ -238,6 +238,12 @@ impl Revocations {
         self.entries.load().len()
     }
 
+    /// Whether the whole list was read from the shared store at least once: until then this
+    /// replica does not know what was revoked before it started.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
