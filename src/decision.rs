@@ -112,7 +112,8 @@ pub enum Reason {
     /// Denied (400): a back-channel logout token that does not hold (signature, issuer,
     /// audience, age, events, replayed `jti`, …): nothing is ended.
     LogoutTokenRefused,
-    /// Denied: the session store cannot answer (fail closed).
+    /// Denied: the session store cannot answer, or (a shared store) this replica has never read
+    /// its deny list, so revocations cannot be checked (fail closed).
     SessionStoreUnavailable,
     /// Denied: a browser sign-in or session over plain HTTP (not loopback, not from a trusted
     /// TLS-terminating proxy): a navigation is redirected to HTTPS, anything else refused (403).
@@ -215,7 +216,9 @@ impl Reason {
             }
             Reason::SessionExpired => "your session has ended; sign in again",
             Reason::Revoked => "these credentials were revoked; sign in again or obtain a new token",
-            Reason::SessionStoreUnavailable => "sessions cannot be checked right now; try again shortly",
+            Reason::SessionStoreUnavailable => {
+                "sessions and revocations cannot be checked right now; try again shortly"
+            }
             Reason::InsecureTransport => {
                 "signing in needs HTTPS, so that the session cookie never crosses the network in clear: open this address with https://"
             }

@@ -505,6 +505,12 @@ async fn a_replica_started_while_redis_is_down_takes_no_traffic_until_it_has_rea
     let keys = tempfile::tempdir().unwrap();
     let key = key_file(keys.path());
     let running = replica(&idp, &upstream, &redis.url(), &key).await;
+    let token = idp
+        .client_credentials_token("ci-bot", "ci-bot-secret", None)
+        .await;
+    let bearer = format!("Bearer {token}");
+    let headers = [("authorization", bearer.as_str())];
+    let call = |gw| fetch(gw, "app.localhost", "/api/v1/dags", &headers);
     redis.kill();
 
     // The new replica cannot know what was revoked before it started: not ready. The running
@@ -520,6 +526,27 @@ async fn a_replica_started_while_redis_is_down_takes_no_traffic_until_it_has_rea
         assert_eq!(status, StatusCode::OK, "{text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Sent a token anyway, it checks nothing against a list it does not have: 503, audited.
+    let forwarded = upstream.requests().len();
+    let refused = call(&fresh).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body.contains("session_store_unavailable"),
+        "{}",
+        refused.body
+    );
+    let record = fresh.audit_events(1).await;
+    assert_eq!(
+        record[0]["portcullis.reason"], "session_store_unavailable",
+        "{record:#?}"
+    );
+    assert_eq!(call(&running).await.status, StatusCode::OK);
+    assert_eq!(upstream.requests().len(), forwarded + 1);
 
     // Redis returns: the new replica reads the list and becomes ready by itself.
     redis.restart();
@@ -528,6 +555,7 @@ async fn a_replica_started_while_redis_is_down_takes_no_traffic_until_it_has_rea
         let (status, text) = readiness(&fresh).await;
         if status == StatusCode::OK {
             assert!(text.contains("revocations: subscribed"), "{text}");
+            assert_eq!(call(&fresh).await.status, StatusCode::OK);
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(10), "{text}");

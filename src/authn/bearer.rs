@@ -105,6 +105,9 @@ impl BearerAuthenticator {
     /// issued.
     fn unless_revoked(&self, provider: &Provider, principal: Arc<Principal>, iat: Option<u64>) -> Outcome {
         let c = &provider.config;
+        if self.revocations.unknown() {
+            return Outcome::Rejected(Reason::SessionStoreUnavailable.into());
+        }
         if self
             .revocations
             .refuses_token(&c.name, &principal.subject, iat, c.leeway)

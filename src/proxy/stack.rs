@@ -165,8 +165,7 @@ impl Proxy {
     /// A shared store whose deny list this replica has never read: it cannot know what was
     /// revoked before it started, so it must not be sent traffic yet.
     pub fn deny_list_unknown(&self) -> bool {
-        let store = self.authn.browser.store();
-        store.shared() && !store.revocations().loaded()
+        self.authn.browser.revocations().unknown()
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {

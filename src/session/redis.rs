@@ -168,7 +168,7 @@ impl RedisStore {
             prefix: config.key_prefix.clone(),
             lifetimes,
             health: AtomicU8::new(NOT_YET_USED),
-            revocations: Revocations::new(),
+            revocations: Revocations::shared(),
             cache: moka::sync::Cache::builder()
                 .max_capacity(CACHE_ENTRIES)
                 .time_to_live(CACHE_TTL)

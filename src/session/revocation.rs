@@ -164,12 +164,23 @@ pub struct Revocations {
     /// Whether a whole list was loaded: the entries of the first load were in force before
     /// this replica started, and are not news.
     loaded: AtomicBool,
+    /// The list lives in a shared store: until it was read once, what it holds is unknown.
+    shared: bool,
     observer: OnceLock<Observer>,
 }
 
 impl Revocations {
+    /// A list kept in this process only (the memory store): complete from the start.
     pub fn new() -> Arc<Revocations> {
         Arc::new(Revocations::default())
+    }
+
+    /// A copy of a list kept in a shared store: unknown until read once ([`Self::unknown`]).
+    pub fn shared() -> Arc<Revocations> {
+        Arc::new(Revocations {
+            shared: true,
+            ..Revocations::default()
+        })
     }
 
     /// Has `observer` told of every entry that comes into force from now on (a new entry, or
@@ -238,10 +249,10 @@ impl Revocations {
         self.entries.load().len()
     }
 
-    /// Whether the whole list was read from the shared store at least once: until then this
-    /// replica does not know what was revoked before it started.
-    pub fn loaded(&self) -> bool {
-        self.loaded.load(Ordering::Relaxed)
+    /// A shared list this replica has never read: it does not know what was revoked before
+    /// it started, so nothing can be checked against it (fail closed) and it takes no traffic.
+    pub fn unknown(&self) -> bool {
+        self.shared && !self.loaded.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {

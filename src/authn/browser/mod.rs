@@ -244,6 +244,9 @@ impl Browser {
             Ok(None) => return Outcome::Rejected(Reason::SessionExpired.into()),
             Err(e) => return store_down(&e),
         };
+        if self.revocations.unknown() {
+            return Outcome::Rejected(Reason::SessionStoreUnavailable.into());
+        }
         if self.revocations.refuses_session(&session) {
             // Left in the store: every replica refuses it as revoked until it expires.
             tracing::info!(session = %id.hash(), provider = %session.principal.provider, "a revoked session was refused");
