@@ -597,7 +597,8 @@ enum Target {
 
 impl Target {
     /// The target, and where the subscription connects: the same server, the Sentinels'
-    /// master, or the first node of a cluster (a PUBLISH reaches every node of a cluster).
+    /// master, or the first reachable node of a cluster (a PUBLISH reaches every node of a
+    /// cluster).
     fn new(config: &Redis, secrets: &RedisSecrets) -> Result<(Target, Subscriber), BuildError> {
         let build = |key: &str, e: redis::RedisError| BuildError {
             key: format!("sessions.redis.{key}"),
@@ -654,22 +655,30 @@ impl Target {
             if tls {
                 builder = builder.tls(redis::TlsMode::Secure).certs(certificates());
             }
-            let first = urls.first().ok_or_else(|| BuildError {
-                key: "sessions.redis.nodes".into(),
-                message: "is empty".into(),
-            })?;
-            let info = addr(first, &first.host)
-                .into_connection_info()
-                .map_err(|e| build("nodes", e))?
-                .set_redis_settings(settings(0).set_protocol(ProtocolVersion::RESP3));
-            let client = if tls {
-                Client::build_with_tls(info, certificates())
-            } else {
-                Client::open(info)
+            if urls.is_empty() {
+                return Err(BuildError {
+                    key: "sessions.redis.nodes".into(),
+                    message: "is empty".into(),
+                });
             }
-            .map_err(|e| build("nodes", e))?;
-            let subscriber = Subscriber::Server {
-                client: Box::new(client),
+            // A cluster's messages reach every node: any node the subscription can reach will
+            // do, so each is tried in turn.
+            let mut nodes = Vec::with_capacity(urls.len());
+            for url in &urls {
+                let info = addr(url, &url.host)
+                    .into_connection_info()
+                    .map_err(|e| build("nodes", e))?
+                    .set_redis_settings(settings(0).set_protocol(ProtocolVersion::RESP3));
+                let client = if tls {
+                    Client::build_with_tls(info, certificates())
+                } else {
+                    Client::open(info)
+                };
+                nodes.push(client.map_err(|e| build("nodes", e))?);
+            }
+            let subscriber = Subscriber::Nodes {
+                nodes,
+                next: Arc::new(AtomicUsize::new(0)),
                 config: AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(connect))
                     .set_response_timeout(Some(respond)),
@@ -748,8 +757,9 @@ impl Target {
                 host: url.host.clone(),
             });
         }
-        let subscriber = Subscriber::Server {
-            client: Box::new(subscriber_client),
+        let subscriber = Subscriber::Nodes {
+            nodes: vec![subscriber_client],
+            next: Arc::new(AtomicUsize::new(0)),
             config: async_config.clone(),
         };
         Ok((
@@ -782,8 +792,10 @@ impl Target {
 /// ordinary connection, which also answers the PINGs that check it).
 #[derive(Clone)]
 enum Subscriber {
-    Server {
-        client: Box<Client>,
+    /// One server, or a cluster's nodes: the one that answered last is tried first.
+    Nodes {
+        nodes: Vec<Client>,
+        next: Arc<AtomicUsize>,
         config: AsyncConnectionConfig,
     },
     Sentinel {
@@ -798,10 +810,23 @@ impl Subscriber {
         pushes: tokio::sync::mpsc::UnboundedSender<PushInfo>,
     ) -> redis::RedisResult<MultiplexedConnection> {
         match self {
-            Subscriber::Server { client, config } => {
-                client
-                    .get_multiplexed_async_connection_with_config(&config.clone().set_push_sender(pushes))
-                    .await
+            Subscriber::Nodes { nodes, next, config } => {
+                let config = config.clone().set_push_sender(pushes);
+                let start = next.load(Ordering::Relaxed);
+                let mut last = None;
+                for i in (0..nodes.len()).map(|k| (start + k) % nodes.len()) {
+                    let Some(node) = nodes.get(i) else { continue };
+                    match node.get_multiplexed_async_connection_with_config(&config).await {
+                        Ok(conn) => {
+                            next.store(i, Ordering::Relaxed);
+                            return Ok(conn);
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Client, "no Redis node configured"))
+                }))
             }
             Subscriber::Sentinel { client, config } => {
                 let master = client.lock().await.async_get_client().await?;
@@ -1072,7 +1097,7 @@ mod tests {
             nodes: cluster.urls().into_iter().take(1).collect(),
             ..config("")
         };
-        // The subscription (on the first node: a PUBLISH reaches every node) hears another
+        // The subscription (on one node: a PUBLISH reaches every node) hears another
         // store's revocation.
         let s = conforms_and_hears_revocations(&config).await;
 
@@ -1087,6 +1112,35 @@ mod tests {
             .filter(|n| n.cli(&["DBSIZE"]).trim() != "0")
             .count();
         assert_eq!(holding, 3, "every master holds some sessions");
+
+        // A node listed first that is down (decommissioned, failed): the subscription is made
+        // on the next one, and hears revocations as before.
+        let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = format!("redis://{}", down.local_addr().unwrap());
+        drop(down);
+        let mut nodes = vec![dead];
+        nodes.extend(cluster.urls());
+        let listener = Arc::new(store(
+            &Redis {
+                nodes,
+                ..config.clone()
+            },
+            secrets(None, KEY, None),
+        ));
+        listener.subscribe();
+        wait_until("the subscription holds past the dead node", || {
+            listener.listening()
+        })
+        .await;
+        s.revoke(Revocation::now(Scope::Subject, "idp", "dave", MINUTE))
+            .await
+            .unwrap();
+        wait_until("the revocation is heard", || {
+            listener
+                .revocations
+                .refuses_token("idp", "dave", None, Duration::ZERO)
+        })
+        .await;
     }
 
     #[tokio::test]
