@@ -621,12 +621,16 @@ fn start_background(config: &Config, built: &Built) -> Result<Vec<notify::Recomm
         let (keys, dir) = (minter.clone(), dir.clone());
         // Rotation on schedule, pruning, and keys `portcullis keys rotate` (or `revoke`) wrote
         // meanwhile: every second, so that a revocation is announced to the other replicas and
-        // gone from every JWKS within 2 s.
+        // gone from every JWKS within 2 s; at once when another replica announced one of this
+        // ring's keys revoked.
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = keys.withdraw_requested() => {}
+                }
                 let (keys, dir) = (keys.clone(), dir.clone());
                 let _ = tokio::task::spawn_blocking(move || keys.maintain(&dir)).await;
             }
@@ -639,6 +643,25 @@ fn start_background(config: &Config, built: &Built) -> Result<Vec<notify::Recomm
         }
         _ => Ok(Vec::new()),
     }
+}
+
+/// `keys revoke` for a key this replica's directory does not hold: when another replica
+/// publishes it in the shared key set (the Redis store), it is announced revoked there, so the
+/// replica that holds it withdraws it and no replica serves it, within the shared set's poll.
+/// `Ok(false)`: no replica publishes it (or there is no shared key set).
+pub async fn announce_key_revoked(config: &Config, kid: &str) -> Result<bool, String> {
+    let (_, Some(client)) = build_session_store(&config.sessions).map_err(|e| e.to_string())? else {
+        return Ok(false);
+    };
+    let publication = crate::tokens::shared::Publication::new(client, config.tokens.shared_keys_expiry);
+    let unreachable = |e: crate::session::StoreError| format!("sessions.redis: {e}");
+    let (published, _) = publication.read().await.map_err(unreachable)?;
+    if !published.iter().any(|k| k["kid"] == kid) {
+        return Ok(false);
+    }
+    let until = SystemTime::now() + crate::tokens::Schedule::of(&config.tokens).remembered();
+    publication.announce(kid, until).await.map_err(unreachable)?;
+    Ok(true)
 }
 
 /// A task that stops when this is dropped.

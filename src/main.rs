@@ -153,7 +153,8 @@ enum KeysCommand {
     },
     /// Withdraw a key now (it may have leaked): a new key takes over if it was the active one,
     /// and it leaves the published JWKS at once instead of when its assertions expire. A running
-    /// proxy drops the assertions it signed within a few seconds.
+    /// proxy drops the assertions it signed within a few seconds. With the Redis session store,
+    /// a key another replica holds is announced revoked through the shared key set instead.
     Revoke {
         /// The configuration whose `tokens.key_dir` holds the ring.
         #[arg(long, short)]
@@ -570,10 +571,27 @@ fn keys_command(command: KeysCommand) -> ExitCode {
         }
     };
     let now = std::time::SystemTime::now();
+    let mut announced = None;
     let changed = match &command {
         KeysCommand::List { .. } => Ok(Vec::new()),
         KeysCommand::Rotate { .. } => ring.rotate(loaded.tokens.algorithm, now).map(|c| vec![c]),
-        KeysCommand::Revoke { kid, .. } => ring.revoke(kid, loaded.tokens.algorithm, now),
+        KeysCommand::Revoke { kid, .. } => match ring.revoke(kid, loaded.tokens.algorithm, now) {
+            // Held by another replica: announced through the shared key set, if one serves it.
+            Err(unknown @ portcullis::tokens::KeyError::Unknown(_)) => {
+                match announce_elsewhere(&loaded, kid) {
+                    Ok(true) => {
+                        announced = Some(kid.clone());
+                        Ok(Vec::new())
+                    }
+                    Ok(false) => Err(unknown),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            other => other,
+        },
     };
     let changes = match changed {
         Ok(changes) => changes,
@@ -584,14 +602,25 @@ fn keys_command(command: KeysCommand) -> ExitCode {
     };
     let rows = keys::rows(&ring, loaded.tokens.rotate_every);
     if json {
-        println!("{}", keys::json(&changes, &rows));
+        println!("{}", keys::json(&changes, announced.as_deref(), &rows));
     } else {
         for change in &changes {
             println!("{}", keys::said(change));
         }
+        if let Some(kid) = &announced {
+            println!("{}", keys::announced(kid));
+        }
         print!("{}", keys::table(&rows));
     }
     ExitCode::SUCCESS
+}
+
+/// `keys revoke` of a key another replica holds: announced revoked in the shared key set.
+fn announce_elsewhere(config: &portcullis::config::Config, kid: &str) -> Result<bool, String> {
+    let Some(runtime) = runtime(1) else {
+        return Err("cannot start the runtime".into());
+    };
+    runtime.block_on(portcullis::app::announce_key_revoked(config, kid))
 }
 
 /// `check-config`: every problem of the file, then its warnings, then the policy it names (which
@@ -794,7 +823,14 @@ mod keys {
         }
     }
 
-    pub fn json(changes: &[Change], rows: &[Row]) -> serde_json::Value {
+    /// A key another replica holds, announced revoked through the shared key set.
+    pub fn announced(kid: &str) -> String {
+        format!(
+            "announced: {kid} is revoked; the replica that holds it withdraws it, and no replica serves it within 2 s (this replica's own keys are below)"
+        )
+    }
+
+    pub fn json(changes: &[Change], announced: Option<&str>, rows: &[Row]) -> serde_json::Value {
         let changes: Vec<serde_json::Value> = changes
             .iter()
             .map(|c| match c {
@@ -804,6 +840,7 @@ mod keys {
                 Change::Removed { kid } => serde_json::json!({ "change": "removed", "kid": kid }),
                 Change::Revoked { kid } => serde_json::json!({ "change": "revoked", "kid": kid }),
             })
+            .chain(announced.map(|kid| serde_json::json!({ "change": "announced", "kid": kid })))
             .collect();
         let keys: Vec<serde_json::Value> = rows
             .iter()

@@ -231,6 +231,70 @@ async fn assertions_minted_by_three_replicas_verify_against_one_replica_s_jwks_a
     assert_ne!(new_b, kid_b);
     verify_jwt(&again_b, &published, &issuer_url, AUDIENCE).unwrap();
 
+    // A's key leaks, and the operator is in C's container: C's directory does not hold it, so
+    // the command announces it through the shared key set; A withdraws it (a new key signs
+    // there) and no replica serves it within 2 s.
+    let c_config = dir.path().join("c.toml");
+    configs[2].write(&c_config);
+    let c_keys = std::fs::read_dir(dir.path().join("keys-2")).unwrap().count();
+    let out = std::process::Command::new(support::binary())
+        .args(["keys", "revoke", "--json", "--config"])
+        .arg(&c_config)
+        .arg(&kid_a)
+        .output()
+        .unwrap();
+    let said = support::output_text(&out);
+    assert!(out.status.success(), "{said}");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        answer["changes"],
+        serde_json::json!([{ "change": "announced", "kid": kid_a }]),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("keys-2")).unwrap().count(),
+        c_keys
+    );
+    for (name, replica) in [("A", &a), ("B", &b), ("C", &c)] {
+        until_jwks(replica, Duration::from_secs(2), name, |k| !k.contains(&kid_a)).await;
+    }
+    // A signs with a new key within the same 2 s.
+    let started = Instant::now();
+    let new_a = loop {
+        let (_, kid) = assertion_through(&a, &upstream, &bearer).await;
+        if kid != kid_a {
+            break kid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "A still signs with its revoked key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "A signed with a new key {:?} after the announcement",
+        started.elapsed()
+    );
+    let withdrawn = a.act_records("key_revoked").await;
+    assert_eq!(
+        withdrawn[0]["portcullis.token.kid"],
+        kid_a.as_str(),
+        "{withdrawn:#?}"
+    );
+    // A key no replica publishes is still an unknown key.
+    let out = std::process::Command::new(support::binary())
+        .args(["keys", "revoke", "--config"])
+        .arg(&c_config)
+        .arg("no-such-kid")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        support::output_text(&out).contains("no-such-kid"),
+        "{}",
+        support::output_text(&out)
+    );
+
     // C stops: what it signed still verifies until its keys expire (3 s here), then its keys
     // leave the set.
     c.stop().await;
@@ -247,7 +311,7 @@ async fn assertions_minted_by_three_replicas_verify_against_one_replica_s_jwks_a
     eprintln!("the stopped replica's key left A's JWKS after {took:?}");
     let left = kids(&jwks(a.admin, "admin").await);
     assert!(
-        left.contains(&kid_a) && left.contains(&new_b) && left.len() == 2,
+        left.contains(&new_a) && left.contains(&new_b) && left.len() == 2,
         "{left:?}"
     );
 

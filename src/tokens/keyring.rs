@@ -238,6 +238,12 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// How long a revocation must be remembered: as long as the key could still be in a ring
+    /// (signing for `rotate_every`, published ahead before, kept after it retired).
+    pub fn remembered(&self) -> Duration {
+        self.rotate_every + self.publish_ahead + self.keep
+    }
+
     fn lead(&self) -> Duration {
         self.publish_ahead.min(self.rotate_every / 2)
     }

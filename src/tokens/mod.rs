@@ -32,6 +32,18 @@ pub use keyring::{Change, KeyError, KeyRing, Schedule};
 /// Clock skew the verifiers of our assertions may allow: retired keys are kept this much longer.
 const LEEWAY: Duration = Duration::from_secs(60);
 
+impl Schedule {
+    /// The ring's schedule under `[tokens]`: a retired key is kept until every assertion it
+    /// signed has expired, plus the verifiers' leeway.
+    pub fn of(config: &Tokens) -> Schedule {
+        Schedule {
+            rotate_every: config.rotate_every,
+            publish_ahead: config.publish_ahead,
+            keep: MAX_ASSERTION_LIFETIME + LEEWAY,
+        }
+    }
+}
+
 /// The claims of an identity assertion.
 #[derive(Debug, Serialize)]
 struct Claims<'a> {
@@ -129,6 +141,9 @@ pub struct Minter {
     others: ArcSwap<Others>,
     /// Woken when the ring changed, so that the key set is published again at once.
     changed: tokio::sync::Notify,
+    /// Woken when another replica announced one of this ring's keys revoked, so that the ring
+    /// withdraws it at once rather than at its next scheduled check.
+    withdraw: tokio::sync::Notify,
     /// Keys revoked here, still to be announced to the other replicas.
     announce: Mutex<Vec<String>>,
     /// The shared key set's last exchange with Redis, for `/readyz` (none with a single process).
@@ -155,11 +170,7 @@ impl Minter {
         audit: Arc<dyn AuditSink>,
     ) -> Result<Self, KeyError> {
         let mut ring = KeyRing::open(dir)?;
-        let schedule = Schedule {
-            rotate_every: config.rotate_every,
-            publish_ahead: config.publish_ahead,
-            keep: MAX_ASSERTION_LIFETIME + LEEWAY,
-        };
+        let schedule = Schedule::of(config);
         let changes = ring.maintain(config.algorithm, schedule, SystemTime::now())?;
         let minter = Minter {
             issuer: issuer.trim_end_matches('/').to_string(),
@@ -173,6 +184,7 @@ impl Minter {
             audit,
             others: ArcSwap::default(),
             changed: tokio::sync::Notify::new(),
+            withdraw: tokio::sync::Notify::new(),
             announce: Mutex::default(),
             sharing: Mutex::default(),
         };
@@ -223,7 +235,22 @@ impl Minter {
             .into_iter()
             .filter(|k| !jwk_kid(k).is_empty() && k.get("d").is_none())
             .collect();
+        let own_revoked = self.ring.load().keys().iter().any(|k| revoked.contains(&k.kid));
         self.others.store(Arc::new(Others { keys, revoked }));
+        if own_revoked {
+            self.withdraw.notify_one();
+        }
+    }
+
+    /// Whether `kid` was announced revoked (by any replica).
+    fn revoked_elsewhere(&self, kid: &str) -> bool {
+        let others = self.others.load();
+        !others.revoked.is_empty() && others.revoked.contains(kid)
+    }
+
+    /// Resolves when another replica announced one of this ring's keys revoked.
+    pub async fn withdraw_requested(&self) {
+        self.withdraw.notified().await;
     }
 
     /// Records how the shared key set's exchange with Redis just went.
@@ -280,10 +307,9 @@ impl Minter {
             .extend(kids);
     }
 
-    /// How long a revocation must be remembered: as long as the key could still be in a ring
-    /// (signing for `rotate_every`, published ahead before, kept after it retired).
+    /// How long a revocation must be remembered ([`Schedule::remembered`]).
     pub fn revocation_lifetime(&self) -> Duration {
-        self.schedule.rotate_every + self.schedule.publish_ahead + self.schedule.keep
+        self.schedule.remembered()
     }
 
     /// The issuer's discovery document or its JWK Set at `path`, for upstreams verifying
@@ -440,7 +466,11 @@ impl Minter {
         let ring = self.ring.load();
         if let Some(hit) = self.cache.get(&key) {
             let left = hit.expires.duration_since(now).unwrap_or_default();
-            if left * 10 > lifetime && ring.keys().iter().any(|k| k.kid == hit.kid) {
+            // Not with a key revoked anywhere: no replica's JWKS serves it any more.
+            if left * 10 > lifetime
+                && ring.keys().iter().any(|k| k.kid == hit.kid)
+                && !self.revoked_elsewhere(&hit.kid)
+            {
                 return Ok(hit);
             }
         }
