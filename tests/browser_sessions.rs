@@ -401,6 +401,34 @@ async fn a_tampered_or_unknown_session_cookie_is_never_a_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_leaves_during_a_refresh_does_not_lose_the_rotated_refresh_token() {
+    // The provider rotates the refresh token, then takes 1.5 s to answer; the session is due for
+    // refresh one second after sign-in.
+    let w = world(
+        &["--access-token-ttl", "60", "--refresh-delay", "1500"],
+        Config::new().set("sessions.refresh_before", "59s"),
+    )
+    .await;
+    let session = sign_in(&w, "/", "alice").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let grants = |what: &str| w.idp.stderr().matches(&format!("{what} refresh_token")).count();
+
+    // The browser gives up on the page while the provider is answering the refresh.
+    let left = tokio::time::timeout(Duration::from_millis(300), page(&w.gw, "/", &session)).await;
+    assert!(left.is_err(), "the page answered before the refresh did");
+    // The refresh ran to its end (audited when the provider answered) and kept the new refresh
+    // token: once due again, the next refresh spends that token (a reused one would make the
+    // provider revoke the grant and end the session).
+    let first = w.gw.act_records("session_refresh").await;
+    assert_eq!(first[0]["portcullis.session.refresh"], "ok", "{first:#?}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = page(&w.gw, "/", &session).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(grants("grant.success"), 2, "{}", w.idp.stderr());
+    assert_eq!(grants("grant.error"), 0, "{}", w.idp.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_refreshes_its_tokens_before_they_expire_and_ends_when_refresh_fails() {
     // Access tokens live 4 s; the proxy refreshes 3 s before expiry.
     let w = world(

@@ -160,6 +160,7 @@ impl BrowserClient {
 }
 
 /// Sessions and the sign-in endpoints.
+#[derive(Clone)]
 pub struct Browser {
     store: Arc<dyn SessionStore>,
     revocations: Arc<Revocations>,
@@ -297,7 +298,7 @@ impl Browser {
         let lock = self
             .refreshing
             .get_with(id.clone(), || Arc::new(tokio::sync::Mutex::new(())));
-        let _only_us = lock.lock().await;
+        let only_us = lock.lock_owned().await;
         // Another request may have refreshed (and rotated the refresh token) while we waited.
         let session = self.current(id).await?;
         if !self.refresh_due(&session) {
@@ -309,9 +310,23 @@ impl Browser {
             Leased::Ours(lease) => lease,
             Leased::RefreshedElsewhere(session) => return Ok((session, None)),
         };
-        let result = self.refresh_leased(id, during).await;
-        lease.release().await;
-        result
+        // The refresh runs to its end on a task of its own, holding the lock and the lease: the
+        // provider may already have rotated the refresh token when the browser leaves, and a
+        // refresh dropped with its request would lose the new token (the session would end at
+        // its next refresh).
+        let this = self.clone();
+        let (id, request_id, trace) = (id.clone(), during.request_id.to_string(), *during.trace);
+        let refresh = tokio::spawn(async move {
+            let during = crate::audit::During {
+                request_id: &request_id,
+                trace: &trace,
+            };
+            let result = this.refresh_leased(&id, during).await;
+            lease.release().await;
+            drop(only_us);
+            result
+        });
+        refresh.await.unwrap_or(Err(Reason::SessionStoreUnavailable))
     }
 
     /// The session as the store has it now.

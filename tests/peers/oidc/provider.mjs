@@ -2,7 +2,8 @@
 //
 //   node provider.mjs --port 0 [--redirect URI]... [--post-logout-redirect URI]...
 //                     [--access-token-ttl SECONDS] [--exchanged-token-ttl SECONDS]
-//                     [--changing-groups] [--backchannel-logout URI] [--exit-with-stdin]
+//                     [--changing-groups] [--backchannel-logout URI] [--refresh-delay MS]
+//                     [--exit-with-stdin]
 //
 // Listens on 127.0.0.1 only. The issuer is http://127.0.0.1:PORT (PORT 0 picks a free port).
 // Prints exactly one line `READY <issuer>` on stdout once it accepts connections; everything
@@ -16,6 +17,9 @@
 // URI as its backchannel_logout_uri (with backchannel_logout_session_required, so its ID tokens
 // carry `sid`): a logout at the provider (its end_session endpoint, confirmed) posts a logout
 // token there and waits for the answer.
+//
+// With --refresh-delay MS, the refresh_token grant answers MS milliseconds after it has rotated
+// the refresh token: a relying party that gives up on the answer has spent the old token anyway.
 //
 // Every token grant is logged to stderr, one line each: `grant.success GRANT_TYPE`,
 // `grant.error GRANT_TYPE ERROR` (e.g. a rotated refresh token used again), `grant.revoked`.
@@ -60,7 +64,7 @@ function usage(message) {
   process.stderr.write(`provider.mjs: ${message}\n`);
   process.stderr.write('usage: node provider.mjs --port PORT [--redirect URI]... '
     + '[--post-logout-redirect URI]... [--access-token-ttl SECONDS] [--exchanged-token-ttl SECONDS] '
-    + '[--changing-groups] [--exit-with-stdin]\n');
+    + '[--changing-groups] [--backchannel-logout URI] [--refresh-delay MS] [--exit-with-stdin]\n');
   process.exit(2);
 }
 
@@ -73,7 +77,7 @@ function seconds(raw, what) {
 function parseArgs(argv) {
   const opts = {
     port: undefined, redirects: [], postLogout: [], accessTokenTtl: 300, exchangedTokenTtl: undefined,
-    exitWithStdin: false, changingGroups: false, backchannelLogout: undefined,
+    exitWithStdin: false, changingGroups: false, backchannelLogout: undefined, refreshDelay: 0,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
@@ -97,6 +101,12 @@ function parseArgs(argv) {
       case '--exit-with-stdin': opts.exitWithStdin = true; break;
       case '--changing-groups': opts.changingGroups = true; break;
       case '--backchannel-logout': opts.backchannelLogout = value(); break;
+      case '--refresh-delay': {
+        const raw = value();
+        if (!/^\d+$/.test(raw)) usage(`bad refresh delay ${raw}`);
+        opts.refreshDelay = Number(raw);
+        break;
+      }
       default: usage(`unknown argument ${arg}`);
     }
   }
@@ -343,6 +353,14 @@ provider.on('grant.success', (ctx) => process.stderr.write(`grant.success ${ctx.
 provider.on('grant.error', (ctx, err) => process.stderr.write(`grant.error ${ctx.oidc?.params?.grant_type} ${err?.error ?? err?.message ?? err}\n`));
 provider.on('grant.revoked', () => process.stderr.write('grant.revoked\n'));
 
+if (opts.refreshDelay > 0) {
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.oidc?.params?.grant_type === 'refresh_token') {
+      await new Promise((resolve) => { setTimeout(resolve, opts.refreshDelay); });
+    }
+  });
+}
 server.on('request', provider.callback());
 
 let stopping = false;
