@@ -641,21 +641,34 @@ fn check_config(path: &std::path::Path, offline: bool) -> ExitCode {
         && !checked.problems.iter().any(|p| {
             p.is_error() && (p.path.starts_with("policy") || p.path.starts_with("resource_templates"))
         });
+    let mut policy_warnings = 0;
     if config.needs_policy() && policy_checkable {
         let Some(runtime) = runtime(1) else {
             return ExitCode::FAILURE;
         };
         let policy = runtime.block_on(portcullis::authz::cli::test(&config.policy.dir, Some(&config)));
+        let warnings: Vec<&str> = policy
+            .text
+            .lines()
+            .filter(|l| l.starts_with("warning: "))
+            .collect();
         if policy.code != 0 {
             eprintln!("{}: policy.dir {}:", path.display(), config.policy.dir.display());
             eprint!("{}", policy.text);
             ok = false;
+        } else if !warnings.is_empty() {
+            // Lines that load but can match no caller, a policy without decision tables.
+            eprintln!("{}: policy.dir {}:", path.display(), config.policy.dir.display());
+            for warning in &warnings {
+                eprintln!("  {warning}");
+            }
+            policy_warnings = warnings.len();
         }
     }
     if !ok {
         return ExitCode::FAILURE;
     }
-    let warnings = checked.problems.len();
+    let warnings = checked.problems.len() + policy_warnings;
     let routes = config.routes.len();
     match warnings {
         0 => println!("{}: ok ({routes} routes)", path.display()),

@@ -281,7 +281,13 @@ fn a_config_with_only_warnings_passes_check_config_and_shows_them() {
         stderr.contains("warning: routes[0].identity_providers:") && stderr.contains("refused with 401"),
         "{stderr}"
     );
-    assert!(stdout.contains("ok (1 routes, 1 warning(s))"), "{stdout}");
+    // The policy's own: a line no configured provider can match, and no decision tables.
+    assert!(
+        stderr.contains("warning: policy.csv:1: the identity provider `okta` is not configured, so this line matches no caller (no [[identity_providers]] is configured)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("has no decision tables"), "{stderr}");
+    assert!(stdout.contains("ok (1 routes, 3 warning(s))"), "{stdout}");
 }
 
 #[test]
@@ -494,4 +500,55 @@ fn version_prints_the_crate_version_and_the_commit_it_was_built_from() {
         printed.trim(),
         format!("portcullis {} (commit {head})", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn a_policy_line_naming_a_provider_the_config_does_not_have_is_a_warning_with_a_did_you_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(policy.join("tests")).unwrap();
+    std::fs::copy("policies/model.conf", policy.join("model.conf")).unwrap();
+    std::fs::write(
+        policy.join("policy.csv"),
+        "p, group:okta/sre, app, **, GET, allow\n\
+         p, group:okat/sre, app, **, POST, allow\n\
+         g, user:gitlab/42, role:viewer, *\n",
+    )
+    .unwrap();
+    std::fs::write(
+        policy.join("tests/app.toml"),
+        "[hosts]\n\"app.test\" = { domain = \"app\" }\n\
+         [[case]]\nname = \"an SRE reads\"\nprincipal = \"user:okta/alice\"\ngroups = [\"sre\"]\n\
+         method = \"GET\"\nurl = \"http://app.test/x\"\nexpect = \"allow\"\n",
+    )
+    .unwrap();
+    let file = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &file,
+        "[policy]\ndir = \"policy\"\n\
+         [[identity_providers]]\nname = \"okta\"\nissuer = \"https://example.okta.com\"\n\
+         audiences = [\"api://app\"]\njwks_uri = \"https://example.okta.com/keys\"\n\
+         [[routes]]\nname = \"app\"\nhosts = [\"app.test\"]\nidentity_providers = [\"okta\"]\n\
+         [routes.upstream]\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let output = Command::new(support::binary())
+        .args(["check-config", "--offline", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = support::output_text(&output);
+    // It loads (one policy may serve deployments with other providers), and says which lines
+    // can match no caller.
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("warning: policy.csv:2: the identity provider `okat` is not configured, so this line matches no caller (did you mean `okta`?)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("warning: policy.csv:3: the identity provider `gitlab` is not configured, so this line matches no caller (the configured ones: okta)"),
+        "{said}"
+    );
+    assert!(!said.contains("policy.csv:1:"), "{said}");
+    assert!(said.contains("2 warning(s)"), "{said}");
 }

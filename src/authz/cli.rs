@@ -82,6 +82,16 @@ pub async fn test(dir: &Path, config: Option<&Config>) -> Report {
             dir.display()
         );
     }
+    if let Some(config) = config {
+        let providers: Vec<&str> = config
+            .identity_providers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        for line in policy::unknown_providers(&engine.set, &providers) {
+            let _ = writeln!(text, "warning: {line}");
+        }
+    }
     Report {
         text,
         code: u8::from(!report.failures.is_empty()),

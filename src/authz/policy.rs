@@ -4,6 +4,7 @@
 //! time on a bad pattern. So Portcullis reads the files itself, reports every problem with its
 //! file and line, and hands Casbin only rules that passed. Pure: no I/O beyond reading the files.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -333,6 +334,48 @@ pub fn provider_of(subject: &str) -> Option<&str> {
     let ns = PROVIDER_NAMESPACES.iter().find(|ns| subject.starts_with(**ns))?;
     let (provider, name) = subject.get(ns.len()..)?.split_once('/')?;
     (is_provider_name(provider) && !name.is_empty()).then_some(provider)
+}
+
+/// The identity providers the policy's subjects name that are not in `providers` (the
+/// configured names), one sentence each with the lines that name them: those lines load, and
+/// match no caller (a misspelt provider, or one this deployment does not use). Warnings, not
+/// errors: one policy may serve deployments with different providers.
+pub fn unknown_providers(set: &PolicySet, providers: &[&str]) -> Vec<String> {
+    let mut unknown: BTreeMap<&str, Vec<&Origin>> = BTreeMap::new();
+    let subjects = set
+        .rules
+        .iter()
+        .map(|r| (&r.origin, r.subject.as_str()))
+        .chain(set.groupings.iter().map(|g| (&g.origin, g.member.as_str())));
+    for (origin, subject) in subjects {
+        if let Some(provider) = provider_of(subject).filter(|p| !providers.contains(p)) {
+            unknown.entry(provider).or_default().push(origin);
+        }
+    }
+    unknown
+        .into_iter()
+        .map(|(provider, origins)| {
+            let hint = match crate::config::closest(provider, providers.iter().copied()) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None if providers.is_empty() => "no [[identity_providers]] is configured".into(),
+                None => format!("the configured ones: {}", providers.join(", ")),
+            };
+            let shown: Vec<String> = origins.iter().take(5).map(ToString::to_string).collect();
+            let more = match origins.len() {
+                n if n > 5 => format!(" and {} more", n - 5),
+                _ => String::new(),
+            };
+            format!(
+                "{}{more}: the identity provider `{provider}` is not configured, so {} no caller ({hint})",
+                shown.join(", "),
+                if origins.len() == 1 {
+                    "this line matches"
+                } else {
+                    "these lines match"
+                },
+            )
+        })
+        .collect()
 }
 
 /// Whether a subject can stand in a policy line: namespaced, exact, and (but for roles) naming

@@ -29,6 +29,7 @@ use serde::Deserialize;
 
 pub use paths::{base_dir, resolve_paths};
 pub use presets::{ResolvedProvider, ServiceWhen};
+pub use read::closest;
 pub use secrets::{check_secrets, parse_key};
 
 /// A duration longer than zero. A zero is refused while the file is read, at its key path, so

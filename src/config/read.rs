@@ -250,7 +250,7 @@ fn unknown_key(original: &Spanned<DeTable<'_>>, path: &[Seg], text: &str) -> Pro
 
 /// The closest of `candidates` to `word`, if it is close enough to be what was meant: case,
 /// `-` for `_` and a few typed letters apart.
-pub(super) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let normal = |s: &str| s.to_ascii_lowercase().replace('-', "_");
     let word = normal(word);
     candidates
