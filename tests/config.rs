@@ -532,11 +532,7 @@ fn a_policy_line_naming_a_provider_the_config_does_not_have_is_a_warning_with_a_
          [routes.upstream]\nurl = \"http://127.0.0.1:9\"\n",
     )
     .unwrap();
-    let output = Command::new(support::binary())
-        .args(["check-config", "--offline", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = support::run(&["check-config", "--offline", "--config", support::arg(&file)]);
     let said = support::output_text(&output);
     // It loads (one policy may serve deployments with other providers), and says which lines
     // can match no caller.

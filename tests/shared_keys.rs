@@ -237,12 +237,8 @@ async fn assertions_minted_by_three_replicas_verify_against_one_replica_s_jwks_a
     let c_config = dir.path().join("c.toml");
     configs[2].write(&c_config);
     let c_keys = std::fs::read_dir(dir.path().join("keys-2")).unwrap().count();
-    let out = std::process::Command::new(support::binary())
-        .args(["keys", "revoke", "--json", "--config"])
-        .arg(&c_config)
-        .arg(&kid_a)
-        .output()
-        .unwrap();
+    let c_arg = support::arg(&c_config);
+    let out = support::run(&["keys", "revoke", "--json", "--config", c_arg, &kid_a]);
     let said = support::output_text(&out);
     assert!(out.status.success(), "{said}");
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -282,12 +278,7 @@ async fn assertions_minted_by_three_replicas_verify_against_one_replica_s_jwks_a
         "{withdrawn:#?}"
     );
     // A key no replica publishes is still an unknown key.
-    let out = std::process::Command::new(support::binary())
-        .args(["keys", "revoke", "--config"])
-        .arg(&c_config)
-        .arg("no-such-kid")
-        .output()
-        .unwrap();
+    let out = support::run(&["keys", "revoke", "--config", c_arg, "no-such-kid"]);
     assert!(!out.status.success());
     assert!(
         support::output_text(&out).contains("no-such-kid"),

@@ -147,6 +147,12 @@ trait Attributes {
             self.str(key, v);
         }
     }
+    /// What the record of one of the proxy's own acts opens with.
+    fn act(&mut self, act: &'static str, decision: &'static str) {
+        self.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
+        self.str("portcullis.act", act);
+        self.str("portcullis.decision", decision);
+    }
 }
 
 /// A span's attributes under construction: names are static, so building one allocates only
@@ -297,9 +303,7 @@ pub struct PolicyEvent {
 
 impl PolicyEvent {
     fn attributes(self, a: &mut impl Attributes) {
-        a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
-        a.str("portcullis.act", "policy_reload");
-        a.str("portcullis.decision", "allow");
+        a.act("policy_reload", "allow");
         a.str("portcullis.policy.kind", self.kind);
         a.str("portcullis.policy.result", self.result);
         a.opt("portcullis.policy.version", self.version);
@@ -327,12 +331,8 @@ pub struct SessionEvent {
 
 impl SessionEvent {
     fn attributes(self, a: &mut impl Attributes) {
-        a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
-        a.str("portcullis.act", "session_refresh");
-        a.str(
-            "portcullis.decision",
-            if self.result == "refused" { "deny" } else { "allow" },
-        );
+        let decision = if self.result == "refused" { "deny" } else { "allow" };
+        a.act("session_refresh", decision);
         a.str("portcullis.session.refresh", self.result);
         if self.rotated {
             a.flag("portcullis.session.rotated", true);
@@ -378,9 +378,7 @@ impl TokenEvent {
     }
 
     fn attributes(self, a: &mut impl Attributes) {
-        a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
-        a.str("portcullis.act", self.act);
-        a.str("portcullis.decision", "allow");
+        a.act(self.act, "allow");
         if !self.kid.is_empty() {
             a.str("portcullis.token.kid", self.kid);
         }
@@ -427,9 +425,7 @@ pub struct RevocationEvent {
 
 impl RevocationEvent {
     fn attributes(self, a: &mut impl Attributes) {
-        a.int("portcullis.audit.schema", SCHEMA_VERSION.unsigned_abs());
-        a.str("portcullis.act", "revocation");
-        a.str("portcullis.decision", "allow");
+        a.act("revocation", "allow");
         a.str("portcullis.revocation.scope", self.scope);
         a.opt("portcullis.principal.provider", self.provider);
         a.opt("enduser.id", self.subject);

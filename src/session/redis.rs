@@ -1059,19 +1059,25 @@ mod tests {
     async fn conforms_and_hears_revocations(config: &Redis) -> RedisStore {
         let s = store(config, secrets(None, KEY, None));
         conformance::run(&s, IDLE, ABSOLUTE).await;
+        hears_revocation(config, &s, "carol").await;
+        s
+    }
+
+    /// A store for `config` subscribes, and hears `writer` revoke the subject `name`.
+    async fn hears_revocation(config: &Redis, writer: &RedisStore, name: &str) {
         let listener = Arc::new(store(config, secrets(None, KEY, None)));
         listener.subscribe();
         wait_until("the subscription holds", || listener.listening()).await;
-        s.revoke(Revocation::now(Scope::Subject, "idp", "carol", MINUTE))
+        writer
+            .revoke(Revocation::now(Scope::Subject, "idp", name, MINUTE))
             .await
             .unwrap();
         wait_until("the revocation is heard", || {
             listener
                 .revocations
-                .refuses_token("idp", "carol", None, Duration::ZERO)
+                .refuses_token("idp", name, None, Duration::ZERO)
         })
         .await;
-        s
     }
 
     #[tokio::test]
@@ -1120,26 +1126,14 @@ mod tests {
         drop(down);
         let mut nodes = vec![dead];
         nodes.extend(cluster.urls());
-        let listener = Arc::new(store(
+        hears_revocation(
             &Redis {
                 nodes,
                 ..config.clone()
             },
-            secrets(None, KEY, None),
-        ));
-        listener.subscribe();
-        wait_until("the subscription holds past the dead node", || {
-            listener.listening()
-        })
-        .await;
-        s.revoke(Revocation::now(Scope::Subject, "idp", "dave", MINUTE))
-            .await
-            .unwrap();
-        wait_until("the revocation is heard", || {
-            listener
-                .revocations
-                .refuses_token("idp", "dave", None, Duration::ZERO)
-        })
+            &s,
+            "dave",
+        )
         .await;
     }
 

@@ -16,7 +16,7 @@ pub mod replicas;
 pub mod serve;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -540,6 +540,16 @@ pub fn policy(csv: &str) -> tempfile::TempDir {
 /// Path of the built `portcullis` binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+/// Runs the `portcullis` binary with `args` to its end.
+pub fn run(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary()).args(args).output().unwrap()
+}
+
+/// A path as a command-line argument (test paths are UTF-8).
+pub fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
 }
 
 /// What a command printed: its stdout, then its stderr.
