@@ -5,6 +5,8 @@
 //! response. Bodies name a stable error code and the request id, never internal detail.
 //! A browser's page also says what was refused and the way on (sign in, sign out): see [`Page`].
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -23,6 +25,8 @@ pub enum ProxyError {
         reason: Reason,
         detail: &'static str,
         missing: Option<String>,
+        /// For `claims_not_bound`: the claim (its name only), for the record.
+        claim: Option<Arc<str>>,
     },
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream unavailable: {0}")]
@@ -42,6 +46,17 @@ impl ProxyError {
             reason,
             detail,
             missing: None,
+            claim: None,
+        }
+    }
+
+    /// `claims_not_bound`: a bound claim has another value; the record names the claim.
+    pub fn unbound(claim: Arc<str>) -> Self {
+        ProxyError::Denied {
+            reason: Reason::ClaimsNotBound,
+            detail: Reason::ClaimsNotBound.message(),
+            missing: None,
+            claim: Some(claim),
         }
     }
 
@@ -51,6 +66,7 @@ impl ProxyError {
             reason: Reason::Forbidden,
             detail: Reason::Forbidden.message(),
             missing,
+            claim: None,
         }
     }
 

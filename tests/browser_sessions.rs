@@ -401,6 +401,39 @@ async fn a_tampered_or_unknown_session_cookie_is_never_a_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_whose_id_token_fails_a_bound_claim_is_refused_and_the_record_names_the_claim() {
+    let w = world_with(
+        &[],
+        Config::new(),
+        |p| p.set("bound_claims", toml::toml! { email = "someone-else@example.com" }),
+        |r, _| r,
+    )
+    .await;
+    let first = page(&w.gw, "/", "").await;
+    let binding = first.cookie("__Host-portcullis_login").unwrap();
+    let callback = w.idp.sign_in_without_browser(&first.location(), "alice").await;
+    let back = page(
+        &w.gw,
+        &target_of(&callback),
+        &format!("__Host-portcullis_login={binding}"),
+    )
+    .await;
+    assert_eq!(back.status, StatusCode::FORBIDDEN, "{}", back.body);
+    assert!(back.cookie("__Host-portcullis_session").is_none());
+    let login =
+        w.gw.audit_events(2)
+            .await
+            .into_iter()
+            .find(|r| r["portcullis.act"] == "login")
+            .expect("the callback is recorded");
+    assert_eq!(login["portcullis.reason"], "claims_not_bound", "{login}");
+    // The claim's name, never its value.
+    assert_eq!(login["portcullis.reason.claim"], "email", "{login}");
+    assert!(!login.to_string().contains("alice@"), "{login}");
+    assert!(w.upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_leaves_during_a_refresh_does_not_lose_the_rotated_refresh_token() {
     // The provider rotates the refresh token, then takes 1.5 s to answer; the session is due for
     // refresh one second after sign-in.

@@ -3,6 +3,7 @@
 //! HTTP client (no reqwest, no second TLS stack); the code exchange, ID token verification,
 //! refresh and the logout URL. The browser endpoints that use these live in `authn::browser`.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreTokenResponse};
@@ -108,6 +109,8 @@ pub struct LoginFinished {
 pub enum IdTokenError {
     Keys,
     Refused(Reason),
+    /// `claims_not_bound`, naming the claim (its name only: the value may be a secret).
+    Unbound(Arc<str>),
 }
 
 /// Redeems the authorization code with the PKCE verifier.
@@ -229,7 +232,7 @@ fn verify_id_token(
     let map = read(payload)?;
     if let Some(claim) = super::claims::unbound(&map, &provider.bound_claims) {
         tracing::info!(provider = %provider.name, claim, "ID token refused: a bound claim has another value");
-        return Err(refused(Reason::ClaimsNotBound));
+        return Err(IdTokenError::Unbound(Arc::from(claim)));
     }
     principal_from_claims(provider, &map, AuthMethod::Session)
         .map(Some)

@@ -220,8 +220,11 @@ impl Proxy {
         let (mut response, failure) = match outcome {
             Ok(response) => (response, None),
             Err(error) => {
-                if let ProxyError::Denied { reason, .. } = &error {
+                if let ProxyError::Denied { reason, claim, .. } = &error {
                     ctx.decision = Some(Decision::Deny(*reason));
+                    if claim.is_some() {
+                        ctx.refused_claim.clone_from(claim);
+                    }
                 }
                 if error.fault() == Fault::Upstream {
                     let label = ctx.route.as_ref().map_or("-", |r| r.label.as_str());

@@ -476,9 +476,11 @@ impl BrowserClient {
                 oidc::verify_login(&rp, config, &response, &pending.nonce).map_err(|e| match e {
                     IdTokenError::Keys => ProxyError::deny(Reason::BadSignature),
                     IdTokenError::Refused(reason) => ProxyError::deny(reason),
+                    IdTokenError::Unbound(claim) => ProxyError::unbound(claim),
                 })
             }
             Err(IdTokenError::Refused(reason)) => Err(ProxyError::deny(reason)),
+            Err(IdTokenError::Unbound(claim)) => Err(ProxyError::unbound(claim)),
         }
     }
 }
