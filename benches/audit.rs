@@ -31,6 +31,7 @@ fn event() -> Event {
         decision: "allow",
         reason: "authorized",
         reason_claim: None,
+        token_issuer: None,
         principal_kind: "ci_job",
         auth_method: "bearer",
         principal: Some(Arc::new(Principal {

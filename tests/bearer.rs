@@ -313,6 +313,10 @@ async fn each_kind_of_bad_token_gets_401_with_its_reason_and_nothing_is_forwarde
         .collect();
     let expected: Vec<&str> = cases.iter().map(|(_, _, r)| *r).collect();
     assert_eq!(reasons, expected);
+    // The foreign issuer is named in the record (untrusted text: recorded, never trusted).
+    for e in events.iter().filter(|e| e["portcullis.reason"] == "wrong_issuer") {
+        assert_eq!(e["portcullis.token.issuer"], "https://evil.example", "{e}");
+    }
 
     // Inside the leeway both ways is still fine, and so are the access-token types.
     let edge = issuer.sign(&with(&|c| {

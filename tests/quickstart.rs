@@ -285,6 +285,8 @@ async fn the_quickstart_shows_a_ci_job_allowed_and_refused_with_the_reason_an_un
         ),
         "{shown}"
     );
+    // The untrusted token's line says which issuer it came from.
+    assert!(shown.contains("wrong_issuer: the token's iss http"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -465,6 +465,8 @@ pub struct AccessEvent {
     pub reason: &'static str,
     /// For `claims_not_bound`: the claim (its name; never its value).
     pub reason_claim: Option<Arc<str>>,
+    /// For `wrong_issuer`: the issuer the token named (untrusted: bounded when written).
+    pub token_issuer: Option<Arc<str>>,
     pub principal_kind: &'static str,
     pub auth_method: &'static str,
     /// Who, when a protected route authenticated the caller.
@@ -528,6 +530,9 @@ impl AccessEvent {
         a.str("portcullis.decision", self.decision);
         a.str("portcullis.reason", self.reason);
         a.opt("portcullis.reason.claim", self.reason_claim);
+        if let Some(issuer) = self.token_issuer {
+            a.str("portcullis.token.issuer", bounded(&issuer, MAX_CLAIM_CHARS));
+        }
         a.str("portcullis.principal.kind", self.principal_kind);
         a.str("portcullis.auth.method", self.auth_method);
         if let Some(p) = &self.principal {

@@ -80,6 +80,10 @@ fn why(record: &Value) -> String {
             Some(claim) => format!("claims_not_bound: {claim} has a value the provider does not accept"),
             None => reason.to_string(),
         },
+        ("wrong_issuer", ..) => match str_of(record, "portcullis.token.issuer") {
+            Some(issuer) => format!("wrong_issuer: the token's iss {issuer} is no provider of this route"),
+            None => reason.to_string(),
+        },
         _ => reason.to_string(),
     };
     if let Some(filtered) = record
@@ -247,6 +251,13 @@ mod tests {
         assert_eq!(
             line(&untrusted),
             "03:15:04  DENY   401  anonymous  GET localhost/api/v2/dags  wrong_issuer"
+        );
+        let mut named = untrusted.clone();
+        named["portcullis.token.issuer"] = json!("https://gitlab.example.com/");
+        assert_eq!(
+            line(&named),
+            "03:15:04  DENY   401  anonymous  GET localhost/api/v2/dags  \
+             wrong_issuer: the token's iss https://gitlab.example.com/ is no provider of this route"
         );
     }
 

@@ -622,6 +622,7 @@ mod tests {
             decision: "allow",
             reason: "authorized",
             reason_claim: None,
+            token_issuer: Some(Arc::from("https://evil.example/\u{1b}[31m")),
             principal_kind: "user",
             auth_method: "bearer",
             principal,

@@ -74,7 +74,7 @@ impl BearerAuthenticator {
             return if accepted.iter().any(|p| Arc::ptr_eq(p, &hit.provider)) {
                 self.unless_revoked(&hit.provider, hit.principal, hit.iat)
             } else {
-                Outcome::Rejected(Reason::WrongIssuer.into())
+                Outcome::Rejected(Refusal::wrong_issuer(&hit.provider.config.issuer))
             };
         }
         let (header, issuer) = match peek(token) {
@@ -82,7 +82,7 @@ impl BearerAuthenticator {
             Err(reason) => return Outcome::Rejected(reason.into()),
         };
         let Some(provider) = accepted.iter().find(|p| p.config.issuer == issuer) else {
-            return Outcome::Rejected(Reason::WrongIssuer.into());
+            return Outcome::Rejected(Refusal::wrong_issuer(&issuer));
         };
         match provider.verify(token, &header).await {
             Ok(Verified { principal, exp, iat }) => {

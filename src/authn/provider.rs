@@ -63,6 +63,8 @@ pub struct Refusal {
     /// Whom the credential named when it was refused after it verified (`revoked`): for the
     /// record only, never a caller the request acts as.
     pub named: Option<Arc<Principal>>,
+    /// For `wrong_issuer`: the issuer the token named (unverified), for the record.
+    pub issuer: Option<Arc<str>>,
 }
 
 impl From<Reason> for Refusal {
@@ -71,11 +73,20 @@ impl From<Reason> for Refusal {
             reason,
             claim: None,
             named: None,
+            issuer: None,
         }
     }
 }
 
 impl Refusal {
+    /// A token from an issuer none of the route's providers has.
+    pub fn wrong_issuer(issuer: &str) -> Self {
+        Refusal {
+            issuer: Some(Arc::from(issuer)),
+            ..Reason::WrongIssuer.into()
+        }
+    }
+
     /// A verified credential whose subject, session or provider session was revoked.
     pub fn revoked(named: Arc<Principal>) -> Self {
         Refusal {

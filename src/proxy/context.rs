@@ -59,6 +59,8 @@ pub struct RequestCtx {
     pub refused_claim: Option<Arc<str>>,
     /// Whom a credential refused after it verified (`revoked`) named: recorded, never acted as.
     pub refused_principal: Option<Arc<Principal>>,
+    /// The issuer a `wrong_issuer` token named (unverified): recorded, bounded.
+    pub refused_issuer: Option<Arc<str>>,
     /// Who is calling, once a protected route's authenticators vouched for them.
     pub principal: Option<Arc<Principal>>,
     pub authn_duration: Option<Duration>,
@@ -92,6 +94,7 @@ impl RequestCtx {
             decision: None,
             refused_claim: None,
             refused_principal: None,
+            refused_issuer: None,
             principal: None,
             authn_duration: None,
             upstream_duration: None,

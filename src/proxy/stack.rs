@@ -609,6 +609,7 @@ impl Proxy {
             Outcome::Rejected(refusal) => {
                 ctx.refused_claim = refusal.claim;
                 ctx.refused_principal = refusal.named;
+                ctx.refused_issuer = refusal.issuer;
                 return Some(refusal.reason);
             }
         }
@@ -1074,6 +1075,7 @@ impl Proxy {
                 decision: decision.as_str(),
                 reason: decision.reason().as_str(),
                 reason_claim: ctx.refused_claim,
+                token_issuer: ctx.refused_issuer,
                 principal_kind: recorded.as_ref().map_or("anonymous", |p| p.kind.as_str()),
                 auth_method: recorded.as_ref().map_or("none", |p| p.auth_method.as_str()),
                 principal: recorded,
