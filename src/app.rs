@@ -283,8 +283,6 @@ pub fn build_audit(
     Ok(sink)
 }
 
-/// Where browser sessions and sign-ins in progress are kept: this process's memory, or the
-/// Redis `[sessions.redis]` names, with its password, keys and TLS files read here.
 /// Each deny entry that comes into force here goes into this replica's audit trail, whichever
 /// replica or `portcullis revoke` made it: the record that it is enforced here, and from when.
 fn record_revocations(store: &dyn SessionStore, audit: &Arc<dyn AuditSink>) {
@@ -309,6 +307,8 @@ fn record_revocations(store: &dyn SessionStore, audit: &Arc<dyn AuditSink>) {
     });
 }
 
+/// Where browser sessions and sign-ins in progress are kept: this process's memory, or the
+/// Redis `[sessions.redis]` names, with its password, keys and TLS files read here.
 pub fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
     build_session_store(&config.sessions).map(|(store, _)| store)
 }
