@@ -534,12 +534,7 @@ main() {
     find_rotel
     ulimit -n 65536 2>/dev/null || true
 
-    if [[ -z "${PORTCULLIS:-}" ]]; then
-        log "cargo build --release"
-        cargo build --release --bin portcullis >&2
-        PORTCULLIS="$ROOT/target/release/portcullis"
-    fi
-    [[ -x "$PORTCULLIS" ]] || die "Portcullis binary $PORTCULLIS not found or not executable"
+    portcullis_binary
     ((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
 
     TMP=$(mktemp -d /tmp/portcullis-load-audit.XXXXXX)

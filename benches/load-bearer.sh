@@ -159,12 +159,7 @@ main() {
     ensure_tools "${python_pkgs[@]}"
     ulimit -n 65536 2>/dev/null || true
 
-    if [[ -z "${PORTCULLIS:-}" ]]; then
-        log "cargo build --release"
-        cargo build --release --bin portcullis >&2
-        PORTCULLIS="$ROOT/target/release/portcullis"
-    fi
-    [[ -x "$PORTCULLIS" ]] || die "Portcullis binary $PORTCULLIS not found or not executable"
+    portcullis_binary
     "$PORTCULLIS" check-config --config "$PORTCULLIS_CONF" >&2 \
         || die "$PORTCULLIS rejects $PORTCULLIS_CONF (too old for identity_providers?)"
 

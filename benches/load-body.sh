@@ -91,10 +91,7 @@ run_one() {
 main() {
     ensure_tools
     ulimit -n 65536 2>/dev/null || true
-    if [[ -z "${PORTCULLIS:-}" ]]; then
-        cargo build --release --bin portcullis >&2
-        PORTCULLIS="$ROOT/target/release/portcullis"
-    fi
+    portcullis_binary
     for conf in portcullis-path.toml portcullis-body.toml; do
         "$PORTCULLIS" check-config --config "$BODY_DIR/$conf" >&2
     done

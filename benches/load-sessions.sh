@@ -200,12 +200,7 @@ main() {
     ensure_tools redis-server
     command -v "$PYTHON" >/dev/null || die "python3 not found"
     ulimit -n 65536 2>/dev/null || true
-    if [[ -z "${PORTCULLIS:-}" ]]; then
-        log "cargo build --release"
-        cargo build --release --bin portcullis >&2
-        PORTCULLIS="${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"
-    fi
-    [[ -x "$PORTCULLIS" ]] || die "Portcullis binary $PORTCULLIS not found or not executable"
+    portcullis_binary
 
     TMP=$(mktemp -d /tmp/portcullis-load-sessions.XXXXXX)
     trap cleanup EXIT

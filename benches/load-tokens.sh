@@ -239,12 +239,7 @@ ONE_TOKEN_SHOWN=""
 main() {
     ensure_tools
     ulimit -n 65536 2>/dev/null || true
-    if [[ -z "${PORTCULLIS:-}" ]]; then
-        log "cargo build --release"
-        cargo build --release --bin portcullis >&2
-        PORTCULLIS="$ROOT/target/release/portcullis"
-    fi
-    [[ -x "$PORTCULLIS" ]] || die "Portcullis binary $PORTCULLIS not found or not executable"
+    portcullis_binary
 
     TMP=$(mktemp -d /tmp/portcullis-load-tokens.XXXXXX)
     trap cleanup_tokens EXIT

@@ -108,12 +108,7 @@ main() {
     ulimit -n 65536 2>/dev/null || true
 
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
-        if [[ -z "${PORTCULLIS:-}" ]]; then
-            log "cargo build --release"
-            cargo build --release --bin portcullis >&2
-            PORTCULLIS="$ROOT/target/release/portcullis"
-        fi
-        [[ -x "$PORTCULLIS" ]] || die "Portcullis binary $PORTCULLIS not found or not executable"
+        portcullis_binary
     fi
 
     TMP=$(mktemp -d /tmp/portcullis-load.XXXXXX)

@@ -83,6 +83,17 @@ to_ms() {
 
 # ensure_tools [PACKAGE...]: installs nginx-light, wrk, haproxy, curl and taskset when missing,
 # plus any extra Debian packages the caller names.
+# Sets PORTCULLIS to the binary to measure: the one named by $PORTCULLIS, else a fresh
+# `cargo build --release` (in $CARGO_TARGET_DIR when set).
+portcullis_binary() {
+    if [[ -z "${PORTCULLIS:-}" ]]; then
+        log "cargo build --release"
+        cargo build --release --bin portcullis >&2
+        PORTCULLIS="${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"
+    fi
+    [[ -x "$PORTCULLIS" ]] || die "Portcullis binary $PORTCULLIS not found or not executable"
+}
+
 ensure_tools() {
     local missing=("$@")
     command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
