@@ -157,6 +157,18 @@ async fn until_every_replica_refuses(
     (refusals, since.elapsed())
 }
 
+/// Each replica's refusal says `revoked`, and its record says so and whose credential it was.
+async fn each_refusal_is_recorded_as_revoked(cluster: &ThreeReplicas, refusals: &[Reply], whom: &str) {
+    for (replica, refusal) in cluster.replicas.iter().zip(refusals) {
+        assert_eq!(refusal.json["error"], "revoked", "{}", refusal.text);
+        let record = replica.gateway.audit_event(&refusal.request_id).await;
+        assert_eq!(record["portcullis.reason"], "revoked", "{record}");
+        assert_eq!(record["portcullis.decision"], "deny", "{record}");
+        assert_eq!(record["http.response.status_code"], 401, "{record}");
+        assert_eq!(record["enduser.id"], whom, "{record}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signed_in_through_the_balancer_who_logs_out_at_the_provider_is_refused_by_every_replica_within_a_second_through_back_channel_logout()
  {
@@ -225,14 +237,7 @@ async fn a_person_signed_in_through_the_balancer_who_logs_out_at_the_provider_is
         until_every_replica_refuses(&cluster, done, Duration::from_secs(1), &api_call).await;
     eprintln!("every replica refused the session {slowest:?} after the provider's logout page");
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
-    for (replica, refusal) in cluster.replicas.iter().zip(&refusals) {
-        assert_eq!(refusal.json["error"], "revoked", "{}", refusal.text);
-        let record = replica.gateway.audit_event(&refusal.request_id).await;
-        assert_eq!(record["portcullis.reason"], "revoked", "{record}");
-        assert_eq!(record["portcullis.decision"], "deny", "{record}");
-        // The record says whose session it was.
-        assert_eq!(record["enduser.id"], "alice", "{record}");
-    }
+    each_refusal_is_recorded_as_revoked(&cluster, &refusals, "alice").await;
     assert_eq!(
         cluster.upstream.requests().len(),
         forwarded,
@@ -345,14 +350,7 @@ async fn portcullis_revoke_subject_of_a_ci_job_refuses_its_bearer_token_on_every
         until_every_replica_refuses(&cluster, done, Duration::from_secs(1), &ci_job).await;
     eprintln!("every replica refused the CI job's token {slowest:?} after `portcullis revoke`");
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
-    for (replica, refusal) in cluster.replicas.iter().zip(&refusals) {
-        assert_eq!(refusal.json["error"], "revoked", "{}", refusal.text);
-        let record = replica.gateway.audit_event(&refusal.request_id).await;
-        assert_eq!(record["portcullis.reason"], "revoked", "{record}");
-        assert_eq!(record["portcullis.decision"], "deny", "{record}");
-        assert_eq!(record["http.response.status_code"], 401, "{record}");
-        assert_eq!(record["enduser.id"], subject.as_str(), "{record}");
-    }
+    each_refusal_is_recorded_as_revoked(&cluster, &refusals, &subject).await;
     assert_eq!(through_balancer(&token).await, StatusCode::UNAUTHORIZED);
     assert_eq!(
         cluster.upstream.requests().len(),

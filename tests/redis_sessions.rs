@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use portcullis::session::{SessionId, SessionStore};
 use support::config::{Config, Route};
 use support::idp::Idp;
-use support::redis::RedisServer;
+use support::redis::{RedisServer, SESSION_KEY_HEX, session_key_file};
 use support::{Gateway, Recorder};
 
 const CALLBACK: &str = "http://app.localhost/.portcullis/callback";
@@ -28,7 +28,6 @@ const SIGNED_OUT: &str = "http://app.localhost/.portcullis/signed_out";
 const HTML: &str = "text/html,application/xhtml+xml";
 const SESSION: &str = "__Host-portcullis_session";
 const LOGIN: &str = "__Host-portcullis_login";
-const KEY_HEX: &str = "8f3a6c0d2b9e4f1a7c5d3e2b1a0f9e8d7c6b5a49382716f5e4d3c2b1a0f9e8d7";
 
 struct Reply {
     status: StatusCode,
@@ -95,24 +94,13 @@ fn target_of(url: &str) -> String {
 /// route on `app.localhost` (browser sessions and bearer tokens of `idp`) and a public route on
 /// `open.localhost`.
 async fn replica(idp: &Idp, upstream: &Recorder, redis_url: &str, key_file: &Path) -> Gateway {
-    replica_with(idp, upstream, redis_url, key_file, |config| config).await
-}
-
-/// [`replica`], its configuration changed by `tweak` first.
-async fn replica_with(
-    idp: &Idp,
-    upstream: &Recorder,
-    redis_url: &str,
-    key_file: &Path,
-    tweak: impl FnOnce(Config) -> Config,
-) -> Gateway {
-    let gw = starting_replica(idp, upstream, redis_url, key_file, tweak).await;
+    let gw = start_replica(idp, upstream, redis_url, key_file, |config| config).await;
     gw.wait_ready().await;
     gw
 }
 
-/// [`replica_with`], not waiting for it to be ready.
-async fn starting_replica(
+/// A replica as [`replica`] makes, its configuration changed by `tweak` first, not waited for.
+async fn start_replica(
     idp: &Idp,
     upstream: &Recorder,
     redis_url: &str,
@@ -133,12 +121,6 @@ async fn starting_replica(
         .set("sessions.redis.command_timeout", "500ms")
         .set("sessions.redis.connect_timeout", "500ms");
     prebound.start(tweak(config)).await
-}
-
-fn key_file(dir: &Path) -> PathBuf {
-    let path = dir.join("session-key");
-    std::fs::write(&path, format!("{KEY_HEX}\n")).unwrap();
-    path
 }
 
 async fn provider() -> Idp {
@@ -168,7 +150,7 @@ fn same_store(redis_url: &str, key_file: &Path) -> portcullis::session::RedisSto
     );
     let config = portcullis::config::parse(&text).unwrap();
     let redis = config.sessions.redis.unwrap();
-    let key = portcullis::session::parse_key(KEY_HEX).unwrap();
+    let key = portcullis::session::parse_key(SESSION_KEY_HEX).unwrap();
     portcullis::session::RedisStore::new(
         &redis,
         portcullis::session::RedisSecrets {
@@ -193,7 +175,7 @@ async fn a_sign_in_begun_on_one_replica_completes_on_another_and_the_session_ser
     let idp = provider().await;
     let upstream = Recorder::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let key = key_file(keys.path());
+    let key = session_key_file(keys.path());
     let a = replica(&idp, &upstream, &redis.url(), &key).await;
     let b = replica(&idp, &upstream, &redis.url(), &key).await;
 
@@ -266,10 +248,12 @@ async fn concurrent_requests_on_two_replicas_for_a_session_due_for_refresh_spend
     .await;
     let upstream = Recorder::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let key = key_file(keys.path());
+    let key = session_key_file(keys.path());
     let early = |config: Config| config.set("sessions.refresh_before", "6s");
-    let a = replica_with(&idp, &upstream, &redis.url(), &key, early).await;
-    let b = replica_with(&idp, &upstream, &redis.url(), &key, early).await;
+    let a = start_replica(&idp, &upstream, &redis.url(), &key, early).await;
+    let b = start_replica(&idp, &upstream, &redis.url(), &key, early).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
     let session = sign_in(&idp, &a, &b, "/", "alice").await;
     let id = SessionId::parse(session.split_once('=').unwrap().1).unwrap();
     let store = same_store(&redis.url(), &key);
@@ -330,7 +314,7 @@ async fn a_redis_keyspace_dump_shows_no_token_no_cookie_and_no_name_in_clear_tex
     let idp = provider().await;
     let upstream = Recorder::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let key = key_file(keys.path());
+    let key = session_key_file(keys.path());
     let gw = replica(&idp, &upstream, &redis.url(), &key).await;
     let session = sign_in(&idp, &gw, &gw, "/", "alice").await;
     // A second sign-in stays in progress: its state, verifier and nonce are in Redis too.
@@ -366,7 +350,7 @@ async fn a_redis_keyspace_dump_shows_no_token_no_cookie_and_no_name_in_clear_tex
         state,
         "alice".into(),
         "eyJ".into(),
-        KEY_HEX.into(),
+        SESSION_KEY_HEX.into(),
     ]);
     // Tokens are long: a piece of one would give it away as much as the whole.
     clear.extend(
@@ -387,7 +371,7 @@ async fn with_redis_down_browser_routes_answer_503_audited_bearer_and_public_rou
     let idp = provider().await;
     let upstream = Recorder::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let key = key_file(keys.path());
+    let key = session_key_file(keys.path());
     let gw = replica(&idp, &upstream, &redis.url(), &key).await;
     let session = sign_in(&idp, &gw, &gw, "/", "alice").await;
     assert_eq!(page(&gw, "/", &session).await.status, StatusCode::OK);
@@ -503,7 +487,7 @@ async fn a_replica_started_while_redis_is_down_takes_no_traffic_until_it_has_rea
     let idp = provider().await;
     let upstream = Recorder::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let key = key_file(keys.path());
+    let key = session_key_file(keys.path());
     let running = replica(&idp, &upstream, &redis.url(), &key).await;
     let token = idp
         .client_credentials_token("ci-bot", "ci-bot-secret", None)
@@ -515,7 +499,7 @@ async fn a_replica_started_while_redis_is_down_takes_no_traffic_until_it_has_rea
 
     // The new replica cannot know what was revoked before it started: not ready. The running
     // one keeps the copy it read, and stays in the balancer.
-    let fresh = starting_replica(&idp, &upstream, &redis.url(), &key, |c| c).await;
+    let fresh = start_replica(&idp, &upstream, &redis.url(), &key, |c| c).await;
     let readiness = |gw: &Gateway| support::get(gw.admin, "/readyz", &[]);
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1500) {
@@ -663,7 +647,7 @@ async fn sign_out_on_one_replica_is_refused_by_the_others_within_a_second_with_t
     let idp = provider().await;
     let upstream = Recorder::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let key = key_file(keys.path());
+    let key = session_key_file(keys.path());
     let all = replicas(3, &idp, &upstream, &redis.url(), &key).await;
     let session = sign_in(&idp, &all[0], &all[1], "/", "alice").await;
     // Each replica has read the session, so each holds a copy.
@@ -698,7 +682,7 @@ async fn portcullis_revoke_subject_refuses_a_ci_job_s_bearer_token_on_every_repl
     let idp = provider().await;
     let upstream = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let key = key_file(dir.path());
+    let key = session_key_file(dir.path());
     let all = replicas(3, &idp, &upstream, &redis.url(), &key).await;
     let config = replicas_config(&idp, &upstream, &redis.url(), &key, dir.path());
     let token = idp
@@ -809,7 +793,7 @@ async fn portcullis_revoke_session_of_ends_that_person_s_sessions_on_every_repli
     let idp = provider().await;
     let upstream = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let key = key_file(dir.path());
+    let key = session_key_file(dir.path());
     let all = replicas(2, &idp, &upstream, &redis.url(), &key).await;
     let config = replicas_config(&idp, &upstream, &redis.url(), &key, dir.path());
     let alice = sign_in(&idp, &all[0], &all[0], "/", "alice").await;
@@ -885,7 +869,7 @@ async fn a_logout_at_the_provider_ends_the_session_on_every_replica_through_back
     let redis = RedisServer::start();
     let upstream = Recorder::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let key = key_file(keys.path());
+    let key = session_key_file(keys.path());
     let (a, b) = (
         Gateway::prebind(Config::new()).await,
         Gateway::prebind(Config::new()).await,
@@ -1005,7 +989,7 @@ async fn revocation_delay_over_100_revocations() {
     let idp = provider().await;
     let upstream = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let key = key_file(dir.path());
+    let key = session_key_file(dir.path());
     let all = replicas(3, &idp, &upstream, &redis.url(), &key).await;
     let path = replicas_config(&idp, &upstream, &redis.url(), &key, dir.path());
     let config = portcullis::app::load_config(&path).unwrap();

@@ -21,10 +21,9 @@ use jsonwebtoken::jwk::JwkSet;
 use serde_json::Value;
 use support::idp::verify_jwt;
 use support::issuer::TestIssuer;
-use support::redis::RedisServer;
+use support::redis::{RedisServer, session_key_file};
 use support::{Config, Gateway, Recorder, Route, get};
 
-const KEY_HEX: &str = "8f3a6c0d2b9e4f1a7c5d3e2b1a0f9e8d7c6b5a49382716f5e4d3c2b1a0f9e8d7";
 const AUDIENCE: &str = "https://app.test";
 
 /// A replica's configuration: the `app` route sending assertions to `upstream` for the test
@@ -114,8 +113,7 @@ async fn assertions_minted_by_three_replicas_verify_against_one_replica_s_jwks_a
     let idp = TestIssuer::start().await;
     let upstream = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let session_key = dir.path().join("session-key");
-    std::fs::write(&session_key, format!("{KEY_HEX}\n")).unwrap();
+    let session_key = session_key_file(dir.path());
 
     let prebound = [
         Gateway::prebind(Config::new()).await,

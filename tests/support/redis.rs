@@ -14,6 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The session encryption key the tests' replicas share (32 bytes, hex).
+pub const SESSION_KEY_HEX: &str = "8f3a6c0d2b9e4f1a7c5d3e2b1a0f9e8d7c6b5a49382716f5e4d3c2b1a0f9e8d7";
+
+/// [`SESSION_KEY_HEX`] written to `dir/session-key`, for `encryption_key_file`.
+pub fn session_key_file(dir: &Path) -> PathBuf {
+    let path = dir.join("session-key");
+    std::fs::write(&path, format!("{SESSION_KEY_HEX}\n")).unwrap();
+    path
+}
+
 /// One redis-server process; the data directory outlives restarts (append-only file on).
 pub struct RedisServer {
     pub port: u16,

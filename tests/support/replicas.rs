@@ -21,14 +21,13 @@ use std::path::{Path, PathBuf};
 use super::config::{Config, Route};
 use super::haproxy::Haproxy;
 use super::idp::Idp;
-use super::redis::RedisServer;
+use super::redis::{RedisServer, session_key_file};
 use super::{Gateway, Recorder, free_addr};
 
 /// The audience of the assertions the replicas send the upstream.
 pub const AUDIENCE: &str = "https://app.localhost";
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "__Host-portcullis_session";
-const SESSION_KEY_HEX: &str = "8f3a6c0d2b9e4f1a7c5d3e2b1a0f9e8d7c6b5a49382716f5e4d3c2b1a0f9e8d7";
 
 /// What to add to the standard setup.
 #[derive(Default)]
@@ -113,8 +112,7 @@ impl ThreeReplicas {
         let redis = RedisServer::start();
         let upstream = Recorder::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let session_key = dir.path().join("session-key");
-        std::fs::write(&session_key, format!("{SESSION_KEY_HEX}\n")).unwrap();
+        let session_key = session_key_file(dir.path());
 
         let prebound = [
             Gateway::prebind(Config::new()).await,
