@@ -289,9 +289,7 @@ fn record_revocations(store: &dyn SessionStore, audit: &Arc<dyn AuditSink>) {
     let audit = audit.clone();
     store.revocations().observe(move |r| {
         let named = |scope| (r.scope == scope).then(|| r.name.clone());
-        // Named like a session's id_hash: the first 8 bytes of its SHA-256.
-        let sid_hash = named(Scope::ProviderSession)
-            .map(|sid| crate::hex::encode(&crate::secret::fingerprint(&sid)[..8]));
+        let sid_hash = named(Scope::ProviderSession).map(|sid| crate::secret::short_digest(sid.as_bytes()));
         audit.emit(
             RevocationEvent {
                 time: SystemTime::now(),

@@ -23,6 +23,13 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A short name for a secret in logs and records that does not reveal it: the first 8 bytes
+/// of its SHA-256, in hex (a session's `id_hash`, a provider session's `sid_hash`).
+pub fn short_digest(value: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value);
+    crate::hex::encode(digest.as_ref().get(..8).unwrap_or_default())
+}
+
 /// SHA-256 of a secret value: a cache keyed by it never holds the value itself (a bearer
 /// token's verification, a caller's exchanged token).
 pub fn fingerprint(value: &str) -> [u8; 32] {

@@ -55,8 +55,7 @@ impl SessionId {
 
     /// First 16 hex digits of SHA-256 of the id: enough to correlate, useless to hijack.
     pub fn hash(&self) -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.0);
-        crate::hex::encode(digest.as_ref().get(..8).unwrap_or_default())
+        crate::secret::short_digest(&self.0)
     }
 }
 

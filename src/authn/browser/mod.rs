@@ -512,8 +512,9 @@ enum Leased {
     RefreshedElsewhere(Arc<Session>),
 }
 
-/// The lease on refreshing one session, given back after the refreshed session is written; a
-/// request abandoned midway gives it back when dropped.
+/// The lease on refreshing one session, given back after the refreshed session is written (the
+/// refresh runs on a task of its own, so an abandoned request does not drop it); should that
+/// task fail midway, the lease is given back when dropped.
 struct HeldLease {
     store: Arc<dyn SessionStore>,
     id: SessionId,
